@@ -1,0 +1,62 @@
+/** What every benchmark reports: one row per figure, ours beside the anchor measured in the same run. */
+export interface BenchRow {
+  readonly name: string
+  readonly ours: number
+  /** The anchor's figure; `undefined` when the anchor could not do it at all (e.g. timed out). */
+  readonly anchor: number | undefined
+  /** Who the anchor is, e.g. `jupyter_client`, `ssh -L`. */
+  readonly anchorName: string
+  readonly unit: string
+  /** Whether a bigger figure is better (throughput) or a smaller one (latency, time). */
+  readonly better: 'higher' | 'lower'
+  /** How many times better than the anchor ours must be, e.g. 10 means ≥ 10x; 0.8 means ≥ 0.8x. */
+  readonly targetRatio: number
+  /** Extra words for the table, e.g. what was measured and how often. */
+  readonly note?: string
+}
+
+/** ours/anchor when higher is better, anchor/ours when lower is better: always "times better than". */
+export function ratioOf(row: BenchRow): number | undefined {
+  if (row.anchor === undefined || row.anchor === 0 || row.ours === 0) return undefined
+  return row.better === 'higher' ? row.ours / row.anchor : row.anchor / row.ours
+}
+
+function round(value: number): string {
+  if (value >= 100) return String(Math.round(value))
+  if (value >= 10) return value.toFixed(1)
+  return value.toFixed(2)
+}
+
+/** A Markdown table of the rows, the form the README carries. */
+export function markdownTable(rows: readonly BenchRow[]): string {
+  const lines = [
+    '| benchmark | ipp-tunnel | anchor | unit | better by | target | met |',
+    '|---|---:|---:|---|---:|---|---|',
+  ]
+  for (const row of rows) {
+    const ratio = ratioOf(row)
+    const anchor = row.anchor === undefined ? 'failed' : `${round(row.anchor)} (${row.anchorName})`
+    const met =
+      ratio === undefined
+        ? row.anchor === undefined
+          ? 'yes'
+          : 'n/a'
+        : ratio >= row.targetRatio
+          ? 'yes'
+          : 'no'
+    const note = row.note === undefined ? '' : ` — ${row.note}`
+    lines.push(
+      `| ${row.name}${note} | ${round(row.ours)} | ${anchor} | ${row.unit} | ${ratio === undefined ? '—' : `${round(ratio)}x`} | ≥ ${row.targetRatio}x | ${met} |`,
+    )
+  }
+  return lines.join('\n')
+}
+
+/** Median of a non-empty list. */
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  const value = sorted.length % 2 === 1 ? sorted[mid] : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2
+  if (value === undefined) throw new Error('median of nothing')
+  return value
+}

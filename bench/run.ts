@@ -1,0 +1,51 @@
+/**
+ * `npm run bench`: every benchmark in one run, each beside its anchor, then one Markdown table.
+ * `npm run bench -- --readme` also puts the table into README.md between the bench markers.
+ * `npm run bench -- wire tunnel` runs only the named groups.
+ */
+import { readFile, writeFile } from 'node:fs/promises'
+import { fileURLToPath } from 'node:url'
+
+import { markdownTable, ratioOf, type BenchRow } from './common.js'
+import { benchWire } from './wire.js'
+
+const groups: Record<string, () => Promise<BenchRow[]>> = {
+  wire: benchWire,
+}
+
+const README = fileURLToPath(new URL('../../README.md', import.meta.url))
+const START = '<!-- bench:start -->'
+const END = '<!-- bench:end -->'
+
+async function updateReadme(table: string): Promise<void> {
+  const text = await readFile(README, 'utf8')
+  const from = text.indexOf(START)
+  const to = text.indexOf(END)
+  if (from < 0 || to < from) throw new Error(`README.md has no ${START} … ${END} section`)
+  const stamp = `Measured ${new Date().toISOString().slice(0, 10)} on ${process.platform}/${process.arch}, Node ${process.version}, by \`npm run bench\`.`
+  await writeFile(README, `${text.slice(0, from + START.length)}\n${stamp}\n\n${table}\n${text.slice(to)}`)
+}
+
+const args = process.argv.slice(2)
+const wanted = args.filter((a) => !a.startsWith('--'))
+const unknown = wanted.filter((name) => !(name in groups))
+if (unknown.length > 0) {
+  console.error(`bench: unknown group ${unknown.join(', ')}; known: ${Object.keys(groups).join(', ')}`)
+  process.exit(2)
+}
+const rows: BenchRow[] = []
+for (const [name, bench] of Object.entries(groups)) {
+  if (wanted.length > 0 && !wanted.includes(name)) continue
+  console.error(`bench: ${name} …`)
+  const got = await bench()
+  for (const row of got) {
+    const ratio = ratioOf(row)
+    console.error(
+      `  ${row.name}: ${row.ours.toFixed(2)} vs ${String(row.anchor?.toFixed(2))} ${row.unit} → ${ratio === undefined ? '—' : `${ratio.toFixed(2)}x`}`,
+    )
+  }
+  rows.push(...got)
+}
+const table = markdownTable(rows)
+console.log(table)
+if (args.includes('--readme')) await updateReadme(table)

@@ -1,0 +1,98 @@
+import { spawn } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { basename, join, resolve } from 'node:path'
+import { constants } from 'node:os'
+
+import type { Argv } from 'yargs'
+
+import { readConnectionFile } from '../connection-file/index.js'
+import { IppTunnelError } from '../errors/index.js'
+import { openTunnel } from '../tunnel/index.js'
+import { Output } from './output.js'
+import { untilSignal } from './signals.js'
+import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
+
+interface ExecArgs extends SshArgs {
+  readonly file: string
+  readonly out?: string | undefined
+  readonly json: boolean
+  readonly debug: boolean
+  readonly '--'?: (string | number)[]
+}
+
+/** `ipp-tunnel exec FILE -- CMD…`: tunnels up for as long as CMD runs; exits with CMD's status. */
+export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
+  return yargs.command(
+    'exec <file>',
+    'run a command against the loopback copy of a connection file ({} and $IPP_CONNECTION_FILE name it)',
+    (y) =>
+      withSshOptions(
+        y
+          .positional('file', { type: 'string', demandOption: true, describe: 'connection file' })
+          .option('out', {
+            alias: 'o',
+            type: 'string',
+            describe: 'where to write the loopback copy (default: private temp dir)',
+          })
+          .usage('$0 exec FILE [options] -- CMD [ARGS…]'),
+      ),
+    (args) => run(() => exec(args as unknown as ExecArgs)),
+  )
+}
+
+async function exec(args: ExecArgs): Promise<number> {
+  const output = formatTunnelEvents(new Output({ json: args.json, debug: args.debug }))
+  const file = resolve(args.file)
+  const command = (args['--'] ?? []).map(String)
+  const [program, ...rest] = command
+  if (program === undefined) {
+    return output.fail(
+      new IppTunnelError(
+        'E_USAGE',
+        'exec needs a command after --, e.g. ipp-tunnel exec FILE -- python3 my.py {}',
+      ),
+    )
+  }
+  let privateDir: string | undefined
+  try {
+    const { info, warnings } = await readConnectionFile(file)
+    for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
+    let out: string
+    if (args.out === undefined) {
+      privateDir = await mkdtemp(join(tmpdir(), 'ipp-tunnel-'))
+      out = join(privateDir, basename(file))
+    } else {
+      out = resolve(args.out)
+    }
+    await using tunnel = await openTunnel(info, { ...sshOptionsFrom(args), out })
+    const stopFollowing = followTunnel(tunnel, output, file)
+    output.emit(readyEvent(tunnel, file, out))
+    const child = spawn(
+      program,
+      rest.map((a) => a.replaceAll('{}', out)),
+      { stdio: 'inherit', env: { ...process.env, IPP_CONNECTION_FILE: out } },
+    )
+    const signals = untilSignal((signal) => child.kill(signal))
+    try {
+      const status = await new Promise<number>((resolveStatus) => {
+        child.once('error', (cause) => {
+          output.fail(new IppTunnelError('E_SPAWN', `cannot run ${program}: ${cause.message}`, { cause }))
+          resolveStatus(127)
+        })
+        child.once('exit', (code, signal) => {
+          resolveStatus(code ?? 128 + (signal ? constants.signals[signal] : 0))
+        })
+      })
+      stopFollowing()
+      return status
+    } finally {
+      signals.dispose()
+    }
+  } catch (err) {
+    return output.fail(err, { file })
+  } finally {
+    if (privateDir !== undefined) await rm(privateDir, { recursive: true, force: true })
+  }
+}

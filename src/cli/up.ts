@@ -1,0 +1,63 @@
+import { resolve } from 'node:path'
+
+import type { Argv } from 'yargs'
+
+import { readConnectionFile } from '../connection-file/index.js'
+import { defaultOutPath, openTunnel } from '../tunnel/index.js'
+import { EXIT, Output } from './output.js'
+import { untilSignal } from './signals.js'
+import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
+
+interface UpArgs extends SshArgs {
+  readonly file: string
+  readonly out?: string | undefined
+  readonly json: boolean
+  readonly debug: boolean
+}
+
+/** `ipp-tunnel up FILE`: tunnels in the foreground until SIGINT/SIGTERM. */
+export function registerUp(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
+  return yargs.command(
+    'up <file>',
+    'open SSH forwards for a connection file and write its loopback copy; stay up until interrupted',
+    (y) =>
+      withSshOptions(
+        y
+          .positional('file', { type: 'string', demandOption: true, describe: 'connection file' })
+          .option('out', {
+            alias: 'o',
+            type: 'string',
+            describe: 'where to write the loopback copy (default: sibling "-tunnel" profile or directory)',
+          }),
+      ),
+    (args) => run(() => up(args as unknown as UpArgs)),
+  )
+}
+
+async function up(args: UpArgs): Promise<number> {
+  const output = formatTunnelEvents(new Output({ json: args.json, debug: args.debug }))
+  const file = resolve(args.file)
+  const signals = untilSignal()
+  try {
+    const { info, warnings } = await readConnectionFile(file)
+    for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
+    const out = resolve(args.out ?? defaultOutPath(file))
+    const tunnel = await openTunnel(info, { ...sshOptionsFrom(args), out })
+    const stopFollowing = followTunnel(tunnel, output, file)
+    output.emit(readyEvent(tunnel, file, out))
+    const failed = new Promise<Error>((resolveFailed) =>
+      tunnel.once('link:failed', (e) => resolveFailed(e.error)),
+    )
+    const ending = await Promise.race([signals.promise, failed])
+    stopFollowing()
+    await tunnel.close()
+    if (ending instanceof Error) return output.fail(ending, { file })
+    output.emit({ event: 'closed', file })
+    return EXIT.ok
+  } catch (err) {
+    return output.fail(err, { file })
+  } finally {
+    signals.dispose()
+  }
+}

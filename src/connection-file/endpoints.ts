@@ -1,0 +1,135 @@
+import { IppTunnelError } from '../errors/index.js'
+import type { ConnectionInfo, Endpoint, IppClientInfo, IppEngineInfo, KernelInfo } from './types.js'
+
+const LOOPBACK = '127.0.0.1'
+const ANY = new Set(['*', '0.0.0.0'])
+
+/**
+ * Where an ipyparallel controller is reached from the ssh server, by ipyparallel's
+ * `disambiguate_ip_address`: an explicit interface address is kept; `*`/`0.0.0.0` mean `location`,
+ * or loopback when there is no location. (ipyparallel also maps a location naming the machine it
+ * runs on to loopback; seen from the ssh server that name resolves to the same place.)
+ */
+function ippHost(info: IppClientInfo | IppEngineInfo): string {
+  const address = unbracket(info.interface.slice(info.interface.indexOf('://') + 3))
+  if (!ANY.has(address)) return address
+  return info.location === '' ? LOOPBACK : unbracket(info.location)
+}
+
+function kernelHost(info: KernelInfo): string {
+  const ip = unbracket(info.ip)
+  return ANY.has(ip) ? LOOPBACK : ip
+}
+
+function unbracket(host: string): string {
+  return host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host
+}
+
+type Ports = [channel: string, port: number][]
+
+function ports(info: ConnectionInfo): Ports {
+  switch (info.kind) {
+    case 'ipp-client':
+      return [
+        ['registration', info.registration],
+        ['control', info.control],
+        ['mux', info.mux],
+        ['task', info.task],
+        ['iopub', info.iopub],
+        ['notification', info.notification],
+        ['broadcast', info.broadcast],
+      ]
+    case 'ipp-engine':
+      return [
+        ['registration', info.registration],
+        ['control', info.control],
+        ['mux', info.mux],
+        ['task', info.task],
+        ['iopub', info.iopub],
+        ['hb_ping', info.hb_ping],
+        ['hb_pong', info.hb_pong],
+        ...info.broadcast.map((port, i): [string, number] => [`broadcast-${i}`, port]),
+      ]
+    case 'kernel':
+      return [
+        ['shell', info.shell_port],
+        ['iopub', info.iopub_port],
+        ['stdin', info.stdin_port],
+        ['control', info.control_port],
+        ['hb', info.hb_port],
+      ]
+  }
+}
+
+/** Every port the peer listens on, named by channel, with its host as seen from the ssh server. */
+export function endpoints(info: ConnectionInfo): Endpoint[] {
+  const host = info.kind === 'kernel' ? kernelHost(info) : ippHost(info)
+  return ports(info).map(([channel, port]) => ({ channel, host, port }))
+}
+
+/** The ssh destination the file names (`ssh` field, or an `ssh` extra in a kernel file), if any. */
+export function destinationOf(info: ConnectionInfo): string | undefined {
+  const ssh = info.kind === 'kernel' ? info.extra['ssh'] : info.ssh
+  return typeof ssh === 'string' && ssh !== '' ? ssh : undefined
+}
+
+/**
+ * A copy of `info` pointing at loopback: each channel gets its port from `localPorts`, the address
+ * becomes 127.0.0.1, `ssh` is emptied; key, scheme, Curve keys and extras are kept.
+ *
+ * @throws IppTunnelError `E_CONNFILE_FIELD` when a channel has no valid local port.
+ */
+export function toLoopback(info: ConnectionInfo, localPorts: ReadonlyMap<string, number>): ConnectionInfo {
+  const local = (channel: string): number => {
+    const port = localPorts.get(channel)
+    if (port === undefined || !Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new IppTunnelError(
+        'E_CONNFILE_FIELD',
+        `loopback ${info.kind} file: channel "${channel}" needs a local port 1–65535, got ${port === undefined ? 'none' : String(port)}`,
+      )
+    }
+    return port
+  }
+  switch (info.kind) {
+    case 'ipp-client':
+      return {
+        ...info,
+        ssh: '',
+        interface: `tcp://${LOOPBACK}`,
+        location: LOOPBACK,
+        registration: local('registration'),
+        control: local('control'),
+        mux: local('mux'),
+        task: local('task'),
+        iopub: local('iopub'),
+        notification: local('notification'),
+        broadcast: local('broadcast'),
+      }
+    case 'ipp-engine':
+      return {
+        ...info,
+        ssh: '',
+        interface: `tcp://${LOOPBACK}`,
+        location: LOOPBACK,
+        registration: local('registration'),
+        control: local('control'),
+        mux: local('mux'),
+        task: local('task'),
+        iopub: local('iopub'),
+        hb_ping: local('hb_ping'),
+        hb_pong: local('hb_pong'),
+        broadcast: info.broadcast.map((_, i) => local(`broadcast-${i}`)),
+      }
+    case 'kernel':
+      return {
+        ...info,
+        ip: LOOPBACK,
+        shell_port: local('shell'),
+        iopub_port: local('iopub'),
+        stdin_port: local('stdin'),
+        control_port: local('control'),
+        hb_port: local('hb'),
+        extra: Object.hasOwn(info.extra, 'ssh') ? { ...info.extra, ssh: '' } : info.extra,
+      }
+  }
+}

@@ -1,0 +1,5 @@
+export * from './errors/index.js'
+export * from './connection-file/index.js'
+export * from './wire/index.js'
+export * from './ssh/index.js'
+export * from './tunnel/index.js'

@@ -1,0 +1,359 @@
+import { EventEmitter } from 'node:events'
+import { mkdir, readFile, stat } from 'node:fs/promises'
+import { basename, dirname, join, resolve } from 'node:path'
+
+import {
+  destinationOf,
+  parseConnectionFile,
+  type ConnectionInfo,
+  type ConnectionKind,
+} from '../connection-file/index.js'
+import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import type { LinkOptions, LinkState, SshOptions } from '../ssh/index.js'
+import { defaultOutDir, LinkPool, openTunnel, type ForwardInfo, type Tunnel } from '../tunnel/index.js'
+import { CopyLedger } from './ledger.js'
+import { DirectoryWatcher } from './watcher.js'
+
+export interface ServiceOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
+  /** Directories to watch (an IPython profile's `security/`, a Jupyter runtime dir, …). */
+  readonly dirs: readonly string[]
+  /** Put every loopback copy here instead of the sibling `-tunnel` directory of its source. */
+  readonly outDir?: string
+  /** Where the service keeps its list of copies (to clean up after a crash). */
+  readonly runtimeDir: string
+}
+
+/** What the service holds for one connection file, as `status` shows it. */
+export interface FileStatus {
+  readonly file: string
+  readonly kind: ConnectionKind | undefined
+  readonly out: string
+  readonly destination: string | undefined
+  readonly state: 'pending' | 'ready' | 'error'
+  readonly link: LinkState | undefined
+  readonly reconnects: number
+  readonly forwards: readonly (ForwardInfo & {
+    readonly open: number
+    readonly accepted: number
+    readonly bytesIn: number
+    readonly bytesOut: number
+  })[]
+  readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | undefined
+}
+
+type ReadyFields = { file: string; out: string; ms: number; forwards: readonly ForwardInfo[] }
+
+export interface ServiceEvents {
+  ready: [ReadyFields]
+  changed: [ReadyFields]
+  closed: [{ file: string }]
+  error: [{ file: string; code: string; message: string }]
+  reconnecting: [{ destination: string; files: string[]; attempt: number; delayMs: number; message: string }]
+  reconnected: [{ destination: string; files: string[]; attempt: number; downMs: number }]
+}
+
+interface Entry {
+  readonly file: string
+  readonly out: string
+  kind: ConnectionKind | undefined
+  tunnel: Tunnel | undefined
+  /** The ssh destination the tunnel was opened for. */
+  destination: string | undefined
+  appliedText: string | undefined
+  lastError: FileStatus['lastError']
+  /** Size and mtime at the last failed parse: a file that keeps changing is still being written. */
+  lastFailedShape: string | undefined
+  retry: NodeJS.Timeout | undefined
+  /** Work on one file runs one step at a time, in order. */
+  queue: Promise<void>
+  started: number
+}
+
+/** How long to wait before parsing a file again when it failed to parse while still changing. */
+const REWRITE_RETRY_MS = 50
+/** How long to wait before trying again to reach an ssh server that could not be reached. */
+const CONNECT_RETRY_MS = 10_000
+
+/**
+ * The background service: watches directories for connection files and keeps, for each, tunnels and a loopback
+ * copy; files naming the same ssh route share one ssh connection.
+ *
+ * @example
+ * const service = await TunnelService.start({ dirs: [profileSecurityDir('default')], runtimeDir: runtimeDir() })
+ * service.on('ready', (e) => console.log(e.file, '->', e.out))
+ * // … later
+ * await service.close()
+ */
+export class TunnelService extends EventEmitter<ServiceEvents> {
+  readonly dirs: readonly string[]
+  readonly #options: ServiceOptions
+  readonly #pool: LinkPool
+  readonly #ledger: CopyLedger
+  readonly #entries = new Map<string, Entry>()
+  #watcher: DirectoryWatcher | undefined
+  #closed = false
+
+  private constructor(options: ServiceOptions, ledger: CopyLedger) {
+    super()
+    this.dirs = options.dirs.map((d) => resolve(d))
+    this.#options = options
+    this.#pool = new LinkPool(options)
+    this.#ledger = ledger
+  }
+
+  /**
+   * Removes copies a crashed run left behind, creates missing watched directories (0700), and starts watching.
+   * Files already present are picked up right away.
+   */
+  static async start(options: ServiceOptions): Promise<TunnelService> {
+    const dirs = options.dirs.map((d) => resolve(d))
+    if (dirs.length === 0) throw new IppTunnelError('E_USAGE', 'nothing to watch: give --profile or --dir')
+    for (const dir of dirs) {
+      const out = options.outDir !== undefined ? resolve(options.outDir) : defaultOutDir(dir)
+      if (dirs.includes(out)) {
+        throw new IppTunnelError(
+          'E_USAGE',
+          `output directory ${out} is a watched directory; choose another --out-dir`,
+        )
+      }
+    }
+    const ledger = await CopyLedger.open(join(options.runtimeDir, 'copies.json'))
+    await ledger.removeLeftovers()
+    for (const dir of dirs) await mkdir(dir, { recursive: true, mode: 0o700 })
+    const service = new TunnelService(options, ledger)
+    service.#watcher = await DirectoryWatcher.start(dirs, {
+      onFile: (path) => service.#schedule(path, (entry) => service.#onFile(entry)),
+      onRemoved: (path) => service.#schedule(path, (entry) => service.#onRemoved(entry)),
+      onError: (error) =>
+        service.emit('error', { file: dirs.join(', '), code: 'E_WATCH', message: error.message }),
+    })
+    return service
+  }
+
+  get closed(): boolean {
+    return this.#closed
+  }
+
+  /** The number of ssh connections the service holds. */
+  get linkCount(): number {
+    return this.#pool.links().size
+  }
+
+  /** Every file the service holds, with its link, forwards and counters. No secrets. */
+  status(): FileStatus[] {
+    return [...this.#entries.values()].map((entry) => {
+      const tunnel = entry.tunnel
+      const stats = tunnel?.stats()
+      return {
+        file: entry.file,
+        kind: entry.kind,
+        out: entry.out,
+        destination: tunnel?.link.destination,
+        state: tunnel ? 'ready' : entry.lastError ? 'error' : 'pending',
+        link: tunnel?.link.state,
+        reconnects: tunnel?.link.stats.reconnects ?? 0,
+        forwards: (tunnel?.forwards ?? []).map((f) => {
+          const s = stats?.get(f.channel)
+          return {
+            ...f,
+            open: s?.open ?? 0,
+            accepted: s?.accepted ?? 0,
+            bytesIn: s?.bytesIn ?? 0,
+            bytesOut: s?.bytesOut ?? 0,
+          }
+        }),
+        lastError: entry.lastError,
+      }
+    })
+  }
+
+  #outPath(file: string): string {
+    const dir =
+      this.#options.outDir !== undefined ? resolve(this.#options.outDir) : defaultOutDir(dirname(file))
+    return join(dir, basename(file))
+  }
+
+  #schedule(file: string, step: (entry: Entry) => Promise<void>): void {
+    if (this.#closed) return
+    let entry = this.#entries.get(file)
+    if (!entry) {
+      entry = {
+        file,
+        out: this.#outPath(file),
+        kind: undefined,
+        tunnel: undefined,
+        destination: undefined,
+        appliedText: undefined,
+        lastError: undefined,
+        lastFailedShape: undefined,
+        retry: undefined,
+        queue: Promise.resolve(),
+        started: performance.now(),
+      }
+      this.#entries.set(file, entry)
+    }
+    const target = entry
+    clearTimeout(target.retry)
+    target.queue = target.queue.then(() => (this.#closed ? undefined : step(target))).catch(() => undefined)
+  }
+
+  async #onFile(entry: Entry): Promise<void> {
+    entry.started = performance.now()
+    let text: string
+    let shape: string
+    try {
+      const [content, info] = await Promise.all([readFile(entry.file, 'utf8'), stat(entry.file)])
+      text = content
+      shape = `${info.size}:${info.mtimeMs}`
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return this.#onRemoved(entry)
+      return this.#failed(
+        entry,
+        new IppTunnelError('E_CONNFILE_READ', `${entry.file}: cannot read`, { cause: err }),
+      )
+    }
+    if (text === entry.appliedText) return
+    let info: ConnectionInfo
+    try {
+      info = parseConnectionFile(text, entry.file)
+    } catch (err) {
+      // ipcontroller writes in place: a parse that fails on a file still changing is retried, not reported.
+      if (shape !== entry.lastFailedShape) {
+        entry.lastFailedShape = shape
+        entry.retry = setTimeout(() => this.#schedule(entry.file, (e) => this.#onFile(e)), REWRITE_RETRY_MS)
+        return
+      }
+      return this.#failed(entry, err)
+    }
+    entry.lastFailedShape = undefined
+    entry.kind = info.kind
+    await this.#apply(entry, info, text)
+  }
+
+  async #apply(entry: Entry, info: ConnectionInfo, text: string): Promise<void> {
+    const destination = this.#options.ssh ?? destinationOf(info)
+    const current = entry.tunnel
+    try {
+      if (
+        current &&
+        !current.closed &&
+        current.link.state !== 'failed' &&
+        destination === entry.destination
+      ) {
+        await current.update(info)
+        entry.appliedText = text
+        entry.lastError = undefined
+        this.emit('changed', this.#readyFields(entry, current))
+        return
+      }
+      if (current) {
+        entry.tunnel = undefined
+        await current.close()
+      }
+      const tunnel = await openTunnel(info, { ...this.#options, pool: this.#pool, out: entry.out })
+      if (this.#closed || !this.#entries.has(entry.file)) {
+        await tunnel.close()
+        return
+      }
+      await this.#ledger.add(entry.out)
+      entry.tunnel = tunnel
+      entry.destination = destination
+      entry.appliedText = text
+      entry.lastError = undefined
+      this.#follow(entry, tunnel)
+      this.emit(current ? 'changed' : 'ready', this.#readyFields(entry, tunnel))
+    } catch (err) {
+      this.#failed(entry, err)
+      if (isIppTunnelError(err) && (err.code === 'E_CONNECT' || err.code === 'E_LINK_DOWN')) {
+        entry.retry = setTimeout(() => this.#schedule(entry.file, (e) => this.#onFile(e)), CONNECT_RETRY_MS)
+      }
+    }
+  }
+
+  #readyFields(entry: Entry, tunnel: Tunnel): ReadyFields {
+    return {
+      file: entry.file,
+      out: entry.out,
+      ms: performance.now() - entry.started,
+      forwards: tunnel.forwards,
+    }
+  }
+
+  #follow(entry: Entry, tunnel: Tunnel): void {
+    const filesOn = () =>
+      [...this.#entries.values()].filter((e) => e.tunnel?.link === tunnel.link).map((e) => e.file)
+    // One report per link: the first file on a shared link speaks for all of them.
+    const speaks = () => filesOn()[0] === entry.file
+    tunnel.on('link:reconnecting', (e) => {
+      if (speaks()) {
+        this.emit('reconnecting', {
+          destination: tunnel.link.destination,
+          files: filesOn(),
+          attempt: e.attempt,
+          delayMs: e.delayMs,
+          message: e.error.message,
+        })
+      }
+    })
+    tunnel.on('link:reconnected', (e) => {
+      if (speaks()) {
+        this.emit('reconnected', {
+          destination: tunnel.link.destination,
+          files: filesOn(),
+          attempt: e.attempt,
+          downMs: e.downMs,
+        })
+      }
+    })
+    tunnel.on('link:failed', (e) => this.#failed(entry, e.error))
+    tunnel.on('forward:error', (e) => {
+      entry.lastError = {
+        code: codeOf(e.error),
+        message: `channel ${e.channel}: ${e.error.message}`,
+        at: new Date().toISOString(),
+      }
+    })
+  }
+
+  #failed(entry: Entry, err: unknown): void {
+    const code = codeOf(err)
+    const message = err instanceof Error ? err.message : String(err)
+    entry.lastError = { code, message, at: new Date().toISOString() }
+    this.emit('error', { file: entry.file, code, message })
+  }
+
+  async #onRemoved(entry: Entry): Promise<void> {
+    clearTimeout(entry.retry)
+    this.#entries.delete(entry.file)
+    const tunnel = entry.tunnel
+    entry.tunnel = undefined
+    if (tunnel) {
+      await tunnel.close()
+      await this.#ledger.remove(entry.out)
+      this.emit('closed', { file: entry.file })
+    }
+  }
+
+  /** Stops watching, closes every tunnel and link, and removes every loopback copy. Safe twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    await this.#watcher?.close()
+    const entries = [...this.#entries.values()]
+    this.#entries.clear()
+    for (const entry of entries) clearTimeout(entry.retry)
+    await Promise.all(entries.map((e) => e.queue))
+    await Promise.all(entries.map((e) => (e.tunnel ? e.tunnel.close() : Promise.resolve())))
+    await this.#pool.close()
+    await this.#ledger.clear()
+    for (const entry of entries) if (entry.tunnel) this.emit('closed', { file: entry.file })
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+}
+
+function codeOf(err: unknown): string {
+  return isIppTunnelError(err) ? err.code : 'E_INTERNAL'
+}

@@ -1,0 +1,61 @@
+import { basename, resolve } from 'node:path'
+
+import { watch, type FSWatcher } from 'chokidar'
+
+import { kindFromFileName } from '../connection-file/index.js'
+
+export interface WatcherHandlers {
+  /** A connection file appeared, changed, or was there at start. */
+  readonly onFile: (path: string) => void
+  /** A connection file went away. */
+  readonly onRemoved: (path: string) => void
+  readonly onError: (error: Error) => void
+}
+
+/**
+ * Follows the given directories (not their subdirectories) for files named like connection files:
+ * `ipcontroller[-<id>]-client.json`, `ipcontroller[-<id>]-engine.json`, `kernel-*.json`. Everything else is ignored.
+ */
+export class DirectoryWatcher {
+  readonly dirs: readonly string[]
+  readonly #watcher: FSWatcher
+  #closed = false
+
+  private constructor(dirs: readonly string[], watcher: FSWatcher) {
+    this.dirs = dirs
+    this.#watcher = watcher
+  }
+
+  /** Starts watching; resolves once the files already present have been reported to `handlers`. */
+  static async start(dirs: readonly string[], handlers: WatcherHandlers): Promise<DirectoryWatcher> {
+    const watcher = watch([...dirs], {
+      depth: 0,
+      ignoreInitial: false,
+      persistent: true,
+      ignorePermissionErrors: true,
+    })
+    const taken = (path: string) => kindFromFileName(basename(path)) !== undefined
+    watcher.on('add', (path) => taken(path) && handlers.onFile(resolve(path)))
+    watcher.on('change', (path) => taken(path) && handlers.onFile(resolve(path)))
+    watcher.on('unlink', (path) => taken(path) && handlers.onRemoved(resolve(path)))
+    watcher.on('error', (error) =>
+      handlers.onError(error instanceof Error ? error : new Error(String(error))),
+    )
+    await new Promise<void>((ready) => watcher.once('ready', ready))
+    return new DirectoryWatcher(dirs, watcher)
+  }
+
+  get closed(): boolean {
+    return this.#closed
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    await this.#watcher.close()
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+}

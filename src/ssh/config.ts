@@ -1,0 +1,673 @@
+import { createHash } from 'node:crypto'
+import { readdir, readFile, realpath, stat } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+
+import { IppTunnelError } from '../errors/index.js'
+import { parseDestination } from './destination.js'
+import type { Destination, HostKeyPolicy } from './types.js'
+
+/** Where a value came from, for messages. */
+interface Where {
+  readonly file: string
+  readonly line: number
+}
+
+type Setting =
+  | { readonly key: 'hostname' | 'user' | 'identityfile'; readonly value: string }
+  | { readonly key: 'port'; readonly value: number }
+  | { readonly key: 'identitiesonly'; readonly value: boolean }
+  | { readonly key: 'proxyjump'; readonly value: readonly Destination[]; readonly text: string }
+  | { readonly key: 'proxycommand'; readonly value: string }
+  | { readonly key: 'userknownhostsfile'; readonly value: readonly string[] }
+  | { readonly key: 'stricthostkeychecking'; readonly value: HostKeyPolicy }
+
+type Criterion =
+  | { readonly kind: 'all' }
+  | {
+      readonly kind: 'host' | 'originalhost' | 'user' | 'localuser'
+      readonly negate: boolean
+      readonly patterns: string
+    }
+
+type ConfigNode =
+  | ({ readonly kind: 'host'; readonly patterns: readonly string[] } & Where)
+  | ({ readonly kind: 'match'; readonly criteria: readonly Criterion[] | 'unsupported' } & Where)
+  | ({ readonly kind: 'include'; readonly files: readonly ConfigFile[] } & Where)
+  | ({ readonly kind: 'setting'; readonly setting: Setting } & Where)
+
+interface ConfigFile {
+  readonly path: string
+  readonly nodes: readonly ConfigNode[]
+}
+
+/**
+ * A parsed OpenSSH client config with its Includes read in. Opaque: look hosts up with {@link lookupHost}.
+ * Only the keywords ipp-tunnel uses are kept; all others are ignored.
+ */
+export interface SshConfig {
+  /** The top-level file, or undefined for an empty config. */
+  readonly path: string | undefined
+  /** Every file read (the top-level one and all Includes), in reading order. */
+  readonly files: readonly string[]
+  readonly nodes: readonly ConfigNode[]
+}
+
+/** What ~/.ssh/config says about one host; absent fields were not set by any matching block. */
+export interface HostSettings {
+  /** `HostName`, with `%h` expanded. */
+  readonly hostName?: string
+  readonly user?: string
+  readonly port?: number
+  /** `IdentityFile` entries in order, with `~`, `${VAR}` and `%` tokens expanded. */
+  readonly identityFiles: readonly string[]
+  readonly identitiesOnly?: boolean
+  /** `ProxyJump` hops in order; an empty list when `ProxyJump none` was obtained. */
+  readonly proxyJump?: readonly Destination[]
+  /** `ProxyCommand` (other than `none`) obtained before any ProxyJump; ipp-tunnel cannot run it. */
+  readonly proxyCommand?: { readonly command: string; readonly file: string; readonly line: number }
+  /** `UserKnownHostsFile` paths, expanded; an empty list for `UserKnownHostsFile none`. */
+  readonly userKnownHostsFiles?: readonly string[]
+  /** `StrictHostKeyChecking` mapped to a policy: yes/ask → strict, accept-new, no/off → off. */
+  readonly strictHostKeyChecking?: HostKeyPolicy
+}
+
+/** Context for {@link lookupHost}: what the command line said, and the local account. */
+export interface LookupContext {
+  /** The user given with the destination (`user@host`); it wins over the config's `User`, as in ssh. */
+  readonly user?: string
+  /** The port given with the destination; it wins over the config's `Port`. */
+  readonly port?: number
+  /** Local user name (`%u`, `Match localuser`); default `os.userInfo().username`. */
+  readonly localUser?: string
+  /** Home directory (`~`, `%d`); default `os.homedir()`. */
+  readonly home?: string
+  /** Environment for `${VAR}` in IdentityFile and UserKnownHostsFile; default `process.env`. */
+  readonly env?: NodeJS.ProcessEnv
+  /** Local host name (`%l`, `%L`); default `os.hostname()`. */
+  readonly localHost?: string
+}
+
+/** Options for {@link readSshConfig}. */
+export interface ReadSshConfigOptions {
+  /** Home directory: `~` in Include, and relative Includes are read from `<home>/.ssh`. Default `os.homedir()`. */
+  readonly home?: string
+}
+
+/** OpenSSH's limit on Include nesting. */
+const MAX_INCLUDE_DEPTH = 16
+
+/** An empty config (what a missing file reads as). */
+export const emptySshConfig: SshConfig = { path: undefined, files: [], nodes: [] }
+
+/**
+ * Reads an OpenSSH client config file and everything it Includes. A missing file reads as an empty config.
+ *
+ * @throws IppTunnelError `E_SSH_CONFIG` naming file and line for an unreadable or malformed file, or an Include loop.
+ *
+ * @example
+ * const config = await readSshConfig(path.join(os.homedir(), '.ssh', 'config'))
+ * lookupHost(config, 'cluster').hostName
+ */
+export async function readSshConfig(file: string, opts: ReadSshConfigOptions = {}): Promise<SshConfig> {
+  const home = opts.home ?? os.homedir()
+  const files: string[] = []
+  const top = await readConfigFile(path.resolve(file), home, [], files, true)
+  if (top === undefined) return { ...emptySshConfig }
+  return { path: top.path, files, nodes: top.nodes }
+}
+
+async function readConfigFile(
+  file: string,
+  home: string,
+  stack: readonly string[],
+  files: string[],
+  missingOk: boolean,
+): Promise<ConfigFile | undefined> {
+  let text: string
+  let real: string
+  try {
+    text = await readFile(file, 'utf8')
+    real = await realpath(file)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (missingOk && (code === 'ENOENT' || code === 'ENOTDIR')) return undefined
+    throw new IppTunnelError('E_SSH_CONFIG', `cannot read ssh config ${file}: ${code ?? String(err)}`, {
+      cause: err,
+    })
+  }
+  if (stack.includes(real)) {
+    throw new IppTunnelError(
+      'E_SSH_CONFIG',
+      `ssh config Include loop: ${[...stack, real].join(' includes ')}`,
+    )
+  }
+  files.push(file)
+  const nodes: ConfigNode[] = []
+  const lines = text.split('\n')
+  for (let i = 0; i < lines.length; i++) {
+    const where: Where = { file, line: i + 1 }
+    const node = parseLine(lines[i] ?? '', where)
+    if (node === undefined) continue
+    if (node.kind === 'include') {
+      if (stack.length + 1 >= MAX_INCLUDE_DEPTH) {
+        throw configError(where, `Include nested deeper than ${MAX_INCLUDE_DEPTH} files`)
+      }
+      const included: ConfigFile[] = []
+      for (const pattern of node.patterns) {
+        for (const match of await globFiles(includePath(pattern, home, where))) {
+          const child = await readConfigFile(match, home, [...stack, real], files, false)
+          if (child !== undefined) included.push(child)
+        }
+      }
+      nodes.push({ kind: 'include', files: included, ...where })
+    } else {
+      nodes.push(node)
+    }
+  }
+  return { path: file, nodes }
+}
+
+function configError(where: Where, message: string): IppTunnelError {
+  return new IppTunnelError('E_SSH_CONFIG', `${where.file}:${where.line}: ${message}`)
+}
+
+type ParsedLine = Exclude<ConfigNode, { kind: 'include' }> | ({ kind: 'include'; patterns: string[] } & Where)
+
+/** Parses one line into a node; undefined for blank lines, comments and keywords ipp-tunnel ignores. */
+function parseLine(raw: string, where: Where): ParsedLine | undefined {
+  const line = raw.replace(/[\s\f]+$/u, '').replace(/^\s+/u, '')
+  if (line === '' || line.startsWith('#')) return undefined
+  const m = /^([^\s=]*)\s*(?:=\s*)?(.*)$/su.exec(line)
+  const keyword = (m?.[1] ?? '').toLowerCase()
+  if (keyword === '') throw configError(where, 'missing keyword')
+  const args = splitArgs(m?.[2] ?? '', where)
+  const name = m?.[1] ?? keyword
+
+  const one = (): string => {
+    if (args.length !== 1 || args[0] === '') {
+      throw configError(where, `${name} takes exactly one argument, got ${args.length}`)
+    }
+    return args[0] ?? ''
+  }
+  const some = (): string[] => {
+    if (args.length === 0 || args.some((a) => a === '')) throw configError(where, `${name} needs an argument`)
+    return args
+  }
+  const setting = (s: Setting): ParsedLine => ({ kind: 'setting', setting: s, ...where })
+
+  switch (keyword) {
+    case 'host':
+      return { kind: 'host', patterns: some(), ...where }
+    case 'match':
+      return { kind: 'match', criteria: parseMatch(some(), where), ...where }
+    case 'include':
+      return { kind: 'include', patterns: some(), ...where }
+    case 'hostname':
+      return setting({ key: 'hostname', value: one() })
+    case 'user':
+      return setting({ key: 'user', value: one() })
+    case 'identityfile':
+      return setting({ key: 'identityfile', value: one() })
+    case 'port': {
+      const text = one()
+      const port = /^[0-9]{1,5}$/u.test(text) ? Number(text) : NaN
+      if (!(port >= 1 && port <= 65535))
+        throw configError(where, `Port ${JSON.stringify(text)} is not in 1-65535`)
+      return setting({ key: 'port', value: port })
+    }
+    case 'identitiesonly':
+      return setting({ key: 'identitiesonly', value: parseFlag(one(), name, where) })
+    case 'proxyjump': {
+      const text = one()
+      if (text.toLowerCase() === 'none') return setting({ key: 'proxyjump', value: [], text: '' })
+      const value = text.split(',').map((part) => {
+        try {
+          return parseDestination(part)
+        } catch (err) {
+          throw new IppTunnelError(
+            'E_SSH_CONFIG',
+            `${where.file}:${where.line}: ProxyJump ${JSON.stringify(part)} is not [user@]host[:port]`,
+            { cause: err },
+          )
+        }
+      })
+      return setting({ key: 'proxyjump', value, text })
+    }
+    case 'proxycommand':
+      return setting({ key: 'proxycommand', value: some().join(' ') })
+    case 'userknownhostsfile': {
+      const files = some()
+      const none = files.length === 1 && files[0]?.toLowerCase() === 'none'
+      return setting({ key: 'userknownhostsfile', value: none ? [] : files })
+    }
+    case 'stricthostkeychecking': {
+      const text = one().toLowerCase()
+      const policy: HostKeyPolicy | undefined =
+        text === 'yes' || text === 'true' || text === 'ask'
+          ? 'strict'
+          : text === 'accept-new'
+            ? 'accept-new'
+            : text === 'no' || text === 'false' || text === 'off'
+              ? 'off'
+              : undefined
+      if (policy === undefined) {
+        throw configError(
+          where,
+          `StrictHostKeyChecking ${JSON.stringify(text)} is not yes, accept-new, no or ask`,
+        )
+      }
+      return setting({ key: 'stricthostkeychecking', value: policy })
+    }
+    default:
+      return undefined
+  }
+}
+
+function parseFlag(text: string, name: string, where: Where): boolean {
+  const t = text.toLowerCase()
+  if (t === 'yes' || t === 'true') return true
+  if (t === 'no' || t === 'false') return false
+  throw configError(where, `${name} ${JSON.stringify(text)} is not yes or no`)
+}
+
+function parseMatch(args: readonly string[], where: Where): readonly Criterion[] | 'unsupported' {
+  const criteria: Criterion[] = []
+  for (let i = 0; i < args.length; i++) {
+    const word = args[i] ?? ''
+    const negate = word.startsWith('!')
+    const attr = (negate ? word.slice(1) : word).toLowerCase()
+    if (attr === 'all' && !negate) {
+      criteria.push({ kind: 'all' })
+      continue
+    }
+    if (attr === 'host' || attr === 'originalhost' || attr === 'user' || attr === 'localuser') {
+      const patterns = args[i + 1]
+      if (patterns === undefined || patterns === '')
+        throw configError(where, `Match ${attr} needs an argument`)
+      i++
+      criteria.push({ kind: attr, negate, patterns })
+      continue
+    }
+    // exec, canonical, final, localnetwork, tagged, …: not evaluated here, so the block never applies.
+    return 'unsupported'
+  }
+  return criteria
+}
+
+/**
+ * Splits a config line's arguments like OpenSSH: whitespace separates, `"…"` and `'…'` quote,
+ * a backslash escapes a quote, a backslash or (outside quotes) a space, and `#` starting a word begins a comment.
+ */
+function splitArgs(text: string, where: Where): string[] {
+  const args: string[] = []
+  let i = 0
+  while (i < text.length) {
+    while (i < text.length && /\s/u.test(text[i] ?? '')) i++
+    if (i >= text.length || text[i] === '#') break
+    let arg = ''
+    let quote: string | undefined
+    for (; i < text.length; i++) {
+      const c = text[i] ?? ''
+      if (quote === undefined && /\s/u.test(c)) break
+      if (c === '\\') {
+        const next = text[i + 1]
+        if (next === '"' || next === "'" || next === '\\' || (quote === undefined && next === ' ')) {
+          arg += next
+          i++
+          continue
+        }
+        arg += c
+      } else if (quote === undefined && (c === '"' || c === "'")) {
+        quote = c
+      } else if (c === quote) {
+        quote = undefined
+      } else {
+        arg += c
+      }
+    }
+    if (quote !== undefined) throw configError(where, `unterminated ${quote} quote`)
+    args.push(arg)
+  }
+  return args
+}
+
+/** `~` and relative Include paths, which OpenSSH reads from ~/.ssh. */
+function includePath(pattern: string, home: string, where: Where): string {
+  const expanded = expandTilde(pattern, home, undefined, where)
+  return path.isAbsolute(expanded) ? expanded : path.join(home, '.ssh', expanded)
+}
+
+/**
+ * Expands a leading `~` or `~/` to `home`. `~name` is expanded only for the local user `localUser`.
+ *
+ * @example
+ * expandTilde('~/.ssh/id_ed25519', '/home/alice') // '/home/alice/.ssh/id_ed25519'
+ */
+export function expandTilde(text: string, home: string, localUser?: string, where?: Where): string {
+  if (!text.startsWith('~')) return text
+  const slash = text.indexOf('/')
+  const name = slash < 0 ? text.slice(1) : text.slice(1, slash)
+  const rest = slash < 0 ? '' : text.slice(slash)
+  if (name !== '' && name !== localUser) {
+    const msg = `cannot expand ${JSON.stringify(`~${name}`)}: only ~ (your home) is supported`
+    throw where === undefined ? new IppTunnelError('E_SSH_CONFIG', msg) : configError(where, msg)
+  }
+  return home + rest
+}
+
+const GLOB_MAGIC = /[*?[]/u
+
+/** The files an Include glob names, sorted per directory like glob(3); a pattern that matches nothing gives none. */
+async function globFiles(pattern: string): Promise<string[]> {
+  const parts = pattern.split('/').filter((p) => p !== '')
+  let candidates = ['/']
+  for (const part of parts) {
+    const next: string[] = []
+    if (!GLOB_MAGIC.test(part)) {
+      for (const dir of candidates) next.push(path.join(dir, part))
+    } else {
+      const re = globSegment(part)
+      for (const dir of candidates) {
+        let names: string[]
+        try {
+          names = await readdir(dir)
+        } catch {
+          continue
+        }
+        names.sort()
+        for (const name of names) {
+          if (name.startsWith('.') && !part.startsWith('.')) continue
+          if (re.test(name)) next.push(path.join(dir, name))
+        }
+      }
+    }
+    candidates = next
+  }
+  const files: string[] = []
+  for (const file of candidates) {
+    try {
+      if ((await stat(file)).isFile()) files.push(file)
+    } catch {
+      // a name that does not exist matches nothing, as in glob(3)
+    }
+  }
+  return files
+}
+
+function globSegment(part: string): RegExp {
+  let re = ''
+  for (let i = 0; i < part.length; i++) {
+    const c = part[i] ?? ''
+    if (c === '*') re += '.*'
+    else if (c === '?') re += '.'
+    else if (c === '[') {
+      const close = part.indexOf(']', i + 2)
+      if (close < 0) {
+        re += '\\['
+        continue
+      }
+      let body = part.slice(i + 1, close)
+      const negated = body.startsWith('!') || body.startsWith('^')
+      if (negated) body = body.slice(1)
+      re += `[${negated ? '^' : ''}${body.replace(/[\\\]^]/gu, '\\$&')}]`
+      i = close
+    } else re += c.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')
+  }
+  return new RegExp(`^${re}$`, 'su')
+}
+
+/**
+ * Matches `text` against one ssh pattern (`*` any run, `?` one character), case-insensitively.
+ *
+ * @example
+ * matchPattern('node7.lab', '*.lab') // true
+ */
+export function matchPattern(text: string, pattern: string): boolean {
+  const t = text.toLowerCase()
+  const p = pattern.toLowerCase()
+  // iterative wildcard match with backtracking on the last '*'
+  let ti = 0
+  let pi = 0
+  let star = -1
+  let mark = 0
+  while (ti < t.length) {
+    if (pi < p.length && (p[pi] === '?' || p[pi] === t[ti])) {
+      ti++
+      pi++
+    } else if (pi < p.length && p[pi] === '*') {
+      star = pi++
+      mark = ti
+    } else if (star >= 0) {
+      pi = star + 1
+      ti = ++mark
+    } else {
+      return false
+    }
+  }
+  while (pi < p.length && p[pi] === '*') pi++
+  return pi === p.length
+}
+
+/**
+ * Matches `text` against a comma-separated ssh pattern list: true when some pattern matches and no `!pattern` does.
+ *
+ * @example
+ * matchPatternList('db.lab', '*.lab,!db.lab') // false
+ */
+export function matchPatternList(text: string, list: string): boolean {
+  return matchPatterns(text, list.split(','))
+}
+
+function matchPatterns(text: string, patterns: readonly string[]): boolean {
+  let matched = false
+  for (const pattern of patterns) {
+    if (pattern.startsWith('!')) {
+      if (matchPattern(text, pattern.slice(1))) return false
+    } else if (matchPattern(text, pattern)) {
+      matched = true
+    }
+  }
+  return matched
+}
+
+interface Obtained {
+  hostName?: string
+  user?: string
+  port?: number
+  identityFiles: { value: string; where: Where }[]
+  identitiesOnly?: boolean
+  proxy?:
+    | { kind: 'jump'; value: readonly Destination[]; text: string }
+    | { kind: 'command'; value: string; where: Where }
+  knownHosts?: { value: readonly string[]; where: Where }
+  strict?: HostKeyPolicy
+}
+
+/**
+ * Looks a host up the way ssh(1) does: blocks are read top to bottom and the first value obtained for a keyword wins
+ * (IdentityFile accumulates). `Host` matches the name as written; `Match host` matches the HostName obtained so far.
+ *
+ * @throws IppTunnelError `E_SSH_CONFIG` naming file and line when a `%` token, `${VAR}` or `~user` cannot be expanded.
+ *
+ * @example
+ * const s = lookupHost(config, 'cluster', { user: 'alice' })
+ * s.hostName ?? 'cluster'
+ */
+export function lookupHost(config: SshConfig, alias: string, context: LookupContext = {}): HostSettings {
+  const original = alias.toLowerCase()
+  const localUser = context.localUser ?? defaultLocalUser(context.env ?? process.env)
+  const home = context.home ?? os.homedir()
+  const got: Obtained = { identityFiles: [] }
+  const currentHost = (): string =>
+    got.hostName === undefined ? original : expandHostName(got.hostName, original)
+
+  const matches = (criteria: readonly Criterion[] | 'unsupported'): boolean => {
+    if (criteria === 'unsupported') return false
+    return criteria.every((c) => {
+      if (c.kind === 'all') return true
+      const subject =
+        c.kind === 'host'
+          ? currentHost()
+          : c.kind === 'originalhost'
+            ? original
+            : c.kind === 'user'
+              ? (context.user ?? got.user ?? localUser)
+              : localUser
+      return matchPatternList(subject, c.patterns) !== c.negate
+    })
+  }
+
+  const apply = (s: Setting, where: Where): void => {
+    switch (s.key) {
+      case 'hostname':
+        got.hostName ??= s.value
+        break
+      case 'user':
+        got.user ??= s.value
+        break
+      case 'port':
+        got.port ??= s.value
+        break
+      case 'identityfile':
+        got.identityFiles.push({ value: s.value, where })
+        break
+      case 'identitiesonly':
+        got.identitiesOnly ??= s.value
+        break
+      case 'proxyjump':
+        got.proxy ??= { kind: 'jump', value: s.value, text: s.text }
+        break
+      case 'proxycommand':
+        got.proxy ??=
+          s.value.toLowerCase() === 'none'
+            ? { kind: 'jump', value: [], text: '' }
+            : { kind: 'command', value: s.value, where }
+        break
+      case 'userknownhostsfile':
+        got.knownHosts ??= { value: s.value, where }
+        break
+      case 'stricthostkeychecking':
+        got.strict ??= s.value
+        break
+    }
+  }
+
+  const walk = (nodes: readonly ConfigNode[]): void => {
+    let active = true
+    for (const node of nodes) {
+      switch (node.kind) {
+        case 'host':
+          active = matchPatterns(original, node.patterns)
+          break
+        case 'match':
+          active = matches(node.criteria)
+          break
+        case 'include':
+          if (active) for (const f of node.files) walk(f.nodes)
+          break
+        case 'setting':
+          if (active) apply(node.setting, node)
+          break
+      }
+    }
+  }
+  walk(config.nodes)
+
+  const hostName = got.hostName === undefined ? undefined : expandHostName(got.hostName, original)
+  const host = hostName ?? original
+  const user = context.user ?? got.user ?? localUser
+  const port = context.port ?? got.port ?? 22
+  const jumpText = got.proxy?.kind === 'jump' ? got.proxy.text : ''
+  const localHost = context.localHost ?? os.hostname()
+  const tokens: Record<string, string> = {
+    '%': '%',
+    d: home,
+    u: localUser,
+    h: host,
+    n: original,
+    r: user,
+    p: String(port),
+    k: host,
+    l: localHost,
+    L: localHost.split('.')[0] ?? localHost,
+    i: String(process.getuid?.() ?? ''),
+    j: jumpText,
+    C: createHash('sha1').update(`${localHost}${host}${port}${user}${jumpText}`).digest('hex'),
+  }
+  const env = context.env ?? process.env
+  const expand = (text: string, keyword: string, where: Where): string =>
+    expandTokens(expandTilde(text, home, localUser, where), tokens, env, keyword, where)
+
+  return {
+    ...(hostName === undefined ? {} : { hostName }),
+    ...(got.user === undefined ? {} : { user: got.user }),
+    ...(got.port === undefined ? {} : { port: got.port }),
+    identityFiles: got.identityFiles.map((f) => expand(f.value, 'IdentityFile', f.where)),
+    ...(got.identitiesOnly === undefined ? {} : { identitiesOnly: got.identitiesOnly }),
+    ...(got.proxy?.kind === 'jump' ? { proxyJump: got.proxy.value } : {}),
+    ...(got.proxy?.kind === 'command'
+      ? { proxyCommand: { command: got.proxy.value, file: got.proxy.where.file, line: got.proxy.where.line } }
+      : {}),
+    ...(got.knownHosts === undefined
+      ? {}
+      : {
+          userKnownHostsFiles: got.knownHosts.value.map((f) =>
+            expand(f, 'UserKnownHostsFile', got.knownHosts?.where ?? { file: '', line: 0 }),
+          ),
+        }),
+    ...(got.strict === undefined ? {} : { strictHostKeyChecking: got.strict }),
+  }
+}
+
+/** `%h` (the name as written) and `%%` in HostName. */
+function expandHostName(text: string, original: string): string {
+  return text.replace(/%([%h])/gu, (_m, c: string) => (c === 'h' ? original : '%'))
+}
+
+function expandTokens(
+  text: string,
+  tokens: Readonly<Record<string, string>>,
+  env: NodeJS.ProcessEnv,
+  keyword: string,
+  where: Where,
+): string {
+  let out = ''
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i] ?? ''
+    if (c === '%') {
+      const t = text[i + 1]
+      const value = t === undefined ? undefined : tokens[t]
+      if (value === undefined) {
+        throw configError(where, `${keyword} has an unknown token ${JSON.stringify(`%${t ?? ''}`)}`)
+      }
+      out += value
+      i++
+    } else if (c === '$' && text[i + 1] === '{') {
+      const close = text.indexOf('}', i + 2)
+      if (close < 0) throw configError(where, `${keyword} has an unterminated \${`)
+      const name = text.slice(i + 2, close)
+      const value = env[name]
+      if (value === undefined) throw configError(where, `${keyword} uses \${${name}}, which is not set`)
+      out += value
+      i = close
+    } else {
+      out += c
+    }
+  }
+  return out
+}
+
+/**
+ * The local account name: `os.userInfo().username`, else `$USER`/`$LOGNAME`.
+ *
+ * @example
+ * defaultLocalUser(process.env) // 'alice'
+ */
+export function defaultLocalUser(env: NodeJS.ProcessEnv): string {
+  try {
+    return os.userInfo().username
+  } catch {
+    return env.USER ?? env.LOGNAME ?? 'root'
+  }
+}

@@ -1,0 +1,32 @@
+/**
+ * SSH: destinations, ssh_config resolution, known_hosts checks, authentication and the reconnecting
+ * {@link Link} that carries every forward to one destination over one connection.
+ *
+ * @example
+ * import { resolveTarget, Link } from '../ssh/index.js'
+ * const target = await resolveTarget('user@cluster:2222', { hostKeyCheck: 'strict' })
+ * const link = new Link(target, { hostKeyCheck: 'strict' })
+ * await link.connect()
+ * const stream = await link.forwardOut('127.0.0.1', 55123)
+ * await link.close()
+ */
+export type {
+  Destination,
+  HostKeyPolicy,
+  PassphraseProvider,
+  ResolvedHop,
+  ResolvedTarget,
+  SshOptions,
+} from './types.js'
+export { parseDestination, formatDestination } from './destination.js'
+export { checkHostKey, fingerprintSha256, type CheckHostKeyOptions } from './known-hosts.js'
+export { resolveTarget } from './resolve.js'
+export { HopAuth, type AuthAttempt, type AuthOptions } from './auth.js'
+export {
+  Link,
+  type BackoffOptions,
+  type LinkEvents,
+  type LinkOptions,
+  type LinkState,
+  type LinkStats,
+} from './link.js'

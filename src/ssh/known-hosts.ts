@@ -1,0 +1,230 @@
+import { createHash, createHmac, randomBytes } from 'node:crypto'
+import { mkdir, open, readFile } from 'node:fs/promises'
+import path from 'node:path'
+
+import { IppTunnelError } from '../errors/index.js'
+import { matchPatternList } from './config.js'
+import type { HostKeyPolicy } from './types.js'
+
+/**
+ * The OpenSSH SHA-256 fingerprint of a public key blob (ssh wire format), as `ssh-keygen -lf` prints it.
+ *
+ * @example
+ * fingerprintSha256(Buffer.from(pubLine.split(' ')[1], 'base64')) // 'SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU'
+ */
+export function fingerprintSha256(keyBlob: Buffer): string {
+  return `SHA256:${createHash('sha256').update(keyBlob).digest('base64').replace(/=+$/u, '')}`
+}
+
+/**
+ * The key type named inside a public key blob (`ssh-ed25519`, `ssh-rsa`, `ecdsa-sha2-nistp256`, …),
+ * or undefined when the blob is not in ssh wire format.
+ *
+ * @example
+ * keyTypeOfBlob(blob) // 'ssh-ed25519'
+ */
+export function keyTypeOfBlob(keyBlob: Buffer): string | undefined {
+  if (keyBlob.length < 4) return undefined
+  const len = keyBlob.readUInt32BE(0)
+  if (len === 0 || len > 64 || len > keyBlob.length - 4) return undefined
+  const type = keyBlob.subarray(4, 4 + len).toString('latin1')
+  return /^[\x21-\x7e]+$/u.test(type) ? type : undefined
+}
+
+/** One usable line of a known_hosts file. */
+export interface KnownHostsEntry {
+  readonly file: string
+  readonly line: number
+  readonly marker: 'revoked' | 'cert-authority' | undefined
+  /** The host field as written: a comma-separated pattern list or one `|1|salt|hash`. */
+  readonly hosts: string
+  readonly keyType: string
+  readonly key: Buffer
+}
+
+/**
+ * Parses the text of a known_hosts file. Comments, blank lines, lines with an unknown marker or a key that does not
+ * decode are skipped, as ssh(1) skips them.
+ *
+ * @example
+ * parseKnownHosts('[10.0.0.2]:2222 ssh-ed25519 AAAAC3…\n', '/root/.ssh/known_hosts')
+ */
+export function parseKnownHosts(text: string, file: string): KnownHostsEntry[] {
+  const entries: KnownHostsEntry[] = []
+  const lines = text.split('\n')
+  for (let i = 0; i < lines.length; i++) {
+    const words = (lines[i] ?? '').trim().split(/\s+/u)
+    const head = words[0] ?? ''
+    if (head === '' || head.startsWith('#')) continue
+    let marker: KnownHostsEntry['marker']
+    if (head.startsWith('@')) {
+      if (head === '@revoked') marker = 'revoked'
+      else if (head === '@cert-authority') marker = 'cert-authority'
+      else continue
+    }
+    const fields = marker === undefined ? words : words.slice(1)
+    const hosts = fields[0] ?? ''
+    const keyType = fields[1] ?? ''
+    const base64 = fields[2] ?? ''
+    if (!/^[A-Za-z0-9+/]+={0,2}$/u.test(base64)) continue
+    const key = Buffer.from(base64, 'base64')
+    if (keyTypeOfBlob(key) !== keyType) continue
+    entries.push({ file, line: i + 1, marker, hosts, keyType, key })
+  }
+  return entries
+}
+
+/**
+ * The name OpenSSH looks up in known_hosts: `host` for port 22, `[host]:port` otherwise (lower case).
+ *
+ * @example
+ * knownHostsName('10.0.0.2', 2222) // '[10.0.0.2]:2222'
+ */
+export function knownHostsName(host: string, port: number): string {
+  const h = host.toLowerCase()
+  return port === 22 ? h : `[${h}]:${port}`
+}
+
+/**
+ * True when a known_hosts host field names `name` (from {@link knownHostsName}): a hashed `|1|salt|hash`
+ * (HMAC-SHA1 of the name keyed by the salt) or a pattern list with `*`, `?` and `!negation`.
+ *
+ * @example
+ * hostFieldMatches('[*.lab]:2222,!bad.lab', '[node1.lab]:2222') // true
+ */
+export function hostFieldMatches(field: string, name: string): boolean {
+  if (field.startsWith('|')) {
+    const m = /^\|1\|([A-Za-z0-9+/=]+)\|([A-Za-z0-9+/=]+)$/u.exec(field)
+    if (m === null) return false
+    const salt = Buffer.from(m[1] ?? '', 'base64')
+    const hash = createHmac('sha1', salt).update(name).digest('base64')
+    return hash === m[2]
+  }
+  return matchPatternList(name, field)
+}
+
+/**
+ * A hashed known_hosts host field for `name`, as `ssh-keygen -H` writes it (`HashKnownHosts yes`).
+ *
+ * @example
+ * hashHostName('[10.0.0.2]:2222') // '|1|base64salt|base64hmac'
+ */
+export function hashHostName(name: string, salt: Buffer = randomBytes(20)): string {
+  const hash = createHmac('sha1', salt).update(name).digest('base64')
+  return `|1|${salt.toString('base64')}|${hash}`
+}
+
+/** What {@link checkHostKey} is asked to verify. */
+export interface CheckHostKeyOptions {
+  /** known_hosts files in order; a missing one is empty. `accept-new` records into `files[0]`. */
+  readonly files: readonly string[]
+  /** The address connected to (HostName applied). */
+  readonly host: string
+  readonly port: number
+  /** The server's public key blob in ssh wire format, as ssh2 hands it to `hostVerifier`. */
+  readonly key: Buffer
+  /** The key type, used only when the blob does not name one. */
+  readonly keyType?: string
+  readonly policy: HostKeyPolicy
+}
+
+/**
+ * Verifies a server's host key against known_hosts files, as ssh(1) does.
+ * A key listed under `@revoked` is refused under every policy. With `strict`, an unknown key is refused;
+ * with `accept-new` it is recorded (hashed) in `files[0]`; a changed key (another key of the same type for the host)
+ * is refused under both. `off` checks nothing but revocation.
+ *
+ * @returns `'known'` (listed), `'recorded'` (accept-new added it) or `'unchecked'` (policy off).
+ * @throws IppTunnelError `E_HOSTKEY_UNKNOWN`, `E_HOSTKEY_MISMATCH` or `E_HOSTKEY_REVOKED`, each naming the host,
+ * the offered key type and `SHA256:` fingerprint, and the file to fix.
+ *
+ * @example
+ * await checkHostKey({ files: ['/root/.ssh/known_hosts'], host: '10.0.0.2', port: 2222, key, policy: 'strict' })
+ */
+export async function checkHostKey(opts: CheckHostKeyOptions): Promise<'known' | 'recorded' | 'unchecked'> {
+  const name = knownHostsName(opts.host, opts.port)
+  const keyType = keyTypeOfBlob(opts.key) ?? opts.keyType ?? 'unknown'
+  const offered = `${keyType} ${fingerprintSha256(opts.key)}`
+
+  const entries: KnownHostsEntry[] = []
+  for (const file of opts.files) entries.push(...parseKnownHosts(await readKnownHosts(file), file))
+
+  // Stricter than ssh(1), which consults only @revoked lines whose pattern matches: a revoked key is never accepted.
+  const revoked = entries.find((e) => e.marker === 'revoked' && e.key.equals(opts.key))
+  if (revoked !== undefined) {
+    throw new IppTunnelError(
+      'E_HOSTKEY_REVOKED',
+      `host key for ${name} is marked @revoked at ${revoked.file}:${revoked.line} (server offered ${offered}); ` +
+        'refusing to connect: ask the server administrator for its current host key',
+    )
+  }
+  if (opts.policy === 'off') return 'unchecked'
+
+  const forHost = entries.filter((e) => e.marker === undefined && hostFieldMatches(e.hosts, name))
+  if (forHost.some((e) => e.key.equals(opts.key))) return 'known'
+
+  const changed = forHost.find((e) => e.keyType === keyType)
+  if (changed !== undefined) {
+    throw new IppTunnelError(
+      'E_HOSTKEY_MISMATCH',
+      `REMOTE HOST IDENTIFICATION HAS CHANGED for ${name}: server offered ${offered} but ${changed.file}:${changed.line} ` +
+        `holds a different ${changed.keyType} key (${fingerprintSha256(changed.key)}); someone could be doing something ` +
+        `nasty (man-in-the-middle), or the host key was just replaced; if you have verified the new key, remove the ` +
+        `old one with ssh-keygen -R '${name}' -f ${changed.file}`,
+    )
+  }
+
+  const first = opts.files[0]
+  if (opts.policy === 'strict' || first === undefined) {
+    const where = opts.files.length === 0 ? 'any known_hosts file (none configured)' : opts.files.join(', ')
+    const portFlag = opts.port === 22 ? '' : `-p ${opts.port} `
+    throw new IppTunnelError(
+      'E_HOSTKEY_UNKNOWN',
+      `host key for ${name} not in ${where} (server offered ${offered}); run ipp-tunnel with ` +
+        `--host-key-check accept-new to trust it, or, after checking the fingerprint, add it with ` +
+        `ssh-keyscan -H ${portFlag}${opts.host} >> ${first ?? '~/.ssh/known_hosts'}`,
+    )
+  }
+
+  await recordHostKey(first, name, keyType, opts.key)
+  return 'recorded'
+}
+
+async function readKnownHosts(file: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8')
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOENT' || code === 'ENOTDIR') return ''
+    throw new IppTunnelError('E_SSH_CONFIG', `cannot read known_hosts file ${file}: ${code ?? String(err)}`, {
+      cause: err,
+    })
+  }
+}
+
+/** Appends a hashed line for `name` to `file`, creating the file 0600 (and its directory 0700) when needed. */
+async function recordHostKey(file: string, name: string, keyType: string, key: Buffer): Promise<void> {
+  try {
+    await mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
+    const handle = await open(file, 'a+', 0o600)
+    try {
+      const { size } = await handle.stat()
+      let prefix = ''
+      if (size > 0) {
+        const last = Buffer.alloc(1)
+        await handle.read(last, 0, 1, size - 1)
+        if (last[0] !== 0x0a) prefix = '\n'
+      }
+      await handle.appendFile(`${prefix}${hashHostName(name)} ${keyType} ${key.toString('base64')}\n`)
+    } finally {
+      await handle.close()
+    }
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    throw new IppTunnelError(
+      'E_HOSTKEY_UNKNOWN',
+      `cannot record the host key for ${name} in ${file}: ${code ?? String(err)}`,
+      { cause: err },
+    )
+  }
+}

@@ -1,0 +1,625 @@
+import { EventEmitter } from 'node:events'
+import { Duplex } from 'node:stream'
+import ssh2 from 'ssh2'
+import type { ClientChannel } from 'ssh2'
+import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { HopAuth, type AuthAttempt } from './auth.js'
+import { checkHostKey } from './known-hosts.js'
+import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
+
+type Client = InstanceType<typeof ssh2.Client>
+
+/** Where a {@link Link} is. `idle` only before the first `connect()`. */
+export type LinkState = 'idle' | 'connecting' | 'up' | 'reconnecting' | 'failed' | 'closed'
+
+/** Capped exponential backoff between reconnect attempts. */
+export interface BackoffOptions {
+  /** Delay before the first reconnect attempt; default 250 ms. */
+  readonly initialMs?: number
+  /** Largest delay; default 15000 ms. */
+  readonly maxMs?: number
+  /** Random spread as a fraction of the delay (0..1); default 0.2, so a delay d becomes d·(1 ± 0.2). */
+  readonly jitter?: number
+}
+
+/** Options of a {@link Link}. */
+export interface LinkOptions {
+  /** Default `strict`. */
+  readonly hostKeyCheck?: HostKeyPolicy
+  readonly passphrase?: PassphraseProvider
+  /** ssh-agent socket; default `$SSH_AUTH_SOCK`; `false`: no agent. */
+  readonly agent?: string | false
+  /** Environment for `SSH_AUTH_SOCK`; default `process.env`. */
+  readonly env?: Readonly<Record<string, string | undefined>>
+  /** SSH keepalive interval; default 5000 ms. With `keepaliveCountMax` it bounds how long a dead link goes unnoticed. */
+  readonly keepaliveIntervalMs?: number
+  /** Unanswered keepalives before the link counts as dead; default 3. */
+  readonly keepaliveCountMax?: number
+  /** Time allowed per hop from TCP connect to authenticated (time spent asking for a passphrase excluded); default 20000 ms. */
+  readonly readyTimeoutMs?: number
+  readonly backoff?: BackoffOptions
+  /** How long `forwardOut` waits for a link that is (re)connecting; default 10000 ms. */
+  readonly waitForLinkMs?: number
+}
+
+/** Events of a {@link Link}; failures are named events, there is no bare `error` event. */
+export interface LinkEvents {
+  state: [state: LinkState]
+  reconnecting: [info: { attempt: number; delayMs: number; error: IppTunnelError }]
+  reconnected: [info: { attempt: number; downMs: number }]
+  failed: [info: { error: IppTunnelError }]
+  closed: []
+}
+
+/** Counters of a {@link Link}. */
+export interface LinkStats {
+  /** Successful reconnects since `connect()`. */
+  readonly reconnects: number
+  /** Forwarded channels open now. */
+  readonly channelsOpen: number
+}
+
+/** Host-key, authentication and identity failures stop a link; everything else is retried. */
+const fatalCodes: ReadonlySet<string> = new Set([
+  'E_HOSTKEY_UNKNOWN',
+  'E_HOSTKEY_MISMATCH',
+  'E_HOSTKEY_REVOKED',
+  'E_AUTH',
+  'E_PASSPHRASE',
+  'E_IDENTITY',
+  'E_FORWARD_DENIED',
+])
+
+interface Waiter {
+  resolve(): void
+  reject(err: IppTunnelError): void
+}
+
+interface Chain {
+  readonly clients: Client[]
+  dead: boolean
+}
+
+/** ssh2 errors carry a `level` (and socket errors a `code`); channel-open failures a numeric `reason`. */
+interface Ssh2Error extends Error {
+  level?: string
+  code?: string
+  reason?: number | string
+}
+
+const openFailure = { prohibited: 1, connectFailed: 2 }
+
+function label(hop: ResolvedHop): string {
+  const where = `${hop.username}@${hop.host}:${hop.port}`
+  return hop.alias === hop.host ? where : `${where} (${hop.alias})`
+}
+
+function describe(err: unknown): string {
+  if (err === undefined) return 'connection closed'
+  if (err instanceof Error) {
+    const e = err as Ssh2Error
+    return e.code !== undefined && !e.message.includes(e.code) ? `${e.code}: ${e.message}` : e.message
+  }
+  return typeof err === 'string' ? err : JSON.stringify(err)
+}
+
+function closedError(): IppTunnelError {
+  return new IppTunnelError('E_CLOSED', 'The SSH link was closed')
+}
+
+/**
+ * One SSH connection to a destination (through its jump hosts), shared by many forwards, kept alive and
+ * reconnected with capped exponential backoff. Host keys of every hop are checked against known_hosts;
+ * host-key and authentication failures are fatal (state `failed`), dropped connections are retried.
+ *
+ * @example
+ * const link = new Link(await resolveTarget('user@cluster', {}), { hostKeyCheck: 'strict' })
+ * link.on('reconnecting', ({ attempt, delayMs }) => console.error(`reconnecting #${attempt} in ${delayMs} ms`))
+ * await link.connect()
+ * const stream = await link.forwardOut('127.0.0.1', 55123)
+ * socket.pipe(stream).pipe(socket)
+ * await link.close()
+ */
+export class Link extends EventEmitter<LinkEvents> {
+  readonly target: ResolvedTarget
+  readonly #options: LinkOptions
+  readonly #auth: HopAuth[]
+  #state: LinkState = 'idle'
+  #chain: Chain | undefined
+  #failure: IppTunnelError | undefined
+  #connecting: Promise<void> | undefined
+  #waiters = new Set<Waiter>()
+  #reconnects = 0
+  #channels = new Set<ClientChannel>()
+  #abort = new AbortController()
+  #closing: Promise<void> | undefined
+
+  constructor(target: ResolvedTarget, options: LinkOptions = {}) {
+    super()
+    if (target.hops.length === 0) throw new IppTunnelError('E_DESTINATION', 'The SSH route has no hops')
+    this.target = target
+    this.#options = options
+    const authOptions = {
+      ...(options.agent !== undefined ? { agent: options.agent } : {}),
+      ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
+      ...(options.env !== undefined ? { env: options.env } : {}),
+    }
+    this.#auth = target.hops.map((hop) => new HopAuth(hop, authOptions))
+  }
+
+  /** The current state. */
+  get state(): LinkState {
+    return this.#state
+  }
+
+  /** True once `close()` was called. */
+  get closed(): boolean {
+    return this.#state === 'closed'
+  }
+
+  /** The fatal error when the state is `failed`. */
+  get error(): IppTunnelError | undefined {
+    return this.#failure
+  }
+
+  get stats(): LinkStats {
+    return { reconnects: this.#reconnects, channelsOpen: this.#channels.size }
+  }
+
+  /** `user@host:port` of the server that forwards. */
+  get destination(): string {
+    return label(this.#lastHop)
+  }
+
+  get #lastHop(): ResolvedHop {
+    const hop = this.target.hops.at(-1)
+    if (hop === undefined) throw new Error('unreachable: no hops')
+    return hop
+  }
+
+  /**
+   * Opens the first connection. Rejects with the mapped error (E_CONNECT, E_HOSTKEY_*, E_AUTH, …) and
+   * leaves the link `failed`; the caller decides whether to try again (calling `connect()` again is allowed).
+   */
+  connect(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.#state === 'closed') return Promise.reject(closedError())
+    if (this.#state === 'up') return Promise.resolve()
+    if (this.#connecting !== undefined) return this.#connecting
+    this.#failure = undefined
+    this.#setState('connecting')
+    const signal = options.signal ? AbortSignal.any([options.signal, this.#abort.signal]) : this.#abort.signal
+    this.#connecting = this.#openChain(signal).then(
+      (chain) => {
+        this.#connecting = undefined
+        this.#adopt(chain)
+      },
+      (err: unknown) => {
+        this.#connecting = undefined
+        if (options.signal?.aborted === true && this.#state === 'connecting') {
+          this.#setState('idle')
+          throw options.signal.reason
+        }
+        const error = this.#asError(err)
+        if (this.#state !== 'closed') this.#fail(error)
+        throw error
+      },
+    )
+    return this.#connecting
+  }
+
+  /**
+   * Opens a `direct-tcpip` channel to `host:port` as seen from the destination server. While the link is
+   * (re)connecting it waits up to `waitForLinkMs`, then rejects `E_LINK_DOWN`. A refusal by the server
+   * rejects `E_FORWARD_DENIED` (AllowTcpForwarding) or `E_FORWARD` (nothing listens there).
+   */
+  async forwardOut(host: string, port: number, options: { signal?: AbortSignal } = {}): Promise<Duplex> {
+    for (let tries = 0; ; tries++) {
+      await this.#waitUp(options.signal)
+      const chain = this.#chain
+      const client = chain?.clients.at(-1)
+      if (chain === undefined || client === undefined) continue
+      try {
+        const stream = await this.#channel(client, host, port)
+        this.#track(stream)
+        return stream
+      } catch (err) {
+        // the link died under the request: wait for the reconnect and try once more
+        if (!isIppTunnelError(err) && chain.dead && tries === 0) continue
+        throw this.#forwardError(err, this.#lastHop, host, port)
+      }
+    }
+  }
+
+  /** Closes every hop and timer; pending `forwardOut` calls reject `E_CLOSED`. Safe to call twice. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#setState('closed')
+      this.#abort.abort()
+      for (const w of this.#waiters) w.reject(closedError())
+      this.#waiters.clear()
+      const chain = this.#chain
+      this.#chain = undefined
+      if (chain !== undefined) await endChain(chain)
+      this.emit('closed')
+    })()
+    return this.#closing
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+
+  #setState(state: LinkState): void {
+    if (this.#state === state) return
+    this.#state = state
+    this.emit('state', state)
+  }
+
+  #fail(error: IppTunnelError): void {
+    this.#failure = error
+    this.#setState('failed')
+    for (const w of this.#waiters) w.reject(error)
+    this.#waiters.clear()
+    this.emit('failed', { error })
+  }
+
+  #asError(err: unknown): IppTunnelError {
+    if (this.#state === 'closed') return closedError()
+    if (isIppTunnelError(err)) return err
+    return new IppTunnelError('E_CONNECT', `Cannot connect to ${this.destination}: ${describe(err)}`, {
+      cause: err,
+    })
+  }
+
+  #track(stream: ClientChannel): void {
+    this.#channels.add(stream)
+    stream.once('close', () => this.#channels.delete(stream))
+  }
+
+  /** Makes `chain` the live connection and watches it for a drop. */
+  #adopt(chain: Chain): void {
+    if (this.#state === 'closed') {
+      void endChain(chain)
+      return
+    }
+    this.#chain = chain
+    let lastError: unknown
+    const onDown = (): void => {
+      if (chain.dead) return
+      chain.dead = true
+      void endChain(chain)
+      // ssh2 neither closes the channels of a connection that died nor lets Channel.destroy() tear down the
+      // stream (it only sends CHANNEL_CLOSE), so destroy them as plain Duplexes: their users see the drop.
+      for (const stream of this.#channels) Duplex.prototype.destroy.call(stream)
+      this.#channels.clear()
+      if (this.#chain !== chain || this.#state !== 'up') return
+      this.#chain = undefined
+      const error = new IppTunnelError(
+        'E_LINK_DOWN',
+        `SSH link to ${this.destination} lost: ${describe(lastError)}`,
+        {
+          cause: lastError,
+        },
+      )
+      void this.#reconnect(error)
+    }
+    for (const client of chain.clients) {
+      client.on('error', (err) => (lastError = err))
+      client.once('close', onDown)
+    }
+    this.#setState('up')
+    for (const w of this.#waiters) w.resolve()
+    this.#waiters.clear()
+  }
+
+  async #reconnect(error: IppTunnelError): Promise<void> {
+    const downAt = Date.now()
+    this.#setState('reconnecting')
+    const backoff = this.#options.backoff ?? {}
+    const initial = backoff.initialMs ?? 250
+    const max = backoff.maxMs ?? 15_000
+    const jitter = Math.min(Math.max(backoff.jitter ?? 0.2, 0), 1)
+    let lastError = error
+    for (let attempt = 1; ; attempt++) {
+      const base = Math.min(max, initial * 2 ** (attempt - 1))
+      const delayMs = Math.round(Math.min(max, base * (1 + jitter * (2 * Math.random() - 1))))
+      this.emit('reconnecting', { attempt, delayMs, error: lastError })
+      if (!(await sleep(delayMs, this.#abort.signal))) return
+      try {
+        const chain = await this.#openChain(this.#abort.signal)
+        if (this.#state !== 'reconnecting') {
+          void endChain(chain)
+          return
+        }
+        this.#reconnects++
+        this.#adopt(chain)
+        this.emit('reconnected', { attempt, downMs: Date.now() - downAt })
+        return
+      } catch (err) {
+        if (this.#state !== 'reconnecting') return
+        lastError = this.#asError(err)
+        if (fatalCodes.has(lastError.code)) {
+          this.#fail(lastError)
+          return
+        }
+      }
+    }
+  }
+
+  #waitUp(signal: AbortSignal | undefined): Promise<void> {
+    signal?.throwIfAborted()
+    switch (this.#state) {
+      case 'up':
+        return Promise.resolve()
+      case 'closed':
+        return Promise.reject(closedError())
+      case 'failed':
+        return Promise.reject(this.#failure ?? closedError())
+      case 'idle':
+        return Promise.reject(
+          new IppTunnelError(
+            'E_LINK_DOWN',
+            `SSH link to ${this.destination} is not connected: call connect() first`,
+          ),
+        )
+      case 'connecting':
+      case 'reconnecting':
+        break
+    }
+    const waitMs = this.#options.waitForLinkMs ?? 10_000
+    return new Promise<void>((resolve, reject) => {
+      const done = (): void => {
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        this.#waiters.delete(waiter)
+      }
+      const waiter: Waiter = {
+        resolve: () => {
+          done()
+          resolve()
+        },
+        reject: (err) => {
+          done()
+          reject(err)
+        },
+      }
+      const onAbort = (): void => {
+        done()
+        reject(signal?.reason as Error)
+      }
+      const timer = setTimeout(() => {
+        waiter.reject(
+          new IppTunnelError(
+            'E_LINK_DOWN',
+            `SSH link to ${this.destination} is down (${this.#state}); gave up waiting after ${waitMs} ms`,
+          ),
+        )
+      }, waitMs)
+      signal?.addEventListener('abort', onAbort, { once: true })
+      this.#waiters.add(waiter)
+    })
+  }
+
+  #channel(client: Client, host: string, port: number): Promise<ClientChannel> {
+    return new Promise((resolve, reject) => {
+      try {
+        client.forwardOut('127.0.0.1', 0, host, port, (err, stream) => {
+          if (err) reject(err)
+          else resolve(stream)
+        })
+      } catch (err) {
+        reject(err instanceof Error ? err : new Error(String(err)))
+      }
+    })
+  }
+
+  #forwardError(err: unknown, hop: ResolvedHop, host: string, port: number): IppTunnelError {
+    if (isIppTunnelError(err)) return err
+    const reason = (err as Ssh2Error).reason
+    if (reason === openFailure.prohibited) {
+      return new IppTunnelError(
+        'E_FORWARD_DENIED',
+        `${label(hop)} refused to forward to ${host}:${port} (administratively prohibited): the server does not allow TCP forwarding (AllowTcpForwarding / PermitOpen in its sshd_config)`,
+        { cause: err },
+      )
+    }
+    if (reason === openFailure.connectFailed) {
+      return new IppTunnelError(
+        'E_FORWARD',
+        `Nothing accepts connections at ${host}:${port} as seen from ${label(hop)} (connect failed)`,
+        { cause: err },
+      )
+    }
+    if (this.#state !== 'up') {
+      return new IppTunnelError(
+        'E_LINK_DOWN',
+        `SSH link to ${label(hop)} went down while opening ${host}:${port}`,
+        {
+          cause: err,
+        },
+      )
+    }
+    return new IppTunnelError(
+      'E_FORWARD',
+      `Cannot forward to ${host}:${port} via ${label(hop)}: ${describe(err)}`,
+      {
+        cause: err,
+      },
+    )
+  }
+
+  /** Connects every hop in turn, each through a channel of the one before. */
+  async #openChain(signal: AbortSignal): Promise<Chain> {
+    const chain: Chain = { clients: [], dead: false }
+    try {
+      let previous: { client: Client; hop: ResolvedHop } | undefined
+      for (const [i, hop] of this.target.hops.entries()) {
+        signal.throwIfAborted()
+        let sock: ClientChannel | undefined
+        if (previous !== undefined) {
+          try {
+            sock = await this.#channel(previous.client, hop.host, hop.port)
+          } catch (err) {
+            const e = this.#forwardError(err, previous.hop, hop.host, hop.port)
+            if (e.code === 'E_FORWARD_DENIED') throw e
+            throw new IppTunnelError(
+              'E_CONNECT',
+              `Cannot reach ${label(hop)} through jump host ${label(previous.hop)}: ${e.message}`,
+              { cause: err },
+            )
+          }
+        }
+        const auth = this.#auth[i]
+        if (auth === undefined) throw new Error('unreachable: no auth for hop')
+        const client = await this.#connectHop(hop, await auth.begin(), sock, signal)
+        chain.clients.push(client)
+        previous = { client, hop }
+      }
+      return chain
+    } catch (err) {
+      chain.dead = true
+      await endChain(chain)
+      throw err
+    }
+  }
+
+  #connectHop(
+    hop: ResolvedHop,
+    auth: AuthAttempt,
+    sock: Duplex | undefined,
+    signal: AbortSignal,
+  ): Promise<Client> {
+    const client = new ssh2.Client()
+    client.once('close', () => closedClients.add(client))
+    const where = label(hop)
+    return new Promise<Client>((resolve, reject) => {
+      let fatal: IppTunnelError | undefined
+      let lastError: Ssh2Error | undefined
+      let settled = false
+      const readyMs = this.#options.readyTimeoutMs ?? 20_000
+      let timer = setTimeout(onTimeout, readyMs)
+      function onTimeout(): void {
+        if (auth.prompting) {
+          timer = setTimeout(onTimeout, readyMs)
+          return
+        }
+        fatal = new IppTunnelError(
+          'E_CONNECT',
+          `Cannot connect to ${where}: no SSH handshake within ${readyMs} ms`,
+        )
+        client.destroy()
+      }
+      const onAbort = (): void => {
+        client.destroy()
+      }
+      const finish = (): void => {
+        settled = true
+        clearTimeout(timer)
+        signal.removeEventListener('abort', onAbort)
+      }
+      signal.addEventListener('abort', onAbort, { once: true })
+
+      client.on('error', (err: Ssh2Error) => {
+        lastError = err
+      })
+      client.once('ready', () => {
+        if (settled) return
+        finish()
+        resolve(client)
+      })
+      client.once('close', () => {
+        if (settled) return
+        finish()
+        if (signal.aborted) {
+          reject(signal.reason as Error)
+          return
+        }
+        if (fatal !== undefined) {
+          reject(fatal)
+          return
+        }
+        if (lastError?.level === 'client-authentication') {
+          reject(auth.failure())
+          return
+        }
+        reject(
+          new IppTunnelError('E_CONNECT', `Cannot connect to ${where}: ${describe(lastError)}`, {
+            cause: lastError,
+          }),
+        )
+      })
+
+      const files = hop.knownHostsFiles
+      const policy = this.#options.hostKeyCheck ?? 'strict'
+      client.connect({
+        host: hop.host,
+        port: hop.port,
+        username: hop.username,
+        ...(sock !== undefined ? { sock } : {}),
+        readyTimeout: 0,
+        keepaliveInterval: this.#options.keepaliveIntervalMs ?? 5000,
+        keepaliveCountMax: this.#options.keepaliveCountMax ?? 3,
+        authHandler: auth.authHandler,
+        hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {
+          checkHostKey({ files, host: hop.host, port: hop.port, key, policy }).then(
+            () => verify(true),
+            (err: unknown) => {
+              fatal = isIppTunnelError(err)
+                ? err
+                : new IppTunnelError(
+                    'E_HOSTKEY_UNKNOWN',
+                    `Cannot check the host key of ${where}: ${describe(err)}`,
+                    {
+                      cause: err,
+                    },
+                  )
+              verify(false)
+            },
+          )
+        },
+      })
+    })
+  }
+}
+
+/** Clients whose connection has closed (ssh2 emits `close` once; `endChain` must not wait for it again). */
+const closedClients = new WeakSet<Client>()
+
+function sleep(ms: number, signal: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (signal.aborted) {
+      resolve(false)
+      return
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer)
+      resolve(false)
+    }
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort)
+      resolve(true)
+    }, ms)
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
+}
+
+/** Ends every client of a chain, innermost first, and waits until all are closed. */
+async function endChain(chain: Chain): Promise<void> {
+  await Promise.all(
+    [...chain.clients].reverse().map(
+      (client) =>
+        new Promise<void>((resolve) => {
+          if (closedClients.has(client)) {
+            resolve()
+            return
+          }
+          const timer = setTimeout(() => client.destroy(), 1000)
+          client.once('close', () => {
+            clearTimeout(timer)
+            resolve()
+          })
+          client.end()
+        }),
+    ),
+  )
+}

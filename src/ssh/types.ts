@@ -1,0 +1,49 @@
+/** How host keys are checked against known_hosts. `off` must be asked for by name. */
+export type HostKeyPolicy = 'strict' | 'accept-new' | 'off'
+
+/** An ssh destination as a user writes it: `user@host`, `user@host:port`, `[v6addr]:port`, or a config alias. */
+export interface Destination {
+  readonly user?: string
+  readonly host: string
+  readonly port?: number
+}
+
+/** One hop of an ssh route after ~/.ssh/config is applied. Jump hosts come first, the destination last. */
+export interface ResolvedHop {
+  /** The name the user (or ProxyJump) wrote, before HostName was applied; used in messages. */
+  readonly alias: string
+  /** The address to connect to (HostName applied). */
+  readonly host: string
+  readonly port: number
+  readonly username: string
+  /** Candidate private key files in order (explicit --identity first, then IdentityFile, then defaults). */
+  readonly identityFiles: readonly string[]
+  /** True when only the listed identity files may be offered (IdentitiesOnly yes, or --identity given). */
+  readonly identitiesOnly: boolean
+  /** known_hosts files to check, in order; the first is where accept-new records keys. */
+  readonly knownHostsFiles: readonly string[]
+}
+
+/** The full route to a destination: `hops.at(-1)` is the server that forwards, the rest are jumps. */
+export interface ResolvedTarget {
+  readonly hops: readonly ResolvedHop[]
+}
+
+/** Asked for a private key's passphrase; resolve undefined when none can be had (never hang). */
+export type PassphraseProvider = (keyPath: string) => Promise<string | undefined>
+
+/** Options a user gives for reaching an ssh server (CLI flags map one to one). */
+export interface SshOptions {
+  /** Overrides the connection file's `ssh` field. */
+  readonly ssh?: string
+  /** `--identity PATH`: tried first, and alone. */
+  readonly identity?: string
+  /** `--known-hosts PATH`: replaces the default known_hosts files. */
+  readonly knownHosts?: string
+  readonly hostKeyCheck?: HostKeyPolicy
+  readonly passphrase?: PassphraseProvider
+  /** ssh config file; default `~/.ssh/config`. Pass `false` to read none. */
+  readonly configFile?: string | false
+  /** ssh-agent socket; default `$SSH_AUTH_SOCK`. Pass `false` to use no agent. */
+  readonly agent?: string | false
+}

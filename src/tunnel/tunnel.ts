@@ -1,0 +1,263 @@
+import { EventEmitter } from 'node:events'
+import { rm } from 'node:fs/promises'
+
+import {
+  destinationOf,
+  endpoints,
+  readConnectionFile,
+  toLoopback,
+  writeConnectionFileAtomic,
+  type ConnectionInfo,
+  type Endpoint,
+} from '../connection-file/index.js'
+import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
+import { Forward, type ForwardStats } from './forward.js'
+import { LinkPool } from './links.js'
+
+/** One forwarded channel: where local clients connect, and where the ssh server sends their traffic. */
+export interface ForwardInfo {
+  readonly channel: string
+  readonly local: { readonly host: '127.0.0.1'; readonly port: number }
+  readonly remote: { readonly host: string; readonly port: number }
+}
+
+/** Events of a tunnel. Link events are those of the (possibly shared) ssh link under it. */
+export interface TunnelEvents {
+  'link:reconnecting': [{ attempt: number; delayMs: number; error: Error }]
+  'link:reconnected': [{ attempt: number; downMs: number }]
+  'link:failed': [{ error: Error }]
+  /** A local connection could not be carried to its endpoint (link down too long, endpoint gone). */
+  'forward:error': [{ channel: string; error: Error }]
+  closed: []
+}
+
+export interface OpenTunnelOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
+  /** Write the loopback connection file here (atomically, 0600) and remove it on close. */
+  readonly out?: string
+  /** Share links with other tunnels (the service does); by default the tunnel owns a link of its own. */
+  readonly pool?: LinkPool
+  /** Open one channel per endpoint before resolving, to fail early on a refused forward. Default true. */
+  readonly probe?: boolean
+  readonly signal?: AbortSignal
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err))
+}
+
+function onChannel(err: unknown, endpoint: Endpoint): Error {
+  if (!isIppTunnelError(err)) return asError(err)
+  return new IppTunnelError(err.code, `channel "${endpoint.channel}": ${err.message}`, { cause: err })
+}
+
+/**
+ * The forwards of one connection file over one ssh link: a loopback listener per endpoint.
+ * Local ports stay the same for the tunnel's whole life, across link drops and {@link Tunnel.update}.
+ *
+ * @example
+ * await using tunnel = await openTunnel('~/.ipython/profile_default/security/ipcontroller-client.json', {
+ *   out: '/tmp/loopback.json',
+ * })
+ * console.log(tunnel.forwards)
+ */
+export class Tunnel extends EventEmitter<TunnelEvents> {
+  /** The connection file this tunnel serves, when it was opened from a path. */
+  readonly file: string | undefined
+  /** Where the loopback copy was written, when asked for. */
+  readonly out: string | undefined
+  readonly link: Link
+  /** Milliseconds from the call to openTunnel until every forward was ready. */
+  readyMs = 0
+  #source: ConnectionInfo
+  readonly #forwards = new Map<string, Forward>()
+  readonly #release: () => Promise<void>
+  readonly #detach: () => void
+  #closed = false
+
+  private constructor(
+    source: ConnectionInfo,
+    link: Link,
+    release: () => Promise<void>,
+    file: string | undefined,
+    out: string | undefined,
+  ) {
+    super()
+    this.#source = source
+    this.link = link
+    this.#release = release
+    this.file = file
+    this.out = out
+    const onReconnecting = (e: { attempt: number; delayMs: number; error: Error }) =>
+      this.emit('link:reconnecting', e)
+    const onReconnected = (e: { attempt: number; downMs: number }) => this.emit('link:reconnected', e)
+    const onFailed = (e: { error: Error }) => this.emit('link:failed', e)
+    link.on('reconnecting', onReconnecting)
+    link.on('reconnected', onReconnected)
+    link.on('failed', onFailed)
+    this.#detach = () => {
+      link.off('reconnecting', onReconnecting)
+      link.off('reconnected', onReconnected)
+      link.off('failed', onFailed)
+    }
+  }
+
+  /** Opens forwards for `info` over an already connected `link`. `release` is called on close. */
+  static async over(
+    info: ConnectionInfo,
+    link: Link,
+    options: { release?: () => Promise<void>; file?: string; out?: string; probe?: boolean } = {},
+  ): Promise<Tunnel> {
+    const tunnel = new Tunnel(
+      info,
+      link,
+      options.release ?? (() => Promise.resolve()),
+      options.file,
+      options.out,
+    )
+    try {
+      await tunnel.#apply(info, options.probe ?? true)
+      if (options.out !== undefined) await writeConnectionFileAtomic(options.out, tunnel.loopback)
+    } catch (err) {
+      await tunnel.close()
+      throw err
+    }
+    return tunnel
+  }
+
+  get closed(): boolean {
+    return this.#closed
+  }
+
+  /** The connection file as given. */
+  get source(): ConnectionInfo {
+    return this.#source
+  }
+
+  /** The connection file rewritten to this tunnel's loopback ports, with `ssh` emptied. */
+  get loopback(): ConnectionInfo {
+    const ports = new Map([...this.#forwards].map(([channel, f]) => [channel, f.localPort]))
+    return toLoopback(this.#source, ports)
+  }
+
+  get forwards(): ForwardInfo[] {
+    return [...this.#forwards.values()].map((f) => ({
+      channel: f.channel,
+      local: { host: '127.0.0.1', port: f.localPort },
+      remote: { host: f.remote.host, port: f.remote.port },
+    }))
+  }
+
+  /** Per-channel counters. */
+  stats(): Map<string, ForwardStats> {
+    return new Map([...this.#forwards].map(([channel, f]) => [channel, f.stats()]))
+  }
+
+  /**
+   * Follows a changed connection file (a restarted controller): known channels keep their local ports and point
+   * at the new remote ports, new channels get listeners, vanished ones close; the loopback copy is rewritten.
+   */
+  async update(info: ConnectionInfo, options: { probe?: boolean } = {}): Promise<void> {
+    this.#source = info
+    await this.#apply(info, options.probe ?? true)
+    if (this.out !== undefined) await writeConnectionFileAtomic(this.out, this.loopback)
+  }
+
+  async #apply(info: ConnectionInfo, probe: boolean): Promise<void> {
+    const wanted = endpoints(info)
+    const names = new Set(wanted.map((e) => e.channel))
+    for (const [channel, forward] of this.#forwards) {
+      if (names.has(channel)) continue
+      this.#forwards.delete(channel)
+      await forward.close()
+    }
+    const openRemote = (host: string, port: number) => this.link.forwardOut(host, port)
+    const onError = (channel: string, err: unknown) =>
+      this.emit('forward:error', { channel, error: asError(err) })
+    await Promise.all(
+      wanted.map(async (endpoint) => {
+        const existing = this.#forwards.get(endpoint.channel)
+        if (existing) existing.retarget(endpoint)
+        else this.#forwards.set(endpoint.channel, await Forward.listen(endpoint, openRemote, onError))
+      }),
+    )
+    if (probe) await this.#probe(wanted)
+  }
+
+  /** Opens and closes one channel per endpoint, so that a refused forward fails now and names its channel. */
+  async #probe(wanted: readonly Endpoint[]): Promise<void> {
+    const results = await Promise.allSettled(
+      wanted.map(async (endpoint) => {
+        try {
+          const stream = await this.link.forwardOut(endpoint.host, endpoint.port)
+          stream.destroy()
+        } catch (err) {
+          throw onChannel(err, endpoint)
+        }
+      }),
+    )
+    const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failure) throw failure.reason
+  }
+
+  /** Closes every listener and connection, removes the loopback copy, and lets go of the link. Safe twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    this.#detach()
+    await Promise.all([...this.#forwards.values()].map((f) => f.close()))
+    this.#forwards.clear()
+    if (this.out !== undefined) await rm(this.out, { force: true })
+    await this.#release()
+    this.emit('closed')
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+}
+
+/**
+ * Reads a connection file (or takes parsed info), connects to the ssh server it names (or `options.ssh`),
+ * and opens a loopback forward for every endpoint.
+ *
+ * @example
+ * const tunnel = await openTunnel(file, { out: loopbackPath, hostKeyCheck: 'strict' })
+ * tunnel.on('link:reconnecting', (e) => console.error('reconnecting', e.attempt))
+ * // … run ipyparallel.Client(loopbackPath) …
+ * await tunnel.close()
+ */
+export async function openTunnel(
+  source: string | ConnectionInfo,
+  options: OpenTunnelOptions = {},
+): Promise<Tunnel> {
+  const started = performance.now()
+  const file = typeof source === 'string' ? source : undefined
+  const info = typeof source === 'string' ? (await readConnectionFile(source)).info : source
+  const destination = options.ssh ?? destinationOf(info)
+  if (destination === undefined) {
+    throw new IppTunnelError(
+      'E_DESTINATION',
+      `${file ?? 'connection info'}: field "ssh" is empty; pass --ssh user@host to say which server to forward through`,
+    )
+  }
+  const target = await resolveTarget(destination, options)
+  const pool = options.pool ?? new LinkPool(options)
+  const ownPool = options.pool === undefined
+  const link = await pool.acquire(target, options.signal).catch(async (err: unknown) => {
+    if (ownPool) await pool.close()
+    throw err
+  })
+  const release = async () => {
+    await pool.release(link)
+    if (ownPool) await pool.close()
+  }
+  const tunnel = await Tunnel.over(info, link, {
+    release,
+    ...(file !== undefined && { file }),
+    ...(options.out !== undefined && { out: options.out }),
+    ...(options.probe !== undefined && { probe: options.probe }),
+  })
+  tunnel.readyMs = performance.now() - started
+  return tunnel
+}

@@ -1,0 +1,81 @@
+/**
+ * The Jupyter wire protocol: {@link Session} signs and serializes messages into ZeroMQ frames and verifies
+ * and deserializes received frames, byte-compatible with jupyter_client's `Session`. Pure: no I/O.
+ *
+ * @example
+ * import { Session, isExecuteReply } from '../wire/index.js'
+ * const session = new Session({ key: info.key, signatureScheme: info.signature_scheme })
+ * await socket.send(session.serialize(session.msg('execute_request', request)))
+ * const reply = session.deserialize((await socket.receive()))
+ * if (isExecuteReply(reply)) console.log(reply.content.status)
+ */
+export {
+  DEFAULT_DIGEST_HISTORY_SIZE,
+  DELIMITER,
+  Session,
+  digestOf,
+  hmacKey,
+  newId,
+  type ContentFor,
+  type HmacKey,
+  type MsgOptions,
+  type RefusalCode,
+  type SessionId,
+  type SessionOptions,
+  type SessionStats,
+} from './session.js'
+export {
+  PROTOCOL_VERSION,
+  isApplyReply,
+  isApplyRequest,
+  isConnectionReply,
+  isConnectionRequest,
+  isError,
+  isExecuteReply,
+  isExecuteRequest,
+  isExecuteResult,
+  isKernelInfoReply,
+  isKernelInfoRequest,
+  isMessageType,
+  isQueueReply,
+  isQueueRequest,
+  isStatus,
+  isStream,
+  type ApplyReply,
+  type ApplyReplyContent,
+  type ApplyRequest,
+  type ApplyRequestContent,
+  type ConnectionReply,
+  type ConnectionReplyContent,
+  type ConnectionRequest,
+  type ConnectionRequestContent,
+  type ContentOf,
+  type EmptyHeader,
+  type EngineQueue,
+  type ErrorContent,
+  type ErrorMessage,
+  type ExecuteReply,
+  type ExecuteReplyContent,
+  type ExecuteRequest,
+  type ExecuteRequestContent,
+  type ExecuteResultContent,
+  type ExecuteResultMessage,
+  type Header,
+  type JsonObject,
+  type KernelInfoReply,
+  type KernelInfoReplyContent,
+  type KernelInfoRequest,
+  type KernelInfoRequestContent,
+  type Message,
+  type MessageType,
+  type QueueReply,
+  type QueueReplyContent,
+  type QueueRequest,
+  type QueueRequestContent,
+  type ReplyStatus,
+  type StatusContent,
+  type StatusMessage,
+  type StreamContent,
+  type StreamMessage,
+  type TypedMessage,
+} from './messages.js'

@@ -1,0 +1,10 @@
+/**
+ * Real peers for tests: network namespaces, echo servers, OpenSSH sshd.
+ *
+ * @example
+ * const ns = await createNetns()
+ * const sshd = await startSshd({ netns: ns })
+ * const echo = await startEchoServer(ns)
+ */
+export { createNetns, startEchoServer, type Netns, type EchoServer } from './netns.js'
+export { startSshd, hopOf, type Sshd, type SshdOptions } from './sshd.js'

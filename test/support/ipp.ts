@@ -1,0 +1,199 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+/** Debian's interpreter, which carries ipyparallel 7.1, jupyter_client, ipykernel and mpi4py. */
+export const PYTHON = '/usr/bin/python3'
+
+export interface Controller {
+  readonly ipythonDir: string
+  readonly securityDir: string
+  readonly clientFile: string
+  readonly engineFile: string
+  readonly process: ChildProcess
+  /** Everything the controller printed so far, for failure messages. */
+  log(): string
+  close(): Promise<void>
+}
+
+export interface ControllerOptions {
+  /** Run the controller inside this network namespace (it then listens on the namespace's own loopback). */
+  readonly netns?: { readonly name: string }
+  /** Value of the client file's `ssh` field (`--ssh`). */
+  readonly ssh?: string
+  /** Value of the engine file's `ssh` field (`--enginessh`). */
+  readonly engineSsh?: string
+  /** Start with `IPP_ENABLE_CURVE=1`. */
+  readonly curve?: boolean
+  /** Reuse this IPYTHONDIR (e.g. to restart a controller in place). */
+  readonly ipythonDir?: string
+  readonly extraArgs?: readonly string[]
+}
+
+function inNetns(netns: { readonly name: string } | undefined, argv: readonly string[]): string[] {
+  return netns ? ['ip', 'netns', 'exec', netns.name, ...argv] : [...argv]
+}
+
+async function waitForFile(path: string, child: ChildProcess, log: () => string, timeoutMs: number) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const size = await stat(path).then(
+      (s) => s.size,
+      () => 0,
+    )
+    if (size > 0) {
+      // ipcontroller writes in place: wait until the content parses.
+      try {
+        JSON.parse(await readFile(path, 'utf8'))
+        return
+      } catch {
+        /* still being written */
+      }
+    }
+    if (child.exitCode !== null) throw new Error(`controller exited ${child.exitCode}:\n${log()}`)
+    if (Date.now() > deadline) throw new Error(`controller did not write ${path} in time:\n${log()}`)
+    await sleep(50)
+  }
+}
+
+/** Kill a child and wait for it to be gone. */
+export async function stopProcess(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', graceMs = 3000) {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  child.kill(signal)
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
+  await exited
+  clearTimeout(timer)
+}
+
+/**
+ * Starts Debian's real `ipcontroller` listening on loopback only (the namespace's loopback when `netns` is given),
+ * and resolves once both connection files are complete.
+ */
+export async function startController(options: ControllerOptions = {}): Promise<Controller> {
+  const ownDir = options.ipythonDir === undefined
+  const ipythonDir = options.ipythonDir ?? (await mkdtemp(join(tmpdir(), 'ippt-ipython-')))
+  const securityDir = join(ipythonDir, 'profile_default', 'security')
+  const clientFile = join(securityDir, 'ipcontroller-client.json')
+  const engineFile = join(securityDir, 'ipcontroller-engine.json')
+  await rm(clientFile, { force: true })
+  await rm(engineFile, { force: true })
+  const args = [PYTHON, '-m', 'ipyparallel.controller', '--ip=127.0.0.1', '--log-level=20']
+  if (options.ssh !== undefined) args.push(`--ssh=${options.ssh}`)
+  if (options.engineSsh !== undefined) args.push(`--enginessh=${options.engineSsh}`)
+  args.push(...(options.extraArgs ?? []))
+  const [cmd, ...rest] = inNetns(options.netns, args)
+  const env: NodeJS.ProcessEnv = { ...process.env, IPYTHONDIR: ipythonDir, PYTHONUNBUFFERED: '1' }
+  delete env.IPP_ENABLE_CURVE
+  if (options.curve) env.IPP_ENABLE_CURVE = '1'
+  const child = spawn(cmd!, rest, { env, stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  child.stdout.on('data', (d: Buffer) => (output += d.toString()))
+  child.stderr.on('data', (d: Buffer) => (output += d.toString()))
+  const log = () => output
+  try {
+    await waitForFile(clientFile, child, log, 20_000)
+    await waitForFile(engineFile, child, log, 20_000)
+  } catch (err) {
+    await stopProcess(child, 'SIGKILL')
+    throw err
+  }
+  return {
+    ipythonDir,
+    securityDir,
+    clientFile,
+    engineFile,
+    process: child,
+    log,
+    async close() {
+      await stopProcess(child)
+      if (ownDir) await rm(ipythonDir, { recursive: true, force: true })
+    },
+  }
+}
+
+export interface Engines {
+  readonly processes: readonly ChildProcess[]
+  log(): string
+  close(): Promise<void>
+}
+
+/** Starts `n` real `ipengine`s on an engine connection file (inside `netns` when given). */
+export function startEngines(
+  file: string,
+  n: number,
+  options: { netns?: { readonly name: string }; ipythonDir?: string } = {},
+): Engines {
+  let output = ''
+  const processes = Array.from({ length: n }, () => {
+    const [cmd, ...rest] = inNetns(options.netns, [PYTHON, '-m', 'ipyparallel.engine', `--file=${file}`])
+    const env: NodeJS.ProcessEnv = { ...process.env, PYTHONUNBUFFERED: '1' }
+    if (options.ipythonDir !== undefined) env.IPYTHONDIR = options.ipythonDir
+    const child = spawn(cmd!, rest, { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    child.stdout.on('data', (d: Buffer) => (output += d.toString()))
+    child.stderr.on('data', (d: Buffer) => (output += d.toString()))
+    return child
+  })
+  return {
+    processes,
+    log: () => output,
+    async close() {
+      await Promise.all(processes.map((p) => stopProcess(p)))
+    },
+  }
+}
+
+export interface PythonResult {
+  readonly code: number | null
+  readonly stdout: string
+  readonly stderr: string
+}
+
+/** Runs a Python snippet with Debian's interpreter (inside `netns` when given). */
+export function runPython(
+  code: string,
+  options: {
+    netns?: { readonly name: string }
+    env?: NodeJS.ProcessEnv
+    timeoutMs?: number
+    args?: string[]
+  } = {},
+): Promise<PythonResult> {
+  const [cmd, ...rest] = inNetns(options.netns, [PYTHON, '-c', code, ...(options.args ?? [])])
+  const child = spawn(cmd!, rest, {
+    env: { ...process.env, PYTHONUNBUFFERED: '1', ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 60_000)
+  return new Promise((resolve) => {
+    child.on('close', (exit) => {
+      clearTimeout(timer)
+      resolve({ code: exit, stdout, stderr })
+    })
+  })
+}
+
+/**
+ * Python that connects the real `ipyparallel.Client` to a connection file, waits for `n` engines,
+ * runs `apply_sync` on all of them and prints a JSON line `{"ids": [...], "results": [...]}`.
+ */
+export function clientApplyScript(file: string, engines: number, timeoutS = 30): string {
+  return `
+import json, os, socket, time, ipyparallel as ipp
+c = ipp.Client(${JSON.stringify(file)}, timeout=${timeoutS})
+c.wait_for_engines(${engines}, timeout=${timeoutS})
+ids = sorted(c.ids)
+def whoami():
+    import os
+    return os.getpid()
+r = c[:].apply_sync(whoami)
+print(json.dumps({"ids": ids, "results": r}))
+c.close()
+`
+}
