@@ -7,10 +7,12 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 
 import { markdownTable, ratioOf, type BenchRow } from './common.js'
+import { benchTunnel } from './tunnel.js'
 import { benchWire } from './wire.js'
 
 const groups: Record<string, () => Promise<BenchRow[]>> = {
   wire: benchWire,
+  tunnel: benchTunnel,
 }
 
 const README = fileURLToPath(new URL('../../README.md', import.meta.url))

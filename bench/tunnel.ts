@@ -1,0 +1,345 @@
+/**
+ * Tunnel benchmarks, one run against one OpenSSH sshd in its own network namespace:
+ *  (a) start → every forward of an ipcontroller-client.json ready: ipp-tunnel vs pyzmq's
+ *      `zmq.ssh.tunnel.tunnel_connection` over OpenSSH (what ipyparallel's Client uses);
+ *  (b) round trip of a small ZeroMQ request/reply: through ipp-tunnel, through `ssh -L`, and direct;
+ *  (c) throughput of 1 MiB ZeroMQ messages: ipp-tunnel vs `ssh -L`.
+ *
+ * Run alone: `node dist/bench/run.js tunnel`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { createConnection, createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+import { Dealer, Request } from 'zeromq'
+
+import { parseConnectionFile } from '../src/connection-file/index.js'
+import { openTunnel } from '../src/tunnel/index.js'
+import { createNetns, startSshd, type Netns, type Sshd } from '../test/support/index.js'
+import { PYTHON, runPython, startController, stopProcess } from '../test/support/ipp.js'
+import { median, type BenchRow } from './common.js'
+
+const READY_RUNS = 5
+const PINGS = 2000
+const MIB = 1024 * 1024
+const MIB_MESSAGES = 200
+const WINDOW = 8
+
+/** A pyzmq REP echo and a ROUTER that acks, bound on every address of the namespace. */
+const ECHO_SERVER = String.raw`
+import sys, zmq
+ctx = zmq.Context()
+rep = ctx.socket(zmq.REP); rep_port = rep.bind_to_random_port('tcp://0.0.0.0')
+router = ctx.socket(zmq.ROUTER); router_port = router.bind_to_random_port('tcp://0.0.0.0')
+print(rep_port, router_port, flush=True)
+poller = zmq.Poller(); poller.register(rep, zmq.POLLIN); poller.register(router, zmq.POLLIN)
+while True:
+    for sock, _ in poller.poll():
+        if sock is rep:
+            rep.send(rep.recv(copy=False), copy=False)
+        else:
+            ident, _body = router.recv_multipart(copy=False)
+            router.send_multipart([ident, b'k'])
+`
+
+/** pyzmq's tunnel_connection for each endpoint of a client file, as ipyparallel's Client does it. */
+const PYZMQ_READY = String.raw`
+import json, subprocess, sys, time, zmq
+from zmq.ssh import tunnel
+info, server, keyfile = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = zmq.Context()
+channels = ['registration', 'control', 'mux', 'task', 'iopub', 'notification', 'broadcast']
+start = time.perf_counter()
+pids = []
+try:
+    for ch in channels:
+        s = ctx.socket(zmq.DEALER)
+        s.linger = 0
+        pids.append(tunnel.tunnel_connection(s, 'tcp://127.0.0.1:%d' % info[ch], server, keyfile=keyfile, timeout=60))
+    print(json.dumps({'ms': (time.perf_counter() - start) * 1000}))
+except Exception as e:
+    print(json.dumps({'error': '%s: %s' % (type(e).__name__, e), 'ms': (time.perf_counter() - start) * 1000}))
+finally:
+    for pid in pids:
+        try:
+            import os, signal
+            os.kill(pid, signal.SIGTERM)
+        except Exception:
+            pass
+`
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address !== null ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+async function waitConnectable(port: number, child: ChildProcess): Promise<void> {
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`ssh -L exited ${child.exitCode}`)
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = createConnection({ host: '127.0.0.1', port })
+      socket.once('connect', () => {
+        socket.destroy()
+        resolve(true)
+      })
+      socket.once('error', () => resolve(false))
+    })
+    if (ok) return
+    await sleep(20)
+  }
+}
+
+/** OpenSSH's own `ssh -N -L` for one port, with the same key and known_hosts as ours. */
+async function sshForward(sshd: Sshd, remotePort: number): Promise<{ port: number; close(): Promise<void> }> {
+  const port = await freePort()
+  const child = spawn(
+    'ssh',
+    [
+      '-N',
+      '-F',
+      '/dev/null',
+      '-i',
+      sshd.clientKey,
+      '-o',
+      `UserKnownHostsFile=${sshd.knownHostsFile}`,
+      '-o',
+      'StrictHostKeyChecking=yes',
+      '-o',
+      'ExitOnForwardFailure=yes',
+      '-o',
+      'BatchMode=yes',
+      '-p',
+      String(sshd.port),
+      '-L',
+      `127.0.0.1:${port}:127.0.0.1:${remotePort}`,
+      `${sshd.user}@${sshd.host}`,
+    ],
+    { stdio: 'ignore' },
+  )
+  await waitConnectable(port, child)
+  return { port, close: () => stopProcess(child) }
+}
+
+/** Our tunnel to arbitrary remote ports: a kernel-shaped connection info whose channels are those ports. */
+async function oursForward(sshd: Sshd, shell: number, control: number) {
+  const info = parseConnectionFile(
+    JSON.stringify({
+      shell_port: shell,
+      control_port: control,
+      iopub_port: shell,
+      stdin_port: shell,
+      hb_port: shell,
+      ip: '127.0.0.1',
+      transport: 'tcp',
+      key: '',
+      signature_scheme: 'hmac-sha256',
+      kernel_name: 'bench',
+    }),
+    'bench-kernel.json',
+  )
+  const tunnel = await openTunnel(info, {
+    ssh: `${sshd.user}@${sshd.host}:${sshd.port}`,
+    identity: sshd.clientKey,
+    knownHosts: sshd.knownHostsFile,
+    configFile: '/dev/null',
+    agent: false,
+  })
+  const port = (channel: string): number => {
+    const found = tunnel.forwards.find((f) => f.channel === channel)
+    if (found === undefined) throw new Error(`no ${channel} forward`)
+    return found.local.port
+  }
+  return { rep: port('shell'), router: port('control'), close: () => tunnel.close() }
+}
+
+async function roundTripMicros(port: number, host = '127.0.0.1'): Promise<number> {
+  const socket = new Request({ linger: 0, receiveTimeout: 10_000 })
+  socket.connect(`tcp://${host}:${port}`)
+  try {
+    const payload = Buffer.from('ping')
+    for (let i = 0; i < 200; i++) {
+      await socket.send(payload)
+      await socket.receive()
+    }
+    const samples: number[] = []
+    for (let i = 0; i < PINGS; i++) {
+      const started = process.hrtime.bigint()
+      await socket.send(payload)
+      await socket.receive()
+      samples.push(Number(process.hrtime.bigint() - started) / 1000)
+    }
+    return median(samples)
+  } finally {
+    socket.close()
+  }
+}
+
+async function throughputMiBs(port: number): Promise<number> {
+  const socket = new Dealer({ linger: 0, receiveTimeout: 30_000, sendHighWaterMark: WINDOW * 2 })
+  socket.connect(`tcp://127.0.0.1:${port}`)
+  const body = Buffer.alloc(MIB, 7)
+  try {
+    const burst = async (count: number): Promise<void> => {
+      let sent = 0
+      let acked = 0
+      const acks = (async () => {
+        while (acked < count) {
+          await socket.receive()
+          acked++
+        }
+      })()
+      while (sent < count) {
+        while (sent - acked >= WINDOW) await sleep(0)
+        await socket.send(body)
+        sent++
+      }
+      await acks
+    }
+    await burst(10)
+    const started = performance.now()
+    await burst(MIB_MESSAGES)
+    return MIB_MESSAGES / ((performance.now() - started) / 1000)
+  } finally {
+    socket.close()
+  }
+}
+
+async function pyzmqReadyMs(sshd: Sshd, clientJson: string): Promise<{ ms: number; error?: string }> {
+  const result = await runPython(PYZMQ_READY, {
+    // pyzmq pastes keyfile into the ssh command line: the same key and known_hosts as ours, nothing else
+    args: [
+      clientJson,
+      `${sshd.user}@${sshd.host}:${sshd.port}`,
+      `${sshd.clientKey} -F /dev/null -o UserKnownHostsFile=${sshd.knownHostsFile} -o StrictHostKeyChecking=yes`,
+    ],
+    timeoutMs: 120_000,
+  })
+  const line = result.stdout.trim().split('\n').at(-1) ?? ''
+  try {
+    return JSON.parse(line) as { ms: number; error?: string }
+  } catch {
+    return { ms: Number.NaN, error: `pyzmq run failed: ${result.stderr.trim().split('\n').at(-1) ?? ''}` }
+  }
+}
+
+async function oursReadyMs(sshd: Sshd, file: string, out: string): Promise<number> {
+  const started = performance.now()
+  const tunnel = await openTunnel(file, {
+    identity: sshd.clientKey,
+    knownHosts: sshd.knownHostsFile,
+    configFile: '/dev/null',
+    agent: false,
+    out,
+  })
+  const ms = performance.now() - started
+  await tunnel.close()
+  return ms
+}
+
+/**
+ * All three tunnel benchmarks in one run.
+ *
+ * @example for (const row of await benchTunnel()) console.log(row.name, row.ours, row.anchor)
+ */
+export async function benchTunnel(): Promise<BenchRow[]> {
+  const ns: Netns = await createNetns()
+  const dir = await mkdtemp(join(tmpdir(), 'ippt-bench-'))
+  let echo: ChildProcess | undefined
+  try {
+    const sshd = await startSshd({ netns: ns })
+    const controller = await startController({ netns: ns, ssh: `${sshd.user}@${sshd.host}:${sshd.port}` })
+    try {
+      // (a) ready time, alternating so both see the same machine state
+      const clientJson = await readFile(controller.clientFile, 'utf8')
+      const ours: number[] = []
+      const anchor: number[] = []
+      let anchorError: string | undefined
+      for (let i = 0; i < READY_RUNS; i++) {
+        ours.push(await oursReadyMs(sshd, controller.clientFile, join(dir, 'client.json')))
+        const py = await pyzmqReadyMs(sshd, clientJson)
+        if (py.error !== undefined) anchorError = py.error
+        else anchor.push(py.ms)
+      }
+
+      // (b), (c): one echo server in the namespace, reached three ways
+      echo = spawn('ip', ['netns', 'exec', ns.name, PYTHON, '-c', ECHO_SERVER], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      })
+      const printed = await new Promise<string>((resolve, reject) => {
+        let text = ''
+        echo?.stdout?.on('data', (d: Buffer) => {
+          text += d.toString()
+          if (text.includes('\n')) resolve(text)
+        })
+        echo?.once('exit', (code) => reject(new Error(`echo server exited ${String(code)}`)))
+      })
+      const [repPort, routerPort] = printed.trim().split(/\s+/).map(Number)
+      if (repPort === undefined || routerPort === undefined) throw new Error(`echo server printed ${printed}`)
+      const tunnel = await oursForward(sshd, repPort, routerPort)
+      const sshRep = await sshForward(sshd, repPort)
+      const sshRouter = await sshForward(sshd, routerPort)
+      try {
+        const direct = await roundTripMicros(repPort, ns.nsAddr)
+        const viaSsh = await roundTripMicros(sshRep.port)
+        const viaOurs = await roundTripMicros(tunnel.rep)
+        const mibSsh = await throughputMiBs(sshRouter.port)
+        const mibOurs = await throughputMiBs(tunnel.router)
+        const mibSsh2 = await throughputMiBs(sshRouter.port)
+        const mibOurs2 = await throughputMiBs(tunnel.router)
+        return [
+          {
+            name: 'tunnel: start → all 7 forwards of ipcontroller-client.json ready',
+            ours: median(ours),
+            anchor: anchor.length > 0 ? median(anchor) : undefined,
+            anchorName: 'pyzmq tunnel_connection + OpenSSH',
+            unit: 'ms',
+            better: 'lower',
+            targetRatio: 10,
+            note: `median of ${READY_RUNS}${anchorError !== undefined ? `; anchor failed: ${anchorError}` : ''}`,
+          },
+          {
+            name: 'tunnel: small ZeroMQ request/reply round trip',
+            ours: viaOurs,
+            anchor: viaSsh,
+            anchorName: 'ssh -L',
+            unit: 'µs',
+            better: 'lower',
+            targetRatio: 0.8,
+            note: `median of ${PINGS}; direct without ssh: ${direct.toFixed(0)} µs`,
+          },
+          {
+            name: 'tunnel: 1 MiB ZeroMQ messages',
+            ours: Math.max(mibOurs, mibOurs2),
+            anchor: Math.max(mibSsh, mibSsh2),
+            anchorName: 'ssh -L',
+            unit: 'MiB/s',
+            better: 'higher',
+            targetRatio: 0.8,
+            note: `${MIB_MESSAGES} messages, ${WINDOW} in flight, best of 2`,
+          },
+        ]
+      } finally {
+        await tunnel.close()
+        await sshRep.close()
+        await sshRouter.close()
+      }
+    } finally {
+      await controller.close()
+      await sshd.close()
+    }
+  } finally {
+    if (echo !== undefined) await stopProcess(echo, 'SIGKILL')
+    await ns.close()
+    await rm(dir, { recursive: true, force: true })
+  }
+}
