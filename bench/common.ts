@@ -9,7 +9,10 @@ export interface BenchRow {
   readonly unit: string
   /** Whether a bigger figure is better (throughput) or a smaller one (latency, time). */
   readonly better: 'higher' | 'lower'
-  /** How many times better than the anchor ours must be, e.g. 10 means ≥ 10x; 0.8 means ≥ 0.8x. */
+  /**
+   * How many times better than the anchor ours must be, e.g. 10 means ≥ 10x; 0.8 means ≥ 0.8x.
+   * 0 with `anchor: undefined` marks a figure with no anchor and no target (shown with dashes).
+   */
   readonly targetRatio: number
   /** Extra words for the table, e.g. what was measured and how often. */
   readonly note?: string
@@ -34,6 +37,12 @@ export function markdownTable(rows: readonly BenchRow[]): string {
     '|---|---:|---:|---|---:|---|---|',
   ]
   for (const row of rows) {
+    if (row.anchor === undefined && row.targetRatio === 0) {
+      // a figure reported for its own sake (e.g. memory): no anchor, no target
+      const note = row.note === undefined ? '' : ` — ${row.note}`
+      lines.push(`| ${row.name}${note} | ${round(row.ours)} | — | ${row.unit} | — | — | — |`)
+      continue
+    }
     const ratio = ratioOf(row)
     const anchor = row.anchor === undefined ? 'failed' : `${round(row.anchor)} (${row.anchorName})`
     const met =

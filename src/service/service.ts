@@ -12,6 +12,8 @@ import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import type { LinkOptions, LinkState, SshOptions } from '../ssh/index.js'
 import { defaultOutDir, LinkPool, openTunnel, type ForwardInfo, type Tunnel } from '../tunnel/index.js'
 import { CopyLedger } from './ledger.js'
+import { STATUS_SOCKET } from './paths.js'
+import { StatusServer, type StatusReport } from './status-socket.js'
 import { DirectoryWatcher } from './watcher.js'
 
 export interface ServiceOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
@@ -23,6 +25,17 @@ export interface ServiceOptions extends SshOptions, Omit<LinkOptions, keyof SshO
   readonly runtimeDir: string
 }
 
+/** One forward of a file, with its counters. */
+export interface ForwardStatus extends ForwardInfo {
+  /** Connections open now. */
+  readonly open: number
+  readonly accepted: number
+  /** Bytes from the remote endpoint towards local clients. */
+  readonly bytesIn: number
+  /** Bytes from local clients towards the remote endpoint. */
+  readonly bytesOut: number
+}
+
 /** What the service holds for one connection file, as `status` shows it. */
 export interface FileStatus {
   readonly file: string
@@ -32,24 +45,24 @@ export interface FileStatus {
   readonly state: 'pending' | 'ready' | 'error'
   readonly link: LinkState | undefined
   readonly reconnects: number
-  readonly forwards: readonly (ForwardInfo & {
-    readonly open: number
-    readonly accepted: number
-    readonly bytesIn: number
-    readonly bytesOut: number
-  })[]
+  readonly forwards: readonly ForwardStatus[]
   readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | undefined
 }
 
-type ReadyFields = { file: string; out: string; ms: number; forwards: readonly ForwardInfo[] }
+/** Fields of `ready` and `changed`: the file, its loopback copy, how long it took, and its forwards. */
+export type ReadyFields = { file: string; out: string; ms: number; forwards: readonly ForwardInfo[] }
 
 export interface ServiceEvents {
   ready: [ReadyFields]
   changed: [ReadyFields]
   closed: [{ file: string }]
-  error: [{ file: string; code: string; message: string }]
-  reconnecting: [{ destination: string; files: string[]; attempt: number; delayMs: number; message: string }]
-  reconnected: [{ destination: string; files: string[]; attempt: number; downMs: number }]
+  /** A file could not be taken (bad content, no ssh server, refused forward); it is retried on its next change. */
+  'file:error': [{ file: string; code: string; message: string }]
+  /** The ssh link of `files` dropped; one event per link, not per file. */
+  'link:reconnecting': [
+    { destination: string; files: string[]; attempt: number; delayMs: number; message: string },
+  ]
+  'link:reconnected': [{ destination: string; files: string[]; attempt: number; downMs: number }]
 }
 
 interface Entry {
@@ -64,15 +77,26 @@ interface Entry {
   /** Size and mtime at the last failed parse: a file that keeps changing is still being written. */
   lastFailedShape: string | undefined
   retry: NodeJS.Timeout | undefined
+  /** Failed attempts to reach the file's endpoints since its last change. */
+  attempts: number
   /** Work on one file runs one step at a time, in order. */
   queue: Promise<void>
+  /** Steps queued or running. */
+  pending: number
   started: number
 }
 
 /** How long to wait before parsing a file again when it failed to parse while still changing. */
 const REWRITE_RETRY_MS = 50
-/** How long to wait before trying again to reach an ssh server that could not be reached. */
-const CONNECT_RETRY_MS = 10_000
+/** First and longest wait before trying again to reach an ssh server or endpoints that could not be reached. */
+const CONNECT_RETRY_MS = { first: 100, max: 10_000 }
+/**
+ * A controller writes its files before every socket listens: for this long after a change, endpoints that refuse
+ * are retried quietly; after it, each failure is reported (and still retried).
+ */
+const QUIET_RETRY_MS = 5000
+/** Failures worth trying again without a change of the file: the server or the controller may come up. */
+const RETRIED: ReadonlySet<string> = new Set(['E_CONNECT', 'E_LINK_DOWN', 'E_FORWARD', 'E_TIMEOUT'])
 
 /**
  * The background service: watches directories for connection files and keeps, for each, tunnels and a loopback
@@ -91,6 +115,8 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   readonly #ledger: CopyLedger
   readonly #entries = new Map<string, Entry>()
   #watcher: DirectoryWatcher | undefined
+  #status: StatusServer | undefined
+  readonly #since = new Date().toISOString()
   #closed = false
 
   private constructor(options: ServiceOptions, ledger: CopyLedger) {
@@ -102,8 +128,9 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   }
 
   /**
-   * Removes copies a crashed run left behind, creates missing watched directories (0700), and starts watching.
-   * Files already present are picked up right away.
+   * Claims the status socket (refusing when another service already runs there), removes copies a crashed run
+   * left behind, creates missing watched directories (0700), and starts watching. Files already present are
+   * picked up right away; their `ready` events follow.
    */
   static async start(options: ServiceOptions): Promise<TunnelService> {
     const dirs = options.dirs.map((d) => resolve(d))
@@ -117,17 +144,39 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         )
       }
     }
-    const ledger = await CopyLedger.open(join(options.runtimeDir, 'copies.json'))
-    await ledger.removeLeftovers()
-    for (const dir of dirs) await mkdir(dir, { recursive: true, mode: 0o700 })
-    const service = new TunnelService(options, ledger)
-    service.#watcher = await DirectoryWatcher.start(dirs, {
-      onFile: (path) => service.#schedule(path, (entry) => service.#onFile(entry)),
-      onRemoved: (path) => service.#schedule(path, (entry) => service.#onRemoved(entry)),
-      onError: (error) =>
-        service.emit('error', { file: dirs.join(', '), code: 'E_WATCH', message: error.message }),
-    })
+    const service = new TunnelService(options, await CopyLedger.open(join(options.runtimeDir, 'copies.json')))
+    service.#status = await StatusServer.listen(join(options.runtimeDir, STATUS_SOCKET), () =>
+      service.report(),
+    )
+    try {
+      await service.#ledger.removeLeftovers()
+      for (const dir of dirs) await mkdir(dir, { recursive: true, mode: 0o700 })
+      service.#watcher = await DirectoryWatcher.start(dirs, {
+        onFile: (path) => service.#changed(path),
+        onRemoved: (path) => service.#schedule(path, (entry) => service.#onRemoved(entry)),
+        onError: (error) =>
+          service.emit('file:error', {
+            file: dirs.join(', '),
+            code: 'E_CONNFILE_READ',
+            message: error.message,
+          }),
+      })
+    } catch (err) {
+      await service.close()
+      throw err
+    }
     return service
+  }
+
+  /** What `ipp-tunnel status` shows: every file held, plus the service's own facts. */
+  report(): StatusReport {
+    return {
+      pid: process.pid,
+      since: this.#since,
+      dirs: this.dirs,
+      links: this.linkCount,
+      files: this.status(),
+    }
   }
 
   get closed(): boolean {
@@ -173,6 +222,22 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     return join(dir, basename(file))
   }
 
+  /** A watcher event for `file`: a fresh start for its timing and retries. */
+  #changed(file: string): void {
+    const at = performance.now()
+    this.#schedule(file, (entry) => {
+      entry.started = at
+      entry.attempts = 0
+      return this.#onFile(entry)
+    })
+  }
+
+  #retry(entry: Entry, ms: number): void {
+    clearTimeout(entry.retry)
+    entry.retry = setTimeout(() => this.#schedule(entry.file, (e) => this.#onFile(e)), ms)
+    entry.retry.unref()
+  }
+
   #schedule(file: string, step: (entry: Entry) => Promise<void>): void {
     if (this.#closed) return
     let entry = this.#entries.get(file)
@@ -187,6 +252,8 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         lastError: undefined,
         lastFailedShape: undefined,
         retry: undefined,
+        attempts: 0,
+        pending: 0,
         queue: Promise.resolve(),
         started: performance.now(),
       }
@@ -194,11 +261,14 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     }
     const target = entry
     clearTimeout(target.retry)
-    target.queue = target.queue.then(() => (this.#closed ? undefined : step(target))).catch(() => undefined)
+    target.pending++
+    target.queue = target.queue
+      .then(() => (this.#closed ? undefined : step(target)))
+      .catch(() => undefined)
+      .finally(() => target.pending--)
   }
 
   async #onFile(entry: Entry): Promise<void> {
-    entry.started = performance.now()
     let text: string
     let shape: string
     try {
@@ -220,7 +290,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       // ipcontroller writes in place: a parse that fails on a file still changing is retried, not reported.
       if (shape !== entry.lastFailedShape) {
         entry.lastFailedShape = shape
-        entry.retry = setTimeout(() => this.#schedule(entry.file, (e) => this.#onFile(e)), REWRITE_RETRY_MS)
+        this.#retry(entry, REWRITE_RETRY_MS)
         return
       }
       return this.#failed(entry, err)
@@ -234,6 +304,12 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     const destination = this.#options.ssh ?? destinationOf(info)
     const current = entry.tunnel
     try {
+      if (destination === undefined) {
+        throw new IppTunnelError(
+          'E_DESTINATION',
+          `${entry.file}: field "ssh" is empty; start the service with --ssh user@host to say which server to forward through`,
+        )
+      }
       if (
         current &&
         !current.closed &&
@@ -250,12 +326,13 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         entry.tunnel = undefined
         await current.close()
       }
+      // Listed before it is written, so that a crash in between still leaves nothing behind.
+      await this.#ledger.add(entry.out)
       const tunnel = await openTunnel(info, { ...this.#options, pool: this.#pool, out: entry.out })
       if (this.#closed || !this.#entries.has(entry.file)) {
         await tunnel.close()
         return
       }
-      await this.#ledger.add(entry.out)
       entry.tunnel = tunnel
       entry.destination = destination
       entry.appliedText = text
@@ -263,9 +340,13 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       this.#follow(entry, tunnel)
       this.emit(current ? 'changed' : 'ready', this.#readyFields(entry, tunnel))
     } catch (err) {
-      this.#failed(entry, err)
-      if (isIppTunnelError(err) && (err.code === 'E_CONNECT' || err.code === 'E_LINK_DOWN')) {
-        entry.retry = setTimeout(() => this.#schedule(entry.file, (e) => this.#onFile(e)), CONNECT_RETRY_MS)
+      if (!entry.tunnel) await this.#ledger.remove(entry.out)
+      const retried = isIppTunnelError(err) && RETRIED.has(err.code)
+      const quiet = retried && performance.now() - entry.started < QUIET_RETRY_MS
+      if (!quiet) this.#failed(entry, err)
+      if (retried) {
+        entry.attempts++
+        this.#retry(entry, Math.min(CONNECT_RETRY_MS.max, CONNECT_RETRY_MS.first * 2 ** (entry.attempts - 1)))
       }
     }
   }
@@ -286,7 +367,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     const speaks = () => filesOn()[0] === entry.file
     tunnel.on('link:reconnecting', (e) => {
       if (speaks()) {
-        this.emit('reconnecting', {
+        this.emit('link:reconnecting', {
           destination: tunnel.link.destination,
           files: filesOn(),
           attempt: e.attempt,
@@ -297,7 +378,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     })
     tunnel.on('link:reconnected', (e) => {
       if (speaks()) {
-        this.emit('reconnected', {
+        this.emit('link:reconnected', {
           destination: tunnel.link.destination,
           files: filesOn(),
           attempt: e.attempt,
@@ -319,25 +400,31 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     const code = codeOf(err)
     const message = err instanceof Error ? err.message : String(err)
     entry.lastError = { code, message, at: new Date().toISOString() }
-    this.emit('error', { file: entry.file, code, message })
+    this.emit('file:error', { file: entry.file, code, message })
   }
 
   async #onRemoved(entry: Entry): Promise<void> {
     clearTimeout(entry.retry)
-    this.#entries.delete(entry.file)
     const tunnel = entry.tunnel
     entry.tunnel = undefined
+    entry.destination = undefined
+    entry.appliedText = undefined
+    entry.lastError = undefined
+    entry.lastFailedShape = undefined
     if (tunnel) {
       await tunnel.close()
       await this.#ledger.remove(entry.out)
       this.emit('closed', { file: entry.file })
     }
+    // The file may be back already (its step waits in this entry's queue): then the entry stays.
+    if (entry.pending <= 1 && this.#entries.get(entry.file) === entry) this.#entries.delete(entry.file)
   }
 
   /** Stops watching, closes every tunnel and link, and removes every loopback copy. Safe twice. */
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    await this.#status?.close()
     await this.#watcher?.close()
     const entries = [...this.#entries.values()]
     this.#entries.clear()

@@ -15,6 +15,12 @@ export interface WatcherHandlers {
 /**
  * Follows the given directories (not their subdirectories) for files named like connection files:
  * `ipcontroller[-<id>]-client.json`, `ipcontroller[-<id>]-engine.json`, `kernel-*.json`. Everything else is ignored.
+ * Reports raw events at once: a file still being written is the caller's to wait for (the service retries a
+ * parse that fails while the file keeps changing), which keeps a complete file's latency low.
+ *
+ * @example
+ * const watcher = await DirectoryWatcher.start([dir], { onFile, onRemoved, onError })
+ * await watcher.close()
  */
 export class DirectoryWatcher {
   readonly dirs: readonly string[]
@@ -28,13 +34,15 @@ export class DirectoryWatcher {
 
   /** Starts watching; resolves once the files already present have been reported to `handlers`. */
   static async start(dirs: readonly string[], handlers: WatcherHandlers): Promise<DirectoryWatcher> {
+    const taken = (path: string) => kindFromFileName(basename(path)) !== undefined
     const watcher = watch([...dirs], {
       depth: 0,
+      // Files with other names are never even looked at (directories must pass, or nothing is watched).
+      ignored: (path, stats) => stats?.isFile() === true && !taken(path),
       ignoreInitial: false,
       persistent: true,
       ignorePermissionErrors: true,
     })
-    const taken = (path: string) => kindFromFileName(basename(path)) !== undefined
     watcher.on('add', (path) => taken(path) && handlers.onFile(resolve(path)))
     watcher.on('change', (path) => taken(path) && handlers.onFile(resolve(path)))
     watcher.on('unlink', (path) => taken(path) && handlers.onRemoved(resolve(path)))

@@ -1,0 +1,24 @@
+/**
+ * The service: watches security directories for connection files and keeps, for each, tunnels and a loopback
+ * copy (sharing one ssh connection per destination); answers `status` on a unix socket; and the systemd user
+ * unit that keeps it running.
+ *
+ * @example
+ * const service = await TunnelService.start({ dirs: [profileSecurityDir('default')], runtimeDir: runtimeDir() })
+ * service.on('ready', (e) => console.log(`${e.file} -> ${e.out}`))
+ * const report = await queryStatus(statusSocketPath())
+ * await service.close()
+ */
+export {
+  TunnelService,
+  type FileStatus,
+  type ForwardStatus,
+  type ReadyFields,
+  type ServiceEvents,
+  type ServiceOptions,
+} from './service.js'
+export { StatusServer, queryStatus, type StatusReport } from './status-socket.js'
+export { ipythonDir, profileSecurityDir, runtimeDir, statusSocketPath, STATUS_SOCKET } from './paths.js'
+export { UNIT_NAME, installUnit, renderUnit, userUnitPath, type UnitOptions } from './unit.js'
+export { DirectoryWatcher, type WatcherHandlers } from './watcher.js'
+export { CopyLedger } from './ledger.js'

@@ -1,0 +1,143 @@
+import { chmod, mkdir, rm } from 'node:fs/promises'
+import { connect, createServer, type Server } from 'node:net'
+import { dirname } from 'node:path'
+
+import { IppTunnelError } from '../errors/index.js'
+import type { FileStatus } from './service.js'
+
+/** What `ipp-tunnel status` gets from the running service. No secrets. */
+export interface StatusReport {
+  readonly pid: number
+  /** When the service started (ISO 8601). */
+  readonly since: string
+  readonly dirs: readonly string[]
+  /** ssh connections held. */
+  readonly links: number
+  readonly files: readonly FileStatus[]
+}
+
+/** How long a status query waits for the service to answer. */
+const QUERY_TIMEOUT_MS = 5000
+
+/**
+ * The service's status endpoint: a unix socket (mode 0600, in a 0700 directory) that answers every connection
+ * with one JSON {@link StatusReport} and closes it. A socket file left by a crashed service is replaced; a live
+ * service on the same path is refused.
+ *
+ * @example
+ * const server = await StatusServer.listen(statusSocketPath(), () => service.report())
+ * // … later
+ * await server.close()
+ */
+export class StatusServer {
+  readonly path: string
+  readonly #server: Server
+  #closed = false
+
+  private constructor(path: string, server: Server) {
+    this.path = path
+    this.#server = server
+  }
+
+  static async listen(path: string, report: () => StatusReport): Promise<StatusServer> {
+    await mkdir(dirname(path), { recursive: true, mode: 0o700 })
+    await chmod(dirname(path), 0o700)
+    if (await isAlive(path)) {
+      throw new IppTunnelError(
+        'E_USAGE',
+        `an ipp-tunnel service already runs (status socket ${path}); stop it first, or set IPP_TUNNEL_RUNTIME_DIR for a second one`,
+      )
+    }
+    // Nobody answers: a socket file left by a crash (or nothing at all).
+    await rm(path, { force: true })
+    const server = createServer((socket) => {
+      socket.on('error', () => undefined)
+      let body: string
+      try {
+        body = JSON.stringify(report())
+      } catch (err) {
+        body = JSON.stringify({ error: err instanceof Error ? err.message : String(err) })
+      }
+      socket.end(body + '\n')
+    })
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(path, () => {
+        server.off('error', reject)
+        resolve()
+      })
+    })
+    await chmod(path, 0o600)
+    return new StatusServer(path, server)
+  }
+
+  get closed(): boolean {
+    return this.#closed
+  }
+
+  /** Stops answering and removes the socket file. Safe twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()))
+    await rm(this.path, { force: true })
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+}
+
+function isAlive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path)
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once('error', () => resolve(false))
+  })
+}
+
+/**
+ * Asks the running service for its {@link StatusReport}.
+ * Throws `E_SERVICE_DOWN` when no service answers on `path`.
+ *
+ * @example
+ * const report = await queryStatus(statusSocketPath())
+ * for (const f of report.files) console.log(f.file, f.state)
+ */
+export function queryStatus(path: string): Promise<StatusReport> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(path)
+    let text = ''
+    const timer = setTimeout(() => {
+      socket.destroy()
+      reject(
+        new IppTunnelError('E_TIMEOUT', `the service on ${path} did not answer in ${QUERY_TIMEOUT_MS} ms`),
+      )
+    }, QUERY_TIMEOUT_MS)
+    socket.setEncoding('utf8')
+    socket.on('data', (chunk: string) => (text += chunk))
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer)
+      reject(
+        new IppTunnelError(
+          'E_SERVICE_DOWN',
+          `no ipp-tunnel service is running (nothing answers on ${path}); start one with: ipp-tunnel watch`,
+          { cause: err },
+        ),
+      )
+    })
+    socket.once('end', () => {
+      clearTimeout(timer)
+      try {
+        const value = JSON.parse(text) as StatusReport | { error: string }
+        if ('error' in value) reject(new IppTunnelError('E_REMOTE', `the service failed: ${value.error}`))
+        else resolve(value)
+      } catch (cause) {
+        reject(new IppTunnelError('E_REMOTE', `the service on ${path} sent an unreadable answer`, { cause }))
+      }
+    })
+  })
+}
