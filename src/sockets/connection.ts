@@ -122,9 +122,19 @@ interface Pending {
 }
 
 function curveOf(info: IppClientInfo | KernelInfo): Curve | undefined {
-  const serverKey = info.kind === 'kernel' ? info.curve_publickey : info.curve_serverkey
-  if (serverKey === undefined || serverKey === null) return undefined
-  // Client keys only encrypt; the server key authenticates the peer. A fresh pair per connection.
+  if (info.kind === 'kernel') {
+    const { curve_publickey: publicKey, curve_secretkey: secretKey } = info
+    if (publicKey === undefined || publicKey === '') return undefined
+    // As jupyter_client (>= 8.9) does: the file's pair on our side too, its public key as the server key.
+    if (secretKey !== undefined && secretKey !== '') {
+      return { curveServerKey: publicKey, curvePublicKey: publicKey, curveSecretKey: secretKey }
+    }
+    const fresh = zmq.curveKeyPair()
+    return { curveServerKey: publicKey, curvePublicKey: fresh.publicKey, curveSecretKey: fresh.secretKey }
+  }
+  const serverKey = info.curve_serverkey
+  if (serverKey === null || serverKey === '') return undefined
+  // Client keys only encrypt; the server key authenticates the peer. A fresh pair per connection, on every socket.
   const { publicKey, secretKey } = zmq.curveKeyPair()
   return { curveServerKey: serverKey, curvePublicKey: publicKey, curveSecretKey: secretKey }
 }

@@ -1,0 +1,149 @@
+import { resolve } from 'node:path'
+
+import type { Argv } from 'yargs'
+
+import { openClient, type ExecuteResult, type Targets } from '../client/index.js'
+import { readConnectionFile } from '../connection-file/index.js'
+import { IppTunnelError } from '../errors/index.js'
+import { EXIT, Output } from './output.js'
+import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+
+interface PxArgs extends SshArgs {
+  readonly file: string
+  readonly code: string
+  readonly targets: string
+  readonly expr: string[]
+  readonly timeout: number
+  readonly json: boolean
+  readonly debug: boolean
+}
+
+/**
+ * `ipp-tunnel px FILE CODE`: runs CODE on engines (or the kernel) and prints each one's status, output and
+ * `--expr` values. Exits 1 when the code raised on any target, like a shell command that failed.
+ */
+export function registerPx(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
+  return yargs.command(
+    'px <file> <code>',
+    'run Python code on engines (or a kernel) and print status, stdout, stderr and --expr values; exit 1 if it raised',
+    (y) =>
+      withSshOptions(
+        y
+          .positional('file', { type: 'string', demandOption: true, describe: 'connection file' })
+          .positional('code', { type: 'string', demandOption: true, describe: 'code to run' })
+          .option('targets', {
+            alias: 't',
+            type: 'string',
+            default: 'all',
+            describe: 'engines to run on: all, or ids like 0,2 (ignored for a kernel)',
+          })
+          .option('expr', {
+            alias: 'e',
+            type: 'string',
+            array: true,
+            default: [] as string[],
+            describe: 'expression to evaluate afterwards and print (repeatable)',
+          })
+          .option('timeout', { type: 'number', default: 60, describe: 'seconds to wait for each engine' })
+          .usage('$0 px FILE CODE [--targets all|0,2] [--expr NAME]… [ssh options] [--json]'),
+      ),
+    (args) => run(() => px(args as unknown as PxArgs)),
+  )
+}
+
+function parseTargets(text: string): Targets {
+  if (text.trim() === 'all') return 'all'
+  const ids = text.split(',').map((part) => part.trim())
+  if (ids.length === 0 || ids.some((id) => !/^\d+$/.test(id))) {
+    throw new IppTunnelError('E_USAGE', `--targets must be "all" or engine ids like 0,2; got "${text}"`)
+  }
+  return [...new Set(ids.map(Number))]
+}
+
+// eslint-disable-next-line no-control-regex
+const ANSI = /\u001b\[[0-9;]*[A-Za-z]/g
+
+function indent(text: string): string {
+  return text.replace(/\n$/, '').replace(/^/gm, '    ')
+}
+
+function human(results: readonly ExecuteResult[], exprs: readonly string[]): string {
+  const lines: string[] = []
+  for (const r of results) {
+    const who = r.engineId === undefined ? 'kernel' : `engine ${r.engineId}`
+    const error = r.error === undefined ? '' : `: ${r.error.ename}: ${r.error.evalue}`
+    lines.push(`[${who}] ${r.status}${error}`)
+    if (r.stdout !== '') lines.push('  stdout:', indent(r.stdout))
+    if (r.stderr !== '') lines.push('  stderr:', indent(r.stderr))
+    if (r.result !== undefined) lines.push(`  result: ${r.result}`)
+    for (const name of exprs) {
+      const value = r.expressions[name]
+      if (value === undefined) continue
+      lines.push(
+        value.status === 'ok'
+          ? `  ${name} = ${value.text ?? ''}`
+          : `  ${name} ! ${value.ename}: ${value.evalue}`,
+      )
+    }
+    if (r.error !== undefined && r.error.traceback.length > 0) {
+      lines.push('  traceback:', indent(r.error.traceback.join('\n').replace(ANSI, '')))
+    }
+  }
+  return lines.join('\n')
+}
+
+function jsonOf(r: ExecuteResult, exprs: readonly string[]) {
+  const expressions: Record<string, string | null> = {}
+  const expressionErrors: Record<string, { ename: string; evalue: string }> = {}
+  for (const name of exprs) {
+    const value = r.expressions[name]
+    if (value?.status === 'ok') expressions[name] = value.text ?? null
+    else if (value !== undefined) {
+      expressions[name] = null
+      expressionErrors[name] = { ename: value.ename, evalue: value.evalue }
+    }
+  }
+  return {
+    ...(r.engineId !== undefined && { engine: r.engineId }),
+    status: r.status,
+    executionCount: r.executionCount,
+    stdout: r.stdout,
+    stderr: r.stderr,
+    ...(r.result !== undefined && { result: r.result }),
+    expressions,
+    ...(Object.keys(expressionErrors).length > 0 && { expressionErrors }),
+    ...(r.error !== undefined && {
+      error: { ename: r.error.ename, evalue: r.error.evalue, traceback: r.error.traceback },
+    }),
+    roundTripMs: Math.round(r.roundTripMs * 100) / 100,
+  }
+}
+
+async function px(args: PxArgs): Promise<number> {
+  const output = new Output({ json: args.json, debug: args.debug })
+  const file = resolve(args.file)
+  const timeoutMs = Math.max(1, args.timeout * 1000)
+  try {
+    const targets = parseTargets(args.targets)
+    const exprs = args.expr.map(String)
+    const userExpressions = Object.fromEntries(exprs.map((e) => [e, e]))
+    const { warnings } = await readConnectionFile(file)
+    for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
+    await using client = await openClient(file, {
+      ...sshOptionsFrom(args),
+      handshakeTimeoutMs: timeoutMs,
+      requestTimeoutMs: timeoutMs,
+    })
+    const results =
+      client.kind === 'kernel'
+        ? [await client.execute(args.code, { userExpressions })]
+        : await client.execute(args.code, { targets, userExpressions })
+    output.result(
+      { file, kind: client.kind, results: results.map((r) => jsonOf(r, exprs)) },
+      human(results, exprs),
+    )
+    return results.every((r) => r.status === 'ok') ? EXIT.ok : EXIT.runtime
+  } catch (err) {
+    return output.fail(err, { file })
+  }
+}

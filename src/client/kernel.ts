@@ -1,0 +1,99 @@
+import type { ConnectionInfo } from '../connection-file/index.js'
+import { IppTunnelError } from '../errors/index.js'
+import { connect, type ConnectOptions, type Connection } from '../sockets/index.js'
+import type { KernelInfoReplyContent } from '../wire/index.js'
+import { OutputRouter, type ExecuteOptions, type ExecuteResult } from './execute.js'
+
+/** A kernel's `kernel_info_reply` content plus how long it took. */
+export type KernelInfoResult = KernelInfoReplyContent & { readonly roundTripMs: number }
+
+/**
+ * A small Jupyter kernel client over a {@link Connection}: `kernel_info_request` and `execute_request` on
+ * shell, output collected from iopub, heartbeat on hb.
+ *
+ * @example
+ * await using kernel = await KernelClient.open('kernel-1234.json')
+ * const r = await kernel.execute('1 + 1')
+ * console.log(r.result) // '2'
+ */
+export class KernelClient {
+  readonly kind = 'kernel'
+  readonly connection: Connection<'kernel'>
+  readonly #router: OutputRouter
+
+  constructor(connection: Connection<'kernel'>) {
+    this.connection = connection
+    this.#router = new OutputRouter(connection)
+  }
+
+  /**
+   * Connects (through a tunnel when the file or `options.ssh` names an ssh server) and returns a client that
+   * owns the connection.
+   *
+   * @throws IppTunnelError `E_CONNFILE_KIND` when the file is not a kernel file; see `connect`.
+   * @example const kernel = await KernelClient.open(file, { ssh: 'me@gpu-box' })
+   */
+  static async open(source: string | ConnectionInfo, options: ConnectOptions = {}): Promise<KernelClient> {
+    const connection = await connect(source, options)
+    if (connection.kind !== 'kernel') {
+      await connection.close()
+      throw new IppTunnelError(
+        'E_CONNFILE_KIND',
+        `${connection.where}: this is an ipyparallel file; use IppClient`,
+      )
+    }
+    return new KernelClient(connection)
+  }
+
+  /**
+   * Asks the kernel who it is.
+   *
+   * @example const { implementation, language_info } = await kernel.kernelInfo()
+   */
+  async kernelInfo(options: { timeoutMs?: number } = {}): Promise<KernelInfoResult> {
+    const started = performance.now()
+    const reply = await this.connection.request('shell', 'kernel_info_request', {}, options)
+    const roundTripMs = performance.now() - started
+    return { ...(reply.content as KernelInfoReplyContent), roundTripMs }
+  }
+
+  /**
+   * Runs `code` and resolves with its reply and output. Exceptions raised by the code are in `error`.
+   *
+   * @example
+   * const r = await kernel.execute('1/0')
+   * if (r.status === 'error') console.log(r.error?.ename) // ZeroDivisionError
+   */
+  async execute(code: string, options: ExecuteOptions = {}): Promise<ExecuteResult> {
+    const { session } = this.connection
+    return this.#router.execute(
+      (request) =>
+        this.connection.requestMessage('shell', request, {
+          ...(options.timeoutMs !== undefined && { timeoutMs: options.timeoutMs }),
+          ...(options.signal !== undefined && { signal: options.signal }),
+        }),
+      (content) => session.msg('execute_request', content),
+      code,
+      options,
+    )
+  }
+
+  /**
+   * Heartbeat round trip in ms.
+   *
+   * @example console.log(await kernel.heartbeat(), 'ms')
+   */
+  heartbeat(timeoutMs?: number): Promise<number> {
+    return this.connection.heartbeat(timeoutMs)
+  }
+
+  /** Closes the connection and its tunnel. */
+  async close(): Promise<void> {
+    this.#router.close()
+    await this.connection.close()
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+}

@@ -1,0 +1,169 @@
+import assert from 'node:assert/strict'
+import { after, before, describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+import { IppClient, KernelClient } from '../../src/client/index.js'
+import { isIppTunnelError, type ErrorCode } from '../../src/errors/index.js'
+import type { ConnectOptions } from '../../src/sockets/index.js'
+import { runCli } from '../support/cli.js'
+import { startController, startEngines, type Controller, type Engines } from '../support/ipp.js'
+import { createNetns, startSshd, type Netns, type Sshd } from '../support/index.js'
+
+function hasCode(code: ErrorCode, ...parts: string[]) {
+  return (err: unknown): boolean => {
+    assert.ok(isIppTunnelError(err), `expected IppTunnelError, got ${String(err)}`)
+    assert.equal(err.code, code, err.message)
+    for (const part of parts) assert.ok(err.message.includes(part), `"${err.message}" should mention ${part}`)
+    return true
+  }
+}
+
+describe('IppClient and the ping/px commands against real ipcontroller + 2 ipengines through sshd', () => {
+  let ns: Netns
+  let sshd: Sshd
+  let ctl: Controller
+  let engines: Engines
+  let options: ConnectOptions
+  let sshArgs: string[]
+
+  before(async () => {
+    ns = await createNetns()
+    sshd = await startSshd({ netns: ns })
+    ctl = await startController({ netns: ns, ssh: `root@${sshd.host}:${sshd.port}` })
+    engines = startEngines(ctl.engineFile, 2, { netns: ns })
+    options = { identity: sshd.clientKey, knownHosts: sshd.knownHostsFile, configFile: '/dev/null' }
+    sshArgs = [
+      '--identity',
+      sshd.clientKey,
+      '--known-hosts',
+      sshd.knownHostsFile,
+      '--ssh-config',
+      '/dev/null',
+    ]
+    await using client = await IppClient.open(ctl.clientFile, options)
+    const deadline = Date.now() + 30_000
+    while ((await client.engines()).ids.length < 2) {
+      if (Date.now() > deadline) throw new Error(`engines did not register:\n${engines.log()}`)
+      await sleep(200)
+    }
+  })
+  after(async () => {
+    await engines.close()
+    await ctl.close()
+    await sshd.close()
+    await ns.close()
+  })
+
+  test('engines() and queueStatus()', async () => {
+    await using client = await IppClient.open(ctl.clientFile, options)
+    const { ids, identities } = await client.engines()
+    assert.deepEqual(ids, [0, 1])
+    assert.match(identities[0] ?? '', /^[0-9a-f]{8}-[0-9a-f]{24}$/)
+    assert.notEqual(identities[0], identities[1])
+    const queues = await client.queueStatus()
+    assert.equal(queues.status, 'ok')
+    assert.ok('0' in queues && '1' in queues)
+    assert.equal(typeof queues.unassigned, 'number')
+  })
+
+  test('execute on all engines: one result per engine with its own stdout, stderr and expressions', async () => {
+    await using client = await IppClient.open(ctl.clientFile, options)
+    const results = await client.execute(
+      'import os, sys\npid = os.getpid()\nprint("pid", pid)\nprint("warn", file=sys.stderr)',
+      { userExpressions: { pid: 'pid', twice: 'pid * 2' } },
+    )
+    assert.deepEqual(
+      results.map((r) => r.engineId),
+      [0, 1],
+    )
+    const pids = new Set<string>()
+    for (const r of results) {
+      assert.equal(r.status, 'ok')
+      const pid = r.expressions.pid
+      assert.ok(pid?.status === 'ok' && pid.text !== undefined)
+      pids.add(pid.text)
+      assert.equal(r.stdout, `pid ${pid.text}\n`, "each engine's own output, matched by parent msg_id")
+      assert.equal(r.stderr, 'warn\n')
+      const twice = r.expressions.twice
+      assert.ok(twice?.status === 'ok')
+      assert.equal(twice.text, String(Number(pid.text) * 2))
+    }
+    assert.equal(pids.size, 2, 'two different engine processes')
+  })
+
+  test('chosen targets only; unknown engine ids are refused', async () => {
+    await using client = await IppClient.open(ctl.clientFile, options)
+    const results = await client.execute('z = 1', { targets: [1] })
+    assert.deepEqual(
+      results.map((r) => r.engineId),
+      [1],
+    )
+    await assert.rejects(client.execute('z = 1', { targets: [7] }), hasCode('E_USAGE', 'no engine 7'))
+  })
+
+  test('a kernel client refuses an ipyparallel file', async () => {
+    await assert.rejects(KernelClient.open(ctl.clientFile, options), hasCode('E_CONNFILE_KIND'))
+  })
+
+  test('CLI ping: kind, engine ids and round trip, as one JSON object or a human line', async () => {
+    const json = await runCli(['ping', ctl.clientFile, ...sshArgs, '--json'])
+    assert.equal(json.code, 0, json.stderr)
+    const lines = json.stdout.trim().split('\n')
+    assert.equal(lines.length, 1, 'one JSON object on stdout')
+    const pong = JSON.parse(lines[0] ?? '') as Record<string, unknown>
+    assert.equal(pong.kind, 'ipp-client')
+    assert.deepEqual(pong.engines, [0, 1])
+    assert.equal(pong.tunnelled, true)
+    assert.equal(typeof pong.roundTripMs, 'number')
+    const human = await runCli(['ping', ctl.clientFile, ...sshArgs])
+    assert.equal(human.code, 0, human.stderr)
+    assert.match(human.stdout, /ipyparallel controller: 2 engines \[0, 1\], round trip [\d.]+ ms/)
+  })
+
+  test('CLI px: per-engine status, output and --expr; exit 1 when the code raised on an engine', async () => {
+    const ok = await runCli([
+      'px',
+      ctl.clientFile,
+      'n = 21\nprint("hello")',
+      '--expr',
+      'n',
+      '--expr',
+      'n * 2',
+      ...sshArgs,
+      '--json',
+    ])
+    assert.equal(ok.code, 0, ok.stderr)
+    const out = JSON.parse(ok.stdout) as { kind: string; results: Record<string, unknown>[] }
+    assert.equal(out.kind, 'ipp-client')
+    assert.deepEqual(
+      out.results.map((r) => [r.engine, r.status, r.stdout, r.expressions]),
+      [
+        [0, 'ok', 'hello\n', { n: '21', 'n * 2': '42' }],
+        [1, 'ok', 'hello\n', { n: '21', 'n * 2': '42' }],
+      ],
+    )
+
+    const code =
+      'import os\nif os.getpid() % 2 == 0 or True:\n    pass\n{0: None}[int(os.environ.get("X", "1"))]'
+    const failed = await runCli(['px', ctl.clientFile, code, '--targets', '1', ...sshArgs, '--json'])
+    assert.equal(failed.code, 1, 'the code raised → exit 1')
+    const bad = JSON.parse(failed.stdout) as {
+      results: { engine: number; status: string; error: Record<string, unknown> }[]
+    }
+    assert.equal(bad.results.length, 1)
+    const [first] = bad.results
+    assert.ok(first)
+    assert.equal(first.engine, 1)
+    assert.equal(first.status, 'error')
+    assert.equal(first.error.ename, 'KeyError')
+    assert.ok(Array.isArray(first.error.traceback))
+
+    const human = await runCli(['px', ctl.clientFile, 'print("hi")', '--targets', '0', ...sshArgs])
+    assert.equal(human.code, 0, human.stderr)
+    assert.match(human.stdout, /^\[engine 0\] ok\n {2}stdout:\n {4}hi$/m)
+
+    const usage = await runCli(['px', ctl.clientFile, '1', '--targets', 'zero', ...sshArgs])
+    assert.equal(usage.code, 2)
+    assert.match(usage.stderr, /--targets/)
+  })
+})
