@@ -7,12 +7,18 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 
 import { markdownTable, ratioOf, type BenchRow } from './common.js'
+import { benchEngines } from './engines.js'
+import { benchService } from './service.js'
 import { benchTunnel } from './tunnel.js'
 import { benchWire } from './wire.js'
+import { benchClient } from './client.js'
 
 const groups: Record<string, () => Promise<BenchRow[]>> = {
   wire: benchWire,
   tunnel: benchTunnel,
+  client: benchClient,
+  engines: benchEngines,
+  service: benchService,
 }
 
 const README = fileURLToPath(new URL('../../README.md', import.meta.url))

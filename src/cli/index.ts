@@ -2,8 +2,14 @@ import yargs, { type Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
 import { EXIT, Output } from './output.js'
+import { registerEngines } from './engines.js'
 import { registerExec } from './exec.js'
 import { registerUp } from './up.js'
+import { registerInstallService } from './install-service.js'
+import { registerStatus } from './status.js'
+import { registerWatch } from './watch.js'
+import { registerPing } from './ping.js'
+import { registerPx } from './px.js'
 
 /**
  * Runs the ipp-tunnel command line on `argv` (without node and the script) and resolves with the exit status.
@@ -34,6 +40,12 @@ export async function main(argv: readonly string[]): Promise<number> {
     .wrap(null)
   cli = registerUp(cli, run)
   cli = registerExec(cli, run)
+  cli = registerWatch(cli, run)
+  cli = registerStatus(cli, run)
+  cli = registerInstallService(cli, run)
+  cli = registerEngines(cli, run)
+  cli = registerPing(cli, run)
+  cli = registerPx(cli, run)
   await cli.parseAsync()
   if (usageError !== undefined) {
     const output = new Output({ json: false, debug })

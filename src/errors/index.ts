@@ -40,6 +40,7 @@ export type ErrorCode =
   | 'E_REMOTE'
   | 'E_SERVICE_DOWN'
   | 'E_SPAWN'
+  | 'E_ENGINE_EXIT'
   | 'E_CLOSED'
 
 /** The one error type of ipp-tunnel. `cause` is set when wrapping an ssh2, zeromq or fs error. */

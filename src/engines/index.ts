@@ -1,0 +1,22 @@
+/**
+ * Engine launchers: N ipyparallel engines (or one mpiexec world of N ranks) on a loopback engine file, supervised.
+ *
+ * @example
+ * const engines = launchEngines({ file: loopbackEngineFile, n: 2, mpi: true, root: true })
+ * engines.on('engine-exited', (e) => console.error(e))
+ */
+export {
+  DEFAULT_ENGINE_COMMAND,
+  DEFAULT_MPIEXEC,
+  engineArgvs,
+  mpiEnvironment,
+  splitCommand,
+  type EngineCommandOptions,
+} from './command.js'
+export {
+  EngineGroup,
+  launchEngines,
+  type EngineExit,
+  type EngineGroupEvents,
+  type LaunchEnginesOptions,
+} from './group.js'

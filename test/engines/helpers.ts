@@ -1,0 +1,92 @@
+import type { ChildProcess } from 'node:child_process'
+import type { TestContext } from 'node:test'
+
+import { exited, JsonLines, spawnCli } from '../support/cli.js'
+import { startController, type Controller } from '../support/ipp.js'
+import { createNetns, startSshd, type Netns, type Sshd } from '../support/index.js'
+
+/** A controller in a namespace of its own, reachable only through the sshd there, with no engines. */
+export interface Remote {
+  readonly ns: Netns
+  readonly sshd: Sshd
+  readonly ctl: Controller
+}
+
+/** Starts namespace, sshd and controller (engine file's ssh field = that sshd); cleaned up after the test. */
+export async function startRemote(t: TestContext, extraArgs: readonly string[] = []): Promise<Remote> {
+  const ns = await createNetns()
+  const owned: { sshd?: Sshd; ctl?: Controller } = {}
+  t.after(async () => {
+    await owned.ctl?.close()
+    await owned.sshd?.close()
+    await ns.close()
+  })
+  const sshd = (owned.sshd = await startSshd({ netns: ns }))
+  const ctl = (owned.ctl = await startController({
+    netns: ns,
+    engineSsh: `root@${sshd.host}:${sshd.port}`,
+    extraArgs,
+  }))
+  return { ns, sshd, ctl }
+}
+
+/** The real CLI running `engines` on the remote's engine file, with --json; stopped after the test. */
+export function startEnginesCli(
+  t: TestContext,
+  remote: Remote,
+  args: readonly string[],
+): { child: ChildProcess; lines: JsonLines } {
+  const child = spawnCli([
+    'engines',
+    remote.ctl.engineFile,
+    '--json',
+    '--identity',
+    remote.sshd.clientKey,
+    '--known-hosts',
+    remote.sshd.knownHostsFile,
+    ...args,
+  ])
+  const lines = new JsonLines(child)
+  t.after(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGTERM')
+    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
+    await exited(child)
+    clearTimeout(timer)
+  })
+  return { child, lines }
+}
+
+/** Stops the CLI with `signal` and resolves with its exit status. */
+export async function stopCli(
+  child: ChildProcess,
+  signal: NodeJS.Signals = 'SIGTERM',
+): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  const done = exited(child)
+  child.kill(signal)
+  return done
+}
+
+/** Whether a process with this pid still exists. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Python for the controller's side: waits for `n` engines and prints their ids and apply results as JSON. */
+export function idsAndPidsScript(clientFile: string, n: number): string {
+  return `
+import json, ipyparallel as ipp
+c = ipp.Client(${JSON.stringify(clientFile)}, timeout=30)
+c.wait_for_engines(${n}, timeout=60)
+def pid():
+    import os
+    return os.getpid()
+print(json.dumps({"ids": sorted(c.ids), "pids": c[:].apply_sync(pid)}))
+c.close()
+`
+}
