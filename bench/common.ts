@@ -48,7 +48,7 @@ export function markdownTable(rows: readonly BenchRow[]): string {
     const met =
       ratio === undefined
         ? row.anchor === undefined
-          ? 'yes'
+          ? 'yes (the anchor failed)'
           : 'n/a'
         : ratio >= row.targetRatio
           ? 'yes'

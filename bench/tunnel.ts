@@ -7,23 +7,25 @@
  *
  * Run alone: `node dist/bench/run.js tunnel`.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { createConnection, createServer } from 'node:net'
-import { tmpdir } from 'node:os'
+import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { promisify } from 'node:util'
 
 import { Dealer, Request } from 'zeromq'
 
-import { parseConnectionFile } from '../src/connection-file/index.js'
 import { openTunnel } from '../src/tunnel/index.js'
+import { JsonLines, spawnCli } from '../test/support/cli.js'
 import { createNetns, startSshd, type Netns, type Sshd } from '../test/support/index.js'
 import { PYTHON, runPython, startController, stopProcess } from '../test/support/ipp.js'
 import { median, type BenchRow } from './common.js'
 
 const READY_RUNS = 5
-const PINGS = 2000
+const PINGS = 3000
+const ROUNDS = 6
 const MIB = 1024 * 1024
 const MIB_MESSAGES = 200
 const WINDOW = 8
@@ -130,9 +132,14 @@ async function sshForward(sshd: Sshd, remotePort: number): Promise<{ port: numbe
   return { port, close: () => stopProcess(child) }
 }
 
-/** Our tunnel to arbitrary remote ports: a kernel-shaped connection info whose channels are those ports. */
-async function oursForward(sshd: Sshd, shell: number, control: number) {
-  const info = parseConnectionFile(
+/**
+ * `ipp-tunnel up` (a process of its own, as users run it and as `ssh -L` runs) on a kernel-shaped connection
+ * file whose shell and control channels are the echo server's two ports.
+ */
+async function oursForward(sshd: Sshd, dir: string, shell: number, control: number) {
+  const file = join(dir, 'kernel-bench.json')
+  await writeFile(
+    file,
     JSON.stringify({
       shell_port: shell,
       control_port: control,
@@ -145,24 +152,34 @@ async function oursForward(sshd: Sshd, shell: number, control: number) {
       signature_scheme: 'hmac-sha256',
       kernel_name: 'bench',
     }),
-    'bench-kernel.json',
+    { mode: 0o600 },
   )
-  const tunnel = await openTunnel(info, {
-    ssh: `${sshd.user}@${sshd.host}:${sshd.port}`,
-    identity: sshd.clientKey,
-    knownHosts: sshd.knownHostsFile,
-    configFile: '/dev/null',
-    agent: false,
-  })
+  const child = spawnCli([
+    'up',
+    file,
+    '--json',
+    '--out',
+    join(dir, 'kernel-bench-loopback.json'),
+    '--ssh',
+    `${sshd.user}@${sshd.host}:${sshd.port}`,
+    '--identity',
+    sshd.clientKey,
+    '--known-hosts',
+    sshd.knownHostsFile,
+    '--ssh-config',
+    '/dev/null',
+  ])
+  const ready = await new JsonLines(child).next('ready')
+  const forwards = ready.forwards as { channel: string; local: string }[]
   const port = (channel: string): number => {
-    const found = tunnel.forwards.find((f) => f.channel === channel)
-    if (found === undefined) throw new Error(`no ${channel} forward`)
-    return found.local.port
+    const local = forwards.find((f) => f.channel === channel)?.local
+    if (local === undefined) throw new Error(`no ${channel} forward`)
+    return Number(local.slice(local.lastIndexOf(':') + 1))
   }
-  return { rep: port('shell'), router: port('control'), close: () => tunnel.close() }
+  return { rep: port('shell'), router: port('control'), close: () => stopProcess(child) }
 }
 
-async function roundTripMicros(port: number, host = '127.0.0.1'): Promise<number> {
+async function roundTrips(port: number, host = '127.0.0.1'): Promise<number[]> {
   const socket = new Request({ linger: 0, receiveTimeout: 10_000 })
   socket.connect(`tcp://${host}:${port}`)
   try {
@@ -172,13 +189,13 @@ async function roundTripMicros(port: number, host = '127.0.0.1'): Promise<number
       await socket.receive()
     }
     const samples: number[] = []
-    for (let i = 0; i < PINGS; i++) {
+    for (let i = 0; i < PINGS / ROUNDS; i++) {
       const started = process.hrtime.bigint()
       await socket.send(payload)
       await socket.receive()
       samples.push(Number(process.hrtime.bigint() - started) / 1000)
     }
-    return median(samples)
+    return samples
   } finally {
     socket.close()
   }
@@ -272,6 +289,10 @@ export async function benchTunnel(): Promise<BenchRow[]> {
       }
 
       // (b), (c): one echo server in the namespace, reached three ways
+      // One core for every process on the paths measured below (this process, the echo server, sshd, ssh -L,
+      // ipp-tunnel): on a small VM, wake-ups across cores otherwise add noise larger than the paths differ by.
+      await pinToCore(process.pid)
+      for (const pid of await netnsPids(ns)) await pinToCore(pid)
       echo = spawn('ip', ['netns', 'exec', ns.name, PYTHON, '-c', ECHO_SERVER], {
         stdio: ['ignore', 'pipe', 'inherit'],
       })
@@ -285,13 +306,25 @@ export async function benchTunnel(): Promise<BenchRow[]> {
       })
       const [repPort, routerPort] = printed.trim().split(/\s+/).map(Number)
       if (repPort === undefined || routerPort === undefined) throw new Error(`echo server printed ${printed}`)
-      const tunnel = await oursForward(sshd, repPort, routerPort)
+      const tunnel = await oursForward(sshd, dir, repPort, routerPort)
       const sshRep = await sshForward(sshd, repPort)
       const sshRouter = await sshForward(sshd, routerPort)
       try {
-        const direct = await roundTripMicros(repPort, ns.nsAddr)
-        const viaSsh = await roundTripMicros(sshRep.port)
-        const viaOurs = await roundTripMicros(tunnel.rep)
+        // interleaved rounds, so that drift in the machine's state hits all three paths alike
+        const samples = { direct: [] as number[], ssh: [] as number[], ours: [] as number[] }
+        for (let round = 0; round < ROUNDS; round++) {
+          samples.direct.push(...(await roundTrips(repPort, ns.nsAddr)))
+          samples.ssh.push(...(await roundTrips(sshRep.port)))
+          samples.ours.push(...(await roundTrips(tunnel.rep)))
+        }
+        const direct = median(samples.direct)
+        const viaSsh = median(samples.ssh)
+        const viaOurs = median(samples.ours)
+        const pct = (xs: number[], q: number): string =>
+          ([...xs].sort((a, b) => a - b)[Math.floor(xs.length * q)] ?? 0).toFixed(0)
+        console.error(
+          `  round trip µs p10/p50/p90: direct ${pct(samples.direct, 0.1)}/${pct(samples.direct, 0.5)}/${pct(samples.direct, 0.9)}, ssh -L ${pct(samples.ssh, 0.1)}/${pct(samples.ssh, 0.5)}/${pct(samples.ssh, 0.9)}, ours ${pct(samples.ours, 0.1)}/${pct(samples.ours, 0.5)}/${pct(samples.ours, 0.9)}`,
+        )
         const mibSsh = await throughputMiBs(sshRouter.port)
         const mibOurs = await throughputMiBs(tunnel.router)
         const mibSsh2 = await throughputMiBs(sshRouter.port)
@@ -315,7 +348,7 @@ export async function benchTunnel(): Promise<BenchRow[]> {
             unit: 'µs',
             better: 'lower',
             targetRatio: 0.8,
-            note: `median of ${PINGS}; direct without ssh: ${direct.toFixed(0)} µs`,
+            note: `median of ${PINGS} in ${ROUNDS} interleaved rounds; direct without ssh: ${direct.toFixed(0)} µs`,
           },
           {
             name: 'tunnel: 1 MiB ZeroMQ messages',
@@ -329,6 +362,7 @@ export async function benchTunnel(): Promise<BenchRow[]> {
           },
         ]
       } finally {
+        await unpin(process.pid)
         await tunnel.close()
         await sshRep.close()
         await sshRouter.close()
@@ -342,4 +376,19 @@ export async function benchTunnel(): Promise<BenchRow[]> {
     await ns.close()
     await rm(dir, { recursive: true, force: true })
   }
+}
+
+const runTool = promisify(execFile)
+
+async function pinToCore(pid: number): Promise<void> {
+  await runTool('taskset', ['-a', '-p', '-c', '0', String(pid)])
+}
+
+async function unpin(pid: number): Promise<void> {
+  await runTool('taskset', ['-a', '-p', '-c', `0-${availableParallelism() - 1}`, String(pid)])
+}
+
+async function netnsPids(ns: Netns): Promise<number[]> {
+  const { stdout } = await runTool('ip', ['netns', 'pids', ns.name])
+  return stdout.split(/\s+/).filter(Boolean).map(Number)
 }

@@ -578,6 +578,8 @@ export class Link extends EventEmitter<LinkEvents> {
           )
         },
       })
+      // Forwards carry small request/reply messages: Nagle's algorithm would hold them back waiting for ACKs.
+      client.setNoDelay(true)
     })
   }
 }
