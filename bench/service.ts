@@ -15,7 +15,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import { FIXTURES, JsonLines, spawnCli } from '../test/support/cli.js'
-import { startSshd } from '../test/support/index.js'
+import { sshArgsOf, startSshd } from '../test/support/index.js'
 import { stopProcess } from '../test/support/ipp.js'
 import { median, type BenchRow } from './common.js'
 
@@ -58,21 +58,9 @@ export async function benchService(): Promise<BenchRow[]> {
     null,
     2,
   )
-  const watch = spawnCli(
-    [
-      'watch',
-      '--json',
-      '--dir',
-      dir,
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--ssh-config',
-      '/dev/null',
-    ],
-    { IPP_TUNNEL_RUNTIME_DIR: join(root, 'run') },
-  )
+  const watch = spawnCli(['watch', '--json', '--dir', dir, ...sshArgsOf(sshd)], {
+    IPP_TUNNEL_RUNTIME_DIR: join(root, 'run'),
+  })
   const events = new JsonLines(watch)
   try {
     await events.next('watching')

@@ -19,7 +19,7 @@ import { Dealer, Request } from 'zeromq'
 
 import { openTunnel } from '../src/tunnel/index.js'
 import { JsonLines, spawnCli } from '../test/support/cli.js'
-import { createNetns, startSshd, type Netns, type Sshd } from '../test/support/index.js'
+import { createNetns, sshArgsOf, startSshd, type Netns, type Sshd } from '../test/support/index.js'
 import { PYTHON, runPython, startController, stopProcess } from '../test/support/ipp.js'
 import { median, type BenchRow } from './common.js'
 
@@ -162,12 +162,7 @@ async function oursForward(sshd: Sshd, dir: string, shell: number, control: numb
     join(dir, 'kernel-bench-loopback.json'),
     '--ssh',
     `${sshd.user}@${sshd.host}:${sshd.port}`,
-    '--identity',
-    sshd.clientKey,
-    '--known-hosts',
-    sshd.knownHostsFile,
-    '--ssh-config',
-    '/dev/null',
+    ...sshArgsOf(sshd),
   ])
   const ready = await new JsonLines(child).next('ready')
   const forwards = ready.forwards as { channel: string; local: string }[]

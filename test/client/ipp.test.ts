@@ -7,7 +7,7 @@ import { isIppTunnelError, type ErrorCode } from '../../src/errors/index.js'
 import type { ConnectOptions } from '../../src/sockets/index.js'
 import { runCli } from '../support/cli.js'
 import { startController, startEngines, type Controller, type Engines } from '../support/ipp.js'
-import { createNetns, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { createNetns, sshArgsOf, startSshd, type Netns, type Sshd } from '../support/index.js'
 
 function hasCode(code: ErrorCode, ...parts: string[]) {
   return (err: unknown): boolean => {
@@ -32,14 +32,7 @@ describe('IppClient and the ping/px commands against real ipcontroller + 2 ipeng
     ctl = await startController({ netns: ns, ssh: `root@${sshd.host}:${sshd.port}` })
     engines = startEngines(ctl.engineFile, 2, { netns: ns })
     options = { identity: sshd.clientKey, knownHosts: sshd.knownHostsFile, configFile: '/dev/null' }
-    sshArgs = [
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--ssh-config',
-      '/dev/null',
-    ]
+    sshArgs = [...sshArgsOf(sshd)]
     await using client = await IppClient.open(ctl.clientFile, options)
     const deadline = Date.now() + 30_000
     while ((await client.engines()).ids.length < 2) {

@@ -9,7 +9,7 @@ import { KernelClient, openClient } from '../../src/client/index.js'
 import { isIppTunnelError } from '../../src/errors/index.js'
 import { connect, type ConnectOptions } from '../../src/sockets/index.js'
 import { runCli } from '../support/cli.js'
-import { createNetns, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { createNetns, sshArgsOf, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { startKernel, type Kernel } from '../support/kernel.js'
 import { FORGE_ON_IOPUB } from '../sockets/forge.js'
 
@@ -117,16 +117,7 @@ describe('a real ipykernel in another network namespace, reached through sshd', 
   })
 
   test('CLI: ping and px on the kernel, JSON and exit status', async () => {
-    const ssh_ = [
-      '--ssh',
-      ssh,
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--ssh-config',
-      '/dev/null',
-    ]
+    const ssh_ = ['--ssh', ssh, ...sshArgsOf(sshd)]
     const ping = await runCli(['ping', kernel.file, ...ssh_, '--json'])
     assert.equal(ping.code, 0, ping.stderr)
     const pong = JSON.parse(ping.stdout) as Record<string, unknown>

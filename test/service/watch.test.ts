@@ -1,13 +1,20 @@
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { access, copyFile, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
-import { createConnection } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
-import { createNetns, startSshd, type Netns, type Sshd } from '../support/index.js'
+import {
+  canConnect,
+  createNetns,
+  portOf,
+  sshArgsOf,
+  startSshd,
+  type Netns,
+  type Sshd,
+} from '../support/index.js'
 import {
   runPython,
   startController,
@@ -23,21 +30,6 @@ interface Forward {
   remote: string
 }
 type Event = Record<string, unknown>
-
-function portOf(address: string): number {
-  return Number(address.slice(address.lastIndexOf(':') + 1))
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = createConnection({ host: '127.0.0.1', port })
-    socket.once('connect', () => {
-      socket.destroy()
-      resolve(true)
-    })
-    socket.once('error', () => resolve(false))
-  })
-}
 
 function exists(path: string): Promise<boolean> {
   return access(path).then(
@@ -99,16 +91,7 @@ describe('ipp-tunnel watch against sshd + ipcontroller in their own network name
     engines = startEngines(controller.engineFile, 2, { netns: ns })
     env = { IPYTHONDIR: ipythonDir, IPP_TUNNEL_RUNTIME_DIR: runtimeDir }
     // engines run beside the controller, so the engine file names no ssh server: --ssh covers it
-    args = [
-      '--ssh',
-      ssh,
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--ssh-config',
-      '/dev/null',
-    ]
+    args = ['--ssh', ssh, ...sshArgsOf(sshd)]
     // the `default` profile of $IPYTHONDIR (what a bare `watch` follows), plus one more directory
     watch = spawnCli(['watch', '--json', '--profile', 'default', '--dir', dropDir, ...args], env)
     events = new JsonLines(watch)

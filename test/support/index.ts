@@ -7,4 +7,5 @@
  * const echo = await startEchoServer(ns)
  */
 export { createNetns, startEchoServer, type Netns, type EchoServer } from './netns.js'
-export { startSshd, hopOf, type Sshd, type SshdOptions } from './sshd.js'
+export { startSshd, hopOf, sshArgsOf, type Sshd, type SshdOptions } from './sshd.js'
+export { canConnect, portOf } from './net.js'

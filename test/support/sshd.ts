@@ -269,3 +269,13 @@ export function hopOf(sshd: Sshd, overrides: Partial<ResolvedHop> = {}): Resolve
     ...overrides,
   }
 }
+
+/**
+ * The CLI flags that authenticate to this sshd and trust its host key, reading no user ssh config.
+ *
+ * @example
+ * await runCli(['up', file, '--ssh', `root@${sshd.host}:${sshd.port}`, ...sshArgsOf(sshd)])
+ */
+export function sshArgsOf(sshd: Sshd): string[] {
+  return ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile, '--ssh-config', '/dev/null']
+}

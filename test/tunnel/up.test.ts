@@ -1,14 +1,21 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { access, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
-import { createConnection } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
 
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
-import { createNetns, startSshd, type Netns, type Sshd } from '../support/index.js'
+import {
+  canConnect,
+  createNetns,
+  portOf,
+  sshArgsOf,
+  startSshd,
+  type Netns,
+  type Sshd,
+} from '../support/index.js'
 import {
   clientApplyScript,
   runPython,
@@ -24,21 +31,6 @@ interface Forward {
   channel: string
   local: string
   remote: string
-}
-
-function portOf(address: string): number {
-  return Number(address.slice(address.lastIndexOf(':') + 1))
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = createConnection({ host: '127.0.0.1', port })
-    socket.once('connect', () => {
-      socket.destroy()
-      resolve(true)
-    })
-    socket.once('error', () => resolve(false))
-  })
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -68,7 +60,7 @@ describe('ipp-tunnel up against sshd + ipcontroller in their own network namespa
     controller = await startController({ netns: ns, ssh: `${sshd.user}@${sshd.host}:${sshd.port}` })
     engines = startEngines(controller.engineFile, 2, { netns: ns })
     dir = await mkdtemp(join(tmpdir(), 'ippt-up-'))
-    auth = ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile, '--ssh-config', '/dev/null']
+    auth = sshArgsOf(sshd)
   })
   after(async () => {
     await engines.close()
@@ -328,12 +320,7 @@ describe('ipp-tunnel up against sshd + ipcontroller in their own network namespa
         join(dir, 'denied.json'),
         '--ssh',
         `root@${closed.host}:${closed.port}`,
-        '--identity',
-        closed.clientKey,
-        '--known-hosts',
-        closed.knownHostsFile,
-        '--ssh-config',
-        '/dev/null',
+        ...sshArgsOf(closed),
       ])
       assert.equal(result.code, 1)
       const event = JSON.parse(result.stdout.trim()) as Record<string, string>
