@@ -6,6 +6,8 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 
+import * as prettier from 'prettier'
+
 import { markdownTable, ratioOf, type BenchRow } from './common.js'
 import { benchEngines } from './engines.js'
 import { benchService } from './service.js'
@@ -31,7 +33,10 @@ async function updateReadme(table: string): Promise<void> {
   const to = text.indexOf(END)
   if (from < 0 || to < from) throw new Error(`README.md has no ${START} … ${END} section`)
   const stamp = `Measured ${new Date().toISOString().slice(0, 10)} on ${process.platform}/${process.arch}, Node ${process.version}, by \`npm run bench\`.`
-  await writeFile(README, `${text.slice(0, from + START.length)}\n${stamp}\n\n${table}\n${text.slice(to)}`)
+  const updated = `${text.slice(0, from + START.length)}\n${stamp}\n\n${table}\n${text.slice(to)}`
+  // the test command checks the README's formatting: write it the way prettier would
+  const config = (await prettier.resolveConfig(README)) ?? {}
+  await writeFile(README, await prettier.format(updated, { ...config, filepath: README }))
 }
 
 const args = process.argv.slice(2)
