@@ -4,12 +4,12 @@
  * connection, computes π on the engines with `ipp-tunnel px` (each MPI rank sums its share, allreduce adds them),
  * prints the result and the timings, and removes everything again, also on Ctrl-C.
  *
- * Run: `node dist/src/demo/index.js` (as root: network namespaces need it).
+ * The program is `src/cli/demo.ts` (`npm run demo`; as root: network namespaces need it).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { fileURLToPath } from 'node:url'
 
 import { startLocalRemote } from './remote.js'
 
@@ -222,49 +222,4 @@ export async function runDemo(
     await Promise.all(children.map((c) => stop(c)))
     await remote.close()
   }
-}
-
-async function main(): Promise<number> {
-  if (process.getuid?.() !== 0) {
-    process.stderr.write(
-      'demo: needs root, to create a network namespace for the "remote" (run it as root)\n',
-    )
-    return 2
-  }
-  const abort = new AbortController()
-  const onSignal = (name: NodeJS.Signals) => {
-    if (abort.signal.aborted) return
-    process.stderr.write(`demo: ${name}, cleaning up…\n`)
-    abort.abort()
-  }
-  process.on('SIGINT', onSignal)
-  process.on('SIGTERM', onSignal)
-  try {
-    const result = await runDemo({ log: (line) => process.stdout.write(`${line}\n`), signal: abort.signal })
-    const t = result.timings
-    process.stdout.write(
-      [
-        '',
-        'timings (ms)',
-        `  local remote up (netns, sshd, controller)  ${t.remoteMs}`,
-        `  tunnel ready                               ${t.tunnelMs}`,
-        `  launch → all engines registered            ${t.registeredMs}`,
-        `  px: connect, run, collect                  ${t.pxMs}`,
-        `  stop engines, close tunnel                 ${t.stopMs}`,
-        `  total                                      ${t.totalMs}`,
-        '',
-      ].join('\n'),
-    )
-    return 0
-  } catch (err) {
-    process.stderr.write(`demo failed: ${err instanceof Error ? err.message : String(err)}\n`)
-    return abort.signal.aborted ? 130 : 1
-  } finally {
-    process.off('SIGINT', onSignal)
-    process.off('SIGTERM', onSignal)
-  }
-}
-
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  process.exitCode = await main()
 }
