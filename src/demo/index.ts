@@ -14,6 +14,8 @@ import { fileURLToPath } from 'node:url'
 import { startLocalRemote } from './remote.js'
 
 export { startLocalRemote, type LocalRemote, type LocalRemoteOptions } from './remote.js'
+export { createNetworkNamespace, type NetworkNamespace, type NetworkNamespaceOptions } from './netns.js'
+export { sshdConfig, type SshdConfigOptions } from './sshd-config.js'
 
 const CLI = fileURLToPath(new URL('../../../bin/ipp-tunnel.js', import.meta.url))
 

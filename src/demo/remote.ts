@@ -1,10 +1,12 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { randomBytes, randomInt } from 'node:crypto'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
+
+import { createNetworkNamespace, type NetworkNamespace } from './netns.js'
+import { sshdConfig } from './sshd-config.js'
 
 const run = promisify(execFile)
 
@@ -42,10 +44,6 @@ export interface LocalRemote {
 export interface LocalRemoteOptions {
   /** More `ipcontroller` arguments, e.g. `--HeartMonitor.period=1000`. */
   readonly controllerArgs?: readonly string[]
-}
-
-async function ip(...args: string[]): Promise<string> {
-  return (await run('ip', args)).stdout
 }
 
 async function keygen(path: string): Promise<string> {
@@ -87,42 +85,18 @@ async function parsedJson(path: string): Promise<boolean> {
  * // ipp-tunnel engines remote.engineFile -n 2 --identity remote.identity --known-hosts remote.knownHosts
  */
 export async function startLocalRemote(options: LocalRemoteOptions = {}): Promise<LocalRemote> {
-  const id = randomBytes(4).toString('hex')
-  const netns = `ipptd-${id}`
-  const hostIf = `ipdh${id}`
-  const nsIf = `ipdn${id}`
   const dir = await mkdtemp(join(tmpdir(), 'ipp-tunnel-demo-'))
+  let ns: NetworkNamespace | undefined
   let closing: Promise<void> | undefined
   const close = (): Promise<void> =>
     (closing ??= (async () => {
-      const pids = await ip('netns', 'pids', netns).catch(() => '')
-      for (const pid of pids.split(/\s+/).filter(Boolean)) {
-        try {
-          process.kill(Number(pid), 'SIGKILL')
-        } catch {
-          // already gone
-        }
-      }
-      await ip('link', 'del', hostIf).catch(() => undefined)
-      await ip('netns', 'del', netns).catch(() => undefined)
+      await ns?.close()
       await rm(dir, { recursive: true, force: true })
     })())
   try {
-    const used = await ip('-4', '-o', 'addr', 'show')
-    const subnet = Array.from({ length: 64 }, () => randomInt(0, 256)).find(
-      (n) => !used.includes(` 10.232.${n}.`),
-    )
-    if (subnet === undefined) throw new Error('no free /24 left in 10.232.0.0/16')
-    const hostAddr = `10.232.${subnet}.1`
-    const nsAddr = `10.232.${subnet}.2`
-    await ip('netns', 'add', netns)
-    await ip('link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf)
-    await ip('link', 'set', nsIf, 'netns', netns)
-    await ip('addr', 'add', `${hostAddr}/24`, 'dev', hostIf)
-    await ip('link', 'set', hostIf, 'up')
-    await ip('netns', 'exec', netns, 'ip', 'addr', 'add', `${nsAddr}/24`, 'dev', nsIf)
-    await ip('netns', 'exec', netns, 'ip', 'link', 'set', nsIf, 'up')
-    await ip('netns', 'exec', netns, 'ip', 'link', 'set', 'lo', 'up')
+    ns = await createNetworkNamespace({ prefix: 'ipptd', interfacePrefix: 'ipd', net: '10.232' })
+    const netns = ns.name
+    const nsAddr = ns.nsAddr
 
     const hostKey = join(dir, 'host_ed25519')
     const identity = join(dir, 'id_ed25519')
@@ -134,22 +108,13 @@ export async function startLocalRemote(options: LocalRemoteOptions = {}): Promis
     const config = join(dir, 'sshd_config')
     await writeFile(
       config,
-      [
-        `ListenAddress ${nsAddr}:${SSH_PORT}`,
-        `HostKey ${hostKey}`,
-        'PermitRootLogin prohibit-password',
-        'PasswordAuthentication no',
-        'KbdInteractiveAuthentication no',
-        'UsePAM no',
-        'StrictModes no',
-        'UseDNS no',
-        'PidFile none',
-        `AuthorizedKeysFile ${authorizedKeys}`,
-        'AllowTcpForwarding yes',
-        'MaxStartups 200',
-        'MaxSessions 200',
-        '',
-      ].join('\n'),
+      sshdConfig({
+        listen: `${nsAddr}:${SSH_PORT}`,
+        hostKey,
+        authorizedKeys,
+        allowTcpForwarding: true,
+        maxStartups: 200,
+      }),
     )
     await mkdir('/run/sshd', { recursive: true, mode: 0o755 })
     const sshd = spawn('ip', ['netns', 'exec', netns, '/usr/sbin/sshd', '-D', '-e', '-f', config], {

@@ -1,44 +1,17 @@
-import { spawn, execFile, type ChildProcess, type SpawnOptions } from 'node:child_process'
-import { randomBytes, randomInt } from 'node:crypto'
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import { once } from 'node:events'
 import { createServer, type Socket } from 'node:net'
-import { promisify } from 'node:util'
+import { createNetworkNamespace, type NetworkNamespace } from '../../src/demo/index.js'
 
-const run = promisify(execFile)
-
-/** A network namespace of its own, joined to the host by a veth pair on a private /24. */
-export interface Netns {
-  /** `ippt-<random>`; pass to `ip netns exec`. */
-  readonly name: string
-  /** The host end of the veth pair (`10.231.N.1`). */
-  readonly hostAddr: string
-  /** The namespace end of the veth pair (`10.231.N.2`). */
-  readonly nsAddr: string
+/** A network namespace of its own (see {@link createNetworkNamespace}), plus a way to run programs inside. */
+export interface Netns extends NetworkNamespace {
   /** Spawns `argv` inside the namespace (through `ip netns exec`, which execs in place: same pid). */
   exec(argv: readonly string[], options?: SpawnOptions): ChildProcess
-  /** Kills whatever still runs inside, deletes the veth pair and the namespace. Safe to call twice. */
-  close(): Promise<void>
-  [Symbol.asyncDispose](): Promise<void>
-}
-
-async function ip(...args: string[]): Promise<string> {
-  const { stdout } = await run('ip', args)
-  return stdout
-}
-
-async function pickSubnet(): Promise<number> {
-  const used = await ip('-4', '-o', 'addr', 'show')
-  for (let i = 0; i < 64; i++) {
-    const n = randomInt(0, 256)
-    if (!used.includes(` 10.231.${n}.`)) return n
-  }
-  throw new Error('no free /24 left in 10.231.0.0/16')
 }
 
 /**
- * Creates a network namespace `ippt-<random>` with `lo` up and a veth pair: host side `10.231.N.1/24`,
- * namespace side `10.231.N.2/24` (N random, avoiding subnets already on the host). Names are random, so
- * leftovers of a crashed run never collide.
+ * Creates a network namespace `ippt-<random>` on a random /24 of 10.231.0.0/16 (see
+ * {@link createNetworkNamespace}).
  *
  * @example
  * const ns = await createNetns()
@@ -46,51 +19,10 @@ async function pickSubnet(): Promise<number> {
  * const child = ns.exec(['/usr/sbin/sshd', '-D', '-e', '-f', cfg])
  */
 export async function createNetns(): Promise<Netns> {
-  const id = randomBytes(4).toString('hex')
-  const name = `ippt-${id}`
-  const hostIf = `ipph${id}`
-  const nsIf = `ippn${id}`
-  const subnet = await pickSubnet()
-  const hostAddr = `10.231.${subnet}.1`
-  const nsAddr = `10.231.${subnet}.2`
-  let closed = false
-
-  const close = async (): Promise<void> => {
-    if (closed) return
-    closed = true
-    const pids = await ip('netns', 'pids', name).catch(() => '')
-    for (const pid of pids.split(/\s+/).filter(Boolean)) {
-      try {
-        process.kill(Number(pid), 'SIGKILL')
-      } catch {
-        // already gone
-      }
-    }
-    await ip('link', 'del', hostIf).catch(() => undefined)
-    await ip('netns', 'del', name).catch(() => undefined)
-  }
-
-  try {
-    await ip('netns', 'add', name)
-    await ip('link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf)
-    await ip('link', 'set', nsIf, 'netns', name)
-    await ip('addr', 'add', `${hostAddr}/24`, 'dev', hostIf)
-    await ip('link', 'set', hostIf, 'up')
-    await ip('netns', 'exec', name, 'ip', 'addr', 'add', `${nsAddr}/24`, 'dev', nsIf)
-    await ip('netns', 'exec', name, 'ip', 'link', 'set', nsIf, 'up')
-    await ip('netns', 'exec', name, 'ip', 'link', 'set', 'lo', 'up')
-  } catch (err) {
-    await close()
-    throw err
-  }
-
+  const ns = await createNetworkNamespace({ prefix: 'ippt', interfacePrefix: 'ipp', net: '10.231' })
   return {
-    name,
-    hostAddr,
-    nsAddr,
-    exec: (argv, options = {}) => spawn('ip', ['netns', 'exec', name, ...argv], options),
-    close,
-    [Symbol.asyncDispose]: close,
+    ...ns,
+    exec: (argv, options = {}) => spawn('ip', ['netns', 'exec', ns.name, ...argv], options),
   }
 }
 

@@ -5,6 +5,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { sshdConfig } from '../../src/demo/index.js'
 import type { ResolvedHop } from '../../src/ssh/index.js'
 import type { Netns } from './netns.js'
 
@@ -167,25 +168,15 @@ export async function startSshd(options: SshdOptions = {}): Promise<Sshd> {
       const port = await freePort(options.netns === undefined ? host : '127.0.0.1')
       await writeFile(
         config,
-        [
-          `ListenAddress ${host}:${port}`,
-          `HostKey ${hostKey}`,
-          'PermitRootLogin prohibit-password',
-          'PubkeyAuthentication yes',
-          'PasswordAuthentication no',
-          'KbdInteractiveAuthentication no',
-          'UsePAM no',
-          'StrictModes no',
-          'UseDNS no',
-          'PidFile none',
-          'LogLevel VERBOSE',
-          `AuthorizedKeysFile ${authorizedKeys}`,
-          `AllowTcpForwarding ${options.allowTcpForwarding === false ? 'no' : 'yes'}`,
-          'MaxStartups 100',
-          'MaxSessions 100',
-          options.extraConfig ?? '',
-          '',
-        ].join('\n'),
+        sshdConfig({
+          listen: `${host}:${port}`,
+          hostKey,
+          authorizedKeys,
+          allowTcpForwarding: options.allowTcpForwarding !== false,
+          maxStartups: 100,
+          logLevel: 'VERBOSE',
+          ...(options.extraConfig !== undefined && { extra: options.extraConfig }),
+        }),
       )
       const argv = ['/usr/sbin/sshd', '-D', '-e', '-f', config]
       const stdio = ['ignore', 'ignore', 'pipe'] as const

@@ -43,8 +43,7 @@ async function roundTrip(stream: Duplex, text: string): Promise<string> {
 
 /** Silently drops everything between host and namespace: no FIN, no RST, only keepalives can tell. */
 async function setWire(up: boolean): Promise<void> {
-  const nsIf = `ippn${ns.name.slice('ippt-'.length)}`
-  await run('ip', ['netns', 'exec', ns.name, 'ip', 'link', 'set', nsIf, up ? 'up' : 'down'])
+  await run('ip', ['netns', 'exec', ns.name, 'ip', 'link', 'set', ns.nsInterface, up ? 'up' : 'down'])
 }
 
 test('keepalives notice a link that went silent, and the link comes back when the wire does', async (t) => {
