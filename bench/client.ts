@@ -16,7 +16,14 @@ import { IppClient } from '../src/client/index.js'
 import { connect, type ConnectOptions } from '../src/sockets/index.js'
 import { openTunnel } from '../src/tunnel/index.js'
 import { JsonLines, spawnCli } from '../test/support/cli.js'
-import { createNetns, sshArgsOf, startSshd, type Netns, type Sshd } from '../test/support/index.js'
+import {
+  createNetns,
+  sshArgsOf,
+  sshOptionsOf,
+  startSshd,
+  type Netns,
+  type Sshd,
+} from '../test/support/index.js'
 import { PYTHON, runPython, startController, startEngines, stopProcess } from '../test/support/ipp.js'
 import { median, type BenchRow } from './common.js'
 
@@ -210,11 +217,7 @@ export async function benchClient(): Promise<BenchRow[]> {
   try {
     const sshd = await startSshd({ netns: ns })
     try {
-      const options: ConnectOptions = {
-        identity: sshd.clientKey,
-        knownHosts: sshd.knownHostsFile,
-        configFile: '/dev/null',
-      }
+      const options: ConnectOptions = sshOptionsOf(sshd)
       return [await executeRoundTrip(ns, sshd, dir), await dealerThroughput(ns, sshd, options, dir)]
     } finally {
       await sshd.close()

@@ -19,7 +19,14 @@ import { Dealer, Request } from 'zeromq'
 
 import { openTunnel } from '../src/tunnel/index.js'
 import { JsonLines, spawnCli } from '../test/support/cli.js'
-import { createNetns, sshArgsOf, startSshd, type Netns, type Sshd } from '../test/support/index.js'
+import {
+  createNetns,
+  sshArgsOf,
+  sshOptionsOf,
+  startSshd,
+  type Netns,
+  type Sshd,
+} from '../test/support/index.js'
 import { PYTHON, runPython, startController, stopProcess } from '../test/support/ipp.js'
 import { median, type BenchRow } from './common.js'
 
@@ -246,13 +253,7 @@ async function pyzmqReadyMs(sshd: Sshd, clientJson: string): Promise<{ ms: numbe
 
 async function oursReadyMs(sshd: Sshd, file: string, out: string): Promise<number> {
   const started = performance.now()
-  const tunnel = await openTunnel(file, {
-    identity: sshd.clientKey,
-    knownHosts: sshd.knownHostsFile,
-    configFile: '/dev/null',
-    agent: false,
-    out,
-  })
+  const tunnel = await openTunnel(file, { ...sshOptionsOf(sshd), agent: false, out })
   const ms = performance.now() - started
   await tunnel.close()
   return ms

@@ -3,23 +3,13 @@ import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import { IppClient, KernelClient } from '../../src/client/index.js'
-import { isIppTunnelError, type ErrorCode } from '../../src/errors/index.js'
 import type { ConnectOptions } from '../../src/sockets/index.js'
 import { runCli } from '../support/cli.js'
-import { startController, startEngines, type Controller, type Engines } from '../support/ipp.js'
-import { createNetns, sshArgsOf, startSshd, type Netns, type Sshd } from '../support/index.js'
-
-function hasCode(code: ErrorCode, ...parts: string[]) {
-  return (err: unknown): boolean => {
-    assert.ok(isIppTunnelError(err), `expected IppTunnelError, got ${String(err)}`)
-    assert.equal(err.code, code, err.message)
-    for (const part of parts) assert.ok(err.message.includes(part), `"${err.message}" should mention ${part}`)
-    return true
-  }
-}
+import type { Controller, Engines } from '../support/ipp.js'
+import { hasCode, sshArgsOf, sshOptionsOf, startCluster, type Cluster, type Sshd } from '../support/index.js'
 
 describe('IppClient and the ping/px commands against real ipcontroller + 2 ipengines through sshd', () => {
-  let ns: Netns
+  let cluster: Cluster
   let sshd: Sshd
   let ctl: Controller
   let engines: Engines
@@ -27,11 +17,9 @@ describe('IppClient and the ping/px commands against real ipcontroller + 2 ipeng
   let sshArgs: string[]
 
   before(async () => {
-    ns = await createNetns()
-    sshd = await startSshd({ netns: ns })
-    ctl = await startController({ netns: ns, ssh: `root@${sshd.host}:${sshd.port}` })
-    engines = startEngines(ctl.engineFile, 2, { netns: ns })
-    options = { identity: sshd.clientKey, knownHosts: sshd.knownHostsFile, configFile: '/dev/null' }
+    cluster = await startCluster({ engines: 2 })
+    ;({ sshd, controller: ctl, engines } = cluster)
+    options = sshOptionsOf(sshd)
     sshArgs = [...sshArgsOf(sshd)]
     await using client = await IppClient.open(ctl.clientFile, options)
     const deadline = Date.now() + 30_000
@@ -40,12 +28,7 @@ describe('IppClient and the ping/px commands against real ipcontroller + 2 ipeng
       await sleep(200)
     }
   })
-  after(async () => {
-    await engines.close()
-    await ctl.close()
-    await sshd.close()
-    await ns.close()
-  })
+  after(() => cluster.close())
 
   test('engines() and queueStatus()', async () => {
     await using client = await IppClient.open(ctl.clientFile, options)

@@ -9,7 +9,7 @@ import { KernelClient, openClient } from '../../src/client/index.js'
 import { isIppTunnelError } from '../../src/errors/index.js'
 import { connect, type ConnectOptions } from '../../src/sockets/index.js'
 import { runCli } from '../support/cli.js'
-import { createNetns, sshArgsOf, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { createNetns, sshArgsOf, sshOptionsOf, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { startKernel, type Kernel } from '../support/kernel.js'
 import { FORGE_ON_IOPUB } from '../sockets/forge.js'
 
@@ -25,13 +25,7 @@ describe('a real ipykernel in another network namespace, reached through sshd', 
     sshd = await startSshd({ netns: ns })
     kernel = await startKernel({ netns: ns })
     ssh = `root@${sshd.host}:${sshd.port}`
-    options = {
-      ssh,
-      identity: sshd.clientKey,
-      knownHosts: sshd.knownHostsFile,
-      configFile: '/dev/null',
-      handshakeTimeoutMs: 20_000,
-    }
+    options = { ssh, ...sshOptionsOf(sshd), handshakeTimeoutMs: 20_000 }
   })
   after(async () => {
     await kernel.close()

@@ -7,29 +7,14 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import * as zmq from 'zeromq'
 
 import { IppClient } from '../../src/client/index.js'
-import { isIppTunnelError, type ErrorCode } from '../../src/errors/index.js'
 import { connect, type ConnectOptions, type Connection } from '../../src/sockets/index.js'
 import { isStream, type Message } from '../../src/wire/index.js'
-import { startController, startEngines, type Controller, type Engines } from '../support/ipp.js'
-import { createNetns, startSshd, type Netns, type Sshd } from '../support/index.js'
+import type { Controller } from '../support/ipp.js'
+import { hasCode, sshOptionsOf, startCluster, type Cluster, type Sshd } from '../support/index.js'
 import { FORGE_ON_IOPUB } from './forge.js'
 
-function hasCode(code: ErrorCode, ...parts: string[]) {
-  return (err: unknown): boolean => {
-    assert.ok(isIppTunnelError(err), `expected IppTunnelError, got ${String(err)}`)
-    assert.equal(err.code, code, err.message)
-    for (const part of parts) assert.ok(err.message.includes(part), `"${err.message}" should mention ${part}`)
-    return true
-  }
-}
-
 function sshOptions(sshd: Sshd): ConnectOptions {
-  return {
-    identity: sshd.clientKey,
-    knownHosts: sshd.knownHostsFile,
-    configFile: '/dev/null',
-    handshakeTimeoutMs: 20_000,
-  }
+  return { ...sshOptionsOf(sshd), handshakeTimeoutMs: 20_000 }
 }
 
 async function waitForEngines(conn: Connection<'ipp-client'>, n: number): Promise<Record<string, string>> {
@@ -50,23 +35,15 @@ async function ippConnection(file: string, options: ConnectOptions): Promise<Con
 }
 
 describe('connect() to a real ipcontroller through sshd, HMAC signing', () => {
-  let ns: Netns
+  let cluster: Cluster
   let sshd: Sshd
   let ctl: Controller
-  let engines: Engines
 
   before(async () => {
-    ns = await createNetns()
-    sshd = await startSshd({ netns: ns })
-    ctl = await startController({ netns: ns, ssh: `root@${sshd.host}:${sshd.port}` })
-    engines = startEngines(ctl.engineFile, 2, { netns: ns })
+    cluster = await startCluster({ engines: 2 })
+    ;({ sshd, controller: ctl } = cluster)
   })
-  after(async () => {
-    await engines.close()
-    await ctl.close()
-    await sshd.close()
-    await ns.close()
-  })
+  after(() => cluster.close())
 
   test('tunnels, makes one socket of the right type per channel, and releases everything on close', async () => {
     const conn = await ippConnection(ctl.clientFile, sshOptions(sshd))
@@ -175,23 +152,15 @@ describe('connect() to a real ipcontroller through sshd, HMAC signing', () => {
 })
 
 describe('connect() with CurveZMQ (IPP_ENABLE_CURVE=1) through sshd', () => {
-  let ns: Netns
+  let cluster: Cluster
   let sshd: Sshd
   let ctl: Controller
-  let engines: Engines
 
   before(async () => {
-    ns = await createNetns()
-    sshd = await startSshd({ netns: ns })
-    ctl = await startController({ netns: ns, ssh: `root@${sshd.host}:${sshd.port}`, curve: true })
-    engines = startEngines(ctl.engineFile, 1, { netns: ns })
+    cluster = await startCluster({ engines: 1, curve: true })
+    ;({ sshd, controller: ctl } = cluster)
   })
-  after(async () => {
-    await engines.close()
-    await ctl.close()
-    await sshd.close()
-    await ns.close()
-  })
+  after(() => cluster.close())
 
   test('every socket, not only the query socket, speaks Curve; engines run code', async () => {
     await using client = await IppClient.open(ctl.clientFile, sshOptions(sshd))

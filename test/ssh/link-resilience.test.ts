@@ -7,10 +7,10 @@ import { join } from 'node:path'
 import type { Duplex } from 'node:stream'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
-import { isIppTunnelError, type IppTunnelError } from '../../src/errors/index.js'
 import { Link, type LinkEvents } from '../../src/ssh/index.js'
 import {
   createNetns,
+  hasCode,
   hopOf,
   startEchoServer,
   startSshd,
@@ -30,15 +30,6 @@ async function echoRoundTrip(stream: Duplex, text: string): Promise<string> {
   }
   stream.destroy()
   return got
-}
-
-function hasCode(code: IppTunnelError['code'], ...parts: string[]) {
-  return (err: unknown): boolean => {
-    assert.ok(isIppTunnelError(err), `expected IppTunnelError, got ${String(err)}`)
-    assert.equal(err.code, code, err.message)
-    for (const part of parts) assert.ok(err.message.includes(part), `"${err.message}" should mention ${part}`)
-    return true
-  }
 }
 
 describe('Link reconnects, jumps and uses the agent', () => {

@@ -8,10 +8,11 @@ import { join } from 'node:path'
 import type { Duplex } from 'node:stream'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
-import { isIppTunnelError, type IppTunnelError } from '../../src/errors/index.js'
+import type { IppTunnelError } from '../../src/errors/index.js'
 import { Link, type ResolvedHop } from '../../src/ssh/index.js'
 import {
   createNetns,
+  hasCode,
   hopOf,
   startEchoServer,
   startSshd,
@@ -31,15 +32,6 @@ async function echoRoundTrip(stream: Duplex, text: string): Promise<string> {
   }
   stream.destroy()
   return got
-}
-
-function hasCode(code: IppTunnelError['code'], ...parts: string[]) {
-  return (err: unknown): boolean => {
-    assert.ok(isIppTunnelError(err), `expected IppTunnelError, got ${String(err)}`)
-    assert.equal(err.code, code, err.message)
-    for (const part of parts) assert.ok(err.message.includes(part), `"${err.message}" should mention ${part}`)
-    return true
-  }
 }
 
 describe('Link against a real sshd in a network namespace', () => {

@@ -7,5 +7,7 @@
  * const echo = await startEchoServer(ns)
  */
 export { createNetns, startEchoServer, type Netns, type EchoServer } from './netns.js'
-export { startSshd, hopOf, sshArgsOf, type Sshd, type SshdOptions } from './sshd.js'
+export { startSshd, hopOf, sshArgsOf, sshOptionsOf, type Sshd, type SshdOptions } from './sshd.js'
 export { canConnect, portOf } from './net.js'
+export { hasCode } from './errors.js'
+export { startCluster, type Cluster } from './cluster.js'

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { sshdConfig } from '../../src/demo/index.js'
-import type { ResolvedHop } from '../../src/ssh/index.js'
+import type { ResolvedHop, SshOptions } from '../../src/ssh/index.js'
 import type { Netns } from './netns.js'
 
 const run = promisify(execFile)
@@ -269,4 +269,15 @@ export function hopOf(sshd: Sshd, overrides: Partial<ResolvedHop> = {}): Resolve
  */
 export function sshArgsOf(sshd: Sshd): string[] {
   return ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile, '--ssh-config', '/dev/null']
+}
+
+/**
+ * The library's {@link SshOptions} that authenticate to this sshd and trust its host key, reading no user ssh
+ * config: what {@link sshArgsOf} is for the CLI.
+ *
+ * @example
+ * await using tunnel = await openTunnel(file, { ...sshOptionsOf(sshd), out })
+ */
+export function sshOptionsOf(sshd: Sshd): SshOptions {
+  return { identity: sshd.clientKey, knownHosts: sshd.knownHostsFile, configFile: '/dev/null' }
 }

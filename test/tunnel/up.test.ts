@@ -9,21 +9,15 @@ import { promisify } from 'node:util'
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
 import {
   canConnect,
-  createNetns,
   portOf,
   sshArgsOf,
+  startCluster,
   startSshd,
+  type Cluster,
   type Netns,
   type Sshd,
 } from '../support/index.js'
-import {
-  clientApplyScript,
-  runPython,
-  startController,
-  startEngines,
-  type Controller,
-  type Engines,
-} from '../support/ipp.js'
+import { clientApplyScript, runPython, type Controller } from '../support/ipp.js'
 
 const run = promisify(execFile)
 
@@ -47,26 +41,21 @@ async function applyOnEngines(file: string, engines: number): Promise<{ ids: num
 }
 
 describe('ipp-tunnel up against sshd + ipcontroller in their own network namespace', () => {
+  let cluster: Cluster
   let ns: Netns
   let sshd: Sshd
   let controller: Controller
-  let engines: Engines
   let dir: string
   let auth: string[]
 
   before(async () => {
-    ns = await createNetns()
-    sshd = await startSshd({ netns: ns })
-    controller = await startController({ netns: ns, ssh: `${sshd.user}@${sshd.host}:${sshd.port}` })
-    engines = startEngines(controller.engineFile, 2, { netns: ns })
+    cluster = await startCluster({ engines: 2 })
+    ;({ ns, sshd, controller } = cluster)
     dir = await mkdtemp(join(tmpdir(), 'ippt-up-'))
     auth = sshArgsOf(sshd)
   })
   after(async () => {
-    await engines.close()
-    await controller.close()
-    await sshd.close()
-    await ns.close()
+    await cluster.close()
     await rm(dir, { recursive: true, force: true })
   })
 

@@ -1,0 +1,50 @@
+import { startController, startEngines, type Controller, type Engines } from './ipp.js'
+import { createNetns, type Netns } from './netns.js'
+import { startSshd, type Sshd } from './sshd.js'
+
+/** A cluster behind a login host: sshd, ipcontroller and engines in a network namespace of their own. */
+export interface Cluster {
+  readonly ns: Netns
+  readonly sshd: Sshd
+  /** Its files' `ssh` field names {@link Cluster.sshd}; it listens on the namespace's loopback only. */
+  readonly controller: Controller
+  readonly engines: Engines
+  /** Stops engines, controller, sshd, then removes the namespace. */
+  close(): Promise<void>
+}
+
+/**
+ * Starts a {@link Cluster} with `engines` real ipengines, reachable from this host only through its sshd.
+ *
+ * @example
+ * let cluster: Cluster
+ * before(async () => (cluster = await startCluster({ engines: 2 })))
+ * after(() => cluster.close())
+ */
+export async function startCluster(options: { engines: number; curve?: boolean }): Promise<Cluster> {
+  const ns = await createNetns()
+  try {
+    const sshd = await startSshd({ netns: ns })
+    const controller = await startController({
+      netns: ns,
+      ssh: `${sshd.user}@${sshd.host}:${sshd.port}`,
+      ...(options.curve !== undefined && { curve: options.curve }),
+    })
+    const engines = startEngines(controller.engineFile, options.engines, { netns: ns })
+    return {
+      ns,
+      sshd,
+      controller,
+      engines,
+      async close() {
+        await engines.close()
+        await controller.close()
+        await sshd.close()
+        await ns.close()
+      },
+    }
+  } catch (err) {
+    await ns.close()
+    throw err
+  }
+}
