@@ -1,8 +1,13 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { promisify } from 'node:util'
+
+import { endpoints, parseConnectionFile } from '../../src/connection-file/index.js'
+
+const run = promisify(execFile)
 
 /** Debian's interpreter, which carries ipyparallel 7.1, jupyter_client, ipykernel and mpi4py. */
 export const PYTHON = '/usr/bin/python3'
@@ -58,6 +63,48 @@ async function waitForFile(path: string, child: ChildProcess, log: () => string,
   }
 }
 
+/** TCP ports listening now (inside `netns` when given), read with `ss`. */
+async function listeningPorts(netns: { readonly name: string } | undefined): Promise<Set<number>> {
+  const [cmd, ...rest] = inNetns(netns, ['ss', '-Hltn'])
+  const { stdout } = await run(cmd!, rest)
+  const ports = new Set<number>()
+  for (const line of stdout.split('\n')) {
+    const local = line.trim().split(/\s+/)[3]
+    const port = Number(local?.slice(local.lastIndexOf(':') + 1))
+    if (Number.isInteger(port)) ports.add(port)
+  }
+  return ports
+}
+
+/**
+ * ipcontroller writes its files before its schedulers (separate processes) listen: wait until every port the
+ * files name accepts connections, so that a test never races the controller's own start-up.
+ */
+async function waitForListening(
+  files: readonly string[],
+  netns: { readonly name: string } | undefined,
+  child: ChildProcess,
+  log: () => string,
+  timeoutMs: number,
+): Promise<void> {
+  const wanted = new Set<number>()
+  for (const file of files) {
+    const info = parseConnectionFile(await readFile(file, 'utf8'), file)
+    for (const endpoint of endpoints(info)) wanted.add(endpoint.port)
+  }
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const listening = await listeningPorts(netns)
+    const missing = [...wanted].filter((port) => !listening.has(port))
+    if (missing.length === 0) return
+    if (child.exitCode !== null) throw new Error(`controller exited ${child.exitCode}:\n${log()}`)
+    if (Date.now() > deadline) {
+      throw new Error(`controller ports ${missing.join(', ')} did not listen in time:\n${log()}`)
+    }
+    await sleep(50)
+  }
+}
+
 /** Kill a child and wait for it to be gone. */
 export async function stopProcess(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', graceMs = 3000) {
   if (child.exitCode !== null || child.signalCode !== null) return
@@ -96,6 +143,7 @@ export async function startController(options: ControllerOptions = {}): Promise<
   try {
     await waitForFile(clientFile, child, log, 20_000)
     await waitForFile(engineFile, child, log, 20_000)
+    await waitForListening([clientFile, engineFile], options.netns, child, log, 20_000)
   } catch (err) {
     await stopProcess(child, 'SIGKILL')
     throw err
