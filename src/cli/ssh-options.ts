@@ -65,7 +65,12 @@ function hostKeyPrinter(output: Output): (note: HostKeyNote) => void {
   output.format('hostkey', (e) => String(e.message))
   return (note) => {
     const { type, ...fields } = note
-    output.emit({ event: 'hostkey', kind: type.slice('hostkey:'.length), ...fields, message: formatHostKeyNote(note) })
+    output.emit({
+      event: 'hostkey',
+      kind: type.slice('hostkey:'.length),
+      ...fields,
+      message: formatHostKeyNote(note),
+    })
   }
 }
 

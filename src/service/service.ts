@@ -323,7 +323,8 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   #retrySiblingEngine(clientFile: string): void {
     const engineFile = siblingEngineFile(clientFile)
     const engine = engineFile === undefined ? undefined : this.#entries.get(engineFile)
-    if (engineFile !== undefined && engine !== undefined && engine.tunnel === undefined) this.#changed(engineFile)
+    if (engineFile !== undefined && engine !== undefined && engine.tunnel === undefined)
+      this.#changed(engineFile)
   }
 
   async #apply(entry: Entry, info: ConnectionInfo, text: string): Promise<void> {

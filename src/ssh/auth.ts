@@ -211,7 +211,9 @@ export class HopAuth {
         const skipped = unusable
           .map((p) => {
             const data = this.#lastRead.get(p)
-            return data !== undefined && isPublicKey(data) ? `; ${publicKeyAdvice(p)}` : `; not a usable private key: ${p}`
+            return data !== undefined && isPublicKey(data)
+              ? `; ${publicKeyAdvice(p)}`
+              : `; not a usable private key: ${p}`
           })
           .join('')
         return new IppTunnelError(

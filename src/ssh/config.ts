@@ -280,7 +280,8 @@ function parseLine(raw: string, where: Where): ParsedLine | undefined {
       return setting({ key: 'serveraliveinterval', value: parseTime(one(), name, where) })
     case 'serveralivecountmax': {
       const text = one()
-      if (!/^[0-9]{1,9}$/u.test(text)) throw configError(where, `${name} ${JSON.stringify(text)} is not a number`)
+      if (!/^[0-9]{1,9}$/u.test(text))
+        throw configError(where, `${name} ${JSON.stringify(text)} is not a number`)
       return setting({ key: 'serveralivecountmax', value: Number(text) })
     }
     default:

@@ -165,7 +165,9 @@ interface HostKeyNoteBase {
 export function formatHostKeyNote(note: HostKeyNote): string {
   const key = `${note.keyType} ${note.fingerprint}`
   const policy =
-    note.policyFrom === undefined ? 'host key checking is off' : `StrictHostKeyChecking at ${note.policyFrom} turns checking off`
+    note.policyFrom === undefined
+      ? 'host key checking is off'
+      : `StrictHostKeyChecking at ${note.policyFrom} turns checking off`
   switch (note.type) {
     case 'hostkey:recorded':
       return `recorded the host key of ${note.name} (${key}) in ${note.file}`

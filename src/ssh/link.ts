@@ -531,6 +531,8 @@ export class Link extends EventEmitter<LinkEvents> {
               client.destroy()
             }, connectMs)
       client.once('handshake', () => clearTimeout(connectTimer))
+      const keepaliveMs = this.#options.keepaliveIntervalMs ?? hop.keepaliveIntervalMs ?? 5000
+      const keepaliveMax = this.#options.keepaliveCountMax ?? hop.keepaliveCountMax ?? 3
       function onTimeout(): void {
         if (auth.prompting) {
           timer = setTimeout(onTimeout, readyMs)
@@ -554,6 +556,9 @@ export class Link extends EventEmitter<LinkEvents> {
       signal.addEventListener('abort', onAbort, { once: true })
 
       client.on('error', (err: Ssh2Error) => {
+        if (err.level === 'client-timeout' && err.message === 'Keepalive timeout') {
+          err.message = `no answer to ${keepaliveMax} keepalives sent ${keepaliveMs / 1000} s apart (ServerAliveInterval ${keepaliveMs / 1000}, ServerAliveCountMax ${keepaliveMax})`
+        }
         lastError = err
         // the socket's own error (ECONNREFUSED, …) says more than ssh2's "Connection lost" that may follow it
         if (err.code !== undefined) socketError ??= err
@@ -595,8 +600,8 @@ export class Link extends EventEmitter<LinkEvents> {
         username: hop.username,
         ...(sock !== undefined ? { sock } : {}),
         readyTimeout: 0,
-        keepaliveInterval: this.#options.keepaliveIntervalMs ?? hop.keepaliveIntervalMs ?? 5000,
-        keepaliveCountMax: this.#options.keepaliveCountMax ?? hop.keepaliveCountMax ?? 3,
+        keepaliveInterval: keepaliveMs,
+        keepaliveCountMax: keepaliveMax,
         authHandler: auth.authHandler,
         hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {
           const note = (n: HostKeyNote): void => this.#noteHostKey(n)
