@@ -105,8 +105,16 @@ async function assertSameAsSsh(
     timeout,
     `connecttimeout for ${label}`,
   )
-  assert.equal(String(ours.serverAliveInterval ?? 0), real.get('serveraliveinterval')?.[0], `serveralive for ${label}`)
-  assert.equal(String(ours.serverAliveCountMax ?? 3), real.get('serveralivecountmax')?.[0], `alivecount for ${label}`)
+  assert.equal(
+    String(ours.serverAliveInterval ?? 0),
+    real.get('serveraliveinterval')?.[0],
+    `serveralive for ${label}`,
+  )
+  assert.equal(
+    String(ours.serverAliveCountMax ?? 3),
+    real.get('serveralivecountmax')?.[0],
+    `alivecount for ${label}`,
+  )
   return ours
 }
 
