@@ -315,16 +315,28 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     }
     entry.lastFailedShape = undefined
     entry.kind = info.kind
-    if (info.kind === 'ipp-client' && destinationOf(info) !== undefined) this.#retrySiblingEngine(entry.file)
+    const named = info.kind === 'ipp-client' ? destinationOf(info) : undefined
+    if (named !== undefined) this.#retrySiblingEngine(entry.file, named)
     await this.#apply(entry, info, text)
   }
 
-  /** An engine file that names no ssh server waits for its client file: now that it is here, try again. */
-  #retrySiblingEngine(clientFile: string): void {
+  /**
+   * An engine file that names no ssh server follows its client file: one still waiting for a server tries again, and
+   * one that took the server from the client file follows it to a new one.
+   */
+  #retrySiblingEngine(clientFile: string, destination: string): void {
     const engineFile = siblingEngineFile(clientFile)
     const engine = engineFile === undefined ? undefined : this.#entries.get(engineFile)
-    if (engineFile !== undefined && engine !== undefined && engine.tunnel === undefined)
-      this.#changed(engineFile)
+    if (engineFile === undefined || engine === undefined) return
+    const moved = engine.sshFrom === clientFile && engine.destination !== destination
+    if (engine.tunnel !== undefined && !moved) return
+    const at = performance.now()
+    this.#schedule(engineFile, (e) => {
+      e.started = at
+      e.attempts = 0
+      e.appliedText = undefined // the file is the same, what it resolves to is not
+      return this.#onFile(e)
+    })
   }
 
   async #apply(entry: Entry, info: ConnectionInfo, text: string): Promise<void> {

@@ -72,6 +72,13 @@ describe('an engine file with "ssh": "" (as ipcontroller writes it) takes the se
     await events.next(forFile('ready', client))
     const ready = await events.next(forFile('ready', engine))
     assert.equal(ready.sshFrom, client)
+
+    // the client file names the server another way: the engine file follows it
+    const parsed = JSON.parse(clientText) as { ssh: string }
+    const moved = { ...parsed, ssh: `ssh://${parsed.ssh}` }
+    const changed = events.waitNew(forFile('changed', engine))
+    await writeFile(client, JSON.stringify(moved, null, 2), { mode: 0o600 })
+    await changed
   })
 
   test('up on the engine file: ready names the client file it took the server from', async (t) => {
