@@ -8,7 +8,7 @@ import type { Argv } from 'yargs'
 import { readConnectionFile } from '../connection-file/index.js'
 import { engineArgvs, launchEngines, type EngineExit, type EngineGroup } from '../engines/index.js'
 import { IppTunnelError } from '../errors/index.js'
-import { openTunnel, type Tunnel } from '../tunnel/index.js'
+import { chooseDestination, openTunnel, type Tunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
 import { untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
@@ -109,6 +109,7 @@ async function engines(args: EnginesArgs): Promise<number> {
       root: process.getuid?.() === 0,
     }
     engineArgvs(launch) // bad -n or command lines fail here, before any connection
+    const options = sshOptionsFrom(args, output)
     const { info, warnings } = await readConnectionFile(file)
     if (info.kind !== 'ipp-engine') {
       throw new IppTunnelError(
@@ -119,7 +120,8 @@ async function engines(args: EnginesArgs): Promise<number> {
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     privateDir = await mkdtemp(join(tmpdir(), 'ipp-tunnel-engines-'))
     const out = join(privateDir, basename(file))
-    const opening = openTunnel(info, { ...sshOptionsFrom(args), out })
+    const { destination, sshFrom } = await chooseDestination(info, file, args.ssh, 'pass --ssh user@host')
+    const opening = openTunnel(info, { ...options, ssh: destination, out })
     const opened = await Promise.race([opening, signals.promise])
     if (typeof opened === 'string') {
       void opening.then(
@@ -131,7 +133,12 @@ async function engines(args: EnginesArgs): Promise<number> {
     }
     tunnel = opened
     const stopFollowing = followTunnel(tunnel, output, file)
-    output.emit({ ...readyEvent(tunnel, file, out), engines: args.n, mpi: args.mpi })
+    output.emit({
+      ...readyEvent(tunnel, file, out),
+      ...(sshFrom !== undefined && { sshFrom }),
+      engines: args.n,
+      mpi: args.mpi,
+    })
     group = launchEngines({ ...launch, file: out })
     superviseOutput(group, output, file, args.n)
     const failed = new Promise<Ending>((resolveFailed) =>

@@ -66,7 +66,7 @@ async function exec(args: ExecArgs): Promise<number> {
     } else {
       out = resolve(args.out)
     }
-    await using tunnel = await openTunnel(info, { ...sshOptionsFrom(args), out })
+    await using tunnel = await openTunnel(info, { ...sshOptionsFrom(args, output), out })
     const stopFollowing = followTunnel(tunnel, output, file)
     output.emit(readyEvent(tunnel, file, out))
     const child = spawn(

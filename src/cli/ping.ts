@@ -43,7 +43,7 @@ async function ping(args: PingArgs): Promise<number> {
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     const started = performance.now()
     await using client = await openClient(file, {
-      ...sshOptionsFrom(args),
+      ...sshOptionsFrom(args, output),
       handshakeTimeoutMs: timeoutMs,
       requestTimeoutMs: timeoutMs,
     })

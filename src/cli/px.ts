@@ -130,7 +130,7 @@ async function px(args: PxArgs): Promise<number> {
     const { warnings } = await readConnectionFile(file)
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     await using client = await openClient(file, {
-      ...sshOptionsFrom(args),
+      ...sshOptionsFrom(args, output),
       handshakeTimeoutMs: timeoutMs,
       requestTimeoutMs: timeoutMs,
     })

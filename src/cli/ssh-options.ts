@@ -1,18 +1,20 @@
-import { readFile } from 'node:fs/promises'
+import { readFileSync, statSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { Writable } from 'node:stream'
 
 import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
-import type { HostKeyPolicy, PassphraseProvider, SshOptions } from '../ssh/index.js'
+import { formatHostKeyNote } from '../ssh/index.js'
+import type { HostKeyNote, HostKeyPolicy, LinkOptions, PassphraseProvider, SshOptions } from '../ssh/index.js'
+import type { Output } from './output.js'
 
 /** The ssh flags every tunnel-opening command takes. */
 export interface SshArgs {
   readonly ssh?: string | undefined
   readonly identity?: string | undefined
   readonly 'known-hosts'?: string | undefined
-  readonly 'host-key-check': HostKeyPolicy
+  readonly 'host-key-check'?: HostKeyPolicy | undefined
   readonly 'passphrase-file'?: string | undefined
   readonly 'ssh-config'?: string | undefined
 }
@@ -32,35 +34,66 @@ export function withSshOptions<T>(yargs: Argv<T>) {
     .option('known-hosts', { type: 'string', describe: 'known_hosts file (default ~/.ssh/known_hosts)' })
     .option('host-key-check', {
       choices: ['strict', 'accept-new', 'off'] as const,
-      default: 'strict',
-      describe: 'strict refuses unknown keys; accept-new records them; off trusts anything',
+      // no default here: without the flag, StrictHostKeyChecking from the ssh config applies, else strict
+      describe:
+        'strict refuses unknown keys; accept-new records them; off trusts anything (default: StrictHostKeyChecking from ssh config, else strict)',
     })
     .option('passphrase-file', { type: 'string', describe: 'file whose first line unlocks an encrypted key' })
     .option('ssh-config', { type: 'string', describe: 'ssh client config (default ~/.ssh/config)' })
 }
 
-/** Maps the flags onto the library's SshOptions. */
-export function sshOptionsFrom(args: SshArgs): SshOptions {
+/**
+ * Maps the flags onto the library's SshOptions; with `output`, host-key notes (a key recorded by accept-new, a
+ * check skipped by off) are printed as `hostkey` events.
+ *
+ * @throws IppTunnelError `E_USAGE` when `--passphrase-file` cannot be read: checked now, before any connection.
+ */
+export function sshOptionsFrom(args: SshArgs, output?: Output): SshOptions & Pick<LinkOptions, 'onHostKey'> {
   return {
     ...(args.ssh !== undefined && { ssh: args.ssh }),
     ...(args.identity !== undefined && { identity: args.identity }),
     ...(args['known-hosts'] !== undefined && { knownHosts: args['known-hosts'] }),
     ...(args['ssh-config'] !== undefined && { configFile: args['ssh-config'] }),
-    hostKeyCheck: args['host-key-check'],
+    ...(args['host-key-check'] !== undefined && { hostKeyCheck: args['host-key-check'] }),
     passphrase: passphraseProvider(args['passphrase-file']),
+    ...(output !== undefined && { onHostKey: hostKeyPrinter(output) }),
+  }
+}
+
+/** Prints each host-key note as one `hostkey` event (`kind`: recorded, mismatch-ignored, unchecked). */
+function hostKeyPrinter(output: Output): (note: HostKeyNote) => void {
+  output.format('hostkey', (e) => String(e.message))
+  return (note) => {
+    const { type, ...fields } = note
+    output.emit({
+      event: 'hostkey',
+      kind: type.slice('hostkey:'.length),
+      ...fields,
+      message: formatHostKeyNote(note),
+    })
+  }
+}
+
+/** The first line of a passphrase file; only a regular file is read (a FIFO or a device would block). */
+function readPassphraseFile(file: string): string {
+  try {
+    if (!statSync(file).isFile()) {
+      throw new IppTunnelError('E_USAGE', `cannot read --passphrase-file ${file}: not a regular file`)
+    }
+    return readFileSync(file, 'utf8').split(/\r?\n/, 1)[0] ?? ''
+  } catch (cause) {
+    if (cause instanceof IppTunnelError) throw cause
+    const code = (cause as NodeJS.ErrnoException).code
+    const why = code === 'ENOENT' ? 'no such file' : (code ?? String(cause))
+    throw new IppTunnelError('E_USAGE', `cannot read --passphrase-file ${file}: ${why}`, { cause })
   }
 }
 
 function passphraseProvider(file: string | undefined): PassphraseProvider {
   if (file !== undefined) {
-    return async () => {
-      try {
-        const text = await readFile(file, 'utf8')
-        return text.split(/\r?\n/, 1)[0] ?? ''
-      } catch (cause) {
-        throw new IppTunnelError('E_USAGE', `cannot read --passphrase-file ${file}`, { cause })
-      }
-    }
+    // read now, so that a typo fails at start rather than after connecting
+    const passphrase = readPassphraseFile(file)
+    return () => Promise.resolve(passphrase)
   }
   return (keyPath) =>
     process.stdin.isTTY ? askHidden(`Passphrase for ${keyPath}: `) : Promise.resolve(undefined)

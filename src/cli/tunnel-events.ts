@@ -24,7 +24,8 @@ export function formatTunnelEvents(output: Output): Output {
       const width = Math.max(...forwards.map((f) => f.channel.length))
       const lines = forwards.map((f) => `  ${f.channel.padEnd(width)}  ${f.local} -> ${f.remote}`)
       const out = typeof e.out === 'string' ? `, loopback file ${e.out}` : ''
-      return [`ready in ${String(e.ms)} ms: ${String(e.file)}${out}`, ...lines].join('\n')
+      const from = typeof e.sshFrom === 'string' ? ` (ssh server from ${e.sshFrom})` : ''
+      return [`ready in ${String(e.ms)} ms: ${String(e.file)}${out}${from}`, ...lines].join('\n')
     })
     .format('reconnecting', (e) => {
       const delay = typeof e.delayMs === 'number' ? ` in ${e.delayMs} ms` : ''

@@ -3,7 +3,7 @@ import { resolve } from 'node:path'
 import type { Argv } from 'yargs'
 
 import { readConnectionFile } from '../connection-file/index.js'
-import { defaultOutPath, openTunnel } from '../tunnel/index.js'
+import { chooseDestination, defaultOutPath, openTunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
 import { untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
@@ -43,9 +43,11 @@ async function up(args: UpArgs): Promise<number> {
     const { info, warnings } = await readConnectionFile(file)
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     const out = resolve(args.out ?? defaultOutPath(file))
-    const tunnel = await openTunnel(info, { ...sshOptionsFrom(args), out })
+    const options = sshOptionsFrom(args, output)
+    const { destination, sshFrom } = await chooseDestination(info, file, args.ssh, 'pass --ssh user@host')
+    const tunnel = await openTunnel(info, { ...options, ssh: destination, out })
     const stopFollowing = followTunnel(tunnel, output, file)
-    output.emit(readyEvent(tunnel, file, out))
+    output.emit({ ...readyEvent(tunnel, file, out), ...(sshFrom !== undefined && { sshFrom }) })
     const failed = new Promise<Error>((resolveFailed) =>
       tunnel.once('link:failed', (e) => resolveFailed(e.error)),
     )

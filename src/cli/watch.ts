@@ -83,7 +83,7 @@ async function watch(args: WatchArgs): Promise<number> {
   try {
     const dirs = watchedDirs(args.profile ?? [], args.dir ?? [], process.env)
     service = await TunnelService.start({
-      ...sshOptionsFrom(args),
+      ...sshOptionsFrom(args, output),
       dirs,
       runtimeDir: runtimeDir(process.env),
       ...(args['out-dir'] !== undefined && { outDir: resolve(args['out-dir']) }),
@@ -95,6 +95,7 @@ async function watch(args: WatchArgs): Promise<number> {
         out: e.out,
         ms: Math.round(e.ms),
         forwards: forwardsOf(e.forwards),
+        ...(e.sshFrom !== undefined && { sshFrom: e.sshFrom }),
       }),
     )
     service.on('changed', (e) =>

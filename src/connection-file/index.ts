@@ -100,3 +100,12 @@ export { redact, serializeConnectionFile } from './serialize.js'
  * await writeConnectionFileAtomic(join(outDir, 'ipcontroller-client.json'), toLoopback(info, ports))
  */
 export { readConnectionFile, writeConnectionFileAtomic, writeFileAtomic } from './io.js'
+
+/**
+ * `siblingClientFile(enginePath)` / `siblingEngineFile(clientPath)`: the other file of the same cluster in the same
+ * directory (`ipcontroller[-id]-engine.json` ↔ `ipcontroller[-id]-client.json`); pure name mapping.
+ *
+ * @example
+ * siblingClientFile('/s/ipcontroller-engine.json') // '/s/ipcontroller-client.json'
+ */
+export { siblingClientFile, siblingEngineFile } from './names.js'

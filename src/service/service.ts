@@ -5,12 +5,20 @@ import { basename, dirname, join, resolve } from 'node:path'
 import {
   destinationOf,
   parseConnectionFile,
+  siblingEngineFile,
   type ConnectionInfo,
   type ConnectionKind,
 } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import type { LinkOptions, LinkState, SshOptions } from '../ssh/index.js'
-import { defaultOutDir, LinkPool, openTunnel, type ForwardInfo, type Tunnel } from '../tunnel/index.js'
+import {
+  chooseDestination,
+  defaultOutDir,
+  LinkPool,
+  openTunnel,
+  type ForwardInfo,
+  type Tunnel,
+} from '../tunnel/index.js'
 import { CopyLedger } from './ledger.js'
 import { STATUS_SOCKET } from './paths.js'
 import { StatusServer, type StatusReport } from './status-socket.js'
@@ -50,7 +58,14 @@ export interface FileStatus {
 }
 
 /** Fields of `ready` and `changed`: the file, its loopback copy, how long it took, and its forwards. */
-export type ReadyFields = { file: string; out: string; ms: number; forwards: readonly ForwardInfo[] }
+export type ReadyFields = {
+  file: string
+  out: string
+  ms: number
+  forwards: readonly ForwardInfo[]
+  /** The client file whose `ssh` was used, for an engine file that names no server itself. */
+  sshFrom?: string
+}
 
 export interface ServiceEvents {
   ready: [ReadyFields]
@@ -72,6 +87,8 @@ interface Entry {
   tunnel: Tunnel | undefined
   /** The ssh destination the tunnel was opened for. */
   destination: string | undefined
+  /** The sibling client file `destination` came from, if it did. */
+  sshFrom: string | undefined
   appliedText: string | undefined
   lastError: FileStatus['lastError']
   /** Size and mtime at the last failed parse: a file that keeps changing is still being written. */
@@ -248,6 +265,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         kind: undefined,
         tunnel: undefined,
         destination: undefined,
+        sshFrom: undefined,
         appliedText: undefined,
         lastError: undefined,
         lastFailedShape: undefined,
@@ -297,19 +315,39 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     }
     entry.lastFailedShape = undefined
     entry.kind = info.kind
+    const named = info.kind === 'ipp-client' ? destinationOf(info) : undefined
+    if (named !== undefined) this.#retrySiblingEngine(entry.file, named)
     await this.#apply(entry, info, text)
   }
 
+  /**
+   * An engine file that names no ssh server follows its client file: one still waiting for a server tries again, and
+   * one that took the server from the client file follows it to a new one.
+   */
+  #retrySiblingEngine(clientFile: string, destination: string): void {
+    const engineFile = siblingEngineFile(clientFile)
+    const engine = engineFile === undefined ? undefined : this.#entries.get(engineFile)
+    if (engineFile === undefined || engine === undefined) return
+    const moved = engine.sshFrom === clientFile && engine.destination !== destination
+    if (engine.tunnel !== undefined && !moved) return
+    const at = performance.now()
+    this.#schedule(engineFile, (e) => {
+      e.started = at
+      e.attempts = 0
+      e.appliedText = undefined // the file is the same, what it resolves to is not
+      return this.#onFile(e)
+    })
+  }
+
   async #apply(entry: Entry, info: ConnectionInfo, text: string): Promise<void> {
-    const destination = this.#options.ssh ?? destinationOf(info)
     const current = entry.tunnel
     try {
-      if (destination === undefined) {
-        throw new IppTunnelError(
-          'E_DESTINATION',
-          `${entry.file}: field "ssh" is empty; start the service with --ssh user@host to say which server to forward through`,
-        )
-      }
+      const { destination, sshFrom } = await chooseDestination(
+        info,
+        entry.file,
+        this.#options.ssh,
+        'start the service with --ssh user@host',
+      )
       if (
         current &&
         !current.closed &&
@@ -317,6 +355,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         destination === entry.destination
       ) {
         await current.update(info)
+        entry.sshFrom = sshFrom
         entry.appliedText = text
         entry.lastError = undefined
         this.emit('changed', this.#readyFields(entry, current))
@@ -328,13 +367,19 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       }
       // Listed before it is written, so that a crash in between still leaves nothing behind.
       await this.#ledger.add(entry.out)
-      const tunnel = await openTunnel(info, { ...this.#options, pool: this.#pool, out: entry.out })
+      const tunnel = await openTunnel(info, {
+        ...this.#options,
+        ssh: destination,
+        pool: this.#pool,
+        out: entry.out,
+      })
       if (this.#closed || !this.#entries.has(entry.file)) {
         await tunnel.close()
         return
       }
       entry.tunnel = tunnel
       entry.destination = destination
+      entry.sshFrom = sshFrom
       entry.appliedText = text
       entry.lastError = undefined
       this.#follow(entry, tunnel)
@@ -357,6 +402,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       out: entry.out,
       ms: performance.now() - entry.started,
       forwards: tunnel.forwards,
+      ...(entry.sshFrom !== undefined && { sshFrom: entry.sshFrom }),
     }
   }
 
@@ -408,6 +454,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     const tunnel = entry.tunnel
     entry.tunnel = undefined
     entry.destination = undefined
+    entry.sshFrom = undefined
     entry.appliedText = undefined
     entry.lastError = undefined
     entry.lastFailedShape = undefined

@@ -37,6 +37,18 @@ function firstKey(parsed: ParsedKey | ParsedKey[] | Error): ParsedKey | Error {
 
 const encryptedMessage = /no passphrase given/i
 
+/** True when `data` is an ssh public key (an `id_*.pub` line), which cannot sign. */
+function isPublicKey(data: Buffer): boolean {
+  const parsed = firstKey(ssh2.utils.parseKey(data))
+  return !(parsed instanceof Error) && !parsed.isPrivateKey()
+}
+
+/** What to say about a public key passed where a private one is needed. */
+function publicKeyAdvice(path: string): string {
+  const priv = path.endsWith('.pub') ? `${path.slice(0, -4)}, without .pub` : 'the file without .pub'
+  return `${path} is a public key; pass the private key (${priv})`
+}
+
 async function isSocket(path: string): Promise<boolean> {
   try {
     return (await stat(path)).isSocket()
@@ -90,6 +102,13 @@ export class HopAuth {
         const data = this.#lastRead.get(path)
         if (data !== undefined) candidates.push({ kind: 'key', path, data })
       }
+    }
+    const keys = candidates.filter((c) => c.kind === 'key')
+    if (keys.length > 0 && keys.length === candidates.length && keys.every((c) => isPublicKey(c.data))) {
+      throw new IppTunnelError(
+        'E_IDENTITY',
+        `No way to authenticate to ${hopLabel(hop)}: ${keys.map((c) => publicKeyAdvice(c.path)).join('; ')}`,
+      )
     }
     if (candidates.length === 0) {
       const files = hop.identityFiles.length > 0 ? hop.identityFiles.join(', ') : 'none configured'
@@ -189,7 +208,14 @@ export class HopAuth {
           )
         }
         const offered = tried.length > 0 ? tried.join(', ') : 'nothing'
-        const skipped = unusable.length > 0 ? `; not usable as private keys: ${unusable.join(', ')}` : ''
+        const skipped = unusable
+          .map((p) => {
+            const data = this.#lastRead.get(p)
+            return data !== undefined && isPublicKey(data)
+              ? `; ${publicKeyAdvice(p)}`
+              : `; not a usable private key: ${p}`
+          })
+          .join('')
         return new IppTunnelError(
           'E_AUTH',
           `${where} refused authentication; tried ${offered}${skipped}. Check the user name and that the key is in the server's authorized_keys`,

@@ -21,6 +21,8 @@ type Setting =
   | { readonly key: 'proxycommand'; readonly value: string }
   | { readonly key: 'userknownhostsfile'; readonly value: readonly string[] }
   | { readonly key: 'stricthostkeychecking'; readonly value: HostKeyPolicy }
+  | { readonly key: 'connecttimeout'; readonly value: number | undefined }
+  | { readonly key: 'serveraliveinterval' | 'serveralivecountmax'; readonly value: number }
 
 type Criterion =
   | { readonly kind: 'all' }
@@ -70,6 +72,13 @@ export interface HostSettings {
   readonly userKnownHostsFiles?: readonly string[]
   /** `StrictHostKeyChecking` mapped to a policy: yes/ask → strict, accept-new, no/off → off. */
   readonly strictHostKeyChecking?: HostKeyPolicy
+  /** Where `StrictHostKeyChecking` was obtained: `file:line`. */
+  readonly strictHostKeyCheckingFrom?: string
+  /** `ConnectTimeout` in seconds; absent for `none` and `0` (no bound of its own). */
+  readonly connectTimeout?: number
+  /** `ServerAliveInterval` in seconds; `0` turns keepalives off, as in ssh(1). */
+  readonly serverAliveInterval?: number
+  readonly serverAliveCountMax?: number
 }
 
 /** Context for {@link lookupHost}: what the command line said, and the local account. */
@@ -92,6 +101,8 @@ export interface LookupContext {
 export interface ReadSshConfigOptions {
   /** Home directory: `~` in Include, and relative Includes are read from `<home>/.ssh`. Default `os.homedir()`. */
   readonly home?: string
+  /** Read a missing file as an empty config (right for the default `~/.ssh/config`, not for one named). Default true. */
+  readonly missingOk?: boolean
 }
 
 /** OpenSSH's limit on Include nesting. */
@@ -101,9 +112,11 @@ const MAX_INCLUDE_DEPTH = 16
 export const emptySshConfig: SshConfig = { path: undefined, files: [], nodes: [] }
 
 /**
- * Reads an OpenSSH client config file and everything it Includes. A missing file reads as an empty config.
+ * Reads an OpenSSH client config file and everything it Includes. A missing file reads as an empty config unless
+ * `missingOk` is false.
  *
- * @throws IppTunnelError `E_SSH_CONFIG` naming file and line for an unreadable or malformed file, or an Include loop.
+ * @throws IppTunnelError `E_SSH_CONFIG` naming file and line for an unreadable, missing (`missingOk: false`) or
+ * malformed file, or an Include loop.
  *
  * @example
  * const config = await readSshConfig(path.join(os.homedir(), '.ssh', 'config'))
@@ -112,7 +125,7 @@ export const emptySshConfig: SshConfig = { path: undefined, files: [], nodes: []
 export async function readSshConfig(file: string, opts: ReadSshConfigOptions = {}): Promise<SshConfig> {
   const home = opts.home ?? os.homedir()
   const files: string[] = []
-  const top = await readConfigFile(path.resolve(file), home, [], files, true)
+  const top = await readConfigFile(path.resolve(file), home, [], files, opts.missingOk ?? true)
   if (top === undefined) return { ...emptySshConfig }
   return { path: top.path, files, nodes: top.nodes }
 }
@@ -132,9 +145,8 @@ async function readConfigFile(
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
     if (missingOk && (code === 'ENOENT' || code === 'ENOTDIR')) return undefined
-    throw new IppTunnelError('E_SSH_CONFIG', `cannot read ssh config ${file}: ${code ?? String(err)}`, {
-      cause: err,
-    })
+    const why = code === 'ENOENT' || code === 'ENOTDIR' ? 'no such file' : (code ?? String(err))
+    throw new IppTunnelError('E_SSH_CONFIG', `cannot read ssh config ${file}: ${why}`, { cause: err })
   }
   if (stack.includes(real)) {
     throw new IppTunnelError(
@@ -259,6 +271,19 @@ function parseLine(raw: string, where: Where): ParsedLine | undefined {
       }
       return setting({ key: 'stricthostkeychecking', value: policy })
     }
+    case 'connecttimeout': {
+      const text = one()
+      if (text.toLowerCase() === 'none') return setting({ key: 'connecttimeout', value: undefined })
+      return setting({ key: 'connecttimeout', value: parseTime(text, name, where) })
+    }
+    case 'serveraliveinterval':
+      return setting({ key: 'serveraliveinterval', value: parseTime(one(), name, where) })
+    case 'serveralivecountmax': {
+      const text = one()
+      if (!/^[0-9]{1,9}$/u.test(text))
+        throw configError(where, `${name} ${JSON.stringify(text)} is not a number`)
+      return setting({ key: 'serveralivecountmax', value: Number(text) })
+    }
     default:
       return undefined
   }
@@ -269,6 +294,25 @@ function parseFlag(text: string, name: string, where: Where): boolean {
   if (t === 'yes' || t === 'true') return true
   if (t === 'no' || t === 'false') return false
   throw configError(where, `${name} ${JSON.stringify(text)} is not yes or no`)
+}
+
+/** A time as ssh_config(5) writes it, in seconds: `90`, `90s`, `1m30s`, `2h`, `1d`, `1w` (OpenSSH's convtime). */
+function parseTime(text: string, name: string, where: Where): number {
+  const units: Record<string, number> = { '': 1, s: 1, m: 60, h: 3600, d: 86_400, w: 604_800 }
+  let total = 0
+  const re = /([0-9]+)([smhdw]?)/iuy
+  let at = 0
+  while (at < text.length) {
+    re.lastIndex = at
+    const m = re.exec(text)
+    if (m === null) break
+    total += Number(m[1]) * (units[(m[2] ?? '').toLowerCase()] ?? 1)
+    at = re.lastIndex
+  }
+  if (text === '' || at !== text.length || !Number.isSafeInteger(total) || total > 2_147_483) {
+    throw configError(where, `${name} ${JSON.stringify(text)} is not a time (e.g. 30, 30s, 2m)`)
+  }
+  return total
 }
 
 function parseMatch(args: readonly string[], where: Where): readonly Criterion[] | 'unsupported' {
@@ -481,7 +525,10 @@ interface Obtained {
     | { kind: 'jump'; value: readonly Destination[]; text: string }
     | { kind: 'command'; value: string; where: Where }
   knownHosts?: { value: readonly string[]; where: Where }
-  strict?: HostKeyPolicy
+  strict?: { value: HostKeyPolicy; where: Where }
+  connectTimeout?: number
+  serverAliveInterval?: number
+  serverAliveCountMax?: number
 }
 
 /**
@@ -548,7 +595,17 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
         got.knownHosts ??= { value: s.value, where }
         break
       case 'stricthostkeychecking':
-        got.strict ??= s.value
+        got.strict ??= { value: s.value, where }
+        break
+      case 'connecttimeout':
+        // `none` leaves the option unset, so a later block may still set it (ssh(1) stores it as -1)
+        if (s.value !== undefined) got.connectTimeout ??= s.value
+        break
+      case 'serveraliveinterval':
+        got.serverAliveInterval ??= s.value
+        break
+      case 'serveralivecountmax':
+        got.serverAliveCountMax ??= s.value
         break
     }
   }
@@ -588,7 +645,8 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
     n: original,
     r: user,
     p: String(port),
-    k: host,
+    // %k is the HostKeyAlias (not supported here) or else the name as given on the command line
+    k: original,
     l: localHost,
     L: localHost.split('.')[0] ?? localHost,
     i: String(process.getuid?.() ?? ''),
@@ -616,7 +674,17 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
             expand(f, 'UserKnownHostsFile', got.knownHosts?.where ?? { file: '', line: 0 }),
           ),
         }),
-    ...(got.strict === undefined ? {} : { strictHostKeyChecking: got.strict }),
+    ...(got.strict === undefined
+      ? {}
+      : {
+          strictHostKeyChecking: got.strict.value,
+          strictHostKeyCheckingFrom: `${got.strict.where.file}:${got.strict.where.line}`,
+        }),
+    ...(got.connectTimeout === undefined || got.connectTimeout === 0
+      ? {}
+      : { connectTimeout: got.connectTimeout }),
+    ...(got.serverAliveInterval === undefined ? {} : { serverAliveInterval: got.serverAliveInterval }),
+    ...(got.serverAliveCountMax === undefined ? {} : { serverAliveCountMax: got.serverAliveCountMax }),
   }
 }
 

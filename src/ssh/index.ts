@@ -19,7 +19,13 @@ export type {
   SshOptions,
 } from './types.js'
 export { parseDestination, formatDestination } from './destination.js'
-export { checkHostKey, fingerprintSha256, type CheckHostKeyOptions } from './known-hosts.js'
+export {
+  checkHostKey,
+  fingerprintSha256,
+  formatHostKeyNote,
+  type CheckHostKeyOptions,
+  type HostKeyNote,
+} from './known-hosts.js'
 export { resolveTarget } from './resolve.js'
 export { HopAuth, type AuthAttempt, type AuthOptions } from './auth.js'
 export {

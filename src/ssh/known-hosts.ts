@@ -126,13 +126,67 @@ export interface CheckHostKeyOptions {
   /** The key type, used only when the blob does not name one. */
   readonly keyType?: string
   readonly policy: HostKeyPolicy
+  /** Where the policy came from when a config set it (`file:line`); carried into notes. */
+  readonly policyFrom?: string
+  /** Told what was done that the user should know of: a key recorded, or a check skipped by policy `off`. */
+  readonly note?: (note: HostKeyNote) => void
+}
+
+/**
+ * Something {@link checkHostKey} did or let pass that a user should hear about (the CLI prints one line each):
+ * `hostkey:recorded` — accept-new added the key to `file`; `hostkey:mismatch-ignored` — policy `off` let a key
+ * through that differs from the one on record at `known`; `hostkey:unchecked` — policy `off` let an unknown key
+ * through. Fingerprints only, never key material.
+ */
+export type HostKeyNote =
+  | (HostKeyNoteBase & { readonly type: 'hostkey:recorded'; readonly file: string })
+  | (HostKeyNoteBase & {
+      readonly type: 'hostkey:mismatch-ignored'
+      readonly known: { readonly file: string; readonly line: number; readonly fingerprint: string }
+    })
+  | (HostKeyNoteBase & { readonly type: 'hostkey:unchecked' })
+
+interface HostKeyNoteBase {
+  /** The name looked up in known_hosts: `host` or `[host]:port`. */
+  readonly name: string
+  readonly keyType: string
+  /** `SHA256:…` of the key the server offered. */
+  readonly fingerprint: string
+  /** Where the policy came from when a config set it (`file:line`); absent when an option or the default did. */
+  readonly policyFrom?: string
+}
+
+/**
+ * One line for a {@link HostKeyNote}, as the CLI prints it.
+ *
+ * @example
+ * formatHostKeyNote(note) // 'recorded the host key of [10.0.0.2]:2222 (ssh-ed25519 SHA256:…) in /root/.ssh/known_hosts'
+ */
+export function formatHostKeyNote(note: HostKeyNote): string {
+  const key = `${note.keyType} ${note.fingerprint}`
+  const policy =
+    note.policyFrom === undefined
+      ? 'host key checking is off'
+      : `StrictHostKeyChecking at ${note.policyFrom} turns checking off`
+  switch (note.type) {
+    case 'hostkey:recorded':
+      return `recorded the host key of ${note.name} (${key}) in ${note.file}`
+    case 'hostkey:mismatch-ignored':
+      return (
+        `warning: the host key of ${note.name} (${key}) differs from the one on record at ${note.known.file}:` +
+        `${note.known.line} (${note.known.fingerprint}); connecting anyway because ${policy}`
+      )
+    case 'hostkey:unchecked':
+      return `warning: the host key of ${note.name} (${key}) is not in known_hosts and was not checked because ${policy}`
+  }
 }
 
 /**
  * Verifies a server's host key against known_hosts files, as ssh(1) does.
  * A key listed under `@revoked` is refused under every policy. With `strict`, an unknown key is refused;
  * with `accept-new` it is recorded (hashed) in `files[0]`; a changed key (another key of the same type for the host)
- * is refused under both. `off` checks nothing but revocation.
+ * is refused under both. `off` refuses nothing but a revoked key, and tells `note` when it lets a changed or unknown
+ * key through; `accept-new` tells `note` what it recorded.
  *
  * @returns `'known'` (listed), `'recorded'` (accept-new added it) or `'unchecked'` (policy off).
  * @throws IppTunnelError `E_HOSTKEY_UNKNOWN`, `E_HOSTKEY_MISMATCH` or `E_HOSTKEY_REVOKED`, each naming the host,
@@ -158,12 +212,28 @@ export async function checkHostKey(opts: CheckHostKeyOptions): Promise<'known' |
         'refusing to connect: ask the server administrator for its current host key',
     )
   }
-  if (opts.policy === 'off') return 'unchecked'
-
   const forHost = entries.filter((e) => e.marker === undefined && hostFieldMatches(e.hosts, name))
   if (forHost.some((e) => e.key.equals(opts.key))) return 'known'
 
+  const base = {
+    name,
+    keyType,
+    fingerprint: fingerprintSha256(opts.key),
+    ...(opts.policyFrom === undefined ? {} : { policyFrom: opts.policyFrom }),
+  }
   const changed = forHost.find((e) => e.keyType === keyType)
+  if (opts.policy === 'off') {
+    opts.note?.(
+      changed === undefined
+        ? { ...base, type: 'hostkey:unchecked' }
+        : {
+            ...base,
+            type: 'hostkey:mismatch-ignored',
+            known: { file: changed.file, line: changed.line, fingerprint: fingerprintSha256(changed.key) },
+          },
+    )
+    return 'unchecked'
+  }
   if (changed !== undefined) {
     throw new IppTunnelError(
       'E_HOSTKEY_MISMATCH',
@@ -187,6 +257,7 @@ export async function checkHostKey(opts: CheckHostKeyOptions): Promise<'known' |
   }
 
   await recordHostKey(first, name, keyType, opts.key)
+  opts.note?.({ ...base, type: 'hostkey:recorded', file: first })
   return 'recorded'
 }
 

@@ -4,7 +4,8 @@ import ssh2 from 'ssh2'
 import type { ClientChannel } from 'ssh2'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { HopAuth, type AuthAttempt } from './auth.js'
-import { checkHostKey } from './known-hosts.js'
+import { connectFailureReason } from './connect-error.js'
+import { checkHostKey, type HostKeyNote } from './known-hosts.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
 
 type Client = InstanceType<typeof ssh2.Client>
@@ -24,18 +25,26 @@ export interface BackoffOptions {
 
 /** Options of a {@link Link}. */
 export interface LinkOptions {
-  /** Default `strict`. */
+  /** Wins over each hop's own `hostKeyPolicy` (from ssh config); default `strict`. */
   readonly hostKeyCheck?: HostKeyPolicy
+  /** Told when a host key is recorded (accept-new) or let through unchecked (off); also the `hostkey` event. */
+  readonly onHostKey?: (note: HostKeyNote) => void
   readonly passphrase?: PassphraseProvider
   /** ssh-agent socket; default `$SSH_AUTH_SOCK`; `false`: no agent. */
   readonly agent?: string | false
   /** Environment for `SSH_AUTH_SOCK`; default `process.env`. */
   readonly env?: Readonly<Record<string, string | undefined>>
-  /** SSH keepalive interval; default 5000 ms. With `keepaliveCountMax` it bounds how long a dead link goes unnoticed. */
+  /**
+   * SSH keepalive interval; wins over each hop's own (ServerAliveInterval); default 5000 ms. With `keepaliveCountMax`
+   * it bounds how long a dead link goes unnoticed.
+   */
   readonly keepaliveIntervalMs?: number
-  /** Unanswered keepalives before the link counts as dead; default 3. */
+  /** Unanswered keepalives before the link counts as dead; wins over each hop's own; default 3. */
   readonly keepaliveCountMax?: number
-  /** Time allowed per hop from TCP connect to authenticated (time spent asking for a passphrase excluded); default 20000 ms. */
+  /**
+   * Time allowed per hop from TCP connect to authenticated (time spent asking for a passphrase excluded); default
+   * 20000 ms, or the hop's `connectTimeoutMs` when longer. A hop's `connectTimeoutMs` bounds connect plus handshake.
+   */
   readonly readyTimeoutMs?: number
   readonly backoff?: BackoffOptions
   /** How long `forwardOut` waits for a link that is (re)connecting; default 10000 ms. */
@@ -48,6 +57,8 @@ export interface LinkEvents {
   reconnecting: [info: { attempt: number; delayMs: number; error: IppTunnelError }]
   reconnected: [info: { attempt: number; downMs: number }]
   failed: [info: { error: IppTunnelError }]
+  /** A host key was recorded (accept-new) or let through unchecked (off); once per key and kind per link. */
+  hostkey: [note: HostKeyNote]
   closed: []
 }
 
@@ -133,6 +144,7 @@ export class Link extends EventEmitter<LinkEvents> {
   #channels = new Set<ClientChannel>()
   #abort = new AbortController()
   #closing: Promise<void> | undefined
+  readonly #hostKeyNotes = new Set<string>()
 
   constructor(target: ResolvedTarget, options: LinkOptions = {}) {
     super()
@@ -247,6 +259,14 @@ export class Link extends EventEmitter<LinkEvents> {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close()
+  }
+
+  #noteHostKey(note: HostKeyNote): void {
+    const id = `${note.type} ${note.name} ${note.fingerprint}`
+    if (this.#hostKeyNotes.has(id)) return
+    this.#hostKeyNotes.add(id)
+    this.#options.onHostKey?.(note)
+    this.emit('hostkey', note)
   }
 
   #setState(state: LinkState): void {
@@ -495,9 +515,24 @@ export class Link extends EventEmitter<LinkEvents> {
     return new Promise<Client>((resolve, reject) => {
       let fatal: IppTunnelError | undefined
       let lastError: Ssh2Error | undefined
+      let socketError: Ssh2Error | undefined
       let settled = false
-      const readyMs = this.#options.readyTimeoutMs ?? 20_000
+      const connectMs = hop.connectTimeoutMs
+      const readyMs = this.#options.readyTimeoutMs ?? Math.max(20_000, connectMs ?? 0)
       let timer = setTimeout(onTimeout, readyMs)
+      const connectTimer =
+        connectMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              fatal = new IppTunnelError(
+                'E_CONNECT',
+                `Cannot connect to ${where}: timed out after ${connectMs / 1000} s (ConnectTimeout)`,
+              )
+              client.destroy()
+            }, connectMs)
+      client.once('handshake', () => clearTimeout(connectTimer))
+      const keepaliveMs = this.#options.keepaliveIntervalMs ?? hop.keepaliveIntervalMs ?? 5000
+      const keepaliveMax = this.#options.keepaliveCountMax ?? hop.keepaliveCountMax ?? 3
       function onTimeout(): void {
         if (auth.prompting) {
           timer = setTimeout(onTimeout, readyMs)
@@ -515,12 +550,18 @@ export class Link extends EventEmitter<LinkEvents> {
       const finish = (): void => {
         settled = true
         clearTimeout(timer)
+        clearTimeout(connectTimer)
         signal.removeEventListener('abort', onAbort)
       }
       signal.addEventListener('abort', onAbort, { once: true })
 
       client.on('error', (err: Ssh2Error) => {
+        if (err.level === 'client-timeout' && err.message === 'Keepalive timeout') {
+          err.message = `no answer to ${keepaliveMax} keepalives sent ${keepaliveMs / 1000} s apart (ServerAliveInterval ${keepaliveMs / 1000}, ServerAliveCountMax ${keepaliveMax})`
+        }
         lastError = err
+        // the socket's own error (ECONNREFUSED, …) says more than ssh2's "Connection lost" that may follow it
+        if (err.code !== undefined) socketError ??= err
       })
       client.once('ready', () => {
         if (settled) return
@@ -542,26 +583,30 @@ export class Link extends EventEmitter<LinkEvents> {
           reject(auth.failure())
           return
         }
+        const cause = socketError ?? lastError
         reject(
-          new IppTunnelError('E_CONNECT', `Cannot connect to ${where}: ${describe(lastError)}`, {
-            cause: lastError,
+          new IppTunnelError('E_CONNECT', `Cannot connect to ${where}: ${connectFailureReason(cause)}`, {
+            cause,
           }),
         )
       })
 
       const files = hop.knownHostsFiles
-      const policy = this.#options.hostKeyCheck ?? 'strict'
+      const policy = this.#options.hostKeyCheck ?? hop.hostKeyPolicy ?? 'strict'
+      const policyFrom = this.#options.hostKeyCheck === undefined ? hop.hostKeyPolicyFrom : undefined
       client.connect({
         host: hop.host,
         port: hop.port,
         username: hop.username,
         ...(sock !== undefined ? { sock } : {}),
         readyTimeout: 0,
-        keepaliveInterval: this.#options.keepaliveIntervalMs ?? 5000,
-        keepaliveCountMax: this.#options.keepaliveCountMax ?? 3,
+        keepaliveInterval: keepaliveMs,
+        keepaliveCountMax: keepaliveMax,
         authHandler: auth.authHandler,
         hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {
-          checkHostKey({ files, host: hop.host, port: hop.port, key, policy }).then(
+          const note = (n: HostKeyNote): void => this.#noteHostKey(n)
+          const from = policyFrom === undefined ? {} : { policyFrom }
+          checkHostKey({ files, host: hop.host, port: hop.port, key, policy, note, ...from }).then(
             () => verify(true),
             (err: unknown) => {
               fatal = isIppTunnelError(err)

@@ -45,13 +45,14 @@ const MAX_HOPS = 16
  * Resolves a destination into the route to it, applying ~/.ssh/config as ssh(1) does: `opts.ssh` (if given) overrides
  * `dest`; a user or port in the destination wins over the config's `User`/`Port`; `HostName`, `IdentityFile`,
  * `IdentitiesOnly`, `UserKnownHostsFile`, `StrictHostKeyChecking` and `ProxyJump` (recursively, each jump host through
- * the config too) are applied. Jump hosts come first; `hops.at(-1)` is the destination.
+ * the config too), `ConnectTimeout`, `ServerAliveInterval` and `ServerAliveCountMax` are applied. Jump hosts come
+ * first; `hops.at(-1)` is the destination. Precedence is ssh(1)'s: options > config > built-in defaults.
  *
  * `--identity` applies to the destination only (as `ssh -i … -J …` does); `--known-hosts` and `--host-key-check`
  * apply to every hop.
  *
- * @throws IppTunnelError `E_DESTINATION` for a malformed destination; `E_SSH_CONFIG` for a bad config, a ProxyJump
- * loop, or a ProxyCommand (which ipp-tunnel cannot run).
+ * @throws IppTunnelError `E_DESTINATION` for a malformed destination; `E_SSH_CONFIG` for a bad config, a config file
+ * named in `configFile` that does not exist, a ProxyJump loop, or a ProxyCommand (which ipp-tunnel cannot run).
  *
  * @example
  * const { hops } = await resolveTarget('alice@cluster', { configFile: false })
@@ -65,7 +66,7 @@ export async function resolveTarget(dest: string, opts: ResolveOptions = {}): Pr
   let config: SshConfig = emptySshConfig
   if (opts.configFile !== false) {
     const file = expandTilde(opts.configFile ?? '~/.ssh/config', home)
-    config = await readSshConfig(file, { home })
+    config = await readSshConfig(file, { home, missingOk: opts.configFile === undefined })
   }
 
   const hop = (
@@ -111,6 +112,12 @@ export async function resolveTarget(dest: string, opts: ResolveOptions = {}): Pr
         identitiesOnly,
         knownHostsFiles,
         hostKeyPolicy: opts.hostKeyCheck ?? s.strictHostKeyChecking ?? 'strict',
+        ...(opts.hostKeyCheck === undefined && s.strictHostKeyCheckingFrom !== undefined
+          ? { hostKeyPolicyFrom: s.strictHostKeyCheckingFrom }
+          : {}),
+        ...(s.connectTimeout === undefined ? {} : { connectTimeoutMs: s.connectTimeout * 1000 }),
+        ...(s.serverAliveInterval === undefined ? {} : { keepaliveIntervalMs: s.serverAliveInterval * 1000 }),
+        ...(s.serverAliveCountMax === undefined ? {} : { keepaliveCountMax: s.serverAliveCountMax }),
       },
       jumps: s.proxyJump ?? [],
     }

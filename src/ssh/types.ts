@@ -22,6 +22,16 @@ export interface ResolvedHop {
   readonly identitiesOnly: boolean
   /** known_hosts files to check, in order; the first is where accept-new records keys. */
   readonly knownHostsFiles: readonly string[]
+  /** Host-key policy for this hop (`StrictHostKeyChecking`); a Link's own `hostKeyCheck` option wins over it. */
+  readonly hostKeyPolicy?: HostKeyPolicy
+  /** Where the policy came from when a config set it (`file:line`), for warnings. */
+  readonly hostKeyPolicyFrom?: string
+  /** Bound on TCP connect plus SSH handshake (`ConnectTimeout`), in milliseconds. */
+  readonly connectTimeoutMs?: number
+  /** Keepalive interval (`ServerAliveInterval`) in milliseconds; 0 sends none. */
+  readonly keepaliveIntervalMs?: number
+  /** Unanswered keepalives before the hop counts as dead (`ServerAliveCountMax`). */
+  readonly keepaliveCountMax?: number
 }
 
 /** The full route to a destination: `hops.at(-1)` is the server that forwards, the rest are jumps. */
@@ -42,7 +52,7 @@ export interface SshOptions {
   readonly knownHosts?: string
   readonly hostKeyCheck?: HostKeyPolicy
   readonly passphrase?: PassphraseProvider
-  /** ssh config file; default `~/.ssh/config`. Pass `false` to read none. */
+  /** ssh config file; default `~/.ssh/config` (silently none when missing); a named file must exist. `false`: none. */
   readonly configFile?: string | false
   /** ssh-agent socket; default `$SSH_AUTH_SOCK`. Pass `false` to use no agent. */
   readonly agent?: string | false

@@ -99,6 +99,22 @@ async function assertSameAsSsh(
   const mapped =
     { true: 'strict', ask: 'strict', 'accept-new': 'accept-new', false: 'off' }[strict ?? ''] ?? strict
   assert.equal(ours.strictHostKeyChecking ?? 'strict', mapped, `stricthostkeychecking for ${label}`)
+  const timeout = real.get('connecttimeout')?.[0]
+  assert.equal(
+    String(ours.connectTimeout ?? (timeout === '0' ? '0' : 'none')),
+    timeout,
+    `connecttimeout for ${label}`,
+  )
+  assert.equal(
+    String(ours.serverAliveInterval ?? 0),
+    real.get('serveraliveinterval')?.[0],
+    `serveralive for ${label}`,
+  )
+  assert.equal(
+    String(ours.serverAliveCountMax ?? 3),
+    real.get('serveralivecountmax')?.[0],
+    `alivecount for ${label}`,
+  )
   return ours
 }
 
@@ -138,11 +154,16 @@ HOST bad.lab
   PORT=2200
   identitiesonly yes
   StrictHostKeyChecking accept-new
+  ConnectTimeout 1m30s
+  ServerAliveInterval 2M
+  ServerAliveCountMax 5
 
 Match host *.internal !host bad.internal
   User ignored-because-first-wins
   UserKnownHostsFile ${dir}/kh1 "${dir}/kh 2"
   StrictHostKeyChecking no
+  ConnectTimeout none
+  ServerAliveInterval 0
 
 Match originalhost plain
   Port 2201
@@ -158,6 +179,8 @@ Host alias
 Host *
   User fallback
   ProxyJump star
+  ConnectTimeout 4
+  ServerAliveInterval 45
   Ciphers aes128-ctr
   SomeUnknownKeyword whatever
 `,
@@ -169,6 +192,9 @@ Host *
   assert.deepEqual(node.identityFiles, [`${dir}/keys/lab`, `${dir}/keys/second`])
   assert.deepEqual(node.userKnownHostsFiles, [`${dir}/kh1`, `${dir}/kh 2`])
   assert.equal(node.strictHostKeyChecking, 'off')
+  assert.equal(node.strictHostKeyCheckingFrom, `${config}:27`)
+  assert.equal(node.connectTimeout, 4, '"none" leaves ConnectTimeout unset for a later block')
+  assert.equal(node.serverAliveInterval, 0, 'an explicit 0 turns keepalives off, as in ssh')
 
   const bad = await assertSameAsSsh(config, 'bad.lab')
   assert.equal(bad.hostName, 'bad.internal')
@@ -176,6 +202,7 @@ Host *
   assert.equal(bad.identitiesOnly, false, 'the top-level IdentitiesOnly=no was obtained first')
   assert.equal(bad.strictHostKeyChecking, 'accept-new')
   assert.equal(bad.user, 'fallback')
+  assert.deepEqual([bad.connectTimeout, bad.serverAliveInterval, bad.serverAliveCountMax], [90, 120, 5])
 
   const alias = await assertSameAsSsh(config, 'alias')
   assert.equal(alias.user, 'alias user')
@@ -198,14 +225,14 @@ test('lookups agree with ssh -G on IdentityFile tokens and UserKnownHostsFile to
   HostName real-%h
   Port 2345
   User remote
-  UserKnownHostsFile ${dir}/kh-%h-%p-%r-%u-%n ~/kh-%%
+  UserKnownHostsFile ${dir}/kh-%h-%p-%r-%u-%n-%k ~/kh-%%
 Host *
   IdentitiesOnly yes
 `,
   )
   const s = await assertSameAsSsh(config, 'tok')
   assert.deepEqual(s.userKnownHostsFiles, [
-    `${dir}/kh-real-tok-2345-remote-${me.username}-tok`,
+    `${dir}/kh-real-tok-2345-remote-${me.username}-tok-tok`,
     `${me.homedir}/kh-%`,
   ])
   assert.equal(s.identitiesOnly, true)
@@ -304,10 +331,14 @@ test('Include loops and too-deep nesting are errors naming the files', async (t)
   )
 })
 
-test('a missing config is empty; an unreadable one is E_SSH_CONFIG naming the file', async (t) => {
+test('a missing config is empty unless named; an unreadable one is E_SSH_CONFIG naming the file', async (t) => {
   const dir = await tempDir(t)
   const empty = await readSshConfig(path.join(dir, 'nope', 'config'))
   assert.deepEqual(lookupHost(empty, 'h', { home: dir }), { identityFiles: [] })
+  await assert.rejects(
+    readSshConfig(path.join(dir, 'nope', 'config'), { missingOk: false }),
+    expectConfigError(new RegExp(`cannot read ssh config ${dir}/nope/config: no such file`)),
+  )
   await assert.rejects(
     readSshConfig(dir),
     expectConfigError(new RegExp(`cannot read ssh config ${dir}: EISDIR`)),
@@ -336,6 +367,9 @@ test('syntax errors are E_SSH_CONFIG with file and line', async (t) => {
     ['HostName', /:2: HostName takes exactly one argument, got 0/],
     ['IdentitiesOnly maybe', /:2: IdentitiesOnly "maybe" is not yes or no/],
     ['StrictHostKeyChecking sometimes', /:2: StrictHostKeyChecking "sometimes"/],
+    ['ConnectTimeout soon', /:2: ConnectTimeout "soon" is not a time/],
+    ['ServerAliveInterval 5x', /:2: ServerAliveInterval "5x" is not a time/],
+    ['ServerAliveCountMax -1', /:2: ServerAliveCountMax "-1" is not a number/],
     ['ProxyJump a,,b', /:2: ProxyJump "" is not/],
     ['ProxyJump user@host:99999', /:2: ProxyJump "user@host:99999" is not/],
     ['= value', /:2: missing keyword/],

@@ -12,11 +12,13 @@ import type { ErrorCode } from '../../src/errors/index.js'
 import {
   checkHostKey,
   fingerprintSha256,
+  formatHostKeyNote,
   hashHostName,
   hostFieldMatches,
   keyTypeOfBlob,
   knownHostsName,
   parseKnownHosts,
+  type HostKeyNote,
 } from '../../src/ssh/known-hosts.js'
 
 const run = promisify(execFile)
@@ -352,4 +354,60 @@ test('helpers: knownHostsName and hashHostName', () => {
   assert.ok(hashed.startsWith(`|1|${salt.toString('base64')}|`))
   assert.ok(hostFieldMatches(hashed, '[h]:1'))
   assert.ok(!hostFieldMatches(hashed, 'h'))
+})
+
+test('notes: accept-new says what it recorded where; off says when it lets a changed or unknown key through', async (t) => {
+  const dir = await tempDir(t)
+  const old = await keygen(dir, 'old')
+  const offered = await keygen(dir, 'new')
+  const file = path.join(dir, 'known_hosts')
+  const notes: HostKeyNote[] = []
+  const note = (n: HostKeyNote) => notes.push(n)
+  const fp = fingerprintSha256(offered.blob)
+
+  const base = { files: [file], host: 'Box', port: 2200, key: offered.blob, note }
+  assert.equal(await checkHostKey({ ...base, policy: 'off', policyFrom: '/cfg:3' }), 'unchecked')
+  assert.deepEqual(notes.pop(), {
+    type: 'hostkey:unchecked',
+    name: '[box]:2200',
+    keyType: 'ssh-ed25519',
+    fingerprint: fp,
+    policyFrom: '/cfg:3',
+  })
+  assert.equal(await checkHostKey({ ...base, policy: 'accept-new' }), 'recorded')
+  const recorded = notes.pop()
+  assert.deepEqual(recorded, {
+    type: 'hostkey:recorded',
+    name: '[box]:2200',
+    keyType: 'ssh-ed25519',
+    fingerprint: fp,
+    file,
+  })
+  assert.equal(
+    formatHostKeyNote(recorded),
+    `recorded the host key of [box]:2200 (ssh-ed25519 ${fp}) in ${file}`,
+  )
+  // a key on record is just known, under every policy, and says nothing
+  for (const policy of ['strict', 'accept-new', 'off'] as const) {
+    assert.equal(await checkHostKey({ ...base, policy }), 'known')
+  }
+  assert.equal(notes.length, 0)
+
+  await writeFile(file, `${line('[box]:2200', old)}\n`)
+  assert.equal(await checkHostKey({ ...base, policy: 'off' }), 'unchecked')
+  const ignored = notes.pop()
+  assert.deepEqual(ignored, {
+    type: 'hostkey:mismatch-ignored',
+    name: '[box]:2200',
+    keyType: 'ssh-ed25519',
+    fingerprint: fp,
+    known: { file, line: 1, fingerprint: fingerprintSha256(old.blob) },
+  })
+  assert.equal(
+    formatHostKeyNote(ignored),
+    `warning: the host key of [box]:2200 (ssh-ed25519 ${fp}) differs from the one on record at ${file}:1 ` +
+      `(${fingerprintSha256(old.blob)}); connecting anyway because host key checking is off`,
+  )
+  await assert.rejects(checkHostKey({ ...base, policy: 'strict' }), expectCode('E_HOSTKEY_MISMATCH'))
+  assert.equal(notes.length, 0, 'a refusal is an error, not a note')
 })

@@ -80,6 +80,9 @@ test('~/.ssh/config under the given home is read by default; destination user an
   IdentitiesOnly yes
   UserKnownHostsFile ~/.ssh/kh_cluster
   StrictHostKeyChecking accept-new
+  ConnectTimeout 7
+  ServerAliveInterval 1m
+  ServerAliveCountMax 4
 `,
   )
   const fromConfig = await resolveTarget('cluster', { home, localUser: 'me' })
@@ -93,6 +96,10 @@ test('~/.ssh/config under the given home is read by default; destination user an
       identitiesOnly: true,
       knownHostsFiles: [path.join(home, '.ssh', 'kh_cluster')],
       hostKeyPolicy: 'accept-new',
+      hostKeyPolicyFrom: `${path.join(home, '.ssh', 'config')}:9`,
+      connectTimeoutMs: 7000,
+      keepaliveIntervalMs: 60_000,
+      keepaliveCountMax: 4,
     },
   ])
   const cli = await resolveTarget('alice@cluster:2022', { home, localUser: 'me', hostKeyCheck: 'strict' })
@@ -101,6 +108,7 @@ test('~/.ssh/config under the given home is read by default; destination user an
   assert.equal(summary(hop), 'alice@login.cluster.example:2022')
   assert.deepEqual(hop.identityFiles, [path.join(home, '.ssh', 'cluster_alice'), '/keys/second'])
   assert.equal(hop.hostKeyPolicy, 'strict')
+  assert.equal(hop.hostKeyPolicyFrom, undefined, 'the option, not the config, set the policy')
   // opts.ssh overrides the destination argument; configFile false reads nothing
   const none = await resolveTarget('cluster', {
     home,
@@ -154,6 +162,10 @@ Host j2
 Host j0
   Port 2000
   StrictHostKeyChecking no
+  ServerAliveInterval 15
+  ConnectTimeout 3
+Host target
+  ServerAliveCountMax 9
 `,
   )
   const { hops } = await resolveTarget('target', { home, localUser: 'me' })
@@ -170,6 +182,16 @@ Host j0
   assert.deepEqual(
     hops.map((h) => h.hostKeyPolicy),
     ['off', 'strict', 'strict', 'strict'],
+  )
+  // ServerAlive* and ConnectTimeout are per hop, as ssh -J applies each hop's own config
+  assert.deepEqual(
+    hops.map((h) => [h.keepaliveIntervalMs, h.keepaliveCountMax, h.connectTimeoutMs]),
+    [
+      [15_000, undefined, 3000],
+      [undefined, undefined, undefined],
+      [undefined, undefined, undefined],
+      [undefined, 9, undefined],
+    ],
   )
 })
 
@@ -222,13 +244,15 @@ test('relative Include in the config is read from <home>/.ssh; bad input is E_DE
     resolveTarget('x', { home: broken, localUser: 'me' }),
     expectCode('E_SSH_CONFIG', new RegExp(`${broken}/.ssh/config:2: Port "nope"`)),
   )
-  // an explicit config file path that does not exist reads as empty, like a missing ~/.ssh/config
-  const missing = await resolveTarget('x', {
-    home: broken,
-    localUser: 'me',
-    configFile: path.join(broken, 'nope'),
-  })
-  assert.equal(missing.hops[0]?.port, 22)
+  // a missing ~/.ssh/config is silent, but a config file named explicitly must exist (ssh -F says the same)
+  const noDefault = await mkdtemp(path.join(os.tmpdir(), 'ipp-resolve-'))
+  t.after(() => rm(noDefault, { recursive: true, force: true }))
+  assert.equal((await resolveTarget('x', { home: noDefault, localUser: 'me' })).hops[0]?.port, 22)
+  const named = path.join(broken, 'nope')
+  await assert.rejects(
+    resolveTarget('x', { home: broken, localUser: 'me', configFile: named }),
+    expectCode('E_SSH_CONFIG', new RegExp(`cannot read ssh config ${named}: no such file`)),
+  )
 })
 
 test('resolution agrees with ssh -G for the destination hop', async (t) => {
