@@ -43,7 +43,7 @@ async function up(args: UpArgs): Promise<number> {
     const { info, warnings } = await readConnectionFile(file)
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     const out = resolve(args.out ?? defaultOutPath(file))
-    const tunnel = await openTunnel(info, { ...sshOptionsFrom(args), out })
+    const tunnel = await openTunnel(info, { ...sshOptionsFrom(args), out, sourceFile: file })
     const stopFollowing = followTunnel(tunnel, output, file)
     output.emit(readyEvent(tunnel, file, out))
     const failed = new Promise<Error>((resolveFailed) =>
