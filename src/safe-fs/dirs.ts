@@ -14,12 +14,12 @@ function octal(mode: number): string {
   return (mode & 0o777).toString(8).padStart(4, '0')
 }
 
-/** What a non-regular file is, for messages: `a FIFO (named pipe)`, `a directory`, … */
+/** What a non-regular file is, for messages: `a FIFO`, `a directory`, … */
 export function kindOf(stats: Stats): string {
   if (stats.isFile()) return 'a regular file'
   if (stats.isDirectory()) return 'a directory'
   if (stats.isSymbolicLink()) return 'a symbolic link'
-  if (stats.isFIFO()) return 'a FIFO (named pipe)'
+  if (stats.isFIFO()) return 'a FIFO'
   if (stats.isSocket()) return 'a socket'
   if (stats.isCharacterDevice()) return 'a character device'
   if (stats.isBlockDevice()) return 'a block device'

@@ -73,23 +73,18 @@ export async function readRegularFile(
   try {
     const stats = await handle.stat()
     if (!stats.isFile()) {
-      throw new IppTunnelError(code, `${path}: is ${kindOf(stats)}, not a regular file; a ${what} must be one`)
+      const not = stats.isDirectory() ? '' : ', not a regular file'
+      throw new IppTunnelError(code, `${path}: cannot read ${what} (it is ${kindOf(stats)}${not})`)
     }
-    if (stats.size > max) {
-      throw new IppTunnelError(
-        code,
-        `${path}: is ${stats.size} bytes, more than the ${max} a ${what} may have; is it the right file?`,
-      )
-    }
+    const tooBig = `${path}: cannot read ${what} (it is larger than ${max} bytes; is it the right file?)`
+    if (stats.size > max) throw new IppTunnelError(code, tooBig)
     const buffer = Buffer.alloc(max + 1)
     let length = 0
     for (;;) {
       const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length)
       if (bytesRead === 0) break
       length += bytesRead
-      if (length > max) {
-        throw new IppTunnelError(code, `${path}: is more than the ${max} bytes a ${what} may have`)
-      }
+      if (length > max) throw new IppTunnelError(code, tooBig)
     }
     return { text: buffer.subarray(0, length).toString('utf8'), stats }
   } catch (err) {
