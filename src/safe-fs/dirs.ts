@@ -121,10 +121,12 @@ export async function checkWritableDir(dir: string, what = 'output directory'): 
   try {
     s = await stat(dir)
   } catch (err) {
-    if (isMissing(err)) throw unsafe(dir, what, 'is a dangling symbolic link', 'remove it or choose another directory')
+    if (isMissing(err))
+      throw unsafe(dir, what, 'is a dangling symbolic link', 'remove it or choose another directory')
     throw err
   }
-  if (!s.isDirectory()) throw unsafe(dir, what, `is ${kindOf(s)}, not a directory`, 'choose another directory')
+  if (!s.isDirectory())
+    throw unsafe(dir, what, `is ${kindOf(s)}, not a directory`, 'choose another directory')
   if (s.uid !== uid) {
     throw unsafe(dir, what, `is owned by uid ${s.uid}, not you (${uid})`, 'choose a directory of your own')
   }

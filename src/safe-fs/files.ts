@@ -127,7 +127,11 @@ export async function writeFileAtomic(path: string, text: string, what = 'file')
   let identity: FileIdentity
   try {
     await ensureWritableDir(dir)
-    handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)
+    handle = await open(
+      temp,
+      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+      0o600,
+    )
     created = true
     await handle.chmod(0o600)
     await handle.writeFile(text, 'utf8')

@@ -9,18 +9,11 @@ import {
   type ConnectionKind,
 } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
-import {
-  checkWritableDir,
-  ensurePrivateDir,
-  ensureReadableDir,
-  readRegularFile,
-  realPathOf,
-  removeStaleTemps,
-} from '../safe-fs/index.js'
+import { ensureReadableDir, readRegularFile, removeStaleTemps } from '../safe-fs/index.js'
 import type { LinkOptions, LinkState, SshOptions } from '../ssh/index.js'
 import { defaultOutDir, LinkPool, openTunnel, type ForwardInfo, type Tunnel } from '../tunnel/index.js'
 import { CopyLedger } from './ledger.js'
-import { STATUS_SOCKET } from './paths.js'
+import { checkServiceDirs, STATUS_SOCKET } from './paths.js'
 import { StatusServer, type StatusReport } from './status-socket.js'
 import { DirectoryWatcher } from './watcher.js'
 
@@ -145,26 +138,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   static async start(options: ServiceOptions): Promise<TunnelService> {
     const dirs = options.dirs.map((d) => resolve(d))
     if (dirs.length === 0) throw new IppTunnelError('E_USAGE', 'nothing to watch: give --profile or --dir')
-    await ensurePrivateDir(options.runtimeDir, {
-      what: 'runtime directory',
-      alternative: 'set IPP_TUNNEL_RUNTIME_DIR',
-    })
-    const outDirs = [
-      ...new Set(dirs.map((d) => (options.outDir !== undefined ? resolve(options.outDir) : defaultOutDir(d)))),
-    ]
-    const realDirs = await Promise.all(dirs.map((d) => realPathOf(d)))
-    for (const out of outDirs) {
-      const real = await realPathOf(out)
-      const watched = dirs[realDirs.indexOf(real)]
-      if (watched !== undefined) {
-        const through = watched === out ? '' : ` (${watched}, through a symlink)`
-        throw new IppTunnelError(
-          'E_USAGE',
-          `output directory ${out} is a watched directory${through}; choose another --out-dir`,
-        )
-      }
-      await checkWritableDir(out)
-    }
+    const outDirs = await checkServiceDirs(dirs, options)
     const service = new TunnelService(options, await CopyLedger.open(join(options.runtimeDir, 'copies.json')))
     service.#status = await StatusServer.listen(join(options.runtimeDir, STATUS_SOCKET), () =>
       service.report(),

@@ -25,7 +25,10 @@ import {
  * @example
  * await prepareCopy('/tmp/loopback.json', { source: file })
  */
-export async function prepareCopy(path: string, options: { source?: string | undefined } = {}): Promise<void> {
+export async function prepareCopy(
+  path: string,
+  options: { source?: string | undefined } = {},
+): Promise<void> {
   if (options.source !== undefined && (await isSameFile(path, options.source))) {
     throw new IppTunnelError(
       'E_USAGE',

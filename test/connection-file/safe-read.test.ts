@@ -6,11 +6,7 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
 
-import {
-  MAX_LIST_PORTS,
-  parseConnectionFile,
-  readConnectionFile,
-} from '../../src/connection-file/index.js'
+import { MAX_LIST_PORTS, parseConnectionFile, readConnectionFile } from '../../src/connection-file/index.js'
 import { hasCode } from '../support/index.js'
 import { runCli } from '../support/cli.js'
 import { fixturePath, fixtureText } from './helpers.js'
@@ -35,7 +31,10 @@ describe('only regular files of at most 1 MiB are read', () => {
   after(() => rm(dir, { recursive: true, force: true }))
 
   test('a FIFO is refused at once with E_CONNFILE_READ naming the kind (no writer: it would block forever)', async () => {
-    await assert.rejects(readConnectionFile(fifo), hasCode('E_CONNFILE_READ', fifo, 'a FIFO', 'not a regular file'))
+    await assert.rejects(
+      readConnectionFile(fifo),
+      hasCode('E_CONNFILE_READ', fifo, 'a FIFO', 'not a regular file'),
+    )
   })
 
   test('/dev/zero behind a symlink is refused as a character device, nothing read', async () => {
@@ -43,7 +42,10 @@ describe('only regular files of at most 1 MiB are read', () => {
   })
 
   test('a regular file over 1 MiB is refused before it is read', async () => {
-    await assert.rejects(readConnectionFile(big), hasCode('E_CONNFILE_READ', big, 'larger than 1048576 bytes'))
+    await assert.rejects(
+      readConnectionFile(big),
+      hasCode('E_CONNFILE_READ', big, 'larger than 1048576 bytes'),
+    )
   })
 
   test('a symlink to a regular connection file is still followed', async () => {
@@ -103,7 +105,13 @@ describe('endpoint cap', () => {
   test('25 000 broadcast ports are refused as E_CONNFILE_FIELD naming the field', () => {
     assert.throws(
       () => parseConnectionFile(withBroadcast(25_000), 'ipcontroller-engine.json'),
-      hasCode('E_CONNFILE_FIELD', 'ipcontroller-engine.json', '"broadcast"', '25000 ports', `${MAX_LIST_PORTS}`),
+      hasCode(
+        'E_CONNFILE_FIELD',
+        'ipcontroller-engine.json',
+        '"broadcast"',
+        '25000 ports',
+        `${MAX_LIST_PORTS}`,
+      ),
     )
   })
 })

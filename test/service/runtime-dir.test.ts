@@ -93,14 +93,19 @@ describe('directories another local user planted are refused; the ledger deletes
     await asOther('ln', '-s', theirs, join(tmp, `ipp-tunnel-${myUid}`))
     const result = await runCli(['watch', '--dir', join(base, 'watched-b')], fallbackEnv(tmp))
     assert.equal(result.code, 2, result.stderr)
-    assert.match(result.stderr, /runtime directory is a symbolic link; remove it or set IPP_TUNNEL_RUNTIME_DIR/)
+    assert.match(
+      result.stderr,
+      /runtime directory is a symbolic link; remove it or set IPP_TUNNEL_RUNTIME_DIR/,
+    )
   })
 
   test('a runtime dir of our own with mode 0755 is refused with what to do', async () => {
     const runtime = join(base, 'run-0755')
     await mkdir(runtime, { mode: 0o755 })
     await chmod(runtime, 0o755)
-    const result = await runCli(['watch', '--dir', join(base, 'watched-c')], { IPP_TUNNEL_RUNTIME_DIR: runtime })
+    const result = await runCli(['watch', '--dir', join(base, 'watched-c')], {
+      IPP_TUNNEL_RUNTIME_DIR: runtime,
+    })
     assert.equal(result.code, 2, result.stderr)
     assert.match(result.stderr, /has mode 0755, not 0700; chmod 700/)
   })
@@ -108,7 +113,10 @@ describe('directories another local user planted are refused; the ledger deletes
   test('the runtime dir is created 0700 when missing (fallback under TMPDIR)', async () => {
     const tmp = await sharedTmp('fresh')
     const watched = join(base, 'watched-d')
-    const service = spawnCli(['watch', '--dir', watched, '--json', '--ssh', 'nobody@127.0.0.1'], fallbackEnv(tmp))
+    const service = spawnCli(
+      ['watch', '--dir', watched, '--json', '--ssh', 'nobody@127.0.0.1'],
+      fallbackEnv(tmp),
+    )
     const events = new JsonLines(service)
     await events.next('watching')
     service.kill('SIGTERM')
@@ -137,7 +145,9 @@ describe('directories another local user planted are refused; the ledger deletes
     await chown(foreignTemp, other.uid, other.gid)
     const staleLedgerTemp = join(runtime, '.copies.json.abcdefabcdef.tmp')
     await writeFile(staleLedgerTemp, '[]')
-    await writeFile(join(runtime, 'copies.json'), JSON.stringify([victim, leftover, foreign]), { mode: 0o600 })
+    await writeFile(join(runtime, 'copies.json'), JSON.stringify([victim, leftover, foreign]), {
+      mode: 0o600,
+    })
 
     const service = spawnCli(['watch', '--dir', watched, '--json', '--ssh', 'nobody@127.0.0.1'], {
       IPP_TUNNEL_RUNTIME_DIR: runtime,
@@ -161,9 +171,14 @@ describe('directories another local user planted are refused; the ledger deletes
     const open = join(base, 'open-out')
     await mkdir(open)
     await chmod(open, 0o777)
-    const watchOpen = await runCli(['watch', '--dir', watched, '--out-dir', open], { IPP_TUNNEL_RUNTIME_DIR: runtime })
+    const watchOpen = await runCli(['watch', '--dir', watched, '--out-dir', open], {
+      IPP_TUNNEL_RUNTIME_DIR: runtime,
+    })
     assert.equal(watchOpen.code, 2, watchOpen.stderr)
-    assert.match(watchOpen.stderr, new RegExp(`${open}: output directory is writable by group or others \\(mode 0777\\)`))
+    assert.match(
+      watchOpen.stderr,
+      new RegExp(`${open}: output directory is writable by group or others \\(mode 0777\\)`),
+    )
 
     const theirs = join(base, 'their-out')
     await mkdir(theirs, { mode: 0o755 })
@@ -172,7 +187,10 @@ describe('directories another local user planted are refused; the ledger deletes
       IPP_TUNNEL_RUNTIME_DIR: runtime,
     })
     assert.equal(watchTheirs.code, 2, watchTheirs.stderr)
-    assert.match(watchTheirs.stderr, new RegExp(`${theirs}: output directory is owned by uid ${other.uid}, not you`))
+    assert.match(
+      watchTheirs.stderr,
+      new RegExp(`${theirs}: output directory is owned by uid ${other.uid}, not you`),
+    )
 
     const source = join(base, 'mine', 'kernel-up.json')
     await writeFile(
@@ -190,7 +208,14 @@ describe('directories another local user planted are refused; the ledger deletes
       }),
       { mode: 0o600 },
     )
-    const up = await runCli(['up', source, '--ssh', 'nobody@127.0.0.1', '--out', join(theirs, 'kernel-up.json')])
+    const up = await runCli([
+      'up',
+      source,
+      '--ssh',
+      'nobody@127.0.0.1',
+      '--out',
+      join(theirs, 'kernel-up.json'),
+    ])
     assert.equal(up.code, 2, up.stderr)
     assert.match(up.stderr, /output directory is owned by uid/)
     assert.equal(await exists(join(theirs, 'kernel-up.json')), false)

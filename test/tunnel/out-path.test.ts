@@ -1,5 +1,16 @@
 import assert from 'node:assert/strict'
-import { access, chown, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
+import {
+  access,
+  chown,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  symlink,
+  writeFile,
+} from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -92,7 +103,10 @@ describe('the loopback copy never lands on its source and is removed only when i
       IPP_TUNNEL_RUNTIME_DIR: join(base, 'run'),
     })
     assert.equal(result.code, 2, result.stderr)
-    assert.match(result.stderr, new RegExp(`output directory ${link} is a watched directory \\(${dir}, through a symlink\\)`))
+    assert.match(
+      result.stderr,
+      new RegExp(`output directory ${link} is a watched directory \\(${dir}, through a symlink\\)`),
+    )
     await sourceIntact()
   })
 
@@ -108,7 +122,15 @@ describe('the loopback copy never lands on its source and is removed only when i
     await writeFile(staleTemp, sourceText, { mode: 0o600 })
 
     // The next up removes both before it even connects: here its server refuses, and nothing stale is left.
-    const refused = await runCli(['up', source, '--out', out, '--ssh', `root@127.0.0.1:1`, ...sshArgsOf(sshd)])
+    const refused = await runCli([
+      'up',
+      source,
+      '--out',
+      out,
+      '--ssh',
+      `root@127.0.0.1:1`,
+      ...sshArgsOf(sshd),
+    ])
     assert.notEqual(refused.code, 0)
     assert.deepEqual(await readdir(outDir), [])
 
@@ -136,7 +158,7 @@ describe('the loopback copy never lands on its source and is removed only when i
     assert.equal(await readFile(out, 'utf8'), 'not a copy\n')
   })
 
-  test("an existing file at --out owned by another user is refused, not replaced", async () => {
+  test('an existing file at --out owned by another user is refused, not replaced', async () => {
     const outDir = join(base, 'out-foreign')
     await mkdir(outDir, { mode: 0o700 })
     const out = join(outDir, 'kernel-1.json')
