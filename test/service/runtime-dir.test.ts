@@ -1,12 +1,14 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { access, chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { access, chmod, chown, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
 
+import { StatusServer } from '../../src/service/index.js'
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
+import { hasCode } from '../support/index.js'
 
 const run = promisify(execFile)
 const OTHER = 'ipptunnel-other'
@@ -219,5 +221,18 @@ describe('directories another local user planted are refused; the ledger deletes
     assert.equal(up.code, 2, up.stderr)
     assert.match(up.stderr, /output directory is owned by uid/)
     assert.equal(await exists(join(theirs, 'kernel-up.json')), false)
+  })
+
+  test('the status socket path holding something else than a socket of ours is refused, not removed', async () => {
+    const runtime = join(base, 'run-socket')
+    await mkdir(runtime, { mode: 0o700 })
+    const path = join(runtime, 'service.sock')
+    await symlink(victim, path)
+    const report = { pid: 1, since: '', dirs: [], links: 0, files: [] }
+    await assert.rejects(
+      StatusServer.listen(path, () => report),
+      hasCode('E_UNSAFE_PATH', path, 'a symbolic link'),
+    )
+    assert.equal(await readFile(victim, 'utf8'), 'my thesis\n')
   })
 })
