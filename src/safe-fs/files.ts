@@ -78,9 +78,15 @@ export async function readRegularFile(
     }
     const tooBig = `${path}: cannot read ${what} (it is larger than ${max} bytes; is it the right file?)`
     if (stats.size > max) throw new IppTunnelError(code, tooBig)
-    const buffer = Buffer.alloc(max + 1)
+    // Sized by fstat, one byte more to see EOF; grown to the cap only if the file grows while it is read.
+    let buffer = Buffer.alloc(stats.size + 1)
     let length = 0
     for (;;) {
+      if (length === buffer.length) {
+        const larger = Buffer.alloc(max + 1)
+        buffer.copy(larger)
+        buffer = larger
+      }
       const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length)
       if (bytesRead === 0) break
       length += bytesRead
