@@ -1,6 +1,5 @@
 import { rmSync } from 'node:fs'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { rm } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
 
 import type { Argv } from 'yargs'
@@ -8,6 +7,7 @@ import type { Argv } from 'yargs'
 import { readConnectionFile } from '../connection-file/index.js'
 import { engineArgvs, launchEngines, type EngineExit, type EngineGroup } from '../engines/index.js'
 import { IppTunnelError } from '../errors/index.js'
+import { makePrivateTempDir } from '../safe-fs/index.js'
 import { chooseDestination, openTunnel, type Tunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
 import { untilSignal } from './signals.js'
@@ -118,7 +118,7 @@ async function engines(args: EnginesArgs): Promise<number> {
       )
     }
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
-    privateDir = await mkdtemp(join(tmpdir(), 'ipp-tunnel-engines-'))
+    privateDir = await makePrivateTempDir('ipp-tunnel-engines-')
     const out = join(privateDir, basename(file))
     const { destination, sshFrom } = await chooseDestination(info, file, args.ssh, 'pass --ssh user@host')
     const opening = openTunnel(info, { ...options, ssh: destination, out })

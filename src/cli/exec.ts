@@ -1,6 +1,5 @@
 import { spawn } from 'node:child_process'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { rm } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
 import { constants } from 'node:os'
 
@@ -8,6 +7,7 @@ import type { Argv } from 'yargs'
 
 import { readConnectionFile } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
+import { makePrivateTempDir } from '../safe-fs/index.js'
 import { openTunnel } from '../tunnel/index.js'
 import { Output } from './output.js'
 import { untilSignal } from './signals.js'
@@ -61,12 +61,12 @@ async function exec(args: ExecArgs): Promise<number> {
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     let out: string
     if (args.out === undefined) {
-      privateDir = await mkdtemp(join(tmpdir(), 'ipp-tunnel-'))
+      privateDir = await makePrivateTempDir('ipp-tunnel-')
       out = join(privateDir, basename(file))
     } else {
       out = resolve(args.out)
     }
-    await using tunnel = await openTunnel(info, { ...sshOptionsFrom(args, output), out })
+    await using tunnel = await openTunnel(info, { ...sshOptionsFrom(args, output), out, sourceFile: file })
     const stopFollowing = followTunnel(tunnel, output, file)
     output.emit(readyEvent(tunnel, file, out))
     const child = spawn(

@@ -45,7 +45,7 @@ async function up(args: UpArgs): Promise<number> {
     const out = resolve(args.out ?? defaultOutPath(file))
     const options = sshOptionsFrom(args, output)
     const { destination, sshFrom } = await chooseDestination(info, file, args.ssh, 'pass --ssh user@host')
-    const tunnel = await openTunnel(info, { ...options, ssh: destination, out })
+    const tunnel = await openTunnel(info, { ...options, ssh: destination, out, sourceFile: file })
     const stopFollowing = followTunnel(tunnel, output, file)
     output.emit({ ...readyEvent(tunnel, file, out), ...(sshFrom !== undefined && { sshFrom }) })
     const failed = new Promise<Error>((resolveFailed) =>

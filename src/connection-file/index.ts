@@ -48,7 +48,7 @@ export type {
  * @example
  * isZ85Key(info.curve_serverkey ?? '')
  */
-export { isZ85Key, kindFromFileName, parseConnectionFile } from './parse.js'
+export { isZ85Key, kindFromFileName, MAX_LIST_PORTS, parseConnectionFile } from './parse.js'
 
 /**
  * `endpoints(info)`: every port the peer listens on, named by channel (client: registration, control,

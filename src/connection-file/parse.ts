@@ -75,6 +75,12 @@ function describeSecret(value: unknown): string {
   return typeof value === 'object' ? 'an object' : `a ${typeof value}`
 }
 
+/**
+ * The most ports a list field (`broadcast`) may hold: ipyparallel uses one per scheduler leaf, and every port costs
+ * a listener and file descriptors, so a file cannot starve the other tunnels of a process.
+ */
+export const MAX_LIST_PORTS = 256
+
 /** Reads fields of one object, throwing E_CONNFILE_FIELD errors that name the file and the field. */
 class Fields {
   readonly #file: string
@@ -115,6 +121,12 @@ class Fields {
     const value = this.raw(field)
     if (!Array.isArray(value) || value.length === 0) {
       this.fail(field, 'a non-empty list of ports 1–65535 (one per broadcast scheduler)', value)
+    }
+    if (value.length > MAX_LIST_PORTS) {
+      throw new IppTunnelError(
+        'E_CONNFILE_FIELD',
+        `${this.#file}: field "${field}" lists ${value.length} ports, more than the ${MAX_LIST_PORTS} ipp-tunnel forwards (one per broadcast scheduler); is the file damaged?`,
+      )
     }
     return value.map((item: unknown, i) => this.port(`${field}[${i}]`, item))
   }

@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'E_DESTINATION'
   | 'E_SSH_CONFIG'
   | 'E_USAGE'
+  | 'E_UNSAFE_PATH'
   // ssh link (exit 1)
   | 'E_HOSTKEY_UNKNOWN'
   | 'E_HOSTKEY_MISMATCH'
@@ -67,6 +68,7 @@ const badInput: ReadonlySet<ErrorCode> = new Set([
   'E_DESTINATION',
   'E_SSH_CONFIG',
   'E_USAGE',
+  'E_UNSAFE_PATH',
 ])
 
 /** True for errors caused by the user's input (files, arguments), which the CLI reports with exit 2. */

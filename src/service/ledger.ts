@@ -1,14 +1,16 @@
-import { readFile, rm } from 'node:fs/promises'
+import { dirname } from 'node:path'
 
-import { writeFileAtomic } from '../connection-file/index.js'
+import { readRegularFile, realPathOf, removeOwnFile, writeFileAtomic } from '../safe-fs/index.js'
 
 /**
  * The list of loopback copies the running service wrote, kept on disk so that the next start removes what a
- * crashed run left behind (and nothing else). Writes are coalesced: many changes at once cost one write.
+ * crashed run left behind (and nothing else: only regular files of the user's inside the service's own output
+ * directories). Writes are coalesced: many changes at once cost one write. The ledger lives in the runtime
+ * directory, which the service verifies (0700, the user's) before opening it.
  *
  * @example
  * const ledger = await CopyLedger.open(join(runtimeDir(), 'copies.json'))
- * await ledger.removeLeftovers()
+ * await ledger.removeLeftovers([outDir])
  * await ledger.add(copyPath)
  */
 export class CopyLedger {
@@ -27,7 +29,8 @@ export class CopyLedger {
   static async open(path: string): Promise<CopyLedger> {
     const ledger = new CopyLedger(path)
     try {
-      const previous = JSON.parse(await readFile(path, 'utf8')) as unknown
+      const { text } = await readRegularFile(path, { what: 'copy ledger', noFollow: true })
+      const previous = JSON.parse(text) as unknown
       if (Array.isArray(previous)) for (const p of previous) if (typeof p === 'string') ledger.#copies.add(p)
     } catch {
       /* no ledger yet, or unreadable: nothing to clean */
@@ -40,11 +43,21 @@ export class CopyLedger {
     return [...this.#copies]
   }
 
-  /** Removes every copy listed by a previous run. */
-  async removeLeftovers(): Promise<void> {
-    await Promise.all([...this.#copies].map((p) => rm(p, { force: true })))
+  /**
+   * Removes the copies a previous run listed, but only those inside one of `outDirs` (compared by real path) that
+   * are regular files owned by the user; anything else the ledger names is left alone. Returns the removed paths.
+   */
+  async removeLeftovers(outDirs: readonly string[]): Promise<string[]> {
+    const allowed = new Set(await Promise.all(outDirs.map((d) => realPathOf(d))))
+    const removed: string[] = []
+    for (const path of this.#copies) {
+      const dir = await realPathOf(dirname(path)).catch(() => undefined)
+      if (dir === undefined || !allowed.has(dir)) continue
+      if (await removeOwnFile(path).catch(() => false)) removed.push(path)
+    }
     this.#copies.clear()
     await this.#save()
+    return removed
   }
 
   /** Lists a copy (before it is written, so that a crash right after still cleans it up). */
@@ -73,7 +86,7 @@ export class CopyLedger {
         this.path,
         JSON.stringify([...this.#copies], null, 2) + '\n',
         'copy ledger',
-      )
+      ).then(() => undefined)
       try {
         await this.#writing
       } finally {

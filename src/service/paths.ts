@@ -1,5 +1,9 @@
 import { homedir, tmpdir, userInfo } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
+
+import { IppTunnelError } from '../errors/index.js'
+import { checkWritableDir, ensurePrivateDir, realPathOf } from '../safe-fs/index.js'
+import { defaultOutDir } from '../tunnel/index.js'
 
 /**
  * `$IPYTHONDIR`, else `~/.ipython`.
@@ -46,4 +50,38 @@ export const STATUS_SOCKET = 'service.sock'
  */
 export function statusSocketPath(env: NodeJS.ProcessEnv = process.env): string {
   return join(runtimeDir(env), STATUS_SOCKET)
+}
+
+/**
+ * The checks the service makes before it reads or writes anything: the runtime directory is created 0700 or
+ * verified (a real directory, the user's, mode exactly 0700); no output directory is a watched directory, compared
+ * by real path (a symlink to a watched directory is seen through); an existing output directory is the user's and
+ * not group/other-writable. Returns the output directories.
+ *
+ * @throws IppTunnelError `E_UNSAFE_PATH` for a planted or open directory, `E_USAGE` for an output directory that
+ *   is a watched one.
+ */
+export async function checkServiceDirs(
+  dirs: readonly string[],
+  options: { readonly runtimeDir: string; readonly outDir?: string | undefined },
+): Promise<string[]> {
+  await ensurePrivateDir(options.runtimeDir, {
+    what: 'runtime directory',
+    alternative: 'set IPP_TUNNEL_RUNTIME_DIR',
+  })
+  const outDir = options.outDir
+  const outDirs = [...new Set(dirs.map((d) => (outDir !== undefined ? resolve(outDir) : defaultOutDir(d))))]
+  const realDirs = await Promise.all(dirs.map((d) => realPathOf(d)))
+  for (const out of outDirs) {
+    const watched = dirs[realDirs.indexOf(await realPathOf(out))]
+    if (watched !== undefined) {
+      const through = watched === out ? '' : ` (${watched}, through a symlink)`
+      throw new IppTunnelError(
+        'E_USAGE',
+        `output directory ${out} is a watched directory${through}; choose another --out-dir`,
+      )
+    }
+    await checkWritableDir(out)
+  }
+  return outDirs
 }

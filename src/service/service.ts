@@ -1,15 +1,16 @@
 import { EventEmitter } from 'node:events'
-import { mkdir, readFile, stat } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 
 import {
   destinationOf,
+  kindFromFileName,
   parseConnectionFile,
   siblingEngineFile,
   type ConnectionInfo,
   type ConnectionKind,
 } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { ensureReadableDir, readRegularFile, removeStaleTemps } from '../safe-fs/index.js'
 import type { LinkOptions, LinkState, SshOptions } from '../ssh/index.js'
 import {
   chooseDestination,
@@ -20,7 +21,7 @@ import {
   type Tunnel,
 } from '../tunnel/index.js'
 import { CopyLedger } from './ledger.js'
-import { STATUS_SOCKET } from './paths.js'
+import { checkServiceDirs, STATUS_SOCKET } from './paths.js'
 import { StatusServer, type StatusReport } from './status-socket.js'
 import { DirectoryWatcher } from './watcher.js'
 
@@ -145,29 +146,25 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   }
 
   /**
-   * Claims the status socket (refusing when another service already runs there), removes copies a crashed run
-   * left behind, creates missing watched directories (0700), and starts watching. Files already present are
-   * picked up right away; their `ready` events follow.
+   * Verifies the runtime directory (a real directory, the user's, mode 0700) and the output directories (never a
+   * watched directory, even through a symlink; the user's and not group/other-writable), claims the status socket
+   * (refusing when another service already runs there), removes copies and temp files a crashed run left behind,
+   * creates missing watched directories (0700), and starts watching. Files already present are picked up right
+   * away; their `ready` events follow.
    */
   static async start(options: ServiceOptions): Promise<TunnelService> {
     const dirs = options.dirs.map((d) => resolve(d))
     if (dirs.length === 0) throw new IppTunnelError('E_USAGE', 'nothing to watch: give --profile or --dir')
-    for (const dir of dirs) {
-      const out = options.outDir !== undefined ? resolve(options.outDir) : defaultOutDir(dir)
-      if (dirs.includes(out)) {
-        throw new IppTunnelError(
-          'E_USAGE',
-          `output directory ${out} is a watched directory; choose another --out-dir`,
-        )
-      }
-    }
+    const outDirs = await checkServiceDirs(dirs, options)
     const service = new TunnelService(options, await CopyLedger.open(join(options.runtimeDir, 'copies.json')))
     service.#status = await StatusServer.listen(join(options.runtimeDir, STATUS_SOCKET), () =>
       service.report(),
     )
     try {
-      await service.#ledger.removeLeftovers()
-      for (const dir of dirs) await mkdir(dir, { recursive: true, mode: 0o700 })
+      await service.#ledger.removeLeftovers(outDirs)
+      await removeStaleTemps(options.runtimeDir)
+      for (const out of outDirs) await removeStaleTemps(out, (name) => kindFromFileName(name) !== undefined)
+      for (const dir of dirs) await ensureReadableDir(dir)
       service.#watcher = await DirectoryWatcher.start(dirs, {
         onFile: (path) => service.#changed(path),
         onRemoved: (path) => service.#schedule(path, (entry) => service.#onRemoved(entry)),
@@ -290,15 +287,13 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     let text: string
     let shape: string
     try {
-      const [content, info] = await Promise.all([readFile(entry.file, 'utf8'), stat(entry.file)])
-      text = content
-      shape = `${info.size}:${info.mtimeMs}`
+      const read = await readRegularFile(entry.file, { what: 'connection file' })
+      text = read.text
+      shape = `${read.stats.size}:${read.stats.mtimeMs}`
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return this.#onRemoved(entry)
-      return this.#failed(
-        entry,
-        new IppTunnelError('E_CONNFILE_READ', `${entry.file}: cannot read`, { cause: err }),
-      )
+      const cause = err instanceof Error ? (err.cause as NodeJS.ErrnoException | undefined) : undefined
+      if (cause?.code === 'ENOENT') return this.#onRemoved(entry)
+      return this.#failed(entry, err)
     }
     if (text === entry.appliedText) return
     let info: ConnectionInfo
@@ -372,6 +367,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         ssh: destination,
         pool: this.#pool,
         out: entry.out,
+        sourceFile: entry.file,
       })
       if (this.#closed || !this.#entries.has(entry.file)) {
         await tunnel.close()

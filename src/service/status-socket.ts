@@ -1,8 +1,9 @@
-import { chmod, mkdir, rm } from 'node:fs/promises'
+import { chmod, lstat, rm } from 'node:fs/promises'
 import { connect, createServer, type Server } from 'node:net'
 import { dirname } from 'node:path'
 
 import { IppTunnelError } from '../errors/index.js'
+import { currentUid, ensurePrivateDir, kindOf } from '../safe-fs/index.js'
 import type { FileStatus } from './service.js'
 
 /** What `ipp-tunnel status` gets from the running service. No secrets. */
@@ -22,7 +23,8 @@ const QUERY_TIMEOUT_MS = 5000
 /**
  * The service's status endpoint: a unix socket (mode 0600, in a 0700 directory) that answers every connection
  * with one JSON {@link StatusReport} and closes it. A socket file left by a crashed service is replaced; a live
- * service on the same path is refused.
+ * service on the same path is refused. The directory is verified (a real directory, the user's, mode 0700) before
+ * the socket is touched, so no other local user can plant or swap it.
  *
  * @example
  * const server = await StatusServer.listen(statusSocketPath(), () => service.report())
@@ -40,8 +42,10 @@ export class StatusServer {
   }
 
   static async listen(path: string, report: () => StatusReport): Promise<StatusServer> {
-    await mkdir(dirname(path), { recursive: true, mode: 0o700 })
-    await chmod(dirname(path), 0o700)
+    await ensurePrivateDir(dirname(path), {
+      what: 'runtime directory',
+      alternative: 'set IPP_TUNNEL_RUNTIME_DIR',
+    })
     if (await isAlive(path)) {
       throw new IppTunnelError(
         'E_USAGE',
@@ -49,7 +53,7 @@ export class StatusServer {
       )
     }
     // Nobody answers: a socket file left by a crash (or nothing at all).
-    await rm(path, { force: true })
+    await removeStaleSocket(path)
     const server = createServer((socket) => {
       socket.on('error', () => undefined)
       let body: string
@@ -88,6 +92,47 @@ export class StatusServer {
   }
 }
 
+async function removeStaleSocket(path: string): Promise<void> {
+  let stats
+  try {
+    stats = await lstat(path)
+  } catch {
+    return
+  }
+  const uid = currentUid()
+  if (!stats.isSocket() || stats.uid !== uid) {
+    const owner = stats.uid !== uid ? `, owned by uid ${stats.uid}` : ''
+    throw new IppTunnelError(
+      'E_UNSAFE_PATH',
+      `${path}: is ${kindOf(stats)}${owner}, not a status socket the service left; remove it and start again`,
+    )
+  }
+  await rm(path, { force: true })
+}
+
+/** Refuses a runtime directory that is a symlink or another user's: its socket could answer anything. */
+async function checkRuntimeDir(dir: string): Promise<void> {
+  let stats
+  try {
+    stats = await lstat(dir)
+  } catch {
+    return
+  }
+  const uid = currentUid()
+  if (stats.isSymbolicLink() || !stats.isDirectory()) {
+    throw new IppTunnelError(
+      'E_UNSAFE_PATH',
+      `${dir}: runtime directory is ${kindOf(stats)}, not a directory; remove it or set IPP_TUNNEL_RUNTIME_DIR`,
+    )
+  }
+  if (stats.uid !== uid) {
+    throw new IppTunnelError(
+      'E_UNSAFE_PATH',
+      `${dir}: runtime directory is owned by uid ${stats.uid}, not you (${uid}); remove it or set IPP_TUNNEL_RUNTIME_DIR`,
+    )
+  }
+}
+
 function isAlive(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = connect(path)
@@ -101,13 +146,14 @@ function isAlive(path: string): Promise<boolean> {
 
 /**
  * Asks the running service for its {@link StatusReport}.
- * Throws `E_SERVICE_DOWN` when no service answers on `path`.
+ * Throws `E_SERVICE_DOWN` when no service answers on `path`, `E_UNSAFE_PATH` when its directory is not the user's.
  *
  * @example
  * const report = await queryStatus(statusSocketPath())
  * for (const f of report.files) console.log(f.file, f.state)
  */
-export function queryStatus(path: string): Promise<StatusReport> {
+export async function queryStatus(path: string): Promise<StatusReport> {
+  await checkRuntimeDir(dirname(path))
   return new Promise((resolve, reject) => {
     const socket = connect(path)
     let text = ''

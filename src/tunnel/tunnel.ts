@@ -1,17 +1,16 @@
 import { EventEmitter } from 'node:events'
-import { rm } from 'node:fs/promises'
 
 import {
   destinationOf,
   endpoints,
   readConnectionFile,
   toLoopback,
-  writeConnectionFileAtomic,
   type ConnectionInfo,
   type Endpoint,
 } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
+import { LoopbackCopy, prepareCopy } from './copy.js'
 import { Forward, type ForwardStats } from './forward.js'
 import { LinkPool } from './links.js'
 
@@ -35,6 +34,8 @@ export interface TunnelEvents {
 export interface OpenTunnelOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
   /** Write the loopback connection file here (atomically, 0600) and remove it on close. */
   readonly out?: string
+  /** The file `source` was read from, when given as parsed info: the copy is never written over it. */
+  readonly sourceFile?: string
   /** Share links with other tunnels (the service does); by default the tunnel owns a link of its own. */
   readonly pool?: LinkPool
   /** Open one channel per endpoint before resolving, to fail early on a refused forward. Default true. */
@@ -73,6 +74,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   readonly #forwards = new Map<string, Forward>()
   readonly #release: () => Promise<void>
   readonly #detach: () => void
+  readonly #copy: LoopbackCopy | undefined
   #closed = false
 
   private constructor(
@@ -88,6 +90,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#release = release
     this.file = file
     this.out = out
+    this.#copy = out !== undefined ? new LoopbackCopy(out) : undefined
     const onReconnecting = (e: { attempt: number; delayMs: number; error: Error }) =>
       this.emit('link:reconnecting', e)
     const onReconnected = (e: { attempt: number; downMs: number }) => this.emit('link:reconnected', e)
@@ -117,7 +120,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     )
     try {
       await tunnel.#apply(info, options.probe ?? true)
-      if (options.out !== undefined) await writeConnectionFileAtomic(options.out, tunnel.loopback)
+      await tunnel.#copy?.write(tunnel.loopback)
     } catch (err) {
       await tunnel.close()
       throw err
@@ -160,7 +163,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   async update(info: ConnectionInfo, options: { probe?: boolean } = {}): Promise<void> {
     this.#source = info
     await this.#apply(info, options.probe ?? true)
-    if (this.out !== undefined) await writeConnectionFileAtomic(this.out, this.loopback)
+    await this.#copy?.write(this.loopback)
   }
 
   async #apply(info: ConnectionInfo, probe: boolean): Promise<void> {
@@ -207,7 +210,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#detach()
     await Promise.all([...this.#forwards.values()].map((f) => f.close()))
     this.#forwards.clear()
-    if (this.out !== undefined) await rm(this.out, { force: true })
+    await this.#copy?.remove()
     await this.#release()
     this.emit('closed')
   }
@@ -241,6 +244,7 @@ export async function openTunnel(
       `${file ?? 'connection info'}: field "ssh" is empty; pass --ssh user@host to say which server to forward through`,
     )
   }
+  if (options.out !== undefined) await prepareCopy(options.out, { source: file ?? options.sourceFile })
   const target = await resolveTarget(destination, options)
   const pool = options.pool ?? new LinkPool(options)
   const ownPool = options.pool === undefined

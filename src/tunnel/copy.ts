@@ -1,0 +1,85 @@
+import { lstat } from 'node:fs/promises'
+import { basename, dirname } from 'node:path'
+
+import { writeConnectionFileAtomic, type ConnectionInfo } from '../connection-file/index.js'
+import { IppTunnelError } from '../errors/index.js'
+import {
+  currentUid,
+  ensureWritableDir,
+  isSameFile,
+  kindOf,
+  removeOwnFile,
+  removeStaleTemps,
+  type FileIdentity,
+} from '../safe-fs/index.js'
+
+/**
+ * Checks where a loopback copy will go before anything is connected or written: `path` must not be the source
+ * connection file (compared by device and inode, so a symlinked directory or a hard link is seen through), its
+ * directory must be safe to write into (created 0700 when missing; else the user's and not group/other-writable).
+ * Then it removes what an interrupted run left there: temp files of an atomic write of this name, and a previous
+ * copy when it is a regular file owned by the user (a SIGKILLed `up` leaves one).
+ *
+ * @throws IppTunnelError `E_USAGE` when `path` is the source, `E_UNSAFE_PATH` when its directory or what is at
+ *   `path` is not the user's.
+ * @example
+ * await prepareCopy('/tmp/loopback.json', { source: file })
+ */
+export async function prepareCopy(
+  path: string,
+  options: { source?: string | undefined } = {},
+): Promise<void> {
+  if (options.source !== undefined && (await isSameFile(path, options.source))) {
+    throw new IppTunnelError(
+      'E_USAGE',
+      `${path} is the connection file itself (${options.source}); the loopback copy would overwrite it: choose another --out`,
+    )
+  }
+  const dir = dirname(path)
+  await ensureWritableDir(dir)
+  await removeStaleTemps(dir, (name) => name === basename(path))
+  let existing
+  try {
+    existing = await lstat(path)
+  } catch {
+    return
+  }
+  const uid = currentUid()
+  if (!existing.isFile()) {
+    throw new IppTunnelError(
+      'E_UNSAFE_PATH',
+      `${path}: is ${kindOf(existing)}, not a loopback copy; remove it or choose another --out`,
+    )
+  }
+  if (existing.uid !== uid) {
+    throw new IppTunnelError(
+      'E_UNSAFE_PATH',
+      `${path}: is owned by uid ${existing.uid}, not you (${uid}); remove it or choose another --out`,
+    )
+  }
+  await removeOwnFile(path)
+}
+
+/**
+ * The loopback copy a tunnel writes: written atomically (0600), and removed on close only if the file at its path
+ * is still the one written (same device and inode), so a file put there since is never deleted.
+ */
+export class LoopbackCopy {
+  readonly path: string
+  #written: FileIdentity | undefined
+
+  constructor(path: string) {
+    this.path = path
+  }
+
+  async write(info: ConnectionInfo): Promise<void> {
+    this.#written = await writeConnectionFileAtomic(this.path, info)
+  }
+
+  /** Removes the copy if it is the file written. Safe twice. */
+  async remove(): Promise<void> {
+    const written = this.#written
+    this.#written = undefined
+    if (written !== undefined) await removeOwnFile(this.path, written)
+  }
+}
