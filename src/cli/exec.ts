@@ -114,7 +114,10 @@ async function exec(args: ExecArgs): Promise<number> {
 function eventsStream(fd: number | undefined): Writable | IppTunnelError {
   if (fd === undefined) return process.stderr
   if (!Number.isInteger(fd) || fd < 1) {
-    return new IppTunnelError('E_USAGE', `--events-fd must be an open file descriptor number, got ${String(fd)}`)
+    return new IppTunnelError(
+      'E_USAGE',
+      `--events-fd must be an open file descriptor number, got ${String(fd)}`,
+    )
   }
   try {
     fstatSync(fd)
@@ -125,7 +128,9 @@ function eventsStream(fd: number | undefined): Writable | IppTunnelError {
   if (fd === 1) return process.stdout
   const stream = createWriteStream('', { fd, autoClose: false })
   stream.once('error', (err: NodeJS.ErrnoException) =>
-    process.stderr.write(`ipp-tunnel: cannot write events to --events-fd ${fd} (${err.code ?? err.message})\n`),
+    process.stderr.write(
+      `ipp-tunnel: cannot write events to --events-fd ${fd} (${err.code ?? err.message})\n`,
+    ),
   )
   return stream
 }

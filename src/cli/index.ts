@@ -50,9 +50,13 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   const debug = argv.includes('--debug')
   // The global options are flags, so the first word that is not one is the command.
-  const first = argv.slice(0, argv.includes('--') ? argv.indexOf('--') : argv.length).find((a) => !a.startsWith('-'))
+  const first = argv
+    .slice(0, argv.includes('--') ? argv.indexOf('--') : argv.length)
+    .find((a) => !a.startsWith('-'))
   if (first !== undefined && !first.startsWith('-') && !(COMMANDS as readonly string[]).includes(first)) {
-    new Output({ json: argv.includes('--json'), debug }).fail(new IppTunnelError('E_USAGE', unknownCommand(first)))
+    new Output({ json: argv.includes('--json'), debug }).fail(
+      new IppTunnelError('E_USAGE', unknownCommand(first)),
+    )
     return EXIT.badInput
   }
   let usageError: string | undefined

@@ -69,7 +69,11 @@ export function registerInstallService(yargs: Argv, run: (task: () => Promise<nu
     (y) =>
       withSshOptions(
         y
-          .option('print', { type: 'boolean', default: false, describe: 'only print the unit, write nothing' })
+          .option('print', {
+            type: 'boolean',
+            default: false,
+            describe: 'only print the unit, write nothing',
+          })
           .option('force', { type: 'boolean', default: false, describe: 'replace an existing unit' })
           .option('profile', { alias: 'p', type: 'string', array: true, describe: 'passed on to watch' })
           .option('dir', { alias: 'd', type: 'string', array: true, describe: 'passed on to watch' })
@@ -82,7 +86,8 @@ export function registerInstallService(yargs: Argv, run: (task: () => Promise<nu
           .option('pass-agent', {
             type: 'boolean',
             default: false,
-            describe: 'put this shell\'s SSH_AUTH_SOCK into the unit (only useful if that agent outlives your login)',
+            describe:
+              "put this shell's SSH_AUTH_SOCK into the unit (only useful if that agent outlives your login)",
           }),
       ),
     (args) => run(() => install(args as unknown as InstallArgs)),

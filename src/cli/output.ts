@@ -37,10 +37,11 @@ export const MAX_MESSAGE = 600
  * oneLine('bad\nip') // 'bad ip'
  */
 export function oneLine(text: string, max = MAX_MESSAGE): string {
-  const clean = text
-    .replace(/\r?\n|\r|\t/g, ' ')
+  const clean = text.replace(/\r?\n|\r|\t/g, ' ').replace(
     // eslint-disable-next-line no-control-regex
-    .replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
+    /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  )
   return clean.length > max ? `${clean.slice(0, max - 1)}…` : clean
 }
 

@@ -51,7 +51,11 @@ export async function checkDirs(dirs: readonly string[], env: NodeJS.ProcessEnv)
             : `cannot be read (${code ?? 'unknown error'})`
       throw new IppTunnelError('E_USAGE', `watch --dir ${path}: ${why}`, { cause: err })
     }
-    if (!isDir) throw new IppTunnelError('E_USAGE', `watch --dir ${path}: not a directory; name the directory that holds the connection files`)
+    if (!isDir)
+      throw new IppTunnelError(
+        'E_USAGE',
+        `watch --dir ${path}: not a directory; name the directory that holds the connection files`,
+      )
   }
 }
 

@@ -228,7 +228,8 @@ function parseEngine(f: Fields): IppEngineInfo {
 }
 
 /** A DNS name: dot-separated labels of letters, digits and inner hyphens, 253 characters at most. */
-const HOSTNAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/
+const HOSTNAME =
+  /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/
 
 /** The kernel's `ip`: an IPv4/IPv6 address, `*`, or a host name; anything else is refused before it reaches a URL. */
 function kernelIp(f: Fields): string {

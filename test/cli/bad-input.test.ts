@@ -81,7 +81,10 @@ test('watch --dir on a file or a missing directory: one clear line, exit 2, noth
   await writeFile(file, 'node1\n')
   const notDir = await runCli(['watch', '--dir', file], env)
   assert.equal(notDir.code, 2, notDir.stderr)
-  assert.equal(notDir.stderr, `ipp-tunnel: watch --dir ${file}: not a directory; name the directory that holds the connection files\n`)
+  assert.equal(
+    notDir.stderr,
+    `ipp-tunnel: watch --dir ${file}: not a directory; name the directory that holds the connection files\n`,
+  )
   const typo = join(dir, 'secuirty')
   const missing = await runCli(['watch', '--dir', typo], env)
   assert.equal(missing.code, 2, missing.stderr)
@@ -93,7 +96,10 @@ test('watch --dir on a file or a missing directory: one clear line, exit 2, noth
 test('a kernel "ip" that is not an address: exit 2, one bounded line, no injected newline', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'ippt-ip-'))
   t.after(() => rm(dir, { recursive: true, force: true }))
-  const kernel = JSON.parse(await readFile(`${FIXTURES}kernel/kernel-test.json`, 'utf8')) as Record<string, unknown>
+  const kernel = JSON.parse(await readFile(`${FIXTURES}kernel/kernel-test.json`, 'utf8')) as Record<
+    string,
+    unknown
+  >
   for (const ip of ['127.0.0.1\nipp-tunnel: everything is fine', `tcp://${'a'.repeat(5000)}`, 'bad host!']) {
     const file = join(dir, 'kernel-bad-ip.json')
     await writeFile(file, JSON.stringify({ ...kernel, ip }))

@@ -65,8 +65,9 @@ describe('CLI output: JSON lines, stdout vs stderr, status, repeated errors (rea
     ssh = ['--ssh', `${sshd.user}@${sshd.host}:${sshd.port}`, ...sshArgsOf(sshd)]
   })
   after(async () => {
-    await kernel?.close()
-    await sshd?.close()
+    // after() runs even when before() failed half-way
+    await (kernel as Kernel | undefined)?.close()
+    await (sshd as Sshd | undefined)?.close()
     await rm(dir, { recursive: true, force: true })
   })
 
@@ -75,7 +76,7 @@ describe('CLI output: JSON lines, stdout vs stderr, status, repeated errors (rea
     assert.equal(ping.code, 0, ping.stderr)
     const [pong] = events(ping.stdout, 'ping')
     assert.equal(pong?.event, 'result')
-    assert.equal(pong?.kind, 'kernel')
+    assert.equal(pong.kind, 'kernel')
 
     const px = await runCli(['px', kernel.file, 'print(6 * 7)', ...ssh, '--json'])
     assert.equal(px.code, 0, px.stderr)
@@ -131,7 +132,16 @@ describe('CLI output: JSON lines, stdout vs stderr, status, repeated errors (rea
 
   test("exec --json: the command's stdout is its own; events go to stderr (or --events-fd)", async () => {
     const script = 'import os; print("child says hi", os.path.exists(os.environ["IPP_CONNECTION_FILE"]))'
-    const result = await runCli(['exec', kernel.file, '--json', ...ssh, '--', '/usr/bin/python3', '-c', script])
+    const result = await runCli([
+      'exec',
+      kernel.file,
+      '--json',
+      ...ssh,
+      '--',
+      '/usr/bin/python3',
+      '-c',
+      script,
+    ])
     assert.equal(result.code, 0, result.stderr)
     assert.equal(result.stdout, 'child says hi True\n')
     const names = events(result.stderr, 'exec stderr').map((e) => e.event)
@@ -223,8 +233,8 @@ describe('CLI output: JSON lines, stdout vs stderr, status, repeated errors (rea
       assert.equal(suppressedSum(), attempts - 1)
       const summary = lines.events.find((e) => e.event === 'suppressed')
       assert.equal(summary?.of, 'forward-error')
-      assert.equal(summary?.file, file)
-      assert.equal(typeof summary?.ms, 'number')
+      assert.equal(summary.file, file)
+      assert.equal(typeof summary.ms, 'number')
     } finally {
       child.kill('SIGTERM')
       assert.deepEqual(await exited(child), { code: 0, signal: null })

@@ -96,7 +96,10 @@ describe('ipp-tunnel install-service and the systemd user unit', () => {
     assert.ok(unit.includes(`Environment=IPYTHONDIR=${resolve('ipy')}`), unit)
     assert.doesNotMatch(unit, /^Environment=SSH_AUTH_SOCK/m, 'the agent is passed only when asked')
     assert.match(result.stdout, /ssh-agent/)
-    assert.deepEqual(await verify(join(config, 'systemd', 'user', 'ipp-tunnel.service')), { code: 0, stderr: '' })
+    assert.deepEqual(await verify(join(config, 'systemd', 'user', 'ipp-tunnel.service')), {
+      code: 0,
+      stderr: '',
+    })
   })
 
   test('an existing unit is kept unless --force', async () => {
@@ -113,12 +116,22 @@ describe('ipp-tunnel install-service and the systemd user unit', () => {
     assert.equal(await readFile(path, 'utf8'), '# my own edits\n')
     const forced = await runCli(['install-service', '--profile', 'other', '--force'], env)
     assert.equal(forced.code, 0, forced.stderr)
-    assert.equal(execStartOf(await readFile(path, 'utf8')), `${process.execPath} ${CLI} watch --profile other`)
+    assert.equal(
+      execStartOf(await readFile(path, 'utf8')),
+      `${process.execPath} ${CLI} watch --profile other`,
+    )
   })
 
   test('the ssh-agent socket goes into the unit when asked: --ssh-auth-sock PATH or --pass-agent', async () => {
-    const env = { XDG_CONFIG_HOME: join(dir, 'unused'), IPYTHONDIR: '', SSH_AUTH_SOCK: '/run/user/1000/agent.sock' }
-    const given = await runCli(['install-service', '--print', '--ssh-auth-sock', '/run/user/1000/ssh-agent.socket'], env)
+    const env = {
+      XDG_CONFIG_HOME: join(dir, 'unused'),
+      IPYTHONDIR: '',
+      SSH_AUTH_SOCK: '/run/user/1000/agent.sock',
+    }
+    const given = await runCli(
+      ['install-service', '--print', '--ssh-auth-sock', '/run/user/1000/ssh-agent.socket'],
+      env,
+    )
     assert.equal(given.code, 0, given.stderr)
     assert.match(given.stdout, /^Environment=SSH_AUTH_SOCK=\/run\/user\/1000\/ssh-agent\.socket$/m)
     const passed = await runCli(['install-service', '--print', '--pass-agent'], env)
