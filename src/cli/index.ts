@@ -53,7 +53,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   const first = argv
     .slice(0, argv.includes('--') ? argv.indexOf('--') : argv.length)
     .find((a) => !a.startsWith('-'))
-  if (first !== undefined && !first.startsWith('-') && !(COMMANDS as readonly string[]).includes(first)) {
+  if (first === 'help') return main(['--help'])
+  if (first !== undefined && !(COMMANDS as readonly string[]).includes(first)) {
     new Output({ json: argv.includes('--json'), debug }).fail(
       new IppTunnelError('E_USAGE', unknownCommand(first)),
     )
