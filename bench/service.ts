@@ -58,6 +58,7 @@ export async function benchService(): Promise<BenchRow[]> {
     null,
     2,
   )
+  await mkdir(dir) // watch refuses a --dir that does not exist
   const watch = spawnCli(['watch', '--json', '--dir', dir, ...sshArgsOf(sshd)], {
     IPP_TUNNEL_RUNTIME_DIR: join(root, 'run'),
   })

@@ -1,4 +1,6 @@
 import { spawn } from 'node:child_process'
+import { createWriteStream, fstatSync } from 'node:fs'
+import type { Writable } from 'node:stream'
 import { rm } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
 import { constants } from 'node:os'
@@ -19,6 +21,7 @@ interface ExecArgs extends SshArgs {
   readonly out?: string | undefined
   readonly json: boolean
   readonly debug: boolean
+  readonly 'events-fd'?: number | undefined
   readonly '--'?: (string | number)[]
 }
 
@@ -36,6 +39,10 @@ export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => 
             type: 'string',
             describe: 'where to write the loopback copy (default: private temp dir)',
           })
+          .option('events-fd', {
+            type: 'number',
+            describe: 'write events (human or --json) to this open file descriptor instead of stderr',
+          })
           .usage('$0 exec FILE [options] -- CMD [ARGS…]'),
       ),
     (args) => run(() => exec(args as unknown as ExecArgs)),
@@ -43,7 +50,12 @@ export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => 
 }
 
 async function exec(args: ExecArgs): Promise<number> {
-  const output = formatTunnelEvents(new Output({ json: args.json, debug: args.debug }))
+  const events = eventsStream(args['events-fd'])
+  if (events instanceof IppTunnelError) return new Output({ json: args.json, debug: args.debug }).fail(events)
+  // The command's stdout is its own: our events, JSON too, go to stderr or --events-fd.
+  const output = formatTunnelEvents(
+    new Output({ json: args.json, debug: args.debug, stderr: events, events }),
+  )
   const file = resolve(args.file)
   const command = (args['--'] ?? []).map(String)
   const [program, ...rest] = command
@@ -86,6 +98,7 @@ async function exec(args: ExecArgs): Promise<number> {
         })
       })
       stopFollowing()
+      output.flush()
       return status
     } finally {
       signals.dispose()
@@ -95,4 +108,29 @@ async function exec(args: ExecArgs): Promise<number> {
   } finally {
     if (privateDir !== undefined) await rm(privateDir, { recursive: true, force: true })
   }
+}
+
+/** Where exec's events go: stderr, or the descriptor `--events-fd` names (checked to be open). */
+function eventsStream(fd: number | undefined): Writable | IppTunnelError {
+  if (fd === undefined) return process.stderr
+  if (!Number.isInteger(fd) || fd < 1) {
+    return new IppTunnelError(
+      'E_USAGE',
+      `--events-fd must be an open file descriptor number, got ${String(fd)}`,
+    )
+  }
+  try {
+    fstatSync(fd)
+  } catch {
+    return new IppTunnelError('E_USAGE', `--events-fd ${fd} is not an open file descriptor`)
+  }
+  if (fd === 2) return process.stderr
+  if (fd === 1) return process.stdout
+  const stream = createWriteStream('', { fd, autoClose: false })
+  stream.once('error', (err: NodeJS.ErrnoException) =>
+    process.stderr.write(
+      `ipp-tunnel: cannot write events to --events-fd ${fd} (${err.code ?? err.message})\n`,
+    ),
+  )
+  return stream
 }

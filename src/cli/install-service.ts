@@ -1,15 +1,21 @@
 import { fileURLToPath } from 'node:url'
+import { resolve } from 'node:path'
 
 import type { Argv } from 'yargs'
 
+import { IppTunnelError } from '../errors/index.js'
 import { installUnit, renderUnit, userUnitPath, type UnitOptions } from '../service/index.js'
 import { EXIT, Output } from './output.js'
+import { withSshOptions, type SshArgs } from './ssh-options.js'
 
-interface InstallArgs {
+interface InstallArgs extends Partial<SshArgs> {
   readonly print: boolean
+  readonly force: boolean
   readonly profile?: readonly string[] | undefined
   readonly dir?: readonly string[] | undefined
   readonly 'out-dir'?: string | undefined
+  readonly 'ssh-auth-sock'?: string | undefined
+  readonly 'pass-agent': boolean
   readonly json: boolean
   readonly debug: boolean
 }
@@ -17,22 +23,41 @@ interface InstallArgs {
 /** The launcher this CLI was started from (`bin/ipp-tunnel.js` of this package). */
 const BIN = fileURLToPath(new URL('../../../bin/ipp-tunnel.js', import.meta.url))
 
-/** The unit for this node and this package, running `watch` with the given options. */
+/**
+ * The unit for this node and this package, running `watch` with the given options. The user manager starts in
+ * the home directory with its own environment, so every path becomes absolute (against `cwd`) and the variables
+ * that say where things are travel as `Environment=` lines.
+ */
 export function unitFor(
-  args: Pick<InstallArgs, 'profile' | 'dir' | 'out-dir'>,
+  args: Omit<InstallArgs, 'print' | 'force' | 'json' | 'debug' | 'pass-agent'> & { 'pass-agent'?: boolean },
   env: NodeJS.ProcessEnv,
+  cwd: string = process.cwd(),
 ): UnitOptions {
+  const abs = (path: string) => resolve(cwd, path)
+  const ssh: string[] = [
+    ...(args.ssh !== undefined ? ['--ssh', args.ssh] : []),
+    ...(args.identity !== undefined ? ['--identity', abs(args.identity)] : []),
+    ...(args['known-hosts'] !== undefined ? ['--known-hosts', abs(args['known-hosts'])] : []),
+    // strict is the default; naming it would override a StrictHostKeyChecking in the ssh config
+    ...(args['host-key-check'] !== undefined && args['host-key-check'] !== 'strict'
+      ? ['--host-key-check', args['host-key-check']]
+      : []),
+    ...(args['passphrase-file'] !== undefined ? ['--passphrase-file', abs(args['passphrase-file'])] : []),
+    ...(args['ssh-config'] !== undefined ? ['--ssh-config', abs(args['ssh-config'])] : []),
+  ]
   const watchArgs = [
     ...(args.profile ?? []).flatMap((p) => ['--profile', p]),
-    ...(args.dir ?? []).flatMap((d) => ['--dir', d]),
-    ...(args['out-dir'] !== undefined ? ['--out-dir', args['out-dir']] : []),
+    ...(args.dir ?? []).flatMap((d) => ['--dir', abs(d)]),
+    ...(args['out-dir'] !== undefined ? ['--out-dir', abs(args['out-dir'])] : []),
+    ...ssh,
   ]
   const environment: Record<string, string> = {}
-  // The user manager does not see the login shell's variables: carry the ones that say where things are.
   for (const name of ['IPYTHONDIR', 'IPP_TUNNEL_RUNTIME_DIR'] as const) {
     const value = env[name]
-    if (value !== undefined && value !== '') environment[name] = value
+    if (value !== undefined && value !== '') environment[name] = abs(value)
   }
+  const agent = args['ssh-auth-sock'] ?? (args['pass-agent'] === true ? env.SSH_AUTH_SOCK : undefined)
+  if (agent !== undefined && agent !== '') environment.SSH_AUTH_SOCK = abs(agent)
   return { execStart: [process.execPath, BIN, 'watch', ...watchArgs], environment }
 }
 
@@ -42,17 +67,38 @@ export function registerInstallService(yargs: Argv, run: (task: () => Promise<nu
     'install-service',
     `write the systemd user unit (${userUnitPath()}) that keeps "ipp-tunnel watch" running`,
     (y) =>
-      y
-        .option('print', { type: 'boolean', default: false, describe: 'only print the unit, write nothing' })
-        .option('profile', { alias: 'p', type: 'string', array: true, describe: 'passed on to watch' })
-        .option('dir', { alias: 'd', type: 'string', array: true, describe: 'passed on to watch' })
-        .option('out-dir', { type: 'string', describe: 'passed on to watch' }),
+      withSshOptions(
+        y
+          .option('print', {
+            type: 'boolean',
+            default: false,
+            describe: 'only print the unit, write nothing',
+          })
+          .option('force', { type: 'boolean', default: false, describe: 'replace an existing unit' })
+          .option('profile', { alias: 'p', type: 'string', array: true, describe: 'passed on to watch' })
+          .option('dir', { alias: 'd', type: 'string', array: true, describe: 'passed on to watch' })
+          .option('out-dir', { type: 'string', describe: 'passed on to watch' })
+          .option('ssh-auth-sock', {
+            type: 'string',
+            describe:
+              "ssh-agent socket the service uses (the user manager does not see your shell's SSH_AUTH_SOCK)",
+          })
+          .option('pass-agent', {
+            type: 'boolean',
+            default: false,
+            describe:
+              "put this shell's SSH_AUTH_SOCK into the unit (only useful if that agent outlives your login)",
+          }),
+      ),
     (args) => run(() => install(args as unknown as InstallArgs)),
   )
 }
 
 async function install(args: InstallArgs): Promise<number> {
   const output = new Output({ json: args.json, debug: args.debug })
+  if (args['pass-agent'] && (process.env.SSH_AUTH_SOCK ?? '') === '' && args['ssh-auth-sock'] === undefined) {
+    return output.fail(new IppTunnelError('E_USAGE', '--pass-agent: SSH_AUTH_SOCK is not set in this shell'))
+  }
   const unit = unitFor(args, process.env)
   if (args.print) {
     output.result({ event: 'unit', text: renderUnit(unit) }, renderUnit(unit))
@@ -60,14 +106,18 @@ async function install(args: InstallArgs): Promise<number> {
   }
   const path = userUnitPath(process.env)
   try {
-    await installUnit(path, unit)
+    await installUnit(path, unit, { force: args.force })
   } catch (err) {
     return output.fail(err)
   }
   const enable = 'systemctl --user daemon-reload && systemctl --user enable --now ipp-tunnel'
+  const agent =
+    unit.environment?.SSH_AUTH_SOCK === undefined
+      ? "\nssh-agent: the unit does not see your shell's SSH_AUTH_SOCK; see --ssh-auth-sock and --pass-agent"
+      : ''
   output.result(
     { event: 'installed', unit: path, enable },
-    `wrote ${path}\nstart it now and at every login with:\n  ${enable}\n(to keep it running while logged out: loginctl enable-linger)`,
+    `wrote ${path}\nstart it now and at every login with:\n  ${enable}\n(to keep it running while logged out: loginctl enable-linger)${agent}`,
   )
   return EXIT.ok
 }

@@ -1,19 +1,31 @@
+import { basename } from 'node:path'
+
 import type { Argv } from 'yargs'
 
 import { queryStatus, statusSocketPath, type FileStatus, type StatusReport } from '../service/index.js'
-import { EXIT, Output } from './output.js'
+import { EXIT, oneLine, Output } from './output.js'
 
 interface StatusArgs {
+  readonly width: number
   readonly json: boolean
   readonly debug: boolean
 }
+
+/** The width `status` fits its lines to unless `--width` says otherwise. */
+export const STATUS_WIDTH = 100
 
 /** `ipp-tunnel status`: what the running service holds. Exit 3 when no service runs. */
 export function registerStatus(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
   return yargs.command(
     'status',
-    'show what the running service holds: files, links, forwards, connections, bytes, errors',
-    (y) => y,
+    'show what the running service holds: files, loopback copies, links, forwards, connections, bytes, errors',
+    (y) =>
+      y.option('width', {
+        alias: 'w',
+        type: 'number',
+        default: STATUS_WIDTH,
+        describe: 'fit lines to this many columns (long paths are cut in the middle); 0: never cut',
+      }),
     (args) => run(() => status(args as unknown as StatusArgs)),
   )
 }
@@ -22,7 +34,7 @@ async function status(args: StatusArgs): Promise<number> {
   const output = new Output({ json: args.json, debug: args.debug })
   try {
     const report = await queryStatus(statusSocketPath(process.env))
-    output.result(report, renderReport(report))
+    output.result(report, renderReport(report, { width: args.width }))
     return EXIT.ok
   } catch (err) {
     return output.fail(err)
@@ -36,62 +48,89 @@ function bytes(n: number): string {
   return `${(n / 1024 ** 3).toFixed(2)} GiB`
 }
 
-function table(rows: readonly (readonly string[])[]): string[] {
+/** Cuts `text` to `width` columns: paths lose their middle (the name at the end stays), other text its end. */
+function fit(text: string, width: number, keepEnd = false): string {
+  if (width <= 0 || text.length <= width) return text
+  if (width < 2) return '…'
+  if (!keepEnd) return `${text.slice(0, width - 1)}…`
+  const head = Math.floor((width - 1) / 3)
+  return `${text.slice(0, head)}…${text.slice(text.length - (width - 1 - head))}`
+}
+
+/** Columns of text, the numeric ones (`right`) aligned right. */
+function table(rows: readonly (readonly string[])[], right: ReadonlySet<number>): string[] {
   const widths: number[] = []
   for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, cell.length)))
   return rows.map((row) =>
     row
-      .map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0)))
+      .map((cell, i) => (right.has(i) ? cell.padStart(widths[i] ?? 0) : cell.padEnd(widths[i] ?? 0)))
       .join('  ')
       .trimEnd(),
   )
 }
 
-function fileRows(file: FileStatus): string[][] {
-  const error = file.lastError ? `${file.lastError.code}: ${file.lastError.message}` : '-'
-  const head = [
-    file.file,
-    file.destination ?? '-',
-    file.state === 'ready' ? (file.link ?? '-') : file.state,
-    '',
-    '',
-    '',
-    '',
-    String(file.reconnects),
-    error,
-  ]
-  const forwards = file.forwards.map((f) => [
-    `  ${f.channel}`,
-    '',
-    '',
-    `${f.local.host}:${f.local.port} -> ${f.remote.host}:${f.remote.port}`,
-    String(f.open),
-    bytes(f.bytesIn),
-    bytes(f.bytesOut),
-    '',
-    '',
-  ])
-  return [head, ...forwards]
+function linkText(file: FileStatus): string {
+  switch (file.link) {
+    case undefined:
+      return file.state === 'pending' ? 'waiting for the file to become usable' : 'no link'
+    case 'up':
+      return 'link up'
+    case 'reconnecting':
+      return 'link DOWN, reconnecting'
+    default:
+      return `link ${file.link}`
+  }
 }
 
-/** The human form of a status report: a line about the service, then a table, a row per file and per forward. */
-export function renderReport(report: StatusReport): string {
+function fileLines(file: FileStatus, width: number): string[] {
+  const reconnects = `${file.reconnects} reconnect${file.reconnects === 1 ? '' : 's'}`
+  const via = file.destination !== undefined ? ` via ${file.destination}` : ''
+  const lines = [
+    fit(`${basename(file.file)}: ${file.state}${via}, ${linkText(file)}, ${reconnects}`, width),
+    `  file  ${fit(file.file, width - 8, true)}`,
+    `  copy  ${file.state === 'ready' ? fit(file.out, width - 8, true) : `(none yet; will be ${fit(file.out, width - 27, true)})`}`,
+  ]
+  if (file.forwards.length > 0) {
+    // remote hosts can be long names or IPv6 addresses: give them what the other columns leave
+    const fixed = 2 + 14 + 2 + 15 + 2 + 2 + 4 + 2 + 11 + 2 + 10 + 2
+    const remoteWidth = width > 0 ? Math.max(12, width - fixed) : 0
+    const rows = [
+      ['  CHANNEL', 'LOCAL', 'REMOTE (from ssh server)', 'OPEN', 'FROM REMOTE', 'TO REMOTE'],
+      ...file.forwards.map((f) => [
+        `  ${f.channel}`,
+        `${f.local.host}:${f.local.port}`,
+        fit(`${f.remote.host}:${f.remote.port}`, remoteWidth),
+        String(f.open),
+        bytes(f.bytesIn),
+        bytes(f.bytesOut),
+      ]),
+    ]
+    lines.push(...table(rows, new Set([3, 4, 5])).map((l) => fit(l, width)))
+  }
+  if (file.lastError !== undefined) {
+    const { code, message, at } = file.lastError
+    const time = at.slice(11, 19)
+    lines.push(fit(`  last error ${time} ${code}: ${oneLine(message)}`, width))
+  }
+  return lines
+}
+
+/**
+ * The human form of a status report: a head about the service, then a block per file with its source, its loopback
+ * copy, link state, reconnects, a row per forward and the last error. Lines fit `width` columns (0: no limit).
+ */
+export function renderReport(report: StatusReport, options: { width?: number } = {}): string {
+  const width = options.width ?? STATUS_WIDTH
+  const files = `${report.files.length} file${report.files.length === 1 ? '' : 's'}`
   const links = `${report.links} ssh connection${report.links === 1 ? '' : 's'}`
   const lines = [
-    `ipp-tunnel service pid ${report.pid}, up since ${report.since}, watching ${report.dirs.join(', ')}; ${report.files.length} file(s), ${links}`,
+    fit(`ipp-tunnel service pid ${report.pid}, up since ${report.since}; ${files}, ${links}`, width),
+    ...report.dirs.map((d) => `watching ${fit(d, width - 9, true)}`),
   ]
   if (report.files.length === 0) return [...lines, 'no connection files yet'].join('\n')
-  const header = [
-    'FILE',
-    'DESTINATION',
-    'LINK',
-    'FORWARD (local -> remote)',
-    'OPEN',
-    'IN',
-    'OUT',
-    'RECONNECTS',
-    'LAST ERROR',
-  ]
-  lines.push(...table([header, ...report.files.flatMap(fileRows)]))
+  lines.push(
+    fit('bytes: FROM REMOTE = endpoint -> your programs, TO REMOTE = your programs -> endpoint', width),
+  )
+  for (const file of report.files) lines.push('', ...fileLines(file, width))
   return lines.join('\n')
 }

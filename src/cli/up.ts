@@ -36,7 +36,10 @@ export function registerUp(yargs: Argv, run: (task: () => Promise<number>) => vo
 }
 
 async function up(args: UpArgs): Promise<number> {
-  const output = formatTunnelEvents(new Output({ json: args.json, debug: args.debug }))
+  // The ready block (loopback file, forwards) is what `up > log` keeps; diagnostics stay on stderr.
+  const output = formatTunnelEvents(
+    new Output({ json: args.json, debug: args.debug, humanResults: ['ready', 'closed'] }),
+  )
   const file = resolve(args.file)
   const signals = untilSignal()
   try {
@@ -55,6 +58,7 @@ async function up(args: UpArgs): Promise<number> {
     stopFollowing()
     await tunnel.close()
     if (ending instanceof Error) return output.fail(ending, { file })
+    output.flush()
     output.emit({ event: 'closed', file })
     return EXIT.ok
   } catch (err) {

@@ -1,7 +1,9 @@
+import { stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
 
 import type { Argv } from 'yargs'
 
+import { IppTunnelError } from '../errors/index.js'
 import type { ForwardInfo } from '../tunnel/index.js'
 import { profileSecurityDir, runtimeDir, statusSocketPath, TunnelService } from '../service/index.js'
 import { EXIT, Output } from './output.js'
@@ -25,6 +27,36 @@ export function watchedDirs(
 ): string[] {
   const chosen = [...profiles.map((p) => profileSecurityDir(p, env)), ...dirs.map((d) => resolve(d))]
   return chosen.length > 0 ? [...new Set(chosen)] : [profileSecurityDir('default', env)]
+}
+
+/**
+ * Refuses a `--dir` that is not a directory, or that does not exist (a typo would otherwise be created and watched
+ * forever); only the default profile's security directory is created when missing.
+ */
+export async function checkDirs(dirs: readonly string[], env: NodeJS.ProcessEnv): Promise<void> {
+  const createdIfMissing = profileSecurityDir('default', env)
+  for (const dir of dirs) {
+    const path = resolve(dir)
+    let isDir: boolean
+    try {
+      isDir = (await stat(path)).isDirectory()
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ENOENT' && path === createdIfMissing) continue
+      const why =
+        code === 'ENOENT'
+          ? 'no such directory; check the spelling, or create it first'
+          : code === 'ENOTDIR'
+            ? 'a part of the path is not a directory'
+            : `cannot be read (${code ?? 'unknown error'})`
+      throw new IppTunnelError('E_USAGE', `watch --dir ${path}: ${why}`, { cause: err })
+    }
+    if (!isDir)
+      throw new IppTunnelError(
+        'E_USAGE',
+        `watch --dir ${path}: not a directory; name the directory that holds the connection files`,
+      )
+  }
 }
 
 /** `ipp-tunnel watch`: the service, in the foreground until SIGINT/SIGTERM. */
@@ -67,7 +99,13 @@ function forwardsOf(forwards: readonly ForwardInfo[]) {
 }
 
 async function watch(args: WatchArgs): Promise<number> {
-  const output = formatTunnelEvents(new Output({ json: args.json, debug: args.debug, timestamps: true }))
+  const output = formatTunnelEvents(
+    new Output({
+      json: args.json,
+      debug: args.debug,
+      humanResults: ['watching', 'ready', 'changed', 'closed'],
+    }),
+  )
     .format('changed', (e) => `changed: ${String(e.file)} followed in ${String(e.ms)} ms, copy rewritten`)
     .format('error', (e) => {
       const file = String(e.file)
@@ -82,6 +120,7 @@ async function watch(args: WatchArgs): Promise<number> {
   let service: TunnelService | undefined
   try {
     const dirs = watchedDirs(args.profile ?? [], args.dir ?? [], process.env)
+    await checkDirs(args.dir ?? [], process.env)
     service = await TunnelService.start({
       ...sshOptionsFrom(args, output),
       dirs,

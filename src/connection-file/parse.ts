@@ -1,4 +1,5 @@
 import { getHashes } from 'node:crypto'
+import { isIP } from 'node:net'
 
 import { IppTunnelError } from '../errors/index.js'
 import {
@@ -238,6 +239,17 @@ function parseEngine(f: Fields): IppEngineInfo {
   }
 }
 
+/** A DNS name: dot-separated labels of letters, digits and inner hyphens, 253 characters at most. */
+const HOSTNAME =
+  /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/
+
+/** The kernel's `ip`: an IPv4/IPv6 address, `*`, or a host name; anything else is refused before it reaches a URL. */
+function kernelIp(f: Fields): string {
+  const ip = f.string('ip', { nonEmpty: true })
+  if (ip === '*' || isIP(ip) !== 0 || HOSTNAME.test(ip)) return ip
+  return f.fail('ip', 'an IP address or a host name', ip)
+}
+
 function parseKernel(f: Fields): KernelInfo {
   const transport = f.raw('transport')
   if (transport !== 'tcp') f.fail('transport', '"tcp" (only TCP kernels can be tunnelled)', transport)
@@ -248,7 +260,7 @@ function parseKernel(f: Fields): KernelInfo {
     stdin_port: f.port('stdin_port'),
     control_port: f.port('control_port'),
     hb_port: f.port('hb_port'),
-    ip: f.string('ip', { nonEmpty: true }),
+    ip: kernelIp(f),
     transport,
     key: f.string('key'),
     signature_scheme: f.scheme('signature_scheme'),

@@ -408,6 +408,8 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     // One report per link: the first file on a shared link speaks for all of them.
     const speaks = () => filesOn()[0] === entry.file
     tunnel.on('link:reconnecting', (e) => {
+      // status shows why the link is down while it retries
+      entry.lastError = { code: codeOf(e.error), message: e.error.message, at: new Date().toISOString() }
       if (speaks()) {
         this.emit('link:reconnecting', {
           destination: tunnel.link.destination,

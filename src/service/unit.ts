@@ -2,6 +2,8 @@ import { mkdir, writeFile } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
 
+import { IppTunnelError } from '../errors/index.js'
+
 /** What the systemd user unit runs: the program and its arguments, each one word. */
 export interface UnitOptions {
   /** e.g. `['/usr/bin/node', '/usr/lib/node_modules/ipp-tunnel/bin/ipp-tunnel.js', 'watch']`. */
@@ -37,6 +39,9 @@ export function renderUnit(options: UnitOptions): string {
     '#   systemctl --user daemon-reload && systemctl --user enable --now ipp-tunnel',
     "# ExecStart names node and ipp-tunnel's bin/ipp-tunnel.js (or an ipp-tunnel on the user manager's PATH).",
     '# Status: ipp-tunnel status; logs: journalctl --user -u ipp-tunnel',
+    "# ssh-agent: the user manager does not see your login shell's SSH_AUTH_SOCK. Use a key it can read alone",
+    '# (--identity, --passphrase-file), or an agent socket that outlives your login, passed with',
+    '# install-service --ssh-auth-sock PATH (e.g. /run/user/UID/ssh-agent.socket) or --pass-agent.',
     '[Unit]',
     'Description=ipp-tunnel: SSH tunnels for IPython Parallel connection files',
     '',
@@ -71,14 +76,30 @@ export function userUnitPath(env: NodeJS.ProcessEnv = process.env): string {
 }
 
 /**
- * Writes the unit to `path` (creating its directory) and returns the text written.
+ * Writes the unit to `path` (creating its directory) and returns the text written. An existing unit is kept
+ * (`E_USAGE`) unless `force` is set: it may hold the user's own edits.
  *
  * @example
  * await installUnit(userUnitPath(), { execStart: [process.execPath, binPath, 'watch'] })
  */
-export async function installUnit(path: string, options: UnitOptions): Promise<string> {
+export async function installUnit(
+  path: string,
+  options: UnitOptions,
+  { force = false }: { readonly force?: boolean } = {},
+): Promise<string> {
   const text = renderUnit(options)
   await mkdir(dirname(path), { recursive: true })
-  await writeFile(path, text, { mode: 0o644 })
+  try {
+    await writeFile(path, text, { mode: 0o644, flag: force ? 'w' : 'wx' })
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+      throw new IppTunnelError(
+        'E_USAGE',
+        `${path} exists; pass --force to replace it (--print shows the new unit)`,
+        { cause: err },
+      )
+    }
+    throw err
+  }
   return text
 }

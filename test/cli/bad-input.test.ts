@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, readdir, rm } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
@@ -61,4 +61,56 @@ test('unknown command and missing argument are usage errors (exit 2)', async () 
   const missing = await runCli(['up'])
   assert.equal(missing.code, 2)
   assert.doesNotMatch(missing.stderr, /\n\s+at /)
+})
+
+test('ipp-tunnel bogus: "unknown command bogus", exit 2, one line; a near miss gets a suggestion', async () => {
+  const result = await runCli(['bogus'])
+  assert.equal(result.code, 2)
+  assert.match(result.stderr, /^ipp-tunnel: unknown command "bogus"; commands: up, exec, watch, status/)
+  assert.equal(result.stderr.trimEnd().split('\n').length, 1, result.stderr)
+  const typo = await runCli(['stauts'])
+  assert.equal(typo.code, 2)
+  assert.match(typo.stderr, /unknown command "stauts"; did you mean status\?/)
+})
+
+test('watch --dir on a file or a missing directory: one clear line, exit 2, nothing created', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'ippt-watchdir-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const env = { IPP_TUNNEL_RUNTIME_DIR: join(dir, 'run') }
+  const file = join(dir, 'hostname')
+  await writeFile(file, 'node1\n')
+  const notDir = await runCli(['watch', '--dir', file], env)
+  assert.equal(notDir.code, 2, notDir.stderr)
+  assert.equal(
+    notDir.stderr,
+    `ipp-tunnel: watch --dir ${file}: not a directory; name the directory that holds the connection files\n`,
+  )
+  const typo = join(dir, 'secuirty')
+  const missing = await runCli(['watch', '--dir', typo], env)
+  assert.equal(missing.code, 2, missing.stderr)
+  assert.match(missing.stderr, /^ipp-tunnel: watch --dir .*secuirty: no such directory; check the spelling/)
+  assert.equal(missing.stderr.trimEnd().split('\n').length, 1)
+  assert.deepEqual(await readdir(dir), ['hostname'])
+})
+
+test('a kernel "ip" that is not an address: exit 2, one bounded line, no injected newline', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'ippt-ip-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const kernel = JSON.parse(await readFile(`${FIXTURES}kernel/kernel-test.json`, 'utf8')) as Record<
+    string,
+    unknown
+  >
+  for (const ip of ['127.0.0.1\nipp-tunnel: everything is fine', `tcp://${'a'.repeat(5000)}`, 'bad host!']) {
+    const file = join(dir, 'kernel-bad-ip.json')
+    await writeFile(file, JSON.stringify({ ...kernel, ip }))
+    const result = await runCli(['up', file, '--ssh', 'nobody@127.0.0.1:1', '--out', join(dir, 'out.json')])
+    assert.equal(result.code, 2, result.stderr)
+    assert.equal(result.stderr.trimEnd().split('\n').length, 1, result.stderr)
+    assert.ok(result.stderr.length < 400, `bounded: ${result.stderr.length}`)
+    assert.match(result.stderr, /field "ip" must be an IP address or a host name/)
+    assert.doesNotMatch(result.stderr, /\nipp-tunnel: everything/)
+  }
+  const json = await runCli(['up', join(dir, 'kernel-bad-ip.json'), '--json'])
+  assert.equal(json.code, 2)
+  assert.equal((JSON.parse(json.stdout) as { code: string }).code, 'E_CONNFILE_FIELD')
 })

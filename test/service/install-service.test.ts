@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { access, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { renderUnit } from '../../src/service/index.js'
@@ -57,6 +57,91 @@ describe('ipp-tunnel install-service and the systemd user unit', () => {
     const unit = await readFile(path, 'utf8')
     assert.equal(execStartOf(unit), `${process.execPath} ${CLI} watch --profile big --dir /srv/kernels`)
     assert.ok(unit.includes(`Environment="IPYTHONDIR=${ipython}"`), unit)
+    assert.deepEqual(await verify(path), { code: 0, stderr: '' })
+  })
+
+  test('relative paths become absolute; ssh options and IPYTHONDIR travel into the unit', async () => {
+    const config = join(dir, 'config-rel')
+    const result = await runCli(
+      [
+        'install-service',
+        '--dir',
+        './rel',
+        '--out-dir',
+        'copies',
+        '--ssh',
+        'me@login.example.org:2222',
+        '-i',
+        'keys/id_ed25519',
+        '--known-hosts',
+        'kh',
+        '--passphrase-file',
+        'pass.txt',
+        '--ssh-config',
+        'cfg',
+        '--host-key-check',
+        'accept-new',
+      ],
+      { XDG_CONFIG_HOME: config, IPYTHONDIR: 'ipy', SSH_AUTH_SOCK: '/tmp/agent-of-this-shell' },
+    )
+    assert.equal(result.code, 0, result.stderr)
+    const unit = await readFile(join(config, 'systemd', 'user', 'ipp-tunnel.service'), 'utf8')
+    const want = [
+      `${process.execPath} ${CLI} watch`,
+      `--dir ${resolve('rel')} --out-dir ${resolve('copies')}`,
+      `--ssh me@login.example.org:2222 --identity ${resolve('keys/id_ed25519')} --known-hosts ${resolve('kh')}`,
+      `--host-key-check accept-new --passphrase-file ${resolve('pass.txt')} --ssh-config ${resolve('cfg')}`,
+    ].join(' ')
+    assert.equal(execStartOf(unit), want)
+    assert.ok(unit.includes(`Environment=IPYTHONDIR=${resolve('ipy')}`), unit)
+    assert.doesNotMatch(unit, /^Environment=SSH_AUTH_SOCK/m, 'the agent is passed only when asked')
+    assert.match(result.stdout, /ssh-agent/)
+    assert.deepEqual(await verify(join(config, 'systemd', 'user', 'ipp-tunnel.service')), {
+      code: 0,
+      stderr: '',
+    })
+  })
+
+  test('an existing unit is kept unless --force', async () => {
+    const config = join(dir, 'config-force')
+    const path = join(config, 'systemd', 'user', 'ipp-tunnel.service')
+    const env = { XDG_CONFIG_HOME: config, IPYTHONDIR: '' }
+    assert.equal((await runCli(['install-service'], env)).code, 0)
+    await writeFile(path, '# my own edits\n')
+    const again = await runCli(['install-service', '--profile', 'other'], env)
+    assert.equal(again.code, 2, again.stderr)
+    assert.equal(again.stderr.trimEnd().split('\n').length, 1, again.stderr)
+    assert.ok(again.stderr.includes(path), again.stderr)
+    assert.match(again.stderr, /--force/)
+    assert.equal(await readFile(path, 'utf8'), '# my own edits\n')
+    const forced = await runCli(['install-service', '--profile', 'other', '--force'], env)
+    assert.equal(forced.code, 0, forced.stderr)
+    assert.equal(
+      execStartOf(await readFile(path, 'utf8')),
+      `${process.execPath} ${CLI} watch --profile other`,
+    )
+  })
+
+  test('the ssh-agent socket goes into the unit when asked: --ssh-auth-sock PATH or --pass-agent', async () => {
+    const env = {
+      XDG_CONFIG_HOME: join(dir, 'unused'),
+      IPYTHONDIR: '',
+      SSH_AUTH_SOCK: '/run/user/1000/agent.sock',
+    }
+    const given = await runCli(
+      ['install-service', '--print', '--ssh-auth-sock', '/run/user/1000/ssh-agent.socket'],
+      env,
+    )
+    assert.equal(given.code, 0, given.stderr)
+    assert.match(given.stdout, /^Environment=SSH_AUTH_SOCK=\/run\/user\/1000\/ssh-agent\.socket$/m)
+    const passed = await runCli(['install-service', '--print', '--pass-agent'], env)
+    assert.equal(passed.code, 0, passed.stderr)
+    assert.match(passed.stdout, /^Environment=SSH_AUTH_SOCK=\/run\/user\/1000\/agent\.sock$/m)
+    const none = await runCli(['install-service', '--print', '--pass-agent'], { ...env, SSH_AUTH_SOCK: '' })
+    assert.equal(none.code, 2)
+    assert.match(none.stderr, /SSH_AUTH_SOCK is not set/)
+    const path = join(dir, 'agent.service')
+    await writeFile(path, passed.stdout)
     assert.deepEqual(await verify(path), { code: 0, stderr: '' })
   })
 

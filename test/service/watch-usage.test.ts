@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -17,6 +17,7 @@ describe('ipp-tunnel watch: bad arguments', () => {
 
   test('an output directory that is a watched directory is refused with exit 2', async () => {
     const watched = join(dir, 'a')
+    await mkdir(watched) // a --dir that does not exist is refused first
     const result = await runCli(['watch', '--dir', watched, '--out-dir', watched], {
       IPP_TUNNEL_RUNTIME_DIR: join(dir, 'run'),
     })
@@ -27,6 +28,8 @@ describe('ipp-tunnel watch: bad arguments', () => {
 
   test('a watched directory that is the default copy directory of another is refused', async () => {
     const a = join(dir, 'b')
+    await mkdir(a)
+    await mkdir(`${a}-tunnel`)
     const result = await runCli(['watch', '--dir', a, '--dir', `${a}-tunnel`], {
       IPP_TUNNEL_RUNTIME_DIR: join(dir, 'run'),
     })

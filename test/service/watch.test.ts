@@ -152,7 +152,8 @@ describe('ipp-tunnel watch against sshd + ipcontroller in their own network name
     assert.equal(junk.lastError?.code, 'E_CONNFILE_JSON')
     assert.equal(files.find((f) => f.file === good)?.state, 'ready')
     const human = await runCli(['status'], env)
-    assert.match(human.stdout, /ipcontroller-junk-client\.json\s+-\s+error\s+0\s+E_CONNFILE_JSON: /)
+    assert.match(human.stdout, /^ipcontroller-junk-client\.json: error, no link, 0 reconnects$/m)
+    assert.match(human.stdout, /^ {2}last error \d\d:\d\d:\d\d E_CONNFILE_JSON: /m)
 
     // a bad file is retried when it changes: completing it makes it ready
     await writeFile(truncated, text)
@@ -193,9 +194,12 @@ describe('ipp-tunnel watch against sshd + ipcontroller in their own network name
 
     const human = await runCli(['status'], env)
     assert.equal(human.code, 0)
-    assert.match(human.stdout, /FILE\s+DESTINATION\s+LINK\s+FORWARD/)
-    assert.ok(human.stdout.includes(controller.clientFile))
-    assert.match(human.stdout, /registration\s+127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+/)
+    assert.match(
+      human.stdout,
+      /CHANNEL\s+LOCAL\s+REMOTE \(from ssh server\)\s+OPEN\s+FROM REMOTE\s+TO REMOTE/,
+    )
+    assert.ok(human.stdout.includes(`file  ${controller.clientFile}`), human.stdout)
+    assert.match(human.stdout, /registration\s+127\.0\.0\.1:\d+\s+127\.0\.0\.1:\d+\s+\d+/)
   })
 
   test('a restarted controller (new ports, new key): the copy follows and a new Client works', async () => {

@@ -342,9 +342,9 @@ describe('ipp-tunnel up against sshd + ipcontroller in their own network namespa
       '{}',
     ])
     assert.equal(result.code, 7, result.stderr)
-    const lines = result.stdout.trim().split('\n')
-    const ready = JSON.parse(lines[0] ?? '{}') as { out: string }
-    const applied = JSON.parse(lines.find((l) => l.includes('"ids"')) ?? '{}') as { ids: number[] }
+    // exec's events go to stderr: stdout is the command's own
+    const ready = JSON.parse(result.stderr.trim().split('\n')[0] ?? '{}') as { out: string }
+    const applied = JSON.parse(result.stdout) as { ids: number[] }
     assert.deepEqual(applied.ids, [0, 1])
     assert.equal(await exists(ready.out), false, 'the private loopback file is gone after exec')
   })
