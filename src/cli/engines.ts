@@ -10,7 +10,7 @@ import { engineArgvs, launchEngines, type EngineExit, type EngineGroup } from '.
 import { IppTunnelError } from '../errors/index.js'
 import { openTunnel, type Tunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
-import { untilSignal } from './signals.js'
+import { interrupted, untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 
@@ -119,17 +119,7 @@ async function engines(args: EnginesArgs): Promise<number> {
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     privateDir = await mkdtemp(join(tmpdir(), 'ipp-tunnel-engines-'))
     const out = join(privateDir, basename(file))
-    const opening = openTunnel(info, { ...sshOptionsFrom(args), out })
-    const opened = await Promise.race([opening, signals.promise])
-    if (typeof opened === 'string') {
-      void opening.then(
-        (t) => t.close(),
-        () => undefined,
-      )
-      output.emit({ event: 'closed', file })
-      return EXIT.ok
-    }
-    tunnel = opened
+    tunnel = await openTunnel(info, { ...sshOptionsFrom(args), out, signal: signals.signal })
     const stopFollowing = followTunnel(tunnel, output, file)
     output.emit({ ...readyEvent(tunnel, file, out), engines: args.n, mpi: args.mpi })
     group = launchEngines({ ...launch, file: out })
@@ -163,6 +153,8 @@ async function engines(args: EnginesArgs): Promise<number> {
     return EXIT.ok
   } catch (err) {
     if (group !== undefined) await group.stop('SIGTERM')
+    const signal = signals.received()
+    if (signal !== undefined && group === undefined) return interrupted(output, signal, { file })
     return output.fail(err, { file })
   } finally {
     await tunnel?.close()

@@ -5,7 +5,7 @@ import type { Argv } from 'yargs'
 import { readConnectionFile } from '../connection-file/index.js'
 import { defaultOutPath, openTunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
-import { untilSignal } from './signals.js'
+import { interrupted, untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 
@@ -43,7 +43,7 @@ async function up(args: UpArgs): Promise<number> {
     const { info, warnings } = await readConnectionFile(file)
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     const out = resolve(args.out ?? defaultOutPath(file))
-    const tunnel = await openTunnel(info, { ...sshOptionsFrom(args), out })
+    const tunnel = await openTunnel(info, { ...sshOptionsFrom(args), out, signal: signals.signal })
     const stopFollowing = followTunnel(tunnel, output, file)
     output.emit(readyEvent(tunnel, file, out))
     const failed = new Promise<Error>((resolveFailed) =>
@@ -56,6 +56,8 @@ async function up(args: UpArgs): Promise<number> {
     output.emit({ event: 'closed', file })
     return EXIT.ok
   } catch (err) {
+    const signal = signals.received()
+    if (signal !== undefined) return interrupted(output, signal, { file })
     return output.fail(err, { file })
   } finally {
     signals.dispose()
