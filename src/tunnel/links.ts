@@ -29,16 +29,7 @@ function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Pro
   return new Promise<T>((resolve, reject) => {
     const onAbort = (): void => reject(signal.reason as Error)
     signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort)
-        resolve(value)
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort)
-        reject(err as Error)
-      },
-    )
+    promise.finally(() => signal.removeEventListener('abort', onAbort)).then(resolve, reject)
   })
 }
 
@@ -61,7 +52,8 @@ export class LinkPool {
 
   /** A budget for the connections of one more tunnel: its share of the pool's. */
   tunnelBudget(): ChannelBudget {
-    const limit = this.#budget.limit === Infinity ? Infinity : Math.max(1, Math.ceil(this.#budget.limit * this.#share))
+    const limit =
+      this.#budget.limit === Infinity ? Infinity : Math.max(1, Math.ceil(this.#budget.limit * this.#share))
     return new ChannelBudget(limit, this.#budget)
   }
 

@@ -72,7 +72,9 @@ describe('one file cannot starve the others of file descriptors', () => {
     await mkdir(watched, { mode: 0o700 })
     await mkdir(runtime, { mode: 0o700 })
     const kernel = JSON.stringify({
-      ...Object.fromEntries(['shell', 'iopub', 'stdin', 'control', 'hb'].map((k) => [`${k}_port`, echo.port])),
+      ...Object.fromEntries(
+        ['shell', 'iopub', 'stdin', 'control', 'hb'].map((k) => [`${k}_port`, echo.port]),
+      ),
       ip: '127.0.0.1',
       key: '',
       transport: 'tcp',
