@@ -10,7 +10,7 @@ import { IppTunnelError } from '../errors/index.js'
 import { makePrivateTempDir } from '../safe-fs/index.js'
 import { chooseDestination, openTunnel, type Tunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
-import { untilSignal } from './signals.js'
+import { interrupted, untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 
@@ -121,17 +121,7 @@ async function engines(args: EnginesArgs): Promise<number> {
     privateDir = await makePrivateTempDir('ipp-tunnel-engines-')
     const out = join(privateDir, basename(file))
     const { destination, sshFrom } = await chooseDestination(info, file, args.ssh, 'pass --ssh user@host')
-    const opening = openTunnel(info, { ...options, ssh: destination, out })
-    const opened = await Promise.race([opening, signals.promise])
-    if (typeof opened === 'string') {
-      void opening.then(
-        (t) => t.close(),
-        () => undefined,
-      )
-      output.emit({ event: 'closed', file })
-      return EXIT.ok
-    }
-    tunnel = opened
+    tunnel = await openTunnel(info, { ...options, ssh: destination, out, signal: signals.signal })
     const stopFollowing = followTunnel(tunnel, output, file)
     output.emit({
       ...readyEvent(tunnel, file, out),
@@ -170,6 +160,8 @@ async function engines(args: EnginesArgs): Promise<number> {
     return EXIT.ok
   } catch (err) {
     if (group !== undefined) await group.stop('SIGTERM')
+    const signal = signals.received()
+    if (signal !== undefined && group === undefined) return interrupted(output, signal, { file })
     return output.fail(err, { file })
   } finally {
     await tunnel?.close()

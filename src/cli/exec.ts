@@ -12,7 +12,7 @@ import { IppTunnelError } from '../errors/index.js'
 import { makePrivateTempDir } from '../safe-fs/index.js'
 import { openTunnel } from '../tunnel/index.js'
 import { Output } from './output.js'
-import { untilSignal } from './signals.js'
+import { interrupted, untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 
@@ -68,6 +68,9 @@ async function exec(args: ExecArgs): Promise<number> {
     )
   }
   let privateDir: string | undefined
+  // set up before the tunnel opens, so that a signal aborts the start-up; passed on to CMD once it runs
+  let passOn: ((signal: NodeJS.Signals) => void) | undefined
+  const signals = untilSignal((signal) => passOn?.(signal))
   try {
     const { info, warnings } = await readConnectionFile(file)
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
@@ -78,7 +81,12 @@ async function exec(args: ExecArgs): Promise<number> {
     } else {
       out = resolve(args.out)
     }
-    await using tunnel = await openTunnel(info, { ...sshOptionsFrom(args, output), out, sourceFile: file })
+    await using tunnel = await openTunnel(info, {
+      ...sshOptionsFrom(args, output),
+      out,
+      sourceFile: file,
+      signal: signals.signal,
+    })
     const stopFollowing = followTunnel(tunnel, output, file)
     output.emit(readyEvent(tunnel, file, out))
     const child = spawn(
@@ -86,7 +94,7 @@ async function exec(args: ExecArgs): Promise<number> {
       rest.map((a) => a.replaceAll('{}', out)),
       { stdio: 'inherit', env: { ...process.env, IPP_CONNECTION_FILE: out } },
     )
-    const signals = untilSignal((signal) => child.kill(signal))
+    passOn = (signal) => child.kill(signal)
     try {
       const status = await new Promise<number>((resolveStatus) => {
         child.once('error', (cause) => {
@@ -104,8 +112,11 @@ async function exec(args: ExecArgs): Promise<number> {
       signals.dispose()
     }
   } catch (err) {
+    const signal = signals.received()
+    if (signal !== undefined && passOn === undefined) return interrupted(output, signal, { file })
     return output.fail(err, { file })
   } finally {
+    signals.dispose()
     if (privateDir !== undefined) await rm(privateDir, { recursive: true, force: true })
   }
 }

@@ -5,7 +5,7 @@ import type { Argv } from 'yargs'
 import { readConnectionFile } from '../connection-file/index.js'
 import { chooseDestination, defaultOutPath, openTunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
-import { untilSignal } from './signals.js'
+import { interrupted, untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 
@@ -48,7 +48,13 @@ async function up(args: UpArgs): Promise<number> {
     const out = resolve(args.out ?? defaultOutPath(file))
     const options = sshOptionsFrom(args, output)
     const { destination, sshFrom } = await chooseDestination(info, file, args.ssh, 'pass --ssh user@host')
-    const tunnel = await openTunnel(info, { ...options, ssh: destination, out, sourceFile: file })
+    const tunnel = await openTunnel(info, {
+      ...options,
+      ssh: destination,
+      out,
+      sourceFile: file,
+      signal: signals.signal,
+    })
     const stopFollowing = followTunnel(tunnel, output, file)
     output.emit({ ...readyEvent(tunnel, file, out), ...(sshFrom !== undefined && { sshFrom }) })
     const failed = new Promise<Error>((resolveFailed) =>
@@ -62,6 +68,8 @@ async function up(args: UpArgs): Promise<number> {
     output.emit({ event: 'closed', file })
     return EXIT.ok
   } catch (err) {
+    const signal = signals.received()
+    if (signal !== undefined) return interrupted(output, signal, { file })
     return output.fail(err, { file })
   } finally {
     signals.dispose()

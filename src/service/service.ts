@@ -135,6 +135,8 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   #watcher: DirectoryWatcher | undefined
   #status: StatusServer | undefined
   readonly #since = new Date().toISOString()
+  /** Aborts tunnels still opening (an ssh connect can take long) when the service closes. */
+  readonly #abort = new AbortController()
   #closed = false
 
   private constructor(options: ServiceOptions, ledger: CopyLedger) {
@@ -368,6 +370,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         pool: this.#pool,
         out: entry.out,
         sourceFile: entry.file,
+        signal: this.#abort.signal,
       })
       if (this.#closed || !this.#entries.has(entry.file)) {
         await tunnel.close()
@@ -382,6 +385,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       this.emit(current ? 'changed' : 'ready', this.#readyFields(entry, tunnel))
     } catch (err) {
       if (!entry.tunnel) await this.#ledger.remove(entry.out)
+      if (this.#closed) return
       const retried = isIppTunnelError(err) && RETRIED.has(err.code)
       const quiet = retried && performance.now() - entry.started < QUIET_RETRY_MS
       if (!quiet) this.#failed(entry, err)
@@ -469,6 +473,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    this.#abort.abort(new IppTunnelError('E_CLOSED', 'The service is closing'))
     await this.#status?.close()
     await this.#watcher?.close()
     const entries = [...this.#entries.values()]

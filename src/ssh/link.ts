@@ -225,16 +225,19 @@ export class Link extends EventEmitter<LinkEvents> {
    * rejects `E_FORWARD_DENIED` (AllowTcpForwarding) or `E_FORWARD` (nothing listens there).
    */
   async forwardOut(host: string, port: number, options: { signal?: AbortSignal } = {}): Promise<Duplex> {
+    // a signal of its own per call: many concurrent calls must not pile listeners onto the caller's signal
+    const signal = options.signal && AbortSignal.any([options.signal])
     for (let tries = 0; ; tries++) {
-      await this.#waitUp(options.signal)
+      await this.#waitUp(signal)
       const chain = this.#chain
       const client = chain?.clients.at(-1)
       if (chain === undefined || client === undefined) continue
       try {
-        const stream = await this.#channel(client, host, port)
+        const stream = await this.#channel(client, host, port, signal)
         this.#track(stream)
         return stream
       } catch (err) {
+        if (signal?.aborted === true) throw err
         // the link died under the request: wait for the reconnect and try once more
         if (!isIppTunnelError(err) && chain.dead && tries === 0) continue
         throw this.#forwardError(err, this.#lastHop, host, port)
@@ -291,9 +294,30 @@ export class Link extends EventEmitter<LinkEvents> {
     })
   }
 
+  /**
+   * Counts the channel until it is closed on both sides. ssh2's `Channel.destroy()` only sends EOF and
+   * CHANNEL_CLOSE: the stream itself is never destroyed, and ssh2 emits `close` only after the readable side
+   * has emitted `end` — which a channel that was unpiped and paused (its local client went away first) never
+   * does. Such channels were kept, with their sockets, until the link dropped. Here `destroy()` also destroys
+   * the stream as a Duplex, so ssh2 emits `close` as soon as the server confirms (or at once when it already
+   * has); `end()` stays a half-close (EOF) that keeps reading.
+   */
   #track(stream: ClientChannel): void {
     this.#channels.add(stream)
-    stream.once('close', () => this.#channels.delete(stream))
+    let closeEmitted = false
+    stream.once('close', () => {
+      closeEmitted = true
+      this.#channels.delete(stream)
+    })
+    const channel = stream as ClientChannel & { incoming: { state: string } }
+    stream.destroy = (error?: Error): ClientChannel => {
+      if (stream.destroyed) return stream
+      channel.close()
+      Duplex.prototype.destroy.call(stream, error)
+      // the server's CHANNEL_CLOSE came already: ssh2 waits for an `end` that a destroyed stream never emits
+      if (channel.incoming.state === 'closed' && !closeEmitted) stream.emit('close')
+      return stream
+    }
   }
 
   /** Makes `chain` the live connection and watches it for a drop. */
@@ -420,14 +444,33 @@ export class Link extends EventEmitter<LinkEvents> {
     })
   }
 
-  #channel(client: Client, host: string, port: number): Promise<ClientChannel> {
+  /** Opens a channel; on abort it rejects at once, and a channel that opens after that is closed. */
+  #channel(client: Client, host: string, port: number, signal?: AbortSignal): Promise<ClientChannel> {
     return new Promise((resolve, reject) => {
+      if (signal?.aborted === true) {
+        reject(signal.reason as Error)
+        return
+      }
+      let settled = false
+      const onAbort = (): void => {
+        settled = true
+        reject(signal?.reason as Error)
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
       try {
         client.forwardOut('127.0.0.1', 0, host, port, (err, stream) => {
+          signal?.removeEventListener('abort', onAbort)
+          if (settled) {
+            if (!err) stream.destroy()
+            return
+          }
+          settled = true
           if (err) reject(err)
           else resolve(stream)
         })
       } catch (err) {
+        signal?.removeEventListener('abort', onAbort)
+        settled = true
         reject(err instanceof Error ? err : new Error(String(err)))
       }
     })
@@ -478,8 +521,9 @@ export class Link extends EventEmitter<LinkEvents> {
         let sock: ClientChannel | undefined
         if (previous !== undefined) {
           try {
-            sock = await this.#channel(previous.client, hop.host, hop.port)
+            sock = await this.#channel(previous.client, hop.host, hop.port, signal)
           } catch (err) {
+            if (signal.aborted) throw err
             const e = this.#forwardError(err, previous.hop, hop.host, hop.port)
             if (e.code === 'E_FORWARD_DENIED') throw e
             throw new IppTunnelError(

@@ -1,5 +1,6 @@
 export { Forward, type ForwardStats, type OpenRemote } from './forward.js'
-export { LinkPool, routeKey } from './links.js'
+export { ChannelBudget, descriptorLimit, rootBudget } from './budget.js'
+export { LinkPool, routeKey, type LinkPoolOptions } from './links.js'
 export { Tunnel, openTunnel, type ForwardInfo, type OpenTunnelOptions, type TunnelEvents } from './tunnel.js'
 export { defaultOutDir, defaultOutPath } from './paths.js'
 export { chooseDestination, type DestinationChoice } from './destination.js'

@@ -1,5 +1,7 @@
 import type { Link, LinkOptions, ResolvedTarget } from '../ssh/index.js'
 import { Link as SshLink } from '../ssh/index.js'
+import { IppTunnelError } from '../errors/index.js'
+import { ChannelBudget, rootBudget } from './budget.js'
 
 /** A stable name for a route: every hop's `user@host:port`, jumps first. */
 export function routeKey(target: ResolvedTarget): string {
@@ -12,6 +14,25 @@ interface Entry {
   users: number
 }
 
+/** Options of a {@link LinkPool}. */
+export interface LinkPoolOptions {
+  /** Connections carried at once by every tunnel of the pool; default: the descriptor limit less a reserve. */
+  readonly budget?: ChannelBudget
+  /** The fraction of `budget` one tunnel (one file) may hold; default 0.5, so one file cannot starve the rest. */
+  readonly tunnelShare?: number
+}
+
+/** Rejects with the signal's reason as soon as it aborts; otherwise settles as `promise` does. */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return promise
+  if (signal.aborted) return Promise.reject(signal.reason as Error)
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason as Error)
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.finally(() => signal.removeEventListener('abort', onAbort)).then(resolve, reject)
+  })
+}
+
 /**
  * Shares one ssh Link among every tunnel that names the same route, and closes it when the last one lets go.
  * The pool owns the links; tunnels hold leases.
@@ -19,26 +40,43 @@ interface Entry {
 export class LinkPool {
   readonly #options: LinkOptions
   readonly #entries = new Map<string, Entry>()
+  readonly #budget: ChannelBudget
+  readonly #share: number
   #closed = false
 
-  constructor(options: LinkOptions) {
+  constructor(options: LinkOptions, pool: LinkPoolOptions = {}) {
     this.#options = options
+    this.#budget = pool.budget ?? rootBudget()
+    this.#share = Math.min(1, Math.max(0, pool.tunnelShare ?? 0.5))
   }
 
-  /** Connects (or joins) the link for `target`; resolves once it is up. Pair every acquire with a release. */
+  /** A budget for the connections of one more tunnel: its share of the pool's. */
+  tunnelBudget(): ChannelBudget {
+    const limit =
+      this.#budget.limit === Infinity ? Infinity : Math.max(1, Math.ceil(this.#budget.limit * this.#share))
+    return new ChannelBudget(limit, this.#budget)
+  }
+
+  /**
+   * Connects (or joins) the link for `target`; resolves once it is up. Pair every acquire with a release.
+   * On abort it rejects at once with the signal's reason; the link closes when no one else waits for it.
+   */
   async acquire(target: ResolvedTarget, signal?: AbortSignal): Promise<Link> {
-    if (this.#closed) throw new Error('link pool is closed')
+    if (this.#closed) throw new IppTunnelError('E_CLOSED', 'The link pool is closed')
+    signal?.throwIfAborted()
     const key = routeKey(target)
     let entry = this.#entries.get(key)
     if (!entry || entry.link.closed || entry.link.state === 'failed') {
       if (entry) void entry.link.close()
       const link = new SshLink(target, this.#options)
-      entry = { link, connecting: link.connect(signal ? { signal } : {}), users: 0 }
+      entry = { link, connecting: link.connect(), users: 0 }
+      entry.connecting.catch(() => undefined)
       this.#entries.set(key, entry)
     }
     entry.users++
     try {
-      await entry.connecting
+      // a signal of its own: many files waiting on one link must not pile listeners onto a shared signal
+      await abortable(entry.connecting, signal && AbortSignal.any([signal]))
     } catch (err) {
       await this.release(entry.link)
       throw err

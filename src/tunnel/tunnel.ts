@@ -12,6 +12,7 @@ import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { LoopbackCopy, prepareCopy } from './copy.js'
 import { Forward, type ForwardStats } from './forward.js'
+import { ChannelBudget } from './budget.js'
 import { LinkPool } from './links.js'
 
 /** One forwarded channel: where local clients connect, and where the ssh server sends their traffic. */
@@ -53,6 +54,49 @@ function onChannel(err: unknown, endpoint: Endpoint): Error {
 }
 
 /**
+ * The tunnels on each link. A link gets one listener per event, whatever the number of tunnels (files) on it,
+ * and fans the event out: a listener per tunnel set Node's MaxListenersExceededWarning off past ten files.
+ */
+const tunnelsOnLink = new WeakMap<Link, { tunnels: Set<Tunnel>; detach: () => void }>()
+
+function followLink(link: Link, tunnel: Tunnel): () => void {
+  let entry = tunnelsOnLink.get(link)
+  if (entry === undefined) {
+    const tunnels = new Set<Tunnel>()
+    const onReconnecting = (e: { attempt: number; delayMs: number; error: Error }) => {
+      for (const t of tunnels) t.emit('link:reconnecting', e)
+    }
+    const onReconnected = (e: { attempt: number; downMs: number }) => {
+      for (const t of tunnels) t.emit('link:reconnected', e)
+    }
+    const onFailed = (e: { error: Error }) => {
+      for (const t of tunnels) t.emit('link:failed', e)
+    }
+    link.on('reconnecting', onReconnecting)
+    link.on('reconnected', onReconnected)
+    link.on('failed', onFailed)
+    entry = {
+      tunnels,
+      detach: () => {
+        link.off('reconnecting', onReconnecting)
+        link.off('reconnected', onReconnected)
+        link.off('failed', onFailed)
+      },
+    }
+    tunnelsOnLink.set(link, entry)
+  }
+  const { tunnels } = entry
+  tunnels.add(tunnel)
+  return () => {
+    tunnels.delete(tunnel)
+    if (tunnels.size === 0 && tunnelsOnLink.get(link)?.tunnels === tunnels) {
+      tunnelsOnLink.get(link)?.detach()
+      tunnelsOnLink.delete(link)
+    }
+  }
+}
+
+/**
  * The forwards of one connection file over one ssh link: a loopback listener per endpoint.
  * Local ports stay the same for the tunnel's whole life, across link drops and {@link Tunnel.update}.
  *
@@ -75,6 +119,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   readonly #release: () => Promise<void>
   readonly #detach: () => void
   readonly #copy: LoopbackCopy | undefined
+  readonly #budget: ChannelBudget
   #closed = false
 
   private constructor(
@@ -83,33 +128,34 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     release: () => Promise<void>,
     file: string | undefined,
     out: string | undefined,
+    budget: ChannelBudget,
   ) {
     super()
+    this.#budget = budget
     this.#source = source
     this.link = link
     this.#release = release
     this.file = file
     this.out = out
     this.#copy = out !== undefined ? new LoopbackCopy(out) : undefined
-    const onReconnecting = (e: { attempt: number; delayMs: number; error: Error }) =>
-      this.emit('link:reconnecting', e)
-    const onReconnected = (e: { attempt: number; downMs: number }) => this.emit('link:reconnected', e)
-    const onFailed = (e: { error: Error }) => this.emit('link:failed', e)
-    link.on('reconnecting', onReconnecting)
-    link.on('reconnected', onReconnected)
-    link.on('failed', onFailed)
-    this.#detach = () => {
-      link.off('reconnecting', onReconnecting)
-      link.off('reconnected', onReconnected)
-      link.off('failed', onFailed)
-    }
+    this.#detach = followLink(link, this)
   }
 
-  /** Opens forwards for `info` over an already connected `link`. `release` is called on close. */
+  /**
+   * Opens forwards for `info` over an already connected `link`. `release` is called on close; `budget` bounds the
+   * connections carried at once (default: none); `signal` aborts the opening (nothing is left behind).
+   */
   static async over(
     info: ConnectionInfo,
     link: Link,
-    options: { release?: () => Promise<void>; file?: string; out?: string; probe?: boolean } = {},
+    options: {
+      release?: () => Promise<void>
+      file?: string
+      out?: string
+      probe?: boolean
+      budget?: ChannelBudget
+      signal?: AbortSignal
+    } = {},
   ): Promise<Tunnel> {
     const tunnel = new Tunnel(
       info,
@@ -117,9 +163,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       options.release ?? (() => Promise.resolve()),
       options.file,
       options.out,
+      options.budget ?? new ChannelBudget(Infinity),
     )
     try {
-      await tunnel.#apply(info, options.probe ?? true)
+      await tunnel.#apply(info, options.probe ?? true, options.signal)
+      options.signal?.throwIfAborted()
       await tunnel.#copy?.write(tunnel.loopback)
     } catch (err) {
       await tunnel.close()
@@ -166,7 +214,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     await this.#copy?.write(this.loopback)
   }
 
-  async #apply(info: ConnectionInfo, probe: boolean): Promise<void> {
+  async #apply(info: ConnectionInfo, probe: boolean, signal?: AbortSignal): Promise<void> {
     const wanted = endpoints(info)
     const names = new Set(wanted.map((e) => e.channel))
     for (const [channel, forward] of this.#forwards) {
@@ -181,20 +229,27 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       wanted.map(async (endpoint) => {
         const existing = this.#forwards.get(endpoint.channel)
         if (existing) existing.retarget(endpoint)
-        else this.#forwards.set(endpoint.channel, await Forward.listen(endpoint, openRemote, onError))
+        else {
+          const forward = await Forward.listen(endpoint, openRemote, onError, 0, this.#budget)
+          // closed (and aborted) while listening: close() has already run over the forwards it knew
+          if (this.#closed) await forward.close()
+          else this.#forwards.set(endpoint.channel, forward)
+        }
       }),
     )
-    if (probe) await this.#probe(wanted)
+    signal?.throwIfAborted()
+    if (probe) await this.#probe(wanted, signal)
   }
 
   /** Opens and closes one channel per endpoint, so that a refused forward fails now and names its channel. */
-  async #probe(wanted: readonly Endpoint[]): Promise<void> {
+  async #probe(wanted: readonly Endpoint[], signal?: AbortSignal): Promise<void> {
     const results = await Promise.allSettled(
       wanted.map(async (endpoint) => {
         try {
-          const stream = await this.link.forwardOut(endpoint.host, endpoint.port)
+          const stream = await this.link.forwardOut(endpoint.host, endpoint.port, signal ? { signal } : {})
           stream.destroy()
         } catch (err) {
+          if (signal?.aborted === true) throw err
           throw onChannel(err, endpoint)
         }
       }),
@@ -246,7 +301,9 @@ export async function openTunnel(
   }
   if (options.out !== undefined) await prepareCopy(options.out, { source: file ?? options.sourceFile })
   const target = await resolveTarget(destination, options)
-  const pool = options.pool ?? new LinkPool(options)
+  options.signal?.throwIfAborted()
+  // a tunnel alone on its own pool may use the whole budget
+  const pool = options.pool ?? new LinkPool(options, { tunnelShare: 1 })
   const ownPool = options.pool === undefined
   const link = await pool.acquire(target, options.signal).catch(async (err: unknown) => {
     if (ownPool) await pool.close()
@@ -258,6 +315,8 @@ export async function openTunnel(
   }
   const tunnel = await Tunnel.over(info, link, {
     release,
+    budget: pool.tunnelBudget(),
+    ...(options.signal !== undefined && { signal: options.signal }),
     ...(file !== undefined && { file }),
     ...(options.out !== undefined && { out: options.out }),
     ...(options.probe !== undefined && { probe: options.probe }),
