@@ -117,7 +117,12 @@ describe('the first SIGINT/SIGTERM aborts a start-up stuck in the SSH connect', 
       'SIGINT',
     )
     assert.equal(code, 130, events.stderr)
-    assert.equal(events.events.at(-1)?.event, 'interrupted')
+    // exec keeps stdout for the command: its events, JSON too, go to stderr
+    const stderrEvents = events.stderr
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as { event?: string })
+    assert.equal(stderrEvents.at(-1)?.event, 'interrupted', events.stderr)
     assert.deepEqual(await readdir(tmp), [], 'no private directory left')
     assert.deepEqual(
       (await readdir(dir)).filter((n) => n === 'exec-ran'),
