@@ -64,7 +64,10 @@ describe('only regular files of at most 1 MiB are read', () => {
     test(`${command} FIFO fails at once: E_CONNFILE_READ, exit 2`, async () => {
       const result = await runCli([command, fifo, '--json', ...extra])
       assert.equal(result.code, 2, result.stdout + result.stderr)
-      const event = JSON.parse(result.stdout.trim().split('\n').at(-1)!) as { code: string; message: string }
+      // exec keeps stdout for its command: its events, the error too, go to stderr
+      const lines = (command === 'exec' ? result.stderr : result.stdout).split('\n')
+      const last = lines.filter((line) => line.startsWith('{')).at(-1) ?? ''
+      const event = JSON.parse(last) as { code: string; message: string }
       assert.equal(event.code, 'E_CONNFILE_READ')
       assert.match(event.message, /a FIFO, not a regular file/)
     })

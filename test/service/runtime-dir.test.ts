@@ -52,6 +52,12 @@ describe('directories another local user planted are refused; the ledger deletes
     XDG_RUNTIME_DIR: undefined,
     IPP_TUNNEL_RUNTIME_DIR: undefined,
   })
+  /** A directory to watch: `watch --dir` refuses one that does not exist. */
+  async function watchedDir(name: string): Promise<string> {
+    const dir = join(base, name)
+    await mkdir(dir, { recursive: true, mode: 0o700 })
+    return dir
+  }
   /** A shared temp dir like /tmp: world-writable, sticky. */
   async function sharedTmp(name: string): Promise<string> {
     const dir = join(base, name)
@@ -75,7 +81,7 @@ describe('directories another local user planted are refused; the ledger deletes
     const planted = join(tmp, `ipp-tunnel-${myUid}`)
     await asOther('mkdir', '-m', '0777', planted)
     await asOther('sh', '-c', `printf '%s' '${JSON.stringify([victim])}' > ${planted}/copies.json`)
-    const result = await runCli(['watch', '--dir', join(base, 'watched-a')], fallbackEnv(tmp))
+    const result = await runCli(['watch', '--dir', await watchedDir('watched-a')], fallbackEnv(tmp))
     assert.equal(result.code, 2, result.stderr)
     assert.equal(
       result.stderr.trim(),
@@ -93,7 +99,7 @@ describe('directories another local user planted are refused; the ledger deletes
     const theirs = join(tmp, 'theirs')
     await asOther('mkdir', '-m', '0700', theirs)
     await asOther('ln', '-s', theirs, join(tmp, `ipp-tunnel-${myUid}`))
-    const result = await runCli(['watch', '--dir', join(base, 'watched-b')], fallbackEnv(tmp))
+    const result = await runCli(['watch', '--dir', await watchedDir('watched-b')], fallbackEnv(tmp))
     assert.equal(result.code, 2, result.stderr)
     assert.match(
       result.stderr,
@@ -105,7 +111,7 @@ describe('directories another local user planted are refused; the ledger deletes
     const runtime = join(base, 'run-0755')
     await mkdir(runtime, { mode: 0o755 })
     await chmod(runtime, 0o755)
-    const result = await runCli(['watch', '--dir', join(base, 'watched-c')], {
+    const result = await runCli(['watch', '--dir', await watchedDir('watched-c')], {
       IPP_TUNNEL_RUNTIME_DIR: runtime,
     })
     assert.equal(result.code, 2, result.stderr)
@@ -114,7 +120,7 @@ describe('directories another local user planted are refused; the ledger deletes
 
   test('the runtime dir is created 0700 when missing (fallback under TMPDIR)', async () => {
     const tmp = await sharedTmp('fresh')
-    const watched = join(base, 'watched-d')
+    const watched = await watchedDir('watched-d')
     const service = spawnCli(
       ['watch', '--dir', watched, '--json', '--ssh', 'nobody@127.0.0.1'],
       fallbackEnv(tmp),
@@ -169,7 +175,7 @@ describe('directories another local user planted are refused; the ledger deletes
 
   test('an existing output dir that is group/other-writable or not ours is refused (watch and up), nothing written', async () => {
     const runtime = join(base, 'run-out')
-    const watched = join(base, 'watched-f')
+    const watched = await watchedDir('watched-f')
     const open = join(base, 'open-out')
     await mkdir(open)
     await chmod(open, 0o777)
