@@ -211,8 +211,8 @@ export class IppClient {
 
   /**
    * Interrupts what these engines run (SIGINT, delivered by each engine's nanny as ipyparallel's
-   * `Client.send_signal` does): running code raises `KeyboardInterrupt` and the engine takes work again.
-   * Resolves with the outcome per engine id.
+   * `Client.send_signal` does): running code raises `KeyboardInterrupt`. Resolves, per engine id, once the
+   * engine answers again (`ok`: it takes work now), or with why not within `timeoutMs`.
    *
    * @example
    * const outcomes = await client.interrupt([1]) // { 1: { status: 'ok' } }
@@ -238,13 +238,24 @@ export class IppClient {
             { ident, ...(options.timeoutMs !== undefined && { timeoutMs: options.timeoutMs }) },
           )
           const content = reply.content as Record<string, unknown>
+          if (content.status !== 'ok') {
+            outcomes[id] = {
+              status: 'failed',
+              reason: `${String(content.ename ?? 'error')}: ${String(content.evalue ?? content.status)}`,
+            }
+            return
+          }
+          // The engine is free once it answers a request queued behind the interrupted one.
+          const { timedOut } = await this.executeSettled('', {
+            targets: [id],
+            silent: true,
+            outputGraceMs: 500,
+            ...(options.timeoutMs !== undefined && { timeoutMs: options.timeoutMs }),
+          })
           outcomes[id] =
-            content.status === 'ok'
+            timedOut.length === 0
               ? { status: 'ok' }
-              : {
-                  status: 'failed',
-                  reason: `${String(content.ename ?? 'error')}: ${String(content.evalue ?? content.status)}`,
-                }
+              : { status: 'failed', reason: 'the engine is still busy after SIGINT' }
         } catch (err) {
           outcomes[id] = { status: 'failed', reason: err instanceof Error ? err.message : String(err) }
         }

@@ -1,34 +1,11 @@
 import assert from 'node:assert/strict'
 import { readFile } from 'node:fs/promises'
 import { after, before, describe, test, type TestContext } from 'node:test'
-import { setTimeout as sleep } from 'node:timers/promises'
 
 import { IppClient } from '../../src/client/index.js'
-import { isIppTunnelError } from '../../src/errors/index.js'
 import { exited } from '../support/cli.js'
 import { sshOptionsOf } from '../support/index.js'
-import { startEnginesCli, startRemote, type Remote } from './helpers.js'
-
-/**
- * ipcontroller writes its files before its schedulers listen: wait for the controller (not a retry of what
- * is under test).
- */
-async function openClient(remote: Remote): Promise<IppClient> {
-  const options = {
-    ...sshOptionsOf(remote.sshd),
-    ssh: `${remote.sshd.user}@${remote.sshd.host}:${remote.sshd.port}`,
-  }
-  const deadline = Date.now() + 30_000
-  for (;;) {
-    try {
-      return await IppClient.open(remote.ctl.clientFile, options)
-    } catch (err) {
-      const waiting = isIppTunnelError(err) && (err.code === 'E_FORWARD' || err.code === 'E_CONNECT')
-      if (!waiting || Date.now() > deadline) throw err
-      await sleep(200)
-    }
-  }
-}
+import { openClientWhenReady, startEnginesCli, startRemote, type Remote } from './helpers.js'
 
 describe('engines -n 2 against a real controller: registered means usable, stopped means gone', () => {
   let remote: Remote
@@ -40,7 +17,10 @@ describe('engines -n 2 against a real controller: registered means usable, stopp
     remote = await startRemote({
       after: (fn: () => Promise<void>) => cleanups.push(fn),
     } as unknown as TestContext)
-    client = await openClient(remote)
+    client = await openClientWhenReady(remote.ctl.clientFile, {
+      ...sshOptionsOf(remote.sshd),
+      ssh: `${remote.sshd.user}@${remote.sshd.host}:${String(remote.sshd.port)}`,
+    })
   })
   after(async () => {
     await client?.close()
