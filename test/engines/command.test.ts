@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { test } from 'node:test'
 
 import {
@@ -117,8 +120,15 @@ test('findProgram: a path is checked as it is, a bare name is looked up on PATH'
   assert.equal(await findProgram('/bin/sh'), '/bin/sh')
   assert.equal(await findProgram('sh', '/nonexistent:/bin'), '/bin/sh')
   await assert.rejects(findProgram('sh', '/nonexistent'), hasCode('E_SPAWN', 'not found on PATH'))
-  await assert.rejects(findProgram('/etc/hostname'), hasCode('E_SPAWN', 'no executable file'))
-  await assert.rejects(findProgram('/tmp'), hasCode('E_SPAWN'))
+  const dir = await mkdtemp(join(tmpdir(), 'ippt-find-'))
+  try {
+    const plain = join(dir, 'not-executable')
+    await writeFile(plain, '#!/bin/sh\n', { mode: 0o644 })
+    await assert.rejects(findProgram(plain), hasCode('E_SPAWN', 'no executable file'))
+    await assert.rejects(findProgram(dir), hasCode('E_SPAWN'), 'a directory is not a program')
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
 })
 
 test('isRoutineLog: INFO/DEBUG log lines are routine; warnings, tracebacks and prints are not', () => {
