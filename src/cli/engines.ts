@@ -151,7 +151,7 @@ async function engines(args: EnginesArgs): Promise<number> {
   try {
     const launch = {
       file,
-      n: engineCount(String(args.n)),
+      n: engineCount(args.n),
       mpi: args.mpi,
       ...(args['engine-cmd'] !== undefined && { engineCommand: args['engine-cmd'] }),
       ...(args.mpiexec !== undefined && { mpiexec: args.mpiexec }),

@@ -135,7 +135,8 @@ function jsonOf(r: ExecuteResult, exprs: readonly string[]) {
 /** A target that did not answer in time, and what interrupting it gave (when asked to). */
 interface Late {
   readonly target: number | 'kernel'
-  readonly interrupt?: 'ok' | string
+  /** `ok`, or why interrupting failed. */
+  readonly interrupt?: string
 }
 
 function lateLines(late: readonly Late[], timeoutS: number): string[] {

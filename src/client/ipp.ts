@@ -239,10 +239,10 @@ export class IppClient {
           )
           const content = reply.content as Record<string, unknown>
           if (content.status !== 'ok') {
-            outcomes[id] = {
-              status: 'failed',
-              reason: `${String(content.ename ?? 'error')}: ${String(content.evalue ?? content.status)}`,
-            }
+            const ename = typeof content.ename === 'string' ? content.ename : 'error'
+            const evalue =
+              typeof content.evalue === 'string' ? content.evalue : JSON.stringify(content.status)
+            outcomes[id] = { status: 'failed', reason: `${ename}: ${evalue}` }
             return
           }
           // The engine is free once it answers a request queued behind the interrupted one.

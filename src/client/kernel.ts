@@ -91,7 +91,7 @@ export class KernelClient {
     if (content.status !== undefined && content.status !== 'ok') {
       throw new IppTunnelError(
         'E_REMOTE',
-        `${this.connection.where}: the kernel refused interrupt_request (${String(content.status)})`,
+        `${this.connection.where}: the kernel refused interrupt_request (${JSON.stringify(content.status)})`,
       )
     }
   }

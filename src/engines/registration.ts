@@ -84,7 +84,7 @@ export class EngineRegistry extends EventEmitter<EngineRegistryEvents> {
           const { identities } = await this.#hub.engines()
           for (const [id, claim] of this.#claims) {
             const uuid = identities[id]
-            if (uuid === undefined || this.#listed.has(id) || this.#closed) continue
+            if (uuid === undefined || this.#listed.has(id) || this.#isClosed()) continue
             claim.uuid = uuid
             this.#listed.add(id)
             this.emit('engine-registered', { index: claim.index, id })
@@ -94,7 +94,7 @@ export class EngineRegistry extends EventEmitter<EngineRegistryEvents> {
             this.emit('registered', { ids: this.ids })
           }
         } catch (err) {
-          if (this.#closed) return
+          if (this.#isClosed()) return
           this.emit('hub-error', { error: err instanceof Error ? err : new Error(String(err)) })
         }
         if (this.#listed.size < this.#claims.size) await sleep(this.#pollMs)
@@ -134,6 +134,11 @@ export class EngineRegistry extends EventEmitter<EngineRegistryEvents> {
       first = false
     }
     return remaining
+  }
+
+  // A call, not a field read: the flag changes while a query is awaited.
+  #isClosed(): boolean {
+    return this.#closed
   }
 
   /** Stops asking the hub. Safe to call twice. */
