@@ -117,10 +117,10 @@ function engineCount(text: string): number {
 const EXIT_CANNOT_RUN = 127
 
 /**
- * The hub drops our engines the moment we stop (see EngineGroup.stop), so an engine that takes long to wind
- * Python down (1–2 s on a busy host) is SIGKILLed after 1.5 s; then at most 1 s for the hub to confirm.
+ * The hub drops our engines the moment we stop (see EngineGroup.stop), so an engine still winding Python
+ * down after 1 s (it takes 1–2 s on a busy host) is SIGKILLed; then at most 1 s for the hub to confirm.
  */
-const STOP = { killAfterMs: 1500, unregisterMs: 1000 } as const
+const STOP = { killAfterMs: 1000, unregisterMs: 1000 } as const
 
 /** Why the supervision ended. */
 type Ending =
