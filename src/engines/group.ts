@@ -202,10 +202,11 @@ export class EngineGroup extends EventEmitter<EngineGroupEvents> {
 
   /**
    * Sends `signal` to every process group still running, then SIGTERM after `termAfterMs` (ipengine ignores
-   * SIGINT and stops on SIGTERM) and SIGKILL after `killAfterMs`. Once all have ended, with a hub, asks it to
-   * drop every engine of the group and waits (at most `unregisterMs`) until it lists none of them: an engine's
-   * nanny does the same, but only if the tunnel outlives it. Resolves with how each process ended; after
-   * that, output of processes the engines left (their nannies) is no longer read. Safe to call twice.
+   * SIGINT and stops on SIGTERM) and SIGKILL after `killAfterMs`. With a hub, it also asks the hub at once to
+   * drop every engine of the group, and again once all processes have ended, waiting each time (at most
+   * `unregisterMs`) until the hub lists none of them: an engine's nanny does the same, but only reaches the
+   * hub if the tunnel outlives it. Resolves with how each process ended; the pipes are then no longer read
+   * and the nannies left behind are ended. Safe to call twice.
    */
   stop(
     signal: NodeJS.Signals = 'SIGTERM',
