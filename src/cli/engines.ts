@@ -4,9 +4,18 @@ import { basename, join, resolve } from 'node:path'
 
 import type { Argv } from 'yargs'
 
+import { HubQuery } from '../client/index.js'
 import { readConnectionFile } from '../connection-file/index.js'
-import { engineArgvs, launchEngines, type EngineExit, type EngineGroup } from '../engines/index.js'
-import { IppTunnelError } from '../errors/index.js'
+import {
+  engineArgvs,
+  findProgram,
+  isRoutineLog,
+  launchEngines,
+  redactLine,
+  type EngineExit,
+  type EngineGroup,
+} from '../engines/index.js'
+import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { makePrivateTempDir } from '../safe-fs/index.js'
 import { chooseDestination, openTunnel, type Tunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
@@ -16,8 +25,9 @@ import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js
 
 interface EnginesArgs extends SshArgs {
   readonly file: string
-  readonly n: number
+  readonly n: string
   readonly mpi: boolean
+  readonly verbose: number
   readonly mpiexec?: string | undefined
   readonly 'engine-cmd'?: string | undefined
   readonly json: boolean
@@ -40,9 +50,10 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
           })
           .option('n', {
             alias: 'engines',
-            type: 'number',
+            type: 'string',
+            requiresArg: true,
             demandOption: true,
-            describe: 'number of engines',
+            describe: 'number of engines (1 to 4096)',
           })
           .option('mpi', {
             type: 'boolean',
@@ -50,6 +61,10 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
             describe: 'one mpiexec -n N launch: the engines share an MPI world (needs mpi4py)',
           })
           .option('mpiexec', { type: 'string', describe: 'MPI launcher command (default: mpiexec)' })
+          .option('verbose', {
+            type: 'count',
+            describe: "also show the engines' routine (INFO/DEBUG) log lines on stderr",
+          })
           .option('engine-cmd', {
             type: 'string',
             describe:
@@ -61,20 +76,51 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
   )
 }
 
+// `index` is the process we started (`process #i`); `id` is the engine id the controller gave (`engine id N`).
 function formatEngineEvents(output: Output): Output {
   return formatTunnelEvents(output)
-    .format('engine-started', (e) => `engine ${String(e.index)} started (pid ${String(e.pid)})`)
-    .format('engine-registered', (e) => `engine ${String(e.index)} registered as id ${String(e.id)}`)
+    .format('engine-started', (e) => `process #${String(e.index)} started (pid ${String(e.pid)})`)
+    .format(
+      'engine-registered',
+      (e) => `process #${String(e.index)}: the controller lists engine id ${String(e.id)}`,
+    )
     .format(
       'registered',
-      (e) => `all ${String(e.engines)} engines registered, ${String(e.ms)} ms after launch`,
+      (e) =>
+        `the controller lists all ${String(e.engines)} engines (ids ${(e.ids as number[]).join(', ')}), ${String(e.ms)} ms after launch`,
     )
     .format('engine-exited', (e) => {
       const how = typeof e.signal === 'string' ? `by ${e.signal}` : `with status ${String(e.code)}`
-      return `engine ${String(e.index)} (pid ${String(e.pid)}) exited ${how}${e.stopped === true ? '' : ' on its own'}`
+      return `process #${String(e.index)} (pid ${String(e.pid)}) exited ${how}${e.stopped === true ? '' : ' on its own'}`
     })
     .format('stopping', (e) => `${String(e.signal)}: stopping the engines`)
+    .format('unregistered', (e) => {
+      const remaining = e.remaining as number[]
+      return remaining.length === 0
+        ? `the controller lists none of our engines${typeof e.ms === 'number' ? ` (${String(e.ms)} ms after the signal)` : ''}`
+        : `the controller still lists engine ids ${remaining.join(', ')}; it drops them when their heartbeats stop`
+    })
 }
+
+function engineCount(text: string): number {
+  const n = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN
+  if (!Number.isInteger(n) || n < 1 || n > 4096) {
+    throw new IppTunnelError(
+      'E_USAGE',
+      `-n needs a whole number of engines from 1 to 4096, got "${text}" (see ipp-tunnel engines --help)`,
+    )
+  }
+  return n
+}
+
+/** As a shell (and `exec`) says a command cannot be run. */
+const EXIT_CANNOT_RUN = 127
+
+/**
+ * The hub drops our engines the moment we stop (see EngineGroup.stop), so an engine still winding Python
+ * down after 1 s (it takes 1–2 s on a busy host) is SIGKILLed; then at most 1 s for the hub to confirm.
+ */
+const STOP = { killAfterMs: 1000, unregisterMs: 1000 } as const
 
 /** Why the supervision ended. */
 type Ending =
@@ -87,28 +133,33 @@ async function engines(args: EnginesArgs): Promise<number> {
   const file = resolve(args.file)
   let privateDir: string | undefined
   let tunnel: Tunnel | undefined
+  let hub: HubQuery | undefined
   let group: EngineGroup | undefined
+  let signalledAt: number | undefined
   // A second signal exits at once (see untilSignal): engines and the private directory must not outlive us.
   const killOnExit = () => {
     group?.killNow()
     if (privateDir !== undefined) rmSync(privateDir, { recursive: true, force: true })
   }
   const signals = untilSignal((signal) => {
+    signalledAt = performance.now()
     output.emit({ event: 'stopping', file, signal })
-    void group?.stop(signal)
+    // ipengine ignores SIGINT: SIGTERM whatever we received (mpiexec passes it on to its ranks).
+    void group?.stop('SIGTERM', STOP)
   })
   process.once('exit', killOnExit)
   try {
     const launch = {
       file,
-      n: args.n,
+      n: engineCount(args.n),
       mpi: args.mpi,
       ...(args['engine-cmd'] !== undefined && { engineCommand: args['engine-cmd'] }),
       ...(args.mpiexec !== undefined && { mpiexec: args.mpiexec }),
       extraArgs: (args['--'] ?? []).map(String),
       root: process.getuid?.() === 0,
     }
-    engineArgvs(launch) // bad -n or command lines fail here, before any connection
+    const [program] = engineArgvs(launch)[0] ?? [] // bad command lines fail here, before any connection
+    if (program !== undefined) await findProgram(program, process.env.PATH)
     const options = sshOptionsFrom(args, output)
     const { info, warnings } = await readConnectionFile(file)
     if (info.kind !== 'ipp-engine') {
@@ -126,11 +177,20 @@ async function engines(args: EnginesArgs): Promise<number> {
     output.emit({
       ...readyEvent(tunnel, file, out),
       ...(sshFrom !== undefined && { sshFrom }),
-      engines: args.n,
+      engines: launch.n,
       mpi: args.mpi,
     })
-    group = launchEngines({ ...launch, file: out })
-    superviseOutput(group, output, file, args.n)
+    // Registration and unregistration are what the hub says, asked through this same tunnel.
+    const loopback = tunnel.loopback
+    if (loopback.kind === 'ipp-engine') hub = HubQuery.open(loopback, file)
+    group = launchEngines({ ...launch, file: out, ...(hub !== undefined && { hub }) })
+    superviseOutput(group, output, {
+      file,
+      n: launch.n,
+      verbose: args.verbose > 0,
+      secrets: [info.key],
+      signalledAt: () => signalledAt,
+    })
     const failed = new Promise<Ending>((resolveFailed) =>
       tunnel?.once('link:failed', (e) => resolveFailed({ kind: 'link-failed', error: e.error })),
     )
@@ -139,19 +199,21 @@ async function engines(args: EnginesArgs): Promise<number> {
       group.done.then((exits) => ({ kind: 'exited', exits })),
       failed,
     ])
-    if (ending.kind !== 'exited') await group.stop(ending.kind === 'signal' ? ending.signal : 'SIGTERM')
-    const exits = await group.done
+    // Also after the engines exited on their own: the hub is told before the tunnel closes.
+    const exits = await group.stop('SIGTERM', STOP)
+    await hub?.close()
     stopFollowing()
     await tunnel.close()
     if (ending.kind === 'link-failed') return output.fail(ending.error, { file })
     const died = exits.filter((e) => !e.stopped && (e.code !== 0 || e.signal !== null))
     const first = died[0]
+    if (died.length > 0 && died.every((e) => e.pid === 0)) return EXIT_CANNOT_RUN // reported as it happened
     if (first !== undefined) {
       const how = first.signal === null ? `status ${String(first.code)}` : first.signal
       return output.fail(
         new IppTunnelError(
           'E_ENGINE_EXIT',
-          `${String(died.length)} of ${String(exits.length)} engine processes died on their own (first: engine ${String(first.index)}, ${how}); their output is above`,
+          `${String(died.length)} of ${String(exits.length)} engine processes died on their own (first: process #${String(first.index)}, ${how}); their output is above`,
         ),
         { file },
       )
@@ -159,11 +221,13 @@ async function engines(args: EnginesArgs): Promise<number> {
     output.emit({ event: 'closed', file })
     return EXIT.ok
   } catch (err) {
-    if (group !== undefined) await group.stop('SIGTERM')
+    if (group !== undefined) await group.stop('SIGTERM', STOP)
     const signal = signals.received()
     if (signal !== undefined && group === undefined) return interrupted(output, signal, { file })
-    return output.fail(err, { file })
+    const status = output.fail(err, { file })
+    return isIppTunnelError(err) && err.code === 'E_SPAWN' ? EXIT_CANNOT_RUN : status
   } finally {
+    await hub?.close()
     await tunnel?.close()
     if (privateDir !== undefined) await rm(privateDir, { recursive: true, force: true })
     signals.dispose()
@@ -171,26 +235,43 @@ async function engines(args: EnginesArgs): Promise<number> {
   }
 }
 
-/** Renders the group's events; engine output goes to stderr, each line tagged with its engine. */
-function superviseOutput(group: EngineGroup, output: Output, file: string, n: number): void {
-  const registered = new Set<number>()
+/** Renders the group's events; engine output goes to stderr, each line tagged with its process. */
+function superviseOutput(
+  group: EngineGroup,
+  output: Output,
+  options: {
+    file: string
+    n: number
+    verbose: boolean
+    secrets: readonly string[]
+    signalledAt: () => number | undefined
+  },
+): void {
+  const { file } = options
   group.on('engine-started', (e) =>
     output.emit({ event: 'engine-started', file, index: e.index, pid: e.pid }),
   )
-  group.on('engine-registered', (e) => {
-    output.emit({ event: 'engine-registered', file, index: e.index, id: e.id })
-    registered.add(e.id)
-    if (registered.size === n) {
-      output.emit({
-        event: 'registered',
-        file,
-        engines: n,
-        ms: Math.round(performance.now() - group.startedAt),
-      })
-    }
+  group.on('engine-registered', (e) =>
+    output.emit({ event: 'engine-registered', file, index: e.index, id: e.id }),
+  )
+  group.on('registered', (e) =>
+    output.emit({
+      event: 'registered',
+      file,
+      engines: options.n,
+      ids: e.ids,
+      ms: Math.round(performance.now() - group.startedAt),
+    }),
+  )
+  group.on('engine-output', (e) => {
+    if (!options.verbose && isRoutineLog(e.line)) return
+    process.stderr.write(`[process #${String(e.index)}] ${redactLine(e.line, options.secrets)}\n`)
   })
-  group.on('engine-output', (e) => process.stderr.write(`[engine ${String(e.index)}] ${e.line}\n`))
-  group.on('engine-error', (e) => output.fail(e.error, { file, index: e.index }))
+  let spawnFailures = 0
+  group.on('engine-error', (e) => {
+    // The same command fails the same way for every process: one line.
+    if (spawnFailures++ === 0) output.fail(e.error, { file, index: e.index })
+  })
   group.on('engine-exited', (e) =>
     output.emit({
       event: 'engine-exited',
@@ -202,4 +283,19 @@ function superviseOutput(group: EngineGroup, output: Output, file: string, n: nu
       stopped: e.stopped,
     }),
   )
+  group.on('unregistered', (e) => {
+    const since = options.signalledAt()
+    output.emit({
+      event: 'unregistered',
+      file,
+      remaining: e.remaining,
+      ...(since !== undefined && { ms: Math.round(performance.now() - since) }),
+    })
+  })
+  let hubErrors = 0
+  group.on('hub-error', (e) => {
+    if (hubErrors++ === 0) {
+      output.emit({ event: 'warning', file, message: `asking the hub for its engines: ${e.error.message}` })
+    }
+  })
 }

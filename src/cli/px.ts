@@ -4,7 +4,7 @@ import type { Argv } from 'yargs'
 
 import { openClient, type ExecuteResult, type Targets } from '../client/index.js'
 import { readConnectionFile } from '../connection-file/index.js'
-import { IppTunnelError } from '../errors/index.js'
+import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { EXIT, Output } from './output.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
 
@@ -14,18 +14,23 @@ interface PxArgs extends SshArgs {
   readonly targets: string
   readonly expr: string[]
   readonly timeout: number
+  readonly 'abort-on-timeout': boolean
   readonly json: boolean
   readonly debug: boolean
 }
 
+/** Like timeout(1): some target did not answer within --timeout (what the others returned is printed). */
+const EXIT_TIMED_OUT = 124
+
 /**
  * `ipp-tunnel px FILE CODE`: runs CODE on engines (or the kernel) and prints each one's status, output and
- * `--expr` values. Exits 1 when the code raised on any target, like a shell command that failed.
+ * `--expr` values. Exits 1 when the code raised on any target, like a shell command that failed, and 124
+ * when a target did not answer in time.
  */
 export function registerPx(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
   return yargs.command(
     'px <file> <code>',
-    'run Python code on engines (or a kernel) and print status, stdout, stderr and --expr values; exit 1 if it raised',
+    'run Python code on engines (or a kernel) and print status, stdout, stderr and --expr values; exit 1 if it raised, 124 if a target did not answer in time',
     (y) =>
       withSshOptions(
         y
@@ -45,7 +50,15 @@ export function registerPx(yargs: Argv, run: (task: () => Promise<number>) => vo
             describe: 'expression to evaluate afterwards and print (repeatable)',
           })
           .option('timeout', { type: 'number', default: 60, describe: 'seconds to wait for each engine' })
-          .usage('$0 px FILE CODE [--targets all|0,2] [--expr NAME]… [ssh options] [--json]'),
+          .option('abort-on-timeout', {
+            type: 'boolean',
+            default: false,
+            describe:
+              'interrupt (SIGINT) the code on targets that did not answer in time, so they are free again',
+          })
+          .usage(
+            '$0 px FILE CODE [--targets all|0,2] [--expr NAME]… [--timeout S [--abort-on-timeout]] [ssh options] [--json]',
+          ),
       ),
     (args) => run(() => px(args as unknown as PxArgs)),
   )
@@ -119,6 +132,26 @@ function jsonOf(r: ExecuteResult, exprs: readonly string[]) {
   }
 }
 
+/** A target that did not answer in time, and what interrupting it gave (when asked to). */
+interface Late {
+  readonly target: number | 'kernel'
+  /** `ok`, or why interrupting failed. */
+  readonly interrupt?: string
+}
+
+function lateLines(late: readonly Late[], timeoutS: number): string[] {
+  return late.map((l) => {
+    const who = l.target === 'kernel' ? 'kernel' : `engine ${String(l.target)}`
+    const after =
+      l.interrupt === undefined
+        ? 'it may still be running (--abort-on-timeout interrupts it)'
+        : l.interrupt === 'ok'
+          ? 'interrupted'
+          : `interrupting it failed: ${l.interrupt}`
+    return `[${who}] timeout: no reply within ${String(timeoutS)} s; ${after}`
+  })
+}
+
 async function px(args: PxArgs): Promise<number> {
   const output = new Output({ json: args.json, debug: args.debug })
   const file = resolve(args.file)
@@ -134,14 +167,54 @@ async function px(args: PxArgs): Promise<number> {
       handshakeTimeoutMs: timeoutMs,
       requestTimeoutMs: timeoutMs,
     })
-    const results =
-      client.kind === 'kernel'
-        ? [await client.execute(args.code, { userExpressions })]
-        : await client.execute(args.code, { targets, userExpressions })
+    let results: ExecuteResult[]
+    const late: Late[] = []
+    // A short bound for the interrupt itself: the nanny (or the kernel's control thread) answers at once.
+    const interruptMs = Math.min(timeoutMs, 10_000)
+    if (client.kind === 'kernel') {
+      try {
+        results = [await client.execute(args.code, { userExpressions })]
+      } catch (err) {
+        if (!isIppTunnelError(err) || err.code !== 'E_TIMEOUT') throw err
+        results = []
+        let interrupt: string | undefined
+        if (args['abort-on-timeout']) {
+          interrupt = await client.interrupt({ timeoutMs: interruptMs }).then(
+            () => 'ok',
+            (e: unknown) => (e instanceof Error ? e.message : String(e)),
+          )
+        }
+        late.push({ target: 'kernel', ...(interrupt !== undefined && { interrupt }) })
+      }
+    } else {
+      const settled = await client.executeSettled(args.code, { targets, userExpressions })
+      results = settled.results
+      const outcomes =
+        args['abort-on-timeout'] && settled.timedOut.length > 0
+          ? await client.interrupt(settled.timedOut, { timeoutMs: interruptMs })
+          : {}
+      for (const id of settled.timedOut) {
+        const outcome = outcomes[id]
+        late.push({
+          target: id,
+          ...(outcome !== undefined && { interrupt: outcome.status === 'ok' ? 'ok' : outcome.reason }),
+        })
+      }
+    }
     output.result(
-      { file, kind: client.kind, results: results.map((r) => jsonOf(r, exprs)) },
-      human(results, exprs),
+      {
+        event: 'result',
+        file,
+        kind: client.kind,
+        results: results.map((r) => jsonOf(r, exprs)),
+        timedOut: late.map((l) => l.target),
+        ...(args['abort-on-timeout'] && {
+          interrupted: late.filter((l) => l.interrupt === 'ok').map((l) => l.target),
+        }),
+      },
+      [human(results, exprs), ...lateLines(late, args.timeout)].filter((t) => t !== '').join('\n'),
     )
+    if (late.length > 0) return EXIT_TIMED_OUT
     return results.every((r) => r.status === 'ok') ? EXIT.ok : EXIT.runtime
   } catch (err) {
     return output.fail(err, { file })

@@ -20,7 +20,15 @@ export {
   type ExpressionValue,
   type RemoteError,
 } from './execute.js'
-export { IppClient, type Engines, type IppExecuteOptions, type Targets } from './ipp.js'
+export { HubQuery } from './hub.js'
+export {
+  IppClient,
+  type Engines,
+  type InterruptOutcome,
+  type IppExecuteOptions,
+  type SettledExecution,
+  type Targets,
+} from './ipp.js'
 export { KernelClient, type KernelInfoResult } from './kernel.js'
 
 /**

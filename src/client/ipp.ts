@@ -1,5 +1,5 @@
 import type { ConnectionInfo } from '../connection-file/index.js'
-import { IppTunnelError } from '../errors/index.js'
+import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { connect, type ConnectOptions, type Connection } from '../sockets/index.js'
 import type { QueueReplyContent } from '../wire/index.js'
 import { OutputRouter, type ExecuteOptions, type ExecuteResult } from './execute.js'
@@ -12,6 +12,18 @@ export interface Engines {
 
 /** Which engines to run on: all of them, or these ids. */
 export type Targets = 'all' | readonly number[]
+
+/** What {@link IppClient.executeSettled} resolves with: the replies that came, and who did not answer. */
+export interface SettledExecution {
+  /** One result per engine that replied in time, in engine order. */
+  readonly results: ExecuteResult[]
+  /** Engine ids that did not reply within the timeout; their code may still be running. */
+  readonly timedOut: number[]
+}
+
+/** How an interrupt went, per engine id: `ok`, or why it failed. */
+export type InterruptOutcome =
+  { readonly status: 'ok' } | { readonly status: 'failed'; readonly reason: string }
 
 /** Options of {@link IppClient.execute}. */
 export interface IppExecuteOptions extends ExecuteOptions {
@@ -120,33 +132,39 @@ export class IppClient {
    * engine, in engine order. Exceptions raised by the code are in `result.error`, not thrown.
    *
    * @throws IppTunnelError `E_USAGE` for an engine id the controller does not know, `E_REMOTE` when no
-   *   engine is registered, `E_TIMEOUT` when an engine does not reply in time.
+   *   engine is registered, `E_TIMEOUT` naming the engines that did not reply in time (use
+   *   {@link executeSettled} to keep the replies of the others).
    * @example
    * const [r] = await client.execute('x = 6 * 7', { targets: [0], userExpressions: { x: 'x' } })
    * r?.expressions.x // { status: 'ok', text: '42', … }
    */
   async execute(code: string, options: IppExecuteOptions = {}): Promise<ExecuteResult[]> {
+    const { results, timedOut } = await this.executeSettled(code, options)
+    if (timedOut.length > 0) {
+      throw new IppTunnelError(
+        'E_TIMEOUT',
+        `${this.connection.where}: no reply from engine${timedOut.length === 1 ? '' : 's'} ${timedOut.join(', ')} within ${String(options.timeoutMs ?? 'the request timeout')} ms`,
+      )
+    }
+    return results
+  }
+
+  /**
+   * Like {@link execute}, but an engine that does not reply within `timeoutMs` is listed in `timedOut`
+   * instead of failing the call: the replies of the others are kept. The code may still run on the engines
+   * that timed out; {@link interrupt} stops it.
+   *
+   * @example
+   * const { results, timedOut } = await client.executeSettled('slow()', { timeoutMs: 5000 })
+   * if (timedOut.length > 0) await client.interrupt(timedOut)
+   */
+  async executeSettled(code: string, options: IppExecuteOptions = {}): Promise<SettledExecution> {
     const engines = await this.engines(
       options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs },
     )
-    const targets = options.targets ?? 'all'
-    if (engines.ids.length === 0) {
-      throw new IppTunnelError(
-        'E_REMOTE',
-        `${this.connection.where}: no engines are registered with the controller`,
-      )
-    }
-    const ids = targets === 'all' ? engines.ids : [...targets]
-    for (const id of ids) {
-      if (engines.identities[id] === undefined) {
-        throw new IppTunnelError(
-          'E_USAGE',
-          `${this.connection.where}: no engine ${id}; the controller has engines ${engines.ids.join(', ')}`,
-        )
-      }
-    }
+    const ids = this.#targetIds(engines, options.targets ?? 'all')
     const { session } = this.connection
-    return Promise.all(
+    const settled = await Promise.allSettled(
       ids.map((engineId) =>
         this.#router.execute(
           (request) =>
@@ -161,6 +179,89 @@ export class IppClient {
         ),
       ),
     )
+    const results: ExecuteResult[] = []
+    const timedOut: number[] = []
+    settled.forEach((outcome, i) => {
+      if (outcome.status === 'fulfilled') results.push(outcome.value)
+      else if (isIppTunnelError(outcome.reason) && outcome.reason.code === 'E_TIMEOUT')
+        timedOut.push(ids[i] ?? -1)
+      else throw outcome.reason
+    })
+    return { results, timedOut }
+  }
+
+  #targetIds(engines: Engines, targets: Targets): number[] {
+    if (engines.ids.length === 0) {
+      throw new IppTunnelError(
+        'E_REMOTE',
+        `${this.connection.where}: no engines are registered with the controller`,
+      )
+    }
+    const ids = targets === 'all' ? [...engines.ids] : [...targets]
+    for (const id of ids) {
+      if (engines.identities[id] === undefined) {
+        throw new IppTunnelError(
+          'E_USAGE',
+          `${this.connection.where}: no engine ${id}; the controller has engines ${engines.ids.join(', ')}`,
+        )
+      }
+    }
+    return ids
+  }
+
+  /**
+   * Interrupts what these engines run (SIGINT, delivered by each engine's nanny as ipyparallel's
+   * `Client.send_signal` does): running code raises `KeyboardInterrupt`. Resolves, per engine id, once the
+   * engine answers again (`ok`: it takes work now), or with why not within `timeoutMs`.
+   *
+   * @example
+   * const outcomes = await client.interrupt([1]) // { 1: { status: 'ok' } }
+   */
+  async interrupt(
+    ids: readonly number[],
+    options: { timeoutMs?: number } = {},
+  ): Promise<Record<number, InterruptOutcome>> {
+    const engines = this.#engines ?? (await this.engines(options))
+    const outcomes: Record<number, InterruptOutcome> = {}
+    await Promise.all(
+      ids.map(async (id) => {
+        const ident = engines.identities[id]
+        if (ident === undefined) {
+          outcomes[id] = { status: 'failed', reason: `the controller has no engine ${id}` }
+          return
+        }
+        try {
+          const reply = await this.connection.request(
+            'control',
+            'signal_request',
+            { sig: 'SIGINT' },
+            { ident, ...(options.timeoutMs !== undefined && { timeoutMs: options.timeoutMs }) },
+          )
+          const content = reply.content as Record<string, unknown>
+          if (content.status !== 'ok') {
+            const ename = typeof content.ename === 'string' ? content.ename : 'error'
+            const evalue =
+              typeof content.evalue === 'string' ? content.evalue : JSON.stringify(content.status)
+            outcomes[id] = { status: 'failed', reason: `${ename}: ${evalue}` }
+            return
+          }
+          // The engine is free once it answers a request queued behind the interrupted one.
+          const { timedOut } = await this.executeSettled('', {
+            targets: [id],
+            silent: true,
+            outputGraceMs: 500,
+            ...(options.timeoutMs !== undefined && { timeoutMs: options.timeoutMs }),
+          })
+          outcomes[id] =
+            timedOut.length === 0
+              ? { status: 'ok' }
+              : { status: 'failed', reason: 'the engine is still busy after SIGINT' }
+        } catch (err) {
+          outcomes[id] = { status: 'failed', reason: err instanceof Error ? err.message : String(err) }
+        }
+      }),
+    )
+    return outcomes
   }
 
   /** Closes the connection and its tunnel. */

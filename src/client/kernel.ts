@@ -79,6 +79,24 @@ export class KernelClient {
   }
 
   /**
+   * Interrupts what the kernel runs (`interrupt_request` on control, which ipykernel answers while busy):
+   * running code raises `KeyboardInterrupt`.
+   *
+   * @throws IppTunnelError `E_TIMEOUT` when the kernel does not answer, `E_REMOTE` when it refuses.
+   * @example await kernel.interrupt()
+   */
+  async interrupt(options: { timeoutMs?: number } = {}): Promise<void> {
+    const reply = await this.connection.request('control', 'interrupt_request', {}, options)
+    const content = reply.content as Record<string, unknown>
+    if (content.status !== undefined && content.status !== 'ok') {
+      throw new IppTunnelError(
+        'E_REMOTE',
+        `${this.connection.where}: the kernel refused interrupt_request (${JSON.stringify(content.status)})`,
+      )
+    }
+  }
+
+  /**
    * Heartbeat round trip in ms.
    *
    * @example console.log(await kernel.heartbeat(), 'ms')

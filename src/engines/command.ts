@@ -1,3 +1,6 @@
+import { access, constants, stat } from 'node:fs/promises'
+import { delimiter, join } from 'node:path'
+
 import { IppTunnelError } from '../errors/index.js'
 
 /** Debian's `ipengine`: the engine module run by Debian's interpreter. */
@@ -107,4 +110,32 @@ export function mpiEnvironment(base: NodeJS.ProcessEnv, root: boolean): NodeJS.P
   }
   env.OMPI_MCA_rmaps_base_oversubscribe ??= '1'
   return env
+}
+
+/**
+ * The executable `program` names: itself when it holds a `/`, else the first match on `path` (a PATH value),
+ * as execvp would find it.
+ *
+ * @example await findProgram('mpiexec', process.env.PATH) // '/usr/bin/mpiexec'
+ * @throws IppTunnelError `E_SPAWN` naming the program when there is no such executable file.
+ */
+export async function findProgram(program: string, path = ''): Promise<string> {
+  const candidates = program.includes('/')
+    ? [program]
+    : path
+        .split(delimiter)
+        .filter((dir) => dir !== '')
+        .map((dir) => join(dir, program))
+  for (const candidate of candidates) {
+    try {
+      if ((await stat(candidate)).isFile()) {
+        await access(candidate, constants.X_OK)
+        return candidate
+      }
+    } catch {
+      // not there, or not executable: try the next
+    }
+  }
+  const why = program.includes('/') ? 'no executable file there' : 'not found on PATH'
+  throw new IppTunnelError('E_SPAWN', `cannot run ${program}: ${why}`)
 }

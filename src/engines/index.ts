@@ -9,6 +9,7 @@ export {
   DEFAULT_ENGINE_COMMAND,
   DEFAULT_MPIEXEC,
   engineArgvs,
+  findProgram,
   mpiEnvironment,
   splitCommand,
   type EngineCommandOptions,
@@ -20,3 +21,5 @@ export {
   type EngineGroupEvents,
   type LaunchEnginesOptions,
 } from './group.js'
+export { isRoutineLog, redactLine } from './log.js'
+export { EngineRegistry, type EngineRegistryEvents, type HubView } from './registration.js'

@@ -4,6 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 
 import { IppClient, KernelClient } from '../../src/client/index.js'
 import type { ConnectOptions } from '../../src/sockets/index.js'
+import { openClientWhenReady } from '../engines/helpers.js'
 import { runCli } from '../support/cli.js'
 import type { Controller, Engines } from '../support/ipp.js'
 import { hasCode, sshArgsOf, sshOptionsOf, startCluster, type Cluster, type Sshd } from '../support/index.js'
@@ -21,7 +22,7 @@ describe('IppClient and the ping/px commands against real ipcontroller + 2 ipeng
     ;({ sshd, controller: ctl, engines } = cluster)
     options = sshOptionsOf(sshd)
     sshArgs = [...sshArgsOf(sshd)]
-    await using client = await IppClient.open(ctl.clientFile, options)
+    await using client = await openClientWhenReady(ctl.clientFile, options)
     const deadline = Date.now() + 30_000
     while ((await client.engines()).ids.length < 2) {
       if (Date.now() > deadline) throw new Error(`engines did not register:\n${engines.log()}`)
@@ -141,5 +142,81 @@ describe('IppClient and the ping/px commands against real ipcontroller + 2 ipeng
     const usage = await runCli(['px', ctl.clientFile, '1', '--targets', 'zero', ...sshArgs])
     assert.equal(usage.code, 2)
     assert.match(usage.stderr, /--targets/)
+  })
+
+  // Engine 1 sleeps far past the timeout, engine 0 answers at once.
+  const SLOW_ON_1 = [
+    'import time',
+    'eid = get_ipython().kernel.engine_id',
+    'print("engine", eid, "started")',
+    'if eid == 1:',
+    '    time.sleep(600)',
+    'print("engine", eid, "done")',
+  ].join('\n')
+
+  test('CLI px --timeout: the fast engine is printed, the slow one named, exit 124; interrupt() frees it', async () => {
+    const late = await runCli(['px', ctl.clientFile, SLOW_ON_1, '--timeout', '3', ...sshArgs])
+    assert.equal(late.code, 124, late.stderr)
+    assert.match(late.stdout, /^\[engine 0\] ok\n {2}stdout:\n {4}engine 0 started\n {4}engine 0 done$/m)
+    assert.match(late.stdout, /^\[engine 1\] timeout: no reply within 3 s; it may still be running/m)
+    assert.doesNotMatch(late.stdout, /engine 1 started/, 'no reply came from engine 1')
+
+    await using client = await IppClient.open(ctl.clientFile, options)
+    const queues = (await client.queueStatus([1])) as unknown as Record<string, { queue: number }>
+    assert.equal(queues['1']?.queue, 1, 'the code still runs on engine 1')
+    assert.deepEqual(await client.interrupt([1], { timeoutMs: 30_000 }), { 1: { status: 'ok' } })
+    // Without the interrupt engine 1 would sleep for ten more minutes: this would time out.
+    const [after] = await client.execute('print("free")', { targets: [1], timeoutMs: 60_000 })
+    assert.equal(after?.status, 'ok')
+    assert.equal(after.stdout, 'free\n')
+  })
+
+  test('CLI px --timeout --abort-on-timeout --json: results that came, timedOut and interrupted; engine free', async () => {
+    const late = await runCli([
+      'px',
+      ctl.clientFile,
+      SLOW_ON_1,
+      '--timeout',
+      '3',
+      '--abort-on-timeout',
+      ...sshArgs,
+      '--json',
+    ])
+    assert.equal(late.code, 124, late.stderr)
+    const out = JSON.parse(late.stdout) as {
+      event: string
+      results: { engine: number; status: string; stdout: string }[]
+      timedOut: number[]
+      interrupted: number[]
+    }
+    assert.equal(out.event, 'result')
+    assert.deepEqual(
+      out.results.map((r) => [r.engine, r.status, r.stdout]),
+      [[0, 'ok', 'engine 0 started\nengine 0 done\n']],
+    )
+    assert.deepEqual(out.timedOut, [1])
+    assert.deepEqual(out.interrupted, [1])
+    await using client = await IppClient.open(ctl.clientFile, options)
+    const [after] = await client.execute('print("free")', { targets: [1], timeoutMs: 60_000 })
+    assert.equal(after?.status, 'ok', 'engine 1 takes work again')
+    assert.equal(after.stdout, 'free\n')
+  })
+
+  test('executeSettled keeps the replies that came; execute names the engines that did not reply', async () => {
+    await using client = await IppClient.open(ctl.clientFile, options)
+    await assert.rejects(
+      client.execute(SLOW_ON_1, { timeoutMs: 2000 }),
+      hasCode('E_TIMEOUT', 'no reply from engine 1 within 2000 ms'),
+    )
+    assert.deepEqual(await client.interrupt([1], { timeoutMs: 30_000 }), { 1: { status: 'ok' } })
+    const settled = await client.executeSettled('x = 1', { timeoutMs: 30_000 })
+    assert.deepEqual(settled.timedOut, [])
+    assert.deepEqual(
+      settled.results.map((r) => [r.engineId, r.status]),
+      [
+        [0, 'ok'],
+        [1, 'ok'],
+      ],
+    )
   })
 })

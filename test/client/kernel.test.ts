@@ -135,4 +135,23 @@ describe('a real ipykernel in another network namespace, reached through sshd', 
     assert.equal(failed.code, 1, 'remote exception → exit 1')
     assert.match(failed.stdout, /\[kernel\] error: ZeroDivisionError: division by zero/)
   })
+
+  test('CLI px --timeout --abort-on-timeout on a kernel: named as timed out, interrupted, free again', async () => {
+    const ssh_ = ['--ssh', ssh, ...sshArgsOf(sshd)]
+    const late = await runCli([
+      'px',
+      kernel.file,
+      'import time\ntime.sleep(600)',
+      '--timeout',
+      '3',
+      '--abort-on-timeout',
+      ...ssh_,
+    ])
+    assert.equal(late.code, 124, late.stderr)
+    assert.match(late.stdout, /^\[kernel\] timeout: no reply within 3 s; interrupted$/m)
+    await using client = await KernelClient.open(kernel.file, options)
+    // Without the interrupt the kernel would sleep ten more minutes: this would time out.
+    const after = await client.execute('print("free")', { timeoutMs: 60_000 })
+    assert.equal(after.stdout, 'free\n')
+  })
 })

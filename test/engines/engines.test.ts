@@ -116,7 +116,7 @@ test('engines that die on their own are reported, and the command exits 1', asyn
   assert.ok(error, 'an error event')
   assert.equal(error.code, 'E_ENGINE_EXIT')
   assert.match(String(error.message), /2 of 2 engine processes died/)
-  assert.match(lines.stderr, /\[engine 0\] bye from \/tmp\/ipp-tunnel-engines-/)
+  assert.match(lines.stderr, /\[process #0\] bye from \/tmp\/ipp-tunnel-engines-/)
 })
 
 test('a tunnel reconnect does not get the engines declared dead', async (t) => {

@@ -1,5 +1,10 @@
 import type { ChildProcess } from 'node:child_process'
 import type { TestContext } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+import { IppClient } from '../../src/client/index.js'
+import { isIppTunnelError } from '../../src/errors/index.js'
+import type { ConnectOptions } from '../../src/sockets/index.js'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
 import { startController, type Controller } from '../support/ipp.js'
@@ -89,4 +94,22 @@ def pid():
 print(json.dumps({"ids": sorted(c.ids), "pids": c[:].apply_sync(pid)}))
 c.close()
 `
+}
+
+/**
+ * Opens our client on a controller's client file once the controller listens on every port: ipcontroller
+ * writes its files before its schedulers (separate processes) bind theirs. Waiting for the peer, not a retry
+ * of what a test checks.
+ */
+export async function openClientWhenReady(file: string, options: ConnectOptions): Promise<IppClient> {
+  const deadline = Date.now() + 30_000
+  for (;;) {
+    try {
+      return await IppClient.open(file, options)
+    } catch (err) {
+      const notYet = isIppTunnelError(err) && (err.code === 'E_FORWARD' || err.code === 'E_CONNECT')
+      if (!notYet || Date.now() > deadline) throw err
+      await sleep(200)
+    }
+  }
 }
