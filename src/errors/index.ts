@@ -42,6 +42,10 @@ export type ErrorCode =
   | 'E_SPAWN'
   | 'E_ENGINE_EXIT'
   | 'E_CLOSED'
+  // remote sources
+  | 'E_REMOTE_DIR'
+  | 'E_REMOTE_FILE'
+  | 'E_COPY_CONFLICT'
 
 /** The one error type of ipp-tunnel. `cause` is set when wrapping an ssh2, zeromq or fs error. */
 export class IppTunnelError extends Error {

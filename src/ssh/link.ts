@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { Duplex } from 'node:stream'
 import ssh2 from 'ssh2'
-import type { ClientChannel } from 'ssh2'
+import type { ClientChannel, SFTPWrapper } from 'ssh2'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { HopAuth, type AuthAttempt } from './auth.js'
 import { checkHostKey } from './known-hosts.js'
@@ -133,6 +133,8 @@ export class Link extends EventEmitter<LinkEvents> {
   #channels = new Set<ClientChannel>()
   #abort = new AbortController()
   #closing: Promise<void> | undefined
+  /** The SFTP session of the live connection, opened on first use; a new connection gets a new one. */
+  #sftp: { readonly chain: Chain; readonly session: Promise<SFTPWrapper> } | undefined
 
   constructor(target: ResolvedTarget, options: LinkOptions = {}) {
     super()
@@ -230,6 +232,47 @@ export class Link extends EventEmitter<LinkEvents> {
     }
   }
 
+  /**
+   * The SFTP session on this link's live connection: opened on first use and shared by every caller; after a
+   * reconnect the next call opens a new one (the old one died with its connection). It closes with the link.
+   * Waits for a (re)connecting link as `forwardOut` does. A server without the sftp subsystem rejects `E_REMOTE`.
+   */
+  async sftp(options: { signal?: AbortSignal } = {}): Promise<SFTPWrapper> {
+    await this.#waitUp(options.signal)
+    const chain = this.#chain
+    const client = chain?.clients.at(-1)
+    if (chain === undefined || client === undefined || chain.dead) throw closedError()
+    if (this.#sftp?.chain === chain) return this.#sftp.session
+    const session = new Promise<SFTPWrapper>((resolve, reject) => {
+      try {
+        client.sftp((err, sftp) => {
+          if (err) reject(err)
+          else resolve(sftp)
+        })
+      } catch (err) {
+        reject(err instanceof Error ? err : new Error(String(err)))
+      }
+    }).then(
+      (sftp) => {
+        sftp.once('close', () => {
+          if (this.#sftp?.session === session) this.#sftp = undefined
+        })
+        return sftp
+      },
+      (err: unknown) => {
+        if (this.#sftp?.session === session) this.#sftp = undefined
+        if (isIppTunnelError(err)) throw err
+        throw new IppTunnelError(
+          'E_REMOTE',
+          `${this.destination} refused an SFTP session (Subsystem sftp in its sshd_config): ${describe(err)}`,
+          { cause: err },
+        )
+      },
+    )
+    this.#sftp = { chain, session }
+    return session
+  }
+
   /** Closes every hop and timer; pending `forwardOut` calls reject `E_CLOSED`. Safe to call twice. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
@@ -239,6 +282,7 @@ export class Link extends EventEmitter<LinkEvents> {
       this.#waiters.clear()
       const chain = this.#chain
       this.#chain = undefined
+      this.#sftp = undefined
       if (chain !== undefined) await endChain(chain)
       this.emit('closed')
     })()
