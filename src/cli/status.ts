@@ -80,6 +80,18 @@ export function renderReport(report: StatusReport): string {
   const lines = [
     `ipp-tunnel service pid ${report.pid}, up since ${report.since}, watching ${report.dirs.join(', ')}; ${report.files.length} file(s), ${links}`,
   ]
+  const remotes = report.remotes ?? []
+  if (remotes.length > 0) {
+    const rows = remotes.map((r) => [
+      `${r.destination}:${r.dir}`,
+      r.present === undefined ? 'not polled yet' : r.present ? 'present' : 'waiting for it',
+      r.lastPoll ?? '-',
+      String(r.files),
+      String(r.errors),
+      r.lastError ? `${r.lastError.code}: ${r.lastError.message}` : '-',
+    ])
+    lines.push(...table([['REMOTE DIR', 'STATE', 'LAST POLL', 'FILES', 'ERRORS', 'LAST ERROR'], ...rows]))
+  }
   if (report.files.length === 0) return [...lines, 'no connection files yet'].join('\n')
   const header = [
     'FILE',

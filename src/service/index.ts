@@ -15,6 +15,8 @@ export {
   type ForwardStatus,
   type ReadyFields,
   type ServiceEvents,
+  type RemoteDir,
+  type RemoteFields,
   type ServiceOptions,
 } from './service.js'
 export { StatusServer, queryStatus, type StatusReport } from './status-socket.js'

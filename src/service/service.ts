@@ -1,15 +1,24 @@
 import { EventEmitter } from 'node:events'
 import { mkdir, readFile, stat } from 'node:fs/promises'
+import { homedir } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 
 import {
   destinationOf,
+  kindFromFileName,
   parseConnectionFile,
   type ConnectionInfo,
   type ConnectionKind,
 } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
-import type { LinkOptions, LinkState, SshOptions } from '../ssh/index.js'
+import {
+  jupyterRuntimeDir,
+  localCopyDir,
+  RemoteDirectorySource,
+  type SourceFile,
+  type SourceStatus,
+} from '../sources/index.js'
+import { resolveTarget, type Link, type LinkOptions, type LinkState, type SshOptions } from '../ssh/index.js'
 import { defaultOutDir, LinkPool, openTunnel, type ForwardInfo, type Tunnel } from '../tunnel/index.js'
 import { CopyLedger } from './ledger.js'
 import { STATUS_SOCKET } from './paths.js'
@@ -23,6 +32,31 @@ export interface ServiceOptions extends SshOptions, Omit<LinkOptions, keyof SshO
   readonly outDir?: string
   /** Where the service keeps its list of copies (to clean up after a crash). */
   readonly runtimeDir: string
+  /**
+   * Directories on ssh servers to follow over SFTP. A file found there is tunnelled through the same server
+   * (unless its own `ssh` field names another); its copy lands where a local one would (see `localCopyDir`).
+   */
+  readonly remotes?: readonly RemoteDir[]
+  /** Milliseconds between polls of each remote directory; default 1000. */
+  readonly pollMs?: number
+  /** The local IPython directory copies of remote profile files go to; default `$IPYTHONDIR`, else `~/.ipython`. */
+  readonly ipythonDir?: string
+  /** The local Jupyter runtime directory copies of remote kernel files go to; default as jupyter_core finds it. */
+  readonly jupyterRuntimeDir?: string
+}
+
+/** A directory on an ssh server: `dir` absolute, `~/…`, or relative to the remote home. */
+export interface RemoteDir {
+  readonly destination: string
+  readonly dir: string
+}
+
+/** Where a remote file came from, on the events about it. */
+export interface RemoteFields {
+  readonly source: 'remote'
+  readonly destination: string
+  /** The file's path on the remote host. */
+  readonly path: string
 }
 
 /** One forward of a file, with its counters. */
@@ -47,17 +81,32 @@ export interface FileStatus {
   readonly reconnects: number
   readonly forwards: readonly ForwardStatus[]
   readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | undefined
+  /** Set for files pulled from a remote directory. */
+  readonly remote?: { readonly destination: string; readonly path: string }
 }
 
 /** Fields of `ready` and `changed`: the file, its loopback copy, how long it took, and its forwards. */
-export type ReadyFields = { file: string; out: string; ms: number; forwards: readonly ForwardInfo[] }
+export type ReadyFields = {
+  file: string
+  out: string
+  ms: number
+  forwards: readonly ForwardInfo[]
+} & (RemoteFields | { source?: never })
 
 export interface ServiceEvents {
   ready: [ReadyFields]
   changed: [ReadyFields]
-  closed: [{ file: string }]
-  /** A file could not be taken (bad content, no ssh server, refused forward); it is retried on its next change. */
-  'file:error': [{ file: string; code: string; message: string }]
+  closed: [{ file: string } & (RemoteFields | { source?: never })]
+  /**
+   * A file could not be taken (bad content, no ssh server, refused forward, not a regular file, a copy another
+   * file already writes); it is retried on its next change. For a remote directory that cannot be listed, `file`
+   * is `destination:dir`.
+   */
+  'file:error': [{ file: string; code: string; message: string } & (RemoteFields | { source?: never })]
+  /** A remote directory was looked at for the first time, or appeared, or went away (`present`). */
+  'remote:watching': [{ destination: string; dir: string; present: boolean }]
+  /** A file is readable by group or others. */
+  warning: [{ file: string; message: string }]
   /** The ssh link of `files` dropped; one event per link, not per file. */
   'link:reconnecting': [
     { destination: string; files: string[]; attempt: number; delayMs: number; message: string },
@@ -68,6 +117,9 @@ export interface ServiceEvents {
 interface Entry {
   readonly file: string
   readonly out: string
+  /** For a file pulled from a remote directory: where from, and what was pulled last. */
+  readonly remote: { readonly destination: string; readonly path: string } | undefined
+  pulled: SourceFile | undefined
   kind: ConnectionKind | undefined
   tunnel: Tunnel | undefined
   /** The ssh destination the tunnel was opened for. */
@@ -115,6 +167,11 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   readonly #ledger: CopyLedger
   readonly #entries = new Map<string, Entry>()
   #watcher: DirectoryWatcher | undefined
+  readonly #sources: RemoteDirectorySource[] = []
+  /** One lease on the link pool per remote destination, held while the service runs (SFTP rides on it). */
+  readonly #remoteLinks = new Map<string, { link: Promise<Link>; failedAt: number; delayMs: number }>()
+  /** Which entry writes each local copy: two files never write the same one. */
+  readonly #claims = new Map<string, string>()
   #status: StatusServer | undefined
   readonly #since = new Date().toISOString()
   #closed = false
@@ -134,7 +191,9 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
    */
   static async start(options: ServiceOptions): Promise<TunnelService> {
     const dirs = options.dirs.map((d) => resolve(d))
-    if (dirs.length === 0) throw new IppTunnelError('E_USAGE', 'nothing to watch: give --profile or --dir')
+    const remotes = options.remotes ?? []
+    if (dirs.length === 0 && remotes.length === 0)
+      throw new IppTunnelError('E_USAGE', 'nothing to watch: give --profile, --dir or --remote')
     for (const dir of dirs) {
       const out = options.outDir !== undefined ? resolve(options.outDir) : defaultOutDir(dir)
       if (dirs.includes(out)) {
@@ -151,16 +210,18 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     try {
       await service.#ledger.removeLeftovers()
       for (const dir of dirs) await mkdir(dir, { recursive: true, mode: 0o700 })
-      service.#watcher = await DirectoryWatcher.start(dirs, {
-        onFile: (path) => service.#changed(path),
-        onRemoved: (path) => service.#schedule(path, (entry) => service.#onRemoved(entry)),
-        onError: (error) =>
-          service.emit('file:error', {
-            file: dirs.join(', '),
-            code: 'E_CONNFILE_READ',
-            message: error.message,
-          }),
-      })
+      for (const remote of remotes) service.#followRemote(remote)
+      if (dirs.length > 0)
+        service.#watcher = await DirectoryWatcher.start(dirs, {
+          onFile: (path) => service.#changed(path),
+          onRemoved: (path) => service.#schedule(path, (entry) => service.#onRemoved(entry)),
+          onError: (error) =>
+            service.emit('file:error', {
+              file: dirs.join(', '),
+              code: 'E_CONNFILE_READ',
+              message: error.message,
+            }),
+        })
     } catch (err) {
       await service.close()
       throw err
@@ -176,7 +237,13 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       dirs: this.dirs,
       links: this.linkCount,
       files: this.status(),
+      remotes: this.remoteStatus(),
     }
+  }
+
+  /** Every remote directory followed: destination, directory, last poll, files held, errors. */
+  remoteStatus(): SourceStatus[] {
+    return this.#sources.map((s) => s.status())
   }
 
   get closed(): boolean {
@@ -212,7 +279,110 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
           }
         }),
         lastError: entry.lastError,
+        ...(entry.remote !== undefined && { remote: entry.remote }),
       }
+    })
+  }
+
+  /** Starts following one remote directory; its SFTP session rides on the pooled link to its destination. */
+  #followRemote(remote: RemoteDir): void {
+    const source = new RemoteDirectorySource({
+      destination: remote.destination,
+      dir: remote.dir,
+      sftp: async (signal) => (await this.#remoteLink(remote.destination, signal)).sftp({ signal }),
+      ...(this.#options.pollMs !== undefined && { pollMs: this.#options.pollMs }),
+    })
+    this.#sources.push(source)
+    const fields = (id: string): RemoteFields => ({
+      source: 'remote',
+      destination: remote.destination,
+      path: id.slice(remote.destination.length + 1),
+    })
+    source.on('watching', (e) => {
+      if (e.kind === 'remote')
+        this.emit('remote:watching', { destination: e.destination, dir: e.dir, present: e.present })
+    })
+    source.on('file', (file) => this.#pulled(file))
+    source.on('removed', ({ id }) => {
+      if (this.#entries.has(id)) this.#schedule(id, (entry) => this.#onRemoved(entry))
+    })
+    source.on('file:error', (e) => {
+      const entry = this.#entries.get(e.id)
+      if (entry) entry.lastError = { code: e.code, message: e.message, at: new Date().toISOString() }
+      this.emit('file:error', { file: e.id, code: e.code, message: e.message, ...fields(e.id) })
+    })
+    source.on('dir:error', (e) => {
+      const id = `${e.destination}:${e.dir}`
+      this.emit('file:error', { file: id, code: e.code, message: e.message, ...fields(id) })
+    })
+    source.on('warning', (e) => this.emit('warning', { file: e.id, message: e.message }))
+    source.start()
+  }
+
+  /**
+   * The link to a remote destination, from the pool (shared with the tunnels that go there). A link that failed
+   * for good (host key, authentication) is given back and asked for again, no sooner than a growing delay.
+   */
+  async #remoteLink(destination: string, signal: AbortSignal): Promise<Link> {
+    const held = this.#remoteLinks.get(destination)
+    if (held !== undefined) {
+      const link = await held.link.catch(() => undefined)
+      if (link !== undefined && !link.closed && link.state !== 'failed') return link
+      if (performance.now() - held.failedAt < held.delayMs) {
+        throw link?.error ?? new IppTunnelError('E_LINK_DOWN', `SSH link to ${destination} is down`)
+      }
+      if (this.#remoteLinks.get(destination) === held) this.#remoteLinks.delete(destination)
+      if (link !== undefined) await this.#pool.release(link)
+    }
+    const again = this.#remoteLinks.get(destination)
+    if (again !== undefined) return again.link
+    const entry = {
+      link: resolveTarget(destination, this.#options).then((target) => this.#pool.acquire(target, signal)),
+      failedAt: Infinity,
+      delayMs: Math.min(30_000, (held?.delayMs ?? 500) * 2),
+    }
+    this.#remoteLinks.set(destination, entry)
+    entry.link.then(
+      (link) => {
+        entry.delayMs = 1000
+        link.once('failed', () => (entry.failedAt = performance.now()))
+      },
+      () => (entry.failedAt = performance.now()),
+    )
+    return entry.link
+  }
+
+  /** A remote source pulled a file (new, changed, or looked at again). */
+  #pulled(file: SourceFile): void {
+    if (file.origin.kind !== 'remote') return
+    const at = performance.now()
+    if (!this.#entries.has(file.id)) {
+      const kind = kindFromFileName(file.path)
+      const places = {
+        ipythonDir: this.#options.ipythonDir ?? ipythonDirOf(this.#options.env),
+        runtimeDir: this.#options.jupyterRuntimeDir ?? jupyterRuntimeDir(this.#options.env ?? process.env),
+        outDir: this.#options.outDir !== undefined ? resolve(this.#options.outDir) : undefined,
+      }
+      const dir = localCopyDir(file.path, kind, places)
+      const remote = { source: 'remote' as const, destination: file.origin.destination, path: file.path }
+      const refuse = (message: string): void => {
+        this.emit('file:error', { file: file.id, code: 'E_USAGE', message, ...remote })
+      }
+      if (dir === undefined) {
+        return refuse(
+          `${file.id}: no local place for a copy of a file outside a profile's security directory; give --out-dir`,
+        )
+      }
+      if (this.dirs.includes(resolve(dir))) {
+        return refuse(`${file.id}: its copy would go to ${dir}, which is watched here; give --out-dir`)
+      }
+      this.#entries.set(file.id, this.#newEntry(file.id, join(dir, basename(file.path)), remote))
+    }
+    this.#schedule(file.id, (entry) => {
+      entry.pulled = file
+      entry.started = at
+      entry.attempts = 0
+      return this.#onFile(entry)
     })
   }
 
@@ -242,21 +412,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     if (this.#closed) return
     let entry = this.#entries.get(file)
     if (!entry) {
-      entry = {
-        file,
-        out: this.#outPath(file),
-        kind: undefined,
-        tunnel: undefined,
-        destination: undefined,
-        appliedText: undefined,
-        lastError: undefined,
-        lastFailedShape: undefined,
-        retry: undefined,
-        attempts: 0,
-        pending: 0,
-        queue: Promise.resolve(),
-        started: performance.now(),
-      }
+      entry = this.#newEntry(file, this.#outPath(file), undefined)
       this.#entries.set(file, entry)
     }
     const target = entry
@@ -268,27 +424,55 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       .finally(() => target.pending--)
   }
 
+  #newEntry(file: string, out: string, remote: Entry['remote']): Entry {
+    return {
+      file,
+      out,
+      remote,
+      pulled: undefined,
+      kind: undefined,
+      tunnel: undefined,
+      destination: undefined,
+      appliedText: undefined,
+      lastError: undefined,
+      lastFailedShape: undefined,
+      retry: undefined,
+      attempts: 0,
+      pending: 0,
+      queue: Promise.resolve(),
+      started: performance.now(),
+    }
+  }
+
   async #onFile(entry: Entry): Promise<void> {
     let text: string
     let shape: string
-    try {
-      const [content, info] = await Promise.all([readFile(entry.file, 'utf8'), stat(entry.file)])
-      text = content
-      shape = `${info.size}:${info.mtimeMs}`
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return this.#onRemoved(entry)
-      return this.#failed(
-        entry,
-        new IppTunnelError('E_CONNFILE_READ', `${entry.file}: cannot read`, { cause: err }),
-      )
+    if (entry.remote !== undefined) {
+      if (entry.pulled === undefined) return
+      text = entry.pulled.text
+      shape = entry.pulled.shape
+    } else {
+      try {
+        const [content, info] = await Promise.all([readFile(entry.file, 'utf8'), stat(entry.file)])
+        text = content
+        shape = `${info.size}:${info.mtimeMs}`
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return this.#onRemoved(entry)
+        return this.#failed(
+          entry,
+          new IppTunnelError('E_CONNFILE_READ', `${entry.file}: cannot read`, { cause: err }),
+        )
+      }
     }
     if (text === entry.appliedText) return
     let info: ConnectionInfo
     try {
       info = parseConnectionFile(text, entry.file)
     } catch (err) {
+      // A remote file is looked at again on the next poll: it is broken once it no longer changes.
+      if (entry.pulled !== undefined && !entry.pulled.settled) return
       // ipcontroller writes in place: a parse that fails on a file still changing is retried, not reported.
-      if (shape !== entry.lastFailedShape) {
+      if (entry.pulled === undefined && shape !== entry.lastFailedShape) {
         entry.lastFailedShape = shape
         this.#retry(entry, REWRITE_RETRY_MS)
         return
@@ -301,9 +485,21 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   }
 
   async #apply(entry: Entry, info: ConnectionInfo, text: string): Promise<void> {
-    const destination = this.#options.ssh ?? destinationOf(info)
+    // A pulled file's endpoints are seen from the host it came from, unless it names its own server.
+    const destination =
+      entry.remote !== undefined
+        ? (destinationOf(info) ?? entry.remote.destination)
+        : (this.#options.ssh ?? destinationOf(info))
     const current = entry.tunnel
     try {
+      const holder = this.#claims.get(entry.out)
+      if (holder !== undefined && holder !== entry.file) {
+        throw new IppTunnelError(
+          'E_COPY_CONFLICT',
+          `${entry.file}: its copy ${entry.out} is already written for ${holder}; give --out-dir, or follow only one of them`,
+        )
+      }
+      this.#claims.set(entry.out, entry.file)
       if (destination === undefined) {
         throw new IppTunnelError(
           'E_DESTINATION',
@@ -328,7 +524,12 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       }
       // Listed before it is written, so that a crash in between still leaves nothing behind.
       await this.#ledger.add(entry.out)
-      const tunnel = await openTunnel(info, { ...this.#options, pool: this.#pool, out: entry.out })
+      const tunnel = await openTunnel(info, {
+        ...this.#options,
+        ssh: destination,
+        pool: this.#pool,
+        out: entry.out,
+      })
       if (this.#closed || !this.#entries.has(entry.file)) {
         await tunnel.close()
         return
@@ -340,7 +541,10 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       this.#follow(entry, tunnel)
       this.emit(current ? 'changed' : 'ready', this.#readyFields(entry, tunnel))
     } catch (err) {
-      if (!entry.tunnel) await this.#ledger.remove(entry.out)
+      if (!entry.tunnel) {
+        if (this.#claims.get(entry.out) === entry.file) this.#claims.delete(entry.out)
+        if (!(isIppTunnelError(err) && err.code === 'E_COPY_CONFLICT')) await this.#ledger.remove(entry.out)
+      }
       const retried = isIppTunnelError(err) && RETRIED.has(err.code)
       const quiet = retried && performance.now() - entry.started < QUIET_RETRY_MS
       if (!quiet) this.#failed(entry, err)
@@ -357,6 +561,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       out: entry.out,
       ms: performance.now() - entry.started,
       forwards: tunnel.forwards,
+      ...remoteFields(entry),
     }
   }
 
@@ -400,7 +605,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     const code = codeOf(err)
     const message = err instanceof Error ? err.message : String(err)
     entry.lastError = { code, message, at: new Date().toISOString() }
-    this.emit('file:error', { file: entry.file, code, message })
+    this.emit('file:error', { file: entry.file, code, message, ...remoteFields(entry) })
   }
 
   async #onRemoved(entry: Entry): Promise<void> {
@@ -411,10 +616,12 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     entry.appliedText = undefined
     entry.lastError = undefined
     entry.lastFailedShape = undefined
+    entry.pulled = undefined
+    if (this.#claims.get(entry.out) === entry.file) this.#claims.delete(entry.out)
     if (tunnel) {
       await tunnel.close()
       await this.#ledger.remove(entry.out)
-      this.emit('closed', { file: entry.file })
+      this.emit('closed', { file: entry.file, ...remoteFields(entry) })
     }
     // The file may be back already (its step waits in this entry's queue): then the entry stays.
     if (entry.pending <= 1 && this.#entries.get(entry.file) === entry) this.#entries.delete(entry.file)
@@ -426,6 +633,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     this.#closed = true
     await this.#status?.close()
     await this.#watcher?.close()
+    await Promise.all(this.#sources.map((s) => s.close()))
     const entries = [...this.#entries.values()]
     this.#entries.clear()
     for (const entry of entries) clearTimeout(entry.retry)
@@ -433,12 +641,21 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     await Promise.all(entries.map((e) => (e.tunnel ? e.tunnel.close() : Promise.resolve())))
     await this.#pool.close()
     await this.#ledger.clear()
-    for (const entry of entries) if (entry.tunnel) this.emit('closed', { file: entry.file })
+    for (const entry of entries)
+      if (entry.tunnel) this.emit('closed', { file: entry.file, ...remoteFields(entry) })
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close()
   }
+}
+
+function remoteFields(entry: Entry): RemoteFields | Record<string, never> {
+  return entry.remote ? { source: 'remote', ...entry.remote } : {}
+}
+
+function ipythonDirOf(env: Readonly<Record<string, string | undefined>> | undefined): string {
+  return (env ?? process.env).IPYTHONDIR ?? join(homedir(), '.ipython')
 }
 
 function codeOf(err: unknown): string {
