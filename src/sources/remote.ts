@@ -233,7 +233,9 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     for (const entry of list) {
       if (signal.aborted) return
       const name = entry.filename
-      if (this.#options.only !== undefined ? name !== this.#options.only : kindFromFileName(name) === undefined)
+      if (
+        this.#options.only !== undefined ? name !== this.#options.only : kindFromFileName(name) === undefined
+      )
         continue
       seen.add(name)
       await this.#look(sftp, posix.join(dir, name), name, entry.attrs)

@@ -18,7 +18,8 @@ type Seen = { [K in keyof SourceEvents]: { type: K; args: SourceEvents[K][0] } }
 function record(source: RemoteDirectorySource): Seen[] {
   const seen: Seen[] = []
   for (const type of ['watching', 'file', 'removed', 'file:error', 'dir:error', 'warning'] as const) {
-    source.on(type, ((args: unknown) => seen.push({ type, args } as Seen)) as never)
+    const listener = (args: unknown) => seen.push({ type, args } as Seen)
+    source.on(type, listener)
   }
   return seen
 }
@@ -157,11 +158,8 @@ describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd',
     const s = source(t, dir, { only: 'ipcontroller-engine.json' })
     const seen = record(s)
     await s.poll()
-    const files = seen.filter((e) => e.type === 'file')
-    assert.deepEqual(
-      files.map((e) => e.type === 'file' && basename(e.args.path)),
-      ['ipcontroller-engine.json'],
-    )
+    const names = seen.flatMap((e) => (e.type === 'file' ? [basename(e.args.path)] : []))
+    assert.deepEqual(names, ['ipcontroller-engine.json'])
   })
 
   test('polls continue over a reconnect: a file written while the link was down is found', async (t) => {
@@ -175,7 +173,10 @@ describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd',
     await s.poll()
     await reconnected
     await s.poll()
-    assert.ok(seen.some((e) => e.type === 'file' && basename(e.args.path) === 'kernel-2.json'), JSON.stringify(seen))
+    assert.ok(
+      seen.some((e) => e.type === 'file' && basename(e.args.path) === 'kernel-2.json'),
+      JSON.stringify(seen),
+    )
   })
 
   test('close() stops polling and is safe twice', async (t) => {
