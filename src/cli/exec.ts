@@ -9,7 +9,9 @@ import type { Argv } from 'yargs'
 import { readConnectionFile } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
 import { openTunnel } from '../tunnel/index.js'
+import { remotePathOf } from '../sources/index.js'
 import { Output } from './output.js'
+import { openPulled } from './remote-file.js'
 import { untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
@@ -17,6 +19,7 @@ import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js
 interface ExecArgs extends SshArgs {
   readonly file: string
   readonly out?: string | undefined
+  readonly poll?: number | undefined
   readonly json: boolean
   readonly debug: boolean
   readonly '--'?: (string | number)[]
@@ -30,7 +33,16 @@ export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => 
     (y) =>
       withSshOptions(
         y
-          .positional('file', { type: 'string', demandOption: true, describe: 'connection file' })
+          .positional('file', {
+            type: 'string',
+            demandOption: true,
+            describe: 'connection file, or [user@]host[:port]:PATH to pull it over SFTP and follow it',
+          })
+          .option('poll', {
+            type: 'number',
+            default: 1000,
+            describe: 'milliseconds between looks at a remote file',
+          })
           .option('out', {
             alias: 'o',
             type: 'string',
@@ -44,7 +56,8 @@ export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => 
 
 async function exec(args: ExecArgs): Promise<number> {
   const output = formatTunnelEvents(new Output({ json: args.json, debug: args.debug }))
-  const file = resolve(args.file)
+  const remote = remotePathOf(args.file)
+  const file = remote === undefined ? resolve(args.file) : args.file
   const command = (args['--'] ?? []).map(String)
   const [program, ...rest] = command
   if (program === undefined) {
@@ -57,8 +70,6 @@ async function exec(args: ExecArgs): Promise<number> {
   }
   let privateDir: string | undefined
   try {
-    const { info, warnings } = await readConnectionFile(file)
-    for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     let out: string
     if (args.out === undefined) {
       privateDir = await mkdtemp(join(tmpdir(), 'ipp-tunnel-'))
@@ -66,9 +77,21 @@ async function exec(args: ExecArgs): Promise<number> {
     } else {
       out = resolve(args.out)
     }
-    await using tunnel = await openTunnel(info, { ...sshOptionsFrom(args), out })
-    const stopFollowing = followTunnel(tunnel, output, file)
-    output.emit(readyEvent(tunnel, file, out))
+    let stopFollowing: () => void
+    let opened: AsyncDisposable
+    if (remote !== undefined) {
+      const { pulled, stop } = await openPulled(remote, args, out, output)
+      opened = pulled
+      stopFollowing = stop
+    } else {
+      const { info, warnings } = await readConnectionFile(file)
+      for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
+      const tunnel = await openTunnel(info, { ...sshOptionsFrom(args), out })
+      opened = tunnel
+      stopFollowing = followTunnel(tunnel, output, file)
+      output.emit(readyEvent(tunnel, file, out))
+    }
+    await using _opened = opened
     const child = spawn(
       program,
       rest.map((a) => a.replaceAll('{}', out)),

@@ -24,3 +24,4 @@ export { ipythonDir, profileSecurityDir, runtimeDir, statusSocketPath, STATUS_SO
 export { UNIT_NAME, installUnit, renderUnit, userUnitPath, type UnitOptions } from './unit.js'
 export { DirectoryWatcher, type WatcherHandlers } from './watcher.js'
 export { CopyLedger } from './ledger.js'
+export { PulledTunnel, type PulledTunnelEvents, type PulledTunnelOptions } from './pulled.js'

@@ -7,9 +7,11 @@ import { basename, dirname, join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
 
-import { JsonLines, runCli, spawnCli } from '../support/cli.js'
+import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
 import { createNetns, portOf, sshArgsOf, startSshd, type Netns, type Sshd } from '../support/index.js'
 import {
+  clientApplyScript,
+  PYTHON,
   runPython,
   startController,
   startEngines,
@@ -121,6 +123,7 @@ describe('ipp-tunnel watch --remote: connection files pulled over SFTP from a se
   })
   after(async () => {
     await stopProcess(watch, 'SIGKILL')
+    if (up) await stopProcess(up, 'SIGKILL')
     await stopCluster()
     await kernel.close()
     await sshd.close()
@@ -246,10 +249,68 @@ kc.stop_channels()
     assert.ok(human.stdout.includes(`${destination}:${remoteSecurity()}`))
   })
 
+  let up: ChildProcess | undefined
+  let upEvents: JsonLines
+  const upCopy = () => join(runtimeDir, 'up-copy.json')
+
+  test('up HOST:PATH pulls the file once and tunnels it; exec HOST:PATH -- CMD runs against it', async () => {
+    const c = controller
+    assert.ok(c)
+    up = spawnCli(
+      [
+        'up',
+        '--json',
+        `${destination}:${c.clientFile}`,
+        '--out',
+        upCopy(),
+        '--poll',
+        '200',
+        ...sshArgsOf(sshd),
+      ],
+      env,
+    )
+    upEvents = new JsonLines(up)
+    const ready = await upEvents.next('ready')
+    assert.equal(ready.file, id(c.clientFile))
+    assert.equal(ready.source, 'remote')
+    assert.equal(ready.out, upCopy())
+    const result = await runPython(clientApplyScript(upCopy(), 2))
+    assert.equal(result.code, 0, result.stderr)
+
+    const exec = await runCli(
+      [
+        'exec',
+        `${destination}:${c.clientFile}`,
+        ...sshArgsOf(sshd),
+        '--',
+        PYTHON,
+        '-c',
+        clientApplyScript('{}', 2),
+      ],
+      env,
+    )
+    assert.equal(exec.code, 0, exec.stderr)
+    assert.deepEqual((JSON.parse(exec.stdout) as { ids: number[] }).ids, [0, 1])
+
+    const missing = await runCli(
+      [
+        'up',
+        '--json',
+        `${destination}:${remoteSecurity()}/ipcontroller-nope-client.json`,
+        ...sshArgsOf(sshd),
+      ],
+      env,
+    )
+    assert.equal(missing.code, 2, missing.stderr)
+    assert.match(missing.stdout + missing.stderr, /E_CONNFILE_READ/)
+  })
+
   test('the controller stopped and started again (new ports, new key): the copy follows and a new Client works', async () => {
     const old = controller
     assert.ok(old)
     const seen = events.events.length
+    const upSeen = upEvents.events.length
+    const upReady = await upEvents.next('ready')
     await stopCluster()
     // ipcontroller removes its files when it stops: the copies go with them
     await events.next((e) => on('closed', old.clientFile)(e) && events.events.indexOf(e) >= seen)
@@ -269,6 +330,27 @@ kc.stop_channels()
       [],
     )
     assert.deepEqual(await applyOnEngines(localIpython, 2), [0, 1])
+
+    // the running `up` carried the restart over, on the same local ports
+    await upEvents.next((e) => e.event === 'removed' && upEvents.events.indexOf(e) >= upSeen)
+    const changed = await upEvents.next(
+      (e) =>
+        e.event === 'changed' &&
+        upEvents.events.indexOf(e) >= upSeen &&
+        (e.forwards as Forward[]).some(
+          (f) => f.channel === 'registration' && portOf(f.remote) === fresh.registration,
+        ),
+    )
+    assert.deepEqual(
+      (changed.forwards as Forward[]).map((f) => f.local).sort(),
+      (upReady.forwards as Forward[]).map((f) => f.local).sort(),
+    )
+    const result = await runPython(clientApplyScript(upCopy(), 2))
+    assert.equal(result.code, 0, result.stderr)
+    assert.ok(up)
+    up.kill('SIGTERM')
+    assert.equal((await exited(up)).code, 0)
+    assert.equal(await exists(upCopy()), false)
   })
 
   test('remote files removed: closed, local copies gone', async () => {
