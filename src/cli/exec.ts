@@ -69,6 +69,7 @@ async function exec(args: ExecArgs): Promise<number> {
     )
   }
   let privateDir: string | undefined
+  let opened: AsyncDisposable | undefined
   try {
     let out: string
     if (args.out === undefined) {
@@ -78,7 +79,6 @@ async function exec(args: ExecArgs): Promise<number> {
       out = resolve(args.out)
     }
     let stopFollowing: () => void
-    let opened: AsyncDisposable
     if (remote !== undefined) {
       const { pulled, stop } = await openPulled(remote, args, out, output)
       opened = pulled
@@ -91,7 +91,6 @@ async function exec(args: ExecArgs): Promise<number> {
       stopFollowing = followTunnel(tunnel, output, file)
       output.emit(readyEvent(tunnel, file, out))
     }
-    await using _opened = opened
     const child = spawn(
       program,
       rest.map((a) => a.replaceAll('{}', out)),
@@ -116,6 +115,7 @@ async function exec(args: ExecArgs): Promise<number> {
   } catch (err) {
     return output.fail(err, { file })
   } finally {
+    await opened?.[Symbol.asyncDispose]()
     if (privateDir !== undefined) await rm(privateDir, { recursive: true, force: true })
   }
 }

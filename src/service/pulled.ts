@@ -208,14 +208,15 @@ async function firstPull(
       latest = undefined
       await source.poll()
       if (problem) throw problem
-      if (latest === undefined) {
+      const got = latest as SourceFile | undefined
+      if (got === undefined) {
         const file = source.path !== undefined ? posix.join(source.path, posix.basename(path)) : path
         throw new IppTunnelError(
           'E_CONNFILE_READ',
           `${source.destination}:${file}: no such connection file (or its directory cannot be read)`,
         )
       }
-      const file: SourceFile = latest
+      const file = got
       try {
         return { file, info: parseConnectionFile(file.text, file.id), warnings }
       } catch (err) {
