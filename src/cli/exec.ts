@@ -9,7 +9,7 @@ import type { Argv } from 'yargs'
 import { readConnectionFile } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
 import { openTunnel } from '../tunnel/index.js'
-import { remotePathOf } from '../sources/index.js'
+import { remotePathOf, type RemoteSpec } from '../sources/index.js'
 import { Output } from './output.js'
 import { openPulled } from './remote-file.js'
 import { untilSignal } from './signals.js'
@@ -56,7 +56,12 @@ export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => 
 
 async function exec(args: ExecArgs): Promise<number> {
   const output = formatTunnelEvents(new Output({ json: args.json, debug: args.debug }))
-  const remote = remotePathOf(args.file)
+  let remote: RemoteSpec | undefined
+  try {
+    remote = remotePathOf(args.file)
+  } catch (err) {
+    return output.fail(err, { file: args.file })
+  }
   const file = remote === undefined ? resolve(args.file) : args.file
   const command = (args['--'] ?? []).map(String)
   const [program, ...rest] = command

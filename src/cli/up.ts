@@ -4,7 +4,7 @@ import type { Argv } from 'yargs'
 
 import { readConnectionFile } from '../connection-file/index.js'
 import { defaultOutPath, openTunnel } from '../tunnel/index.js'
-import { remotePathOf } from '../sources/index.js'
+import { remotePathOf, type RemoteSpec } from '../sources/index.js'
 import { EXIT, Output } from './output.js'
 import { defaultRemoteOut, openPulled } from './remote-file.js'
 import { untilSignal } from './signals.js'
@@ -49,8 +49,13 @@ export function registerUp(yargs: Argv, run: (task: () => Promise<number>) => vo
 
 async function up(args: UpArgs): Promise<number> {
   const output = formatTunnelEvents(new Output({ json: args.json, debug: args.debug }))
+  let remote: RemoteSpec | undefined
+  try {
+    remote = remotePathOf(args.file)
+  } catch (err) {
+    return output.fail(err, { file: args.file })
+  }
   const signals = untilSignal()
-  const remote = remotePathOf(args.file)
   if (remote !== undefined) {
     try {
       const out = resolve(args.out ?? defaultRemoteOut(remote, process.env))

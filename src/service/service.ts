@@ -138,6 +138,14 @@ interface Entry {
   started: number
 }
 
+/** The service's lease on the link to one remote destination, and when it last failed for good. */
+interface RemoteLink {
+  readonly link: Promise<Link>
+  failedAt: number
+  delayMs: number
+  error: Error | undefined
+}
+
 /** How long to wait before parsing a file again when it failed to parse while still changing. */
 const REWRITE_RETRY_MS = 50
 /** First and longest wait before trying again to reach an ssh server or endpoints that could not be reached. */
@@ -169,7 +177,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   #watcher: DirectoryWatcher | undefined
   readonly #sources: RemoteDirectorySource[] = []
   /** One lease on the link pool per remote destination, held while the service runs (SFTP rides on it). */
-  readonly #remoteLinks = new Map<string, { link: Promise<Link>; failedAt: number; delayMs: number }>()
+  readonly #remoteLinks = new Map<string, RemoteLink>()
   /** Which entry writes each local copy: two files never write the same one. */
   readonly #claims = new Map<string, string>()
   #status: StatusServer | undefined
@@ -329,17 +337,22 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       const link = await held.link.catch(() => undefined)
       if (link !== undefined && !link.closed && link.state !== 'failed') return link
       if (performance.now() - held.failedAt < held.delayMs) {
-        throw link?.error ?? new IppTunnelError('E_LINK_DOWN', `SSH link to ${destination} is down`)
+        throw (
+          link?.error ?? held.error ?? new IppTunnelError('E_LINK_DOWN', `SSH link to ${destination} is down`)
+        )
       }
-      if (this.#remoteLinks.get(destination) === held) this.#remoteLinks.delete(destination)
-      if (link !== undefined) await this.#pool.release(link)
+      if (this.#remoteLinks.get(destination) === held) {
+        this.#remoteLinks.delete(destination)
+        if (link !== undefined) await this.#pool.release(link)
+      }
     }
     const again = this.#remoteLinks.get(destination)
     if (again !== undefined) return again.link
-    const entry = {
+    const entry: RemoteLink = {
       link: resolveTarget(destination, this.#options).then((target) => this.#pool.acquire(target, signal)),
       failedAt: Infinity,
       delayMs: Math.min(30_000, (held?.delayMs ?? 500) * 2),
+      error: undefined,
     }
     this.#remoteLinks.set(destination, entry)
     entry.link.then(
@@ -347,7 +360,10 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         entry.delayMs = 1000
         link.once('failed', () => (entry.failedAt = performance.now()))
       },
-      () => (entry.failedAt = performance.now()),
+      (err: unknown) => {
+        entry.failedAt = performance.now()
+        entry.error = err instanceof Error ? err : new Error(String(err))
+      },
     )
     return entry.link
   }
