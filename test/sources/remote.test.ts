@@ -179,6 +179,30 @@ describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd',
     )
   })
 
+  test('a directory the server will not list: one E_REMOTE_DIR error, then quiet until it changes', async (t) => {
+    // sftp-server refuses opendir with SSH2_FX_PERMISSION_DENIED, as for a directory without permission
+    const strict = await startSshd({ extraConfig: 'Subsystem sftp internal-sftp -P opendir' })
+    t.after(() => strict.close())
+    const strictLink = new Link({ hops: [hopOf(strict)] }, { agent: false })
+    t.after(() => strictLink.close())
+    await strictLink.connect()
+    const s = new RemoteDirectorySource({
+      destination: 'root@strict',
+      dir: root,
+      sftp: (signal) => strictLink.sftp({ signal }),
+      pollMs: 3_600_000,
+    })
+    t.after(() => s.close())
+    const seen = record(s)
+    await s.poll()
+    await s.poll()
+    const errors = seen.flatMap((e) => (e.type === 'dir:error' ? [e.args] : []))
+    assert.equal(errors.length, 1, JSON.stringify(seen))
+    assert.equal(errors[0]?.code, 'E_REMOTE_DIR')
+    assert.match(errors[0]?.message ?? '', /permission denied/)
+    assert.equal(s.status().errors, 2)
+  })
+
   test('close() stops polling and is safe twice', async (t) => {
     const s = source(t, root)
     s.start()
