@@ -198,8 +198,10 @@ describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd',
     await s.poll()
     const errors = seen.flatMap((e) => (e.type === 'dir:error' ? [e.args] : []))
     assert.equal(errors.length, 1, JSON.stringify(seen))
-    assert.equal(errors[0]?.code, 'E_REMOTE_DIR')
-    assert.match(errors[0]?.message ?? '', /permission denied/)
+    const [error] = errors
+    assert.ok(error)
+    assert.equal(error.code, 'E_REMOTE_DIR')
+    assert.match(error.message, /permission denied/)
     assert.equal(s.status().errors, 2)
   })
 
