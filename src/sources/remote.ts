@@ -21,6 +21,8 @@ export interface RemoteDirectoryOptions {
   readonly maxBytes?: number
   /** Follow only the file of this name (what `up host:PATH` does). */
   readonly only?: string
+  /** A poll the server has not answered in this long ends the SFTP session (a new one is opened); default 15000. */
+  readonly timeoutMs?: number
 }
 
 /** SFTP status codes (draft-ietf-secsh-filexfer-02) that ssh2 puts in `err.code`. */
@@ -29,6 +31,7 @@ const SFTP_PERMISSION_DENIED = 3
 
 const DEFAULT_POLL_MS = 1000
 const DEFAULT_MAX_BYTES = 1024 * 1024
+const DEFAULT_TIMEOUT_MS = 15_000
 
 interface Known {
   /** `size:mtime` at the last poll. */
@@ -105,6 +108,8 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
   #present: boolean | undefined
   #timer: NodeJS.Timeout | undefined
   #polling: Promise<void> | undefined
+  /** The SFTP session the running poll uses. */
+  #session: SFTPWrapper | undefined
   #closed = false
   #polls = 0
   #errors = 0
@@ -134,7 +139,7 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     if (this.#polling !== undefined) return this.#polling
     clearTimeout(this.#timer)
     this.#timer = undefined
-    this.#polling = this.#pollOnce().finally(() => {
+    this.#polling = this.#pollBounded().finally(() => {
       this.#polling = undefined
       if (!this.#closed) this.#schedule(this.pollMs)
     })
@@ -188,11 +193,37 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     return `${this.destination}:${path}`
   }
 
+  /**
+   * A poll that the server stops answering (sftp-server is one process: a FIFO swapped in between the listing and
+   * the open blocks it for good) ends its SFTP session, which fails the poll's pending requests.
+   */
+  async #pollBounded(): Promise<void> {
+    const ms = this.#options.timeoutMs ?? DEFAULT_TIMEOUT_MS
+    let timer: NodeJS.Timeout | undefined
+    const poll = this.#pollOnce()
+    const late = new Promise<true>((resolve) => (timer = setTimeout(() => resolve(true), ms)))
+    const timedOut = await Promise.race([poll.then(() => false), late])
+    clearTimeout(timer)
+    if (!timedOut) return
+    const session = this.#session
+    this.#session = undefined
+    session?.end()
+    this.#dirFailed(
+      new IppTunnelError(
+        'E_REMOTE_DIR',
+        `${this.#id(this.#resolved ?? this.dir)}: the SFTP server did not answer within ${ms} ms; opening a new SFTP session`,
+      ),
+      'E_REMOTE_DIR',
+    )
+    await Promise.race([poll, new Promise((resolve) => setTimeout(resolve, 1000).unref())])
+  }
+
   async #pollOnce(): Promise<void> {
     const signal = this.#abort.signal
     let sftp: SFTPWrapper
     try {
       sftp = await this.#options.sftp(signal)
+      this.#session = sftp
       this.#resolved ??= await this.#resolve(sftp)
     } catch (err) {
       if (!signal.aborted) this.#dirFailed(err, 'E_LINK_DOWN')
@@ -290,7 +321,7 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     if (attrs.size > this.#maxBytes) {
       return this.#fileFailed(known, name, this.#tooLarge(path, attrs.size))
     }
-    let pulled: { text: string; mode: number }
+    let pulled: { text: string | undefined; mode: number }
     try {
       pulled = await this.#read(sftp, path)
     } catch (err) {
@@ -310,6 +341,11 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
         return
       }
       return this.#fileFailed(known, name, error)
+    }
+    if (pulled.text === undefined) {
+      // still growing: look again on the next poll
+      known.shape = ''
+      return
     }
     if (changed && pulled.text === known.text) return
     const firstSighting = known.text === undefined || known.reported !== undefined
@@ -341,7 +377,8 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
   }
 
   /** Reads a regular file through one handle: fstat first (the name may have been swapped since the listing). */
-  async #read(sftp: SFTPWrapper, path: string): Promise<{ text: string; mode: number }> {
+  /** The content, or `text: undefined` when the file grew past the size its handle reported (still written). */
+  async #read(sftp: SFTPWrapper, path: string): Promise<{ text: string | undefined; mode: number }> {
     const handle = await call<Buffer>((cb) => sftp.open(path, 'r', cb))
     try {
       const attrs = await call<Stats>((cb) => sftp.fstat(handle, cb))
@@ -352,7 +389,8 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
         )
       }
       if (attrs.size > this.#maxBytes) throw this.#tooLarge(path, attrs.size)
-      const buffer = Buffer.alloc(this.#maxBytes + 1)
+      // one byte more than the size seen: a file that grows while read is read again on the next poll
+      const buffer = Buffer.alloc(attrs.size + 1)
       let length = 0
       for (;;) {
         const n = await call<number>((cb) =>
@@ -364,7 +402,7 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
         })
         if (n === 0) break
         length += n
-        if (length > this.#maxBytes) throw this.#tooLarge(path, length)
+        if (length === buffer.length) return { text: undefined, mode: attrs.mode }
       }
       return { text: buffer.subarray(0, length).toString('utf8'), mode: attrs.mode }
     } finally {
