@@ -86,7 +86,7 @@ export class PulledTunnel extends EventEmitter<PulledTunnelEvents> {
         destination: spec.destination,
         dir: posix.dirname(spec.path),
         only: posix.basename(spec.path),
-        sftp: (signal) => link.sftp({ signal }),
+        sftp: (signal, stale) => link.sftp({ signal, ...(stale !== undefined && { stale }) }),
         ...(options.pollMs !== undefined && { pollMs: options.pollMs }),
       })
       const { file, info, warnings } = await firstPull(source, spec.path, options.signal)

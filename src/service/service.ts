@@ -297,7 +297,11 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     const source = new RemoteDirectorySource({
       destination: remote.destination,
       dir: remote.dir,
-      sftp: async (signal) => (await this.#remoteLink(remote.destination, signal)).sftp({ signal }),
+      sftp: async (signal, stale) =>
+        (await this.#remoteLink(remote.destination, signal)).sftp({
+          signal,
+          ...(stale !== undefined && { stale }),
+        }),
       ...(this.#options.pollMs !== undefined && { pollMs: this.#options.pollMs }),
     })
     this.#sources.push(source)

@@ -13,8 +13,11 @@ export interface RemoteDirectoryOptions {
   readonly destination: string
   /** The remote directory: absolute, `~/…`, or relative to the remote home directory (as scp reads it). */
   readonly dir: string
-  /** Opens (or returns) the SFTP session on the live connection; called before every poll. */
-  readonly sftp: (signal: AbortSignal) => Promise<SFTPWrapper>
+  /**
+   * Opens (or returns) the SFTP session on the live connection; called before every poll. `stale` is a session
+   * this source gave up on (it stopped answering): open a new one instead.
+   */
+  readonly sftp: (signal: AbortSignal, stale?: SFTPWrapper) => Promise<SFTPWrapper>
   /** Milliseconds between the end of one poll and the start of the next; default 1000. */
   readonly pollMs?: number
   /** Files larger than this are refused before a byte is read; default 1 MiB. */
@@ -110,6 +113,8 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
   #polling: Promise<void> | undefined
   /** The SFTP session the running poll uses. */
   #session: SFTPWrapper | undefined
+  /** A session given up on, to be replaced at the next poll. */
+  #stale: SFTPWrapper | undefined
   #closed = false
   #polls = 0
   #errors = 0
@@ -205,9 +210,8 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     const timedOut = await Promise.race([poll.then(() => false), late])
     clearTimeout(timer)
     if (!timedOut) return
-    const session = this.#session
+    this.#stale = this.#session
     this.#session = undefined
-    session?.end()
     this.#dirFailed(
       new IppTunnelError(
         'E_REMOTE_DIR',
@@ -222,7 +226,8 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     const signal = this.#abort.signal
     let sftp: SFTPWrapper
     try {
-      sftp = await this.#options.sftp(signal)
+      sftp = await this.#options.sftp(signal, this.#stale)
+      this.#stale = undefined
       this.#session = sftp
       this.#resolved ??= await this.#resolve(sftp)
     } catch (err) {

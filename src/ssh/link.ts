@@ -236,13 +236,21 @@ export class Link extends EventEmitter<LinkEvents> {
    * The SFTP session on this link's live connection: opened on first use and shared by every caller; after a
    * reconnect the next call opens a new one (the old one died with its connection). It closes with the link.
    * Waits for a (re)connecting link as `forwardOut` does. A server without the sftp subsystem rejects `E_REMOTE`.
+   * `stale`: a session the caller gave up on (it stopped answering); it is ended and a new one opened.
    */
-  async sftp(options: { signal?: AbortSignal } = {}): Promise<SFTPWrapper> {
+  async sftp(options: { signal?: AbortSignal; stale?: SFTPWrapper } = {}): Promise<SFTPWrapper> {
     await this.#waitUp(options.signal)
     const chain = this.#chain
     const client = chain?.clients.at(-1)
     if (chain === undefined || client === undefined || chain.dead) throw closedError()
-    if (this.#sftp?.chain === chain) return this.#sftp.session
+    if (this.#sftp?.chain === chain) {
+      const current = this.#sftp.session
+      if (options.stale === undefined || (await current.catch(() => undefined)) !== options.stale)
+        return current
+      if (this.#sftp.session === current) this.#sftp = undefined
+      options.stale.end()
+      return this.sftp({ ...(options.signal !== undefined && { signal: options.signal }) })
+    }
     const session = new Promise<SFTPWrapper>((resolve, reject) => {
       try {
         client.sftp((err, sftp) => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { homedir, tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -22,6 +22,17 @@ function record(source: RemoteDirectorySource): Seen[] {
     source.on(type, listener)
   }
   return seen
+}
+
+/** Pids of every running sftp-server. */
+async function sftpServers(): Promise<Set<number>> {
+  const pids = new Set<number>()
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    const comm = await readFile(`/proc/${entry}/comm`, 'utf8').catch(() => '')
+    if (comm.trim() === 'sftp-server') pids.add(Number(entry))
+  }
+  return pids
 }
 
 const CLIENT = JSON.stringify({ ssh: '', interface: 'tcp://127.0.0.1', registration: 1 })
@@ -203,6 +214,45 @@ describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd',
     assert.equal(error.code, 'E_REMOTE_DIR')
     assert.match(error.message, /permission denied/)
     assert.equal(s.status().errors, 2)
+  })
+
+  test('a poll the server stops answering ends its SFTP session; the next poll opens a new one', async (t) => {
+    const slow = await startSshd({ extraConfig: 'Subsystem sftp /usr/lib/openssh/sftp-server' })
+    t.after(() => slow.close())
+    const slowLink = new Link({ hops: [hopOf(slow)] }, { agent: false })
+    t.after(() => slowLink.close())
+    await slowLink.connect()
+    const dir = await mkdtemp(join(root, 'stalled-'))
+    const s = new RemoteDirectorySource({
+      destination: 'root@slow',
+      dir,
+      sftp: (signal, stale) => slowLink.sftp({ signal, ...(stale !== undefined && { stale }) }),
+      pollMs: 3_600_000,
+      timeoutMs: 3000,
+    })
+    t.after(() => s.close())
+    const seen = record(s)
+    const before = await sftpServers()
+    await s.poll()
+    assert.deepEqual(
+      seen.map((e) => e.type),
+      ['watching'],
+    )
+    const stalled = [...(await sftpServers())].filter((pid) => !before.has(pid))
+    assert.equal(stalled.length, 1)
+    for (const pid of stalled) process.kill(pid, 'SIGSTOP')
+    t.after(() => {
+      for (const pid of stalled) process.kill(pid, 'SIGKILL')
+    })
+    await writeFile(join(dir, 'kernel-3.json'), '{}')
+    await s.poll()
+    const errors = seen.flatMap((e) => (e.type === 'dir:error' ? [e.args] : []))
+    assert.match(errors[0]?.message ?? '', /did not answer within 3000 ms/)
+    await s.poll()
+    assert.ok(
+      seen.some((e) => e.type === 'file' && basename(e.args.path) === 'kernel-3.json'),
+      JSON.stringify(seen),
+    )
   })
 
   test('close() stops polling and is safe twice', async (t) => {
