@@ -71,6 +71,7 @@ const badInput: ReadonlySet<ErrorCode> = new Set([
   'E_DESTINATION',
   'E_SSH_CONFIG',
   'E_USAGE',
+  'E_REMOTE_FILE',
 ])
 
 /** True for errors caused by the user's input (files, arguments), which the CLI reports with exit 2. */
