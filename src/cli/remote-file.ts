@@ -40,6 +40,10 @@ export async function openPulled(
     ...(args.poll !== undefined && { pollMs: args.poll }),
   })
   const file = pulled.file
+  output
+    .format('changed', (e) => `changed: ${String(e.file)} followed in ${String(e.ms)} ms, copy rewritten`)
+    .format('removed', (e) => `${String(e.file)} went away; the tunnel stays and follows it when it is back`)
+    .format('warning', (e) => `warning: ${String(e.message)}`)
   const remote = { source: 'remote', destination: spec.destination, path: spec.path }
   pulled.on('warning', (e) => output.emit({ event: 'warning', file, message: e.message }))
   pulled.on('changed', (e) =>
