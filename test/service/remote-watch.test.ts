@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { execFile } from 'node:child_process'
-import { access, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { access, appendFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -55,6 +55,10 @@ c.close()
 describe('ipp-tunnel watch --remote: connection files pulled over SFTP from a server in its own network namespace', () => {
   let ns: Netns
   let sshd: Sshd
+  /** A second server in the namespace, named by a pulled file's own "ssh" field. */
+  let sshd2: Sshd
+  let auth: string[]
+  let keysDir: string
   let kernel: Kernel
   let controller: Controller | undefined
   let engines: Engines | undefined
@@ -95,7 +99,17 @@ describe('ipp-tunnel watch --remote: connection files pulled over SFTP from a se
     ns = await createNetns()
     sshd = await startSshd({ netns: ns, extraConfig: 'Subsystem sftp internal-sftp' })
     kernel = await startKernel({ netns: ns })
+    sshd2 = await startSshd({ netns: ns })
     const temp = (name: string) => mkdtemp(join(tmpdir(), `ippt-rw-${name}-`))
+    // one key and one known_hosts file for both servers
+    await appendFile(join(sshd2.dir, 'authorized_keys'), await readFile(`${sshd.clientKey}.pub`))
+    keysDir = await temp('keys')
+    const knownHosts = join(keysDir, 'known_hosts')
+    await writeFile(
+      knownHosts,
+      (await readFile(sshd.knownHostsFile, 'utf8')) + (await readFile(sshd2.knownHostsFile, 'utf8')),
+    )
+    auth = ['--identity', sshd.clientKey, '--known-hosts', knownHosts, '--ssh-config', '/dev/null']
     remoteIpython = await temp('remote')
     otherIpython = await temp('other')
     localIpython = await temp('local')
@@ -115,7 +129,7 @@ describe('ipp-tunnel watch --remote: connection files pulled over SFTP from a se
         `${destination}:${otherSecurity()}`,
         '--poll',
         '200',
-        ...sshArgsOf(sshd),
+        ...auth,
       ],
       env,
     )
@@ -126,9 +140,10 @@ describe('ipp-tunnel watch --remote: connection files pulled over SFTP from a se
     if (up) await stopProcess(up, 'SIGKILL')
     await stopCluster()
     await kernel.close()
+    await sshd2.close()
     await sshd.close()
     await ns.close()
-    for (const dir of [remoteIpython, otherIpython, localIpython, localRuntime, runtimeDir]) {
+    for (const dir of [remoteIpython, otherIpython, localIpython, localRuntime, runtimeDir, keysDir]) {
       await rm(dir, { recursive: true, force: true })
     }
   })
@@ -247,6 +262,21 @@ kc.stop_channels()
     const human = await runCli(['status'], env)
     assert.match(human.stdout, /REMOTE DIR\s+STATE\s+LAST POLL/)
     assert.ok(human.stdout.includes(`${destination}:${remoteSecurity()}`))
+  })
+
+  test('a pulled file whose own "ssh" names another server is tunnelled through that server', async () => {
+    const text = await readFile(join(remoteSecurity(), 'ipcontroller-client.json'), 'utf8')
+    const via = join(remoteSecurity(), 'ipcontroller-via-client.json')
+    const other = `${sshd2.user}@${sshd2.host}:${sshd2.port}`
+    await writeFile(via, JSON.stringify({ ...(JSON.parse(text) as Event), ssh: other }), { mode: 0o600 })
+    await events.next(on('ready', via))
+    assert.equal(await sshd2.sessionCount(), 1)
+    const status = JSON.parse((await runCli(['status', '--json'], env)).stdout) as {
+      files: { file: string; destination: string }[]
+    }
+    assert.equal(status.files.find((f) => f.file === id(via))?.destination, other)
+    await rm(via)
+    await events.next(on('closed', via))
   })
 
   let up: ChildProcess | undefined
