@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import { mkdir, readFile, stat } from 'node:fs/promises'
+import { lstat, mkdir, readFile, stat } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 
@@ -518,6 +518,20 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
           'E_COPY_CONFLICT',
           `${entry.file}: its copy ${entry.out} is already written for ${holder}; give --out-dir, or follow only one of them`,
         )
+      }
+      // Copies of pulled files land in shared places (the Jupyter runtime dir): never over a file not ours.
+      if (holder === undefined && entry.remote !== undefined && !this.#ledger.copies.includes(entry.out)) {
+        if (
+          await lstat(entry.out).then(
+            () => true,
+            () => false,
+          )
+        ) {
+          throw new IppTunnelError(
+            'E_COPY_CONFLICT',
+            `${entry.file}: its copy would replace ${entry.out}, which this service did not write; move that file away or give --out-dir`,
+          )
+        }
       }
       this.#claims.set(entry.out, entry.file)
       if (destination === undefined) {

@@ -230,6 +230,15 @@ kc.stop_channels()
     assert.equal(error.code, 'E_COPY_CONFLICT')
     assert.equal(await readFile(localCopy('ipcontroller-client.json'), 'utf8'), before)
     await rm(twin)
+
+    // nor over a local file the service did not write (a local kernel of the same name)
+    const clash = join(dirname(kernel.file), 'kernel-clash.json')
+    await writeFile(join(localRuntime, 'kernel-clash.json'), 'mine')
+    await writeFile(clash, await readFile(kernel.file, 'utf8'), { mode: 0o600 })
+    const clashError = await events.next(on('error', clash))
+    assert.equal(clashError.code, 'E_COPY_CONFLICT')
+    assert.equal(await readFile(join(localRuntime, 'kernel-clash.json'), 'utf8'), 'mine')
+    await rm(clash)
   })
 
   test('status shows each remote directory: destination, directory, last poll, files seen, errors', async () => {
