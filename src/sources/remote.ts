@@ -205,8 +205,12 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
   async #pollBounded(): Promise<void> {
     const ms = this.#options.timeoutMs ?? DEFAULT_TIMEOUT_MS
     let timer: NodeJS.Timeout | undefined
-    const poll = this.#pollOnce()
-    const late = new Promise<true>((resolve) => (timer = setTimeout(() => resolve(true), ms)))
+    let startClock = (): void => undefined
+    // the clock starts once the session is open: opening one (and waiting for the link) has bounds of its own
+    const late = new Promise<true>((resolve) => {
+      startClock = () => (timer = setTimeout(() => resolve(true), ms))
+    })
+    const poll = this.#pollOnce(startClock)
     const timedOut = await Promise.race([poll.then(() => false), late])
     clearTimeout(timer)
     if (!timedOut) return
@@ -222,13 +226,14 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     await Promise.race([poll, new Promise((resolve) => setTimeout(resolve, 1000).unref())])
   }
 
-  async #pollOnce(): Promise<void> {
+  async #pollOnce(sessionOpen: () => void): Promise<void> {
     const signal = this.#abort.signal
     let sftp: SFTPWrapper
     try {
       sftp = await this.#options.sftp(signal, this.#stale)
       this.#stale = undefined
       this.#session = sftp
+      sessionOpen()
       this.#resolved ??= await this.#resolve(sftp)
     } catch (err) {
       if (!signal.aborted) this.#dirFailed(err, 'E_LINK_DOWN')

@@ -243,11 +243,11 @@ export class Link extends EventEmitter<LinkEvents> {
     const chain = this.#chain
     const client = chain?.clients.at(-1)
     if (chain === undefined || client === undefined || chain.dead) throw closedError()
-    if (this.#sftp?.chain === chain) {
-      const current = this.#sftp.session
-      if (options.stale === undefined || (await current.catch(() => undefined)) !== options.stale)
-        return current
-      if (this.#sftp.session === current) this.#sftp = undefined
+    const cached = this.#sftp
+    if (cached?.chain === chain) {
+      if (options.stale === undefined || (await cached.session.catch(() => undefined)) !== options.stale)
+        return cached.session
+      if (this.#sftp === cached) this.#sftp = undefined
       options.stale.end()
       return this.sftp({ ...(options.signal !== undefined && { signal: options.signal }) })
     }
