@@ -10,6 +10,7 @@ import * as prettier from 'prettier'
 
 import { markdownTable, ratioOf, type BenchRow } from './common.js'
 import { benchEngines } from './engines.js'
+import { benchRemote } from './remote.js'
 import { benchService } from './service.js'
 import { benchTunnel } from './tunnel.js'
 import { benchWire } from './wire.js'
@@ -21,6 +22,7 @@ const groups: Record<string, () => Promise<BenchRow[]>> = {
   client: benchClient,
   engines: benchEngines,
   service: benchService,
+  remote: benchRemote,
 }
 
 const README = fileURLToPath(new URL('../../README.md', import.meta.url))

@@ -11,7 +11,9 @@ import { readConnectionFile } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
 import { makePrivateTempDir } from '../safe-fs/index.js'
 import { openTunnel } from '../tunnel/index.js'
+import { remotePathOf, type RemoteSpec } from '../sources/index.js'
 import { Output } from './output.js'
+import { openPulled } from './remote-file.js'
 import { interrupted, untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
@@ -19,6 +21,7 @@ import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js
 interface ExecArgs extends SshArgs {
   readonly file: string
   readonly out?: string | undefined
+  readonly poll?: number | undefined
   readonly json: boolean
   readonly debug: boolean
   readonly 'events-fd'?: number | undefined
@@ -33,7 +36,16 @@ export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => 
     (y) =>
       withSshOptions(
         y
-          .positional('file', { type: 'string', demandOption: true, describe: 'connection file' })
+          .positional('file', {
+            type: 'string',
+            demandOption: true,
+            describe: 'connection file, or [user@]host[:port]:PATH to pull it over SFTP and follow it',
+          })
+          .option('poll', {
+            type: 'number',
+            default: 1000,
+            describe: 'milliseconds between looks at a remote file',
+          })
           .option('out', {
             alias: 'o',
             type: 'string',
@@ -56,7 +68,13 @@ async function exec(args: ExecArgs): Promise<number> {
   const output = formatTunnelEvents(
     new Output({ json: args.json, debug: args.debug, stderr: events, events }),
   )
-  const file = resolve(args.file)
+  let remote: RemoteSpec | undefined
+  try {
+    remote = remotePathOf(args.file)
+  } catch (err) {
+    return output.fail(err, { file: args.file })
+  }
+  const file = remote === undefined ? resolve(args.file) : args.file
   const command = (args['--'] ?? []).map(String)
   const [program, ...rest] = command
   if (program === undefined) {
@@ -71,9 +89,8 @@ async function exec(args: ExecArgs): Promise<number> {
   // set up before the tunnel opens, so that a signal aborts the start-up; passed on to CMD once it runs
   let passOn: ((signal: NodeJS.Signals) => void) | undefined
   const signals = untilSignal((signal) => passOn?.(signal))
+  let opened: AsyncDisposable | undefined
   try {
-    const { info, warnings } = await readConnectionFile(file)
-    for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     let out: string
     if (args.out === undefined) {
       privateDir = await makePrivateTempDir('ipp-tunnel-')
@@ -81,14 +98,24 @@ async function exec(args: ExecArgs): Promise<number> {
     } else {
       out = resolve(args.out)
     }
-    await using tunnel = await openTunnel(info, {
-      ...sshOptionsFrom(args, output),
-      out,
-      sourceFile: file,
-      signal: signals.signal,
-    })
-    const stopFollowing = followTunnel(tunnel, output, file)
-    output.emit(readyEvent(tunnel, file, out))
+    let stopFollowing: () => void
+    if (remote !== undefined) {
+      const { pulled, stop } = await openPulled(remote, args, out, output, signals.signal)
+      opened = pulled
+      stopFollowing = stop
+    } else {
+      const { info, warnings } = await readConnectionFile(file)
+      for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
+      const tunnel = await openTunnel(info, {
+        ...sshOptionsFrom(args, output),
+        out,
+        sourceFile: file,
+        signal: signals.signal,
+      })
+      opened = tunnel
+      stopFollowing = followTunnel(tunnel, output, file)
+      output.emit(readyEvent(tunnel, file, out))
+    }
     const child = spawn(
       program,
       rest.map((a) => a.replaceAll('{}', out)),
@@ -117,6 +144,7 @@ async function exec(args: ExecArgs): Promise<number> {
     return output.fail(err, { file })
   } finally {
     signals.dispose()
+    await opened?.[Symbol.asyncDispose]()
     if (privateDir !== undefined) await rm(privateDir, { recursive: true, force: true })
   }
 }

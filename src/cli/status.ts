@@ -127,6 +127,19 @@ export function renderReport(report: StatusReport, options: { width?: number } =
     fit(`ipp-tunnel service pid ${report.pid}, up since ${report.since}; ${files}, ${links}`, width),
     ...report.dirs.map((d) => `watching ${fit(d, width - 9, true)}`),
   ]
+  const remotes = report.remotes ?? []
+  if (remotes.length > 0) {
+    const rows = remotes.map((r) => [
+      `${r.destination}:${r.dir}`,
+      r.present === undefined ? 'not polled yet' : r.present ? 'present' : 'waiting for it',
+      r.lastPoll ?? '-',
+      String(r.files),
+      String(r.errors),
+      r.lastError ? `${r.lastError.code}: ${r.lastError.message}` : '-',
+    ])
+    const header = ['REMOTE DIR', 'STATE', 'LAST POLL', 'FILES', 'ERRORS', 'LAST ERROR']
+    lines.push(...table([header, ...rows], new Set([3, 4])).map((line) => fit(line, width)))
+  }
   if (report.files.length === 0) return [...lines, 'no connection files yet'].join('\n')
   lines.push(
     fit('bytes: FROM REMOTE = endpoint -> your programs, TO REMOTE = your programs -> endpoint', width),

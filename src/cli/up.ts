@@ -4,7 +4,9 @@ import type { Argv } from 'yargs'
 
 import { readConnectionFile } from '../connection-file/index.js'
 import { chooseDestination, defaultOutPath, openTunnel } from '../tunnel/index.js'
+import { remotePathOf, type RemoteSpec } from '../sources/index.js'
 import { EXIT, Output } from './output.js'
+import { defaultRemoteOut, openPulled } from './remote-file.js'
 import { interrupted, untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
@@ -12,6 +14,7 @@ import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js
 interface UpArgs extends SshArgs {
   readonly file: string
   readonly out?: string | undefined
+  readonly poll?: number | undefined
   readonly json: boolean
   readonly debug: boolean
 }
@@ -24,7 +27,16 @@ export function registerUp(yargs: Argv, run: (task: () => Promise<number>) => vo
     (y) =>
       withSshOptions(
         y
-          .positional('file', { type: 'string', demandOption: true, describe: 'connection file' })
+          .positional('file', {
+            type: 'string',
+            demandOption: true,
+            describe: 'connection file, or [user@]host[:port]:PATH to pull it over SFTP and follow it',
+          })
+          .option('poll', {
+            type: 'number',
+            default: 1000,
+            describe: 'milliseconds between looks at a remote file',
+          })
           .option('out', {
             alias: 'o',
             type: 'string',
@@ -40,8 +52,35 @@ async function up(args: UpArgs): Promise<number> {
   const output = formatTunnelEvents(
     new Output({ json: args.json, debug: args.debug, humanResults: ['ready', 'closed'] }),
   )
-  const file = resolve(args.file)
+  let remote: RemoteSpec | undefined
+  try {
+    remote = remotePathOf(args.file)
+  } catch (err) {
+    return output.fail(err, { file: args.file })
+  }
   const signals = untilSignal()
+  if (remote !== undefined) {
+    try {
+      const out = resolve(args.out ?? defaultRemoteOut(remote, process.env))
+      const { pulled, stop } = await openPulled(remote, args, out, output, signals.signal)
+      const failed = new Promise<Error>((resolveFailed) =>
+        pulled.tunnel.once('link:failed', (e) => resolveFailed(e.error)),
+      )
+      const ending = await Promise.race([signals.promise, failed])
+      stop()
+      await pulled.close()
+      if (ending instanceof Error) return output.fail(ending, { file: pulled.file })
+      output.emit({ event: 'closed', file: pulled.file })
+      return EXIT.ok
+    } catch (err) {
+      const signal = signals.received()
+      if (signal !== undefined) return interrupted(output, signal, { file: args.file })
+      return output.fail(err, { file: args.file })
+    } finally {
+      signals.dispose()
+    }
+  }
+  const file = resolve(args.file)
   try {
     const { info, warnings } = await readConnectionFile(file)
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })

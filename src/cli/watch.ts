@@ -5,7 +5,14 @@ import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
 import type { ForwardInfo } from '../tunnel/index.js'
-import { profileSecurityDir, runtimeDir, statusSocketPath, TunnelService } from '../service/index.js'
+import {
+  profileSecurityDir,
+  runtimeDir,
+  statusSocketPath,
+  TunnelService,
+  type RemoteDir,
+} from '../service/index.js'
+import { parseRemoteSpec, remoteDefaultDirs } from '../sources/index.js'
 import { EXIT, Output } from './output.js'
 import { untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
@@ -15,6 +22,9 @@ interface WatchArgs extends SshArgs {
   readonly profile?: readonly string[] | undefined
   readonly dir?: readonly string[] | undefined
   readonly 'out-dir'?: string | undefined
+  readonly remote?: readonly string[] | undefined
+  readonly 'remote-profile'?: string | undefined
+  readonly poll?: number | undefined
   readonly json: boolean
   readonly debug: boolean
 }
@@ -59,6 +69,29 @@ export async function checkDirs(dirs: readonly string[], env: NodeJS.ProcessEnv)
   }
 }
 
+/**
+ * The remote directories `watch` follows: each `--remote [user@]host[:port]:DIR`, and for a bare `--remote host`
+ * the remote profile's security dir (`--remote-profile`, default `default`) and the remote Jupyter runtime dir.
+ */
+export function remoteDirs(specs: readonly string[], profile: string | undefined): RemoteDir[] {
+  if (profile !== undefined && specs.length === 0) {
+    throw new IppTunnelError('E_USAGE', '--remote-profile needs --remote host')
+  }
+  if (profile !== undefined && !/^[\w.-]+$/u.test(profile)) {
+    throw new IppTunnelError('E_USAGE', `--remote-profile ${JSON.stringify(profile)} is not a profile name`)
+  }
+  const out: RemoteDir[] = []
+  for (const text of specs) {
+    const spec = parseRemoteSpec(text)
+    const dirs = spec.path !== undefined ? [spec.path] : remoteDefaultDirs(profile)
+    for (const dir of dirs) {
+      if (!out.some((r) => r.destination === spec.destination && r.dir === dir))
+        out.push({ destination: spec.destination, dir })
+    }
+  }
+  return out
+}
+
 /** `ipp-tunnel watch`: the service, in the foreground until SIGINT/SIGTERM. */
 export function registerWatch(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
   return yargs.command(
@@ -84,10 +117,31 @@ export function registerWatch(yargs: Argv, run: (task: () => Promise<number>) =>
           .option('out-dir', {
             type: 'string',
             describe: 'put every loopback copy here instead (never a watched directory)',
+          })
+          .option('remote', {
+            alias: 'r',
+            type: 'string',
+            array: true,
+            describe:
+              'follow a directory on an ssh server over SFTP (repeatable): [user@]host[:port]:DIR (DIR may start with ~/); a bare host follows its ~/.ipython/profile_<remote-profile>/security and ~/.local/share/jupyter/runtime',
+          })
+          .option('remote-profile', {
+            type: 'string',
+            describe: 'the remote IPython profile a bare --remote host follows (default "default")',
+          })
+          .option('poll', {
+            type: 'number',
+            default: 1000,
+            describe: 'milliseconds between polls of each remote directory',
           }),
       ),
     (args) => run(() => watch(args as unknown as WatchArgs)),
   )
+}
+
+/** `source: "remote"`, the destination and the remote path, on events about pulled files. */
+function remoteOf(e: { source?: 'remote'; destination?: string; path?: string }) {
+  return e.source === 'remote' ? { source: e.source, destination: e.destination, path: e.path } : {}
 }
 
 function forwardsOf(forwards: readonly ForwardInfo[]) {
@@ -113,17 +167,32 @@ async function watch(args: WatchArgs): Promise<number> {
       return `error: ${message.includes(file) ? message : `${file}: ${message}`}`
     })
     .format('watching', (e) => {
-      const dirs = (e.dirs as string[]).join(', ')
+      const remotes = (e.remotes as RemoteDir[] | undefined) ?? []
+      const dirs = [...(e.dirs as string[]), ...remotes.map((r) => `${r.destination}:${r.dir}`)].join(', ')
       return `watching ${dirs}; ipp-tunnel status asks ${String(e.socket)}`
     })
+    .format('remote:watching', (e) =>
+      e.present === true
+        ? `following ${String(e.destination)}:${String(e.dir)}`
+        : `waiting for ${String(e.destination)}:${String(e.dir)} to exist`,
+    )
+    .format('warning', (e) => `warning: ${String(e.message)}`)
   const signals = untilSignal()
   let service: TunnelService | undefined
   try {
-    const dirs = watchedDirs(args.profile ?? [], args.dir ?? [], process.env)
+    const remotes = remoteDirs(args.remote ?? [], args['remote-profile'])
+    const poll = args.poll ?? 1000
+    if (!Number.isInteger(poll) || poll < 10) {
+      throw new IppTunnelError('E_USAGE', `--poll ${String(args.poll)}: give whole milliseconds, at least 10`)
+    }
+    const local = (args.profile ?? []).length + (args.dir ?? []).length > 0 || remotes.length === 0
+    const dirs = local ? watchedDirs(args.profile ?? [], args.dir ?? [], process.env) : []
     await checkDirs(args.dir ?? [], process.env)
     service = await TunnelService.start({
       ...sshOptionsFrom(args, output),
       dirs,
+      remotes,
+      pollMs: poll,
       runtimeDir: runtimeDir(process.env),
       ...(args['out-dir'] !== undefined && { outDir: resolve(args['out-dir']) }),
     })
@@ -135,6 +204,7 @@ async function watch(args: WatchArgs): Promise<number> {
         ms: Math.round(e.ms),
         forwards: forwardsOf(e.forwards),
         ...(e.sshFrom !== undefined && { sshFrom: e.sshFrom }),
+        ...remoteOf(e),
       }),
     )
     service.on('changed', (e) =>
@@ -144,17 +214,26 @@ async function watch(args: WatchArgs): Promise<number> {
         out: e.out,
         ms: Math.round(e.ms),
         forwards: forwardsOf(e.forwards),
+        ...remoteOf(e),
       }),
     )
-    service.on('closed', (e) => output.emit({ event: 'closed', file: e.file }))
+    service.on('closed', (e) => output.emit({ event: 'closed', file: e.file, ...remoteOf(e) }))
     service.on('file:error', (e) =>
-      output.emit({ event: 'error', file: e.file, code: e.code, message: e.message }),
+      output.emit({ event: 'error', file: e.file, code: e.code, message: e.message, ...remoteOf(e) }),
     )
+    service.on('remote:watching', (e) => output.emit({ event: 'remote:watching', ...e }))
+    service.on('warning', (e) => output.emit({ event: 'warning', file: e.file, message: e.message }))
     service.on('link:reconnecting', (e) => output.emit({ event: 'reconnecting', ...e }))
     service.on('link:reconnected', (e) =>
       output.emit({ event: 'reconnected', ...e, downMs: Math.round(e.downMs) }),
     )
-    output.emit({ event: 'watching', dirs, socket: statusSocketPath(process.env), pid: process.pid })
+    output.emit({
+      event: 'watching',
+      dirs,
+      ...(remotes.length > 0 && { remotes }),
+      socket: statusSocketPath(process.env),
+      pid: process.pid,
+    })
     await signals.promise
     await service.close()
     return EXIT.ok

@@ -43,6 +43,10 @@ export type ErrorCode =
   | 'E_SPAWN'
   | 'E_ENGINE_EXIT'
   | 'E_CLOSED'
+  // remote sources
+  | 'E_REMOTE_DIR'
+  | 'E_REMOTE_FILE'
+  | 'E_COPY_CONFLICT'
 
 /** The one error type of ipp-tunnel. `cause` is set when wrapping an ssh2, zeromq or fs error. */
 export class IppTunnelError extends Error {
@@ -69,6 +73,7 @@ const badInput: ReadonlySet<ErrorCode> = new Set([
   'E_SSH_CONFIG',
   'E_USAGE',
   'E_UNSAFE_PATH',
+  'E_REMOTE_FILE',
 ])
 
 /** True for errors caused by the user's input (files, arguments), which the CLI reports with exit 2. */

@@ -15,6 +15,8 @@ export {
   type ForwardStatus,
   type ReadyFields,
   type ServiceEvents,
+  type RemoteDir,
+  type RemoteFields,
   type ServiceOptions,
 } from './service.js'
 export { StatusServer, queryStatus, type StatusReport } from './status-socket.js'
@@ -22,3 +24,4 @@ export { ipythonDir, profileSecurityDir, runtimeDir, statusSocketPath, STATUS_SO
 export { UNIT_NAME, installUnit, renderUnit, userUnitPath, type UnitOptions } from './unit.js'
 export { DirectoryWatcher, type WatcherHandlers } from './watcher.js'
 export { CopyLedger } from './ledger.js'
+export { PulledTunnel, type PulledTunnelEvents, type PulledTunnelOptions } from './pulled.js'

@@ -1,4 +1,7 @@
 import { EventEmitter } from 'node:events'
+import { lstat } from 'node:fs/promises'
+import { homedir } from 'node:os'
+import { posix } from 'node:path'
 import { basename, dirname, join, resolve } from 'node:path'
 
 import {
@@ -11,7 +14,14 @@ import {
 } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { ensureReadableDir, readRegularFile, removeStaleTemps } from '../safe-fs/index.js'
-import type { LinkOptions, LinkState, SshOptions } from '../ssh/index.js'
+import {
+  jupyterRuntimeDir,
+  localCopyDir,
+  RemoteDirectorySource,
+  type SourceFile,
+  type SourceStatus,
+} from '../sources/index.js'
+import { resolveTarget, type Link, type LinkOptions, type LinkState, type SshOptions } from '../ssh/index.js'
 import {
   chooseDestination,
   defaultOutDir,
@@ -32,6 +42,31 @@ export interface ServiceOptions extends SshOptions, Omit<LinkOptions, keyof SshO
   readonly outDir?: string
   /** Where the service keeps its list of copies (to clean up after a crash). */
   readonly runtimeDir: string
+  /**
+   * Directories on ssh servers to follow over SFTP. A file found there is tunnelled through the same server
+   * (unless its own `ssh` field names another); its copy lands where a local one would (see `localCopyDir`).
+   */
+  readonly remotes?: readonly RemoteDir[]
+  /** Milliseconds between polls of each remote directory; default 1000. */
+  readonly pollMs?: number
+  /** The local IPython directory copies of remote profile files go to; default `$IPYTHONDIR`, else `~/.ipython`. */
+  readonly ipythonDir?: string
+  /** The local Jupyter runtime directory copies of remote kernel files go to; default as jupyter_core finds it. */
+  readonly jupyterRuntimeDir?: string
+}
+
+/** A directory on an ssh server: `dir` absolute, `~/…`, or relative to the remote home. */
+export interface RemoteDir {
+  readonly destination: string
+  readonly dir: string
+}
+
+/** Where a remote file came from, on the events about it. */
+export interface RemoteFields {
+  readonly source: 'remote'
+  readonly destination: string
+  /** The file's path on the remote host. */
+  readonly path: string
 }
 
 /** One forward of a file, with its counters. */
@@ -56,6 +91,8 @@ export interface FileStatus {
   readonly reconnects: number
   readonly forwards: readonly ForwardStatus[]
   readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | undefined
+  /** Set for files pulled from a remote directory. */
+  readonly remote?: { readonly destination: string; readonly path: string }
 }
 
 /** Fields of `ready` and `changed`: the file, its loopback copy, how long it took, and its forwards. */
@@ -66,14 +103,22 @@ export type ReadyFields = {
   forwards: readonly ForwardInfo[]
   /** The client file whose `ssh` was used, for an engine file that names no server itself. */
   sshFrom?: string
-}
+} & (RemoteFields | { source?: never })
 
 export interface ServiceEvents {
   ready: [ReadyFields]
   changed: [ReadyFields]
-  closed: [{ file: string }]
-  /** A file could not be taken (bad content, no ssh server, refused forward); it is retried on its next change. */
-  'file:error': [{ file: string; code: string; message: string }]
+  closed: [{ file: string } & (RemoteFields | { source?: never })]
+  /**
+   * A file could not be taken (bad content, no ssh server, refused forward, not a regular file, a copy another
+   * file already writes); it is retried on its next change. For a remote directory that cannot be listed, `file`
+   * is `destination:dir`.
+   */
+  'file:error': [{ file: string; code: string; message: string } & (RemoteFields | { source?: never })]
+  /** A remote directory was looked at for the first time, or appeared, or went away (`present`). */
+  'remote:watching': [{ destination: string; dir: string; present: boolean }]
+  /** A file is readable by group or others. */
+  warning: [{ file: string; message: string }]
   /** The ssh link of `files` dropped; one event per link, not per file. */
   'link:reconnecting': [
     { destination: string; files: string[]; attempt: number; delayMs: number; message: string },
@@ -84,6 +129,9 @@ export interface ServiceEvents {
 interface Entry {
   readonly file: string
   readonly out: string
+  /** For a file pulled from a remote directory: where from, and what was pulled last. */
+  readonly remote: { readonly destination: string; readonly path: string } | undefined
+  pulled: SourceFile | undefined
   kind: ConnectionKind | undefined
   tunnel: Tunnel | undefined
   /** The ssh destination the tunnel was opened for. */
@@ -102,6 +150,14 @@ interface Entry {
   /** Steps queued or running. */
   pending: number
   started: number
+}
+
+/** The service's lease on the link to one remote destination, and when it last failed for good. */
+interface RemoteLink {
+  readonly link: Promise<Link>
+  failedAt: number
+  delayMs: number
+  error: Error | undefined
 }
 
 /** How long to wait before parsing a file again when it failed to parse while still changing. */
@@ -133,6 +189,11 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   readonly #ledger: CopyLedger
   readonly #entries = new Map<string, Entry>()
   #watcher: DirectoryWatcher | undefined
+  readonly #sources: RemoteDirectorySource[] = []
+  /** One lease on the link pool per remote destination, held while the service runs (SFTP rides on it). */
+  readonly #remoteLinks = new Map<string, RemoteLink>()
+  /** Which entry writes each local copy: two files never write the same one. */
+  readonly #claims = new Map<string, string>()
   #status: StatusServer | undefined
   readonly #since = new Date().toISOString()
   /** Aborts tunnels still opening (an ssh connect can take long) when the service closes. */
@@ -156,27 +217,33 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
    */
   static async start(options: ServiceOptions): Promise<TunnelService> {
     const dirs = options.dirs.map((d) => resolve(d))
-    if (dirs.length === 0) throw new IppTunnelError('E_USAGE', 'nothing to watch: give --profile or --dir')
+    const remotes = options.remotes ?? []
+    if (dirs.length === 0 && remotes.length === 0)
+      throw new IppTunnelError('E_USAGE', 'nothing to watch: give --profile, --dir or --remote')
     const outDirs = await checkServiceDirs(dirs, options)
     const service = new TunnelService(options, await CopyLedger.open(join(options.runtimeDir, 'copies.json')))
     service.#status = await StatusServer.listen(join(options.runtimeDir, STATUS_SOCKET), () =>
       service.report(),
     )
     try {
-      await service.#ledger.removeLeftovers(outDirs)
+      // Copies of pulled files land where local tools look (a profile's -tunnel dir, the Jupyter runtime dir).
+      const copyDirs = [...outDirs, ...service.#remoteCopyDirs(remotes)]
+      await service.#ledger.removeLeftovers(copyDirs)
       await removeStaleTemps(options.runtimeDir)
       for (const out of outDirs) await removeStaleTemps(out, (name) => kindFromFileName(name) !== undefined)
       for (const dir of dirs) await ensureReadableDir(dir)
-      service.#watcher = await DirectoryWatcher.start(dirs, {
-        onFile: (path) => service.#changed(path),
-        onRemoved: (path) => service.#schedule(path, (entry) => service.#onRemoved(entry)),
-        onError: (error) =>
-          service.emit('file:error', {
-            file: dirs.join(', '),
-            code: 'E_CONNFILE_READ',
-            message: error.message,
-          }),
-      })
+      for (const remote of remotes) service.#followRemote(remote)
+      if (dirs.length > 0)
+        service.#watcher = await DirectoryWatcher.start(dirs, {
+          onFile: (path) => service.#changed(path),
+          onRemoved: (path) => service.#schedule(path, (entry) => service.#onRemoved(entry)),
+          onError: (error) =>
+            service.emit('file:error', {
+              file: dirs.join(', '),
+              code: 'E_CONNFILE_READ',
+              message: error.message,
+            }),
+        })
     } catch (err) {
       await service.close()
       throw err
@@ -192,7 +259,13 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       dirs: this.dirs,
       links: this.linkCount,
       files: this.status(),
+      remotes: this.remoteStatus(),
     }
+  }
+
+  /** Every remote directory followed: destination, directory, last poll, files held, errors. */
+  remoteStatus(): SourceStatus[] {
+    return this.#sources.map((s) => s.status())
   }
 
   get closed(): boolean {
@@ -228,8 +301,136 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
           }
         }),
         lastError: entry.lastError,
+        ...(entry.remote !== undefined && { remote: entry.remote }),
       }
     })
+  }
+
+  /** Starts following one remote directory; its SFTP session rides on the pooled link to its destination. */
+  #followRemote(remote: RemoteDir): void {
+    const source = new RemoteDirectorySource({
+      destination: remote.destination,
+      dir: remote.dir,
+      sftp: async (signal, stale) =>
+        (await this.#remoteLink(remote.destination, signal)).sftp({
+          signal,
+          ...(stale !== undefined && { stale }),
+        }),
+      ...(this.#options.pollMs !== undefined && { pollMs: this.#options.pollMs }),
+    })
+    this.#sources.push(source)
+    const fields = (id: string): RemoteFields => ({
+      source: 'remote',
+      destination: remote.destination,
+      path: id.slice(remote.destination.length + 1),
+    })
+    source.on('watching', (e) => {
+      if (e.kind === 'remote')
+        this.emit('remote:watching', { destination: e.destination, dir: e.dir, present: e.present })
+    })
+    source.on('file', (file) => this.#pulled(file))
+    source.on('removed', ({ id }) => {
+      if (this.#entries.has(id)) this.#schedule(id, (entry) => this.#onRemoved(entry))
+    })
+    source.on('file:error', (e) => {
+      const entry = this.#entries.get(e.id)
+      if (entry) entry.lastError = { code: e.code, message: e.message, at: new Date().toISOString() }
+      this.emit('file:error', { file: e.id, code: e.code, message: e.message, ...fields(e.id) })
+    })
+    source.on('dir:error', (e) => {
+      const id = `${e.destination}:${e.dir}`
+      this.emit('file:error', { file: id, code: e.code, message: e.message, ...fields(id) })
+    })
+    source.on('warning', (e) => this.emit('warning', { file: e.id, message: e.message }))
+    source.start()
+  }
+
+  /**
+   * The link to a remote destination, from the pool (shared with the tunnels that go there). A link that failed
+   * for good (host key, authentication) is given back and asked for again, no sooner than a growing delay.
+   */
+  async #remoteLink(destination: string, signal: AbortSignal): Promise<Link> {
+    const held = this.#remoteLinks.get(destination)
+    if (held !== undefined) {
+      const link = await held.link.catch(() => undefined)
+      if (link !== undefined && !link.closed && link.state !== 'failed') return link
+      if (performance.now() - held.failedAt < held.delayMs) {
+        throw (
+          link?.error ?? held.error ?? new IppTunnelError('E_LINK_DOWN', `SSH link to ${destination} is down`)
+        )
+      }
+      if (this.#remoteLinks.get(destination) === held) {
+        this.#remoteLinks.delete(destination)
+        if (link !== undefined) await this.#pool.release(link)
+      }
+    }
+    const again = this.#remoteLinks.get(destination)
+    if (again !== undefined) return again.link
+    const entry: RemoteLink = {
+      link: resolveTarget(destination, this.#options).then((target) => this.#pool.acquire(target, signal)),
+      failedAt: Infinity,
+      delayMs: Math.min(30_000, (held?.delayMs ?? 500) * 2),
+      error: undefined,
+    }
+    this.#remoteLinks.set(destination, entry)
+    entry.link.then(
+      (link) => {
+        entry.delayMs = 1000
+        link.once('failed', () => (entry.failedAt = performance.now()))
+      },
+      (err: unknown) => {
+        entry.failedAt = performance.now()
+        entry.error = err instanceof Error ? err : new Error(String(err))
+      },
+    )
+    return entry.link
+  }
+
+  /** A remote source pulled a file (new, changed, or looked at again). */
+  #pulled(file: SourceFile): void {
+    if (file.origin.kind !== 'remote') return
+    const at = performance.now()
+    if (!this.#entries.has(file.id)) {
+      const kind = kindFromFileName(file.path)
+      const dir = localCopyDir(file.path, kind, this.#copyPlaces())
+      const remote = { source: 'remote' as const, destination: file.origin.destination, path: file.path }
+      const refuse = (message: string): void => {
+        this.emit('file:error', { file: file.id, code: 'E_USAGE', message, ...remote })
+      }
+      if (dir === undefined) {
+        return refuse(
+          `${file.id}: no local place for a copy of a file outside a profile's security directory; give --out-dir`,
+        )
+      }
+      if (this.dirs.includes(resolve(dir))) {
+        return refuse(`${file.id}: its copy would go to ${dir}, which is watched here; give --out-dir`)
+      }
+      this.#entries.set(file.id, this.#newEntry(file.id, join(dir, basename(file.path)), remote))
+    }
+    this.#schedule(file.id, (entry) => {
+      entry.pulled = file
+      entry.started = at
+      entry.attempts = 0
+      return this.#onFile(entry)
+    })
+  }
+
+  /** The local directories copies of files pulled from `remotes` may land in (for the ledger's cleanup). */
+  #remoteCopyDirs(remotes: readonly RemoteDir[]): string[] {
+    if (remotes.length === 0) return []
+    const places = this.#copyPlaces()
+    const dirs = remotes.map((r) =>
+      localCopyDir(posix.join(r.dir, 'ipcontroller-client.json'), undefined, places),
+    )
+    return [places.runtimeDir, ...dirs].filter((d): d is string => d !== undefined).map((d) => resolve(d))
+  }
+
+  #copyPlaces(): { ipythonDir: string; runtimeDir: string; outDir: string | undefined } {
+    return {
+      ipythonDir: this.#options.ipythonDir ?? ipythonDirOf(this.#options.env),
+      runtimeDir: this.#options.jupyterRuntimeDir ?? jupyterRuntimeDir(this.#options.env ?? process.env),
+      outDir: this.#options.outDir !== undefined ? resolve(this.#options.outDir) : undefined,
+    }
   }
 
   #outPath(file: string): string {
@@ -258,22 +459,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     if (this.#closed) return
     let entry = this.#entries.get(file)
     if (!entry) {
-      entry = {
-        file,
-        out: this.#outPath(file),
-        kind: undefined,
-        tunnel: undefined,
-        destination: undefined,
-        sshFrom: undefined,
-        appliedText: undefined,
-        lastError: undefined,
-        lastFailedShape: undefined,
-        retry: undefined,
-        attempts: 0,
-        pending: 0,
-        queue: Promise.resolve(),
-        started: performance.now(),
-      }
+      entry = this.#newEntry(file, this.#outPath(file), undefined)
       this.#entries.set(file, entry)
     }
     const target = entry
@@ -285,25 +471,54 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       .finally(() => target.pending--)
   }
 
+  #newEntry(file: string, out: string, remote: Entry['remote']): Entry {
+    return {
+      file,
+      out,
+      remote,
+      pulled: undefined,
+      kind: undefined,
+      tunnel: undefined,
+      destination: undefined,
+      sshFrom: undefined,
+      appliedText: undefined,
+      lastError: undefined,
+      lastFailedShape: undefined,
+      retry: undefined,
+      attempts: 0,
+      pending: 0,
+      queue: Promise.resolve(),
+      started: performance.now(),
+    }
+  }
+
   async #onFile(entry: Entry): Promise<void> {
     let text: string
     let shape: string
-    try {
-      const read = await readRegularFile(entry.file, { what: 'connection file' })
-      text = read.text
-      shape = `${read.stats.size}:${read.stats.mtimeMs}`
-    } catch (err) {
-      const cause = err instanceof Error ? (err.cause as NodeJS.ErrnoException | undefined) : undefined
-      if (cause?.code === 'ENOENT') return this.#onRemoved(entry)
-      return this.#failed(entry, err)
+    if (entry.remote !== undefined) {
+      if (entry.pulled === undefined) return
+      text = entry.pulled.text
+      shape = entry.pulled.shape
+    } else {
+      try {
+        const read = await readRegularFile(entry.file, { what: 'connection file' })
+        text = read.text
+        shape = `${read.stats.size}:${read.stats.mtimeMs}`
+      } catch (err) {
+        const cause = err instanceof Error ? (err.cause as NodeJS.ErrnoException | undefined) : undefined
+        if (cause?.code === 'ENOENT') return this.#onRemoved(entry)
+        return this.#failed(entry, err)
+      }
     }
     if (text === entry.appliedText) return
     let info: ConnectionInfo
     try {
       info = parseConnectionFile(text, entry.file)
     } catch (err) {
+      // A remote file is looked at again on the next poll: it is broken once it no longer changes.
+      if (entry.pulled !== undefined && !entry.pulled.settled) return
       // ipcontroller writes in place: a parse that fails on a file still changing is retried, not reported.
-      if (shape !== entry.lastFailedShape) {
+      if (entry.pulled === undefined && shape !== entry.lastFailedShape) {
         entry.lastFailedShape = shape
         this.#retry(entry, REWRITE_RETRY_MS)
         return
@@ -339,12 +554,38 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   async #apply(entry: Entry, info: ConnectionInfo, text: string): Promise<void> {
     const current = entry.tunnel
     try {
-      const { destination, sshFrom } = await chooseDestination(
-        info,
-        entry.file,
-        this.#options.ssh,
-        'start the service with --ssh user@host',
-      )
+      // A pulled file's endpoints are seen from the host it came from, unless it names its own server.
+      const { destination, sshFrom } =
+        entry.remote !== undefined
+          ? { destination: destinationOf(info) ?? entry.remote.destination, sshFrom: undefined }
+          : await chooseDestination(
+              info,
+              entry.file,
+              this.#options.ssh,
+              'start the service with --ssh user@host',
+            )
+      const holder = this.#claims.get(entry.out)
+      if (holder !== undefined && holder !== entry.file) {
+        throw new IppTunnelError(
+          'E_COPY_CONFLICT',
+          `${entry.file}: its copy ${entry.out} is already written for ${holder}; give --out-dir, or follow only one of them`,
+        )
+      }
+      // Copies of pulled files land in shared places (the Jupyter runtime dir): never over a file not ours.
+      if (holder === undefined && entry.remote !== undefined && !this.#ledger.copies.includes(entry.out)) {
+        if (
+          await lstat(entry.out).then(
+            () => true,
+            () => false,
+          )
+        ) {
+          throw new IppTunnelError(
+            'E_COPY_CONFLICT',
+            `${entry.file}: its copy would replace ${entry.out}, which this service did not write; move that file away or give --out-dir`,
+          )
+        }
+      }
+      this.#claims.set(entry.out, entry.file)
       if (
         current &&
         !current.closed &&
@@ -369,7 +610,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         ssh: destination,
         pool: this.#pool,
         out: entry.out,
-        sourceFile: entry.file,
+        ...(entry.remote === undefined && { sourceFile: entry.file }),
         signal: this.#abort.signal,
       })
       if (this.#closed || !this.#entries.has(entry.file)) {
@@ -384,7 +625,10 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       this.#follow(entry, tunnel)
       this.emit(current ? 'changed' : 'ready', this.#readyFields(entry, tunnel))
     } catch (err) {
-      if (!entry.tunnel) await this.#ledger.remove(entry.out)
+      if (!entry.tunnel) {
+        if (this.#claims.get(entry.out) === entry.file) this.#claims.delete(entry.out)
+        if (!(isIppTunnelError(err) && err.code === 'E_COPY_CONFLICT')) await this.#ledger.remove(entry.out)
+      }
       if (this.#closed) return
       const retried = isIppTunnelError(err) && RETRIED.has(err.code)
       const quiet = retried && performance.now() - entry.started < QUIET_RETRY_MS
@@ -403,6 +647,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       ms: performance.now() - entry.started,
       forwards: tunnel.forwards,
       ...(entry.sshFrom !== undefined && { sshFrom: entry.sshFrom }),
+      ...remoteFields(entry),
     }
   }
 
@@ -448,7 +693,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     const code = codeOf(err)
     const message = err instanceof Error ? err.message : String(err)
     entry.lastError = { code, message, at: new Date().toISOString() }
-    this.emit('file:error', { file: entry.file, code, message })
+    this.emit('file:error', { file: entry.file, code, message, ...remoteFields(entry) })
   }
 
   async #onRemoved(entry: Entry): Promise<void> {
@@ -460,10 +705,12 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     entry.appliedText = undefined
     entry.lastError = undefined
     entry.lastFailedShape = undefined
+    entry.pulled = undefined
+    if (this.#claims.get(entry.out) === entry.file) this.#claims.delete(entry.out)
     if (tunnel) {
       await tunnel.close()
       await this.#ledger.remove(entry.out)
-      this.emit('closed', { file: entry.file })
+      this.emit('closed', { file: entry.file, ...remoteFields(entry) })
     }
     // The file may be back already (its step waits in this entry's queue): then the entry stays.
     if (entry.pending <= 1 && this.#entries.get(entry.file) === entry) this.#entries.delete(entry.file)
@@ -476,6 +723,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     this.#abort.abort(new IppTunnelError('E_CLOSED', 'The service is closing'))
     await this.#status?.close()
     await this.#watcher?.close()
+    await Promise.all(this.#sources.map((s) => s.close()))
     const entries = [...this.#entries.values()]
     this.#entries.clear()
     for (const entry of entries) clearTimeout(entry.retry)
@@ -483,12 +731,21 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     await Promise.all(entries.map((e) => (e.tunnel ? e.tunnel.close() : Promise.resolve())))
     await this.#pool.close()
     await this.#ledger.clear()
-    for (const entry of entries) if (entry.tunnel) this.emit('closed', { file: entry.file })
+    for (const entry of entries)
+      if (entry.tunnel) this.emit('closed', { file: entry.file, ...remoteFields(entry) })
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close()
   }
+}
+
+function remoteFields(entry: Entry): RemoteFields | Record<string, never> {
+  return entry.remote ? { source: 'remote', ...entry.remote } : {}
+}
+
+function ipythonDirOf(env: Readonly<Record<string, string | undefined>> | undefined): string {
+  return (env ?? process.env).IPYTHONDIR ?? join(homedir(), '.ipython')
 }
 
 function codeOf(err: unknown): string {

@@ -4,6 +4,7 @@ import { dirname } from 'node:path'
 
 import { IppTunnelError } from '../errors/index.js'
 import { currentUid, ensurePrivateDir, kindOf } from '../safe-fs/index.js'
+import type { SourceStatus } from '../sources/index.js'
 import type { FileStatus } from './service.js'
 
 /** What `ipp-tunnel status` gets from the running service. No secrets. */
@@ -15,6 +16,8 @@ export interface StatusReport {
   /** ssh connections held. */
   readonly links: number
   readonly files: readonly FileStatus[]
+  /** Remote directories followed over SFTP (absent from services that follow none). */
+  readonly remotes?: readonly SourceStatus[]
 }
 
 /** How long a status query waits for the service to answer. */

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { Duplex } from 'node:stream'
 import ssh2 from 'ssh2'
-import type { ClientChannel } from 'ssh2'
+import type { ClientChannel, SFTPWrapper } from 'ssh2'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { HopAuth, type AuthAttempt } from './auth.js'
 import { connectFailureReason } from './connect-error.js'
@@ -145,6 +145,8 @@ export class Link extends EventEmitter<LinkEvents> {
   #abort = new AbortController()
   #closing: Promise<void> | undefined
   readonly #hostKeyNotes = new Set<string>()
+  /** The SFTP session of the live connection, opened on first use; a new connection gets a new one. */
+  #sftp: { readonly chain: Chain; readonly session: Promise<SFTPWrapper> } | undefined
 
   constructor(target: ResolvedTarget, options: LinkOptions = {}) {
     super()
@@ -245,6 +247,55 @@ export class Link extends EventEmitter<LinkEvents> {
     }
   }
 
+  /**
+   * The SFTP session on this link's live connection: opened on first use and shared by every caller; after a
+   * reconnect the next call opens a new one (the old one died with its connection). It closes with the link.
+   * Waits for a (re)connecting link as `forwardOut` does. A server without the sftp subsystem rejects `E_REMOTE`.
+   * `stale`: a session the caller gave up on (it stopped answering); it is ended and a new one opened.
+   */
+  async sftp(options: { signal?: AbortSignal; stale?: SFTPWrapper } = {}): Promise<SFTPWrapper> {
+    await this.#waitUp(options.signal)
+    const chain = this.#chain
+    const client = chain?.clients.at(-1)
+    if (chain === undefined || client === undefined || chain.dead) throw closedError()
+    const cached = this.#sftp
+    if (cached?.chain === chain) {
+      if (options.stale === undefined || (await cached.session.catch(() => undefined)) !== options.stale)
+        return cached.session
+      if (this.#sftp === cached) this.#sftp = undefined
+      options.stale.end()
+      return this.sftp({ ...(options.signal !== undefined && { signal: options.signal }) })
+    }
+    const session = new Promise<SFTPWrapper>((resolve, reject) => {
+      try {
+        client.sftp((err, sftp) => {
+          if (err) reject(err)
+          else resolve(sftp)
+        })
+      } catch (err) {
+        reject(err instanceof Error ? err : new Error(String(err)))
+      }
+    }).then(
+      (sftp) => {
+        sftp.once('close', () => {
+          if (this.#sftp?.session === session) this.#sftp = undefined
+        })
+        return sftp
+      },
+      (err: unknown) => {
+        if (this.#sftp?.session === session) this.#sftp = undefined
+        if (isIppTunnelError(err)) throw err
+        throw new IppTunnelError(
+          'E_REMOTE',
+          `${this.destination} refused an SFTP session (Subsystem sftp in its sshd_config): ${describe(err)}`,
+          { cause: err },
+        )
+      },
+    )
+    this.#sftp = { chain, session }
+    return session
+  }
+
   /** Closes every hop and timer; pending `forwardOut` calls reject `E_CLOSED`. Safe to call twice. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
@@ -254,6 +305,7 @@ export class Link extends EventEmitter<LinkEvents> {
       this.#waiters.clear()
       const chain = this.#chain
       this.#chain = undefined
+      this.#sftp = undefined
       if (chain !== undefined) await endChain(chain)
       this.emit('closed')
     })()
