@@ -1,3 +1,5 @@
+import { createServer, type Server } from 'node:net'
+
 /** What every benchmark reports: one row per figure, ours beside the anchor measured in the same run. */
 export interface BenchRow {
   readonly name: string
@@ -68,4 +70,18 @@ export function median(values: readonly number[]): number {
   const value = sorted.length % 2 === 1 ? sorted[mid] : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2
   if (value === undefined) throw new Error('median of nothing')
   return value
+}
+
+/** A TCP server on 127.0.0.1 (a port the kernel picks) that reads and drops whatever it is sent. */
+export async function listenSink(): Promise<Server> {
+  const server = createServer((socket) => socket.on('error', () => undefined).resume())
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return server
+}
+
+/** The port a listening TCP server is bound to. */
+export function listeningPort(server: Server): number {
+  const address = server.address()
+  if (address === null || typeof address === 'string') throw new Error('no port')
+  return address.port
 }

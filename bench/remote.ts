@@ -11,7 +11,7 @@
  * Run alone: `node dist/bench/run.js remote`.
  */
 import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises'
-import { createServer, type Server } from 'node:net'
+import type { Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -19,24 +19,12 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { FIXTURES, JsonLines, spawnCli } from '../test/support/cli.js'
 import { sshArgsOf, startSshd } from '../test/support/index.js'
 import { stopProcess } from '../test/support/ipp.js'
-import { median, type BenchRow } from './common.js'
+import { listeningPort, listenSink, median, type BenchRow } from './common.js'
 
 const LATENCY_FILES = 20
 const DIRS = 10
 const CPU_WINDOW_MS = 20_000
 const CHANNELS = ['registration', 'control', 'mux', 'task', 'iopub', 'notification', 'broadcast']
-
-async function listen(): Promise<Server> {
-  const server = createServer((socket) => socket.on('error', () => undefined).resume())
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  return server
-}
-
-function portOf(server: Server): number {
-  const address = server.address()
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return address.port
-}
 
 /** User + system CPU time of a process, in ms (from /proc/PID/stat, clock ticks of 10 ms). */
 async function cpuMs(pid: number): Promise<number> {
@@ -47,7 +35,7 @@ async function cpuMs(pid: number): Promise<number> {
 
 export async function benchRemote(): Promise<BenchRow[]> {
   const sshd = await startSshd({ extraConfig: 'Subsystem sftp internal-sftp' })
-  const servers = await Promise.all(CHANNELS.map(() => listen()))
+  const servers = await Promise.all(CHANNELS.map(() => listenSink()))
   const root = await mkdtemp(join(tmpdir(), 'ippt-bench-remote-'))
   const destination = `${sshd.user}@${sshd.host}:${sshd.port}`
   const dirs = Array.from({ length: DIRS }, (_, i) =>
@@ -61,7 +49,11 @@ export async function benchRemote(): Promise<BenchRow[]> {
   ) as Record<string, unknown>
   // "ssh" empty: tunnelled through the host the file was pulled from
   const text = JSON.stringify(
-    { ...fixture, ssh: '', ...Object.fromEntries(CHANNELS.map((c, i) => [c, portOf(servers[i] as Server)])) },
+    {
+      ...fixture,
+      ssh: '',
+      ...Object.fromEntries(CHANNELS.map((c, i) => [c, listeningPort(servers[i] as Server)])),
+    },
     null,
     2,
   )

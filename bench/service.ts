@@ -9,7 +9,7 @@
  * Run alone: `node dist/bench/run.js service`.
  */
 import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises'
-import { createServer, type Server } from 'node:net'
+import type { Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -17,23 +17,11 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { FIXTURES, JsonLines, spawnCli } from '../test/support/cli.js'
 import { sshArgsOf, startSshd } from '../test/support/index.js'
 import { stopProcess } from '../test/support/ipp.js'
-import { median, type BenchRow } from './common.js'
+import { listeningPort, listenSink, median, type BenchRow } from './common.js'
 
 const LATENCY_FILES = 20
 const HELD_FILES = 100
 const CHANNELS = ['registration', 'control', 'mux', 'task', 'iopub', 'notification', 'broadcast']
-
-async function listen(): Promise<Server> {
-  const server = createServer((socket) => socket.on('error', () => undefined).resume())
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  return server
-}
-
-function portOf(server: Server): number {
-  const address = server.address()
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return address.port
-}
 
 /** VmRSS of a process, in KiB. */
 async function rssKiB(pid: number): Promise<number> {
@@ -45,7 +33,7 @@ async function rssKiB(pid: number): Promise<number> {
 
 export async function benchService(): Promise<BenchRow[]> {
   const sshd = await startSshd()
-  const servers = await Promise.all(CHANNELS.map(() => listen()))
+  const servers = await Promise.all(CHANNELS.map(() => listenSink()))
   const root = await mkdtemp(join(tmpdir(), 'ippt-bench-service-'))
   const dir = join(root, 'watched')
   const staging = join(root, 'staging')
@@ -54,7 +42,11 @@ export async function benchService(): Promise<BenchRow[]> {
     await readFile(join(FIXTURES, 'ipp', 'ipcontroller-client.json'), 'utf8'),
   ) as Record<string, unknown>
   const text = JSON.stringify(
-    { ...fixture, ssh, ...Object.fromEntries(CHANNELS.map((c, i) => [c, portOf(servers[i] as Server)])) },
+    {
+      ...fixture,
+      ssh,
+      ...Object.fromEntries(CHANNELS.map((c, i) => [c, listeningPort(servers[i] as Server)])),
+    },
     null,
     2,
   )

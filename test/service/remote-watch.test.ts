@@ -1,14 +1,14 @@
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { execFile } from 'node:child_process'
-import { access, appendFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { appendFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
 
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
-import { createNetns, portOf, sshArgsOf, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { createNetns, portOf, sshArgsOf, startSshd, type Netns, type Sshd, exists } from '../support/index.js'
 import {
   clientApplyScript,
   PYTHON,
@@ -29,13 +29,6 @@ interface Forward {
   remote: string
 }
 type Event = Record<string, unknown>
-
-function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  )
-}
 
 /** The real ipyparallel.Client on profile `default-tunnel` of `ipythonDir` runs apply_sync on every engine. */
 async function applyOnEngines(ipythonDir: string, engines: number): Promise<number[]> {

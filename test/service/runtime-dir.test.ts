@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { access, chmod, chown, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { chmod, chown, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -8,17 +8,10 @@ import { promisify } from 'node:util'
 
 import { StatusServer } from '../../src/service/index.js'
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
-import { hasCode } from '../support/index.js'
+import { hasCode, exists } from '../support/index.js'
 
 const run = promisify(execFile)
 const OTHER = 'ipptunnel-other'
-
-function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  )
-}
 
 /** A second local account, the adversary (created once, idempotent). */
 async function otherUser(): Promise<{ uid: number; gid: number }> {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
-import { access, copyFile, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -14,6 +14,7 @@ import {
   startSshd,
   type Netns,
   type Sshd,
+  exists,
 } from '../support/index.js'
 import {
   runPython,
@@ -30,13 +31,6 @@ interface Forward {
   remote: string
 }
 type Event = Record<string, unknown>
-
-function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  )
-}
 
 /** The real ipyparallel.Client, by file or by profile name, runs apply_sync on every engine. */
 async function applyOnEngines(

@@ -9,5 +9,6 @@
 export { createNetns, startEchoServer, type Netns, type EchoServer } from './netns.js'
 export { startSshd, hopOf, sshArgsOf, sshOptionsOf, type Sshd, type SshdOptions } from './sshd.js'
 export { canConnect, portOf } from './net.js'
+export { exists } from './fs.js'
 export { hasCode } from './errors.js'
 export { startCluster, type Cluster } from './cluster.js'

@@ -1,29 +1,18 @@
 import assert from 'node:assert/strict'
-import {
-  access,
-  chown,
-  mkdir,
-  mkdtemp,
-  readdir,
-  readFile,
-  rename,
-  rm,
-  symlink,
-  writeFile,
-} from 'node:fs/promises'
+import { chown, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
-import { sshArgsOf, startEchoServer, startSshd, type EchoServer, type Sshd } from '../support/index.js'
-
-function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  )
-}
+import {
+  sshArgsOf,
+  startEchoServer,
+  startSshd,
+  type EchoServer,
+  type Sshd,
+  exists,
+} from '../support/index.js'
 
 describe('the loopback copy never lands on its source and is removed only when it is the file written', () => {
   let sshd: Sshd

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { access, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -16,6 +16,7 @@ import {
   type Cluster,
   type Netns,
   type Sshd,
+  exists,
 } from '../support/index.js'
 import { clientApplyScript, runPython, type Controller } from '../support/ipp.js'
 
@@ -25,13 +26,6 @@ interface Forward {
   channel: string
   local: string
   remote: string
-}
-
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  )
 }
 
 async function applyOnEngines(file: string, engines: number): Promise<{ ids: number[]; results: number[] }> {
