@@ -6,6 +6,7 @@ import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { HopAuth, type AuthAttempt } from './auth.js'
 import { connectFailureReason } from './connect-error.js'
 import { checkHostKey, type HostKeyNote } from './known-hosts.js'
+import { ProxyCommand } from './proxy-command.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
 
 type Client = InstanceType<typeof ssh2.Client>
@@ -47,6 +48,8 @@ export interface LinkOptions {
    */
   readonly readyTimeoutMs?: number
   readonly backoff?: BackoffOptions
+  /** Told what a hop's ProxyCommand writes to its stderr; also the `proxy-stderr` event. */
+  readonly onProxyStderr?: (text: string) => void
   /** How long `forwardOut` waits for a link that is (re)connecting; default 10000 ms. */
   readonly waitForLinkMs?: number
 }
@@ -59,6 +62,8 @@ export interface LinkEvents {
   failed: [info: { error: IppTunnelError }]
   /** A host key was recorded (accept-new) or let through unchecked (off); once per key and kind per link. */
   hostkey: [note: HostKeyNote]
+  /** A ProxyCommand wrote to its stderr (ssh(1) shows that on the terminal). */
+  'proxy-stderr': [info: { hop: string; text: string }]
   closed: []
 }
 
@@ -88,6 +93,8 @@ interface Waiter {
 
 interface Chain {
   readonly clients: Client[]
+  /** ProxyCommand processes the chain runs over; closed (killed, reaped) with it. */
+  readonly proxies: ProxyCommand[]
   dead: boolean
 }
 
@@ -513,13 +520,28 @@ export class Link extends EventEmitter<LinkEvents> {
 
   /** Connects every hop in turn, each through a channel of the one before. */
   async #openChain(signal: AbortSignal): Promise<Chain> {
-    const chain: Chain = { clients: [], dead: false }
+    const chain: Chain = { clients: [], proxies: [], dead: false }
     try {
       let previous: { client: Client; hop: ResolvedHop } | undefined
       for (const [i, hop] of this.target.hops.entries()) {
         signal.throwIfAborted()
-        let sock: ClientChannel | undefined
-        if (previous !== undefined) {
+        let sock: Duplex | undefined
+        const auth = this.#auth[i]
+        if (auth === undefined) throw new Error('unreachable: no auth for hop')
+        const attempt = await auth.begin()
+        if (previous === undefined && hop.proxyCommand !== undefined) {
+          // started only now, right before ssh2 takes its stream: no await between, so no exit goes unseen
+          const where = label(hop)
+          const proxy = new ProxyCommand(hop.proxyCommand, {
+            onStderr: (text) => {
+              this.#options.onProxyStderr?.(text)
+              this.emit('proxy-stderr', { hop: where, text })
+            },
+            ...(this.#options.env !== undefined ? { env: this.#options.env } : {}),
+          })
+          chain.proxies.push(proxy)
+          sock = proxy.stream
+        } else if (previous !== undefined) {
           try {
             sock = await this.#channel(previous.client, hop.host, hop.port, signal)
           } catch (err) {
@@ -533,9 +555,8 @@ export class Link extends EventEmitter<LinkEvents> {
             )
           }
         }
-        const auth = this.#auth[i]
-        if (auth === undefined) throw new Error('unreachable: no auth for hop')
-        const client = await this.#connectHop(hop, await auth.begin(), sock, signal)
+        const proxy = previous === undefined ? chain.proxies[0] : undefined
+        const client = await this.#connectHop(hop, attempt, sock, signal, proxy)
         chain.clients.push(client)
         previous = { client, hop }
       }
@@ -552,6 +573,7 @@ export class Link extends EventEmitter<LinkEvents> {
     auth: AuthAttempt,
     sock: Duplex | undefined,
     signal: AbortSignal,
+    proxy?: ProxyCommand,
   ): Promise<Client> {
     const client = new ssh2.Client()
     client.once('close', () => closedClients.add(client))
@@ -628,11 +650,20 @@ export class Link extends EventEmitter<LinkEvents> {
           return
         }
         const cause = socketError ?? lastError
-        reject(
-          new IppTunnelError('E_CONNECT', `Cannot connect to ${where}: ${connectFailureReason(cause)}`, {
-            cause,
-          }),
-        )
+        const connectError = (): IppTunnelError => {
+          const reason = proxy?.exitReason ?? connectFailureReason(cause)
+          return new IppTunnelError('E_CONNECT', `Cannot connect to ${where}: ${reason}`, { cause })
+        }
+        if (proxy === undefined) {
+          reject(connectError())
+          return
+        }
+        // the ProxyCommand's exit status and last words say more than "connection lost"; they come a moment later
+        const late = setTimeout(() => reject(connectError()), 500)
+        void proxy.exited.then(() => {
+          clearTimeout(late)
+          reject(connectError())
+        })
       })
 
       const files = hop.knownHostsFiles
@@ -694,8 +725,13 @@ function sleep(ms: number, signal: AbortSignal): Promise<boolean> {
   })
 }
 
-/** Ends every client of a chain, innermost first, and waits until all are closed. */
+/** Ends every client of a chain, innermost first, and waits until all are closed; then its ProxyCommands. */
 async function endChain(chain: Chain): Promise<void> {
+  await endClients(chain)
+  await Promise.all(chain.proxies.map((p) => p.close()))
+}
+
+async function endClients(chain: Chain): Promise<void> {
   await Promise.all(
     [...chain.clients].reverse().map(
       (client) =>
