@@ -24,6 +24,7 @@ export type ErrorCode =
   | 'E_AUTH'
   | 'E_PASSPHRASE'
   | 'E_IDENTITY'
+  | 'E_CERT_EXPIRED'
   | 'E_CONNECT'
   | 'E_FORWARD_DENIED'
   | 'E_FORWARD'

@@ -5,6 +5,7 @@ import type { ClientChannel } from 'ssh2'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { HopAuth, type AuthAttempt } from './auth.js'
 import { connectFailureReason } from './connect-error.js'
+import { enableCertificates } from './certificate.js'
 import { checkHostKey, type HostKeyNote } from './known-hosts.js'
 import { ProxyCommand } from './proxy-command.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
@@ -83,6 +84,7 @@ const fatalCodes: ReadonlySet<string> = new Set([
   'E_AUTH',
   'E_PASSPHRASE',
   'E_IDENTITY',
+  'E_CERT_EXPIRED',
   'E_FORWARD_DENIED',
 ])
 
@@ -697,6 +699,10 @@ export class Link extends EventEmitter<LinkEvents> {
             },
           )
         },
+      })
+      enableCertificates(client, (err) => {
+        lastError = err
+        client.destroy()
       })
       // Forwards carry small request/reply messages: Nagle's algorithm would hold them back waiting for ACKs.
       client.setNoDelay(true)
