@@ -18,6 +18,7 @@ export interface SshArgs {
   readonly 'passphrase-file'?: string | undefined
   readonly 'ssh-config'?: string | undefined
   readonly 'proxy-command'?: string | undefined
+  readonly transport?: 'auto' | 'ssh2' | 'openssh' | undefined
 }
 
 /** Adds the shared ssh flags to a command. */
@@ -46,6 +47,11 @@ export function withSshOptions<T>(yargs: Argv<T>) {
       describe:
         'command whose stdin/stdout reach the ssh server, as ssh -o ProxyCommand (%h %p %r %n %%; "none" turns a configured one off)',
     })
+    .option('transport', {
+      choices: ['auto', 'ssh2', 'openssh'] as const,
+      describe:
+        "auto: reuse the user's OpenSSH master (ControlPath) when one is alive, else our own connection; ssh2: always our own; openssh: only a master, starting one if needed (default auto)",
+    })
 }
 
 /**
@@ -57,8 +63,9 @@ export function withSshOptions<T>(yargs: Argv<T>) {
 export function sshOptionsFrom(
   args: SshArgs,
   output?: Output,
-): SshOptions & Pick<LinkOptions, 'onHostKey' | 'onProxyStderr'> {
+): SshOptions & Pick<LinkOptions, 'onHostKey' | 'onProxyStderr' | 'transport'> {
   return {
+    ...(args.transport !== undefined && { transport: args.transport }),
     ...(args['proxy-command'] !== undefined && { proxyCommand: args['proxy-command'] }),
     // what a ProxyCommand says goes to our stderr, as ssh(1) lets it through to the terminal
     onProxyStderr: (text) => process.stderr.write(text),

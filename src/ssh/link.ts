@@ -7,6 +7,7 @@ import { HopAuth, type AuthAttempt } from './auth.js'
 import { connectFailureReason } from './connect-error.js'
 import { enableCertificates } from './certificate.js'
 import { checkHostKey, type HostKeyNote } from './known-hosts.js'
+import { OpenSshMaster, type Transport } from './openssh-master.js'
 import { ProxyCommand } from './proxy-command.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
 
@@ -49,6 +50,12 @@ export interface LinkOptions {
    */
   readonly readyTimeoutMs?: number
   readonly backoff?: BackoffOptions
+  /**
+   * `auto` (default): carry the forwards through the user's live OpenSSH master at the destination's ControlPath
+   * when there is one (no new login), else connect with ssh2; `ssh2`: always our own connection; `openssh`: only
+   * through a master, starting one (`ssh -M`, prompts on the terminal) when none is alive.
+   */
+  readonly transport?: Transport
   /** Told what a hop's ProxyCommand writes to its stderr; also the `proxy-stderr` event. */
   readonly onProxyStderr?: (text: string) => void
   /** How long `forwardOut` waits for a link that is (re)connecting; default 10000 ms. */
@@ -146,6 +153,8 @@ export class Link extends EventEmitter<LinkEvents> {
   readonly #auth: HopAuth[]
   #state: LinkState = 'idle'
   #chain: Chain | undefined
+  /** The user's OpenSSH master carrying the forwards instead of #chain. */
+  #master: OpenSshMaster | undefined
   #failure: IppTunnelError | undefined
   #connecting: Promise<void> | undefined
   #waiters = new Set<Waiter>()
@@ -184,7 +193,12 @@ export class Link extends EventEmitter<LinkEvents> {
   }
 
   get stats(): LinkStats {
-    return { reconnects: this.#reconnects, channelsOpen: this.#channels.size }
+    return { reconnects: this.#reconnects, channelsOpen: this.#channels.size + (this.#master?.streamsOpen ?? 0) }
+  }
+
+  /** What carries the forwards now: our own SSH connection, or the user's OpenSSH master (ControlPath). */
+  get transport(): 'ssh2' | 'openssh' {
+    return this.#master === undefined ? 'ssh2' : 'openssh'
   }
 
   /** `user@host:port` of the server that forwards. */
@@ -209,7 +223,7 @@ export class Link extends EventEmitter<LinkEvents> {
     this.#failure = undefined
     this.#setState('connecting')
     const signal = options.signal ? AbortSignal.any([options.signal, this.#abort.signal]) : this.#abort.signal
-    this.#connecting = this.#openChain(signal).then(
+    this.#connecting = this.#open(signal).then(
       (chain) => {
         this.#connecting = undefined
         this.#adopt(chain)
@@ -238,6 +252,12 @@ export class Link extends EventEmitter<LinkEvents> {
     const signal = options.signal && AbortSignal.any([options.signal])
     for (let tries = 0; ; tries++) {
       await this.#waitUp(signal)
+      const master = this.#master
+      if (master !== undefined) {
+        if (await master.alive()) return master.forwardOut(host, port)
+        if (this.#master === master) this.#masterGone(master)
+        continue
+      }
       const chain = this.#chain
       const client = chain?.clients.at(-1)
       if (chain === undefined || client === undefined) continue
@@ -263,7 +283,9 @@ export class Link extends EventEmitter<LinkEvents> {
       this.#waiters.clear()
       const chain = this.#chain
       this.#chain = undefined
-      if (chain !== undefined) await endChain(chain)
+      const master = this.#master
+      this.#master = undefined
+      await Promise.all([chain !== undefined && endChain(chain), master?.close()])
       this.emit('closed')
     })()
     return this.#closing
@@ -329,8 +351,49 @@ export class Link extends EventEmitter<LinkEvents> {
     }
   }
 
-  /** Makes `chain` the live connection and watches it for a drop. */
-  #adopt(chain: Chain): void {
+  /**
+   * Opens the transport: the user's OpenSSH master when `transport` allows and one is alive (or, for `openssh`,
+   * once started), else our own chain of ssh2 connections.
+   */
+  async #open(signal: AbortSignal): Promise<Chain | OpenSshMaster> {
+    const transport = this.#options.transport ?? 'auto'
+    if (transport !== 'ssh2') {
+      const hop = this.#lastHop
+      const env = this.#options.env
+      const master = await OpenSshMaster.find(hop, env)
+      signal.throwIfAborted()
+      if (master !== undefined) return master
+      if (transport === 'openssh') return OpenSshMaster.start(hop, env)
+    }
+    return this.#openChain(signal)
+  }
+
+  /** The master went away: `auto` falls back to our own connection (reconnect), `openssh` fails. */
+  #masterGone(master: OpenSshMaster): void {
+    this.#master = undefined
+    void master.close()
+    if (this.#state !== 'up') return
+    const message = `The OpenSSH master at ${master.path} for ${this.destination} is gone`
+    if ((this.#options.transport ?? 'auto') === 'openssh') {
+      this.#fail(new IppTunnelError('E_LINK_DOWN', `${message}; log in again (ssh -M) and restart`))
+      return
+    }
+    void this.#reconnect(new IppTunnelError('E_LINK_DOWN', message))
+  }
+
+  /** Makes `chain` (or a master) the live transport and watches it for a drop. */
+  #adopt(chain: Chain | OpenSshMaster): void {
+    if (chain instanceof OpenSshMaster) {
+      if (this.#state === 'closed') {
+        void chain.close()
+        return
+      }
+      this.#master = chain
+      this.#setState('up')
+      for (const w of this.#waiters) w.resolve()
+      this.#waiters.clear()
+      return
+    }
     if (this.#state === 'closed') {
       void endChain(chain)
       return
@@ -379,9 +442,9 @@ export class Link extends EventEmitter<LinkEvents> {
       this.emit('reconnecting', { attempt, delayMs, error: lastError })
       if (!(await sleep(delayMs, this.#abort.signal))) return
       try {
-        const chain = await this.#openChain(this.#abort.signal)
+        const chain = await this.#open(this.#abort.signal)
         if (this.#state !== 'reconnecting') {
-          void endChain(chain)
+          void (chain instanceof OpenSshMaster ? chain.close() : endChain(chain))
           return
         }
         this.#reconnects++

@@ -8,6 +8,8 @@ export interface ProxyCommandOptions {
   readonly onStderr?: (text: string) => void
   /** Environment of the command; default `process.env`. */
   readonly env?: Readonly<Record<string, string | undefined>>
+  /** Run this program and arguments instead of `sh -c "exec COMMAND"`; `command` is then only its name in messages. */
+  readonly argv?: readonly string[]
 }
 
 /**
@@ -31,7 +33,8 @@ export class ProxyCommand {
 
   constructor(command: string, options: ProxyCommandOptions = {}) {
     this.command = command
-    const child = spawn('/bin/sh', ['-c', `exec ${command}`], {
+    const [file, ...args] = options.argv ?? ['/bin/sh', '-c', `exec ${command}`]
+    const child = spawn(file ?? '/bin/sh', args, {
       stdio: ['pipe', 'pipe', 'pipe'],
       env: { ...(options.env ?? process.env) },
     })
