@@ -19,6 +19,7 @@ export type ErrorCode =
   | 'E_UNSAFE_PATH'
   // ssh link (exit 1)
   | 'E_HOSTKEY_UNKNOWN'
+  | 'E_HOSTKEY_CA'
   | 'E_HOSTKEY_MISMATCH'
   | 'E_HOSTKEY_REVOKED'
   | 'E_AUTH'

@@ -86,6 +86,7 @@ export interface LinkStats {
 /** Host-key, authentication and identity failures stop a link; everything else is retried. */
 const fatalCodes: ReadonlySet<string> = new Set([
   'E_HOSTKEY_UNKNOWN',
+  'E_HOSTKEY_CA',
   'E_HOSTKEY_MISMATCH',
   'E_HOSTKEY_REVOKED',
   'E_AUTH',
