@@ -100,9 +100,17 @@ export class HopAuth {
         : (this.#options.agent ?? (this.#options.env ?? process.env).SSH_AUTH_SOCK)
     const agentUp = agent !== undefined && agent !== '' && (await isSocket(agent))
     if (agentUp) candidates.push({ kind: 'agent', socket: agent })
-    const certs = await findCertificates(hop.identityFiles, hop.certificateFiles ?? [], agentUp ? agent : undefined)
+    const certs = await findCertificates(
+      hop.identityFiles,
+      hop.certificateFiles ?? [],
+      agentUp ? agent : undefined,
+    )
     for (const cert of certs.agent) {
-      candidates.push({ kind: 'agent-cert', key: agentCertificateKey(cert), source: `certificate ${cert.source}` })
+      candidates.push({
+        kind: 'agent-cert',
+        key: agentCertificateKey(cert),
+        source: `certificate ${cert.source}`,
+      })
     }
     for (const path of hop.identityFiles) {
       try {
@@ -124,7 +132,10 @@ export class HopAuth {
       )
     }
     if (candidates.length === 0 && certs.invalid.length > 0) {
-      throw new IppTunnelError('E_CERT_EXPIRED', `Cannot authenticate to ${hopLabel(hop)}: ${describeInvalid(certs.invalid)}`)
+      throw new IppTunnelError(
+        'E_CERT_EXPIRED',
+        `Cannot authenticate to ${hopLabel(hop)}: ${describeInvalid(certs.invalid)}`,
+      )
     }
     if (candidates.length === 0) {
       const files = hop.identityFiles.length > 0 ? hop.identityFiles.join(', ') : 'none configured'

@@ -264,8 +264,10 @@ function markOf(): symbol {
   const sample = ssh2.utils.parseKey(
     'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAa5ZdJ0DWOqbUMdqehJyKxhZaLfJEzolVuK6x0eiL63',
   )
-  const key = Array.isArray(sample) ? sample[0] : sample
-  if (key === undefined || key instanceof Error) throw new Error('unreachable: ssh2 cannot parse a key')
+  const key: ParsedKey | Error = Array.isArray(sample)
+    ? ((sample as ParsedKey[])[0] ?? new Error('no key'))
+    : (sample)
+  if (key instanceof Error) throw new Error('unreachable: ssh2 cannot parse a key')
   const mark = Object.getOwnPropertySymbols(key).find(
     (s) => typeof (key as unknown as Record<symbol, unknown>)[s] === 'boolean',
   )
@@ -396,7 +398,7 @@ export async function findCertificates(
   const fromFiles = (await Promise.all(paths.map(readCertificateFile))).filter((c) => c !== undefined)
   const fromAgent = agentSocket === undefined ? [] : await agentCertificates(agentSocket)
   const invalid: { cert: Certificate; problem: string }[] = []
-  const valid = <T extends Certificate>(c: T): boolean => {
+  const valid = (c: Certificate): boolean => {
     if (c.certType !== 1) return false
     const problem = certificateProblem(c, now)
     if (problem !== undefined) invalid.push({ cert: c, problem })

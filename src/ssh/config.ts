@@ -733,7 +733,8 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
 function expandProxyCommand(text: string, tokens: Readonly<Record<string, string>>, where: Where): string {
   return text.replace(/%(.?)/gsu, (_m, t: string) => {
     const value = tokens[t]
-    if (value === undefined) throw configError(where, `ProxyCommand has an unknown token ${JSON.stringify(`%${t}`)}`)
+    if (value === undefined)
+      throw configError(where, `ProxyCommand has an unknown token ${JSON.stringify(`%${t}`)}`)
     return value
   })
 }

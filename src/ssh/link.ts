@@ -194,7 +194,10 @@ export class Link extends EventEmitter<LinkEvents> {
   }
 
   get stats(): LinkStats {
-    return { reconnects: this.#reconnects, channelsOpen: this.#channels.size + (this.#master?.streamsOpen ?? 0) }
+    return {
+      reconnects: this.#reconnects,
+      channelsOpen: this.#channels.size + (this.#master?.streamsOpen ?? 0),
+    }
   }
 
   /** What carries the forwards now: our own SSH connection, or the user's OpenSSH master (ControlPath). */

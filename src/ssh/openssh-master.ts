@@ -91,7 +91,10 @@ export class OpenSshMaster {
    *
    * @throws IppTunnelError `E_CONNECT` when the hop has no ControlPath or ssh could not log in.
    */
-  static async start(hop: ResolvedHop, env?: Readonly<Record<string, string | undefined>>): Promise<OpenSshMaster> {
+  static async start(
+    hop: ResolvedHop,
+    env?: Readonly<Record<string, string | undefined>>,
+  ): Promise<OpenSshMaster> {
     const path = hop.controlPath
     if (path === undefined) {
       throw new IppTunnelError(
@@ -99,7 +102,18 @@ export class OpenSshMaster {
         `--transport openssh needs a ControlPath for ${hop.alias} in the ssh config (e.g. ControlPath ~/.ssh/cm-%C)`,
       )
     }
-    const args = ['-M', '-S', path, '-o', 'ControlPersist=yes', '-fN', '-l', hop.username, '-p', String(hop.port)]
+    const args = [
+      '-M',
+      '-S',
+      path,
+      '-o',
+      'ControlPersist=yes',
+      '-fN',
+      '-l',
+      hop.username,
+      '-p',
+      String(hop.port),
+    ]
     const code = await new Promise<number>((resolve) => {
       const child = spawn('ssh', [...args, hop.alias], { stdio: 'inherit', env: { ...(env ?? process.env) } })
       child.once('error', () => resolve(255))

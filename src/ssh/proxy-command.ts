@@ -42,9 +42,7 @@ export class ProxyCommand {
     this.#exited =
       child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : once(child, 'close')
     this.#exited.catch(() => undefined)
-    const stdin = child.stdin
-    const stdout = child.stdout
-    if (stdin === null || stdout === null) throw new Error('unreachable: ProxyCommand spawned without pipes')
+    const { stdin, stdout, stderr } = child
     this.stream = Duplex.from({ readable: stdout, writable: stdin })
     // a spawn failure or a command that died leaves a stream that ends; ssh2 reports that as a lost connection
     child.on('error', () => this.stream.destroy())
@@ -52,8 +50,8 @@ export class ProxyCommand {
     this.stream.on('error', () => undefined)
     // the process is the connection: when it is gone, so is the stream (ssh2 then sees `close`)
     child.once('close', () => this.stream.destroy())
-    child.stderr?.setEncoding('utf8')
-    child.stderr?.on('data', (text: string) => {
+    stderr.setEncoding('utf8')
+    stderr.on('data', (text: string) => {
       this.#stderrTail = (this.#stderrTail + text).slice(-2000)
       options.onStderr?.(text)
     })
@@ -78,7 +76,8 @@ export class ProxyCommand {
    */
   get exitReason(): string | undefined {
     const child = this.#child
-    if (this.#closing !== undefined || (child.exitCode === null && child.signalCode === null)) return undefined
+    if (this.#closing !== undefined || (child.exitCode === null && child.signalCode === null))
+      return undefined
     const status = child.exitCode !== null ? `status ${child.exitCode}` : `signal ${child.signalCode ?? ''}`
     const last = this.#stderrTail.trim().split('\n').at(-1)?.trim() ?? ''
     return `ProxyCommand "${this.command}" exited with ${status}${last === '' ? '' : `: ${last}`}`

@@ -148,7 +148,8 @@ export async function resolveTarget(dest: string, opts: ResolveOptions = {}): Pr
     const hops = route(firstJump, false, [...chain, name], [...aliases, d.host.toLowerCase()])
     // a later jump host is reached through the ones before it: its own ProxyCommand does not apply (ssh -J)
     for (const j of laterJumps) {
-      const { proxyCommand: _ignored, ...later } = hop(j, false).hop
+      const later: { -readonly [K in keyof ResolvedSshHop]: ResolvedSshHop[K] } = { ...hop(j, false).hop }
+      delete later.proxyCommand
       hops.push(later)
     }
     hops.push(last)

@@ -18,7 +18,18 @@ async function keygen(path: string): Promise<void> {
 
 /** Signs `key.pub` with the CA into `key-cert.pub`, for principal root, valid `validity` (ssh-keygen -V). */
 async function certify(ca: string, key: string, validity: string): Promise<void> {
-  await run('ssh-keygen', ['-q', '-s', ca, '-I', `id-${validity}`, '-n', 'root', '-V', validity, `${key}.pub`])
+  await run('ssh-keygen', [
+    '-q',
+    '-s',
+    ca,
+    '-I',
+    `id-${validity}`,
+    '-n',
+    'root',
+    '-V',
+    validity,
+    `${key}.pub`,
+  ])
 }
 
 describe('OpenSSH user certificates against sshd with TrustedUserCAKeys', () => {
@@ -45,12 +56,13 @@ describe('OpenSSH user certificates against sshd with TrustedUserCAKeys', () => 
   test('the certificate is parsed as ssh-keygen -L shows it', async () => {
     const [, base64] = (await readFile(`${expired}-cert.pub`, 'utf8')).split(' ')
     const cert = parseCertificate(Buffer.from(base64 ?? '', 'base64'))
-    assert.equal(cert?.type, 'ssh-ed25519-cert-v01@openssh.com')
-    assert.equal(cert?.keyId, 'id-20200101:20200102')
-    assert.deepEqual(cert?.principals, ['root'])
+    assert.ok(cert)
+    assert.equal(cert.type, 'ssh-ed25519-cert-v01@openssh.com')
+    assert.equal(cert.keyId, 'id-20200101:20200102')
+    assert.deepEqual(cert.principals, ['root'])
     const { stdout } = await run('ssh-keygen', ['-L', '-f', `${expired}-cert.pub`])
     const from = /Valid: from (\S+) to (\S+)/.exec(stdout)
-    assert.equal(new Date(Number(cert?.validAfter) * 1000).getTime(), new Date(from?.[1] ?? '').getTime())
+    assert.equal(new Date(Number(cert.validAfter) * 1000).getTime(), new Date(from?.[1] ?? '').getTime())
   })
 
   test('KEY-cert.pub beside the identity file is offered (the key alone is refused)', async (t) => {

@@ -259,7 +259,13 @@ test('a host covered only by @cert-authority: E_HOSTKEY_CA with the offered fing
   await writeFile(file, `# site CA\n${line('*.cluster.example', ca, '@cert-authority')}\n`)
   const fp = fingerprintSha256(server.blob)
   await assert.rejects(
-    checkHostKey({ files: [file], host: 'login1.cluster.example', port: 22, key: server.blob, policy: 'strict' }),
+    checkHostKey({
+      files: [file],
+      host: 'login1.cluster.example',
+      port: 22,
+      key: server.blob,
+      policy: 'strict',
+    }),
     expectCode(
       'E_HOSTKEY_CA',
       new RegExp(`^login1\\.cluster\\.example vouches for its host key with a host certificate authority`),

@@ -187,17 +187,11 @@ export async function startSshd(options: SshdOptions = {}): Promise<Sshd> {
           : options.netns.exec(argv, { stdio: [...stdio] })
       const started = await waitListening(child)
       if (started.ok)
-        return await makeSshd(
-          child,
-          dir,
-          { host, port, hostKeyPub: hostKeyPub ?? '' },
-          started.stderr,
-          {
-            clientKey,
-            encryptedClientKey,
-            passphrase,
-          },
-        )
+        return await makeSshd(child, dir, { host, port, hostKeyPub: hostKeyPub ?? '' }, started.stderr, {
+          clientKey,
+          encryptedClientKey,
+          passphrase,
+        })
       if (attempt < 5 && /Address already in use/.test(started.stderr)) continue
       throw new Error(`sshd did not start: ${started.stderr.trim()}`)
     }
