@@ -266,7 +266,7 @@ function markOf(): symbol {
   )
   const key: ParsedKey | Error = Array.isArray(sample)
     ? ((sample as ParsedKey[])[0] ?? new Error('no key'))
-    : (sample)
+    : sample
   if (key instanceof Error) throw new Error('unreachable: ssh2 cannot parse a key')
   const mark = Object.getOwnPropertySymbols(key).find(
     (s) => typeof (key as unknown as Record<symbol, unknown>)[s] === 'boolean',
