@@ -18,6 +18,14 @@ function destinationArgs(hop: ResolvedHop): string[] {
   return ['-l', hop.username, '-p', String(hop.port), hop.host]
 }
 
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isFile()
+  } catch {
+    return false
+  }
+}
+
 async function isSocket(path: string): Promise<boolean> {
   try {
     return (await stat(path)).isSocket()
@@ -102,6 +110,13 @@ export class OpenSshMaster {
         `--transport openssh needs a ControlPath for ${hop.alias} in the ssh config (e.g. ControlPath ~/.ssh/cm-%C)`,
       )
     }
+    // what we resolved wins over the config, as the command line does in ssh(1); the rest (GSSAPI, ProxyJump, …)
+    // comes from the user's config for the host as written
+    const identities = (
+      await Promise.all(hop.identityFiles.map(async (f) => ((await isFile(f)) ? ['-i', f] : [])))
+    ).flat()
+    const knownHosts =
+      hop.knownHostsFiles.length > 0 ? ['-o', `UserKnownHostsFile=${hop.knownHostsFiles.join(' ')}`] : []
     const args = [
       '-M',
       '-S',
@@ -109,6 +124,10 @@ export class OpenSshMaster {
       '-o',
       'ControlPersist=yes',
       '-fN',
+      ...identities,
+      ...knownHosts,
+      '-o',
+      `HostName=${hop.host}`,
       '-l',
       hop.username,
       '-p',

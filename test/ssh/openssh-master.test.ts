@@ -118,6 +118,27 @@ describe('reusing the user’s OpenSSH master (ControlPath)', () => {
     await run('ssh', ['-O', 'check', ...masterArgs])
   })
 
+  test('openssh starts a master when none is alive (its prompt answered by SSH_ASKPASS here), and reuses it', async (t) => {
+    const started = join(dir, 'started.sock')
+    const own = { ...hop, identityFiles: [sshd.encryptedClientKey], controlPath: started }
+    const env = {
+      ...process.env,
+      SSH_ASKPASS: join(dir, 'askpass'),
+      SSH_ASKPASS_REQUIRE: 'force',
+      DISPLAY: ':0',
+    }
+    t.after(() => run('ssh', ['-S', started, '-O', 'exit', 'x']).then(undefined, () => undefined))
+    const link = new Link({ hops: [own] }, { agent: false, transport: 'openssh', env })
+    t.after(() => link.close())
+    const logins = accepted(sshd)
+    await link.connect()
+    assert.equal(link.transport, 'openssh')
+    assert.equal(accepted(sshd), logins + 1)
+    assert.equal(await echoRoundTrip(await link.forwardOut(echo.host, echo.port), 'started'), 'started')
+    await link.close()
+    await run('ssh', ['-S', started, '-O', 'check', 'x'])
+  })
+
   test('ssh2 transport has no credential here; auto without a master falls back to it and starts none', async (t) => {
     const own = new Link({ hops: [hop] }, { agent: false, transport: 'ssh2' })
     t.after(() => own.close())
