@@ -12,8 +12,8 @@ import { hasCode, hopOf, startSshd, type Sshd } from '../support/index.js'
 
 const run = promisify(execFile)
 
-async function keygen(path: string): Promise<void> {
-  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'cert-test', '-f', path])
+async function keygen(path: string, type = 'ed25519'): Promise<void> {
+  await run('ssh-keygen', ['-q', '-t', type, '-N', '', '-C', 'cert-test', '-f', path])
 }
 
 /** Signs `key.pub` with the CA into `key-cert.pub`, for principal root, valid `validity` (ssh-keygen -V). */
@@ -37,15 +37,24 @@ describe('OpenSSH user certificates against sshd with TrustedUserCAKeys', () => 
   let sshd: Sshd
   let key: string
   let expired: string
+  let rsa: string
+  let ecdsa: string
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'ippt-cert-'))
     const ca = join(dir, 'ca')
     key = join(dir, 'id_user')
     expired = join(dir, 'id_old')
-    await Promise.all([keygen(ca), keygen(key), keygen(expired)])
-    // neither key is in authorized_keys: only a certificate gets in
-    await Promise.all([certify(ca, key, '-5m:+1h'), certify(ca, expired, '20200101:20200102')])
+    rsa = join(dir, 'id_rsa_user')
+    ecdsa = join(dir, 'id_ecdsa_user')
+    await Promise.all([keygen(ca), keygen(key), keygen(expired), keygen(rsa, 'rsa'), keygen(ecdsa, 'ecdsa')])
+    // no key is in authorized_keys: only a certificate gets in
+    await Promise.all([
+      certify(ca, key, '-5m:+1h'),
+      certify(ca, expired, '20200101:20200102'),
+      certify(ca, rsa, '-5m:+1h'),
+      certify(ca, ecdsa, '-5m:+1h'),
+    ])
     sshd = await startSshd({ extraConfig: `TrustedUserCAKeys ${ca}.pub\n` })
   })
   after(async () => {
@@ -77,6 +86,15 @@ describe('OpenSSH user certificates against sshd with TrustedUserCAKeys', () => 
     const refused = new Link({ hops: [hopOf(sshd, { identityFiles: [bare] })] }, { agent: false })
     t.after(() => refused.close())
     await assert.rejects(refused.connect(), hasCode('E_AUTH'))
+  })
+
+  test('RSA (rsa-sha2-512) and ECDSA certificates', async (t) => {
+    for (const k of [rsa, ecdsa]) {
+      const link = new Link({ hops: [hopOf(sshd, { identityFiles: [k] })] }, { agent: false })
+      t.after(() => link.close())
+      await link.connect()
+      assert.equal(link.state, 'up')
+    }
   })
 
   test('CertificateFile from the ssh config', async (t) => {

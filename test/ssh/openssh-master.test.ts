@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Duplex } from 'node:stream'
 import { after, before, describe, test } from 'node:test'
+import { once } from 'node:events'
 import { promisify } from 'node:util'
 import { Link, type ResolvedHop } from '../../src/ssh/index.js'
 import {
@@ -137,6 +138,46 @@ describe('reusing the user’s OpenSSH master (ControlPath)', () => {
     assert.equal(await echoRoundTrip(await link.forwardOut(echo.host, echo.port), 'started'), 'started')
     await link.close()
     await run('ssh', ['-S', started, '-O', 'check', 'x'])
+  })
+
+  test('auto: when the master goes away, the link falls back to its own connection', async (t) => {
+    const gone = join(dir, 'gone.sock')
+    const args = ['-F', '/dev/null', '-S', gone, 'x']
+    const env = {
+      ...process.env,
+      SSH_ASKPASS: join(dir, 'askpass'),
+      SSH_ASKPASS_REQUIRE: 'force',
+      DISPLAY: ':0',
+    }
+    await run(
+      'ssh',
+      [
+        '-M',
+        '-fN',
+        '-o',
+        'ControlPersist=yes',
+        ...masterArgs.slice(0, 6),
+        '-S',
+        gone,
+        '-p',
+        String(sshd.port),
+        `root@${sshd.host}`,
+      ],
+      { env },
+    )
+    // this time ipp-tunnel has a key of its own too
+    const link = new Link(
+      { hops: [hopOf(sshd, { controlPath: gone })] },
+      { agent: false, backoff: { initialMs: 10 } },
+    )
+    t.after(() => link.close())
+    await link.connect()
+    assert.equal(link.transport, 'openssh')
+    await run('ssh', ['-O', 'exit', ...args])
+    const reconnected = once(link, 'reconnected')
+    assert.equal(await echoRoundTrip(await link.forwardOut(echo.host, echo.port), 'fallback'), 'fallback')
+    await reconnected
+    assert.equal(link.transport, 'ssh2')
   })
 
   test('ssh2 transport has no credential here; auto without a master falls back to it and starts none', async (t) => {
