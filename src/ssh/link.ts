@@ -285,11 +285,12 @@ export class Link extends EventEmitter<LinkEvents> {
       this.#abort.abort()
       for (const w of this.#waiters) w.reject(closedError())
       this.#waiters.clear()
-      const chain = this.#chain
-      this.#chain = undefined
       const master = this.#master
       this.#master = undefined
-      await Promise.all([chain !== undefined && endChain(chain), master?.close()])
+      await master?.close()
+      const chain = this.#chain
+      this.#chain = undefined
+      if (chain !== undefined) await endChain(chain)
       this.emit('closed')
     })()
     return this.#closing
