@@ -17,6 +17,8 @@ export interface SshArgs {
   readonly 'host-key-check'?: HostKeyPolicy | undefined
   readonly 'passphrase-file'?: string | undefined
   readonly 'ssh-config'?: string | undefined
+  readonly 'proxy-command'?: string | undefined
+  readonly transport?: 'auto' | 'ssh2' | 'openssh' | undefined
 }
 
 /** Adds the shared ssh flags to a command. */
@@ -40,6 +42,16 @@ export function withSshOptions<T>(yargs: Argv<T>) {
     })
     .option('passphrase-file', { type: 'string', describe: 'file whose first line unlocks an encrypted key' })
     .option('ssh-config', { type: 'string', describe: 'ssh client config (default ~/.ssh/config)' })
+    .option('proxy-command', {
+      type: 'string',
+      describe:
+        'command whose stdin/stdout reach the ssh server, as ssh -o ProxyCommand (%h %p %r %n %%; "none" turns a configured one off)',
+    })
+    .option('transport', {
+      choices: ['auto', 'ssh2', 'openssh'] as const,
+      describe:
+        "auto: reuse the user's OpenSSH master (ControlPath) when one is alive, else our own connection; ssh2: always our own; openssh: only a master, starting one if needed (default auto)",
+    })
 }
 
 /**
@@ -48,8 +60,15 @@ export function withSshOptions<T>(yargs: Argv<T>) {
  *
  * @throws IppTunnelError `E_USAGE` when `--passphrase-file` cannot be read: checked now, before any connection.
  */
-export function sshOptionsFrom(args: SshArgs, output?: Output): SshOptions & Pick<LinkOptions, 'onHostKey'> {
+export function sshOptionsFrom(
+  args: SshArgs,
+  output?: Output,
+): SshOptions & Pick<LinkOptions, 'onHostKey' | 'onProxyStderr' | 'transport'> {
   return {
+    ...(args.transport !== undefined && { transport: args.transport }),
+    ...(args['proxy-command'] !== undefined && { proxyCommand: args['proxy-command'] }),
+    // what a ProxyCommand says goes to our stderr, as ssh(1) lets it through to the terminal
+    onProxyStderr: (text) => process.stderr.write(text),
     ...(args.ssh !== undefined && { ssh: args.ssh }),
     ...(args.identity !== undefined && { identity: args.identity }),
     ...(args['known-hosts'] !== undefined && { knownHosts: args['known-hosts'] }),

@@ -19,11 +19,13 @@ export type ErrorCode =
   | 'E_UNSAFE_PATH'
   // ssh link (exit 1)
   | 'E_HOSTKEY_UNKNOWN'
+  | 'E_HOSTKEY_CA'
   | 'E_HOSTKEY_MISMATCH'
   | 'E_HOSTKEY_REVOKED'
   | 'E_AUTH'
   | 'E_PASSPHRASE'
   | 'E_IDENTITY'
+  | 'E_CERT_EXPIRED'
   | 'E_CONNECT'
   | 'E_FORWARD_DENIED'
   | 'E_FORWARD'

@@ -2,6 +2,13 @@ import { readFile, stat } from 'node:fs/promises'
 import ssh2 from 'ssh2'
 import type { AnyAuthMethod, AuthHandlerMiddleware, ParsedKey } from 'ssh2'
 import { IppTunnelError } from '../errors/index.js'
+import {
+  agentCertificateKey,
+  certificateKey,
+  describeInvalid,
+  findCertificates,
+  type HopCertificates,
+} from './certificate.js'
 import type { PassphraseProvider, ResolvedHop } from './types.js'
 
 /** What {@link HopAuth} needs besides the hop: where the agent is and how to get a passphrase. */
@@ -23,7 +30,10 @@ export interface AuthAttempt {
   failure(): IppTunnelError
 }
 
-type Candidate = { kind: 'agent'; socket: string } | { kind: 'key'; path: string; data: Buffer }
+type Candidate =
+  | { kind: 'agent'; socket: string }
+  | { kind: 'key'; path: string; data: Buffer }
+  | { kind: 'agent-cert'; key: ParsedKey; source: string }
 
 function hopLabel(hop: ResolvedHop): string {
   const where = `${hop.username}@${hop.host}:${hop.port}`
@@ -88,8 +98,19 @@ export class HopAuth {
       this.#options.agent === false
         ? undefined
         : (this.#options.agent ?? (this.#options.env ?? process.env).SSH_AUTH_SOCK)
-    if (agent !== undefined && agent !== '' && (await isSocket(agent))) {
-      candidates.push({ kind: 'agent', socket: agent })
+    const agentUp = agent !== undefined && agent !== '' && (await isSocket(agent))
+    if (agentUp) candidates.push({ kind: 'agent', socket: agent })
+    const certs = await findCertificates(
+      hop.identityFiles,
+      hop.certificateFiles ?? [],
+      agentUp ? agent : undefined,
+    )
+    for (const cert of certs.agent) {
+      candidates.push({
+        kind: 'agent-cert',
+        key: agentCertificateKey(cert),
+        source: `certificate ${cert.source}`,
+      })
     }
     for (const path of hop.identityFiles) {
       try {
@@ -110,6 +131,12 @@ export class HopAuth {
         `No way to authenticate to ${hopLabel(hop)}: ${keys.map((c) => publicKeyAdvice(c.path)).join('; ')}`,
       )
     }
+    if (candidates.length === 0 && certs.invalid.length > 0) {
+      throw new IppTunnelError(
+        'E_CERT_EXPIRED',
+        `Cannot authenticate to ${hopLabel(hop)}: ${describeInvalid(certs.invalid)}`,
+      )
+    }
     if (candidates.length === 0) {
       const files = hop.identityFiles.length > 0 ? hop.identityFiles.join(', ') : 'none configured'
       throw new IppTunnelError(
@@ -117,10 +144,10 @@ export class HopAuth {
         `No way to authenticate to ${hopLabel(hop)}: no ssh-agent (SSH_AUTH_SOCK) and no identity file found (looked for ${files}); pass --identity PATH`,
       )
     }
-    return this.#attempt(candidates)
+    return this.#attempt(candidates, certs)
   }
 
-  #attempt(candidates: readonly Candidate[]): AuthAttempt {
+  #attempt(candidates: readonly Candidate[], certs: HopCertificates): AuthAttempt {
     const hop = this.#hop
     const tried: string[] = []
     const locked: string[] = []
@@ -128,6 +155,8 @@ export class HopAuth {
     const unusable: string[] = []
     let index = 0
     let prompting = false
+    // the plain key after its certificate, as ssh(1) offers them
+    const queued: AnyAuthMethod[] = []
 
     const open = async (c: Extract<Candidate, { kind: 'key' }>): Promise<ParsedKey | undefined> => {
       const cached = this.#opened.get(c.path)
@@ -168,8 +197,14 @@ export class HopAuth {
 
     const nextMethod = async (): Promise<AnyAuthMethod | false> => {
       for (;;) {
+        const next = queued.shift()
+        if (next !== undefined) return next
         const c = candidates[index++]
         if (c === undefined) return false
+        if (c.kind === 'agent-cert') {
+          tried.push(c.source)
+          return { type: 'publickey', username: hop.username, key: c.key }
+        }
         if (c.kind === 'agent') {
           tried.push(`ssh-agent (${c.socket})`)
           return { type: 'agent', username: hop.username, agent: c.socket }
@@ -177,7 +212,18 @@ export class HopAuth {
         const key = await open(c)
         if (key === undefined) continue
         tried.push(c.path)
-        return { type: 'publickey', username: hop.username, key }
+        const plain: AnyAuthMethod = { type: 'publickey', username: hop.username, key }
+        const certKeys = certs.files.flatMap((cert) => {
+          const k = certificateKey(cert, key)
+          return k === undefined ? [] : [{ key: k, source: cert.source }]
+        })
+        for (const { key: k, source } of certKeys) {
+          tried.push(`certificate ${source}`)
+          queued.push({ type: 'publickey', username: hop.username, key: k })
+        }
+        if (certKeys.length === 0) return plain
+        queued.push(plain)
+        continue
       }
     }
 
@@ -205,6 +251,12 @@ export class HopAuth {
           return new IppTunnelError(
             'E_PASSPHRASE',
             `Private key ${locked.join(', ')} is encrypted and no passphrase is available (connecting to ${where}): use --passphrase-file PATH, run on a TTY, or load the key into ssh-agent`,
+          )
+        }
+        if (certs.invalid.length > 0) {
+          return new IppTunnelError(
+            'E_CERT_EXPIRED',
+            `${where} refused authentication; ${describeInvalid(certs.invalid)}: get a new certificate (e.g. run your site's sshproxy/step/vault login again)`,
           )
         }
         const offered = tried.length > 0 ? tried.join(', ') : 'nothing'

@@ -14,7 +14,8 @@ interface Where {
 }
 
 type Setting =
-  | { readonly key: 'hostname' | 'user' | 'identityfile'; readonly value: string }
+  | { readonly key: 'hostname' | 'user' | 'identityfile' | 'certificatefile'; readonly value: string }
+  | { readonly key: 'controlpath'; readonly value: string }
   | { readonly key: 'port'; readonly value: number }
   | { readonly key: 'identitiesonly'; readonly value: boolean }
   | { readonly key: 'proxyjump'; readonly value: readonly Destination[]; readonly text: string }
@@ -66,8 +67,12 @@ export interface HostSettings {
   readonly identitiesOnly?: boolean
   /** `ProxyJump` hops in order; an empty list when `ProxyJump none` was obtained. */
   readonly proxyJump?: readonly Destination[]
-  /** `ProxyCommand` (other than `none`) obtained before any ProxyJump; ipp-tunnel cannot run it. */
+  /** `ProxyCommand` (other than `none`) obtained before any ProxyJump, with its `%` tokens expanded. */
   readonly proxyCommand?: { readonly command: string; readonly file: string; readonly line: number }
+  /** `CertificateFile` entries in order, expanded as IdentityFile is. */
+  readonly certificateFiles?: readonly string[]
+  /** `ControlPath`, expanded; absent when unset or `none`. */
+  readonly controlPath?: string
   /** `UserKnownHostsFile` paths, expanded; an empty list for `UserKnownHostsFile none`. */
   readonly userKnownHostsFiles?: readonly string[]
   /** `StrictHostKeyChecking` mapped to a policy: yes/ask → strict, accept-new, no/off → off. */
@@ -95,6 +100,8 @@ export interface LookupContext {
   readonly env?: NodeJS.ProcessEnv
   /** Local host name (`%l`, `%L`); default `os.hostname()`. */
   readonly localHost?: string
+  /** A ProxyCommand from the command line (`--proxy-command`): it wins over the config's ProxyCommand/ProxyJump. */
+  readonly proxyCommand?: string
 }
 
 /** Options for {@link readSshConfig}. */
@@ -193,6 +200,12 @@ function parseLine(raw: string, where: Where): ParsedLine | undefined {
   const m = /^([^\s=]*)\s*(?:=\s*)?(.*)$/su.exec(line)
   const keyword = (m?.[1] ?? '').toLowerCase()
   if (keyword === '') throw configError(where, 'missing keyword')
+  // ssh(1) takes the rest of the line as is: the shell, not the config, reads its quotes
+  if (keyword === 'proxycommand') {
+    const command = m?.[2] ?? ''
+    if (command === '') throw configError(where, `${m?.[1] ?? keyword} needs an argument`)
+    return { kind: 'setting', setting: { key: 'proxycommand', value: command }, ...where }
+  }
   const args = splitArgs(m?.[2] ?? '', where)
   const name = m?.[1] ?? keyword
 
@@ -246,8 +259,10 @@ function parseLine(raw: string, where: Where): ParsedLine | undefined {
       })
       return setting({ key: 'proxyjump', value, text })
     }
-    case 'proxycommand':
-      return setting({ key: 'proxycommand', value: some().join(' ') })
+    case 'certificatefile':
+      return setting({ key: 'certificatefile', value: one() })
+    case 'controlpath':
+      return setting({ key: 'controlpath', value: one() })
     case 'userknownhostsfile': {
       const files = some()
       const none = files.length === 1 && files[0]?.toLowerCase() === 'none'
@@ -520,6 +535,8 @@ interface Obtained {
   user?: string
   port?: number
   identityFiles: { value: string; where: Where }[]
+  certificateFiles: { value: string; where: Where }[]
+  controlPath?: { value: string; where: Where }
   identitiesOnly?: boolean
   proxy?:
     | { kind: 'jump'; value: readonly Destination[]; text: string }
@@ -545,7 +562,13 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
   const original = alias.toLowerCase()
   const localUser = context.localUser ?? defaultLocalUser(context.env ?? process.env)
   const home = context.home ?? os.homedir()
-  const got: Obtained = { identityFiles: [] }
+  const got: Obtained = { identityFiles: [], certificateFiles: [] }
+  if (context.proxyCommand !== undefined) {
+    got.proxy =
+      context.proxyCommand.toLowerCase() === 'none'
+        ? { kind: 'jump', value: [], text: '' }
+        : { kind: 'command', value: context.proxyCommand, where: { file: '--proxy-command', line: 0 } }
+  }
   const currentHost = (): string =>
     got.hostName === undefined ? original : expandHostName(got.hostName, original)
 
@@ -578,6 +601,12 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
         break
       case 'identityfile':
         got.identityFiles.push({ value: s.value, where })
+        break
+      case 'certificatefile':
+        got.certificateFiles.push({ value: s.value, where })
+        break
+      case 'controlpath':
+        got.controlPath ??= { value: s.value, where }
         break
       case 'identitiesonly':
         got.identitiesOnly ??= s.value
@@ -665,8 +694,20 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
     ...(got.identitiesOnly === undefined ? {} : { identitiesOnly: got.identitiesOnly }),
     ...(got.proxy?.kind === 'jump' ? { proxyJump: got.proxy.value } : {}),
     ...(got.proxy?.kind === 'command'
-      ? { proxyCommand: { command: got.proxy.value, file: got.proxy.where.file, line: got.proxy.where.line } }
+      ? {
+          proxyCommand: {
+            command: expandProxyCommand(got.proxy.value, tokens, got.proxy.where),
+            file: got.proxy.where.file,
+            line: got.proxy.where.line,
+          },
+        }
       : {}),
+    ...(got.certificateFiles.length === 0
+      ? {}
+      : { certificateFiles: got.certificateFiles.map((f) => expand(f.value, 'CertificateFile', f.where)) }),
+    ...(got.controlPath === undefined || got.controlPath.value.toLowerCase() === 'none'
+      ? {}
+      : { controlPath: expand(got.controlPath.value, 'ControlPath', got.controlPath.where) }),
     ...(got.knownHosts === undefined
       ? {}
       : {
@@ -686,6 +727,16 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
     ...(got.serverAliveInterval === undefined ? {} : { serverAliveInterval: got.serverAliveInterval }),
     ...(got.serverAliveCountMax === undefined ? {} : { serverAliveCountMax: got.serverAliveCountMax }),
   }
+}
+
+/** ProxyCommand takes `%` tokens only: `$VAR` is the shell's business. */
+function expandProxyCommand(text: string, tokens: Readonly<Record<string, string>>, where: Where): string {
+  return text.replace(/%(.?)/gsu, (_m, t: string) => {
+    const value = tokens[t]
+    if (value === undefined)
+      throw configError(where, `ProxyCommand has an unknown token ${JSON.stringify(`%${t}`)}`)
+    return value
+  })
 }
 
 /** `%h` (the name as written) and `%%` in HostName. */

@@ -28,6 +28,9 @@ export {
 } from './known-hosts.js'
 export { resolveTarget } from './resolve.js'
 export { HopAuth, type AuthAttempt, type AuthOptions } from './auth.js'
+export { ProxyCommand, type ProxyCommandOptions } from './proxy-command.js'
+export { OpenSshMaster, type Transport } from './openssh-master.js'
+export { parseCertificate, formatValidity, type CertificateInfo } from './certificate.js'
 export {
   Link,
   type BackoffOptions,

@@ -189,7 +189,10 @@ export function formatHostKeyNote(note: HostKeyNote): string {
  * key through; `accept-new` tells `note` what it recorded.
  *
  * @returns `'known'` (listed), `'recorded'` (accept-new added it) or `'unchecked'` (policy off).
- * @throws IppTunnelError `E_HOSTKEY_UNKNOWN`, `E_HOSTKEY_MISMATCH` or `E_HOSTKEY_REVOKED`, each naming the host,
+ * A host covered only by a `@cert-authority` line is refused under `strict` with `E_HOSTKEY_CA` (ssh2 cannot
+ * negotiate a certificate host key, so the CA cannot vouch for the plain key offered).
+ *
+ * @throws IppTunnelError `E_HOSTKEY_UNKNOWN`, `E_HOSTKEY_CA`, `E_HOSTKEY_MISMATCH` or `E_HOSTKEY_REVOKED`, each naming the host,
  * the offered key type and `SHA256:` fingerprint, and the file to fix.
  *
  * @example
@@ -245,6 +248,19 @@ export async function checkHostKey(opts: CheckHostKeyOptions): Promise<'known' |
   }
 
   const first = opts.files[0]
+  const ca = entries.find((e) => e.marker === 'cert-authority' && hostFieldMatches(e.hosts, name))
+  if (ca !== undefined && opts.policy === 'strict') {
+    const portFlag = opts.port === 22 ? '' : `-p ${opts.port} `
+    throw new IppTunnelError(
+      'E_HOSTKEY_CA',
+      `${name} vouches for its host key with a host certificate authority (@cert-authority at ${ca.file}:${ca.line}), ` +
+        `which ipp-tunnel cannot check: ssh2 cannot negotiate certificate host keys, so the server offered its plain ` +
+        `key ${offered}. Safe ways through: log in once with ssh and let ipp-tunnel reuse that connection ` +
+        `(ControlMaster/ControlPath in ~/.ssh/config, --transport auto or openssh); or check that fingerprint out ` +
+        `of band (your site's published host keys, or ssh-keyscan ${portFlag}${opts.host} | ssh-keygen -lf - from a ` +
+        `trusted network) and then run once with --host-key-check accept-new`,
+    )
+  }
   if (opts.policy === 'strict' || first === undefined) {
     const where = opts.files.length === 0 ? 'any known_hosts file (none configured)' : opts.files.join(', ')
     const portFlag = opts.port === 22 ? '' : `-p ${opts.port} `

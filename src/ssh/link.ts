@@ -5,7 +5,10 @@ import type { ClientChannel, SFTPWrapper } from 'ssh2'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { HopAuth, type AuthAttempt } from './auth.js'
 import { connectFailureReason } from './connect-error.js'
+import { enableCertificates } from './certificate.js'
 import { checkHostKey, type HostKeyNote } from './known-hosts.js'
+import { OpenSshMaster, type Transport } from './openssh-master.js'
+import { ProxyCommand } from './proxy-command.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
 
 type Client = InstanceType<typeof ssh2.Client>
@@ -47,6 +50,14 @@ export interface LinkOptions {
    */
   readonly readyTimeoutMs?: number
   readonly backoff?: BackoffOptions
+  /**
+   * `auto` (default): carry the forwards through the user's live OpenSSH master at the destination's ControlPath
+   * when there is one (no new login), else connect with ssh2; `ssh2`: always our own connection; `openssh`: only
+   * through a master, starting one (`ssh -M`, prompts on the terminal) when none is alive.
+   */
+  readonly transport?: Transport
+  /** Told what a hop's ProxyCommand writes to its stderr; also the `proxy-stderr` event. */
+  readonly onProxyStderr?: (text: string) => void
   /** How long `forwardOut` waits for a link that is (re)connecting; default 10000 ms. */
   readonly waitForLinkMs?: number
 }
@@ -59,6 +70,8 @@ export interface LinkEvents {
   failed: [info: { error: IppTunnelError }]
   /** A host key was recorded (accept-new) or let through unchecked (off); once per key and kind per link. */
   hostkey: [note: HostKeyNote]
+  /** A ProxyCommand wrote to its stderr (ssh(1) shows that on the terminal). */
+  'proxy-stderr': [info: { hop: string; text: string }]
   closed: []
 }
 
@@ -73,11 +86,13 @@ export interface LinkStats {
 /** Host-key, authentication and identity failures stop a link; everything else is retried. */
 const fatalCodes: ReadonlySet<string> = new Set([
   'E_HOSTKEY_UNKNOWN',
+  'E_HOSTKEY_CA',
   'E_HOSTKEY_MISMATCH',
   'E_HOSTKEY_REVOKED',
   'E_AUTH',
   'E_PASSPHRASE',
   'E_IDENTITY',
+  'E_CERT_EXPIRED',
   'E_FORWARD_DENIED',
 ])
 
@@ -88,6 +103,8 @@ interface Waiter {
 
 interface Chain {
   readonly clients: Client[]
+  /** ProxyCommand processes the chain runs over; closed (killed, reaped) with it. */
+  readonly proxies: ProxyCommand[]
   dead: boolean
 }
 
@@ -137,6 +154,8 @@ export class Link extends EventEmitter<LinkEvents> {
   readonly #auth: HopAuth[]
   #state: LinkState = 'idle'
   #chain: Chain | undefined
+  /** The user's OpenSSH master carrying the forwards instead of #chain. */
+  #master: OpenSshMaster | undefined
   #failure: IppTunnelError | undefined
   #connecting: Promise<void> | undefined
   #waiters = new Set<Waiter>()
@@ -177,7 +196,15 @@ export class Link extends EventEmitter<LinkEvents> {
   }
 
   get stats(): LinkStats {
-    return { reconnects: this.#reconnects, channelsOpen: this.#channels.size }
+    return {
+      reconnects: this.#reconnects,
+      channelsOpen: this.#channels.size + (this.#master?.streamsOpen ?? 0),
+    }
+  }
+
+  /** What carries the forwards now: our own SSH connection, or the user's OpenSSH master (ControlPath). */
+  get transport(): 'ssh2' | 'openssh' {
+    return this.#master === undefined ? 'ssh2' : 'openssh'
   }
 
   /** `user@host:port` of the server that forwards. */
@@ -202,7 +229,7 @@ export class Link extends EventEmitter<LinkEvents> {
     this.#failure = undefined
     this.#setState('connecting')
     const signal = options.signal ? AbortSignal.any([options.signal, this.#abort.signal]) : this.#abort.signal
-    this.#connecting = this.#openChain(signal).then(
+    this.#connecting = this.#open(signal).then(
       (chain) => {
         this.#connecting = undefined
         this.#adopt(chain)
@@ -231,6 +258,12 @@ export class Link extends EventEmitter<LinkEvents> {
     const signal = options.signal && AbortSignal.any([options.signal])
     for (let tries = 0; ; tries++) {
       await this.#waitUp(signal)
+      const master = this.#master
+      if (master !== undefined) {
+        if (await master.alive()) return master.forwardOut(host, port)
+        if (this.#master === master) this.#masterGone(master)
+        continue
+      }
       const chain = this.#chain
       const client = chain?.clients.at(-1)
       if (chain === undefined || client === undefined) continue
@@ -303,6 +336,9 @@ export class Link extends EventEmitter<LinkEvents> {
       this.#abort.abort()
       for (const w of this.#waiters) w.reject(closedError())
       this.#waiters.clear()
+      const master = this.#master
+      this.#master = undefined
+      await master?.close()
       const chain = this.#chain
       this.#chain = undefined
       this.#sftp = undefined
@@ -372,8 +408,49 @@ export class Link extends EventEmitter<LinkEvents> {
     }
   }
 
-  /** Makes `chain` the live connection and watches it for a drop. */
-  #adopt(chain: Chain): void {
+  /**
+   * Opens the transport: the user's OpenSSH master when `transport` allows and one is alive (or, for `openssh`,
+   * once started), else our own chain of ssh2 connections.
+   */
+  async #open(signal: AbortSignal): Promise<Chain | OpenSshMaster> {
+    const transport = this.#options.transport ?? 'auto'
+    if (transport !== 'ssh2') {
+      const hop = this.#lastHop
+      const env = this.#options.env
+      const master = await OpenSshMaster.find(hop, env)
+      signal.throwIfAborted()
+      if (master !== undefined) return master
+      if (transport === 'openssh') return OpenSshMaster.start(hop, env)
+    }
+    return this.#openChain(signal)
+  }
+
+  /** The master went away: `auto` falls back to our own connection (reconnect), `openssh` fails. */
+  #masterGone(master: OpenSshMaster): void {
+    this.#master = undefined
+    void master.close()
+    if (this.#state !== 'up') return
+    const message = `The OpenSSH master at ${master.path} for ${this.destination} is gone`
+    if ((this.#options.transport ?? 'auto') === 'openssh') {
+      this.#fail(new IppTunnelError('E_LINK_DOWN', `${message}; log in again (ssh -M) and restart`))
+      return
+    }
+    void this.#reconnect(new IppTunnelError('E_LINK_DOWN', message))
+  }
+
+  /** Makes `chain` (or a master) the live transport and watches it for a drop. */
+  #adopt(chain: Chain | OpenSshMaster): void {
+    if (chain instanceof OpenSshMaster) {
+      if (this.#state === 'closed') {
+        void chain.close()
+        return
+      }
+      this.#master = chain
+      this.#setState('up')
+      for (const w of this.#waiters) w.resolve()
+      this.#waiters.clear()
+      return
+    }
     if (this.#state === 'closed') {
       void endChain(chain)
       return
@@ -422,9 +499,9 @@ export class Link extends EventEmitter<LinkEvents> {
       this.emit('reconnecting', { attempt, delayMs, error: lastError })
       if (!(await sleep(delayMs, this.#abort.signal))) return
       try {
-        const chain = await this.#openChain(this.#abort.signal)
+        const chain = await this.#open(this.#abort.signal)
         if (this.#state !== 'reconnecting') {
-          void endChain(chain)
+          void (chain instanceof OpenSshMaster ? chain.close() : endChain(chain))
           return
         }
         this.#reconnects++
@@ -565,13 +642,28 @@ export class Link extends EventEmitter<LinkEvents> {
 
   /** Connects every hop in turn, each through a channel of the one before. */
   async #openChain(signal: AbortSignal): Promise<Chain> {
-    const chain: Chain = { clients: [], dead: false }
+    const chain: Chain = { clients: [], proxies: [], dead: false }
     try {
       let previous: { client: Client; hop: ResolvedHop } | undefined
       for (const [i, hop] of this.target.hops.entries()) {
         signal.throwIfAborted()
-        let sock: ClientChannel | undefined
-        if (previous !== undefined) {
+        let sock: Duplex | undefined
+        const auth = this.#auth[i]
+        if (auth === undefined) throw new Error('unreachable: no auth for hop')
+        const attempt = await auth.begin()
+        if (previous === undefined && hop.proxyCommand !== undefined) {
+          // started only now, right before ssh2 takes its stream: no await between, so no exit goes unseen
+          const where = label(hop)
+          const proxy = new ProxyCommand(hop.proxyCommand, {
+            onStderr: (text) => {
+              this.#options.onProxyStderr?.(text)
+              this.emit('proxy-stderr', { hop: where, text })
+            },
+            ...(this.#options.env !== undefined ? { env: this.#options.env } : {}),
+          })
+          chain.proxies.push(proxy)
+          sock = proxy.stream
+        } else if (previous !== undefined) {
           try {
             sock = await this.#channel(previous.client, hop.host, hop.port, signal)
           } catch (err) {
@@ -585,9 +677,8 @@ export class Link extends EventEmitter<LinkEvents> {
             )
           }
         }
-        const auth = this.#auth[i]
-        if (auth === undefined) throw new Error('unreachable: no auth for hop')
-        const client = await this.#connectHop(hop, await auth.begin(), sock, signal)
+        const proxy = previous === undefined ? chain.proxies[0] : undefined
+        const client = await this.#connectHop(hop, attempt, sock, signal, proxy)
         chain.clients.push(client)
         previous = { client, hop }
       }
@@ -604,6 +695,7 @@ export class Link extends EventEmitter<LinkEvents> {
     auth: AuthAttempt,
     sock: Duplex | undefined,
     signal: AbortSignal,
+    proxy?: ProxyCommand,
   ): Promise<Client> {
     const client = new ssh2.Client()
     client.once('close', () => closedClients.add(client))
@@ -680,11 +772,20 @@ export class Link extends EventEmitter<LinkEvents> {
           return
         }
         const cause = socketError ?? lastError
-        reject(
-          new IppTunnelError('E_CONNECT', `Cannot connect to ${where}: ${connectFailureReason(cause)}`, {
-            cause,
-          }),
-        )
+        const connectError = (): IppTunnelError => {
+          const reason = proxy?.exitReason ?? connectFailureReason(cause)
+          return new IppTunnelError('E_CONNECT', `Cannot connect to ${where}: ${reason}`, { cause })
+        }
+        if (proxy === undefined) {
+          reject(connectError())
+          return
+        }
+        // the ProxyCommand's exit status and last words say more than "connection lost"; they come a moment later
+        const late = setTimeout(() => reject(connectError()), 500)
+        void proxy.exited.then(() => {
+          clearTimeout(late)
+          reject(connectError())
+        })
       })
 
       const files = hop.knownHostsFiles
@@ -719,6 +820,10 @@ export class Link extends EventEmitter<LinkEvents> {
           )
         },
       })
+      enableCertificates(client, (err) => {
+        lastError = err
+        client.destroy()
+      })
       // Forwards carry small request/reply messages: Nagle's algorithm would hold them back waiting for ACKs.
       client.setNoDelay(true)
     })
@@ -746,8 +851,13 @@ function sleep(ms: number, signal: AbortSignal): Promise<boolean> {
   })
 }
 
-/** Ends every client of a chain, innermost first, and waits until all are closed. */
+/** Ends every client of a chain, innermost first, and waits until all are closed; then its ProxyCommands. */
 async function endChain(chain: Chain): Promise<void> {
+  await endClients(chain)
+  await Promise.all(chain.proxies.map((p) => p.close()))
+}
+
+async function endClients(chain: Chain): Promise<void> {
   await Promise.all(
     [...chain.clients].reverse().map(
       (client) =>

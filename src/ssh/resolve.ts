@@ -52,7 +52,8 @@ const MAX_HOPS = 16
  * apply to every hop.
  *
  * @throws IppTunnelError `E_DESTINATION` for a malformed destination; `E_SSH_CONFIG` for a bad config, a config file
- * named in `configFile` that does not exist, a ProxyJump loop, or a ProxyCommand (which ipp-tunnel cannot run).
+ * named in `configFile` that does not exist, or a ProxyJump loop. A `ProxyCommand` (config or `proxyCommand`) ends the
+ * route: its hop is the first, reached over the command's stdio.
  *
  * @example
  * const { hops } = await resolveTarget('alice@cluster', { configFile: false })
@@ -76,17 +77,11 @@ export async function resolveTarget(dest: string, opts: ResolveOptions = {}): Pr
     const s = lookupHost(config, d.host, {
       ...(d.user === undefined ? {} : { user: d.user }),
       ...(d.port === undefined ? {} : { port: d.port }),
+      ...(isDestination && opts.proxyCommand !== undefined ? { proxyCommand: opts.proxyCommand } : {}),
       localUser,
       home,
       env,
     })
-    if (s.proxyCommand !== undefined) {
-      throw new IppTunnelError(
-        'E_SSH_CONFIG',
-        `${s.proxyCommand.file}:${s.proxyCommand.line}: ProxyCommand for ${d.host} is not supported by ipp-tunnel; ` +
-          'use ProxyJump instead',
-      )
-    }
     const sshDir = path.join(home, '.ssh')
     let identityFiles: readonly string[]
     let identitiesOnly: boolean
@@ -118,6 +113,9 @@ export async function resolveTarget(dest: string, opts: ResolveOptions = {}): Pr
         ...(s.connectTimeout === undefined ? {} : { connectTimeoutMs: s.connectTimeout * 1000 }),
         ...(s.serverAliveInterval === undefined ? {} : { keepaliveIntervalMs: s.serverAliveInterval * 1000 }),
         ...(s.serverAliveCountMax === undefined ? {} : { keepaliveCountMax: s.serverAliveCountMax }),
+        ...(s.proxyCommand === undefined ? {} : { proxyCommand: s.proxyCommand.command }),
+        ...(s.certificateFiles === undefined ? {} : { certificateFiles: s.certificateFiles }),
+        ...(s.controlPath === undefined ? {} : { controlPath: s.controlPath }),
       },
       jumps: s.proxyJump ?? [],
     }
@@ -148,7 +146,12 @@ export async function resolveTarget(dest: string, opts: ResolveOptions = {}): Pr
     const [firstJump, ...laterJumps] = jumps
     if (firstJump === undefined) return [last]
     const hops = route(firstJump, false, [...chain, name], [...aliases, d.host.toLowerCase()])
-    for (const j of laterJumps) hops.push(hop(j, false).hop)
+    // a later jump host is reached through the ones before it: its own ProxyCommand does not apply (ssh -J)
+    for (const j of laterJumps) {
+      const later: { -readonly [K in keyof ResolvedSshHop]: ResolvedSshHop[K] } = { ...hop(j, false).hop }
+      delete later.proxyCommand
+      hops.push(later)
+    }
     hops.push(last)
     if (hops.length > MAX_HOPS) {
       throw new IppTunnelError('E_SSH_CONFIG', `ProxyJump chain to ${name} is longer than ${MAX_HOPS} hops`)

@@ -32,6 +32,12 @@ export interface ResolvedHop {
   readonly keepaliveIntervalMs?: number
   /** Unanswered keepalives before the hop counts as dead (`ServerAliveCountMax`). */
   readonly keepaliveCountMax?: number
+  /** `ProxyCommand` with its tokens expanded: run with `sh -c`, the hop's SSH connection goes over its stdio. */
+  readonly proxyCommand?: string
+  /** OpenSSH certificates to offer (`CertificateFile`); `KEY-cert.pub` beside each identity file is found too. */
+  readonly certificateFiles?: readonly string[]
+  /** `ControlPath` with its tokens expanded: where the user's OpenSSH master for this hop listens. */
+  readonly controlPath?: string
 }
 
 /** The full route to a destination: `hops.at(-1)` is the server that forwards, the rest are jumps. */
@@ -56,4 +62,6 @@ export interface SshOptions {
   readonly configFile?: string | false
   /** ssh-agent socket; default `$SSH_AUTH_SOCK`. Pass `false` to use no agent. */
   readonly agent?: string | false
+  /** `--proxy-command CMD`: the destination's ProxyCommand, winning over the config's; `none` turns it off. */
+  readonly proxyCommand?: string
 }

@@ -247,6 +247,49 @@ test('@revoked refuses under every policy; @cert-authority lines do not make a p
   await writeFile(file, `${line('ca.example', other, '@cert-authority')}\n`)
   await assert.rejects(
     checkHostKey({ files: [file], host: 'ca.example', port: 22, key: other.blob, policy: 'strict' }),
+    expectCode('E_HOSTKEY_CA'),
+  )
+})
+
+test('a host covered only by @cert-authority: E_HOSTKEY_CA with the offered fingerprint and the safe ways through', async (t) => {
+  const dir = await tempDir(t)
+  const ca = await keygen(dir, 'host_ca')
+  const server = await keygen(dir, 'server')
+  const file = path.join(dir, 'known_hosts')
+  await writeFile(file, `# site CA\n${line('*.cluster.example', ca, '@cert-authority')}\n`)
+  const fp = fingerprintSha256(server.blob)
+  await assert.rejects(
+    checkHostKey({
+      files: [file],
+      host: 'login1.cluster.example',
+      port: 22,
+      key: server.blob,
+      policy: 'strict',
+    }),
+    expectCode(
+      'E_HOSTKEY_CA',
+      new RegExp(`^login1\\.cluster\\.example vouches for its host key with a host certificate authority`),
+      new RegExp(`@cert-authority at ${file}:2`),
+      new RegExp(`ssh-ed25519 ${fp.replace(/[+/]/g, '\\$&')}`),
+      /ControlMaster\/ControlPath/,
+      /--host-key-check accept-new/,
+      /ssh-keyscan login1\.cluster\.example \| ssh-keygen -lf -/,
+    ),
+  )
+  // never silently accepted: accept-new records the key and says so; a host the CA does not cover is plain unknown
+  const notes: HostKeyNote[] = []
+  const accepted = await checkHostKey({
+    files: [file],
+    host: 'login1.cluster.example',
+    port: 22,
+    key: server.blob,
+    policy: 'accept-new',
+    note: (n) => notes.push(n),
+  })
+  assert.equal(accepted, 'recorded')
+  assert.equal(notes[0]?.type, 'hostkey:recorded')
+  await assert.rejects(
+    checkHostKey({ files: [file], host: 'elsewhere.example', port: 22, key: server.blob, policy: 'strict' }),
     expectCode('E_HOSTKEY_UNKNOWN'),
   )
 })

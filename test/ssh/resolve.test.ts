@@ -215,17 +215,56 @@ test('ProxyJump through "Host *" works when the jump host says ProxyJump none; a
   )
 })
 
-test('ProxyCommand is refused with file and line; ProxyCommand none is not', async (t) => {
+test('ProxyCommand: tokens expanded as ssh does, the first of ProxyCommand/ProxyJump wins, none turns it off', async (t) => {
   const home = await tempHome(
     t,
-    `Host pc\n  ProxyCommand nc %h %p\nHost pn\n  ProxyCommand none\n  ProxyJump ignored\n`,
+    [
+      'Host pc',
+      '  HostName pc.example',
+      '  Port 2022',
+      '  User bob',
+      '  ProxyCommand ssh -W %h:%p -l %r "jump host" %n 100%%',
+      '  ProxyJump ignored',
+      'Host pj',
+      '  ProxyJump bastion',
+      '  ProxyCommand ignored',
+      'Host pn',
+      '  ProxyCommand none',
+      '  ProxyJump ignored',
+      'Host bad',
+      '  ProxyCommand nc %x',
+      '',
+    ].join('\n'),
   )
+  const pc = await resolveTarget('pc', { home, localUser: 'me' })
+  assert.equal(pc.hops.length, 1)
+  assert.equal(pc.hops[0]?.proxyCommand, 'ssh -W pc.example:2022 -l bob "jump host" pc 100%')
+  const pj = await resolveTarget('pj', { home, localUser: 'me' })
+  assert.deepEqual(
+    pj.hops.map((h) => [h.alias, h.proxyCommand]),
+    [
+      ['bastion', undefined],
+      ['pj', undefined],
+    ],
+  )
+  const pn = await resolveTarget('pn', { home, localUser: 'me' })
+  assert.equal(pn.hops.length, 1)
+  assert.equal(pn.hops[0]?.proxyCommand, undefined)
   await assert.rejects(
-    resolveTarget('pc', { home, localUser: 'me' }),
-    expectCode('E_SSH_CONFIG', /config:2: ProxyCommand for pc is not supported by ipp-tunnel; use ProxyJump/),
+    resolveTarget('bad', { home, localUser: 'me' }),
+    expectCode('E_SSH_CONFIG', /config:14: ProxyCommand has an unknown token "%x"/),
   )
-  const { hops } = await resolveTarget('pn', { home, localUser: 'me' })
-  assert.equal(hops.length, 1)
+  // --proxy-command wins over the config, for the destination only; "none" turns the config's off
+  const cli = await resolveTarget('pj', { home, localUser: 'me', proxyCommand: 'nc %h %p' })
+  assert.deepEqual(
+    cli.hops.map((h) => [h.alias, h.proxyCommand]),
+    [['pj', 'nc pj 22']],
+  )
+  const off = await resolveTarget('pc', { home, localUser: 'me', proxyCommand: 'none' })
+  assert.deepEqual(
+    off.hops.map((h) => [h.host, h.proxyCommand]),
+    [['pc.example', undefined]],
+  )
 })
 
 test('relative Include in the config is read from <home>/.ssh; bad input is E_DESTINATION or E_SSH_CONFIG', async (t) => {

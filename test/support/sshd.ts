@@ -38,6 +38,8 @@ export interface Sshd {
   readonly user: 'root'
   /** The temp dir holding config, keys and known_hosts; removed on close. */
   readonly dir: string
+  /** What sshd logged (`-e`, LogLevel VERBOSE) so far, e.g. its `Accepted publickey` lines. */
+  log(): string
   /** Number of per-connection sshd processes (children of the listener). */
   sessionCount(): Promise<number>
   /** Kills every per-connection sshd process, leaving the listener up: simulates a dropped link. */
@@ -116,7 +118,7 @@ function killAll(pids: readonly number[]): void {
   }
 }
 
-function waitListening(child: ChildProcess): Promise<{ ok: true } | { ok: false; stderr: string }> {
+function waitListening(child: ChildProcess): Promise<{ ok: boolean; stderr: string }> {
   return new Promise((resolve) => {
     let stderr = ''
     const onData = (chunk: string): void => {
@@ -124,8 +126,7 @@ function waitListening(child: ChildProcess): Promise<{ ok: true } | { ok: false;
       if (/Server listening on /.test(stderr)) {
         child.stderr?.off('data', onData)
         child.off('exit', onExit)
-        child.stderr?.resume()
-        resolve({ ok: true })
+        resolve({ ok: true, stderr })
       }
     }
     const onExit = (): void => {
@@ -186,16 +187,11 @@ export async function startSshd(options: SshdOptions = {}): Promise<Sshd> {
           : options.netns.exec(argv, { stdio: [...stdio] })
       const started = await waitListening(child)
       if (started.ok)
-        return await makeSshd(
-          child,
-          dir,
-          { host, port, hostKeyPub: hostKeyPub ?? '' },
-          {
-            clientKey,
-            encryptedClientKey,
-            passphrase,
-          },
-        )
+        return await makeSshd(child, dir, { host, port, hostKeyPub: hostKeyPub ?? '' }, started.stderr, {
+          clientKey,
+          encryptedClientKey,
+          passphrase,
+        })
       if (attempt < 5 && /Address already in use/.test(started.stderr)) continue
       throw new Error(`sshd did not start: ${started.stderr.trim()}`)
     }
@@ -209,6 +205,7 @@ async function makeSshd(
   child: ChildProcess,
   dir: string,
   server: { host: string; port: number; hostKeyPub: string },
+  startLog: string,
   keys: { clientKey: string; encryptedClientKey: string; passphrase: string },
 ): Promise<Sshd> {
   const pid = child.pid
@@ -216,6 +213,8 @@ async function makeSshd(
   const knownHostsFile = join(dir, 'known_hosts')
   await writeFile(knownHostsFile, `[${server.host}]:${server.port} ${server.hostKeyPub}\n`, { mode: 0o600 })
   const exited = once(child, 'exit')
+  let log = startLog
+  child.stderr?.on('data', (chunk: string) => (log += chunk))
   let closing: Promise<void> | undefined
   const close = (): Promise<void> =>
     (closing ??= (async () => {
@@ -232,6 +231,7 @@ async function makeSshd(
     knownHostsFile,
     user: 'root',
     dir,
+    log: () => log,
     sessionCount: async () => (await processTree()).get(pid)?.length ?? 0,
     killConnections: async () => {
       killAll(await descendants(pid))
