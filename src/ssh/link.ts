@@ -288,6 +288,12 @@ export class Link extends EventEmitter<LinkEvents> {
    */
   async sftp(options: { signal?: AbortSignal; stale?: SFTPWrapper } = {}): Promise<SFTPWrapper> {
     await this.#waitUp(options.signal)
+    if (this.#master !== undefined) {
+      throw new IppTunnelError(
+        'E_REMOTE',
+        `following files on ${this.destination} needs ipp-tunnel's own SSH connection, and this link goes through your OpenSSH master: pass --transport ssh2`,
+      )
+    }
     const chain = this.#chain
     const client = chain?.clients.at(-1)
     if (chain === undefined || client === undefined || chain.dead) throw closedError()
