@@ -17,6 +17,7 @@ import {
 } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { openTunnel, type OpenTunnelOptions, type Tunnel } from '../tunnel/index.js'
+import { refuseUnreachable } from './probe.js'
 import { Session, type ContentFor, type JsonObject, type Message, type RefusalCode } from '../wire/index.js'
 import { SendQueue } from './send-queue.js'
 import { MessageStream } from './stream.js'
@@ -641,6 +642,7 @@ export async function connect(
   const destination = options.ssh ?? destinationOf(info)
   let tunnel: Tunnel | undefined
   if (destination !== undefined) tunnel = await openTunnel(info, { ...tunnelOptions, ssh: destination })
+  else await refuseUnreachable(info, where)
   const target = tunnel?.loopback ?? info
   if (target.kind === 'ipp-engine') throw new Error('unreachable: a tunnel keeps the file kind')
   const connectionOptions = {

@@ -1,0 +1,43 @@
+import { createConnection } from 'node:net'
+
+import { endpoints, type ConnectionInfo, type Endpoint } from '../connection-file/index.js'
+import { IppTunnelError } from '../errors/index.js'
+
+/** How long one probe waits for an answer before leaving the verdict to the ZeroMQ handshake. */
+const PROBE_MS = 2000
+
+/** Resolves 'refused' when the host answers that nothing listens on the port, else 'open' or 'unknown'. */
+function probe(endpoint: Endpoint): Promise<'open' | 'refused' | 'unknown'> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ host: endpoint.host, port: endpoint.port })
+    const done = (verdict: 'open' | 'refused' | 'unknown'): void => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve(verdict)
+    }
+    const timer = setTimeout(() => done('unknown'), PROBE_MS)
+    socket.once('connect', () => done('open'))
+    socket.once('error', (err: NodeJS.ErrnoException) =>
+      done(err.code === 'ECONNREFUSED' ? 'refused' : 'unknown'),
+    )
+  })
+}
+
+/**
+ * Before a direct (untunnelled) connection: a port that is refused outright means the peer is not there, or not
+ * reachable from here without ssh. ZeroMQ would retry such a port silently until the handshake timeout; this says
+ * so at once. Ports that do not answer within a moment are left to the handshake (a firewall that drops).
+ *
+ * @throws IppTunnelError `E_CONNECT` naming the channel, the address and how to reach it through ssh.
+ */
+export async function refuseUnreachable(info: ConnectionInfo, where: string): Promise<void> {
+  const all = endpoints(info)
+  const verdicts = await Promise.all(all.map((e) => probe(e)))
+  const refused = all.filter((_, i) => verdicts[i] === 'refused')
+  const first = refused[0]
+  if (first === undefined) return
+  throw new IppTunnelError(
+    'E_CONNECT',
+    `${where}: nothing listens at ${first.host}:${first.port} (channel ${first.channel}${refused.length > 1 ? ` and ${String(refused.length - 1)} more` : ''}); if the controller or kernel runs on another host, reach it through ssh: --ssh user@host (or set the file's "ssh" field)`,
+  )
+}
