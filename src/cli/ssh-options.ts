@@ -6,7 +6,14 @@ import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
 import { formatHostKeyNote } from '../ssh/index.js'
-import type { HostKeyNote, HostKeyPolicy, LinkOptions, PassphraseProvider, SshOptions } from '../ssh/index.js'
+import type {
+  HostKeyNote,
+  HostKeyPolicy,
+  LinkOptions,
+  PassphraseProvider,
+  PromptProvider,
+  SshOptions,
+} from '../ssh/index.js'
 import type { Output } from './output.js'
 
 /** The ssh flags every tunnel-opening command takes. */
@@ -48,7 +55,10 @@ export function withSshOptions<T>(yargs: Argv<T>) {
  *
  * @throws IppTunnelError `E_USAGE` when `--passphrase-file` cannot be read: checked now, before any connection.
  */
-export function sshOptionsFrom(args: SshArgs, output?: Output): SshOptions & Pick<LinkOptions, 'onHostKey'> {
+export function sshOptionsFrom(
+  args: SshArgs,
+  output?: Output,
+): SshOptions & Pick<LinkOptions, 'onHostKey' | 'prompt'> {
   return {
     ...(args.ssh !== undefined && { ssh: args.ssh }),
     ...(args.identity !== undefined && { identity: args.identity }),
@@ -56,6 +66,7 @@ export function sshOptionsFrom(args: SshArgs, output?: Output): SshOptions & Pic
     ...(args['ssh-config'] !== undefined && { configFile: args['ssh-config'] }),
     ...(args['host-key-check'] !== undefined && { hostKeyCheck: args['host-key-check'] }),
     passphrase: passphraseProvider(args['passphrase-file']),
+    prompt: terminalPrompts,
     ...(output !== undefined && { onHostKey: hostKeyPrinter(output) }),
   }
 }
@@ -99,8 +110,49 @@ function passphraseProvider(file: string | undefined): PassphraseProvider {
     process.stdin.isTTY ? askHidden(`Passphrase for ${keyPath}: `) : Promise.resolve(undefined)
 }
 
+/** One question on the terminal at a time: links to several hosts may ask at once. */
+let terminalQueue: Promise<unknown> = Promise.resolve()
+
+/**
+ * Answers a server's keyboard-interactive or password prompts on the terminal, as ssh(1) does: its name and
+ * instructions shown as sent, each prompt read without echo unless the server allows echo. Without a terminal it
+ * answers nothing at once (the login then fails with `E_AUTH_PROMPT`, quoting the prompt).
+ */
+export const terminalPrompts: PromptProvider = (request) => {
+  if (process.stdin.isTTY !== true) return Promise.resolve(undefined)
+  const run = async (): Promise<readonly string[] | undefined> => {
+    if (request.name !== '') process.stderr.write(`${request.name}\n`)
+    if (request.instructions !== '') process.stderr.write(`${request.instructions.replace(/\n?$/u, '\n')}`)
+    const answers: string[] = []
+    for (const p of request.prompts) {
+      const answer = p.echo ? await askVisible(p.prompt) : await askHidden(p.prompt)
+      if (answer === undefined) return undefined
+      answers.push(answer)
+    }
+    return answers
+  }
+  const asked = terminalQueue.then(run, run)
+  terminalQueue = asked
+  return asked
+}
+
+/** Prompts on the terminal, showing what is typed. */
+export function askVisible(prompt: string): Promise<string | undefined> {
+  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: true })
+  return new Promise((resolve) => {
+    rl.question(prompt, (answer) => {
+      rl.close()
+      resolve(answer)
+    })
+    rl.on('SIGINT', () => {
+      rl.close()
+      resolve(undefined)
+    })
+  })
+}
+
 /** Prompts on the terminal without echoing what is typed. */
-function askHidden(prompt: string): Promise<string | undefined> {
+export function askHidden(prompt: string): Promise<string | undefined> {
   let muted = false
   const sink = new Writable({
     write(chunk: Buffer, _encoding, callback) {

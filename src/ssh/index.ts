@@ -27,7 +27,14 @@ export {
   type HostKeyNote,
 } from './known-hosts.js'
 export { resolveTarget } from './resolve.js'
-export { HopAuth, type AuthAttempt, type AuthOptions } from './auth.js'
+export { HopAuth, methodOrder, type AuthAttempt, type AuthOptions } from './auth.js'
+export {
+  quotePrompts,
+  type LoginGate,
+  type Prompt,
+  type PromptProvider,
+  type PromptRequest,
+} from './prompts.js'
 export {
   Link,
   type BackoffOptions,

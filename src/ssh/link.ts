@@ -6,6 +6,7 @@ import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { HopAuth, type AuthAttempt } from './auth.js'
 import { connectFailureReason } from './connect-error.js'
 import { checkHostKey, type HostKeyNote } from './known-hosts.js'
+import type { LoginGate, PromptProvider } from './prompts.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
 
 type Client = InstanceType<typeof ssh2.Client>
@@ -30,6 +31,13 @@ export interface LinkOptions {
   /** Told when a host key is recorded (accept-new) or let through unchecked (off); also the `hostkey` event. */
   readonly onHostKey?: (note: HostKeyNote) => void
   readonly passphrase?: PassphraseProvider
+  /** Answers keyboard-interactive and password prompts; without it those methods are not tried. */
+  readonly prompt?: PromptProvider
+  /**
+   * For a process no one watches (the service): when a login needs an answer no one gave (`E_AUTH_PROMPT`), or
+   * answers given were refused, the link waits in `login.wait()` instead of failing, and tries again after it.
+   */
+  readonly login?: LoginGate
   /** ssh-agent socket; default `$SSH_AUTH_SOCK`; `false`: no agent. */
   readonly agent?: string | false
   /** Environment for `SSH_AUTH_SOCK`; default `process.env`. */
@@ -76,6 +84,7 @@ const fatalCodes: ReadonlySet<string> = new Set([
   'E_HOSTKEY_MISMATCH',
   'E_HOSTKEY_REVOKED',
   'E_AUTH',
+  'E_AUTH_PROMPT',
   'E_PASSPHRASE',
   'E_IDENTITY',
   'E_FORWARD_DENIED',
@@ -154,7 +163,9 @@ export class Link extends EventEmitter<LinkEvents> {
     const authOptions = {
       ...(options.agent !== undefined ? { agent: options.agent } : {}),
       ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
+      ...(options.prompt !== undefined ? { prompt: options.prompt } : {}),
       ...(options.env !== undefined ? { env: options.env } : {}),
+      destination: this.destination,
     }
     this.#auth = target.hops.map((hop) => new HopAuth(hop, authOptions))
   }
@@ -200,7 +211,7 @@ export class Link extends EventEmitter<LinkEvents> {
     this.#failure = undefined
     this.#setState('connecting')
     const signal = options.signal ? AbortSignal.any([options.signal, this.#abort.signal]) : this.#abort.signal
-    this.#connecting = this.#openChain(signal).then(
+    this.#connecting = this.#openWithLogin(signal).then(
       (chain) => {
         this.#connecting = undefined
         this.#adopt(chain)
@@ -370,7 +381,7 @@ export class Link extends EventEmitter<LinkEvents> {
       this.emit('reconnecting', { attempt, delayMs, error: lastError })
       if (!(await sleep(delayMs, this.#abort.signal))) return
       try {
-        const chain = await this.#openChain(this.#abort.signal)
+        const chain = await this.#openWithLogin(this.#abort.signal)
         if (this.#state !== 'reconnecting') {
           void endChain(chain)
           return
@@ -511,6 +522,29 @@ export class Link extends EventEmitter<LinkEvents> {
     )
   }
 
+  /**
+   * {@link Link.#openChain}, and with a `login` gate: when the login needs an answer nobody gave (or answers were
+   * refused), waits for someone to log in and tries again, telling the gate how each such try ended.
+   */
+  async #openWithLogin(signal: AbortSignal): Promise<Chain> {
+    const gate = this.#options.login
+    let waited = false
+    for (;;) {
+      try {
+        const chain = await this.#openChain(signal)
+        if (waited) gate?.settled(this.destination, undefined)
+        return chain
+      } catch (err) {
+        const needsLogin =
+          isIppTunnelError(err) && (err.code === 'E_AUTH_PROMPT' || promptedFailures.has(err))
+        if (waited && isIppTunnelError(err)) gate?.settled(this.destination, err)
+        if (gate === undefined || !needsLogin || signal.aborted) throw err
+        await gate.wait(this.destination, signal)
+        waited = true
+      }
+    }
+  }
+
   /** Connects every hop in turn, each through a channel of the one before. */
   async #openChain(signal: AbortSignal): Promise<Chain> {
     const chain: Chain = { clients: [], dead: false }
@@ -624,7 +658,9 @@ export class Link extends EventEmitter<LinkEvents> {
           return
         }
         if (lastError?.level === 'client-authentication') {
-          reject(auth.failure())
+          const failure = auth.failure()
+          if (auth.prompted) promptedFailures.add(failure)
+          reject(failure)
           return
         }
         const cause = socketError ?? lastError
@@ -672,6 +708,9 @@ export class Link extends EventEmitter<LinkEvents> {
     })
   }
 }
+
+/** Authentication failures of attempts that asked someone: with a login gate, the link asks again. */
+const promptedFailures = new WeakSet<IppTunnelError>()
 
 /** Clients whose connection has closed (ssh2 emits `close` once; `endChain` must not wait for it again). */
 const closedClients = new WeakSet<Client>()

@@ -118,6 +118,9 @@ export async function resolveTarget(dest: string, opts: ResolveOptions = {}): Pr
         ...(s.connectTimeout === undefined ? {} : { connectTimeoutMs: s.connectTimeout * 1000 }),
         ...(s.serverAliveInterval === undefined ? {} : { keepaliveIntervalMs: s.serverAliveInterval * 1000 }),
         ...(s.serverAliveCountMax === undefined ? {} : { keepaliveCountMax: s.serverAliveCountMax }),
+        ...(s.preferredAuthentications === undefined
+          ? {}
+          : { preferredAuthentications: s.preferredAuthentications }),
       },
       jumps: s.proxyJump ?? [],
     }

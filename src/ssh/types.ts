@@ -32,6 +32,8 @@ export interface ResolvedHop {
   readonly keepaliveIntervalMs?: number
   /** Unanswered keepalives before the hop counts as dead (`ServerAliveCountMax`). */
   readonly keepaliveCountMax?: number
+  /** `PreferredAuthentications`: the methods to try, in order; default OpenSSH's order. */
+  readonly preferredAuthentications?: readonly string[]
 }
 
 /** The full route to a destination: `hops.at(-1)` is the server that forwards, the rest are jumps. */
