@@ -6,6 +6,7 @@ import type { Argv } from 'yargs'
 import { IppTunnelError } from '../errors/index.js'
 import type { ForwardInfo } from '../tunnel/index.js'
 import { profileSecurityDir, runtimeDir, statusSocketPath, TunnelService } from '../service/index.js'
+import { quotePrompts } from '../ssh/index.js'
 import { EXIT, Output } from './output.js'
 import { untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
@@ -112,6 +113,8 @@ async function watch(args: WatchArgs): Promise<number> {
       const message = String(e.message)
       return `error: ${message.includes(file) ? message : `${file}: ${message}`}`
     })
+    .format('auth-needed', (e) => String(e.message))
+    .format('logged-in', (e) => `logged in to ${String(e.destination)}; its link is up`)
     .format('watching', (e) => {
       const dirs = (e.dirs as string[]).join(', ')
       return `watching ${dirs}; ipp-tunnel status asks ${String(e.socket)}`
@@ -151,6 +154,19 @@ async function watch(args: WatchArgs): Promise<number> {
       output.emit({ event: 'error', file: e.file, code: e.code, message: e.message }),
     )
     service.on('link:reconnecting', (e) => output.emit({ event: 'reconnecting', ...e }))
+    service.on('auth-needed', (e) =>
+      output.emit({
+        event: 'auth-needed',
+        destination: e.destination,
+        host: e.host,
+        ...(e.method !== undefined && { method: e.method }),
+        name: e.name,
+        instructions: e.instructions,
+        prompts: e.prompts,
+        message: `${e.destination} needs a login${e.prompts.length > 0 ? ` (it asks ${quotePrompts(e)})` : ''}; its tunnels wait, the rest keeps running. Answer in a terminal with: ipp-tunnel login ${e.destination}`,
+      }),
+    )
+    service.on('logged-in', (e) => output.emit({ event: 'logged-in', destination: e.destination }))
     service.on('link:reconnected', (e) =>
       output.emit({ event: 'reconnected', ...e, downMs: Math.round(e.downMs) }),
     )
