@@ -39,7 +39,7 @@ async function login(args: LoginArgs): Promise<number> {
     .format('logged-in', (e) => `logged in to ${String(e.destination)}`)
     .format('refused', (e) => `${String(e.destination)}: ${String(e.message)}`)
   try {
-    if (process.stdin.isTTY !== true) {
+    if (!process.stdin.isTTY) {
       throw new IppTunnelError(
         'E_USAGE',
         'ipp-tunnel login reads answers on a terminal; run it in one (its input is not a terminal)',

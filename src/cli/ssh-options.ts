@@ -119,10 +119,10 @@ let terminalQueue: Promise<unknown> = Promise.resolve()
  * answers nothing at once (the login then fails with `E_AUTH_PROMPT`, quoting the prompt).
  */
 export const terminalPrompts: PromptProvider = (request) => {
-  if (process.stdin.isTTY !== true) return Promise.resolve(undefined)
+  if (!process.stdin.isTTY) return Promise.resolve(undefined)
   const run = async (): Promise<readonly string[] | undefined> => {
     if (request.name !== '') process.stderr.write(`${request.name}\n`)
-    if (request.instructions !== '') process.stderr.write(`${request.instructions.replace(/\n?$/u, '\n')}`)
+    if (request.instructions !== '') process.stderr.write(request.instructions.replace(/\n?$/u, '\n'))
     const answers: string[] = []
     for (const p of request.prompts) {
       const answer = p.echo ? await askVisible(p.prompt) : await askHidden(p.prompt)

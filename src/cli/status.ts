@@ -130,9 +130,13 @@ export function renderReport(report: StatusReport, options: { width?: number } =
   ]
   const logins = report.logins ?? []
   for (const p of logins) {
-    const asks = p.prompts.length > 0 ? `, asks ${p.prompts.map((q) => JSON.stringify(q.prompt)).join(', ')}` : ''
+    const asks =
+      p.prompts.length > 0 ? `, asks ${p.prompts.map((q) => JSON.stringify(q.prompt)).join(', ')}` : ''
     lines.push(
-      fit(`waiting for login: ${p.destination}${asks} (since ${p.since}); answer with: ipp-tunnel login ${p.destination}`, width),
+      fit(
+        `waiting for login: ${p.destination}${asks} (since ${p.since}); answer with: ipp-tunnel login ${p.destination}`,
+        width,
+      ),
     )
   }
   const waiting = new Set(logins.map((p) => p.destination))

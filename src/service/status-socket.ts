@@ -24,7 +24,8 @@ export interface StatusReport {
  * The first line a client sends: `{"op":"status"}` or `{"op":"login","destination":…}`. A client that sends
  * nothing and half-closes gets the status, as before there were requests.
  */
-export type SocketRequest = { readonly op: 'status' } | { readonly op: 'login'; readonly destination?: string }
+export type SocketRequest =
+  { readonly op: 'status' } | { readonly op: 'login'; readonly destination?: string }
 
 /** Takes a `login` client over: the socket, what it asked for, and what it sent after its request line. */
 export type LoginHandler = (socket: Socket, destination: string | undefined, rest: string) => void
@@ -56,11 +57,7 @@ export class StatusServer {
     this.#server = server
   }
 
-  static async listen(
-    path: string,
-    report: () => StatusReport,
-    login?: LoginHandler,
-  ): Promise<StatusServer> {
+  static async listen(path: string, report: () => StatusReport, login?: LoginHandler): Promise<StatusServer> {
     await ensurePrivateDir(dirname(path), {
       what: 'runtime directory',
       alternative: 'set IPP_TUNNEL_RUNTIME_DIR',

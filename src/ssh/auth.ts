@@ -182,7 +182,7 @@ export class HopAuth {
     /** The last request answered (the server then refused, or asked again). */
     let answered: PromptRequest | undefined
     let refusals = 0
-    let partial: string[] = []
+    const partial: string[] = []
     let serverMethods: readonly string[] | null = null
 
     const open = async (c: Extract<Candidate, { kind: 'key' }>): Promise<ParsedKey | undefined> => {
@@ -282,7 +282,9 @@ export class HopAuth {
         if (provider === undefined || tries[method] >= MAX_TRIES) continue
         tries[method]++
         if (method === 'password') {
-          const asked = request('password', '', '', [{ prompt: `${hop.username}@${hop.host}'s password: `, echo: false }])
+          const asked = request('password', '', '', [
+            { prompt: `${hop.username}@${hop.host}'s password: `, echo: false },
+          ])
           const answers = await ask(asked)
           if (answers === undefined) {
             unanswered = asked
@@ -318,9 +320,11 @@ export class HopAuth {
     }
 
     let lastMethod: string | undefined
-    const authHandler: AuthHandlerMiddleware = (methodsLeft, partialSuccess, next) => {
+    const authHandler: AuthHandlerMiddleware = (left, partialSuccess, next) => {
+      // ssh2 passes null (not in its typings) before the server has said which methods it takes
+      const methodsLeft = left as readonly string[] | null
       if (methodsLeft !== null) {
-        if (partialSuccess === true && lastMethod !== undefined) partial.push(lastMethod)
+        if (partialSuccess && lastMethod !== undefined) partial.push(lastMethod)
         else if (lastMethod !== undefined && INTERACTIVE.has(lastMethod) && answered !== undefined) refusals++
         serverMethods = methodsLeft
       }
@@ -341,7 +345,8 @@ export class HopAuth {
         return prompted
       },
       failure: () => {
-        const accepted = partial.length > 0 ? `; it accepted ${[...new Set(partial)].join(', ')} but wants more` : ''
+        const accepted =
+          partial.length > 0 ? `; it accepted ${[...new Set(partial)].join(', ')} but wants more` : ''
         if (unanswered !== undefined) {
           const asks = unanswered.method === 'password' ? 'a password' : quotePrompts(unanswered)
           const named = unanswered.name !== '' ? ` (${unanswered.name})` : ''
@@ -351,14 +356,17 @@ export class HopAuth {
           )
         }
         if (answered !== undefined && (refusals > 0 || lastMethod === answered.method)) {
-          const asks = answered.method === 'password' ? 'the password' : `the answers to ${quotePrompts(answered)}`
+          const asks =
+            answered.method === 'password' ? 'the password' : `the answers to ${quotePrompts(answered)}`
           return new IppTunnelError(
             'E_AUTH',
             `${where} refused ${asks} (${answered.method})${accepted}; check what you typed (a one-time code is good once, within its time window)`,
           )
         }
         const offers =
-          serverMethods !== null && serverMethods.length > 0 ? ` (the server offers: ${serverMethods.join(', ')})` : ''
+          serverMethods !== null && serverMethods.length > 0
+            ? ` (the server offers: ${serverMethods.join(', ')})`
+            : ''
         if (wrong.length > 0) {
           return new IppTunnelError(
             'E_PASSPHRASE',

@@ -30,7 +30,10 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
   before(async () => {
     otp = await setUpOtpPam()
     ;[both, either] = await Promise.all([
-      startSshd({ pamService: otp.service, extraConfig: 'AuthenticationMethods publickey,keyboard-interactive' }),
+      startSshd({
+        pamService: otp.service,
+        extraConfig: 'AuthenticationMethods publickey,keyboard-interactive',
+      }),
       startSshd({ pamService: otp.service }),
     ])
     dir = await mkdtemp(join(tmpdir(), 'ippt-otp-test-'))
@@ -45,7 +48,13 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
       const address = server.address()
       ports[name] = typeof address === 'object' && address !== null ? address.port : 0
     }
-    const kernel = { ...ports, ip: '127.0.0.1', key: 'a0b1c2d3', transport: 'tcp', signature_scheme: 'hmac-sha256' }
+    const kernel = {
+      ...ports,
+      ip: '127.0.0.1',
+      key: 'a0b1c2d3',
+      transport: 'tcp',
+      signature_scheme: 'hmac-sha256',
+    }
     await writeFile(file, JSON.stringify(kernel), { mode: 0o600 })
   })
   after(async () => {
@@ -69,9 +78,11 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
     t.after(() => link.close())
     await link.connect()
     assert.equal(asked.length, 1)
-    assert.deepEqual(asked[0]?.prompts, [{ prompt: otp.prompt, echo: false }])
-    assert.equal(asked[0]?.method, 'keyboard-interactive')
-    assert.equal(asked[0]?.destination, link.destination)
+    const [first] = asked
+    assert.ok(first)
+    assert.deepEqual(first.prompts, [{ prompt: otp.prompt, echo: false }])
+    assert.equal(first.method, 'keyboard-interactive')
+    assert.equal(first.destination, link.destination)
 
     // a drop: the key is tried first again, then the code is asked once more (the server wants both)
     const reconnected = new Promise((resolve) => link.once('reconnected', resolve))
@@ -135,8 +146,21 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
     const code = await otp.code(await otp.counter())
     const out = join(dir, 'up-tty.json')
     const result = await runOnPty(
-      [process.execPath, CLI, 'up', file, '--ssh', `root@${both.host}:${both.port}`, '--out', out, ...sshArgsOf(both)],
-      [{ expect: escape(otp.prompt), send: code }, { expect: escape(out), signal: 'INT' }],
+      [
+        process.execPath,
+        CLI,
+        'up',
+        file,
+        '--ssh',
+        `root@${both.host}:${both.port}`,
+        '--out',
+        out,
+        ...sshArgsOf(both),
+      ],
+      [
+        { expect: escape(otp.prompt), send: code },
+        { expect: escape(out), signal: 'INT' },
+      ],
       { SSH_AUTH_SOCK: '' },
     )
     assert.equal(result.timedOut, false, result.output)
@@ -148,7 +172,16 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
 
   test('up without a terminal fails at once with E_AUTH_PROMPT quoting the prompt', async () => {
     const result = await runCli(
-      ['up', file, '--json', '--ssh', `root@${both.host}:${both.port}`, '--out', join(dir, 'up-no-tty.json'), ...sshArgsOf(both)],
+      [
+        'up',
+        file,
+        '--json',
+        '--ssh',
+        `root@${both.host}:${both.port}`,
+        '--out',
+        join(dir, 'up-no-tty.json'),
+        ...sshArgsOf(both),
+      ],
       { SSH_AUTH_SOCK: '' },
     )
     assert.equal(result.code, 1, result.stderr)
@@ -195,13 +228,19 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
     }
     await login()
     await events.next('ready')
-    assert.ok(!JSON.stringify(events.events).includes(await otp.code((await otp.counter()) - 1)), 'no code in events')
+    assert.ok(
+      !JSON.stringify(events.events).includes(await otp.code((await otp.counter()) - 1)),
+      'no code in events',
+    )
 
     // the link drops: the key alone does not do, so the service asks again — once — and its tunnel waits
     await both.killConnections()
     await events.waitNew((e) => e.event === 'auth-needed')
     const again = await runCli(['status', '--json'], env)
-    const report = JSON.parse(again.stdout) as { logins: { destination: string }[]; files: { link: string }[] }
+    const report = JSON.parse(again.stdout) as {
+      logins: { destination: string }[]
+      files: { link: string }[]
+    }
     assert.equal(report.logins.length, 1)
     assert.equal(report.files[0]?.link, 'reconnecting')
     await login()
