@@ -137,7 +137,10 @@ export class HopAuth {
       }
     }
     const nothing = this.#nothingToOffer(methods.includes('publickey') ? candidates : [])
-    if (nothing !== undefined && !canAsk) throw nothing
+    // only public keys given (`-i id_ed25519.pub`): a mistake to report before connecting, prompts or not
+    const onlyPublic =
+      candidates.length > 0 && candidates.every((c) => c.kind === 'key' && isPublicKey(c.data))
+    if (nothing !== undefined && (!canAsk || onlyPublic)) throw nothing
     return this.#attempt(methods.includes('publickey') ? candidates : [], methods, nothing)
   }
 
