@@ -24,6 +24,7 @@ export interface SshArgs {
   readonly 'host-key-check'?: HostKeyPolicy | undefined
   readonly 'passphrase-file'?: string | undefined
   readonly 'ssh-config'?: string | undefined
+  readonly verbose?: number | undefined
 }
 
 /** Adds the shared ssh flags to a command. */
@@ -47,6 +48,12 @@ export function withSshOptions<T>(yargs: Argv<T>) {
     })
     .option('passphrase-file', { type: 'string', describe: 'file whose first line unlocks an encrypted key' })
     .option('ssh-config', { type: 'string', describe: 'ssh client config (default ~/.ssh/config)' })
+    .option('verbose', {
+      alias: 'v',
+      type: 'count',
+      describe:
+        'say, per ssh hop, the settings used, what the server offers, each login attempt and its result, the host-key check (never a secret)',
+    })
 }
 
 /**
@@ -58,7 +65,7 @@ export function withSshOptions<T>(yargs: Argv<T>) {
 export function sshOptionsFrom(
   args: SshArgs,
   output?: Output,
-): SshOptions & Pick<LinkOptions, 'onHostKey' | 'prompt'> {
+): SshOptions & Pick<LinkOptions, 'onHostKey' | 'prompt' | 'verbose'> {
   return {
     ...(args.ssh !== undefined && { ssh: args.ssh }),
     ...(args.identity !== undefined && { identity: args.identity }),
@@ -67,8 +74,15 @@ export function sshOptionsFrom(
     ...(args['host-key-check'] !== undefined && { hostKeyCheck: args['host-key-check'] }),
     passphrase: passphraseProvider(args['passphrase-file']),
     prompt: terminalPrompts,
+    ...(output !== undefined && (args.verbose ?? 0) > 0 && { verbose: verbosePrinter(output) }),
     ...(output !== undefined && { onHostKey: hostKeyPrinter(output) }),
   }
+}
+
+/** Prints `--verbose` lines as `verbose` events (human: `ssh: …` on stderr). */
+function verbosePrinter(output: Output): (message: string) => void {
+  output.format('verbose', (e) => `ssh: ${String(e.message)}`)
+  return (message) => output.emit({ event: 'verbose', message })
 }
 
 /** Prints each host-key note as one `hostkey` event (`kind`: recorded, mismatch-ignored, unchecked). */

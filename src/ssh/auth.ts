@@ -14,6 +14,8 @@ export interface AuthOptions {
   readonly prompt?: PromptProvider
   /** The link's destination, put in every {@link PromptRequest}; default this hop's `user@host:port`. */
   readonly destination?: string
+  /** Told, as lines of text, what the server offers and each attempt with its result (never a secret). */
+  readonly verbose?: (message: string) => void
   /** Environment to read `SSH_AUTH_SOCK` from; default `process.env`. */
   readonly env?: Readonly<Record<string, string | undefined>>
 }
@@ -307,6 +309,7 @@ export class HopAuth {
               instructions,
               prompts.map((p) => ({ prompt: p.prompt, echo: p.echo === true })),
             )
+            this.#options.verbose?.(`${where}: keyboard-interactive asks ${quotePrompts(asked)}`)
             void ask(asked).then((answers) => {
               if (answers === undefined) {
                 unanswered = asked
@@ -326,6 +329,14 @@ export class HopAuth {
     const authHandler: AuthHandlerMiddleware = (left, partialSuccess, next) => {
       // ssh2 passes null (not in its typings) before the server has said which methods it takes
       const methodsLeft = left as readonly string[] | null
+      const say = this.#options.verbose
+      if (say !== undefined && methodsLeft !== null) {
+        const judged =
+          lastMethod === undefined
+            ? ''
+            : `${lastMethod} ${partialSuccess ? 'accepted, more wanted' : 'refused'}; `
+        say(`${where}: ${judged}the server accepts ${methodsLeft.join(', ') || 'nothing more'}`)
+      }
       if (methodsLeft !== null) {
         if (partialSuccess && lastMethod !== undefined) partial.push(lastMethod)
         else if (lastMethod !== undefined && INTERACTIVE.has(lastMethod) && answered !== undefined) refusals++
@@ -335,6 +346,17 @@ export class HopAuth {
       void nextMethod(allowed, next).then((method) => {
         if (method === 'stopped') return
         lastMethod = method === false ? undefined : method.type === 'agent' ? 'publickey' : method.type
+        if (say !== undefined) {
+          const what =
+            method === false
+              ? 'nothing left to try'
+              : method.type === 'agent'
+                ? `trying publickey: ssh-agent ${tried.at(-1) ?? ''}`
+                : method.type === 'publickey'
+                  ? `trying publickey: ${tried.at(-1) ?? ''}`
+                  : `trying ${method.type}`
+          say(`${where}: ${what}`)
+        }
         next(method as AnyAuthMethod)
       })
     }

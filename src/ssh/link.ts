@@ -5,7 +5,7 @@ import type { ClientChannel } from 'ssh2'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { HopAuth, type AuthAttempt } from './auth.js'
 import { connectFailureReason } from './connect-error.js'
-import { checkHostKey, type HostKeyNote } from './known-hosts.js'
+import { checkHostKey, fingerprintSha256, type HostKeyNote } from './known-hosts.js'
 import type { LoginGate, PromptProvider } from './prompts.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
 
@@ -38,6 +38,11 @@ export interface LinkOptions {
    * answers given were refused, the link waits in `login.wait()` instead of failing, and tries again after it.
    */
   readonly login?: LoginGate
+  /**
+   * `--verbose`: told, per hop, the resolved settings, what the server offers, each login attempt and its result,
+   * and the host-key check; never a key, passphrase or answer.
+   */
+  readonly verbose?: (message: string) => void
   /** ssh-agent socket; default `$SSH_AUTH_SOCK`; `false`: no agent. */
   readonly agent?: string | false
   /** Environment for `SSH_AUTH_SOCK`; default `process.env`. */
@@ -164,6 +169,7 @@ export class Link extends EventEmitter<LinkEvents> {
       ...(options.agent !== undefined ? { agent: options.agent } : {}),
       ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
       ...(options.prompt !== undefined ? { prompt: options.prompt } : {}),
+      ...(options.verbose !== undefined ? { verbose: options.verbose } : {}),
       ...(options.env !== undefined ? { env: options.env } : {}),
       destination: this.destination,
     }
@@ -674,6 +680,11 @@ export class Link extends EventEmitter<LinkEvents> {
       const files = hop.knownHostsFiles
       const policy = this.#options.hostKeyCheck ?? hop.hostKeyPolicy ?? 'strict'
       const policyFrom = this.#options.hostKeyCheck === undefined ? hop.hostKeyPolicyFrom : undefined
+      const say = this.#options.verbose
+      say?.(
+        `${where}: connecting${sock !== undefined ? ' through the jump host before it' : ''}; identity files ${hop.identityFiles.join(', ') || 'none'}${hop.identitiesOnly ? ' (only these)' : ''}; known_hosts ${files.join(', ') || 'none'}, policy ${policy}; methods ${(hop.preferredAuthentications ?? ['default']).join(',')}; keepalive ${keepaliveMs / 1000} s x ${keepaliveMax}`,
+      )
+      if (say !== undefined) client.once('ready', () => say(`${where}: authenticated`))
       client.connect({
         host: hop.host,
         port: hop.port,
@@ -687,7 +698,10 @@ export class Link extends EventEmitter<LinkEvents> {
           const note = (n: HostKeyNote): void => this.#noteHostKey(n)
           const from = policyFrom === undefined ? {} : { policyFrom }
           checkHostKey({ files, host: hop.host, port: hop.port, key, policy, note, ...from }).then(
-            () => verify(true),
+            () => {
+              say?.(`${where}: host key ${fingerprintSha256(key)} accepted (policy ${policy})`)
+              verify(true)
+            },
             (err: unknown) => {
               fatal = isIppTunnelError(err)
                 ? err

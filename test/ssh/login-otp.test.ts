@@ -170,12 +170,13 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
     assert.equal(result.code, 0, result.output)
   })
 
-  test('up without a terminal fails at once with E_AUTH_PROMPT quoting the prompt', async () => {
+  test('up without a terminal fails at once with E_AUTH_PROMPT quoting the prompt; -v says what happened', async () => {
     const result = await runCli(
       [
         'up',
         file,
         '--json',
+        '-v',
         '--ssh',
         `root@${both.host}:${both.port}`,
         '--out',
@@ -185,10 +186,25 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
       { SSH_AUTH_SOCK: '' },
     )
     assert.equal(result.code, 1, result.stderr)
-    const last = JSON.parse(result.stdout.trim().split('\n').at(-1) ?? '{}') as Record<string, unknown>
+    const events = result.stdout
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as Record<string, unknown>)
+    const last = events.at(-1) ?? {}
     assert.equal(last.code, 'E_AUTH_PROMPT')
     assert.ok(String(last.message).includes(JSON.stringify(otp.prompt)), String(last.message))
     assert.match(String(last.message), /ipp-tunnel login/u)
+    const verbose = events.filter((e) => e.event === 'verbose').map((e) => String(e.message))
+    const said = verbose.join('\n')
+    for (const expected of [
+      /connecting; identity files /u,
+      /host key SHA256:\S+ accepted/u,
+      /trying publickey: /u,
+      /publickey accepted, more wanted; the server accepts keyboard-interactive/u,
+      /keyboard-interactive asks "One-time password/u,
+    ]) {
+      assert.match(said, expected)
+    }
   })
 
   test('watch without a terminal waits for `ipp-tunnel login` on one; after a drop it says so once', async (t) => {
