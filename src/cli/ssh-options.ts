@@ -121,11 +121,19 @@ function passphraseProvider(file: string | undefined): PassphraseProvider {
     return () => Promise.resolve(passphrase)
   }
   return (keyPath) =>
-    process.stdin.isTTY ? askHidden(`Passphrase for ${keyPath}: `) : Promise.resolve(undefined)
+    process.stdin.isTTY
+      ? onTerminal(() => askHidden(`Passphrase for ${keyPath}: `))
+      : Promise.resolve(undefined)
 }
 
 /** One question on the terminal at a time: links to several hosts may ask at once. */
 let terminalQueue: Promise<unknown> = Promise.resolve()
+
+function onTerminal<T>(task: () => Promise<T>): Promise<T> {
+  const asked = terminalQueue.then(task, task)
+  terminalQueue = asked
+  return asked
+}
 
 /**
  * Answers a server's keyboard-interactive or password prompts on the terminal, as ssh(1) does: its name and
@@ -145,9 +153,7 @@ export const terminalPrompts: PromptProvider = (request) => {
     }
     return answers
   }
-  const asked = terminalQueue.then(run, run)
-  terminalQueue = asked
-  return asked
+  return onTerminal(run)
 }
 
 /** Prompts on the terminal, showing what is typed. */
