@@ -534,19 +534,17 @@ export class Link extends EventEmitter<LinkEvents> {
    */
   async #openWithLogin(signal: AbortSignal): Promise<Chain> {
     const gate = this.#options.login
-    let waited = false
     for (;;) {
       try {
         const chain = await this.#openChain(signal)
-        if (waited) gate?.settled(this.destination, undefined)
+        gate?.settled(this.destination, undefined)
         return chain
       } catch (err) {
         const needsLogin =
           isIppTunnelError(err) && (err.code === 'E_AUTH_PROMPT' || promptedFailures.has(err))
-        if (waited && isIppTunnelError(err)) gate?.settled(this.destination, err)
+        if (isIppTunnelError(err) && !signal.aborted) gate?.settled(this.destination, err)
         if (gate === undefined || !needsLogin || signal.aborted) throw err
         await gate.wait(this.destination, signal)
-        waited = true
       }
     }
   }

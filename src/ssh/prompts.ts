@@ -36,7 +36,7 @@ export type PromptProvider = (request: PromptRequest) => Promise<readonly string
 export interface LoginGate {
   /** Resolves when someone is ready to answer prompts for `destination`; rejects when `signal` aborts. */
   wait(destination: string, signal: AbortSignal): Promise<void>
-  /** Told how the attempt that followed a `wait()` ended: undefined when the link is up. */
+  /** Told how each attempt ended (undefined: the link is up), so that whoever answered hears the result. */
   settled(destination: string, error: IppTunnelError | undefined): void
 }
 
