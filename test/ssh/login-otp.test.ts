@@ -111,6 +111,19 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
     assert.equal(asked.length, 1)
   })
 
+  test('behind a ProxyJump: the jump host by key, the destination by key and code', async (t) => {
+    const asked: PromptRequest[] = []
+    const link = new Link(
+      { hops: [hopOf(either, { preferredAuthentications: ['publickey'] }), hopOf(both)] },
+      { agent: false, prompt: answering(asked) },
+    )
+    t.after(() => link.close())
+    await link.connect()
+    assert.equal(asked.length, 1)
+    assert.equal(asked[0]?.host, `root@${both.host}:${both.port}`)
+    assert.equal(asked[0]?.destination, link.destination)
+  })
+
   test('nobody to answer: E_AUTH_PROMPT at once, quoting the prompt; a wrong code: E_AUTH', async (t) => {
     let calls = 0
     const silent = new Link(
