@@ -119,9 +119,11 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
     )
     t.after(() => link.close())
     await link.connect()
+    const [first] = asked
+    assert.ok(first)
     assert.equal(asked.length, 1)
-    assert.equal(asked[0]?.host, `root@${both.host}:${both.port}`)
-    assert.equal(asked[0]?.destination, link.destination)
+    assert.equal(first.host, `root@${both.host}:${both.port}`)
+    assert.equal(first.destination, link.destination)
   })
 
   test('nobody to answer: E_AUTH_PROMPT at once, quoting the prompt; a wrong code: E_AUTH', async (t) => {
