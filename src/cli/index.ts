@@ -10,9 +10,20 @@ import { registerStatus } from './status.js'
 import { registerWatch } from './watch.js'
 import { registerPing } from './ping.js'
 import { registerPx } from './px.js'
+import { registerLogin } from './login.js'
 
 /** The commands, for "unknown command" and its suggestion. */
-const COMMANDS = ['up', 'exec', 'watch', 'status', 'install-service', 'engines', 'ping', 'px'] as const
+const COMMANDS = [
+  'up',
+  'exec',
+  'watch',
+  'status',
+  'login',
+  'install-service',
+  'engines',
+  'ping',
+  'px',
+] as const
 
 /** Edit distance, for suggesting the command a typo meant. */
 function distance(a: string, b: string): number {
@@ -80,6 +91,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   cli = registerExec(cli, run)
   cli = registerWatch(cli, run)
   cli = registerStatus(cli, run)
+  cli = registerLogin(cli, run)
   cli = registerInstallService(cli, run)
   cli = registerEngines(cli, run)
   cli = registerPing(cli, run)

@@ -6,7 +6,14 @@ import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
 import { formatHostKeyNote } from '../ssh/index.js'
-import type { HostKeyNote, HostKeyPolicy, LinkOptions, PassphraseProvider, SshOptions } from '../ssh/index.js'
+import type {
+  HostKeyNote,
+  HostKeyPolicy,
+  LinkOptions,
+  PassphraseProvider,
+  PromptProvider,
+  SshOptions,
+} from '../ssh/index.js'
 import type { Output } from './output.js'
 
 /** The ssh flags every tunnel-opening command takes. */
@@ -19,6 +26,7 @@ export interface SshArgs {
   readonly 'ssh-config'?: string | undefined
   readonly 'proxy-command'?: string | undefined
   readonly transport?: 'auto' | 'ssh2' | 'openssh' | undefined
+  readonly verbose?: number | undefined
 }
 
 /** Adds the shared ssh flags to a command. */
@@ -52,6 +60,12 @@ export function withSshOptions<T>(yargs: Argv<T>) {
       describe:
         "auto: reuse the user's OpenSSH master (ControlPath) when one is alive, else our own connection; ssh2: always our own; openssh: only a master, starting one if needed (default auto)",
     })
+    .option('verbose', {
+      alias: 'v',
+      type: 'count',
+      describe:
+        'say, per ssh hop, the settings used, what the server offers, each login attempt and its result, the host-key check (never a secret)',
+    })
 }
 
 /**
@@ -63,7 +77,7 @@ export function withSshOptions<T>(yargs: Argv<T>) {
 export function sshOptionsFrom(
   args: SshArgs,
   output?: Output,
-): SshOptions & Pick<LinkOptions, 'onHostKey' | 'onProxyStderr' | 'transport'> {
+): SshOptions & Pick<LinkOptions, 'onHostKey' | 'onProxyStderr' | 'transport' | 'prompt' | 'verbose'> {
   return {
     ...(args.transport !== undefined && { transport: args.transport }),
     ...(args['proxy-command'] !== undefined && { proxyCommand: args['proxy-command'] }),
@@ -75,8 +89,16 @@ export function sshOptionsFrom(
     ...(args['ssh-config'] !== undefined && { configFile: args['ssh-config'] }),
     ...(args['host-key-check'] !== undefined && { hostKeyCheck: args['host-key-check'] }),
     passphrase: passphraseProvider(args['passphrase-file']),
+    prompt: terminalPrompts,
+    ...(output !== undefined && (args.verbose ?? 0) > 0 && { verbose: verbosePrinter(output) }),
     ...(output !== undefined && { onHostKey: hostKeyPrinter(output) }),
   }
+}
+
+/** Prints `--verbose` lines as `verbose` events (human: `ssh: …` on stderr). */
+function verbosePrinter(output: Output): (message: string) => void {
+  output.format('verbose', (e) => `ssh: ${String(e.message)}`)
+  return (message) => output.emit({ event: 'verbose', message })
 }
 
 /** Prints each host-key note as one `hostkey` event (`kind`: recorded, mismatch-ignored, unchecked). */
@@ -115,11 +137,58 @@ function passphraseProvider(file: string | undefined): PassphraseProvider {
     return () => Promise.resolve(passphrase)
   }
   return (keyPath) =>
-    process.stdin.isTTY ? askHidden(`Passphrase for ${keyPath}: `) : Promise.resolve(undefined)
+    process.stdin.isTTY
+      ? onTerminal(() => askHidden(`Passphrase for ${keyPath}: `))
+      : Promise.resolve(undefined)
+}
+
+/** One question on the terminal at a time: links to several hosts may ask at once. */
+let terminalQueue: Promise<unknown> = Promise.resolve()
+
+function onTerminal<T>(task: () => Promise<T>): Promise<T> {
+  const asked = terminalQueue.then(task, task)
+  terminalQueue = asked
+  return asked
+}
+
+/**
+ * Answers a server's keyboard-interactive or password prompts on the terminal, as ssh(1) does: its name and
+ * instructions shown as sent, each prompt read without echo unless the server allows echo. Without a terminal it
+ * answers nothing at once (the login then fails with `E_AUTH_PROMPT`, quoting the prompt).
+ */
+export const terminalPrompts: PromptProvider = (request) => {
+  if (!process.stdin.isTTY) return Promise.resolve(undefined)
+  const run = async (): Promise<readonly string[] | undefined> => {
+    if (request.name !== '') process.stderr.write(`${request.name}\n`)
+    if (request.instructions !== '') process.stderr.write(request.instructions.replace(/\n?$/u, '\n'))
+    const answers: string[] = []
+    for (const p of request.prompts) {
+      const answer = p.echo ? await askVisible(p.prompt) : await askHidden(p.prompt)
+      if (answer === undefined) return undefined
+      answers.push(answer)
+    }
+    return answers
+  }
+  return onTerminal(run)
+}
+
+/** Prompts on the terminal, showing what is typed. */
+export function askVisible(prompt: string): Promise<string | undefined> {
+  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: true })
+  return new Promise((resolve) => {
+    rl.question(prompt, (answer) => {
+      rl.close()
+      resolve(answer)
+    })
+    rl.on('SIGINT', () => {
+      rl.close()
+      resolve(undefined)
+    })
+  })
 }
 
 /** Prompts on the terminal without echoing what is typed. */
-function askHidden(prompt: string): Promise<string | undefined> {
+export function askHidden(prompt: string): Promise<string | undefined> {
   let muted = false
   const sink = new Writable({
     write(chunk: Buffer, _encoding, callback) {

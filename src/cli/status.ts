@@ -69,7 +69,8 @@ function table(rows: readonly (readonly string[])[], right: ReadonlySet<number>)
   )
 }
 
-function linkText(file: FileStatus): string {
+function linkText(file: FileStatus, waiting: ReadonlySet<string>): string {
+  if (file.destination !== undefined && waiting.has(file.destination)) return 'link DOWN, waiting for login'
   switch (file.link) {
     case undefined:
       return file.state === 'pending' ? 'waiting for the file to become usable' : 'no link'
@@ -82,11 +83,11 @@ function linkText(file: FileStatus): string {
   }
 }
 
-function fileLines(file: FileStatus, width: number): string[] {
+function fileLines(file: FileStatus, width: number, waiting: ReadonlySet<string>): string[] {
   const reconnects = `${file.reconnects} reconnect${file.reconnects === 1 ? '' : 's'}`
   const via = file.destination !== undefined ? ` via ${file.destination}` : ''
   const lines = [
-    fit(`${basename(file.file)}: ${file.state}${via}, ${linkText(file)}, ${reconnects}`, width),
+    fit(`${basename(file.file)}: ${file.state}${via}, ${linkText(file, waiting)}, ${reconnects}`, width),
     `  file  ${fit(file.file, width - 8, true)}`,
     `  copy  ${file.state === 'ready' ? fit(file.out, width - 8, true) : `(none yet; will be ${fit(file.out, width - 27, true)})`}`,
   ]
@@ -140,10 +141,22 @@ export function renderReport(report: StatusReport, options: { width?: number } =
     const header = ['REMOTE DIR', 'STATE', 'LAST POLL', 'FILES', 'ERRORS', 'LAST ERROR']
     lines.push(...table([header, ...rows], new Set([3, 4])).map((line) => fit(line, width)))
   }
+  const logins = report.logins ?? []
+  for (const p of logins) {
+    const asks =
+      p.prompts.length > 0 ? `, asks ${p.prompts.map((q) => JSON.stringify(q.prompt)).join(', ')}` : ''
+    lines.push(
+      fit(
+        `waiting for login: ${p.destination}${asks} (since ${p.since}); answer with: ipp-tunnel login ${p.destination}`,
+        width,
+      ),
+    )
+  }
+  const waiting = new Set(logins.map((p) => p.destination))
   if (report.files.length === 0) return [...lines, 'no connection files yet'].join('\n')
   lines.push(
     fit('bytes: FROM REMOTE = endpoint -> your programs, TO REMOTE = your programs -> endpoint', width),
   )
-  for (const file of report.files) lines.push('', ...fileLines(file, width))
+  for (const file of report.files) lines.push('', ...fileLines(file, width, waiting))
   return lines.join('\n')
 }

@@ -13,6 +13,7 @@ import {
   type RemoteDir,
 } from '../service/index.js'
 import { parseRemoteSpec, remoteDefaultDirs } from '../sources/index.js'
+import { quotePrompts } from '../ssh/index.js'
 import { EXIT, Output } from './output.js'
 import { untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
@@ -166,6 +167,8 @@ async function watch(args: WatchArgs): Promise<number> {
       const message = String(e.message)
       return `error: ${message.includes(file) ? message : `${file}: ${message}`}`
     })
+    .format('auth-needed', (e) => String(e.message))
+    .format('logged-in', (e) => `logged in to ${String(e.destination)}; its link is up`)
     .format('watching', (e) => {
       const remotes = (e.remotes as RemoteDir[] | undefined) ?? []
       const dirs = [...(e.dirs as string[]), ...remotes.map((r) => `${r.destination}:${r.dir}`)].join(', ')
@@ -224,6 +227,19 @@ async function watch(args: WatchArgs): Promise<number> {
     service.on('remote:watching', (e) => output.emit({ event: 'remote:watching', ...e }))
     service.on('warning', (e) => output.emit({ event: 'warning', file: e.file, message: e.message }))
     service.on('link:reconnecting', (e) => output.emit({ event: 'reconnecting', ...e }))
+    service.on('auth-needed', (e) =>
+      output.emit({
+        event: 'auth-needed',
+        destination: e.destination,
+        host: e.host,
+        ...(e.method !== undefined && { method: e.method }),
+        name: e.name,
+        instructions: e.instructions,
+        prompts: e.prompts,
+        message: `${e.destination} needs a login${e.prompts.length > 0 ? ` (it asks ${quotePrompts(e)})` : ''}; its tunnels wait, the rest keeps running. Answer in a terminal with: ipp-tunnel login ${e.destination}`,
+      }),
+    )
+    service.on('logged-in', (e) => output.emit({ event: 'logged-in', destination: e.destination }))
     service.on('link:reconnected', (e) =>
       output.emit({ event: 'reconnected', ...e, downMs: Math.round(e.downMs) }),
     )

@@ -11,6 +11,8 @@ export interface SshdConfigOptions {
   readonly logLevel?: string
   /** Lines appended as they are. */
   readonly extra?: string
+  /** Log in through PAM too: keyboard-interactive (and root by it) allowed, `UsePAM yes`. Default false. */
+  readonly pam?: boolean
 }
 
 /**
@@ -24,11 +26,11 @@ export function sshdConfig(options: SshdConfigOptions): string {
   return [
     `ListenAddress ${options.listen}`,
     `HostKey ${options.hostKey}`,
-    'PermitRootLogin prohibit-password',
+    `PermitRootLogin ${options.pam === true ? 'yes' : 'prohibit-password'}`,
     'PubkeyAuthentication yes',
     'PasswordAuthentication no',
-    'KbdInteractiveAuthentication no',
-    'UsePAM no',
+    `KbdInteractiveAuthentication ${options.pam === true ? 'yes' : 'no'}`,
+    `UsePAM ${options.pam === true ? 'yes' : 'no'}`,
     'StrictModes no',
     'UseDNS no',
     'PidFile none',

@@ -23,6 +23,7 @@ export type ErrorCode =
   | 'E_HOSTKEY_MISMATCH'
   | 'E_HOSTKEY_REVOKED'
   | 'E_AUTH'
+  | 'E_AUTH_PROMPT'
   | 'E_PASSPHRASE'
   | 'E_IDENTITY'
   | 'E_CERT_EXPIRED'

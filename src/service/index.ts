@@ -19,7 +19,22 @@ export {
   type RemoteFields,
   type ServiceOptions,
 } from './service.js'
-export { StatusServer, queryStatus, type StatusReport } from './status-socket.js'
+export {
+  StatusServer,
+  loginToService,
+  queryStatus,
+  type LoginClientHandlers,
+  type LoginHandler,
+  type SocketRequest,
+  type StatusReport,
+} from './status-socket.js'
+export {
+  LoginRelay,
+  type LoginClientMessage,
+  type LoginRelayEvents,
+  type LoginServerMessage,
+  type PendingLogin,
+} from './login-relay.js'
 export { ipythonDir, profileSecurityDir, runtimeDir, statusSocketPath, STATUS_SOCKET } from './paths.js'
 export { UNIT_NAME, installUnit, renderUnit, userUnitPath, type UnitOptions } from './unit.js'
 export { DirectoryWatcher, type WatcherHandlers } from './watcher.js'

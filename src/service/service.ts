@@ -31,6 +31,7 @@ import {
   type Tunnel,
 } from '../tunnel/index.js'
 import { CopyLedger } from './ledger.js'
+import { LoginRelay, type PendingLogin } from './login-relay.js'
 import { checkServiceDirs, STATUS_SOCKET } from './paths.js'
 import { StatusServer, type StatusReport } from './status-socket.js'
 import { DirectoryWatcher } from './watcher.js'
@@ -124,6 +125,13 @@ export interface ServiceEvents {
     { destination: string; files: string[]; attempt: number; delayMs: number; message: string },
   ]
   'link:reconnected': [{ destination: string; files: string[]; attempt: number; downMs: number }]
+  /**
+   * A link needs someone to log in (a one-time code, a password): it waits, everything else keeps running, until
+   * `ipp-tunnel login` answers. Once per need, not per attempt; carries the server's prompts, never an answer.
+   */
+  'auth-needed': [PendingLogin]
+  /** A link that waited for a login is up. */
+  'logged-in': [{ destination: string }]
 }
 
 interface Entry {
@@ -187,6 +195,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   readonly #options: ServiceOptions
   readonly #pool: LinkPool
   readonly #ledger: CopyLedger
+  readonly #relay = new LoginRelay()
   readonly #entries = new Map<string, Entry>()
   #watcher: DirectoryWatcher | undefined
   readonly #sources: RemoteDirectorySource[] = []
@@ -204,8 +213,11 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     super()
     this.dirs = options.dirs.map((d) => resolve(d))
     this.#options = options
-    this.#pool = new LinkPool(options)
+    // No one watches the service: prompts go to `ipp-tunnel login`, and a link that needs one waits for it.
+    this.#pool = new LinkPool({ ...options, prompt: this.#relay.provider, login: this.#relay.gate })
     this.#ledger = ledger
+    this.#relay.on('auth-needed', (login) => this.emit('auth-needed', login))
+    this.#relay.on('logged-in', (e) => this.emit('logged-in', e))
   }
 
   /**
@@ -222,8 +234,10 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       throw new IppTunnelError('E_USAGE', 'nothing to watch: give --profile, --dir or --remote')
     const outDirs = await checkServiceDirs(dirs, options)
     const service = new TunnelService(options, await CopyLedger.open(join(options.runtimeDir, 'copies.json')))
-    service.#status = await StatusServer.listen(join(options.runtimeDir, STATUS_SOCKET), () =>
-      service.report(),
+    service.#status = await StatusServer.listen(
+      join(options.runtimeDir, STATUS_SOCKET),
+      () => service.report(),
+      (socket, destination, rest) => service.#relay.attach(socket, destination, rest),
     )
     try {
       // Copies of pulled files land where local tools look (a profile's -tunnel dir, the Jupyter runtime dir).
@@ -260,6 +274,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       links: this.linkCount,
       files: this.status(),
       remotes: this.remoteStatus(),
+      logins: this.#relay.pending(),
     }
   }
 
@@ -721,6 +736,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     if (this.#closed) return
     this.#closed = true
     this.#abort.abort(new IppTunnelError('E_CLOSED', 'The service is closing'))
+    this.#relay.close()
     await this.#status?.close()
     await this.#watcher?.close()
     await Promise.all(this.#sources.map((s) => s.close()))

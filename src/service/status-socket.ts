@@ -1,10 +1,11 @@
 import { chmod, lstat, rm } from 'node:fs/promises'
-import { connect, createServer, type Server } from 'node:net'
+import { connect, createServer, type Server, type Socket } from 'node:net'
 import { dirname } from 'node:path'
 
 import { IppTunnelError } from '../errors/index.js'
 import { currentUid, ensurePrivateDir, kindOf } from '../safe-fs/index.js'
 import type { SourceStatus } from '../sources/index.js'
+import type { LoginClientMessage, LoginServerMessage, PendingLogin } from './login-relay.js'
 import type { FileStatus } from './service.js'
 
 /** What `ipp-tunnel status` gets from the running service. No secrets. */
@@ -18,7 +19,22 @@ export interface StatusReport {
   readonly files: readonly FileStatus[]
   /** Remote directories followed over SFTP (absent from services that follow none). */
   readonly remotes?: readonly SourceStatus[]
+  /** Links waiting for someone to log in (`ipp-tunnel login`): what their servers asked. Never an answer. */
+  readonly logins?: readonly PendingLogin[]
 }
+
+/**
+ * The first line a client sends: `{"op":"status"}` or `{"op":"login","destination":…}`. A client that sends
+ * nothing and half-closes gets the status, as before there were requests.
+ */
+export type SocketRequest =
+  { readonly op: 'status' } | { readonly op: 'login'; readonly destination?: string }
+
+/** Takes a `login` client over: the socket, what it asked for, and what it sent after its request line. */
+export type LoginHandler = (socket: Socket, destination: string | undefined, rest: string) => void
+
+/** The longest request line read; a client sending more without a newline is cut off. */
+const MAX_REQUEST = 4096
 
 /** How long a status query waits for the service to answer. */
 const QUERY_TIMEOUT_MS = 5000
@@ -44,7 +60,7 @@ export class StatusServer {
     this.#server = server
   }
 
-  static async listen(path: string, report: () => StatusReport): Promise<StatusServer> {
+  static async listen(path: string, report: () => StatusReport, login?: LoginHandler): Promise<StatusServer> {
     await ensurePrivateDir(dirname(path), {
       what: 'runtime directory',
       alternative: 'set IPP_TUNNEL_RUNTIME_DIR',
@@ -57,8 +73,7 @@ export class StatusServer {
     }
     // Nobody answers: a socket file left by a crash (or nothing at all).
     await removeStaleSocket(path)
-    const server = createServer((socket) => {
-      socket.on('error', () => undefined)
+    const answerStatus = (socket: Socket): void => {
       let body: string
       try {
         body = JSON.stringify(report())
@@ -66,6 +81,32 @@ export class StatusServer {
         body = JSON.stringify({ error: err instanceof Error ? err.message : String(err) })
       }
       socket.end(body + '\n')
+    }
+    const server = createServer((socket) => {
+      socket.on('error', () => undefined)
+      socket.setEncoding('utf8')
+      let text = ''
+      const onData = (chunk: string): void => {
+        text += chunk
+        const newline = text.indexOf('\n')
+        if (newline < 0 && text.length <= MAX_REQUEST) return
+        socket.off('data', onData)
+        socket.off('end', onEnd)
+        const request = parseRequest(newline < 0 ? '' : text.slice(0, newline))
+        if (request?.op === 'login' && login !== undefined) {
+          login(socket, request.destination, text.slice(newline + 1))
+        } else if (request?.op === 'login') {
+          socket.end(JSON.stringify({ type: 'none', message: 'this service takes no logins' }) + '\n')
+        } else {
+          answerStatus(socket)
+        }
+      }
+      const onEnd = (): void => {
+        socket.off('data', onData)
+        answerStatus(socket)
+      }
+      socket.on('data', onData)
+      socket.once('end', onEnd)
     })
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
@@ -93,6 +134,21 @@ export class StatusServer {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close()
   }
+}
+
+function parseRequest(line: string): SocketRequest | undefined {
+  try {
+    const value = JSON.parse(line) as { op?: unknown; destination?: unknown }
+    if (value.op === 'status') return { op: 'status' }
+    if (value.op === 'login') {
+      return typeof value.destination === 'string'
+        ? { op: 'login', destination: value.destination }
+        : { op: 'login' }
+    }
+  } catch {
+    // not a request: answer the status
+  }
+  return undefined
 }
 
 async function removeStaleSocket(path: string): Promise<void> {
@@ -159,6 +215,7 @@ export async function queryStatus(path: string): Promise<StatusReport> {
   await checkRuntimeDir(dirname(path))
   return new Promise((resolve, reject) => {
     const socket = connect(path)
+    socket.once('connect', () => socket.write(`${JSON.stringify({ op: 'status' })}\n`))
     let text = ''
     const timer = setTimeout(() => {
       socket.destroy()
@@ -188,5 +245,86 @@ export async function queryStatus(path: string): Promise<StatusReport> {
         reject(new IppTunnelError('E_REMOTE', `the service on ${path} sent an unreadable answer`, { cause }))
       }
     })
+  })
+}
+
+/** What {@link loginToService} asks of its caller: answers to prompts, and a place to say what happens. */
+export interface LoginClientHandlers {
+  /** Answers one round of prompts; undefined gives up on it. */
+  answer(prompt: Extract<LoginServerMessage, { type: 'prompt' }>): Promise<readonly string[] | undefined>
+  /** The logins taken on, then each result. */
+  note(message: Exclude<LoginServerMessage, { type: 'prompt' }>): void
+}
+
+/**
+ * `ipp-tunnel login`: connects to the service's socket, takes on the links waiting for a login (those `destination`
+ * names, or all), answers their prompts through `handlers.answer`, and resolves with every result. Answers go to
+ * the socket only. Throws `E_SERVICE_DOWN` when no service answers, `E_UNSAFE_PATH` when its directory is not the
+ * user's.
+ *
+ * @example
+ * const results = await loginToService(statusSocketPath(), undefined, { answer: askOnTty, note: console.log })
+ */
+export async function loginToService(
+  path: string,
+  destination: string | undefined,
+  handlers: LoginClientHandlers,
+): Promise<Extract<LoginServerMessage, { type: 'result' | 'none' }>[]> {
+  await checkRuntimeDir(dirname(path))
+  return new Promise((resolve, reject) => {
+    const socket = connect(path)
+    const results: Extract<LoginServerMessage, { type: 'result' | 'none' }>[] = []
+    let buffer = ''
+    let connected = false
+    socket.setEncoding('utf8')
+    socket.once('connect', () => {
+      connected = true
+      const request: SocketRequest =
+        destination === undefined ? { op: 'login' } : { op: 'login', destination }
+      socket.write(`${JSON.stringify(request)}\n`)
+    })
+    const send = (message: LoginClientMessage): void => {
+      if (!socket.destroyed) socket.write(`${JSON.stringify(message)}\n`)
+    }
+    const handle = (message: LoginServerMessage): void => {
+      if (message.type === 'prompt') {
+        handlers.answer(message).then(
+          (answers) =>
+            send(
+              answers === undefined
+                ? { type: 'cancel', id: message.id }
+                : { type: 'answers', id: message.id, answers },
+            ),
+          () => send({ type: 'cancel', id: message.id }),
+        )
+        return
+      }
+      if (message.type === 'result' || message.type === 'none') results.push(message)
+      handlers.note(message)
+    }
+    socket.on('data', (chunk: string) => {
+      buffer += chunk
+      let newline: number
+      while ((newline = buffer.indexOf('\n')) >= 0) {
+        const line = buffer.slice(0, newline)
+        buffer = buffer.slice(newline + 1)
+        try {
+          handle(JSON.parse(line) as LoginServerMessage)
+        } catch {
+          // a line that is not JSON: skip it
+        }
+      }
+    })
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      if (connected) return
+      reject(
+        new IppTunnelError(
+          'E_SERVICE_DOWN',
+          `no ipp-tunnel service is running (nothing answers on ${path}); start one with: ipp-tunnel watch`,
+          { cause: err },
+        ),
+      )
+    })
+    socket.once('close', () => resolve(results))
   })
 }

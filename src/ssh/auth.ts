@@ -9,13 +9,20 @@ import {
   findCertificates,
   type HopCertificates,
 } from './certificate.js'
+import { quotePrompts, type PromptProvider, type PromptRequest } from './prompts.js'
 import type { PassphraseProvider, ResolvedHop } from './types.js'
 
-/** What {@link HopAuth} needs besides the hop: where the agent is and how to get a passphrase. */
+/** What {@link HopAuth} needs besides the hop: where the agent is, how to get a passphrase and answers. */
 export interface AuthOptions {
   /** ssh-agent socket; default `env.SSH_AUTH_SOCK`. `false`: use no agent. */
   readonly agent?: string | false
   readonly passphrase?: PassphraseProvider
+  /** Answers keyboard-interactive and password prompts; without it those methods are not tried. */
+  readonly prompt?: PromptProvider
+  /** The link's destination, put in every {@link PromptRequest}; default this hop's `user@host:port`. */
+  readonly destination?: string
+  /** Told, as lines of text, what the server offers and each attempt with its result (never a secret). */
+  readonly verbose?: (message: string) => void
   /** Environment to read `SSH_AUTH_SOCK` from; default `process.env`. */
   readonly env?: Readonly<Record<string, string | undefined>>
 }
@@ -24,10 +31,33 @@ export interface AuthOptions {
 export interface AuthAttempt {
   /** Pass as ssh2's `authHandler`. Offers the agent, then each identity file, then gives up. */
   readonly authHandler: AuthHandlerMiddleware
-  /** True while waiting on the passphrase provider (a connect timeout should not count that time). */
+  /** True while waiting on the passphrase or prompt provider (a connect timeout should not count that time). */
   readonly prompting: boolean
-  /** The error to report when the server accepted nothing: `E_PASSPHRASE` or `E_AUTH`. */
+  /** True once a prompt of the server was put to the prompt provider (answered or not). */
+  readonly prompted: boolean
+  /** The error to report when the server accepted nothing: `E_AUTH_PROMPT`, `E_PASSPHRASE`, `E_IDENTITY` or `E_AUTH`. */
   failure(): IppTunnelError
+}
+
+type Method = 'publickey' | 'keyboard-interactive' | 'password'
+
+/** OpenSSH's default order, less the methods ipp-tunnel does not speak (gssapi-with-mic, hostbased). */
+const DEFAULT_METHODS: readonly Method[] = ['publickey', 'keyboard-interactive', 'password']
+const INTERACTIVE: ReadonlySet<string> = new Set(['keyboard-interactive', 'password'])
+/** OpenSSH's NumberOfPasswordPrompts: rounds of keyboard-interactive, and passwords, per connection. */
+const MAX_TRIES = 3
+
+/**
+ * The methods to try, in order: `PreferredAuthentications` (or OpenSSH's default order) less what ipp-tunnel cannot
+ * do, with every method that asks a person after every one that does not, so that nobody is asked while a key
+ * could still do.
+ */
+export function methodOrder(preferred: readonly string[] | undefined): Method[] {
+  const known = (preferred ?? DEFAULT_METHODS).filter((m): m is Method =>
+    (DEFAULT_METHODS as readonly string[]).includes(m),
+  )
+  const unique = [...new Set(known)]
+  return [...unique.filter((m) => !INTERACTIVE.has(m)), ...unique.filter((m) => INTERACTIVE.has(m))]
 }
 
 type Candidate =
@@ -90,9 +120,14 @@ export class HopAuth {
     this.#options = options
   }
 
-  /** Collects what can be offered now; throws `E_IDENTITY` when there is no agent and no key file. */
+  /**
+   * Collects what can be offered now; throws `E_IDENTITY` when there is no agent, no key file and no way to answer
+   * a prompt.
+   */
   async begin(): Promise<AuthAttempt> {
     const hop = this.#hop
+    const methods = methodOrder(hop.preferredAuthentications)
+    const canAsk = this.#options.prompt !== undefined && methods.some((m) => INTERACTIVE.has(m))
     const candidates: Candidate[] = []
     const agent =
       this.#options.agent === false
@@ -124,37 +159,64 @@ export class HopAuth {
         if (data !== undefined) candidates.push({ kind: 'key', path, data })
       }
     }
-    const keys = candidates.filter((c) => c.kind === 'key')
-    if (keys.length > 0 && keys.length === candidates.length && keys.every((c) => isPublicKey(c.data))) {
-      throw new IppTunnelError(
-        'E_IDENTITY',
-        `No way to authenticate to ${hopLabel(hop)}: ${keys.map((c) => publicKeyAdvice(c.path)).join('; ')}`,
-      )
-    }
-    if (candidates.length === 0 && certs.invalid.length > 0) {
+    const nothing = this.#nothingToOffer(methods.includes('publickey') ? candidates : [])
+    // only public keys given (`-i id_ed25519.pub`): a mistake to report before connecting, prompts or not
+    const onlyPublic =
+      candidates.length > 0 && candidates.every((c) => c.kind === 'key' && isPublicKey(c.data))
+    if (nothing !== undefined && !canAsk && certs.invalid.length > 0 && candidates.length === 0) {
       throw new IppTunnelError(
         'E_CERT_EXPIRED',
         `Cannot authenticate to ${hopLabel(hop)}: ${describeInvalid(certs.invalid)}`,
       )
     }
+    if (nothing !== undefined && (!canAsk || onlyPublic)) throw nothing
+    return this.#attempt(methods.includes('publickey') ? candidates : [], methods, nothing, certs)
+  }
+
+  /** The `E_IDENTITY` error when no key can be offered, else undefined. */
+  #nothingToOffer(candidates: readonly Candidate[]): IppTunnelError | undefined {
+    const hop = this.#hop
+    const keys = candidates.filter((c) => c.kind === 'key')
+    if (keys.length > 0 && keys.length === candidates.length && keys.every((c) => isPublicKey(c.data))) {
+      return new IppTunnelError(
+        'E_IDENTITY',
+        `No way to authenticate to ${hopLabel(hop)}: ${keys.map((c) => publicKeyAdvice(c.path)).join('; ')}`,
+      )
+    }
     if (candidates.length === 0) {
       const files = hop.identityFiles.length > 0 ? hop.identityFiles.join(', ') : 'none configured'
-      throw new IppTunnelError(
+      return new IppTunnelError(
         'E_IDENTITY',
         `No way to authenticate to ${hopLabel(hop)}: no ssh-agent (SSH_AUTH_SOCK) and no identity file found (looked for ${files}); pass --identity PATH`,
       )
     }
-    return this.#attempt(candidates, certs)
+    return undefined
   }
 
-  #attempt(candidates: readonly Candidate[], certs: HopCertificates): AuthAttempt {
+  #attempt(
+    candidates: readonly Candidate[],
+    methods: readonly Method[],
+    nothing: IppTunnelError | undefined,
+    certs: HopCertificates,
+  ): AuthAttempt {
     const hop = this.#hop
+    const where = hopLabel(hop)
+    const provider = this.#options.prompt
     const tried: string[] = []
     const locked: string[] = []
     const wrong: string[] = []
     const unusable: string[] = []
     let index = 0
     let prompting = false
+    let prompted = false
+    const tries = { 'keyboard-interactive': 0, password: 0 }
+    /** The last request nobody answered: the attempt stopped there. */
+    let unanswered: PromptRequest | undefined
+    /** The last request answered (the server then refused, or asked again). */
+    let answered: PromptRequest | undefined
+    let refusals = 0
+    const partial: string[] = []
+    let serverMethods: readonly string[] | null = null
     // the plain key after its certificate, as ssh(1) offers them
     const queued: AnyAuthMethod[] = []
 
@@ -195,7 +257,35 @@ export class HopAuth {
       return key
     }
 
-    const nextMethod = async (): Promise<AnyAuthMethod | false> => {
+    const ask = async (request: PromptRequest): Promise<readonly string[] | undefined> => {
+      prompted = true
+      prompting = true
+      try {
+        const answers = await provider?.(request)
+        if (answers === undefined) return undefined
+        return request.prompts.map((_p, i) => answers[i] ?? '')
+      } catch {
+        return undefined
+      } finally {
+        prompting = false
+      }
+    }
+
+    const request = (
+      method: PromptRequest['method'],
+      name: string,
+      instructions: string,
+      prompts: PromptRequest['prompts'],
+    ): PromptRequest => ({
+      destination: this.#options.destination ?? where,
+      host: where,
+      method,
+      name,
+      instructions,
+      prompts,
+    })
+
+    const nextKey = async (): Promise<AnyAuthMethod | false> => {
       for (;;) {
         const next = queued.shift()
         if (next !== undefined) return next
@@ -223,13 +313,96 @@ export class HopAuth {
         }
         if (certKeys.length === 0) return plain
         queued.push(plain)
-        continue
       }
     }
 
-    const authHandler: AuthHandlerMiddleware = (_methodsLeft, _partial, next) => {
-      void nextMethod().then((method) => {
-        // ssh2 accepts `false` for "no more methods"; its typings do not say so
+    // ssh2 accepts `false` for "no more methods"; its typings do not say so
+    const stop = (next: (m: AnyAuthMethod) => void): void => next(false as unknown as AnyAuthMethod)
+
+    const nextMethod = async (
+      allowed: (m: Method) => boolean,
+      next: (m: AnyAuthMethod) => void,
+    ): Promise<AnyAuthMethod | false | 'stopped'> => {
+      for (const method of methods) {
+        if (!allowed(method)) continue
+        if (method === 'publickey') {
+          const key = await nextKey()
+          if (key !== false) return key
+          continue
+        }
+        if (provider === undefined || tries[method] >= MAX_TRIES) continue
+        tries[method]++
+        if (method === 'password') {
+          const asked = request('password', '', '', [
+            { prompt: `${hop.username}@${hop.host}'s password: `, echo: false },
+          ])
+          const answers = await ask(asked)
+          if (answers === undefined) {
+            unanswered = asked
+            stop(next)
+            return 'stopped'
+          }
+          answered = asked
+          return { type: 'password', username: hop.username, password: answers[0] ?? '' }
+        }
+        return {
+          type: 'keyboard-interactive',
+          username: hop.username,
+          prompt: (name, instructions, _lang, prompts, finish) => {
+            const asked = request(
+              'keyboard-interactive',
+              name,
+              instructions,
+              prompts.map((p) => ({ prompt: p.prompt, echo: p.echo === true })),
+            )
+            this.#options.verbose?.(`${where}: keyboard-interactive asks ${quotePrompts(asked)}`)
+            void ask(asked).then((answers) => {
+              if (answers === undefined) {
+                unanswered = asked
+                stop(next)
+                return
+              }
+              answered = asked
+              finish([...answers])
+            })
+          },
+        }
+      }
+      return false
+    }
+
+    let lastMethod: string | undefined
+    const authHandler: AuthHandlerMiddleware = (left, partialSuccess, next) => {
+      // ssh2 passes null (not in its typings) before the server has said which methods it takes
+      const methodsLeft = left as readonly string[] | null
+      const say = this.#options.verbose
+      if (say !== undefined && methodsLeft !== null) {
+        const judged =
+          lastMethod === undefined
+            ? ''
+            : `${lastMethod} ${partialSuccess ? 'accepted, more wanted' : 'refused'}; `
+        say(`${where}: ${judged}the server accepts ${methodsLeft.join(', ') || 'nothing more'}`)
+      }
+      if (methodsLeft !== null) {
+        if (partialSuccess && lastMethod !== undefined) partial.push(lastMethod)
+        else if (lastMethod !== undefined && INTERACTIVE.has(lastMethod) && answered !== undefined) refusals++
+        serverMethods = methodsLeft
+      }
+      const allowed = (m: Method): boolean => methodsLeft === null || methodsLeft.includes(m)
+      void nextMethod(allowed, next).then((method) => {
+        if (method === 'stopped') return
+        lastMethod = method === false ? undefined : method.type === 'agent' ? 'publickey' : method.type
+        if (say !== undefined) {
+          const what =
+            method === false
+              ? 'nothing left to try'
+              : method.type === 'agent'
+                ? `trying publickey: ssh-agent ${tried.at(-1) ?? ''}`
+                : method.type === 'publickey'
+                  ? `trying publickey: ${tried.at(-1) ?? ''}`
+                  : `trying ${method.type}`
+          say(`${where}: ${what}`)
+        }
         next(method as AnyAuthMethod)
       })
     }
@@ -239,8 +412,32 @@ export class HopAuth {
       get prompting() {
         return prompting
       },
+      get prompted() {
+        return prompted
+      },
       failure: () => {
-        const where = hopLabel(hop)
+        const accepted =
+          partial.length > 0 ? `; it accepted ${[...new Set(partial)].join(', ')} but wants more` : ''
+        if (unanswered !== undefined) {
+          const asks = unanswered.method === 'password' ? 'a password' : quotePrompts(unanswered)
+          const named = unanswered.name !== '' ? ` (${unanswered.name})` : ''
+          return new IppTunnelError(
+            'E_AUTH_PROMPT',
+            `${where} asks ${asks}${named} by ${unanswered.method}${accepted}, and nothing here can answer: run ipp-tunnel in a terminal, or, where the service (ipp-tunnel watch) holds the link, answer with: ipp-tunnel login ${hop.alias}`,
+          )
+        }
+        if (answered !== undefined && (refusals > 0 || lastMethod === answered.method)) {
+          const asks =
+            answered.method === 'password' ? 'the password' : `the answers to ${quotePrompts(answered)}`
+          return new IppTunnelError(
+            'E_AUTH',
+            `${where} refused ${asks} (${answered.method})${accepted}; check what you typed (a one-time code is good once, within its time window)`,
+          )
+        }
+        const offers =
+          serverMethods !== null && serverMethods.length > 0
+            ? ` (the server offers: ${serverMethods.join(', ')})`
+            : ''
         if (wrong.length > 0) {
           return new IppTunnelError(
             'E_PASSPHRASE',
@@ -253,11 +450,14 @@ export class HopAuth {
             `Private key ${locked.join(', ')} is encrypted and no passphrase is available (connecting to ${where}): use --passphrase-file PATH, run on a TTY, or load the key into ssh-agent`,
           )
         }
-        if (certs.invalid.length > 0) {
+        if (certs.invalid.length > 0 && partial.length === 0) {
           return new IppTunnelError(
             'E_CERT_EXPIRED',
             `${where} refused authentication; ${describeInvalid(certs.invalid)}: get a new certificate (e.g. run your site's sshproxy/step/vault login again)`,
           )
+        }
+        if (nothing !== undefined && partial.length === 0) {
+          return new IppTunnelError('E_IDENTITY', `${nothing.message}${offers}`)
         }
         const offered = tried.length > 0 ? tried.join(', ') : 'nothing'
         const skipped = unusable
@@ -270,7 +470,7 @@ export class HopAuth {
           .join('')
         return new IppTunnelError(
           'E_AUTH',
-          `${where} refused authentication; tried ${offered}${skipped}. Check the user name and that the key is in the server's authorized_keys`,
+          `${where} refused authentication; tried ${offered}${skipped}${accepted}${offers}. Check the user name and that the key is in the server's authorized_keys`,
         )
       },
     }

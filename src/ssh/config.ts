@@ -24,6 +24,7 @@ type Setting =
   | { readonly key: 'stricthostkeychecking'; readonly value: HostKeyPolicy }
   | { readonly key: 'connecttimeout'; readonly value: number | undefined }
   | { readonly key: 'serveraliveinterval' | 'serveralivecountmax'; readonly value: number }
+  | { readonly key: 'preferredauthentications'; readonly value: readonly string[] }
 
 type Criterion =
   | { readonly kind: 'all' }
@@ -84,6 +85,8 @@ export interface HostSettings {
   /** `ServerAliveInterval` in seconds; `0` turns keepalives off, as in ssh(1). */
   readonly serverAliveInterval?: number
   readonly serverAliveCountMax?: number
+  /** `PreferredAuthentications`: method names in the order to try them. */
+  readonly preferredAuthentications?: readonly string[]
 }
 
 /** Context for {@link lookupHost}: what the command line said, and the local account. */
@@ -298,6 +301,13 @@ function parseLine(raw: string, where: Where): ParsedLine | undefined {
       if (!/^[0-9]{1,9}$/u.test(text))
         throw configError(where, `${name} ${JSON.stringify(text)} is not a number`)
       return setting({ key: 'serveralivecountmax', value: Number(text) })
+    }
+    case 'preferredauthentications': {
+      const methods = one()
+        .split(',')
+        .map((m) => m.trim().toLowerCase())
+      if (methods.some((m) => m === '')) throw configError(where, `${name} has an empty method name`)
+      return setting({ key: 'preferredauthentications', value: methods })
     }
     default:
       return undefined
@@ -546,6 +556,7 @@ interface Obtained {
   connectTimeout?: number
   serverAliveInterval?: number
   serverAliveCountMax?: number
+  preferredAuthentications?: readonly string[]
 }
 
 /**
@@ -635,6 +646,9 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
         break
       case 'serveralivecountmax':
         got.serverAliveCountMax ??= s.value
+        break
+      case 'preferredauthentications':
+        got.preferredAuthentications ??= s.value
         break
     }
   }
@@ -726,6 +740,9 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
       : { connectTimeout: got.connectTimeout }),
     ...(got.serverAliveInterval === undefined ? {} : { serverAliveInterval: got.serverAliveInterval }),
     ...(got.serverAliveCountMax === undefined ? {} : { serverAliveCountMax: got.serverAliveCountMax }),
+    ...(got.preferredAuthentications === undefined
+      ? {}
+      : { preferredAuthentications: got.preferredAuthentications }),
   }
 }
 

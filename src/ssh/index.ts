@@ -27,7 +27,14 @@ export {
   type HostKeyNote,
 } from './known-hosts.js'
 export { resolveTarget } from './resolve.js'
-export { HopAuth, type AuthAttempt, type AuthOptions } from './auth.js'
+export { HopAuth, methodOrder, type AuthAttempt, type AuthOptions } from './auth.js'
+export {
+  quotePrompts,
+  type LoginGate,
+  type Prompt,
+  type PromptProvider,
+  type PromptRequest,
+} from './prompts.js'
 export { ProxyCommand, type ProxyCommandOptions } from './proxy-command.js'
 export { OpenSshMaster, type Transport } from './openssh-master.js'
 export { parseCertificate, formatValidity, type CertificateInfo } from './certificate.js'

@@ -6,8 +6,9 @@ import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { HopAuth, type AuthAttempt } from './auth.js'
 import { connectFailureReason } from './connect-error.js'
 import { enableCertificates } from './certificate.js'
-import { checkHostKey, type HostKeyNote } from './known-hosts.js'
+import { checkHostKey, fingerprintSha256, type HostKeyNote } from './known-hosts.js'
 import { OpenSshMaster, type Transport } from './openssh-master.js'
+import type { LoginGate, PromptProvider } from './prompts.js'
 import { ProxyCommand } from './proxy-command.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
 
@@ -33,6 +34,18 @@ export interface LinkOptions {
   /** Told when a host key is recorded (accept-new) or let through unchecked (off); also the `hostkey` event. */
   readonly onHostKey?: (note: HostKeyNote) => void
   readonly passphrase?: PassphraseProvider
+  /** Answers keyboard-interactive and password prompts; without it those methods are not tried. */
+  readonly prompt?: PromptProvider
+  /**
+   * For a process no one watches (the service): when a login needs an answer no one gave (`E_AUTH_PROMPT`), or
+   * answers given were refused, the link waits in `login.wait()` instead of failing, and tries again after it.
+   */
+  readonly login?: LoginGate
+  /**
+   * `--verbose`: told, per hop, the resolved settings, what the server offers, each login attempt and its result,
+   * and the host-key check; never a key, passphrase or answer.
+   */
+  readonly verbose?: (message: string) => void
   /** ssh-agent socket; default `$SSH_AUTH_SOCK`; `false`: no agent. */
   readonly agent?: string | false
   /** Environment for `SSH_AUTH_SOCK`; default `process.env`. */
@@ -90,6 +103,7 @@ const fatalCodes: ReadonlySet<string> = new Set([
   'E_HOSTKEY_MISMATCH',
   'E_HOSTKEY_REVOKED',
   'E_AUTH',
+  'E_AUTH_PROMPT',
   'E_PASSPHRASE',
   'E_IDENTITY',
   'E_CERT_EXPIRED',
@@ -175,7 +189,10 @@ export class Link extends EventEmitter<LinkEvents> {
     const authOptions = {
       ...(options.agent !== undefined ? { agent: options.agent } : {}),
       ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
+      ...(options.prompt !== undefined ? { prompt: options.prompt } : {}),
+      ...(options.verbose !== undefined ? { verbose: options.verbose } : {}),
       ...(options.env !== undefined ? { env: options.env } : {}),
+      destination: this.destination,
     }
     this.#auth = target.hops.map((hop) => new HopAuth(hop, authOptions))
   }
@@ -428,7 +445,7 @@ export class Link extends EventEmitter<LinkEvents> {
       if (master !== undefined) return master
       if (transport === 'openssh') return OpenSshMaster.start(hop, env)
     }
-    return this.#openChain(signal)
+    return this.#openWithLogin(signal)
   }
 
   /** The master went away: `auto` falls back to our own connection (reconnect), `openssh` fails. */
@@ -646,6 +663,27 @@ export class Link extends EventEmitter<LinkEvents> {
     )
   }
 
+  /**
+   * {@link Link.#openChain}, and with a `login` gate: when the login needs an answer nobody gave (or answers were
+   * refused), waits for someone to log in and tries again, telling the gate how each such try ended.
+   */
+  async #openWithLogin(signal: AbortSignal): Promise<Chain> {
+    const gate = this.#options.login
+    for (;;) {
+      try {
+        const chain = await this.#openChain(signal)
+        gate?.settled(this.destination, undefined)
+        return chain
+      } catch (err) {
+        const needsLogin =
+          isIppTunnelError(err) && (err.code === 'E_AUTH_PROMPT' || promptedFailures.has(err))
+        if (isIppTunnelError(err) && !signal.aborted) gate?.settled(this.destination, err)
+        if (gate === undefined || !needsLogin || signal.aborted) throw err
+        await gate.wait(this.destination, signal)
+      }
+    }
+  }
+
   /** Connects every hop in turn, each through a channel of the one before. */
   async #openChain(signal: AbortSignal): Promise<Chain> {
     const chain: Chain = { clients: [], proxies: [], dead: false }
@@ -774,7 +812,9 @@ export class Link extends EventEmitter<LinkEvents> {
           return
         }
         if (lastError?.level === 'client-authentication') {
-          reject(auth.failure())
+          const failure = auth.failure()
+          if (auth.prompted) promptedFailures.add(failure)
+          reject(failure)
           return
         }
         const cause = socketError ?? lastError
@@ -797,6 +837,11 @@ export class Link extends EventEmitter<LinkEvents> {
       const files = hop.knownHostsFiles
       const policy = this.#options.hostKeyCheck ?? hop.hostKeyPolicy ?? 'strict'
       const policyFrom = this.#options.hostKeyCheck === undefined ? hop.hostKeyPolicyFrom : undefined
+      const say = this.#options.verbose
+      say?.(
+        `${where}: connecting${sock !== undefined ? ' through the jump host before it' : ''}; identity files ${hop.identityFiles.join(', ') || 'none'}${hop.identitiesOnly ? ' (only these)' : ''}; known_hosts ${files.join(', ') || 'none'}, policy ${policy}; methods ${(hop.preferredAuthentications ?? ['default']).join(',')}; keepalive ${keepaliveMs / 1000} s x ${keepaliveMax}`,
+      )
+      if (say !== undefined) client.once('ready', () => say(`${where}: authenticated`))
       client.connect({
         host: hop.host,
         port: hop.port,
@@ -810,7 +855,10 @@ export class Link extends EventEmitter<LinkEvents> {
           const note = (n: HostKeyNote): void => this.#noteHostKey(n)
           const from = policyFrom === undefined ? {} : { policyFrom }
           checkHostKey({ files, host: hop.host, port: hop.port, key, policy, note, ...from }).then(
-            () => verify(true),
+            () => {
+              say?.(`${where}: host key ${fingerprintSha256(key)} accepted (policy ${policy})`)
+              verify(true)
+            },
             (err: unknown) => {
               fatal = isIppTunnelError(err)
                 ? err
@@ -835,6 +883,9 @@ export class Link extends EventEmitter<LinkEvents> {
     })
   }
 }
+
+/** Authentication failures of attempts that asked someone: with a login gate, the link asks again. */
+const promptedFailures = new WeakSet<IppTunnelError>()
 
 /** Clients whose connection has closed (ssh2 emits `close` once; `endChain` must not wait for it again). */
 const closedClients = new WeakSet<Client>()

@@ -116,6 +116,9 @@ export async function resolveTarget(dest: string, opts: ResolveOptions = {}): Pr
         ...(s.proxyCommand === undefined ? {} : { proxyCommand: s.proxyCommand.command }),
         ...(s.certificateFiles === undefined ? {} : { certificateFiles: s.certificateFiles }),
         ...(s.controlPath === undefined ? {} : { controlPath: s.controlPath }),
+        ...(s.preferredAuthentications === undefined
+          ? {}
+          : { preferredAuthentications: s.preferredAuthentications }),
       },
       jumps: s.proxyJump ?? [],
     }

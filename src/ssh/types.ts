@@ -38,6 +38,8 @@ export interface ResolvedHop {
   readonly certificateFiles?: readonly string[]
   /** `ControlPath` with its tokens expanded: where the user's OpenSSH master for this hop listens. */
   readonly controlPath?: string
+  /** `PreferredAuthentications`: the methods to try, in order; default OpenSSH's order. */
+  readonly preferredAuthentications?: readonly string[]
 }
 
 /** The full route to a destination: `hops.at(-1)` is the server that forwards, the rest are jumps. */

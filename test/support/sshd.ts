@@ -1,6 +1,6 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -19,6 +19,11 @@ export interface SshdOptions {
   readonly allowTcpForwarding?: boolean
   /** Lines appended to sshd_config. */
   readonly extraConfig?: string
+  /**
+   * Log in through PAM with this service (`/etc/pam.d/<service>`, which the caller writes): sshd takes its PAM
+   * service name from its program name, so it runs as a link of that name. Enables keyboard-interactive.
+   */
+  readonly pamService?: string
 }
 
 /** A running OpenSSH sshd with throw-away keys. */
@@ -177,9 +182,16 @@ export async function startSshd(options: SshdOptions = {}): Promise<Sshd> {
           maxStartups: 100,
           logLevel: 'VERBOSE',
           ...(options.extraConfig !== undefined && { extra: options.extraConfig }),
+          ...(options.pamService !== undefined && { pam: true }),
         }),
       )
-      const argv = ['/usr/sbin/sshd', '-D', '-e', '-f', config]
+      let program = '/usr/sbin/sshd'
+      if (options.pamService !== undefined) {
+        program = join(dir, options.pamService)
+        await rm(program, { force: true })
+        await symlink('/usr/sbin/sshd', program)
+      }
+      const argv = [program, '-D', '-e', '-f', config]
       const stdio = ['ignore', 'ignore', 'pipe'] as const
       const child =
         options.netns === undefined
