@@ -113,12 +113,34 @@ function expressionsOf(value: unknown): Record<string, ExpressionValue> {
 export class OutputRouter {
   readonly #waiting = new Map<string, Collected>()
   readonly #stop = new AbortController()
+  #heard = false
+  #onHeard: (() => void) | undefined
 
   constructor(connection: Pick<Connection, 'messages'>) {
     const stream = connection.messages('iopub', { signal: this.#stop.signal })
     void (async () => {
-      for await (const message of stream) this.#route(message)
+      for await (const message of stream) {
+        this.#heard = true
+        this.#onHeard?.()
+        this.#route(message)
+      }
     })()
+  }
+
+  /** Resolves true once any message has arrived on iopub, or false after `ms`. */
+  heard(ms: number): Promise<boolean> {
+    if (this.#heard) return Promise.resolve(true)
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#onHeard = undefined
+        resolve(false)
+      }, ms)
+      this.#onHeard = () => {
+        clearTimeout(timer)
+        this.#onHeard = undefined
+        resolve(true)
+      }
+    })
   }
 
   #route(message: Message): void {

@@ -42,7 +42,33 @@ export class KernelClient {
         `${connection.where}: this is an ipyparallel file; use IppClient`,
       )
     }
-    return new KernelClient(connection)
+    const client = new KernelClient(connection)
+    try {
+      await client.#untilIopubHears(options.handshakeTimeoutMs ?? 30_000)
+    } catch (err) {
+      await connection.close()
+      throw err
+    }
+    return client
+  }
+
+  /**
+   * A subscription reaches the kernel's PUB socket some time after the handshake, and output published before it
+   * is lost (ZeroMQ's slow joiner). As jupyter_client's `wait_for_ready` does, ask `kernel_info` until its status
+   * messages arrive on iopub: from then on, nothing the kernel publishes is missed.
+   */
+  async #untilIopubHears(timeoutMs: number): Promise<void> {
+    const deadline = performance.now() + timeoutMs
+    for (;;) {
+      await this.connection.request('shell', 'kernel_info_request', {}, { timeoutMs })
+      if (await this.#router.heard(200)) return
+      if (performance.now() > deadline) {
+        throw new IppTunnelError(
+          'E_TIMEOUT',
+          `${this.connection.where}: the kernel answers on shell, but nothing arrives on iopub within ${String(timeoutMs)} ms`,
+        )
+      }
+    }
   }
 
   /**
