@@ -13,10 +13,16 @@ import { makePrivateTempDir } from '../safe-fs/index.js'
 import { openTunnel } from '../tunnel/index.js'
 import { Output } from './output.js'
 import { interrupted, untilSignal } from './signals.js'
-import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+import {
+  sshOptionsFrom,
+  withListenOption,
+  withSshOptions,
+  type ListenArgs,
+  type SshArgs,
+} from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 
-interface ExecArgs extends SshArgs {
+interface ExecArgs extends SshArgs, ListenArgs {
   readonly file: string
   readonly out?: string | undefined
   readonly json: boolean
@@ -32,7 +38,7 @@ export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => 
     'run a command against the loopback copy of a connection file ({} and $IPP_CONNECTION_FILE name it)',
     (y) =>
       withSshOptions(
-        y
+        withListenOption(y)
           .positional('file', { type: 'string', demandOption: true, describe: 'connection file' })
           .option('out', {
             alias: 'o',
@@ -85,6 +91,7 @@ async function exec(args: ExecArgs): Promise<number> {
       ...sshOptionsFrom(args, output),
       out,
       sourceFile: file,
+      listen: args.listen ?? 'tcp',
       signal: signals.signal,
     })
     const stopFollowing = followTunnel(tunnel, output, file)

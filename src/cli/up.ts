@@ -6,10 +6,16 @@ import { readConnectionFile } from '../connection-file/index.js'
 import { chooseDestination, defaultOutPath, openTunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
 import { interrupted, untilSignal } from './signals.js'
-import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+import {
+  sshOptionsFrom,
+  withListenOption,
+  withSshOptions,
+  type ListenArgs,
+  type SshArgs,
+} from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 
-interface UpArgs extends SshArgs {
+interface UpArgs extends SshArgs, ListenArgs {
   readonly file: string
   readonly out?: string | undefined
   readonly json: boolean
@@ -23,7 +29,7 @@ export function registerUp(yargs: Argv, run: (task: () => Promise<number>) => vo
     'open SSH forwards for a connection file and write its loopback copy; stay up until interrupted',
     (y) =>
       withSshOptions(
-        y
+        withListenOption(y)
           .positional('file', { type: 'string', demandOption: true, describe: 'connection file' })
           .option('out', {
             alias: 'o',
@@ -53,6 +59,7 @@ async function up(args: UpArgs): Promise<number> {
       ssh: destination,
       out,
       sourceFile: file,
+      listen: args.listen ?? 'tcp',
       signal: signals.signal,
     })
     const stopFollowing = followTunnel(tunnel, output, file)

@@ -18,6 +18,7 @@ import {
   LinkPool,
   openTunnel,
   type ForwardInfo,
+  type ListenKind,
   type Tunnel,
 } from '../tunnel/index.js'
 import { CopyLedger } from './ledger.js'
@@ -30,8 +31,10 @@ export interface ServiceOptions extends SshOptions, Omit<LinkOptions, keyof SshO
   readonly dirs: readonly string[]
   /** Put every loopback copy here instead of the sibling `-tunnel` directory of its source. */
   readonly outDir?: string
-  /** Where the service keeps its list of copies (to clean up after a crash). */
+  /** Where the service keeps its list of copies (to clean up after a crash), and `listen: 'unix'` its sockets. */
   readonly runtimeDir: string
+  /** What the tunnels listen on; default `tcp`. See {@link OpenTunnelOptions}. */
+  readonly listen?: ListenKind
 }
 
 /** One forward of a file, with its counters. */
@@ -368,6 +371,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         ...this.#options,
         ssh: destination,
         pool: this.#pool,
+        socketDir: this.#options.runtimeDir,
         out: entry.out,
         sourceFile: entry.file,
         signal: this.#abort.signal,
