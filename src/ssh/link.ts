@@ -262,7 +262,13 @@ export class Link extends EventEmitter<LinkEvents> {
         if (signal?.aborted === true) throw err
         // the link died under the request: wait for the reconnect and try once more
         if (!isIppTunnelError(err) && chain.dead && tries === 0) continue
-        throw this.#forwardError(err, this.#lastHop, target)
+        // OpenSSH answers "connect failed" both when AllowStreamLocalForwarding forbids it and when nothing is
+        // at the path: whether a socket is there tells the two apart
+        const socketThere =
+          target.kind === 'unix' && (err as Ssh2Error).reason === openFailure.connectFailed
+            ? await remoteSocketExists(client, target.path)
+            : undefined
+        throw this.#forwardError(err, this.#lastHop, target, socketThere)
       }
     }
   }
@@ -500,10 +506,23 @@ export class Link extends EventEmitter<LinkEvents> {
     })
   }
 
-  #forwardError(err: unknown, hop: ResolvedHop, target: ChannelTarget): IppTunnelError {
+  #forwardError(
+    err: unknown,
+    hop: ResolvedHop,
+    target: ChannelTarget,
+    socketThere?: boolean,
+  ): IppTunnelError {
     if (isIppTunnelError(err)) return err
     const where = targetText(target)
     const reason = (err as Ssh2Error).reason
+    if (target.kind === 'unix' && reason === openFailure.connectFailed && socketThere !== false) {
+      const seen = socketThere === true ? 'a socket is there, but ' : ''
+      return new IppTunnelError(
+        socketThere === true ? 'E_FORWARD_DENIED' : 'E_FORWARD',
+        `${label(hop)} would not connect to ${where}: ${seen}the server does not allow unix-socket forwarding (AllowStreamLocalForwarding / DisableForwarding in its sshd_config)${socketThere === true ? ', or nothing listens on that socket any more' : ', or nothing listens there'}`,
+        { cause: err },
+      )
+    }
     if (reason === openFailure.prohibited) {
       const rule =
         target.kind === 'unix'
@@ -696,6 +715,34 @@ export class Link extends EventEmitter<LinkEvents> {
       client.setNoDelay(true)
     })
   }
+}
+
+/**
+ * Whether a unix socket exists at `path` on the server, asked over SFTP (lstat); undefined when SFTP is not
+ * available or does not answer within 5 s.
+ */
+function remoteSocketExists(client: Client, path: string): Promise<boolean | undefined> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(undefined), 5000)
+    const done = (answer: boolean | undefined): void => {
+      clearTimeout(timer)
+      resolve(answer)
+    }
+    try {
+      client.sftp((err, sftp) => {
+        if (err) {
+          done(undefined)
+          return
+        }
+        sftp.lstat(path, (statErr, stats) => {
+          sftp.end()
+          done(statErr ? false : stats.isSocket())
+        })
+      })
+    } catch {
+      done(undefined)
+    }
+  })
 }
 
 /** Clients whose connection has closed (ssh2 emits `close` once; `endChain` must not wait for it again). */

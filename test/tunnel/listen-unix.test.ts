@@ -192,7 +192,11 @@ c.stop_channels()
     assert.equal(python.code, 0, python.stderr)
     assert.equal(python.stdout, '42\nok\n')
     await using client = await KernelClient.open(out, { handshakeTimeoutMs: 20_000 })
-    assert.equal((await client.execute('6 * 7')).result, '42')
+    assert.deepEqual((await client.execute('x = 6 * 7', { userExpressions: { x: 'x' } })).expressions.x, {
+      status: 'ok',
+      text: '42',
+      data: { 'text/plain': '42' },
+    })
   })
 
   test('a stale socket of ours at a listener path is replaced; anything else there is refused', async (t) => {
