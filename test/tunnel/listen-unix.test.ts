@@ -10,7 +10,7 @@ import { endpoints, parseConnectionFile, type ConnectionInfo } from '../../src/c
 import { IppClient, KernelClient } from '../../src/client/index.js'
 import { Forward, openTunnel } from '../../src/tunnel/index.js'
 import { renderReport } from '../../src/cli/status.js'
-import { exited, JsonLines, spawnCli } from '../support/cli.js'
+import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
 import { sshArgsOf, sshOptionsOf, startCluster, type Cluster } from '../support/index.js'
 import { clientApplyScript, runPython } from '../support/ipp.js'
 import { startKernel, type Kernel } from '../support/kernel.js'
@@ -136,6 +136,54 @@ describe('--listen unix: listeners are unix sockets in a private directory, the 
     assert.equal((await exited(child)).code, 0)
     await assert.rejects(lstat(socketDir), { code: 'ENOENT' }, 'the socket directory is removed')
     assert.deepEqual(await readdir(runtime), [])
+  })
+
+  test('watch --listen unix: copies name ipc sockets, status shows their paths; exec --listen unix too', async (t) => {
+    const watchRun = join(dir, 'watch-run')
+    await mkdir(watchRun, { mode: 0o700 })
+    const env = { IPP_TUNNEL_RUNTIME_DIR: watchRun }
+    const outDir = join(dir, 'watch-out')
+    const args = ['--dir', cluster.controller.securityDir, '--out-dir', outDir, '--listen', 'unix', ...auth]
+    const watch = spawnCli(['watch', '--json', ...args], env)
+    t.after(() => watch.kill('SIGKILL'))
+    const lines = new JsonLines(watch)
+    const ready = await lines.next(
+      (e) => e.event === 'ready' && e.file === cluster.controller.clientFile,
+      60_000,
+    )
+    const out = String(ready.out)
+    const info = parseConnectionFile(await readFile(out, 'utf8'), out)
+    const { paths } = await checkPrivate(info)
+    const status = await runCli(['status', '--width', '0'], env)
+    assert.equal(status.code, 0, status.stderr)
+    for (const path of paths)
+      assert.ok(status.stdout.includes(path), `status shows ${path}:\n${status.stdout}`)
+
+    const exec = await runCli(
+      [
+        'exec',
+        cluster.controller.clientFile,
+        '--listen',
+        'unix',
+        ...auth,
+        '--',
+        '/usr/bin/python3',
+        '-c',
+        'import json, sys; print(json.load(open(sys.argv[1]))["interface"])',
+        '{}',
+      ],
+      env,
+    )
+    assert.equal(exec.code, 0, exec.stderr)
+    assert.match(exec.stdout, new RegExp(`^ipc://${watchRun}/\\d+-[0-9a-f]{6}/client\n$`))
+
+    watch.kill('SIGINT')
+    assert.equal((await exited(watch)).code, 0)
+    assert.deepEqual(
+      (await readdir(watchRun)).filter((n) => n !== 'copies.json'),
+      [],
+      'no socket directory left',
+    )
   })
 
   test('engines --listen unix: ipengine registers through the unix sockets of an engine file', async (t) => {
