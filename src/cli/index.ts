@@ -2,17 +2,34 @@ import yargs, { type Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
 import { EXIT, Output } from './output.js'
-import { registerEngines } from './engines.js'
-import { registerExec } from './exec.js'
-import { registerUp } from './up.js'
-import { registerInstallService } from './install-service.js'
-import { registerStatus } from './status.js'
-import { registerWatch } from './watch.js'
-import { registerPing } from './ping.js'
-import { registerPx } from './px.js'
 
 /** The commands, for "unknown command" and its suggestion. */
 const COMMANDS = ['up', 'exec', 'watch', 'status', 'install-service', 'engines', 'ping', 'px'] as const
+
+type Command = (typeof COMMANDS)[number]
+type Register = (yargs: Argv, run: (task: () => Promise<number>) => void) => Argv
+
+/**
+ * Each command's module, loaded only when that command runs (or for --help): `up` never loads zeromq (client,
+ * sockets) or chokidar (service), which take most of the start-up time.
+ */
+const LOADERS: Readonly<Record<Command, () => Promise<Register>>> = {
+  up: async () => (await import('./up.js')).registerUp,
+  exec: async () => (await import('./exec.js')).registerExec,
+  watch: async () => (await import('./watch.js')).registerWatch,
+  status: async () => (await import('./status.js')).registerStatus,
+  'install-service': async () => (await import('./install-service.js')).registerInstallService,
+  engines: async () => (await import('./engines.js')).registerEngines,
+  ping: async () => (await import('./ping.js')).registerPing,
+  px: async () => (await import('./px.js')).registerPx,
+}
+
+/** The commands whose modules a command line needs: the one it names; none for a bare --version; else all (help). */
+function commandsFor(argv: readonly string[], first: string | undefined): readonly Command[] {
+  if (first !== undefined) return COMMANDS.filter((c) => c === first)
+  if (argv.includes('--version') && !argv.includes('--help')) return []
+  return COMMANDS
+}
 
 /** Edit distance, for suggesting the command a typo meant. */
 function distance(a: string, b: string): number {
@@ -76,14 +93,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     .help()
     .version()
     .wrap(null)
-  cli = registerUp(cli, run)
-  cli = registerExec(cli, run)
-  cli = registerWatch(cli, run)
-  cli = registerStatus(cli, run)
-  cli = registerInstallService(cli, run)
-  cli = registerEngines(cli, run)
-  cli = registerPing(cli, run)
-  cli = registerPx(cli, run)
+  const registers = await Promise.all(commandsFor(argv, first).map((c) => LOADERS[c]()))
+  for (const register of registers) cli = register(cli, run)
   await cli.parseAsync()
   if (usageError !== undefined) {
     const output = new Output({ json: argv.includes('--json'), debug })
