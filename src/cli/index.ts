@@ -1,4 +1,6 @@
-import yargs, { type Argv } from 'yargs'
+import { readFileSync } from 'node:fs'
+
+import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
 import { EXIT, Output } from './output.js'
@@ -29,6 +31,13 @@ function commandsFor(argv: readonly string[], first: string | undefined): readon
   if (first !== undefined) return COMMANDS.filter((c) => c === first)
   if (argv.includes('--version') && !argv.includes('--help')) return []
   return COMMANDS
+}
+
+/** The package's version, from its package.json (dist/src/cli/index.js → package.json). */
+function packageVersion(): string {
+  const text = readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')
+  const { version } = JSON.parse(text) as { version?: unknown }
+  return typeof version === 'string' ? version : 'unknown'
 }
 
 /** Edit distance, for suggesting the command a typo meant. */
@@ -78,6 +87,12 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT.badInput
   }
   let usageError: string | undefined
+  // yargs alone takes about as long as node's own start: a bare --version does without it
+  if (argv.length === 1 && argv[0] === '--version') {
+    process.stdout.write(`${packageVersion()}\n`)
+    return EXIT.ok
+  }
+  const { default: yargs } = await import('yargs')
   let cli: Argv = yargs([...argv])
     .scriptName('ipp-tunnel')
     .parserConfiguration({ 'populate--': true })
