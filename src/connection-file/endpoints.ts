@@ -69,14 +69,26 @@ function ports(info: ConnectionInfo): Ports {
 }
 
 /**
- * The unix socket of one channel of an `ipc` file: ZeroMQ's `ipc://` address is the path, and ipyparallel builds it
- * as `interface + ":" + port`, jupyter_client as `ipc://{ip}-{port}`.
+ * The unix socket one channel of an `ipc` file listens on: ipykernel binds `ipc://{ip}-{port}`, and ipyparallel 7.1's
+ * ipcontroller binds `interface + "-" + port` too — though its Client and ipengine connect to `interface + ":" +
+ * port` (see {@link ippClientSocketPath}).
  *
  * @example
  * ipcSocketPath('kernel', '/run/k/kernel', 3) // '/run/k/kernel-3'
  */
-export function ipcSocketPath(kind: ConnectionKind, prefix: string, port: number): string {
-  return kind === 'kernel' ? `${prefix}-${port}` : `${prefix}:${port}`
+export function ipcSocketPath(_kind: ConnectionKind, prefix: string, port: number): string {
+  return `${prefix}-${port}`
+}
+
+/**
+ * Where ipyparallel's Client and ipengine connect for a channel of an `ipc` file: `interface + ":" + port`. A
+ * listener serving them must answer at this name too (the tunnel hard-links it to {@link ipcSocketPath}).
+ *
+ * @example
+ * ippClientSocketPath('/run/x/client', 3) // '/run/x/client:3'
+ */
+export function ippClientSocketPath(prefix: string, port: number): string {
+  return `${prefix}:${port}`
 }
 
 /** The path prefix of an `ipc` file's unix sockets, or undefined for a TCP file. */
@@ -112,7 +124,7 @@ export function destinationOf(info: ConnectionInfo): string | undefined {
 /**
  * A copy of `info` pointing at loopback: each channel gets its port from `localPorts`, the address becomes
  * 127.0.0.1 (`tcp`), `ssh` is emptied; key, scheme, Curve keys and extras are kept. With `options.ipc` (a path
- * prefix) the copy names unix sockets instead: `interface: "ipc://<prefix>"` (each channel at `<prefix>:<port>`),
+ * prefix) the copy names unix sockets instead: `interface: "ipc://<prefix>"` (each channel at `<prefix>-<port>` and, for its Client, `<prefix>:<port>`),
  * or for a kernel `transport: "ipc"` and `ip: <prefix>` (`<prefix>-<port>`); see {@link ipcSocketPath}.
  *
  * @throws IppTunnelError `E_CONNFILE_FIELD` when a channel has no valid local port.

@@ -75,7 +75,7 @@ export { isZ85Key, kindFromFileName, MAX_LIST_PORTS, parseConnectionFile } from 
  * const local = toLoopback(info, new Map(endpoints(info).map((e) => [e.channel, listenerPort(e)])))
  * const unix = toLoopback(info, new Map([['shell', 1], …]), { ipc: '/run/user/1000/ipp-tunnel/u1-ab/kernel' })
  */
-export { destinationOf, endpoints, ipcSocketPath, toLoopback } from './endpoints.js'
+export { destinationOf, endpoints, ipcSocketPath, ippClientSocketPath, toLoopback } from './endpoints.js'
 
 /**
  * `serializeConnectionFile(info)`: JSON as the peers write it (indent 2), extras preserved.

@@ -1,4 +1,4 @@
-import { chmod, lstat, unlink } from 'node:fs/promises'
+import { chmod, link, lstat, unlink } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 
@@ -18,8 +18,18 @@ export type LocalAddress =
   | { readonly kind: 'tcp'; readonly host: '127.0.0.1'; readonly port: number }
   | { readonly kind: 'unix'; readonly path: string; readonly port: number }
 
-/** What to listen on: a TCP port (0: the kernel picks), or a unix socket path with the channel's number. */
-export type ListenOn = number | { readonly kind: 'unix'; readonly path: string; readonly port: number }
+/**
+ * What to listen on: a TCP port (0: the kernel picks), or a unix socket path with the channel's number, and other
+ * names (hard links) the same socket answers at.
+ */
+export type ListenOn =
+  | number
+  | {
+      readonly kind: 'unix'
+      readonly path: string
+      readonly port: number
+      readonly aliases?: readonly string[]
+    }
 
 /** `127.0.0.1:port` or the socket path, for messages and reports. */
 export function addressText(address: LocalAddress | Endpoint): string {
@@ -115,6 +125,7 @@ export class Forward {
   #closedBytesIn = 0
   #closedBytesOut = 0
   #closed = false
+  readonly #aliases: readonly string[]
   /** Set while connections are being refused, so that a flood gives one report, not one per connection. */
   #refusing = false
 
@@ -125,8 +136,9 @@ export class Forward {
     openRemote: OpenRemote,
     onError: (channel: string, err: unknown) => void,
     budget: ChannelBudget,
-    unix: { readonly path: string; readonly port: number } | undefined,
+    unix: { readonly path: string; readonly port: number; readonly aliases: readonly string[] } | undefined,
   ) {
+    this.#aliases = unix?.aliases ?? []
     this.channel = channel
     this.#remote = remote
     this.#server = server
@@ -172,7 +184,8 @@ export class Forward {
   ): Promise<Forward> {
     const unix = typeof on === 'number' ? undefined : on
     const where = unix === undefined ? '127.0.0.1' : unix.path
-    if (unix !== undefined) await removeStaleSocket(unix.path)
+    const aliases = unix?.aliases ?? []
+    if (unix !== undefined) for (const path of [unix.path, ...aliases]) await removeStaleSocket(path)
     const server = createServer({ pauseOnConnect: true, noDelay: true, allowHalfOpen: true })
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
@@ -188,6 +201,7 @@ export class Forward {
       .then(async () => {
         // the directory (0700) is what keeps others out; the mode is a second fence
         if (unix !== undefined) await chmod(unix.path, 0o600)
+        for (const alias of aliases) await link(unix?.path ?? '', alias)
       })
       .catch((err: unknown) => {
         server.close()
@@ -198,7 +212,15 @@ export class Forward {
           { cause: err },
         )
       })
-    return new Forward(remote.channel, remote, server, openRemote, onError, budget, unix)
+    return new Forward(
+      remote.channel,
+      remote,
+      server,
+      openRemote,
+      onError,
+      budget,
+      unix && { ...unix, aliases },
+    )
   }
 
   get remote(): Endpoint {
@@ -290,6 +312,7 @@ export class Forward {
     this.#closed = true
     for (const socket of this.#sockets) socket.destroy()
     await new Promise<void>((resolve) => this.#server.close(() => resolve()))
+    for (const alias of this.#aliases) await removeStaleSocket(alias).catch(() => undefined)
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -7,6 +7,7 @@ import {
   destinationOf,
   endpoints,
   ipcSocketPath,
+  ippClientSocketPath,
   readConnectionFile,
   toLoopback,
   type ConnectionInfo,
@@ -288,7 +289,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
           let on: Parameters<typeof Forward.listen>[3] = 0
           if (sockets !== undefined) {
             const port = unixPort()
-            on = { kind: 'unix', path: ipcSocketPath(info.kind, sockets.prefix(info.kind), port), port }
+            const prefix = sockets.prefix(info.kind)
+            // ipcontroller binds <prefix>-<port>, its Client and ipengine connect to <prefix>:<port>: answer at both
+            const aliases = info.kind === 'kernel' ? [] : [ippClientSocketPath(prefix, port)]
+            on = { kind: 'unix', path: ipcSocketPath(info.kind, prefix, port), port, aliases }
           }
           const forward = await Forward.listen(endpoint, openRemote, onError, on, this.#budget)
           // closed (and aborted) while listening: close() has already run over the forwards it knew

@@ -5,6 +5,7 @@ import {
   destinationOf,
   endpoints,
   ipcSocketPath,
+  ippClientSocketPath,
   parseConnectionFile,
   redact,
   serializeConnectionFile,
@@ -226,12 +227,12 @@ test('redact hides the key, the Curve secret and secret-looking extras, and noth
   )
 })
 
-test('ipc files: each channel is a unix socket, <interface>:<port> (ipyparallel) or <ip>-<port> (jupyter_client)', () => {
+test('ipc files: each channel is a unix socket, <interface>-<port> (ipcontroller 7.1) or <ip>-<port> (ipykernel)', () => {
   const ipp = parseFixture('ipc/ipcontroller-client.json')
   assert.deepEqual(endpoints(ipp)[0], {
     kind: 'unix',
     channel: 'registration',
-    path: '/tmp/ipp:51439',
+    path: '/tmp/ipp-51439',
     port: 51439,
   })
   const kernel = parseFixture('ipc/kernel-ipc.json')
@@ -269,7 +270,8 @@ test('toLoopback with ipc: unix sockets under a prefix; an ipc source with tcp l
   const ippUnix = toLoopback(c, localPortsFor(c, 1), { ipc: '/run/x/client' })
   assert.ok(ippUnix.kind === 'ipp-client')
   assert.equal(ippUnix.interface, 'ipc:///run/x/client')
-  assert.equal(ipcSocketPath('ipp-client', '/run/x/client', 3), '/run/x/client:3')
+  assert.equal(ipcSocketPath('ipp-client', '/run/x/client', 3), '/run/x/client-3', 'where ipcontroller binds')
+  assert.equal(ippClientSocketPath('/run/x/client', 3), '/run/x/client:3', 'where its Client connects')
   const round = parseConnectionFile(serializeConnectionFile(ippUnix), 'ipcontroller-client.json')
   assert.deepEqual(round, ippUnix)
   const fromIpc = parseFixture('ipc/kernel-ipc.json')

@@ -111,11 +111,18 @@ describe('--listen unix: listeners are unix sockets in a private directory, the 
     assert.equal(info.ssh, '')
     const { dir: socketDir, paths } = await checkPrivate(info)
     assert.equal(dirname(socketDir), runtime, 'the socket directory is in the runtime directory')
+    const prefix = info.interface.slice('ipc://'.length)
     assert.deepEqual(
       paths,
-      endpoints(info).map((e) => `${info.interface.slice('ipc://'.length)}:${e.port}`),
-      'each socket is <interface>:<port>, as ipyparallel derives it',
+      endpoints(info).map((e) => `${prefix}-${e.port}`),
+      'each socket is <interface>-<port>, where ipcontroller binds',
     )
+    // ipyparallel's Client and ipengine connect to <interface>:<port>: the same socket, hard-linked
+    const clientPaths = endpoints(info).map((e) => `${prefix}:${e.port}`)
+    for (const [i, path] of clientPaths.entries()) {
+      const [a, b] = await Promise.all([lstat(path), lstat(paths[i] ?? '')])
+      assert.ok(a.isSocket() && a.ino === b.ino, `${path} is ${paths[i] ?? ''}`)
+    }
     assert.equal(new Set(endpoints(info).map((e) => e.port)).size, paths.length, 'distinct ports')
     const forwards = ready.forwards as { channel: string; local: string; remote: string }[]
     assert.deepEqual(forwards.map((f) => f.local).sort(), [...paths].sort(), 'ready names the socket paths')
@@ -130,7 +137,7 @@ describe('--listen unix: listeners are unix sockets in a private directory, the 
     assert.deepEqual((await client.engines()).ids, [0])
 
     assert.equal(await listAsOther(socketDir), 'EACCES', 'another user cannot list the directory')
-    for (const path of paths) assert.equal(await connectAsOther(path), 'EACCES', path)
+    for (const path of [...paths, ...clientPaths]) assert.equal(await connectAsOther(path), 'EACCES', path)
 
     child.kill('SIGINT')
     assert.equal((await exited(child)).code, 0)

@@ -4,10 +4,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
-import { KernelClient } from '../../src/client/index.js'
+import { IppClient, KernelClient } from '../../src/client/index.js'
 import { endpoints, parseConnectionFile } from '../../src/connection-file/index.js'
 import { openTunnel } from '../../src/tunnel/index.js'
-import { runCli } from '../support/cli.js'
+import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
 import {
   createNetns,
   hasCode,
@@ -17,7 +17,7 @@ import {
   type Netns,
   type Sshd,
 } from '../support/index.js'
-import { runPython } from '../support/ipp.js'
+import { clientApplyScript, runPython, startController } from '../support/ipp.js'
 import { startKernel, type Kernel } from '../support/kernel.js'
 
 const JUPYTER_EXECUTE = `
@@ -141,5 +141,45 @@ describe('a kernel started with --transport ipc behind sshd: forwarded with dire
       openTunnel(gone, { ...sshOptionsOf(sshd), ssh: `root@${sshd.host}:${sshd.port}` }),
       hasCode('E_FORWARD', 'Nothing accepts connections at unix socket', join(dir, 'nothing-here')),
     )
+  })
+
+  test('an ipcontroller on unix sockets (--transport=ipc): engines register through ipp-tunnel engines, Clients run', async (t) => {
+    const ssh = `root@${sshd.host}:${sshd.port}`
+    const controller = await startController({ netns: ns, ssh, ipc: join(dir, 'ctl') })
+    t.after(() => controller.close())
+    const engine = parseConnectionFile(await readFile(controller.engineFile, 'utf8'), controller.engineFile)
+    assert.ok(engine.kind === 'ipp-engine' && engine.interface === `ipc://${join(dir, 'ctl')}`)
+    const engines = spawnCli([
+      'engines',
+      controller.engineFile,
+      '-n',
+      '1',
+      '--json',
+      '--ssh',
+      ssh,
+      ...sshArgsOf(sshd),
+    ])
+    t.after(() => engines.kill('SIGKILL'))
+    const lines = new JsonLines(engines)
+    await lines.next('engine-registered', 90_000)
+
+    const out = join(dir, 'ctl-copy', 'ipcontroller-client.json')
+    await using tunnel = await openTunnel(controller.clientFile, {
+      ...sshOptionsOf(sshd),
+      out,
+      listen: 'unix',
+      socketDir: join(dir, 'ctl-run'),
+    })
+    assert.ok(tunnel.forwards.every((f) => f.remote.kind === 'unix'))
+    const python = await runPython(clientApplyScript(out, 1))
+    assert.equal(python.code, 0, python.stderr)
+    assert.deepEqual((JSON.parse(python.stdout) as { ids: number[] }).ids, [0])
+    await using client = await IppClient.open(controller.clientFile, {
+      ...sshOptionsOf(sshd),
+      handshakeTimeoutMs: 20_000,
+    })
+    assert.deepEqual((await client.engines()).ids, [0])
+    engines.kill('SIGINT')
+    assert.equal((await exited(engines)).code, 0)
   })
 })
