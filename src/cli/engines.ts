@@ -20,10 +20,16 @@ import { makePrivateTempDir } from '../safe-fs/index.js'
 import { chooseDestination, openTunnel, type Tunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
 import { interrupted, untilSignal } from './signals.js'
-import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+import {
+  sshOptionsFrom,
+  withListenOption,
+  withSshOptions,
+  type ListenArgs,
+  type SshArgs,
+} from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 
-interface EnginesArgs extends SshArgs {
+interface EnginesArgs extends SshArgs, ListenArgs {
   readonly file: string
   readonly n: string
   readonly mpi: boolean
@@ -42,7 +48,7 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
     "tunnel a controller's engine file and run N engines through one ssh connection until interrupted",
     (y) =>
       withSshOptions(
-        y
+        withListenOption(y)
           .positional('file', {
             type: 'string',
             demandOption: true,
@@ -172,7 +178,13 @@ async function engines(args: EnginesArgs): Promise<number> {
     privateDir = await makePrivateTempDir('ipp-tunnel-engines-')
     const out = join(privateDir, basename(file))
     const { destination, sshFrom } = await chooseDestination(info, file, args.ssh, 'pass --ssh user@host')
-    tunnel = await openTunnel(info, { ...options, ssh: destination, out, signal: signals.signal })
+    tunnel = await openTunnel(info, {
+      ...options,
+      ssh: destination,
+      out,
+      listen: args.listen ?? 'tcp',
+      signal: signals.signal,
+    })
     const stopFollowing = followTunnel(tunnel, output, file)
     output.emit({
       ...readyEvent(tunnel, file, out),

@@ -15,10 +15,16 @@ import { remotePathOf, type RemoteSpec } from '../sources/index.js'
 import { Output } from './output.js'
 import { openPulled } from './remote-file.js'
 import { interrupted, untilSignal } from './signals.js'
-import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+import {
+  sshOptionsFrom,
+  withListenOption,
+  withSshOptions,
+  type ListenArgs,
+  type SshArgs,
+} from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 
-interface ExecArgs extends SshArgs {
+interface ExecArgs extends SshArgs, ListenArgs {
   readonly file: string
   readonly out?: string | undefined
   readonly poll?: number | undefined
@@ -35,7 +41,7 @@ export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => 
     'run a command against the loopback copy of a connection file ({} and $IPP_CONNECTION_FILE name it)',
     (y) =>
       withSshOptions(
-        y
+        withListenOption(y)
           .positional('file', {
             type: 'string',
             demandOption: true,
@@ -110,6 +116,7 @@ async function exec(args: ExecArgs): Promise<number> {
         ...sshOptionsFrom(args, output),
         out,
         sourceFile: file,
+        listen: args.listen ?? 'tcp',
         signal: signals.signal,
       })
       opened = tunnel

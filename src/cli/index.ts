@@ -1,16 +1,9 @@
-import yargs, { type Argv } from 'yargs'
+import { readFileSync } from 'node:fs'
+
+import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
 import { EXIT, Output } from './output.js'
-import { registerEngines } from './engines.js'
-import { registerExec } from './exec.js'
-import { registerUp } from './up.js'
-import { registerInstallService } from './install-service.js'
-import { registerStatus } from './status.js'
-import { registerWatch } from './watch.js'
-import { registerPing } from './ping.js'
-import { registerPx } from './px.js'
-import { registerLogin } from './login.js'
 
 /** The commands, for "unknown command" and its suggestion. */
 const COMMANDS = [
@@ -24,6 +17,39 @@ const COMMANDS = [
   'ping',
   'px',
 ] as const
+
+type Command = (typeof COMMANDS)[number]
+type Register = (yargs: Argv, run: (task: () => Promise<number>) => void) => Argv
+
+/**
+ * Each command's module, loaded only when that command runs (or for --help): `up` never loads zeromq (client,
+ * sockets) or chokidar (service), which take most of the start-up time.
+ */
+const LOADERS: Readonly<Record<Command, () => Promise<Register>>> = {
+  up: async () => (await import('./up.js')).registerUp,
+  exec: async () => (await import('./exec.js')).registerExec,
+  watch: async () => (await import('./watch.js')).registerWatch,
+  status: async () => (await import('./status.js')).registerStatus,
+  login: async () => (await import('./login.js')).registerLogin,
+  'install-service': async () => (await import('./install-service.js')).registerInstallService,
+  engines: async () => (await import('./engines.js')).registerEngines,
+  ping: async () => (await import('./ping.js')).registerPing,
+  px: async () => (await import('./px.js')).registerPx,
+}
+
+/** The commands whose modules a command line needs: the one it names; none for a bare --version; else all (help). */
+function commandsFor(argv: readonly string[], first: string | undefined): readonly Command[] {
+  if (first !== undefined) return COMMANDS.filter((c) => c === first)
+  if (argv.includes('--version') && !argv.includes('--help')) return []
+  return COMMANDS
+}
+
+/** The package's version, from its package.json (dist/src/cli/index.js → package.json). */
+function packageVersion(): string {
+  const text = readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')
+  const { version } = JSON.parse(text) as { version?: unknown }
+  return typeof version === 'string' ? version : 'unknown'
+}
 
 /** Edit distance, for suggesting the command a typo meant. */
 function distance(a: string, b: string): number {
@@ -72,6 +98,12 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT.badInput
   }
   let usageError: string | undefined
+  // yargs alone takes about as long as node's own start: a bare --version does without it
+  if (argv.length === 1 && argv[0] === '--version') {
+    process.stdout.write(`${packageVersion()}\n`)
+    return EXIT.ok
+  }
+  const { default: yargs } = await import('yargs')
   let cli: Argv = yargs([...argv])
     .scriptName('ipp-tunnel')
     .parserConfiguration({ 'populate--': true })
@@ -87,15 +119,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     .help()
     .version()
     .wrap(null)
-  cli = registerUp(cli, run)
-  cli = registerExec(cli, run)
-  cli = registerWatch(cli, run)
-  cli = registerStatus(cli, run)
-  cli = registerLogin(cli, run)
-  cli = registerInstallService(cli, run)
-  cli = registerEngines(cli, run)
-  cli = registerPing(cli, run)
-  cli = registerPx(cli, run)
+  const registers = await Promise.all(commandsFor(argv, first).map((c) => LOADERS[c]()))
+  for (const register of registers) cli = register(cli, run)
   await cli.parseAsync()
   if (usageError !== undefined) {
     const output = new Output({ json: argv.includes('--json'), debug })

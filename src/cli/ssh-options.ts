@@ -29,6 +29,21 @@ export interface SshArgs {
   readonly verbose?: number | undefined
 }
 
+/** `--listen`: what the local listeners of a tunnel-opening command are. */
+export interface ListenArgs {
+  readonly listen?: 'tcp' | 'unix' | undefined
+}
+
+/** Adds `--listen tcp|unix` to a command that opens tunnels. */
+export function withListenOption<T>(yargs: Argv<T>) {
+  return yargs.option('listen', {
+    choices: ['tcp', 'unix'] as const,
+    default: 'tcp' as const,
+    describe:
+      'tcp: ports on 127.0.0.1 (any local user can connect); unix: unix sockets in a private 0700 directory, the loopback file says ipc:// (only you can connect)',
+  })
+}
+
 /** Adds the shared ssh flags to a command. */
 export function withSshOptions<T>(yargs: Argv<T>) {
   return yargs

@@ -2,6 +2,7 @@ import { basename } from 'node:path'
 
 import type { Argv } from 'yargs'
 
+import { addressText } from '../tunnel/index.js'
 import { queryStatus, statusSocketPath, type FileStatus, type StatusReport } from '../service/index.js'
 import { EXIT, oneLine, Output } from './output.js'
 
@@ -99,8 +100,10 @@ function fileLines(file: FileStatus, width: number, waiting: ReadonlySet<string>
       ['  CHANNEL', 'LOCAL', 'REMOTE (from ssh server)', 'OPEN', 'FROM REMOTE', 'TO REMOTE'],
       ...file.forwards.map((f) => [
         `  ${f.channel}`,
-        `${f.local.host}:${f.local.port}`,
-        fit(`${f.remote.host}:${f.remote.port}`, remoteWidth),
+        f.local.kind === 'unix'
+          ? fit(f.local.path, width > 0 ? Math.max(15, width - 40) : 0, true)
+          : addressText(f.local),
+        fit(addressText(f.remote), remoteWidth, f.remote.kind === 'unix'),
         String(f.open),
         bytes(f.bytesIn),
         bytes(f.bytesOut),

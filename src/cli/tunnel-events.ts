@@ -1,4 +1,4 @@
-import type { Tunnel } from '../tunnel/index.js'
+import { addressText, type Tunnel } from '../tunnel/index.js'
 import type { Output } from './output.js'
 
 /** The `ready` event of a tunnel, as `up`, `exec` and `watch` print it. */
@@ -10,8 +10,8 @@ export function readyEvent(tunnel: Tunnel, file: string, out: string | undefined
     ms: Math.round(tunnel.readyMs),
     forwards: tunnel.forwards.map((f) => ({
       channel: f.channel,
-      local: `${f.local.host}:${f.local.port}`,
-      remote: `${f.remote.host}:${f.remote.port}`,
+      local: addressText(f.local),
+      remote: addressText(f.remote),
     })),
   }
 }

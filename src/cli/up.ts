@@ -8,10 +8,16 @@ import { remotePathOf, type RemoteSpec } from '../sources/index.js'
 import { EXIT, Output } from './output.js'
 import { defaultRemoteOut, openPulled } from './remote-file.js'
 import { interrupted, untilSignal } from './signals.js'
-import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+import {
+  sshOptionsFrom,
+  withListenOption,
+  withSshOptions,
+  type ListenArgs,
+  type SshArgs,
+} from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 
-interface UpArgs extends SshArgs {
+interface UpArgs extends SshArgs, ListenArgs {
   readonly file: string
   readonly out?: string | undefined
   readonly poll?: number | undefined
@@ -26,7 +32,7 @@ export function registerUp(yargs: Argv, run: (task: () => Promise<number>) => vo
     'open SSH forwards for a connection file and write its loopback copy; stay up until interrupted',
     (y) =>
       withSshOptions(
-        y
+        withListenOption(y)
           .positional('file', {
             type: 'string',
             demandOption: true,
@@ -92,6 +98,7 @@ async function up(args: UpArgs): Promise<number> {
       ssh: destination,
       out,
       sourceFile: file,
+      listen: args.listen ?? 'tcp',
       signal: signals.signal,
     })
     const stopFollowing = followTunnel(tunnel, output, file)

@@ -4,7 +4,7 @@ import { resolve } from 'node:path'
 import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
-import type { ForwardInfo } from '../tunnel/index.js'
+import { addressText, type ForwardInfo } from '../tunnel/index.js'
 import {
   profileSecurityDir,
   runtimeDir,
@@ -16,10 +16,16 @@ import { parseRemoteSpec, remoteDefaultDirs } from '../sources/index.js'
 import { quotePrompts } from '../ssh/index.js'
 import { EXIT, Output } from './output.js'
 import { untilSignal } from './signals.js'
-import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+import {
+  sshOptionsFrom,
+  withListenOption,
+  withSshOptions,
+  type ListenArgs,
+  type SshArgs,
+} from './ssh-options.js'
 import { formatTunnelEvents } from './tunnel-events.js'
 
-interface WatchArgs extends SshArgs {
+interface WatchArgs extends SshArgs, ListenArgs {
   readonly profile?: readonly string[] | undefined
   readonly dir?: readonly string[] | undefined
   readonly 'out-dir'?: string | undefined
@@ -100,7 +106,7 @@ export function registerWatch(yargs: Argv, run: (task: () => Promise<number>) =>
     'follow security directories: every connection file that appears gets tunnels and a loopback copy',
     (y) =>
       withSshOptions(
-        y
+        withListenOption(y)
           .option('profile', {
             alias: 'p',
             type: 'string',
@@ -148,8 +154,8 @@ function remoteOf(e: { source?: 'remote'; destination?: string; path?: string })
 function forwardsOf(forwards: readonly ForwardInfo[]) {
   return forwards.map((f) => ({
     channel: f.channel,
-    local: `${f.local.host}:${f.local.port}`,
-    remote: `${f.remote.host}:${f.remote.port}`,
+    local: addressText(f.local),
+    remote: addressText(f.remote),
   }))
 }
 
@@ -197,6 +203,7 @@ async function watch(args: WatchArgs): Promise<number> {
       remotes,
       pollMs: poll,
       runtimeDir: runtimeDir(process.env),
+      listen: args.listen ?? 'tcp',
       ...(args['out-dir'] !== undefined && { outDir: resolve(args['out-dir']) }),
     })
     service.on('ready', (e) =>

@@ -7,6 +7,7 @@ import * as zmq from 'zeromq'
 
 import { endpoints, type IppClientInfo, type IppEngineInfo } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
+import { endpointUrl } from '../sockets/index.js'
 import { Session, type JsonObject, type Message } from '../wire/index.js'
 import type { Engines } from './ipp.js'
 
@@ -55,8 +56,7 @@ export class HubQuery {
       routingId: this.#session.session,
       ...curve,
     })
-    const host = registration.host.includes(':') ? `[${registration.host}]` : registration.host
-    this.#socket.connect(`tcp://${host}:${registration.port}`)
+    this.#socket.connect(endpointUrl(registration))
     void this.#receive()
   }
 

@@ -1,5 +1,12 @@
 import { IppTunnelError } from '../errors/index.js'
-import type { ConnectionInfo, Endpoint, IppClientInfo, IppEngineInfo, KernelInfo } from './types.js'
+import type {
+  ConnectionInfo,
+  ConnectionKind,
+  Endpoint,
+  IppClientInfo,
+  IppEngineInfo,
+  KernelInfo,
+} from './types.js'
 
 const LOOPBACK = '127.0.0.1'
 const ANY = new Set(['*', '0.0.0.0'])
@@ -61,8 +68,49 @@ function ports(info: ConnectionInfo): Ports {
   }
 }
 
-/** Every port the peer listens on, named by channel, with its host as seen from the ssh server. */
+/**
+ * The unix socket one channel of an `ipc` file listens on: ipykernel binds `ipc://{ip}-{port}`, and ipyparallel 7.1's
+ * ipcontroller binds `interface + "-" + port` too — though its Client and ipengine connect to `interface + ":" +
+ * port` (see {@link ippClientSocketPath}).
+ *
+ * @example
+ * ipcSocketPath('kernel', '/run/k/kernel', 3) // '/run/k/kernel-3'
+ */
+export function ipcSocketPath(_kind: ConnectionKind, prefix: string, port: number): string {
+  return `${prefix}-${port}`
+}
+
+/**
+ * Where ipyparallel's Client and ipengine connect for a channel of an `ipc` file: `interface + ":" + port`. A
+ * listener serving them must answer at this name too (the tunnel hard-links it to {@link ipcSocketPath}).
+ *
+ * @example
+ * ippClientSocketPath('/run/x/client', 3) // '/run/x/client:3'
+ */
+export function ippClientSocketPath(prefix: string, port: number): string {
+  return `${prefix}:${port}`
+}
+
+/** The path prefix of an `ipc` file's unix sockets, or undefined for a TCP file. */
+function ipcPrefix(info: ConnectionInfo): string | undefined {
+  if (info.kind === 'kernel') return info.transport === 'ipc' ? info.ip : undefined
+  return info.interface.startsWith('ipc://') ? info.interface.slice('ipc://'.length) : undefined
+}
+
+/**
+ * Every port the peer listens on, named by channel: for TCP files with its host as seen from the ssh server, for
+ * `ipc` files (`interface: "ipc://…"`, `transport: "ipc"`) as a unix socket path on the ssh server's machine.
+ */
 export function endpoints(info: ConnectionInfo): Endpoint[] {
+  const prefix = ipcPrefix(info)
+  if (prefix !== undefined) {
+    return ports(info).map(([channel, port]) => ({
+      kind: 'unix',
+      channel,
+      path: ipcSocketPath(info.kind, prefix, port),
+      port,
+    }))
+  }
   const host = info.kind === 'kernel' ? kernelHost(info) : ippHost(info)
   return ports(info).map(([channel, port]) => ({ channel, host, port }))
 }
@@ -74,12 +122,20 @@ export function destinationOf(info: ConnectionInfo): string | undefined {
 }
 
 /**
- * A copy of `info` pointing at loopback: each channel gets its port from `localPorts`, the address
- * becomes 127.0.0.1, `ssh` is emptied; key, scheme, Curve keys and extras are kept.
+ * A copy of `info` pointing at loopback: each channel gets its port from `localPorts`, the address becomes
+ * 127.0.0.1 (`tcp`), `ssh` is emptied; key, scheme, Curve keys and extras are kept. With `options.ipc` (a path
+ * prefix) the copy names unix sockets instead: `interface: "ipc://<prefix>"` (each channel at `<prefix>-<port>` and, for its Client, `<prefix>:<port>`),
+ * or for a kernel `transport: "ipc"` and `ip: <prefix>` (`<prefix>-<port>`); see {@link ipcSocketPath}.
  *
  * @throws IppTunnelError `E_CONNFILE_FIELD` when a channel has no valid local port.
  */
-export function toLoopback(info: ConnectionInfo, localPorts: ReadonlyMap<string, number>): ConnectionInfo {
+export function toLoopback(
+  info: ConnectionInfo,
+  localPorts: ReadonlyMap<string, number>,
+  options: { readonly ipc?: string | undefined } = {},
+): ConnectionInfo {
+  const ipc = options.ipc
+  const iface = ipc === undefined ? `tcp://${LOOPBACK}` : `ipc://${ipc}`
   const local = (channel: string): number => {
     const port = localPorts.get(channel)
     if (port === undefined || !Number.isInteger(port) || port < 1 || port > 65535) {
@@ -95,7 +151,7 @@ export function toLoopback(info: ConnectionInfo, localPorts: ReadonlyMap<string,
       return {
         ...info,
         ssh: '',
-        interface: `tcp://${LOOPBACK}`,
+        interface: iface,
         location: LOOPBACK,
         registration: local('registration'),
         control: local('control'),
@@ -109,7 +165,7 @@ export function toLoopback(info: ConnectionInfo, localPorts: ReadonlyMap<string,
       return {
         ...info,
         ssh: '',
-        interface: `tcp://${LOOPBACK}`,
+        interface: iface,
         location: LOOPBACK,
         registration: local('registration'),
         control: local('control'),
@@ -123,7 +179,8 @@ export function toLoopback(info: ConnectionInfo, localPorts: ReadonlyMap<string,
     case 'kernel':
       return {
         ...info,
-        ip: LOOPBACK,
+        ip: ipc ?? LOOPBACK,
+        transport: ipc === undefined ? 'tcp' : 'ipc',
         shell_port: local('shell'),
         iopub_port: local('iopub'),
         stdin_port: local('stdin'),

@@ -26,6 +26,8 @@ export type {
   IppCommonInfo,
   IppEngineInfo,
   KernelInfo,
+  TcpEndpoint,
+  UnixEndpoint,
 } from './types.js'
 
 /**
@@ -58,19 +60,22 @@ export { isZ85Key, kindFromFileName, MAX_LIST_PORTS, parseConnectionFile } from 
  *
  * @example
  * endpoints(info) // [{ channel: 'registration', host: '127.0.0.1', port: 51439 }, …]
+ * endpoints(ipcKernel) // [{ kind: 'unix', channel: 'shell', path: '/run/k/kernel-1', port: 1 }, …]
  *
  * `destinationOf(info)`: the `ssh` destination the file names, or `undefined`.
  *
  * @example
  * const destination = options.ssh ?? destinationOf(info)
  *
- * `toLoopback(info, localPorts)`: the file for local users, with 127.0.0.1, the local ports by
- * channel and `ssh` emptied.
+ * `toLoopback(info, localPorts, { ipc? })`: the file for local users, with 127.0.0.1 (or, with `ipc`, unix sockets
+ * under that path prefix), the local ports by channel and `ssh` emptied. `ipcSocketPath(kind, prefix, port)`: the
+ * socket a channel of an ipc file is at.
  *
  * @example
  * const local = toLoopback(info, new Map(endpoints(info).map((e) => [e.channel, listenerPort(e)])))
+ * const unix = toLoopback(info, new Map([['shell', 1], …]), { ipc: '/run/user/1000/ipp-tunnel/u1-ab/kernel' })
  */
-export { destinationOf, endpoints, toLoopback } from './endpoints.js'
+export { destinationOf, endpoints, ipcSocketPath, ippClientSocketPath, toLoopback } from './endpoints.js'
 
 /**
  * `serializeConnectionFile(info)`: JSON as the peers write it (indent 2), extras preserved.

@@ -157,16 +157,25 @@ class Fields {
     return value
   }
 
-  /** `tcp://<host>` where host is `*`, an IPv4 address, a host name or a bracketed IPv6 address. */
+  /**
+   * `tcp://<host>` where host is `*`, an IPv4 address, a host name or a bracketed IPv6 address; or `ipc://<path>`
+   * with an absolute path, the prefix of the controller's unix sockets (`<path>:<port>`).
+   */
   interface(field: string): string {
     const value = this.raw(field)
+    if (typeof value === 'string' && value.startsWith('ipc://')) {
+      const path = value.slice(6)
+      if (!isIpcPath(path)) this.fail(field, IPC_PATH_RULE, value)
+      return value
+    }
     const host = typeof value === 'string' && value.startsWith('tcp://') ? value.slice(6) : undefined
     const ok =
       host !== undefined &&
       host !== '' &&
       !/[\s/]/.test(host) &&
       (!host.includes(':') || /^\[[0-9a-fA-F:.]+\]$/.test(host))
-    if (!ok) this.fail(field, 'tcp://<address> (e.g. tcp://127.0.0.1 or tcp://*)', value)
+    if (!ok)
+      this.fail(field, 'tcp://<address> (e.g. tcp://127.0.0.1 or tcp://*) or ipc://<absolute path>', value)
     return value as string
   }
 
@@ -239,6 +248,15 @@ function parseEngine(f: Fields): IppEngineInfo {
   }
 }
 
+const IPC_PATH_RULE =
+  'an absolute unix socket path prefix (a relative one depends on the working directory of the peer)'
+
+/** An ipc path prefix we can forward: absolute, no NUL, no whitespace or control characters. */
+function isIpcPath(path: string): boolean {
+  for (let i = 0; i < path.length; i++) if (path.charCodeAt(i) < 32) return false
+  return path.startsWith('/') && path.length > 1 && !/\s/.test(path)
+}
+
 /** A DNS name: dot-separated labels of letters, digits and inner hyphens, 253 characters at most. */
 const HOSTNAME =
   /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/
@@ -252,7 +270,9 @@ function kernelIp(f: Fields): string {
 
 function parseKernel(f: Fields): KernelInfo {
   const transport = f.raw('transport')
-  if (transport !== 'tcp') f.fail('transport', '"tcp" (only TCP kernels can be tunnelled)', transport)
+  if (transport !== 'tcp' && transport !== 'ipc') f.fail('transport', '"tcp" or "ipc"', transport)
+  const ip = transport === 'tcp' ? kernelIp(f) : f.string('ip', { nonEmpty: true })
+  if (transport === 'ipc' && !isIpcPath(ip)) f.fail('ip', `${IPC_PATH_RULE} with transport "ipc"`, ip)
   const info: KernelInfo = {
     kind: 'kernel',
     shell_port: f.port('shell_port'),
@@ -260,7 +280,7 @@ function parseKernel(f: Fields): KernelInfo {
     stdin_port: f.port('stdin_port'),
     control_port: f.port('control_port'),
     hb_port: f.port('hb_port'),
-    ip: kernelIp(f),
+    ip,
     transport,
     key: f.string('key'),
     signature_scheme: f.scheme('signature_scheme'),

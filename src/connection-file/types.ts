@@ -5,7 +5,7 @@ export type ConnectionKind = 'ipp-client' | 'ipp-engine' | 'kernel'
 export interface IppCommonInfo {
   /** `[user@]host[:port]` of the ssh server to tunnel through; `''` when none. */
   readonly ssh: string
-  /** `tcp://IP` or `tcp://*` — where the controller listens. */
+  /** `tcp://IP` or `tcp://*` — where the controller listens; or `ipc:///path`, its unix sockets being `/path:<port>`. */
   readonly interface: string
   /** The controller's external IP or host name (its hostname by default); `''` when absent. */
   readonly location: string
@@ -50,9 +50,9 @@ export interface KernelInfo {
   readonly stdin_port: number
   readonly control_port: number
   readonly hb_port: number
+  /** An address for `tcp`; for `ipc` the path prefix of the unix sockets, `<ip>-<port>` (jupyter_client). */
   readonly ip: string
-  /** Only `tcp` can be tunnelled; `ipc` files are refused. */
-  readonly transport: 'tcp'
+  readonly transport: 'tcp' | 'ipc'
   readonly key: string
   readonly signature_scheme: string
   /** `''` when the file has none. */
@@ -65,12 +65,28 @@ export interface KernelInfo {
 /** A parsed connection file of any kind; switch on `kind`. */
 export type ConnectionInfo = IppClientInfo | IppEngineInfo | KernelInfo
 
-/** One port the peer listens on, named by channel, with the host as seen from the ssh server. */
-export interface Endpoint {
+/** A TCP port the peer listens on, named by channel, with the host as seen from the ssh server. */
+export interface TcpEndpoint {
+  /** Absent or `'tcp'`. */
+  readonly kind?: 'tcp'
   channel: string
   host: string
   port: number
 }
+
+/**
+ * A unix socket the peer listens on (an `ipc://` file), named by channel: `path` is on the ssh server's machine;
+ * `port` is the number the file gives the channel, the suffix of the path.
+ */
+export interface UnixEndpoint {
+  readonly kind: 'unix'
+  channel: string
+  path: string
+  port: number
+}
+
+/** Where one channel of the peer listens: a TCP port or a unix socket; switch on `kind === 'unix'`. */
+export type Endpoint = TcpEndpoint | UnixEndpoint
 
 /** Known fields per kind, in the order the peers write them. */
 export const FIELD_ORDER: Readonly<Record<ConnectionKind, readonly string[]>> = {

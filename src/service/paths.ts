@@ -1,9 +1,9 @@
-import { homedir, tmpdir, userInfo } from 'node:os'
+import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 
 import { IppTunnelError } from '../errors/index.js'
 import { checkWritableDir, ensurePrivateDir, realPathOf } from '../safe-fs/index.js'
-import { defaultOutDir } from '../tunnel/index.js'
+import { defaultOutDir, defaultRuntimeDir } from '../tunnel/index.js'
 
 /**
  * `$IPYTHONDIR`, else `~/.ipython`.
@@ -33,10 +33,7 @@ export function profileSecurityDir(profile: string, env: NodeJS.ProcessEnv = pro
  * runtimeDir({ XDG_RUNTIME_DIR: '/run/user/1000' }) // '/run/user/1000/ipp-tunnel'
  */
 export function runtimeDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.IPP_TUNNEL_RUNTIME_DIR !== undefined) return env.IPP_TUNNEL_RUNTIME_DIR
-  if (env.XDG_RUNTIME_DIR !== undefined && env.XDG_RUNTIME_DIR !== '')
-    return join(env.XDG_RUNTIME_DIR, 'ipp-tunnel')
-  return join(tmpdir(), `ipp-tunnel-${userInfo().uid}`)
+  return defaultRuntimeDir(env)
 }
 
 /** File name of the status socket inside the runtime directory. */

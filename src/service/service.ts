@@ -28,6 +28,7 @@ import {
   LinkPool,
   openTunnel,
   type ForwardInfo,
+  type ListenKind,
   type Tunnel,
 } from '../tunnel/index.js'
 import { CopyLedger } from './ledger.js'
@@ -41,7 +42,7 @@ export interface ServiceOptions extends SshOptions, Omit<LinkOptions, keyof SshO
   readonly dirs: readonly string[]
   /** Put every loopback copy here instead of the sibling `-tunnel` directory of its source. */
   readonly outDir?: string
-  /** Where the service keeps its list of copies (to clean up after a crash). */
+  /** Where the service keeps its list of copies (to clean up after a crash), and `listen: 'unix'` its sockets. */
   readonly runtimeDir: string
   /**
    * Directories on ssh servers to follow over SFTP. A file found there is tunnelled through the same server
@@ -54,6 +55,8 @@ export interface ServiceOptions extends SshOptions, Omit<LinkOptions, keyof SshO
   readonly ipythonDir?: string
   /** The local Jupyter runtime directory copies of remote kernel files go to; default as jupyter_core finds it. */
   readonly jupyterRuntimeDir?: string
+  /** What the tunnels listen on; default `tcp`. See {@link OpenTunnelOptions}. */
+  readonly listen?: ListenKind
 }
 
 /** A directory on an ssh server: `dir` absolute, `~/…`, or relative to the remote home. */
@@ -624,6 +627,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         ...this.#options,
         ssh: destination,
         pool: this.#pool,
+        socketDir: this.#options.runtimeDir,
         out: entry.out,
         ...(entry.remote === undefined && { sourceFile: entry.file }),
         signal: this.#abort.signal,

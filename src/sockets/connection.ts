@@ -12,6 +12,7 @@ import {
   endpoints,
   readConnectionFile,
   type ConnectionInfo,
+  type Endpoint,
   type IppClientInfo,
   type KernelInfo,
 } from '../connection-file/index.js'
@@ -36,6 +37,13 @@ export type ChannelOf<K extends ClientKind> = K extends 'ipp-client' ? IppChanne
 
 /** The channels that carry signed messages (every channel but the kernel heartbeat). */
 export type MessageChannelOf<K extends ClientKind> = Exclude<ChannelOf<K>, 'hb'>
+
+/** The ZeroMQ address of an endpoint: `tcp://host:port` (IPv6 bracketed) or `ipc://path`. */
+export function endpointUrl(endpoint: Endpoint): string {
+  if (endpoint.kind === 'unix') return `ipc://${endpoint.path}`
+  const host = endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host
+  return `tcp://${host}:${endpoint.port}`
+}
 
 /** Options of {@link connect}: the ssh options of a tunnel, plus how long to wait for the peer. */
 export interface ConnectOptions extends Omit<OpenTunnelOptions, 'out' | 'probe'> {
@@ -322,8 +330,7 @@ export class Connection<K extends ClientKind = ClientKind> extends EventEmitter<
           `${this.where}: no "${spec.endpoint}" port in the connection file`,
         )
       }
-      const host = endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host
-      const address = `tcp://${host}:${endpoint.port}`
+      const address = endpointUrl(endpoint)
       const socket = makeSocket(spec.socket, this.session.session, this.#curveKeys)
       this.#sockets.set(spec.channel, socket)
       this.#addresses.set(spec.channel, address)

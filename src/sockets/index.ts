@@ -32,6 +32,7 @@
 export {
   Connection,
   connect,
+  endpointUrl,
   type AnyConnection,
   type ChannelOf,
   type ClientKind,

@@ -1,13 +1,13 @@
 import { createConnection } from 'node:net'
 
-import { endpoints, type ConnectionInfo, type Endpoint } from '../connection-file/index.js'
+import { endpoints, type ConnectionInfo, type TcpEndpoint } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
 
 /** How long one probe waits for an answer before leaving the verdict to the ZeroMQ handshake. */
 const PROBE_MS = 2000
 
 /** Resolves 'refused' when the host answers that nothing listens on the port, else 'open' or 'unknown'. */
-function probe(endpoint: Endpoint): Promise<'open' | 'refused' | 'unknown'> {
+function probe(endpoint: TcpEndpoint): Promise<'open' | 'refused' | 'unknown'> {
   return new Promise((resolve) => {
     const socket = createConnection({ host: endpoint.host, port: endpoint.port })
     const done = (verdict: 'open' | 'refused' | 'unknown'): void => {
@@ -31,7 +31,8 @@ function probe(endpoint: Endpoint): Promise<'open' | 'refused' | 'unknown'> {
  * @throws IppTunnelError `E_CONNECT` naming the channel, the address and how to reach it through ssh.
  */
 export async function refuseUnreachable(info: ConnectionInfo, where: string): Promise<void> {
-  const all = endpoints(info)
+  // unix sockets need no probe: connecting to a missing one fails at once
+  const all = endpoints(info).filter((e): e is TcpEndpoint => e.kind !== 'unix')
   const verdicts = await Promise.all(all.map((e) => probe(e)))
   const refused = all.filter((_, i) => verdicts[i] === 'refused')
   const first = refused[0]

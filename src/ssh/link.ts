@@ -131,6 +131,15 @@ interface Ssh2Error extends Error {
 
 const openFailure = { prohibited: 1, connectFailed: 2 }
 
+/** What a forwarded channel reaches on the server's side: `direct-tcpip` or `direct-streamlocal@openssh.com`. */
+type ChannelTarget =
+  | { readonly kind: 'tcp'; readonly host: string; readonly port: number }
+  | { readonly kind: 'unix'; readonly path: string }
+
+function targetText(target: ChannelTarget): string {
+  return target.kind === 'unix' ? `unix socket ${target.path}` : `${target.host}:${target.port}`
+}
+
 function label(hop: ResolvedHop): string {
   const where = `${hop.username}@${hop.host}:${hop.port}`
   return hop.alias === hop.host ? where : `${where} (${hop.alias})`
@@ -271,13 +280,32 @@ export class Link extends EventEmitter<LinkEvents> {
    * rejects `E_FORWARD_DENIED` (AllowTcpForwarding) or `E_FORWARD` (nothing listens there).
    */
   async forwardOut(host: string, port: number, options: { signal?: AbortSignal } = {}): Promise<Duplex> {
+    return this.#forward({ kind: 'tcp', host, port }, options.signal)
+  }
+
+  /**
+   * Opens a `direct-streamlocal@openssh.com` channel to the unix socket `path` on the destination server, as
+   * `ssh -L local:/remote/path` does; waits for the link as {@link Link.forwardOut} does. A refusal rejects
+   * `E_FORWARD_DENIED` (AllowStreamLocalForwarding) or `E_FORWARD` (nothing listens at `path`).
+   */
+  async forwardOutUnix(path: string, options: { signal?: AbortSignal } = {}): Promise<Duplex> {
+    return this.#forward({ kind: 'unix', path }, options.signal)
+  }
+
+  async #forward(target: ChannelTarget, callerSignal: AbortSignal | undefined): Promise<Duplex> {
     // a signal of its own per call: many concurrent calls must not pile listeners onto the caller's signal
-    const signal = options.signal && AbortSignal.any([options.signal])
+    const signal = callerSignal && AbortSignal.any([callerSignal])
     for (let tries = 0; ; tries++) {
       await this.#waitUp(signal)
       const master = this.#master
       if (master !== undefined) {
-        if (await master.alive()) return master.forwardOut(host, port)
+        if (target.kind !== 'tcp') {
+          throw new IppTunnelError(
+            'E_FORWARD',
+            `Cannot forward to the unix socket ${target.path} through your OpenSSH master (ssh -W takes host:port): pass --transport ssh2`,
+          )
+        }
+        if (await master.alive()) return master.forwardOut(target.host, target.port)
         if (this.#master === master) this.#masterGone(master)
         continue
       }
@@ -285,14 +313,20 @@ export class Link extends EventEmitter<LinkEvents> {
       const client = chain?.clients.at(-1)
       if (chain === undefined || client === undefined) continue
       try {
-        const stream = await this.#channel(client, host, port, signal)
+        const stream = await this.#channel(client, target, signal)
         this.#track(stream)
         return stream
       } catch (err) {
         if (signal?.aborted === true) throw err
         // the link died under the request: wait for the reconnect and try once more
         if (!isIppTunnelError(err) && chain.dead && tries === 0) continue
-        throw this.#forwardError(err, this.#lastHop, host, port)
+        // OpenSSH answers "connect failed" both when AllowStreamLocalForwarding forbids it and when nothing is
+        // at the path: whether a socket is there tells the two apart
+        const socketThere =
+          target.kind === 'unix' && (err as Ssh2Error).reason === openFailure.connectFailed
+            ? await remoteSocketExists(client, target.path)
+            : undefined
+        throw this.#forwardError(err, this.#lastHop, target, socketThere)
       }
     }
   }
@@ -597,7 +631,7 @@ export class Link extends EventEmitter<LinkEvents> {
   }
 
   /** Opens a channel; on abort it rejects at once, and a channel that opens after that is closed. */
-  #channel(client: Client, host: string, port: number, signal?: AbortSignal): Promise<ClientChannel> {
+  #channel(client: Client, target: ChannelTarget, signal?: AbortSignal): Promise<ClientChannel> {
     return new Promise((resolve, reject) => {
       if (signal?.aborted === true) {
         reject(signal.reason as Error)
@@ -610,7 +644,7 @@ export class Link extends EventEmitter<LinkEvents> {
       }
       signal?.addEventListener('abort', onAbort, { once: true })
       try {
-        client.forwardOut('127.0.0.1', 0, host, port, (err, stream) => {
+        const done = (err: Error | undefined, stream: ClientChannel): void => {
           signal?.removeEventListener('abort', onAbort)
           if (settled) {
             if (!err) stream.destroy()
@@ -619,7 +653,9 @@ export class Link extends EventEmitter<LinkEvents> {
           settled = true
           if (err) reject(err)
           else resolve(stream)
-        })
+        }
+        if (target.kind === 'unix') client.openssh_forwardOutStreamLocal(target.path, done)
+        else client.forwardOut('127.0.0.1', 0, target.host, target.port, done)
       } catch (err) {
         signal?.removeEventListener('abort', onAbort)
         settled = true
@@ -628,39 +664,49 @@ export class Link extends EventEmitter<LinkEvents> {
     })
   }
 
-  #forwardError(err: unknown, hop: ResolvedHop, host: string, port: number): IppTunnelError {
+  #forwardError(
+    err: unknown,
+    hop: ResolvedHop,
+    target: ChannelTarget,
+    socketThere?: boolean,
+  ): IppTunnelError {
     if (isIppTunnelError(err)) return err
+    const where = targetText(target)
     const reason = (err as Ssh2Error).reason
+    if (target.kind === 'unix' && reason === openFailure.connectFailed && socketThere !== false) {
+      const seen = socketThere === true ? 'a socket is there, but ' : ''
+      return new IppTunnelError(
+        socketThere === true ? 'E_FORWARD_DENIED' : 'E_FORWARD',
+        `${label(hop)} would not connect to ${where}: ${seen}the server does not allow unix-socket forwarding (AllowStreamLocalForwarding / DisableForwarding in its sshd_config)${socketThere === true ? ', or nothing listens on that socket any more' : ', or nothing listens there'}`,
+        { cause: err },
+      )
+    }
     if (reason === openFailure.prohibited) {
+      const rule =
+        target.kind === 'unix'
+          ? 'unix-socket forwarding (AllowStreamLocalForwarding / DisableForwarding in its sshd_config)'
+          : 'TCP forwarding (AllowTcpForwarding / PermitOpen in its sshd_config)'
       return new IppTunnelError(
         'E_FORWARD_DENIED',
-        `${label(hop)} refused to forward to ${host}:${port} (administratively prohibited): the server does not allow TCP forwarding (AllowTcpForwarding / PermitOpen in its sshd_config)`,
+        `${label(hop)} refused to forward to ${where} (administratively prohibited): the server does not allow ${rule}`,
         { cause: err },
       )
     }
     if (reason === openFailure.connectFailed) {
       return new IppTunnelError(
         'E_FORWARD',
-        `Nothing accepts connections at ${host}:${port} as seen from ${label(hop)} (connect failed)`,
+        `Nothing accepts connections at ${where} as seen from ${label(hop)} (connect failed)`,
         { cause: err },
       )
     }
     if (this.#state !== 'up') {
-      return new IppTunnelError(
-        'E_LINK_DOWN',
-        `SSH link to ${label(hop)} went down while opening ${host}:${port}`,
-        {
-          cause: err,
-        },
-      )
-    }
-    return new IppTunnelError(
-      'E_FORWARD',
-      `Cannot forward to ${host}:${port} via ${label(hop)}: ${describe(err)}`,
-      {
+      return new IppTunnelError('E_LINK_DOWN', `SSH link to ${label(hop)} went down while opening ${where}`, {
         cause: err,
-      },
-    )
+      })
+    }
+    return new IppTunnelError('E_FORWARD', `Cannot forward to ${where} via ${label(hop)}: ${describe(err)}`, {
+      cause: err,
+    })
   }
 
   /**
@@ -709,10 +755,14 @@ export class Link extends EventEmitter<LinkEvents> {
           sock = proxy.stream
         } else if (previous !== undefined) {
           try {
-            sock = await this.#channel(previous.client, hop.host, hop.port, signal)
+            sock = await this.#channel(
+              previous.client,
+              { kind: 'tcp', host: hop.host, port: hop.port },
+              signal,
+            )
           } catch (err) {
             if (signal.aborted) throw err
-            const e = this.#forwardError(err, previous.hop, hop.host, hop.port)
+            const e = this.#forwardError(err, previous.hop, { kind: 'tcp', host: hop.host, port: hop.port })
             if (e.code === 'E_FORWARD_DENIED') throw e
             throw new IppTunnelError(
               'E_CONNECT',
@@ -886,6 +936,34 @@ export class Link extends EventEmitter<LinkEvents> {
 
 /** Authentication failures of attempts that asked someone: with a login gate, the link asks again. */
 const promptedFailures = new WeakSet<IppTunnelError>()
+
+/**
+ * Whether a unix socket exists at `path` on the server, asked over SFTP (lstat); undefined when SFTP is not
+ * available or does not answer within 5 s.
+ */
+function remoteSocketExists(client: Client, path: string): Promise<boolean | undefined> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(undefined), 5000)
+    const done = (answer: boolean | undefined): void => {
+      clearTimeout(timer)
+      resolve(answer)
+    }
+    try {
+      client.sftp((err, sftp) => {
+        if (err) {
+          done(undefined)
+          return
+        }
+        sftp.lstat(path, (statErr, stats) => {
+          sftp.end()
+          done(statErr ? false : stats.isSocket())
+        })
+      })
+    } catch {
+      done(undefined)
+    }
+  })
+}
 
 /** Clients whose connection has closed (ssh2 emits `close` once; `endChain` must not wait for it again). */
 const closedClients = new WeakSet<Client>()

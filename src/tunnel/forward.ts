@@ -1,12 +1,69 @@
+import { chmod, link, lstat, unlink } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 
 import type { Endpoint } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
+import { currentUid, kindOf } from '../safe-fs/index.js'
 import { ChannelBudget } from './budget.js'
 
-/** Opens a stream to a host and port as seen from the ssh server (a Link does this over SSH). */
-export type OpenRemote = (host: string, port: number) => Promise<Duplex>
+/** Opens a stream to an endpoint as seen from the ssh server (a Link does this over SSH). */
+export type OpenRemote = (remote: Endpoint) => Promise<Duplex>
+
+/**
+ * Where a forward listens: a TCP port on 127.0.0.1, or a unix socket (mode 0600) at `path`; `port` is the number
+ * the loopback file gives the channel (for a unix socket, the suffix of its path).
+ */
+export type LocalAddress =
+  | { readonly kind: 'tcp'; readonly host: '127.0.0.1'; readonly port: number }
+  | { readonly kind: 'unix'; readonly path: string; readonly port: number }
+
+/**
+ * What to listen on: a TCP port (0: the kernel picks), or a unix socket path with the channel's number, and other
+ * names (hard links) the same socket answers at.
+ */
+export type ListenOn =
+  | number
+  | {
+      readonly kind: 'unix'
+      readonly path: string
+      readonly port: number
+      readonly aliases?: readonly string[]
+    }
+
+/** `127.0.0.1:port` or the socket path, for messages and reports. */
+export function addressText(address: LocalAddress | Endpoint): string {
+  return address.kind === 'unix' ? address.path : `${address.host}:${address.port}`
+}
+
+function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
+  if (a.kind === 'unix') return b.kind === 'unix' && a.path === b.path
+  if (b.kind === 'unix') return false
+  return a.host === b.host && a.port === b.port
+}
+
+/**
+ * Clears the way for a unix listener at `path`: a socket of ours left there (a run that was killed) is removed;
+ * anything else — another user's socket, a file, a symlink — is refused. lstat, so a symlink is never followed.
+ */
+async function removeStaleSocket(path: string): Promise<void> {
+  let s
+  try {
+    s = await lstat(path)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+    throw err
+  }
+  const uid = currentUid()
+  if (!s.isSocket() || s.uid !== uid) {
+    const what = s.isSocket() ? `a socket owned by uid ${s.uid}, not you (${uid})` : kindOf(s)
+    throw new IppTunnelError(
+      'E_UNSAFE_PATH',
+      `${path}: is ${what}, not a socket of ours; remove it and try again`,
+    )
+  }
+  await unlink(path)
+}
 
 /** Counters of one forward; bytes are counted at the loopback side. */
 export interface ForwardStats {
@@ -54,7 +111,9 @@ function isFdExhaustion(err: unknown): boolean {
  */
 export class Forward {
   readonly channel: string
+  /** The TCP port, or for a unix listener the number the loopback file gives the channel. */
   readonly localPort: number
+  readonly local: LocalAddress
   #remote: Endpoint
   readonly #server: Server
   readonly #openRemote: OpenRemote
@@ -66,6 +125,7 @@ export class Forward {
   #closedBytesIn = 0
   #closedBytesOut = 0
   #closed = false
+  readonly #aliases: readonly string[]
   /** Set while connections are being refused, so that a flood gives one report, not one per connection. */
   #refusing = false
 
@@ -76,16 +136,24 @@ export class Forward {
     openRemote: OpenRemote,
     onError: (channel: string, err: unknown) => void,
     budget: ChannelBudget,
+    unix: { readonly path: string; readonly port: number; readonly aliases: readonly string[] } | undefined,
   ) {
+    this.#aliases = unix?.aliases ?? []
     this.channel = channel
     this.#remote = remote
     this.#server = server
     this.#openRemote = openRemote
     this.#onError = onError
     this.#budget = budget
-    const address = server.address()
-    if (address === null || typeof address === 'string') throw new Error('listener has no TCP address')
-    this.localPort = address.port
+    if (unix !== undefined) {
+      this.local = { kind: 'unix', path: unix.path, port: unix.port }
+    } else {
+      const address = server.address()
+      if (address === null || typeof address === 'string') throw new Error('listener has no TCP address')
+      this.local = { kind: 'tcp', host: '127.0.0.1', port: address.port }
+    }
+    this.localPort = this.local.port
+    const where = addressText(this.local)
     server.on('connection', (socket) => this.#carry(socket))
     // accept() failing (EMFILE, ENFILE) is reported; the listener stays up and libuv sheds the connection
     server.on('error', (err) => {
@@ -94,8 +162,8 @@ export class Forward {
         new IppTunnelError(
           'E_FORWARD',
           isFdExhaustion(err)
-            ? `cannot accept on 127.0.0.1:${this.localPort}: out of file descriptors (${(err as NodeJS.ErrnoException).code ?? ''}); the connection was dropped`
-            : `cannot accept on 127.0.0.1:${this.localPort}: ${err.message}`,
+            ? `cannot accept on ${where}: out of file descriptors (${(err as NodeJS.ErrnoException).code ?? ''}); the connection was dropped`
+            : `cannot accept on ${where}: ${err.message}`,
           { cause: err },
         ),
       )
@@ -103,33 +171,56 @@ export class Forward {
   }
 
   /**
-   * Listens on 127.0.0.1 on a port the kernel picks, and carries each connection to `remote`.
+   * Listens on 127.0.0.1 on a port the kernel picks (or `on`, a port or a unix socket), and carries each
+   * connection to `remote`. A unix socket gets mode 0600; a stale socket of ours at its path is removed first.
    * `budget` bounds the connections carried at once (default: no bound).
    */
   static async listen(
     remote: Endpoint,
     openRemote: OpenRemote,
     onError: (channel: string, err: unknown) => void,
-    localPort = 0,
+    on: ListenOn = 0,
     budget: ChannelBudget = new ChannelBudget(Infinity),
   ): Promise<Forward> {
+    const unix = typeof on === 'number' ? undefined : on
+    const where = unix === undefined ? '127.0.0.1' : unix.path
+    const aliases = unix?.aliases ?? []
+    if (unix !== undefined) for (const path of [unix.path, ...aliases]) await removeStaleSocket(path)
     const server = createServer({ pauseOnConnect: true, noDelay: true, allowHalfOpen: true })
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
-      server.listen({ host: '127.0.0.1', port: localPort, exclusive: true }, () => {
+      const options =
+        unix === undefined
+          ? { host: '127.0.0.1', port: on as number, exclusive: true }
+          : { path: unix.path, exclusive: true }
+      server.listen(options, () => {
         server.off('error', reject)
         resolve()
       })
-    }).catch((err: unknown) => {
-      server.close()
-      if (!isFdExhaustion(err)) throw err
-      throw new IppTunnelError(
-        'E_FORWARD',
-        `channel "${remote.channel}": cannot listen on 127.0.0.1: out of file descriptors (${(err as NodeJS.ErrnoException).code ?? ''})`,
-        { cause: err },
-      )
     })
-    return new Forward(remote.channel, remote, server, openRemote, onError, budget)
+      .then(async () => {
+        // the directory (0700) is what keeps others out; the mode is a second fence
+        if (unix !== undefined) await chmod(unix.path, 0o600)
+        for (const alias of aliases) await link(unix?.path ?? '', alias)
+      })
+      .catch((err: unknown) => {
+        server.close()
+        if (!isFdExhaustion(err)) throw err
+        throw new IppTunnelError(
+          'E_FORWARD',
+          `channel "${remote.channel}": cannot listen on ${where}: out of file descriptors (${(err as NodeJS.ErrnoException).code ?? ''})`,
+          { cause: err },
+        )
+      })
+    return new Forward(
+      remote.channel,
+      remote,
+      server,
+      openRemote,
+      onError,
+      budget,
+      unix && { ...unix, aliases },
+    )
   }
 
   get remote(): Endpoint {
@@ -142,7 +233,7 @@ export class Forward {
 
   /** Points new connections at another remote endpoint (a restarted controller); open ones are closed. */
   retarget(remote: Endpoint): void {
-    if (remote.host === this.#remote.host && remote.port === this.#remote.port) return
+    if (sameEndpoint(remote, this.#remote)) return
     this.#remote = remote
     for (const socket of this.#sockets) socket.destroy()
   }
@@ -188,8 +279,7 @@ export class Forward {
       return
     }
     socket.once('close', () => this.#budget.give())
-    const { host, port } = this.#remote
-    this.#openRemote(host, port).then(
+    this.#openRemote(this.#remote).then(
       (stream) => {
         if (socket.destroyed) {
           stream.destroy()
@@ -222,6 +312,7 @@ export class Forward {
     this.#closed = true
     for (const socket of this.#sockets) socket.destroy()
     await new Promise<void>((resolve) => this.#server.close(() => resolve()))
+    for (const alias of this.#aliases) await removeStaleSocket(alias).catch(() => undefined)
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -1,6 +1,20 @@
-export { Forward, type ForwardStats, type OpenRemote } from './forward.js'
+export {
+  addressText,
+  Forward,
+  type ForwardStats,
+  type ListenOn,
+  type LocalAddress,
+  type OpenRemote,
+} from './forward.js'
 export { ChannelBudget, descriptorLimit, rootBudget } from './budget.js'
 export { LinkPool, routeKey, type LinkPoolOptions } from './links.js'
-export { Tunnel, openTunnel, type ForwardInfo, type OpenTunnelOptions, type TunnelEvents } from './tunnel.js'
-export { defaultOutDir, defaultOutPath } from './paths.js'
+export {
+  Tunnel,
+  openTunnel,
+  type ForwardInfo,
+  type ListenKind,
+  type OpenTunnelOptions,
+  type TunnelEvents,
+} from './tunnel.js'
+export { defaultOutDir, defaultOutPath, defaultRuntimeDir } from './paths.js'
 export { chooseDestination, type DestinationChoice } from './destination.js'

@@ -1,3 +1,4 @@
+import { tmpdir, userInfo } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 
 /**
@@ -18,4 +19,18 @@ export function defaultOutDir(dir: string): string {
 /** The default loopback path for one connection file: same file name, in {@link defaultOutDir} of its directory. */
 export function defaultOutPath(file: string): string {
   return join(defaultOutDir(dirname(resolve(file))), basename(file))
+}
+
+/**
+ * The program's private runtime directory (mode 0700): `$IPP_TUNNEL_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/ipp-tunnel`,
+ * else `<tmp>/ipp-tunnel-<uid>`. The service keeps its status socket there, and `--listen unix` its socket directories.
+ *
+ * @example
+ * runtimeDir({ XDG_RUNTIME_DIR: '/run/user/1000' }) // '/run/user/1000/ipp-tunnel'
+ */
+export function defaultRuntimeDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.IPP_TUNNEL_RUNTIME_DIR !== undefined) return env.IPP_TUNNEL_RUNTIME_DIR
+  if (env.XDG_RUNTIME_DIR !== undefined && env.XDG_RUNTIME_DIR !== '')
+    return join(env.XDG_RUNTIME_DIR, 'ipp-tunnel')
+  return join(tmpdir(), `ipp-tunnel-${userInfo().uid}`)
 }

@@ -1,25 +1,39 @@
 import { EventEmitter } from 'node:events'
+import type { Duplex } from 'node:stream'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 
 import {
   destinationOf,
   endpoints,
+  ipcSocketPath,
+  ippClientSocketPath,
   readConnectionFile,
   toLoopback,
   type ConnectionInfo,
   type Endpoint,
 } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { currentUid } from '../safe-fs/index.js'
 import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { LoopbackCopy, prepareCopy } from './copy.js'
-import { Forward, type ForwardStats } from './forward.js'
+import { Forward, type ForwardStats, type LocalAddress, type OpenRemote } from './forward.js'
 import { ChannelBudget } from './budget.js'
 import { LinkPool } from './links.js'
+import { defaultRuntimeDir } from './paths.js'
+import { SocketDir } from './socket-dir.js'
 
-/** One forwarded channel: where local clients connect, and where the ssh server sends their traffic. */
+/** What a tunnel listens on: TCP ports on 127.0.0.1 (the default), or unix sockets in a private directory. */
+export type ListenKind = 'tcp' | 'unix'
+
+/**
+ * One forwarded channel: where local clients connect (a TCP port on 127.0.0.1 or a unix socket), and where the ssh
+ * server sends their traffic (host and port, or a unix socket path on the server's machine).
+ */
 export interface ForwardInfo {
   readonly channel: string
-  readonly local: { readonly host: '127.0.0.1'; readonly port: number }
-  readonly remote: { readonly host: string; readonly port: number }
+  readonly local: LocalAddress
+  readonly remote: Endpoint
 }
 
 /** Events of a tunnel. Link events are those of the (possibly shared) ssh link under it. */
@@ -41,6 +55,13 @@ export interface OpenTunnelOptions extends SshOptions, Omit<LinkOptions, keyof S
   readonly pool?: LinkPool
   /** Open one channel per endpoint before resolving, to fail early on a refused forward. Default true. */
   readonly probe?: boolean
+  /**
+   * `unix`: every listener is a unix socket (0600) in a private directory (0700) under `socketDir`, and the loopback
+   * file names them with `ipc://` — reachable by this user alone. Default `tcp` (127.0.0.1, any local user).
+   */
+  readonly listen?: ListenKind
+  /** Where `listen: 'unix'` makes its socket directory; default the runtime directory ({@link defaultRuntimeDir}). */
+  readonly socketDir?: string
   readonly signal?: AbortSignal
 }
 
@@ -120,6 +141,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   readonly #detach: () => void
   readonly #copy: LoopbackCopy | undefined
   readonly #budget: ChannelBudget
+  readonly #sockets: SocketDir | undefined
   #closed = false
 
   private constructor(
@@ -129,9 +151,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     file: string | undefined,
     out: string | undefined,
     budget: ChannelBudget,
+    sockets: SocketDir | undefined,
   ) {
     super()
     this.#budget = budget
+    this.#sockets = sockets
     this.#source = source
     this.link = link
     this.#release = release
@@ -143,7 +167,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
 
   /**
    * Opens forwards for `info` over an already connected `link`. `release` is called on close; `budget` bounds the
-   * connections carried at once (default: none); `signal` aborts the opening (nothing is left behind).
+   * connections carried at once (default: none); `listen`/`socketDir` as in {@link OpenTunnelOptions}; `signal`
+   * aborts the opening (nothing is left behind).
    */
   static async over(
     info: ConnectionInfo,
@@ -154,9 +179,21 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       out?: string
       probe?: boolean
       budget?: ChannelBudget
+      listen?: ListenKind
+      socketDir?: string
       signal?: AbortSignal
     } = {},
   ): Promise<Tunnel> {
+    let sockets: SocketDir | undefined
+    try {
+      if (options.listen === 'unix') {
+        const fallback = join(tmpdir(), `ipp-tunnel-${currentUid()}`)
+        sockets = await SocketDir.create(options.socketDir ?? defaultRuntimeDir(), fallback)
+      }
+    } catch (err) {
+      await (options.release ?? (() => Promise.resolve()))()
+      throw err
+    }
     const tunnel = new Tunnel(
       info,
       link,
@@ -164,6 +201,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       options.file,
       options.out,
       options.budget ?? new ChannelBudget(Infinity),
+      sockets,
     )
     try {
       await tunnel.#apply(info, options.probe ?? true, options.signal)
@@ -185,18 +223,27 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     return this.#source
   }
 
-  /** The connection file rewritten to this tunnel's loopback ports, with `ssh` emptied. */
+  /** What the listeners are: TCP ports or unix sockets. */
+  get listen(): ListenKind {
+    return this.#sockets === undefined ? 'tcp' : 'unix'
+  }
+
+  /** The private directory of the unix-socket listeners, with `listen: 'unix'`. */
+  get socketDir(): string | undefined {
+    return this.#sockets?.path
+  }
+
+  /**
+   * The connection file rewritten to this tunnel's listeners, with `ssh` emptied: 127.0.0.1 and the local ports, or
+   * with `listen: 'unix'` `ipc://` names of the unix sockets.
+   */
   get loopback(): ConnectionInfo {
     const ports = new Map([...this.#forwards].map(([channel, f]) => [channel, f.localPort]))
-    return toLoopback(this.#source, ports)
+    return toLoopback(this.#source, ports, { ipc: this.#sockets?.prefix(this.#source.kind) })
   }
 
   get forwards(): ForwardInfo[] {
-    return [...this.#forwards.values()].map((f) => ({
-      channel: f.channel,
-      local: { host: '127.0.0.1', port: f.localPort },
-      remote: { host: f.remote.host, port: f.remote.port },
-    }))
+    return [...this.#forwards.values()].map((f) => ({ channel: f.channel, local: f.local, remote: f.remote }))
   }
 
   /** Per-channel counters. */
@@ -222,15 +269,32 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       this.#forwards.delete(channel)
       await forward.close()
     }
-    const openRemote = (host: string, port: number) => this.link.forwardOut(host, port)
+    const openRemote: OpenRemote = (remote) => this.#open(remote)
     const onError = (channel: string, err: unknown) =>
       this.emit('forward:error', { channel, error: asError(err) })
+    // a unix listener's number (its path's suffix) stays with its channel; new channels take the lowest free ones
+    const used = new Set([...this.#forwards.values()].map((f) => f.localPort))
+    const unixPort = (): number => {
+      let port = 1
+      while (used.has(port)) port++
+      used.add(port)
+      return port
+    }
     await Promise.all(
       wanted.map(async (endpoint) => {
         const existing = this.#forwards.get(endpoint.channel)
         if (existing) existing.retarget(endpoint)
         else {
-          const forward = await Forward.listen(endpoint, openRemote, onError, 0, this.#budget)
+          const sockets = this.#sockets
+          let on: Parameters<typeof Forward.listen>[3] = 0
+          if (sockets !== undefined) {
+            const port = unixPort()
+            const prefix = sockets.prefix(info.kind)
+            // ipcontroller binds <prefix>-<port>, its Client and ipengine connect to <prefix>:<port>: answer at both
+            const aliases = info.kind === 'kernel' ? [] : [ippClientSocketPath(prefix, port)]
+            on = { kind: 'unix', path: ipcSocketPath(info.kind, prefix, port), port, aliases }
+          }
+          const forward = await Forward.listen(endpoint, openRemote, onError, on, this.#budget)
           // closed (and aborted) while listening: close() has already run over the forwards it knew
           if (this.#closed) await forward.close()
           else this.#forwards.set(endpoint.channel, forward)
@@ -241,12 +305,20 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     if (probe) await this.#probe(wanted, signal)
   }
 
+  /** A channel to `remote`: `direct-tcpip` to host:port, or `direct-streamlocal` to a unix socket. */
+  #open(remote: Endpoint, signal?: AbortSignal): Promise<Duplex> {
+    const options = signal ? { signal } : {}
+    return remote.kind === 'unix'
+      ? this.link.forwardOutUnix(remote.path, options)
+      : this.link.forwardOut(remote.host, remote.port, options)
+  }
+
   /** Opens and closes one channel per endpoint, so that a refused forward fails now and names its channel. */
   async #probe(wanted: readonly Endpoint[], signal?: AbortSignal): Promise<void> {
     const results = await Promise.allSettled(
       wanted.map(async (endpoint) => {
         try {
-          const stream = await this.link.forwardOut(endpoint.host, endpoint.port, signal ? { signal } : {})
+          const stream = await this.#open(endpoint, signal)
           stream.destroy()
         } catch (err) {
           if (signal?.aborted === true) throw err
@@ -265,6 +337,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#detach()
     await Promise.all([...this.#forwards.values()].map((f) => f.close()))
     this.#forwards.clear()
+    await this.#sockets?.remove()
     await this.#copy?.remove()
     await this.#release()
     this.emit('closed')
@@ -320,6 +393,8 @@ export async function openTunnel(
     ...(file !== undefined && { file }),
     ...(options.out !== undefined && { out: options.out }),
     ...(options.probe !== undefined && { probe: options.probe }),
+    ...(options.listen !== undefined && { listen: options.listen }),
+    ...(options.socketDir !== undefined && { socketDir: options.socketDir }),
   })
   tunnel.readyMs = performance.now() - started
   return tunnel

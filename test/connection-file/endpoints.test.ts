@@ -4,6 +4,8 @@ import { test } from 'node:test'
 import {
   destinationOf,
   endpoints,
+  ipcSocketPath,
+  ippClientSocketPath,
   parseConnectionFile,
   redact,
   serializeConnectionFile,
@@ -23,7 +25,9 @@ function client(): IppClientInfo {
   return info
 }
 
-const hosts = (info: ConnectionInfo): string[] => [...new Set(endpoints(info).map((e) => e.host))]
+const hosts = (info: ConnectionInfo): string[] => [
+  ...new Set(endpoints(info).map((e) => (e.kind === 'unix' ? e.path : e.host))),
+]
 
 test('endpoints of a client file: seven channels on the explicit interface address', () => {
   assert.deepEqual(endpoints(client()), [
@@ -221,4 +225,61 @@ test('redact hides the key, the Curve secret and secret-looking extras, and noth
     '',
     'empty key means no signing',
   )
+})
+
+test('ipc files: each channel is a unix socket, <interface>-<port> (ipcontroller 7.1) or <ip>-<port> (ipykernel)', () => {
+  const ipp = parseFixture('ipc/ipcontroller-client.json')
+  assert.deepEqual(endpoints(ipp)[0], {
+    kind: 'unix',
+    channel: 'registration',
+    path: '/tmp/ipp-51439',
+    port: 51439,
+  })
+  const kernel = parseFixture('ipc/kernel-ipc.json')
+  assert.deepEqual(
+    endpoints(kernel).map((e) => (e.kind === 'unix' ? [e.channel, e.path] : [])),
+    [
+      ['shell', '/tmp/kernel-ipc-1'],
+      ['iopub', '/tmp/kernel-ipc-4'],
+      ['stdin', '/tmp/kernel-ipc-2'],
+      ['control', '/tmp/kernel-ipc-3'],
+      ['hb', '/tmp/kernel-ipc-5'],
+    ],
+  )
+  assert.throws(
+    () =>
+      parseConnectionFile(
+        JSON.stringify({ ...JSON.parse(fixtureText('ipc/kernel-ipc.json')), ip: 'kernel-ipc' }),
+        'kernel-r.json',
+      ),
+    {
+      code: 'E_CONNFILE_FIELD',
+      message: /field "ip" must be an absolute unix socket path prefix/,
+    },
+  )
+})
+
+test('toLoopback with ipc: unix sockets under a prefix; an ipc source with tcp listeners becomes tcp', () => {
+  const kernel = parseFixture('kernel/kernel-test.json')
+  const unix = toLoopback(kernel, localPortsFor(kernel, 1), { ipc: '/run/x/kernel' })
+  assert.ok(unix.kind === 'kernel')
+  assert.equal(unix.transport, 'ipc')
+  assert.equal(unix.ip, '/run/x/kernel')
+  assert.deepEqual(endpoints(unix)[0], { kind: 'unix', channel: 'shell', path: '/run/x/kernel-1', port: 1 })
+  const c = client()
+  const ippUnix = toLoopback(c, localPortsFor(c, 1), { ipc: '/run/x/client' })
+  assert.ok(ippUnix.kind === 'ipp-client')
+  assert.equal(ippUnix.interface, 'ipc:///run/x/client')
+  assert.equal(ipcSocketPath('ipp-client', '/run/x/client', 3), '/run/x/client-3', 'where ipcontroller binds')
+  assert.equal(ippClientSocketPath('/run/x/client', 3), '/run/x/client:3', 'where its Client connects')
+  const round = parseConnectionFile(serializeConnectionFile(ippUnix), 'ipcontroller-client.json')
+  assert.deepEqual(round, ippUnix)
+  const fromIpc = parseFixture('ipc/kernel-ipc.json')
+  const tcp = toLoopback(fromIpc, localPortsFor(fromIpc))
+  assert.ok(tcp.kind === 'kernel')
+  assert.equal(tcp.transport, 'tcp')
+  assert.equal(tcp.ip, '127.0.0.1')
+  const ippTcp = toLoopback(parseFixture('ipc/ipcontroller-client.json'), localPortsFor(c))
+  assert.ok(ippTcp.kind === 'ipp-client')
+  assert.equal(ippTcp.interface, 'tcp://127.0.0.1')
 })

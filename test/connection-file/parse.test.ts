@@ -255,10 +255,6 @@ test('refusals: fields', () => {
       'ipcontroller-not-hmac-scheme-client.json',
       'field "signature_scheme" must be hmac-<digest> with a digest this Node.js knows (e.g. hmac-sha256), got "sha256"',
     ],
-    [
-      'kernel-ipc-transport.json',
-      'field "transport" must be "tcp" (only TCP kernels can be tunnelled), got "ipc"',
-    ],
     ['kernel-missing-key.json', 'missing field "key"'],
     ['ipcontroller-broadcast-list-client.json', 'field "broadcast" must be a port 1–65535, got a list'],
     [
@@ -276,11 +272,7 @@ test('refusals: fields', () => {
     ],
     [
       'ipcontroller-bad-interface-client.json',
-      'field "interface" must be tcp://<address> (e.g. tcp://127.0.0.1 or tcp://*), got "127.0.0.1"',
-    ],
-    [
-      'ipcontroller-ipc-interface-client.json',
-      'field "interface" must be tcp://<address> (e.g. tcp://127.0.0.1 or tcp://*), got "ipc:///tmp/ipp"',
+      'field "interface" must be tcp://<address> (e.g. tcp://127.0.0.1 or tcp://*) or ipc://<absolute path>, got "127.0.0.1"',
     ],
     ['ipcontroller-key-number-client.json', 'field "key" must be a string, got a number'],
   ]
@@ -299,15 +291,19 @@ test('refusals built from a real file: each type rule', () => {
     [{ control: -1 }, 'field "control" must be a port 1–65535, got -1'],
     [
       { interface: 'tcp://' },
-      'field "interface" must be tcp://<address> (e.g. tcp://127.0.0.1 or tcp://*), got "tcp://"',
+      'field "interface" must be tcp://<address> (e.g. tcp://127.0.0.1 or tcp://*) or ipc://<absolute path>, got "tcp://"',
     ],
     [
       { interface: 'tcp://::1' },
-      'field "interface" must be tcp://<address> (e.g. tcp://127.0.0.1 or tcp://*), got "tcp://::1"',
+      'field "interface" must be tcp://<address> (e.g. tcp://127.0.0.1 or tcp://*) or ipc://<absolute path>, got "tcp://::1"',
     ],
     [
       { interface: 'tcp://10.0.0.1:5000' },
-      'field "interface" must be tcp://<address> (e.g. tcp://127.0.0.1 or tcp://*), got "tcp://10.0.0.1:5000"',
+      'field "interface" must be tcp://<address> (e.g. tcp://127.0.0.1 or tcp://*) or ipc://<absolute path>, got "tcp://10.0.0.1:5000"',
+    ],
+    [
+      { interface: 'ipc://kernel-ipc' },
+      'field "interface" must be an absolute unix socket path prefix (a relative one depends on the working directory of the peer), got "ipc://kernel-ipc"',
     ],
     [
       { curve_serverkey: 7 },

@@ -54,7 +54,12 @@ print(json.dumps(out))
 `
 
 function ourUrls(info: ConnectionInfo): Record<string, string> {
-  return Object.fromEntries(endpoints(info).map((e) => [e.channel, `tcp://${e.host}:${e.port}`]))
+  return Object.fromEntries(
+    endpoints(info).map((e) => [
+      e.channel,
+      e.kind === 'unix' ? `ipc://${e.path}` : `tcp://${e.host}:${e.port}`,
+    ]),
+  )
 }
 
 test('Python (ipyparallel, jupyter_client) reads the same endpoints from real and loopback files', async (t) => {

@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
+import { lstat, mkdtemp, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -35,6 +35,8 @@ export interface ControllerOptions {
   /** Reuse this IPYTHONDIR (e.g. to restart a controller in place). */
   readonly ipythonDir?: string
   readonly extraArgs?: readonly string[]
+  /** Listen on unix sockets with this path prefix instead (`--transport=ipc --ip=PREFIX`): sockets `PREFIX-<port>`. */
+  readonly ipc?: string
 }
 
 function inNetns(netns: { readonly name: string } | undefined, argv: readonly string[]): string[] {
@@ -88,14 +90,29 @@ async function waitForListening(
   timeoutMs: number,
 ): Promise<void> {
   const wanted = new Set<number>()
+  const sockets = new Set<string>()
   for (const file of files) {
     const info = parseConnectionFile(await readFile(file, 'utf8'), file)
-    for (const endpoint of endpoints(info)) wanted.add(endpoint.port)
+    for (const endpoint of endpoints(info)) {
+      if (endpoint.kind === 'unix') sockets.add(endpoint.path)
+      else wanted.add(endpoint.port)
+    }
   }
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const listening = await listeningPorts(netns)
-    const missing = [...wanted].filter((port) => !listening.has(port))
+    const there = await Promise.all(
+      [...sockets].map((path) =>
+        lstat(path).then(
+          (s) => s.isSocket(),
+          () => false,
+        ),
+      ),
+    )
+    const missing = [
+      ...[...wanted].filter((port) => !listening.has(port)),
+      ...[...sockets].filter((_, i) => there[i] !== true),
+    ]
     if (missing.length === 0) return
     if (child.exitCode !== null) throw new Error(`controller exited ${child.exitCode}:\n${log()}`)
     if (Date.now() > deadline) {
@@ -127,7 +144,14 @@ export async function startController(options: ControllerOptions = {}): Promise<
   const engineFile = join(securityDir, 'ipcontroller-engine.json')
   await rm(clientFile, { force: true })
   await rm(engineFile, { force: true })
-  const args = [PYTHON, '-m', 'ipyparallel.controller', '--ip=127.0.0.1', '--log-level=20']
+  const args = [
+    PYTHON,
+    '-m',
+    'ipyparallel.controller',
+    `--ip=${options.ipc ?? '127.0.0.1'}`,
+    '--log-level=20',
+  ]
+  if (options.ipc !== undefined) args.push('--transport=ipc')
   if (options.ssh !== undefined) args.push(`--ssh=${options.ssh}`)
   if (options.engineSsh !== undefined) args.push(`--enginessh=${options.engineSsh}`)
   args.push(...(options.extraArgs ?? []))

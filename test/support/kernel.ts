@@ -17,13 +17,18 @@ export interface Kernel {
 }
 
 /**
- * Starts Debian's ipykernel on loopback (the namespace's loopback when `netns` is given). The file does not
+ * Starts Debian's ipykernel on loopback (the namespace's loopback when `netns` is given), or with `transport: 'ipc'`
+ * on unix sockets beside its file. The file does not
  * exist beforehand, so the kernel picks its ports and key and writes it; resolves once it parses.
  */
-export async function startKernel(options: { netns?: { readonly name: string } } = {}): Promise<Kernel> {
+export async function startKernel(
+  options: { netns?: { readonly name: string }; transport?: 'tcp' | 'ipc' } = {},
+): Promise<Kernel> {
   const dir = await mkdtemp(join(tmpdir(), 'ippt-kernel-'))
   const file = join(dir, 'kernel-test.json')
-  const argv = [PYTHON, '-m', 'ipykernel_launcher', '-f', file, '--ip=127.0.0.1']
+  // with ipc, ipykernel puts its sockets beside the file: <dir>/kernel-test-ipc-<port>
+  const where = options.transport === 'ipc' ? ['--transport=ipc'] : ['--ip=127.0.0.1']
+  const argv = [PYTHON, '-m', 'ipykernel_launcher', '-f', file, ...where]
   const [cmd, ...rest] = options.netns ? ['ip', 'netns', 'exec', options.netns.name, ...argv] : argv
   const child = spawn(cmd ?? PYTHON, rest, {
     env: { ...process.env, PYTHONUNBUFFERED: '1', PYDEVD_DISABLE_FILE_VALIDATION: '1' },

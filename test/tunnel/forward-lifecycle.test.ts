@@ -111,7 +111,7 @@ describe('forwards over a real sshd: channel lifecycle, half-close, refusals, ma
     const errors: Error[] = []
     const forward = await Forward.listen(
       remote,
-      (host, port) => via.forwardOut(host, port),
+      (r) => (r.kind === 'unix' ? via.forwardOutUnix(r.path) : via.forwardOut(r.host, r.port)),
       (_channel, err) => errors.push(err as Error),
     )
     t.after(() => forward.close())
