@@ -9,7 +9,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { createConnection, createServer } from 'node:net'
+import { createConnection } from 'node:net'
 import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -26,6 +26,7 @@ import {
   startSshd,
   type Netns,
   type Sshd,
+  freePort,
 } from '../test/support/index.js'
 import { PYTHON, runPython, startController, stopProcess } from '../test/support/ipp.js'
 import { median, type BenchRow } from './common.js'
@@ -79,18 +80,6 @@ finally:
         except Exception:
             pass
 `
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
 
 async function waitConnectable(port: number, child: ChildProcess): Promise<void> {
   for (;;) {

@@ -13,11 +13,11 @@ import { makePrivateTempDir } from '../safe-fs/index.js'
 import { openTunnel } from '../tunnel/index.js'
 import { remotePathOf, type RemoteSpec } from '../sources/index.js'
 import { Output } from './output.js'
-import { openPulled } from './remote-file.js'
 import { interrupted, untilSignal } from './signals.js'
 import {
   sshOptionsFrom,
   withListenOption,
+  withSourceFile,
   withSshOptions,
   type ListenArgs,
   type SshArgs,
@@ -41,17 +41,7 @@ export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => 
     'run a command against the loopback copy of a connection file ({} and $IPP_CONNECTION_FILE name it)',
     (y) =>
       withSshOptions(
-        withListenOption(y)
-          .positional('file', {
-            type: 'string',
-            demandOption: true,
-            describe: 'connection file, or [user@]host[:port]:PATH to pull it over SFTP and follow it',
-          })
-          .option('poll', {
-            type: 'number',
-            default: 1000,
-            describe: 'milliseconds between looks at a remote file',
-          })
+        withSourceFile(withListenOption(y))
           .option('out', {
             alias: 'o',
             type: 'string',
@@ -106,6 +96,7 @@ async function exec(args: ExecArgs): Promise<number> {
     }
     let stopFollowing: () => void
     if (remote !== undefined) {
+      const { openPulled } = await import('./remote-file.js') // only for a remote file, as in up
       const { pulled, stop } = await openPulled(remote, args, out, output, signals.signal)
       opened = pulled
       stopFollowing = stop

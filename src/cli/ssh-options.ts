@@ -44,6 +44,21 @@ export function withListenOption<T>(yargs: Argv<T>) {
   })
 }
 
+/** The FILE positional of `up` and `exec`: a local path, or `[user@]host[:port]:PATH` pulled and followed. */
+export function withSourceFile<T>(yargs: Argv<T>) {
+  return yargs
+    .positional('file', {
+      type: 'string',
+      demandOption: true,
+      describe: 'connection file, or [user@]host[:port]:PATH to pull it over SFTP and follow it',
+    })
+    .option('poll', {
+      type: 'number',
+      default: 1000,
+      describe: 'milliseconds between looks at a remote file',
+    })
+}
+
 /** Adds the shared ssh flags to a command. */
 export function withSshOptions<T>(yargs: Argv<T>) {
   return yargs

@@ -6,11 +6,11 @@ import { readConnectionFile } from '../connection-file/index.js'
 import { chooseDestination, defaultOutPath, openTunnel } from '../tunnel/index.js'
 import { remotePathOf, type RemoteSpec } from '../sources/index.js'
 import { EXIT, Output } from './output.js'
-import { defaultRemoteOut, openPulled } from './remote-file.js'
 import { interrupted, untilSignal } from './signals.js'
 import {
   sshOptionsFrom,
   withListenOption,
+  withSourceFile,
   withSshOptions,
   type ListenArgs,
   type SshArgs,
@@ -32,22 +32,11 @@ export function registerUp(yargs: Argv, run: (task: () => Promise<number>) => vo
     'open SSH forwards for a connection file and write its loopback copy; stay up until interrupted',
     (y) =>
       withSshOptions(
-        withListenOption(y)
-          .positional('file', {
-            type: 'string',
-            demandOption: true,
-            describe: 'connection file, or [user@]host[:port]:PATH to pull it over SFTP and follow it',
-          })
-          .option('poll', {
-            type: 'number',
-            default: 1000,
-            describe: 'milliseconds between looks at a remote file',
-          })
-          .option('out', {
-            alias: 'o',
-            type: 'string',
-            describe: 'where to write the loopback copy (default: sibling "-tunnel" profile or directory)',
-          }),
+        withSourceFile(withListenOption(y)).option('out', {
+          alias: 'o',
+          type: 'string',
+          describe: 'where to write the loopback copy (default: sibling "-tunnel" profile or directory)',
+        }),
       ),
     (args) => run(() => up(args as unknown as UpArgs)),
   )
@@ -67,6 +56,8 @@ async function up(args: UpArgs): Promise<number> {
   const signals = untilSignal()
   if (remote !== undefined) {
     try {
+      // loaded only for a remote file: it brings the service (and chokidar) that a local `up` never needs
+      const { defaultRemoteOut, openPulled } = await import('./remote-file.js')
       const out = resolve(args.out ?? defaultRemoteOut(remote, process.env))
       const { pulled, stop } = await openPulled(remote, args, out, output, signals.signal)
       const failed = new Promise<Error>((resolveFailed) =>

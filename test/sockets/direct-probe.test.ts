@@ -1,7 +1,5 @@
 import assert from 'node:assert/strict'
-import { once } from 'node:events'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -9,19 +7,7 @@ import { after, before, describe, test } from 'node:test'
 import { parseConnectionFile } from '../../src/connection-file/index.js'
 import { connect } from '../../src/sockets/index.js'
 import { FIXTURES, runCli } from '../support/cli.js'
-import { hasCode } from '../support/index.js'
-
-/** A port that was just free: nothing listens on it. */
-async function closedPort(): Promise<number> {
-  const server = createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const address = server.address()
-  server.close()
-  await once(server, 'close')
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return address.port
-}
+import { hasCode, freePort } from '../support/index.js'
 
 describe('a direct connection to ports nothing listens on is refused at once, pointing at --ssh', () => {
   let dir: string
@@ -33,7 +19,7 @@ describe('a direct connection to ports nothing listens on is refused at once, po
       unknown
     >
     for (const field of ['shell_port', 'iopub_port', 'stdin_port', 'control_port', 'hb_port'])
-      kernel[field] = await closedPort()
+      kernel[field] = await freePort()
     file = join(dir, 'kernel-gone.json')
     await writeFile(file, JSON.stringify({ ...kernel, ip: '127.0.0.1' }), { mode: 0o600 })
   })

@@ -18,6 +18,7 @@ import {
   type EchoServer,
   type Netns,
   type Sshd,
+  freePort,
 } from '../support/index.js'
 
 const run = promisify(execFile)
@@ -41,18 +42,6 @@ async function silentListener(): Promise<{ port: number; close(): Promise<void> 
         server.close(() => resolve())
       }),
   }
-}
-
-/** A port nothing listens on (taken from the kernel, then given back). */
-async function closedPort(): Promise<number> {
-  const server = createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const address = server.address()
-  server.close()
-  await once(server, 'close')
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return address.port
 }
 
 function lastEvent(result: CliResult): Record<string, unknown> {
@@ -242,7 +231,7 @@ Host silent
   })
 
   test('an unreachable host is named with the reason: connection refused, name not resolved', async () => {
-    const port = await closedPort()
+    const port = await freePort()
     const refused = new Link(
       await resolveTarget(`root@127.0.0.1:${port}`, { configFile: false, identity: sshd.clientKey }),
       {

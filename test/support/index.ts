@@ -8,7 +8,7 @@
  */
 export { createNetns, startEchoServer, type Netns, type EchoServer } from './netns.js'
 export { startSshd, hopOf, sshArgsOf, sshOptionsOf, type Sshd, type SshdOptions } from './sshd.js'
-export { canConnect, portOf } from './net.js'
+export { canConnect, freePort, portOf } from './net.js'
 export { exists } from './fs.js'
 export { hasCode } from './errors.js'
 export { startCluster, type Cluster } from './cluster.js'

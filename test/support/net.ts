@@ -1,4 +1,5 @@
-import { createConnection } from 'node:net'
+import { once } from 'node:events'
+import { createConnection, createServer } from 'node:net'
 
 /** The port of an `address:port` string as the CLI prints it (`127.0.0.1:40123`). */
 export function portOf(address: string): number {
@@ -15,4 +16,16 @@ export function canConnect(port: number, host = '127.0.0.1'): Promise<boolean> {
     })
     socket.once('error', () => resolve(false))
   })
+}
+
+/** A port that was free a moment ago (taken from the kernel, then given back): nothing listens on it. */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const server = createServer()
+  server.listen(0, host)
+  await once(server, 'listening')
+  const address = server.address()
+  server.close()
+  await once(server, 'close')
+  if (address === null || typeof address === 'string') throw new Error('no port')
+  return address.port
 }

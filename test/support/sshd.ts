@@ -1,12 +1,13 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
+
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { sshdConfig } from '../../src/demo/index.js'
 import type { ResolvedHop, SshOptions } from '../../src/ssh/index.js'
+import { freePort } from './net.js'
 import type { Netns } from './netns.js'
 
 const run = promisify(execFile)
@@ -68,17 +69,6 @@ async function keygen(path: string, passphrase: string): Promise<void> {
     '-f',
     path,
   ])
-}
-
-async function freePort(host: string): Promise<number> {
-  const server = createServer()
-  server.listen(0, host)
-  await once(server, 'listening')
-  const address = server.address()
-  server.close()
-  await once(server, 'close')
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return address.port
 }
 
 /** Parent pid of every process, read from /proc. */
