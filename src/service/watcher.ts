@@ -4,6 +4,9 @@ import { watch, type FSWatcher } from 'chokidar'
 
 import { kindFromFileName } from '../connection-file/index.js'
 
+/** chokidar's window for repeated 'change' events of one path (50 ms), and a margin. */
+const LOOK_AGAIN_MS = 80
+
 export interface WatcherHandlers {
   /** A connection file appeared, changed, or was there at start. */
   readonly onFile: (path: string) => void
@@ -25,11 +28,13 @@ export interface WatcherHandlers {
 export class DirectoryWatcher {
   readonly dirs: readonly string[]
   readonly #watcher: FSWatcher
+  readonly #trailing: Map<string, NodeJS.Timeout>
   #closed = false
 
-  private constructor(dirs: readonly string[], watcher: FSWatcher) {
+  private constructor(dirs: readonly string[], watcher: FSWatcher, trailing: Map<string, NodeJS.Timeout>) {
     this.dirs = dirs
     this.#watcher = watcher
+    this.#trailing = trailing
   }
 
   /** Starts watching; resolves once the files already present have been reported to `handlers`. */
@@ -43,14 +48,34 @@ export class DirectoryWatcher {
       persistent: true,
       ignorePermissionErrors: true,
     })
-    watcher.on('add', (path) => taken(path) && handlers.onFile(resolve(path)))
-    watcher.on('change', (path) => taken(path) && handlers.onFile(resolve(path)))
-    watcher.on('unlink', (path) => taken(path) && handlers.onRemoved(resolve(path)))
+    // chokidar emits at most one 'change' per path in 50 ms and drops the rest: a file rewritten right after a change
+    // would keep its old content here. So every report is followed by one more look once that window has passed
+    // (the service ignores a look that finds the content it already applied).
+    const trailing = new Map<string, NodeJS.Timeout>()
+    const report = (path: string): void => {
+      handlers.onFile(path)
+      clearTimeout(trailing.get(path))
+      const timer = setTimeout(() => {
+        trailing.delete(path)
+        handlers.onFile(path)
+      }, LOOK_AGAIN_MS)
+      timer.unref()
+      trailing.set(path, timer)
+    }
+    watcher.on('add', (path) => taken(path) && report(resolve(path)))
+    watcher.on('change', (path) => taken(path) && report(resolve(path)))
+    watcher.on('unlink', (path) => {
+      if (!taken(path)) return
+      const full = resolve(path)
+      clearTimeout(trailing.get(full))
+      trailing.delete(full)
+      handlers.onRemoved(full)
+    })
     watcher.on('error', (error) =>
       handlers.onError(error instanceof Error ? error : new Error(String(error))),
     )
     await new Promise<void>((ready) => watcher.once('ready', ready))
-    return new DirectoryWatcher(dirs, watcher)
+    return new DirectoryWatcher(dirs, watcher, trailing)
   }
 
   get closed(): boolean {
@@ -60,6 +85,8 @@ export class DirectoryWatcher {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    for (const timer of this.#trailing.values()) clearTimeout(timer)
+    this.#trailing.clear()
     await this.#watcher.close()
   }
 
