@@ -738,6 +738,7 @@ export class Link extends EventEmitter<LinkEvents> {
     const chain: Chain = { clients: [], proxies: [], dead: false }
     try {
       let previous: { client: Client; hop: ResolvedHop } | undefined
+      let asked = false
       for (const [i, hop] of this.target.hops.entries()) {
         signal.throwIfAborted()
         let sock: Duplex | undefined
@@ -777,8 +778,11 @@ export class Link extends EventEmitter<LinkEvents> {
         const proxy = previous === undefined ? chain.proxies[0] : undefined
         const client = await this.#connectHop(hop, attempt, sock, signal, proxy)
         chain.clients.push(client)
+        asked ||= attempt.prompted
         previous = { client, hop }
       }
+      // a login that asked a person makes the whole chain precious: a jump host dropped after 15 s would take it along
+      if (asked) for (const client of chain.clients) liftKeepalive.get(client)?.()
       return chain
     } catch (err) {
       chain.dead = true
@@ -860,8 +864,11 @@ export class Link extends EventEmitter<LinkEvents> {
         if (settled) return
         finish()
         if (explicitMax === undefined && keepaliveMs > 0) {
-          if (auth.prompted) countMax = keepaliveMax
-          else holdToCount(client, keepaliveMs, countMax)
+          const stop = holdToCount(client, keepaliveMs, countMax)
+          liftKeepalive.set(client, () => {
+            stop()
+            countMax = keepaliveMax
+          })
         }
         resolve(client)
       })
@@ -961,11 +968,11 @@ const ASKED_SILENCE_MS = 300_000
 /**
  * Holds a connection to `countMax` unanswered keepalives when ssh2 was given a larger count (which it reads once, at
  * connect): ssh2 still sends one every `intervalMs`, and a tick that heard nothing from the server since the last
- * one counts as missed; past `countMax` the client fails as ssh2's own keepalive timeout does.
+ * one counts as missed; past `countMax` the client fails as ssh2's own keepalive timeout does. Returns `stop`.
  */
-function holdToCount(client: Client, intervalMs: number, countMax: number): void {
+function holdToCount(client: Client, intervalMs: number, countMax: number): () => void {
   const sock = (client as unknown as { _sock?: Duplex })._sock
-  if (sock === undefined) return
+  if (sock === undefined) return () => undefined
   let heard = false
   let missed = 0
   const onData = (): void => {
@@ -984,11 +991,16 @@ function holdToCount(client: Client, intervalMs: number, countMax: number): void
     client.emit('error', err)
     client.destroy()
   }, intervalMs)
-  client.once('close', () => {
+  const stop = (): void => {
     clearInterval(timer)
     sock.off('data', onData)
-  })
+  }
+  client.once('close', stop)
+  return stop
 }
+
+/** Per connected client held to the default count: lets ssh2's larger count apply once a login asked someone. */
+const liftKeepalive = new WeakMap<Client, () => void>()
 
 /** Authentication failures of attempts that asked someone: with a login gate, the link asks again. */
 const promptedFailures = new WeakSet<IppTunnelError>()

@@ -74,15 +74,19 @@ test('a link whose login asked for a code outlives a silence that ends a key-onl
   }
   const precious = new Link({ hops: [hopOf(both)] }, options)
   const plain = new Link({ hops: [hopOf(keyOnly)] }, options)
+  // behind a jump host that takes the key alone: the code makes the whole chain precious
+  const jumped = new Link({ hops: [hopOf(keyOnly), hopOf(both)] }, options)
   const counted = new Link({ hops: [hopOf(both)] }, { ...options, keepaliveCountMax: 3 })
-  t.after(() => Promise.all([precious.close(), plain.close(), counted.close()]))
+  t.after(() => Promise.all([precious.close(), plain.close(), jumped.close(), counted.close()]))
   t.after(() => setWire(true))
   await precious.connect()
   await plain.connect()
+  await jumped.connect()
   await counted.connect()
-  assert.equal(asked, 2)
+  assert.equal(asked, 3)
   let preciousDown = false
   precious.on('reconnecting', () => (preciousDown = true))
+  jumped.on('reconnecting', () => (preciousDown = true))
 
   const plainDown = once(plain, 'reconnecting') as Promise<LinkEvents['reconnecting']>
   const countedDown = once(counted, 'reconnecting') as Promise<LinkEvents['reconnecting']>
@@ -98,10 +102,12 @@ test('a link whose login asked for a code outlives a silence that ends a key-onl
   await setWire(true)
   await Promise.all([back, countedBack])
   // the key-only link came back by itself; the one with an explicit count had to ask for a new code
-  assert.equal(asked, 3)
-  // the link that asked for a code never went down, and carries forwards with no new login
+  assert.equal(asked, 4)
+  // the links that asked for a code never went down, and carry forwards with no new login
   assert.equal(preciousDown, false)
   assert.equal(precious.state, 'up')
+  assert.equal(jumped.state, 'up')
   assert.equal(await roundTrip(await precious.forwardOut(echo.host, echo.port), 'held'), 'held')
-  assert.equal(asked, 3)
+  assert.equal(await roundTrip(await jumped.forwardOut(echo.host, echo.port), 'jumped'), 'jumped')
+  assert.equal(asked, 4)
 })
