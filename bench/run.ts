@@ -10,6 +10,7 @@ import * as prettier from 'prettier'
 
 import { markdownTable, ratioOf, type BenchRow } from './common.js'
 import { benchEngines } from './engines.js'
+import { benchLogin } from './login.js'
 import { benchRemote } from './remote.js'
 import { benchService } from './service.js'
 import { benchTunnel } from './tunnel.js'
@@ -23,6 +24,7 @@ const groups: Record<string, () => Promise<BenchRow[]>> = {
   engines: benchEngines,
   service: benchService,
   remote: benchRemote,
+  login: benchLogin,
 }
 
 const README = fileURLToPath(new URL('../../README.md', import.meta.url))

@@ -55,7 +55,10 @@ export interface LinkOptions {
    * it bounds how long a dead link goes unnoticed.
    */
   readonly keepaliveIntervalMs?: number
-  /** Unanswered keepalives before the link counts as dead; wins over each hop's own; default 3. */
+  /**
+   * Unanswered keepalives before the link counts as dead; wins over each hop's own (ServerAliveCountMax); default 3,
+   * or, for a hop whose login asked a person (a one-time code), as many as make five minutes of silence.
+   */
   readonly keepaliveCountMax?: number
   /**
    * Time allowed per hop from TCP connect to authenticated (time spent asking for a passphrase excluded); default
@@ -735,6 +738,7 @@ export class Link extends EventEmitter<LinkEvents> {
     const chain: Chain = { clients: [], proxies: [], dead: false }
     try {
       let previous: { client: Client; hop: ResolvedHop } | undefined
+      let asked = false
       for (const [i, hop] of this.target.hops.entries()) {
         signal.throwIfAborted()
         let sock: Duplex | undefined
@@ -774,8 +778,11 @@ export class Link extends EventEmitter<LinkEvents> {
         const proxy = previous === undefined ? chain.proxies[0] : undefined
         const client = await this.#connectHop(hop, attempt, sock, signal, proxy)
         chain.clients.push(client)
+        asked ||= attempt.prompted
         previous = { client, hop }
       }
+      // a login that asked a person makes the whole chain precious: a jump host dropped after 15 s would take it along
+      if (asked) for (const client of chain.clients) liftKeepalive.get(client)?.()
       return chain
     } catch (err) {
       chain.dead = true
@@ -814,7 +821,15 @@ export class Link extends EventEmitter<LinkEvents> {
             }, connectMs)
       client.once('handshake', () => clearTimeout(connectTimer))
       const keepaliveMs = this.#options.keepaliveIntervalMs ?? hop.keepaliveIntervalMs ?? 5000
-      const keepaliveMax = this.#options.keepaliveCountMax ?? hop.keepaliveCountMax ?? 3
+      const explicitMax = this.#options.keepaliveCountMax ?? hop.keepaliveCountMax
+      // ssh2 fixes the count at connect, before anyone knows whether the login will ask a person: it gets the
+      // allowance of such a login, and a login that asked no one is held to the default below (holdToCount)
+      const keepaliveMax =
+        explicitMax ??
+        (keepaliveMs > 0
+          ? Math.max(KEEPALIVE_COUNT_MAX, Math.ceil(ASKED_SILENCE_MS / keepaliveMs))
+          : KEEPALIVE_COUNT_MAX)
+      let countMax = explicitMax ?? KEEPALIVE_COUNT_MAX
       function onTimeout(): void {
         if (auth.prompting) {
           timer = setTimeout(onTimeout, readyMs)
@@ -839,7 +854,7 @@ export class Link extends EventEmitter<LinkEvents> {
 
       client.on('error', (err: Ssh2Error) => {
         if (err.level === 'client-timeout' && err.message === 'Keepalive timeout') {
-          err.message = `no answer to ${keepaliveMax} keepalives sent ${keepaliveMs / 1000} s apart (ServerAliveInterval ${keepaliveMs / 1000}, ServerAliveCountMax ${keepaliveMax})`
+          err.message = `no answer to ${countMax} keepalives sent ${keepaliveMs / 1000} s apart (ServerAliveInterval ${keepaliveMs / 1000}, ServerAliveCountMax ${countMax}${explicitMax === undefined ? ', the default' : ''})`
         }
         lastError = err
         // the socket's own error (ECONNREFUSED, …) says more than ssh2's "Connection lost" that may follow it
@@ -848,6 +863,13 @@ export class Link extends EventEmitter<LinkEvents> {
       client.once('ready', () => {
         if (settled) return
         finish()
+        if (explicitMax === undefined && keepaliveMs > 0) {
+          const stop = holdToCount(client, keepaliveMs, countMax)
+          liftKeepalive.set(client, () => {
+            stop()
+            countMax = keepaliveMax
+          })
+        }
         resolve(client)
       })
       client.once('close', () => {
@@ -889,7 +911,7 @@ export class Link extends EventEmitter<LinkEvents> {
       const policyFrom = this.#options.hostKeyCheck === undefined ? hop.hostKeyPolicyFrom : undefined
       const say = this.#options.verbose
       say?.(
-        `${where}: connecting${sock !== undefined ? ' through the jump host before it' : ''}; identity files ${hop.identityFiles.join(', ') || 'none'}${hop.identitiesOnly ? ' (only these)' : ''}; known_hosts ${files.join(', ') || 'none'}, policy ${policy}; methods ${(hop.preferredAuthentications ?? ['default']).join(',')}; keepalive ${keepaliveMs / 1000} s x ${keepaliveMax}`,
+        `${where}: connecting${sock !== undefined ? ' through the jump host before it' : ''}; identity files ${hop.identityFiles.join(', ') || 'none'}${hop.identitiesOnly ? ' (only these)' : ''}; known_hosts ${files.join(', ') || 'none'}, policy ${policy}; methods ${(hop.preferredAuthentications ?? ['default']).join(',')}; keepalive ${keepaliveMs / 1000} s x ${countMax}${explicitMax === undefined ? ` (x ${keepaliveMax} after a login that asks a person)` : ''}`,
       )
       if (say !== undefined) client.once('ready', () => say(`${where}: authenticated`))
       client.connect({
@@ -933,6 +955,52 @@ export class Link extends EventEmitter<LinkEvents> {
     })
   }
 }
+
+/** Unanswered keepalives before a link counts as dead, as ssh(1)'s ServerAliveCountMax default. */
+const KEEPALIVE_COUNT_MAX = 3
+/**
+ * Silence a link whose login asked a person (a one-time code) outlives when the config sets no ServerAliveCountMax:
+ * a network blip shorter than this does not cost a new code, and noticing a truly dead link later costs little,
+ * since coming back asks for a code anyway.
+ */
+const ASKED_SILENCE_MS = 300_000
+
+/**
+ * Holds a connection to `countMax` unanswered keepalives when ssh2 was given a larger count (which it reads once, at
+ * connect): ssh2 still sends one every `intervalMs`, and a tick that heard nothing from the server since the last
+ * one counts as missed; past `countMax` the client fails as ssh2's own keepalive timeout does. Returns `stop`.
+ */
+function holdToCount(client: Client, intervalMs: number, countMax: number): () => void {
+  const sock = (client as unknown as { _sock?: Duplex })._sock
+  if (sock === undefined) return () => undefined
+  let heard = false
+  let missed = 0
+  const onData = (): void => {
+    heard = true
+  }
+  sock.on('data', onData)
+  const timer = setInterval(() => {
+    if (heard) {
+      heard = false
+      missed = 0
+      return
+    }
+    if (++missed <= countMax) return
+    clearInterval(timer)
+    const err: Ssh2Error = Object.assign(new Error('Keepalive timeout'), { level: 'client-timeout' })
+    client.emit('error', err)
+    client.destroy()
+  }, intervalMs)
+  const stop = (): void => {
+    clearInterval(timer)
+    sock.off('data', onData)
+  }
+  client.once('close', stop)
+  return stop
+}
+
+/** Per connected client held to the default count: lets ssh2's larger count apply once a login asked someone. */
+const liftKeepalive = new WeakMap<Client, () => void>()
 
 /** Authentication failures of attempts that asked someone: with a login gate, the link asks again. */
 const promptedFailures = new WeakSet<IppTunnelError>()
