@@ -3,6 +3,7 @@ import yargs, { type Argv } from 'yargs'
 import { IppTunnelError } from '../errors/index.js'
 import { EXIT, Output } from './output.js'
 import { registerEngines } from './engines.js'
+import { registerNodeTunnel } from './node-tunnel.js'
 import { registerExec } from './exec.js'
 import { registerUp } from './up.js'
 import { registerInstallService } from './install-service.js'
@@ -54,7 +55,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     .slice(0, argv.includes('--') ? argv.indexOf('--') : argv.length)
     .find((a) => !a.startsWith('-'))
   if (first === 'help') return main(['--help'])
-  if (first !== undefined && !(COMMANDS as readonly string[]).includes(first)) {
+  // node-tunnel is hidden: what `engines --host` runs on each node.
+  if (first !== undefined && first !== 'node-tunnel' && !(COMMANDS as readonly string[]).includes(first)) {
     new Output({ json: argv.includes('--json'), debug }).fail(
       new IppTunnelError('E_USAGE', unknownCommand(first)),
     )
@@ -82,6 +84,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   cli = registerStatus(cli, run)
   cli = registerInstallService(cli, run)
   cli = registerEngines(cli, run)
+  cli = registerNodeTunnel(cli, run)
   cli = registerPing(cli, run)
   cli = registerPx(cli, run)
   await cli.parseAsync()
