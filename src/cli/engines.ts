@@ -210,7 +210,7 @@ function followNodes(nodeTunnels: NodeTunnels, output: Output, file: string): vo
     }),
   )
   nodeTunnels.on('node-event', ({ host, rank, event }) => {
-    const { event: name, file: _file, ...rest } = event
+    const { event: name, ...rest } = event
     if (name === 'reconnecting' || name === 'reconnected' || name === 'error') {
       output.emit({ ...rest, event: `node-${name}`, file, host, rank })
     }

@@ -58,7 +58,11 @@ interface Fixture {
 }
 
 async function startFixture(t: TestContext): Promise<Fixture> {
-  const remote = await startRemote(t)
+  // A fast heart (1 s pings, dead after 3 misses): heartbeats that did not ride a node's tunnel fail in ~4 s.
+  const remote = await startRemote(t, [
+    '--HeartMonitor.period=1000',
+    '--HeartMonitor.max_heartmonitor_misses=3',
+  ])
   const nodes = [await startNode(t), await startNode(t)] as const
   for (const ns of [remote.ns, nodes[0].ns, nodes[1].ns]) await route(ns)
   const config = join(remote.sshd.dir, 'mpi_ssh_config')
@@ -126,6 +130,29 @@ async function sshPeers(remote: Remote): Promise<string[]> {
     .map((l) => (l.trim().split(/\s+/).at(-1) ?? '').replace(/:\d+$/, ''))
 }
 
+/** Kills the controller's sshd processes serving connections from `peer` only: that node's link drops. */
+async function cutConnectionsFrom(remote: Remote, peer: string): Promise<number> {
+  const { stdout } = await run('ip', [
+    'netns',
+    'exec',
+    remote.ns.name,
+    'ss',
+    '-Htnp',
+    'state',
+    'established',
+    `( sport = :${String(remote.sshd.port)} )`,
+  ])
+  let killed = 0
+  for (const line of stdout.split('\n')) {
+    if (!line.includes(` ${peer}:`)) continue
+    for (const m of line.matchAll(/pid=(\d+)/g)) {
+      process.kill(Number(m[1]), 'SIGKILL')
+      killed++
+    }
+  }
+  return killed
+}
+
 /** Pids of processes whose command line holds `text`. */
 async function processesWith(text: string): Promise<number[]> {
   const pids: number[] = []
@@ -163,7 +190,7 @@ test('engines --mpi --host across two nodes: one ssh connection per node, one MP
   const [a, b] = f.nodes
 
   await t.test(
-    '2 nodes x 2 engines: Allreduce across both nodes; SIGTERM leaves nothing on either',
+    '2 nodes x 2 engines: Allreduce across both nodes; a node link cut and back; SIGTERM leaves nothing',
     async (t) => {
       const { child, lines } = startAcross(t, f, ['-n', '4', '--mpi', '--host', `${a.name}:2,${b.name}:2`])
       await lines.next('ready', 60_000)
@@ -209,6 +236,27 @@ test('engines --mpi --host across two nodes: one ssh connection per node, one MP
         1,
         `one connection from ${b.name}: ${peers.join(' ')}`,
       )
+
+      // A's link drops and comes back on A; B's is not touched; all four engines stay registered.
+      const reconnected = lines.waitNew((e) => e.event === 'node-reconnected', 60_000)
+      assert.ok((await cutConnectionsFrom(f.remote, a.sshd.host)) > 0)
+      const back = await reconnected
+      assert.equal(back.host, a.name)
+      const reconnecting = lines.events.filter((e) => e.event === 'node-reconnecting')
+      assert.ok(
+        reconnecting.length > 0 && reconnecting.every((e) => e.host === a.name),
+        JSON.stringify(reconnecting),
+      )
+      const again = await runPython(PSUM(f.remote.ctl.clientFile, 4), {
+        netns: f.remote.ns,
+        timeoutMs: 90_000,
+      })
+      assert.equal(again.code, 0, again.stderr)
+      assert.deepEqual((JSON.parse(again.stdout) as { ids: number[] }).ids, [0, 1, 2, 3], 'the same engines')
+      assert.doesNotMatch(f.remote.ctl.log(), /hearts stopped|unregister_engine/)
+      const after = await sshPeers(f.remote)
+      assert.equal(after.filter((p) => p === a.sshd.host).length, 1, after.join(' '))
+      assert.equal(after.filter((p) => p === b.sshd.host).length, 1, after.join(' '))
 
       const status = await stopCli(child, 'SIGTERM')
       assert.equal(status.code, 0, lines.stderr.slice(-3000))
