@@ -267,9 +267,11 @@ test('engines --mpi --host across two nodes: one ssh connection per node, one MP
     },
   )
 
-  await t.test('a node whose tunnel cannot connect fails the launch, named', async (t) => {
+  await t.test('--hostfile: a node whose tunnel cannot connect fails the launch, named', async (t) => {
     await run('ip', ['netns', 'exec', b.ns.name, 'ip', 'route', 'del', '10.231.0.0/16'])
-    const { child, lines } = startAcross(t, f, ['-n', '2', '--mpi', '--host', `${a.name},${b.name}`])
+    const hostfile = join(f.remote.sshd.dir, 'hostfile')
+    await writeFile(hostfile, `# OpenMPI's syntax\n${a.name} slots=1\n\n${b.name} slots=1 # the broken one\n`)
+    const { child, lines } = startAcross(t, f, ['-n', '2', '--mpi', '--hostfile', hostfile])
     const status = await exited(child)
     assert.equal(status.code, 1, lines.stderr.slice(-3000))
     const error = lines.events.find((e) => e.event === 'error')
