@@ -38,16 +38,17 @@ test('parseTagged: the rank and stream of an mpiexec --tag-output line', () => {
 })
 
 test("the engines' wrapper runs the engine on this node's file, and says which node it is on", async () => {
-  const argv = engineArgvs({
-    file: NODE_FILE,
-    n: 2,
-    mpi: true,
-    mpiArgs: ['--host', 'a:1,b:1'],
-    engineCommand: `/bin/echo x{}y '{}'`,
-    wrapper: nodeEngineWrapper('/job dir', 'engine.json'),
-  })[0]
-  assert.deepEqual(argv?.slice(0, 5), ['mpiexec', '--host', 'a:1,b:1', '-n', '2'])
-  const [sh, ...args] = argv?.slice(5) ?? []
+  const argv =
+    engineArgvs({
+      file: NODE_FILE,
+      n: 2,
+      mpi: true,
+      mpiArgs: ['--host', 'a:1,b:1'],
+      engineCommand: `/bin/echo x{}y '{}'`,
+      wrapper: nodeEngineWrapper('/job dir', 'engine.json'),
+    })[0] ?? []
+  assert.deepEqual(argv.slice(0, 5), ['mpiexec', '--host', 'a:1,b:1', '-n', '2'])
+  const [sh, ...args] = argv.slice(5)
   const { stdout, stderr } = await run(sh ?? '', args)
   const file = `/job dir/${hostname()}/engine.json`
   assert.equal(stdout, `x${file}y ${file} --mpi\n`)
