@@ -130,6 +130,7 @@ function formatEngineEvents(output: Output): Output {
     )
     .format('node-reconnected', (e) => `node ${String(e.host)}: link back after ${String(e.downMs)} ms`)
     .format('node-error', (e) => `node ${String(e.host)}: ${String(e.message)}`)
+    .format('node-warning', (e) => `node ${String(e.host)}: warning: ${String(e.message)}`)
     .format('unregistered', (e) => {
       const remaining = e.remaining as number[]
       return remaining.length === 0
@@ -211,7 +212,7 @@ function followNodes(nodeTunnels: NodeTunnels, output: Output, file: string): vo
   )
   nodeTunnels.on('node-event', ({ host, rank, event }) => {
     const { event: name, ...rest } = event
-    if (name === 'reconnecting' || name === 'reconnected' || name === 'error') {
+    if (name === 'reconnecting' || name === 'reconnected' || name === 'error' || name === 'warning') {
       output.emit({ ...rest, event: `node-${name}`, file, host, rank })
     }
   })
