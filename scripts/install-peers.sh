@@ -13,6 +13,8 @@ packages=(
   python3-mpi4py
   iproute2
   procps
+  slurm-wlm
+  munge
 )
 
 missing=()

@@ -19,6 +19,7 @@ import {
   nodeNames,
   parseTagged,
   redactLine,
+  slurmNodeLauncher,
   startNodeTunnels,
   type EngineExit,
   type EngineGroup,
@@ -41,6 +42,7 @@ interface EnginesArgs extends SshArgs {
   readonly mpiexec?: string | undefined
   readonly host?: string | undefined
   readonly hostfile?: string | undefined
+  readonly slurm: boolean
   readonly 'engine-cmd'?: string | undefined
   readonly json: boolean
   readonly debug: boolean
@@ -78,6 +80,13 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
             requiresArg: true,
             conflicts: 'hostfile',
             describe: "with --mpi: run across these hosts (OpenMPI's a:4,b:4), one node tunnel per host",
+          })
+          .option('slurm', {
+            type: 'boolean',
+            default: false,
+            conflicts: ['host', 'hostfile'],
+            describe:
+              'inside a Slurm allocation: one node tunnel per allocated node (srun), then the engines (srun, or mpiexec with --mpi)',
           })
           .option('hostfile', {
             type: 'string',
@@ -179,6 +188,24 @@ function hostListOf(args: EnginesArgs): HostList | undefined {
   return hosts
 }
 
+/** The number of nodes of the Slurm allocation this runs in. */
+function slurmNodeCount(env: NodeJS.ProcessEnv): number {
+  if (env.SLURM_JOB_ID === undefined) {
+    throw new IppTunnelError(
+      'E_USAGE',
+      '--slurm runs inside a Slurm allocation (SLURM_JOB_ID is not set): run it under salloc or in an sbatch script',
+    )
+  }
+  const nodes = Number(env.SLURM_JOB_NUM_NODES ?? env.SLURM_NNODES ?? '1')
+  if (!Number.isInteger(nodes) || nodes < 1) {
+    throw new IppTunnelError(
+      'E_USAGE',
+      `SLURM_JOB_NUM_NODES is not a node count: ${String(env.SLURM_JOB_NUM_NODES)}`,
+    )
+  }
+  return nodes
+}
+
 /** The ssh options of this command, as `node-tunnel` takes them. */
 function sshArgvOf(args: EnginesArgs): string[] {
   const argv: string[] = []
@@ -257,7 +284,13 @@ async function engines(args: EnginesArgs): Promise<number> {
       root: process.getuid?.() === 0,
     }
     const hosts = hostListOf(args)
-    const nodes = hosts === undefined ? undefined : await nodeNames(hosts)
+    const slurmNodes = args.slurm ? slurmNodeCount(process.env) : undefined
+    const nodes =
+      hosts !== undefined
+        ? await nodeNames(hosts)
+        : slurmNodes !== undefined
+          ? Array.from({ length: slurmNodes }, (_, i) => `slurm node #${String(i)}`)
+          : undefined
     const [program] = engineArgvs(launch)[0] ?? [] // bad command lines fail here, before any connection
     if (program !== undefined) await findProgram(program, process.env.PATH)
     const options = sshOptionsFrom(args, output)
@@ -285,14 +318,25 @@ async function engines(args: EnginesArgs): Promise<number> {
     if (loopback.kind === 'ipp-engine') hub = HubQuery.open(loopback, file)
     let across = {}
     const hostOfRank = new Map<number, string>()
-    if (hosts !== undefined && nodes !== undefined) {
+    if (nodes !== undefined) {
       // A path of the same name on every node; each node tunnel makes its own <hostname> directory in it.
       const jobDir = join(tmpdir(), `ipp-tunnel-job-${randomBytes(6).toString('hex')}`)
       const script = realpathSync(process.argv[1] ?? '')
       nodeTunnels = startNodeTunnels({
-        hosts,
+        ...(hosts !== undefined && { hosts }),
+        ...(slurmNodes !== undefined && { launcher: slurmNodeLauncher(slurmNodes) }),
         nodes,
-        command: [process.execPath, script, 'node-tunnel', file, '--job-dir', jobDir, ...sshArgvOf(args)],
+        command: [
+          process.execPath,
+          script,
+          'node-tunnel',
+          file,
+          '--job-dir',
+          jobDir,
+          ...(slurmNodes !== undefined ? ['--until-eof'] : []),
+          ...sshArgvOf(args),
+        ],
+        stopByEof: slurmNodes !== undefined,
         ...(args.mpiexec !== undefined && { mpiexec: args.mpiexec }),
         root: launch.root,
       })
@@ -300,8 +344,10 @@ async function engines(args: EnginesArgs): Promise<number> {
       await nodeTunnels.ready(signals.signal)
       across = {
         file: NODE_FILE,
-        mpiArgs: [...hostArgs(hosts), '--tag-output'],
+        // Under Slurm, OpenMPI's mpiexec runs its ranks on the allocation's nodes by itself.
+        mpiArgs: [...(hosts === undefined ? [] : hostArgs(hosts)), '--tag-output'],
         wrapper: nodeEngineWrapper(jobDir, basename(file)),
+        ...(slurmNodes !== undefined && !args.mpi && { launcher: ['srun', '--overlap', '--label'] }),
       }
     }
     group = launchEngines({ ...launch, file: out, ...across, ...(hub !== undefined && { hub }) })

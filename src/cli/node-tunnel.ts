@@ -9,13 +9,13 @@ import { IppTunnelError } from '../errors/index.js'
 import { ensurePrivateDir } from '../safe-fs/index.js'
 import { chooseDestination, openTunnel, type Tunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
-import { untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
 import { followTunnel } from './tunnel-events.js'
 
 interface NodeTunnelArgs extends SshArgs {
   readonly file: string
   readonly 'job-dir': string
+  readonly 'until-eof': boolean
   readonly debug: boolean
 }
 
@@ -32,7 +32,8 @@ export function registerNodeTunnel(yargs: Argv, run: (task: () => Promise<number
       withSshOptions(
         y
           .positional('file', { type: 'string', demandOption: true })
-          .option('job-dir', { type: 'string', demandOption: true, requiresArg: true }),
+          .option('job-dir', { type: 'string', demandOption: true, requiresArg: true })
+          .option('until-eof', { type: 'boolean', default: false }),
       ),
     (args) => run(() => nodeTunnel(args as unknown as NodeTunnelArgs)),
   )
@@ -49,7 +50,7 @@ async function nodeTunnel(args: NodeTunnelArgs): Promise<number> {
   const nodeDir = join(jobDir, host)
   let madeNodeDir = false
   let tunnel: Tunnel | undefined
-  const signals = untilSignal()
+  const signals = nodeSignals(args['until-eof'])
   try {
     await ensurePrivateDir(jobDir, { what: 'job directory' })
     try {
@@ -103,5 +104,39 @@ async function nodeTunnel(args: NodeTunnelArgs): Promise<number> {
     // The last node tunnel on a shared file system removes the job directory.
     await rmdir(jobDir).catch(() => undefined)
     signals.dispose()
+  }
+}
+
+/**
+ * The first SIGINT/SIGTERM aborts; later ones are ignored, so that the node's files are always removed: a
+ * launcher may signal its tasks more than once as it ends a step (srun does), and the engines are already
+ * gone by then. A launcher's SIGKILL after its grace period still ends us.
+ */
+function nodeSignals(untilEof: boolean): {
+  promise: Promise<NodeJS.Signals | 'EOF'>
+  signal: AbortSignal
+  dispose: () => void
+} {
+  const controller = new AbortController()
+  let resolveSignal: (s: NodeJS.Signals | 'EOF') => void = () => undefined
+  const promise = new Promise<NodeJS.Signals | 'EOF'>((resolve) => (resolveSignal = resolve))
+  const handler = (signal: NodeJS.Signals | 'EOF') => {
+    if (controller.signal.aborted) return
+    resolveSignal(signal)
+    controller.abort(new IppTunnelError('E_CLOSED', `interrupted by ${signal}`))
+  }
+  process.on('SIGINT', handler)
+  process.on('SIGTERM', handler)
+  // The launcher closes our stdin to stop us (see NodeTunnelsOptions.stopByEof).
+  const onEnd = () => handler('EOF')
+  if (untilEof) process.stdin.on('end', onEnd).resume()
+  return {
+    promise,
+    signal: controller.signal,
+    dispose: () => {
+      process.off('SIGINT', handler)
+      process.off('SIGTERM', handler)
+      if (untilEof) process.stdin.off('end', onEnd).pause()
+    },
   }
 }

@@ -70,6 +70,8 @@ export interface EngineCommandOptions {
   readonly extraArgs?: readonly string[]
   /** With `mpi`: arguments for mpiexec before the command (e.g. `--host a:2,b:2`). */
   readonly mpiArgs?: readonly string[]
+  /** Without `mpi`: one launch of N tasks by this launcher (e.g. `srun --label`), not N processes. */
+  readonly launcher?: readonly string[]
   /** Words run before the engine command (e.g. {@link nodeEngineWrapper}). */
   readonly wrapper?: readonly string[]
 }
@@ -97,6 +99,7 @@ export function engineArgvs(options: EngineCommandOptions): string[][] {
     const mpiexec = splitCommand(options.mpiexec ?? DEFAULT_MPIEXEC, '--mpiexec')
     return [[...mpiexec, ...(options.mpiArgs ?? []), '-n', String(n), ...engine, '--mpi']]
   }
+  if (options.launcher !== undefined) return [[...options.launcher, '-n', String(n), ...engine]]
   return Array.from({ length: n }, () => [...engine])
 }
 

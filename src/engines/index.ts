@@ -29,6 +29,7 @@ export {
   nodeNames,
   NodeTunnels,
   parseTagged,
+  slurmNodeLauncher,
   startNodeTunnels,
   type HostList,
   type NodeReady,

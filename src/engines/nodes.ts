@@ -63,11 +63,35 @@ export function nodeEngineWrapper(jobDir: string, name: string): string[] {
   return ['/bin/sh', '-c', script, jobDir, name]
 }
 
-/** The rank and node named by a `--tag-output` line of OpenMPI (`[1,3]<stderr>:text`). */
+/**
+ * The rank of a line tagged by OpenMPI's `--tag-output` (`[1,3]<stderr>:text`) or Slurm's `srun --label`
+ * (`3: text`; its stream is then unknown, `''`).
+ */
 export function parseTagged(line: string): { rank: number; stream: string; text: string } | undefined {
   const m = /^\[\d+,(\d+)\]<(stdout|stderr)>:(.*)$/.exec(line)
-  if (m === null) return undefined
-  return { rank: Number(m[1]), stream: m[2] ?? '', text: m[3] ?? '' }
+  if (m !== null) return { rank: Number(m[1]), stream: m[2] ?? '', text: m[3] ?? '' }
+  const label = /^\s*(\d+): (.*)$/.exec(line)
+  if (label !== null) return { rank: Number(label[1]), stream: '', text: label[2] ?? '' }
+  return undefined
+}
+
+/**
+ * Inside a Slurm allocation: `srun` runs one task per allocated node (`--overlap`, so the engines' step can
+ * share the nodes' CPUs), each line labelled with its task.
+ */
+export function slurmNodeLauncher(nodes: number, srun = 'srun'): string[] {
+  const n = String(nodes)
+  return [
+    ...splitCommand(srun, '--srun'),
+    '--overlap',
+    '--nodes',
+    n,
+    '--ntasks',
+    n,
+    '--ntasks-per-node=1',
+    '--label',
+    '--input=all',
+  ]
 }
 
 /** One node tunnel, as its `node-ready` line described it. */
@@ -91,7 +115,10 @@ export interface NodeTunnelsEvents {
 
 /** Options of {@link startNodeTunnels}. */
 export interface NodeTunnelsOptions {
-  readonly hosts: HostList
+  /** The hosts for mpiexec; ignored with {@link NodeTunnelsOptions.launcher}. */
+  readonly hosts?: HostList
+  /** The whole launcher argv before the command (e.g. {@link slurmNodeLauncher}); default: mpiexec. */
+  readonly launcher?: readonly string[]
   /** The distinct nodes of {@link NodeTunnelsOptions.hosts} (one node tunnel each). */
   readonly nodes: readonly string[]
   /** The `ipp-tunnel node-tunnel …` argv (absolute paths) each node runs. */
@@ -100,6 +127,11 @@ export interface NodeTunnelsOptions {
   readonly mpiexec?: string
   readonly env?: NodeJS.ProcessEnv
   readonly root?: boolean
+  /**
+   * Stop the node tunnels by closing their stdin (the command then takes `--until-eof`), not by a signal to
+   * the launcher: srun cancels its step on SIGTERM, SIGKILLing the tasks before they can remove their files.
+   */
+  readonly stopByEof?: boolean
 }
 
 /**
@@ -120,27 +152,29 @@ export class NodeTunnels extends EventEmitter<NodeTunnelsEvents> {
   #failure: IppTunnelError | undefined
   #closing: Promise<void> | undefined
   #closed = false
+  readonly #stopByEof: boolean
 
   constructor(options: NodeTunnelsOptions) {
     super()
+    this.#stopByEof = options.stopByEof ?? false
     this.#nodes = options.nodes
-    const mpiexec = splitCommand(options.mpiexec ?? 'mpiexec', '--mpiexec')
-    const argv = [
-      ...mpiexec,
-      ...hostArgs(options.hosts),
+    const launcher = options.launcher ?? [
+      ...splitCommand(options.mpiexec ?? 'mpiexec', '--mpiexec'),
+      ...(options.hosts === undefined ? [] : hostArgs(options.hosts)),
       '--map-by',
       'ppr:1:node',
       '-n',
       String(options.nodes.length),
       '--tag-output',
-      ...options.command,
     ]
+    const argv = [...launcher, ...options.command]
     const [program, ...args] = argv
     this.#child = spawn(program ?? 'mpiexec', args, {
       env: mpiEnvironment(options.env ?? process.env, options.root ?? false),
       detached: true,
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: [this.#stopByEof ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     })
+    this.#child.stdin?.on('error', () => undefined)
     this.#exited = new Promise((resolve) => {
       this.#child.once('close', (code: number | null, signal: NodeJS.Signals | null) => {
         this.#closed = true
@@ -177,7 +211,7 @@ export class NodeTunnels extends EventEmitter<NodeTunnelsEvents> {
 
   #line(line: string): void {
     const tagged = parseTagged(line)
-    if (tagged?.stream === 'stdout' && tagged.text.startsWith('{')) {
+    if (tagged !== undefined && tagged.stream !== 'stderr' && tagged.text.startsWith('{')) {
       let event: Record<string, unknown>
       try {
         event = JSON.parse(tagged.text) as Record<string, unknown>
@@ -257,11 +291,19 @@ export class NodeTunnels extends EventEmitter<NodeTunnelsEvents> {
     this.#closing ??= (async () => {
       const pid = this.#child.pid
       if (pid === undefined || this.#closed) return
-      signalGroup(pid, 'SIGTERM')
-      const timer = setTimeout(() => signalGroup(pid, 'SIGKILL'), options.killAfterMs ?? 5000)
-      timer.unref()
+      const killAfterMs = options.killAfterMs ?? 5000
+      const timers: NodeJS.Timeout[] = []
+      if (this.#stopByEof) {
+        this.#child.stdin?.end()
+        timers.push(setTimeout(() => signalGroup(pid, 'SIGTERM'), killAfterMs))
+        timers.push(setTimeout(() => signalGroup(pid, 'SIGKILL'), 2 * killAfterMs))
+      } else {
+        signalGroup(pid, 'SIGTERM')
+        timers.push(setTimeout(() => signalGroup(pid, 'SIGKILL'), killAfterMs))
+      }
+      for (const timer of timers) timer.unref()
       await this.#exited
-      clearTimeout(timer)
+      for (const timer of timers) clearTimeout(timer)
       signalGroup(pid, 'SIGKILL')
     })()
     return this.#closing
