@@ -84,7 +84,6 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
           .option('slurm', {
             type: 'boolean',
             default: false,
-            conflicts: ['host', 'hostfile'],
             describe:
               'inside a Slurm allocation: one node tunnel per allocated node (srun), then the engines (srun, or mpiexec with --mpi)',
           })
@@ -182,6 +181,12 @@ function hostListOf(args: EnginesArgs): HostList | undefined {
       : args.hostfile !== undefined
         ? { kind: 'hostfile', path: resolve(args.hostfile) }
         : undefined
+  if (hosts !== undefined && args.slurm) {
+    throw new IppTunnelError(
+      'E_USAGE',
+      '--slurm runs on the allocated nodes: leave out --host and --hostfile',
+    )
+  }
   if (hosts !== undefined && !args.mpi) {
     throw new IppTunnelError('E_USAGE', '--host and --hostfile run the engines under one mpiexec: add --mpi')
   }
@@ -190,7 +195,7 @@ function hostListOf(args: EnginesArgs): HostList | undefined {
 
 /** The number of nodes of the Slurm allocation this runs in. */
 function slurmNodeCount(env: NodeJS.ProcessEnv): number {
-  if (env.SLURM_JOB_ID === undefined) {
+  if ((env.SLURM_JOB_ID ?? '') === '') {
     throw new IppTunnelError(
       'E_USAGE',
       '--slurm runs inside a Slurm allocation (SLURM_JOB_ID is not set): run it under salloc or in an sbatch script',

@@ -73,3 +73,13 @@ test('--host without --mpi is a usage error (exit 2) before anything starts', as
   assert.equal(error.code, 'E_USAGE')
   assert.match(error.message ?? '', /add --mpi/)
 })
+
+test('--slurm outside an allocation, or with --host, is a usage error (exit 2)', async () => {
+  const file = '/nonexistent/ipcontroller-engine.json'
+  const outside = await runCli(['engines', file, '-n', '2', '--slurm', '--json'], { SLURM_JOB_ID: '' })
+  assert.equal(outside.code, 2, outside.stderr)
+  assert.match(outside.stdout, /E_USAGE.*SLURM_JOB_ID is not set/)
+  const both = await runCli(['engines', file, '-n', '2', '--slurm', '--mpi', '--host', 'a', '--json'])
+  assert.equal(both.code, 2, both.stderr)
+  assert.match(both.stdout, /leave out --host/)
+})
