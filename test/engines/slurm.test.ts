@@ -56,10 +56,11 @@ test('engines --slurm inside an allocation: a node tunnel per node (srun), engin
   })
   const registered = await lines.next('registered', 120_000)
   const ready = lines.events.filter((e) => e.event === 'node-ready')
-  assert.equal(ready.length, 1)
-  assert.equal(ready[0]?.host, slurm.node)
+  const [node] = ready
+  assert.ok(node !== undefined && ready.length === 1, JSON.stringify(ready))
+  assert.equal(node.host, slurm.node)
   assert.deepEqual(registered.nodes, { [slurm.node]: registered.ids }, JSON.stringify(registered))
-  const jobDir = dirname(dirname(String(ready[0]?.out)))
+  const jobDir = dirname(dirname(String(node.out)))
 
   const result = await runPython(idsAndPidsScript(remote.ctl.clientFile, 2), {
     netns: remote.ns,
