@@ -15,6 +15,8 @@ packages=(
   procps
   libpam-oath
   oathtool
+  slurm-wlm
+  munge
 )
 
 missing=()

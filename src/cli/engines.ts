@@ -1,5 +1,7 @@
-import { rmSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { realpathSync, rmSync } from 'node:fs'
 import { rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { basename, join, resolve } from 'node:path'
 
 import type { Argv } from 'yargs'
@@ -9,11 +11,20 @@ import { readConnectionFile } from '../connection-file/index.js'
 import {
   engineArgvs,
   findProgram,
+  hostArgs,
   isRoutineLog,
   launchEngines,
+  NODE_FILE,
+  nodeEngineWrapper,
+  nodeNames,
+  parseTagged,
   redactLine,
+  slurmNodeLauncher,
+  startNodeTunnels,
   type EngineExit,
   type EngineGroup,
+  type HostList,
+  type NodeTunnels,
 } from '../engines/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { makePrivateTempDir } from '../safe-fs/index.js'
@@ -35,6 +46,9 @@ interface EnginesArgs extends SshArgs, ListenArgs {
   readonly mpi: boolean
   readonly verbose: number
   readonly mpiexec?: string | undefined
+  readonly host?: string | undefined
+  readonly hostfile?: string | undefined
+  readonly slurm: boolean
   readonly 'engine-cmd'?: string | undefined
   readonly json: boolean
   readonly debug: boolean
@@ -67,6 +81,23 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
             describe: 'one mpiexec -n N launch: the engines share an MPI world (needs mpi4py)',
           })
           .option('mpiexec', { type: 'string', describe: 'MPI launcher command (default: mpiexec)' })
+          .option('host', {
+            type: 'string',
+            requiresArg: true,
+            conflicts: 'hostfile',
+            describe: "with --mpi: run across these hosts (OpenMPI's a:4,b:4), one node tunnel per host",
+          })
+          .option('slurm', {
+            type: 'boolean',
+            default: false,
+            describe:
+              'inside a Slurm allocation: one node tunnel per allocated node (srun), then the engines (srun, or mpiexec with --mpi)',
+          })
+          .option('hostfile', {
+            type: 'string',
+            requiresArg: true,
+            describe: 'with --mpi: run across the hosts of this OpenMPI hostfile, one node tunnel per host',
+          })
           .option('verbose', {
             type: 'count',
             describe: "also show the engines' routine (INFO/DEBUG) log lines on stderr",
@@ -90,16 +121,30 @@ function formatEngineEvents(output: Output): Output {
       'engine-registered',
       (e) => `process #${String(e.index)}: the controller lists engine id ${String(e.id)}`,
     )
-    .format(
-      'registered',
-      (e) =>
-        `the controller lists all ${String(e.engines)} engines (ids ${(e.ids as number[]).join(', ')}), ${String(e.ms)} ms after launch`,
-    )
+    .format('registered', (e) => {
+      const all = `the controller lists all ${String(e.engines)} engines (ids ${(e.ids as number[]).join(', ')}), ${String(e.ms)} ms after launch`
+      const nodes = e.nodes as Record<string, number[]> | undefined
+      if (nodes === undefined) return all
+      const per = Object.entries(nodes).map(([host, ids]) => `  node ${host}: engine ids ${ids.join(', ')}`)
+      return [all, ...per].join('\n')
+    })
     .format('engine-exited', (e) => {
       const how = typeof e.signal === 'string' ? `by ${e.signal}` : `with status ${String(e.code)}`
       return `process #${String(e.index)} (pid ${String(e.pid)}) exited ${how}${e.stopped === true ? '' : ' on its own'}`
     })
     .format('stopping', (e) => `${String(e.signal)}: stopping the engines`)
+    .format('node-ready', (e) => {
+      const forwards = Array.isArray(e.forwards) ? e.forwards.length : 0
+      return `node ${String(e.host)}: tunnel ready in ${String(e.ms)} ms (${String(forwards)} forwards), loopback file ${String(e.out)}`
+    })
+    .format(
+      'node-reconnecting',
+      (e) =>
+        `node ${String(e.host)}: link lost (${String(e.message)}); reconnecting (attempt ${String(e.attempt)})`,
+    )
+    .format('node-reconnected', (e) => `node ${String(e.host)}: link back after ${String(e.downMs)} ms`)
+    .format('node-error', (e) => `node ${String(e.host)}: ${String(e.message)}`)
+    .format('node-warning', (e) => `node ${String(e.host)}: warning: ${String(e.message)}`)
     .format('unregistered', (e) => {
       const remaining = e.remaining as number[]
       return remaining.length === 0
@@ -134,6 +179,88 @@ type Ending =
   | { readonly kind: 'exited'; readonly exits: readonly EngineExit[] }
   | { readonly kind: 'link-failed'; readonly error: Error }
 
+/** The hosts of `--host`/`--hostfile`, which need --mpi. */
+function hostListOf(args: EnginesArgs): HostList | undefined {
+  const hosts: HostList | undefined =
+    args.host !== undefined
+      ? { kind: 'host', value: args.host }
+      : args.hostfile !== undefined
+        ? { kind: 'hostfile', path: resolve(args.hostfile) }
+        : undefined
+  if (hosts !== undefined && args.slurm) {
+    throw new IppTunnelError(
+      'E_USAGE',
+      '--slurm runs on the allocated nodes: leave out --host and --hostfile',
+    )
+  }
+  if (hosts !== undefined && !args.mpi) {
+    throw new IppTunnelError('E_USAGE', '--host and --hostfile run the engines under one mpiexec: add --mpi')
+  }
+  return hosts
+}
+
+/** The number of nodes of the Slurm allocation this runs in. */
+function slurmNodeCount(env: NodeJS.ProcessEnv): number {
+  if ((env.SLURM_JOB_ID ?? '') === '') {
+    throw new IppTunnelError(
+      'E_USAGE',
+      '--slurm runs inside a Slurm allocation (SLURM_JOB_ID is not set): run it under salloc or in an sbatch script',
+    )
+  }
+  const nodes = Number(env.SLURM_JOB_NUM_NODES ?? env.SLURM_NNODES ?? '1')
+  if (!Number.isInteger(nodes) || nodes < 1) {
+    throw new IppTunnelError(
+      'E_USAGE',
+      `SLURM_JOB_NUM_NODES is not a node count: ${String(env.SLURM_JOB_NUM_NODES)}`,
+    )
+  }
+  return nodes
+}
+
+/** The ssh options of this command, as `node-tunnel` takes them. */
+function sshArgvOf(args: EnginesArgs): string[] {
+  const argv: string[] = []
+  const pairs = [
+    ['--ssh', args.ssh],
+    ['--identity', args.identity],
+    ['--known-hosts', args['known-hosts']],
+    ['--host-key-check', args['host-key-check']],
+    ['--passphrase-file', args['passphrase-file']],
+    ['--ssh-config', args['ssh-config']],
+  ] as const
+  for (const [flag, value] of pairs) {
+    if (value === undefined) continue
+    argv.push(flag, flag === '--ssh' || flag === '--host-key-check' ? value : resolve(value))
+  }
+  return argv
+}
+
+/** Follows the node tunnels' events, naming the node of each. */
+function followNodes(nodeTunnels: NodeTunnels, output: Output, file: string): void {
+  nodeTunnels.on('node-ready', (e) =>
+    output.emit({
+      event: 'node-ready',
+      file,
+      host: e.host,
+      rank: e.rank,
+      ms: e.ms,
+      out: e.out,
+      forwards: e.forwards,
+    }),
+  )
+  nodeTunnels.on('node-event', ({ host, rank, event }) => {
+    const { event: name, ...rest } = event
+    if (name === 'reconnecting' || name === 'reconnected' || name === 'error' || name === 'warning') {
+      output.emit({ ...rest, event: `node-${name}`, file, host, rank })
+    }
+  })
+  nodeTunnels.on('node-output', (e) =>
+    process.stderr.write(
+      `[node ${e.rank === undefined ? 'mpiexec' : nodeTunnels.hostOf(e.rank)}] ${e.line}\n`,
+    ),
+  )
+}
+
 async function engines(args: EnginesArgs): Promise<number> {
   const output = formatEngineEvents(new Output({ json: args.json, debug: args.debug }))
   const file = resolve(args.file)
@@ -141,10 +268,12 @@ async function engines(args: EnginesArgs): Promise<number> {
   let tunnel: Tunnel | undefined
   let hub: HubQuery | undefined
   let group: EngineGroup | undefined
+  let nodeTunnels: NodeTunnels | undefined
   let signalledAt: number | undefined
   // A second signal exits at once (see untilSignal): engines and the private directory must not outlive us.
   const killOnExit = () => {
     group?.killNow()
+    nodeTunnels?.killNow()
     if (privateDir !== undefined) rmSync(privateDir, { recursive: true, force: true })
   }
   const signals = untilSignal((signal) => {
@@ -152,6 +281,7 @@ async function engines(args: EnginesArgs): Promise<number> {
     output.emit({ event: 'stopping', file, signal })
     // ipengine ignores SIGINT: SIGTERM whatever we received (mpiexec passes it on to its ranks).
     void group?.stop('SIGTERM', STOP)
+    if (group === undefined) void nodeTunnels?.close()
   })
   process.once('exit', killOnExit)
   try {
@@ -164,6 +294,14 @@ async function engines(args: EnginesArgs): Promise<number> {
       extraArgs: (args['--'] ?? []).map(String),
       root: process.getuid?.() === 0,
     }
+    const hosts = hostListOf(args)
+    const slurmNodes = args.slurm ? slurmNodeCount(process.env) : undefined
+    const nodes =
+      hosts !== undefined
+        ? await nodeNames(hosts)
+        : slurmNodes !== undefined
+          ? Array.from({ length: slurmNodes }, (_, i) => `slurm node #${String(i)}`)
+          : undefined
     const [program] = engineArgvs(launch)[0] ?? [] // bad command lines fail here, before any connection
     if (program !== undefined) await findProgram(program, process.env.PATH)
     const options = sshOptionsFrom(args, output)
@@ -195,8 +333,67 @@ async function engines(args: EnginesArgs): Promise<number> {
     // Registration and unregistration are what the hub says, asked through this same tunnel.
     const loopback = tunnel.loopback
     if (loopback.kind === 'ipp-engine') hub = HubQuery.open(loopback, file)
-    group = launchEngines({ ...launch, file: out, ...(hub !== undefined && { hub }) })
+    let across = {}
+    const hostOfRank = new Map<number, string>()
+    if (nodes !== undefined) {
+      // A path of the same name on every node; each node tunnel makes its own <hostname> directory in it.
+      const jobDir = join(tmpdir(), `ipp-tunnel-job-${randomBytes(6).toString('hex')}`)
+      const script = realpathSync(process.argv[1] ?? '')
+      nodeTunnels = startNodeTunnels({
+        ...(hosts !== undefined && { hosts }),
+        ...(slurmNodes !== undefined && { launcher: slurmNodeLauncher(slurmNodes) }),
+        nodes,
+        command: [
+          process.execPath,
+          script,
+          'node-tunnel',
+          file,
+          '--job-dir',
+          jobDir,
+          ...(slurmNodes !== undefined ? ['--until-eof'] : []),
+          ...sshArgvOf(args),
+        ],
+        stopByEof: slurmNodes !== undefined,
+        ...(args.mpiexec !== undefined && { mpiexec: args.mpiexec }),
+        root: launch.root,
+      })
+      followNodes(nodeTunnels, output, file)
+      await nodeTunnels.ready(signals.signal)
+      across = {
+        file: NODE_FILE,
+        // Under Slurm, OpenMPI's mpiexec runs its ranks on the allocation's nodes by itself.
+        mpiArgs: [...(hosts === undefined ? [] : hostArgs(hosts)), '--tag-output'],
+        wrapper: nodeEngineWrapper(jobDir, basename(file)),
+        ...(slurmNodes !== undefined && !args.mpi && { launcher: ['srun', '--overlap', '--label'] }),
+      }
+    }
+    group = launchEngines({ ...launch, file: out, ...across, ...(hub !== undefined && { hub }) })
+    if (nodeTunnels !== undefined) {
+      group.on('engine-output', (e) => {
+        const tagged = parseTagged(e.line)
+        const node = tagged === undefined ? undefined : /^ipp-tunnel-node (\S+)/.exec(tagged.text)
+        if (tagged !== undefined && node) hostOfRank.set(tagged.rank, node[1] ?? '')
+      })
+    }
+    const announcedBy = new Map<number, number>()
+    group.on('engine-output', (e) => {
+      const tagged = parseTagged(e.line)
+      const id = tagged === undefined ? undefined : /Completed registration with id (\d+)/.exec(tagged.text)
+      if (tagged !== undefined && id) announcedBy.set(Number(id[1]), tagged.rank)
+    })
     superviseOutput(group, output, {
+      nodesOf:
+        nodeTunnels === undefined
+          ? undefined
+          : (ids) => {
+              const per: Record<string, number[]> = {}
+              for (const id of ids) {
+                const rank = announcedBy.get(id)
+                const host = (rank === undefined ? undefined : hostOfRank.get(rank)) ?? 'unknown'
+                ;(per[host] ??= []).push(id)
+              }
+              return per
+            },
       file,
       n: launch.n,
       verbose: args.verbose > 0,
@@ -206,13 +403,24 @@ async function engines(args: EnginesArgs): Promise<number> {
     const failed = new Promise<Ending>((resolveFailed) =>
       tunnel?.once('link:failed', (e) => resolveFailed({ kind: 'link-failed', error: e.error })),
     )
+    const nodesEnded = new Promise<Ending>((resolveEnded) => {
+      void nodeTunnels?.exited.then(({ code, signal }) => {
+        const how = signal !== null ? signal : `status ${String(code)}`
+        resolveEnded({
+          kind: 'link-failed',
+          error: new IppTunnelError('E_NODE', `the node tunnels ended (${how}); their output is above`),
+        })
+      })
+    })
     const ending = await Promise.race<Ending>([
       signals.promise.then((signal) => ({ kind: 'signal', signal })),
       group.done.then((exits) => ({ kind: 'exited', exits })),
       failed,
+      nodesEnded,
     ])
-    // Also after the engines exited on their own: the hub is told before the tunnel closes.
+    // Also after the engines exited on their own: the hub is told before the tunnels close.
     const exits = await group.stop('SIGTERM', STOP)
+    await nodeTunnels?.close()
     await hub?.close()
     stopFollowing()
     await tunnel.close()
@@ -234,11 +442,13 @@ async function engines(args: EnginesArgs): Promise<number> {
     return EXIT.ok
   } catch (err) {
     if (group !== undefined) await group.stop('SIGTERM', STOP)
+    await nodeTunnels?.close()
     const signal = signals.received()
     if (signal !== undefined && group === undefined) return interrupted(output, signal, { file })
     const status = output.fail(err, { file })
     return isIppTunnelError(err) && err.code === 'E_SPAWN' ? EXIT_CANNOT_RUN : status
   } finally {
+    await nodeTunnels?.close()
     await hub?.close()
     await tunnel?.close()
     if (privateDir !== undefined) await rm(privateDir, { recursive: true, force: true })
@@ -257,6 +467,8 @@ function superviseOutput(
     verbose: boolean
     secrets: readonly string[]
     signalledAt: () => number | undefined
+    /** With node tunnels: the engine ids of each node. */
+    nodesOf?: ((ids: readonly number[]) => Record<string, number[]>) | undefined
   },
 ): void {
   const { file } = options
@@ -272,12 +484,17 @@ function superviseOutput(
       file,
       engines: options.n,
       ids: e.ids,
+      ...(options.nodesOf !== undefined && { nodes: options.nodesOf(e.ids) }),
       ms: Math.round(performance.now() - group.startedAt),
     }),
   )
   group.on('engine-output', (e) => {
-    if (!options.verbose && isRoutineLog(e.line)) return
-    process.stderr.write(`[process #${String(e.index)}] ${redactLine(e.line, options.secrets)}\n`)
+    // Across hosts, mpiexec tags each line with its rank (--tag-output).
+    const tagged = options.nodesOf === undefined ? undefined : parseTagged(e.line)
+    const text = tagged?.text ?? e.line
+    if (!options.verbose && (isRoutineLog(text) || text.startsWith('ipp-tunnel-node '))) return
+    const who = tagged === undefined ? `process #${String(e.index)}` : `rank ${String(tagged.rank)}`
+    process.stderr.write(`[${who}] ${redactLine(text, options.secrets)}\n`)
   })
   let spawnFailures = 0
   group.on('engine-error', (e) => {

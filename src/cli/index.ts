@@ -91,7 +91,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     .slice(0, argv.includes('--') ? argv.indexOf('--') : argv.length)
     .find((a) => !a.startsWith('-'))
   if (first === 'help') return main(['--help'])
-  if (first !== undefined && !(COMMANDS as readonly string[]).includes(first)) {
+  // node-tunnel is hidden: what `engines --host` runs on each node.
+  if (first !== undefined && first !== 'node-tunnel' && !(COMMANDS as readonly string[]).includes(first)) {
     new Output({ json: argv.includes('--json'), debug }).fail(
       new IppTunnelError('E_USAGE', unknownCommand(first)),
     )
@@ -121,6 +122,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     .wrap(null)
   const registers = await Promise.all(commandsFor(argv, first).map((c) => LOADERS[c]()))
   for (const register of registers) cli = register(cli, run)
+  // hidden: what `engines --host/--slurm` runs on each node
+  if (first === 'node-tunnel') cli = (await import('./node-tunnel.js')).registerNodeTunnel(cli, run)
   await cli.parseAsync()
   if (usageError !== undefined) {
     const output = new Output({ json: argv.includes('--json'), debug })

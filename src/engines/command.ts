@@ -68,6 +68,12 @@ export interface EngineCommandOptions {
   readonly mpiexec?: string
   /** Extra arguments for every engine, after the file. */
   readonly extraArgs?: readonly string[]
+  /** With `mpi`: arguments for mpiexec before the command (e.g. `--host a:2,b:2`). */
+  readonly mpiArgs?: readonly string[]
+  /** Without `mpi`: one launch of N tasks by this launcher (e.g. `srun --label`), not N processes. */
+  readonly launcher?: readonly string[]
+  /** Words run before the engine command (e.g. {@link nodeEngineWrapper}). */
+  readonly wrapper?: readonly string[]
 }
 
 /**
@@ -88,10 +94,12 @@ export function engineArgvs(options: EngineCommandOptions): string[][] {
     ? words.map((w) => w.replaceAll('{}', options.file))
     : [...words, `--file=${options.file}`]
   engine.push(...(options.extraArgs ?? []))
+  engine.unshift(...(options.wrapper ?? []))
   if (options.mpi === true) {
     const mpiexec = splitCommand(options.mpiexec ?? DEFAULT_MPIEXEC, '--mpiexec')
-    return [[...mpiexec, '-n', String(n), ...engine, '--mpi']]
+    return [[...mpiexec, ...(options.mpiArgs ?? []), '-n', String(n), ...engine, '--mpi']]
   }
+  if (options.launcher !== undefined) return [[...options.launcher, '-n', String(n), ...engine]]
   return Array.from({ length: n }, () => [...engine])
 }
 

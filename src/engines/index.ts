@@ -22,4 +22,18 @@ export {
   type LaunchEnginesOptions,
 } from './group.js'
 export { isRoutineLog, redactLine } from './log.js'
+export {
+  hostArgs,
+  NODE_FILE,
+  nodeEngineWrapper,
+  nodeNames,
+  NodeTunnels,
+  parseTagged,
+  slurmNodeLauncher,
+  startNodeTunnels,
+  type HostList,
+  type NodeReady,
+  type NodeTunnelsEvents,
+  type NodeTunnelsOptions,
+} from './nodes.js'
 export { EngineRegistry, type EngineRegistryEvents, type HubView } from './registration.js'

@@ -45,6 +45,7 @@ export type ErrorCode =
   | 'E_SERVICE_DOWN'
   | 'E_SPAWN'
   | 'E_ENGINE_EXIT'
+  | 'E_NODE'
   | 'E_CLOSED'
   // remote sources
   | 'E_REMOTE_DIR'

@@ -1,0 +1,282 @@
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { test, type TestContext } from 'node:test'
+import { promisify } from 'node:util'
+
+import { exited, JsonLines, spawnCli } from '../support/cli.js'
+import { runPython } from '../support/ipp.js'
+import { createNetns, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { startRemote, stopCli, type Remote } from './helpers.js'
+
+const run = promisify(execFile)
+
+/** A "node": a network namespace with a host name of its own (a UTS namespace for its sshd) and an sshd. */
+interface Node {
+  readonly name: string
+  readonly ns: Netns
+  readonly sshd: Sshd
+}
+
+/** The host end of a namespace's veth pair (see createNetworkNamespace: `ipph<id>` for `ippt-<id>`). */
+const hostInterfaceOf = (ns: Netns) => `ipph${ns.name.slice('ippt-'.length)}`
+
+/**
+ * Lets namespaces reach each other through this host, as a cluster network: a route to 10.231.0.0/16 via the
+ * host end in each, and forwarding on those host interfaces only (the host's own setting is left alone).
+ */
+async function route(ns: Netns): Promise<void> {
+  await run('ip', ['netns', 'exec', ns.name, 'ip', 'route', 'add', '10.231.0.0/16', 'via', ns.hostAddr])
+  await run('sysctl', ['-qw', `net.ipv4.conf.${hostInterfaceOf(ns)}.forwarding=1`])
+}
+
+async function startNode(t: TestContext): Promise<Node> {
+  const name = `ippnode-${randomBytes(3).toString('hex')}`
+  const netns = await createNetns()
+  // Everything its sshd starts (OpenMPI's orted, our node tunnel, the engines) sees this host name.
+  const uts: Netns = {
+    ...netns,
+    exec: (argv, options) =>
+      netns.exec(['unshare', '--uts', '/bin/sh', '-c', 'hostname "$0" && exec "$@"', name, ...argv], options),
+  }
+  const owned: { sshd?: Sshd } = {}
+  t.after(async () => {
+    await owned.sshd?.close()
+    await netns.close()
+  })
+  const sshd = (owned.sshd = await startSshd({ netns: uts }))
+  return { name, ns: netns, sshd }
+}
+
+interface Fixture {
+  readonly remote: Remote
+  readonly nodes: readonly [Node, Node]
+  /** Environment for the CLI: OpenMPI reaches the nodes by name over ssh, on the namespaces' network. */
+  readonly env: NodeJS.ProcessEnv
+}
+
+async function startFixture(t: TestContext): Promise<Fixture> {
+  // A fast heart (1 s pings, dead after 3 misses): heartbeats that did not ride a node's tunnel fail in ~4 s.
+  const remote = await startRemote(t, [
+    '--HeartMonitor.period=1000',
+    '--HeartMonitor.max_heartmonitor_misses=3',
+  ])
+  const nodes = [await startNode(t), await startNode(t)] as const
+  for (const ns of [remote.ns, nodes[0].ns, nodes[1].ns]) await route(ns)
+  const config = join(remote.sshd.dir, 'mpi_ssh_config')
+  await writeFile(
+    config,
+    nodes
+      .map(
+        (n) =>
+          `Host ${n.name}\n  HostName ${n.sshd.host}\n  Port ${String(n.sshd.port)}\n  User root\n` +
+          `  IdentityFile ${n.sshd.clientKey}\n  IdentitiesOnly yes\n  UserKnownHostsFile ${n.sshd.knownHostsFile}\n` +
+          `  StrictHostKeyChecking yes\n  BatchMode yes\n`,
+      )
+      .join(''),
+  )
+  const env = {
+    OMPI_MCA_plm_rsh_agent: `ssh -F ${config}`,
+    OMPI_MCA_plm_rsh_no_tree_spawn: '1',
+    OMPI_MCA_oob_tcp_if_include: '10.231.0.0/16',
+    OMPI_MCA_btl_tcp_if_include: '10.231.0.0/16',
+    OMPI_MCA_btl: 'self,tcp',
+  }
+  return { remote, nodes, env }
+}
+
+function startAcross(t: TestContext, f: Fixture, args: readonly string[]) {
+  const child = spawnCli(
+    [
+      'engines',
+      f.remote.ctl.engineFile,
+      '--json',
+      '--identity',
+      f.remote.sshd.clientKey,
+      '--known-hosts',
+      f.remote.sshd.knownHostsFile,
+      '--ssh-config',
+      '/dev/null',
+      ...args,
+    ],
+    f.env,
+  )
+  const lines = new JsonLines(child)
+  t.after(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGTERM')
+    await exited(child)
+  })
+  return { child, lines }
+}
+
+/** Peer addresses of the ssh connections the controller's sshd holds, seen in its namespace. */
+async function sshPeers(remote: Remote): Promise<string[]> {
+  const { stdout } = await run('ip', [
+    'netns',
+    'exec',
+    remote.ns.name,
+    'ss',
+    '-Htn',
+    'state',
+    'established',
+    `( sport = :${String(remote.sshd.port)} )`,
+  ])
+  return stdout
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => (l.trim().split(/\s+/).at(-1) ?? '').replace(/:\d+$/, ''))
+}
+
+/** Kills the controller's sshd processes serving connections from `peer` only: that node's link drops. */
+async function cutConnectionsFrom(remote: Remote, peer: string): Promise<number> {
+  const { stdout } = await run('ip', [
+    'netns',
+    'exec',
+    remote.ns.name,
+    'ss',
+    '-Htnp',
+    'state',
+    'established',
+    `( sport = :${String(remote.sshd.port)} )`,
+  ])
+  let killed = 0
+  for (const line of stdout.split('\n')) {
+    if (!line.includes(` ${peer}:`)) continue
+    for (const m of line.matchAll(/pid=(\d+)/g)) {
+      process.kill(Number(m[1]), 'SIGKILL')
+      killed++
+    }
+  }
+  return killed
+}
+
+/** Pids of processes whose command line holds `text`. */
+async function processesWith(text: string): Promise<number[]> {
+  const pids: number[] = []
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      if ((await readFile(`/proc/${entry}/cmdline`, 'latin1')).includes(text)) pids.push(Number(entry))
+    } catch {
+      // gone
+    }
+  }
+  return pids
+}
+
+const PSUM = (clientFile: string, n: number) => `
+import json, ipyparallel as ipp
+c = ipp.Client(${JSON.stringify(clientFile)}, timeout=30)
+c.wait_for_engines(${String(n)}, timeout=60)
+def psum(n):
+    import array
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    mine = array.array('d', [float(rank * n + i) for i in range(n)])
+    local = array.array('d', [sum(mine)])
+    total = array.array('d', [0.0])
+    comm.Allreduce(local, total, op=MPI.SUM)
+    return {"rank": rank, "size": comm.Get_size(), "node": MPI.Get_processor_name(), "total": total[0]}
+print(json.dumps({"ids": sorted(c.ids), "results": c[:].apply_sync(psum, 1000)}))
+c.close()
+`
+
+test('engines --mpi --host across two nodes: one ssh connection per node, one MPI world', async (t) => {
+  const f = await startFixture(t)
+  const [a, b] = f.nodes
+
+  await t.test(
+    '2 nodes x 2 engines: Allreduce across both nodes; a node link cut and back; SIGTERM leaves nothing',
+    async (t) => {
+      const { child, lines } = startAcross(t, f, ['-n', '4', '--mpi', '--host', `${a.name}:2,${b.name}:2`])
+      await lines.next('ready', 60_000)
+      const registered = await lines.next('registered', 120_000)
+      const ready = lines.events.filter((e) => e.event === 'node-ready')
+      assert.ok(lines.events.indexOf(ready[1] ?? {}) < lines.events.indexOf(registered), 'nodes ready first')
+      assert.deepEqual(ready.map((e) => e.host).sort(), [a.name, b.name].sort())
+      for (const e of ready) assert.equal((await stat(String(e.out))).mode & 0o777, 0o600)
+      const jobDir = dirname(dirname(String(ready[0]?.out)))
+      const perNode = registered.nodes as Record<string, number[]>
+      assert.equal(perNode[a.name]?.length, 2, JSON.stringify(perNode))
+      assert.equal(perNode[b.name]?.length, 2, JSON.stringify(perNode))
+
+      const result = await runPython(PSUM(f.remote.ctl.clientFile, 4), {
+        netns: f.remote.ns,
+        timeoutMs: 90_000,
+      })
+      assert.equal(result.code, 0, result.stderr)
+      const { ids, results } = JSON.parse(result.stdout) as {
+        ids: number[]
+        results: { rank: number; size: number; node: string; total: number }[]
+      }
+      assert.deepEqual(ids, [0, 1, 2, 3])
+      const n = 1000
+      for (const r of results) {
+        assert.equal(r.size, 4)
+        assert.equal(r.total, ((4 * n - 1) * (4 * n)) / 2)
+      }
+      assert.deepEqual(
+        [...new Set(results.map((r) => r.node))].sort(),
+        [a.name, b.name].sort(),
+        'ranks on both',
+      )
+
+      const peers = await sshPeers(f.remote)
+      assert.equal(
+        peers.filter((p) => p === a.sshd.host).length,
+        1,
+        `one connection from ${a.name}: ${peers.join(' ')}`,
+      )
+      assert.equal(
+        peers.filter((p) => p === b.sshd.host).length,
+        1,
+        `one connection from ${b.name}: ${peers.join(' ')}`,
+      )
+
+      // A's link drops and comes back on A; B's is not touched; all four engines stay registered.
+      const reconnected = lines.waitNew((e) => e.event === 'node-reconnected', 60_000)
+      assert.ok((await cutConnectionsFrom(f.remote, a.sshd.host)) > 0)
+      const back = await reconnected
+      assert.equal(back.host, a.name)
+      const reconnecting = lines.events.filter((e) => e.event === 'node-reconnecting')
+      assert.ok(
+        reconnecting.length > 0 && reconnecting.every((e) => e.host === a.name),
+        JSON.stringify(reconnecting),
+      )
+      const again = await runPython(PSUM(f.remote.ctl.clientFile, 4), {
+        netns: f.remote.ns,
+        timeoutMs: 90_000,
+      })
+      assert.equal(again.code, 0, again.stderr)
+      assert.deepEqual((JSON.parse(again.stdout) as { ids: number[] }).ids, [0, 1, 2, 3], 'the same engines')
+      assert.doesNotMatch(f.remote.ctl.log(), /hearts stopped|unregister_engine/)
+      const after = await sshPeers(f.remote)
+      assert.equal(after.filter((p) => p === a.sshd.host).length, 1, after.join(' '))
+      assert.equal(after.filter((p) => p === b.sshd.host).length, 1, after.join(' '))
+
+      const status = await stopCli(child, 'SIGTERM')
+      assert.equal(status.code, 0, lines.stderr.slice(-3000))
+      assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
+      assert.deepEqual(await processesWith(jobDir), [], 'no node tunnel or engine left on any node')
+      await assert.rejects(stat(jobDir), 'the nodes removed their loopback files and the job directory')
+      assert.deepEqual(await sshPeers(f.remote), [])
+    },
+  )
+
+  await t.test('--hostfile: a node whose tunnel cannot connect fails the launch, named', async (t) => {
+    await run('ip', ['netns', 'exec', b.ns.name, 'ip', 'route', 'del', '10.231.0.0/16'])
+    const hostfile = join(f.remote.sshd.dir, 'hostfile')
+    await writeFile(hostfile, `# OpenMPI's syntax\n${a.name} slots=1\n\n${b.name} slots=1 # the broken one\n`)
+    const { child, lines } = startAcross(t, f, ['-n', '2', '--mpi', '--hostfile', hostfile])
+    const status = await exited(child)
+    assert.equal(status.code, 1, lines.stderr.slice(-3000))
+    const error = lines.events.find((e) => e.event === 'error')
+    assert.equal(error?.code, 'E_NODE', JSON.stringify(error))
+    assert.match(String(error.message), new RegExp(`node ${b.name}`))
+    assert.deepEqual(await processesWith('ipp-tunnel-job-'), [])
+  })
+})
