@@ -4,7 +4,7 @@ import { IppTunnelError } from '../errors/index.js'
 import { loginToService, statusSocketPath, type PendingLogin } from '../service/index.js'
 import { quotePrompts } from '../ssh/index.js'
 import { EXIT, Output } from './output.js'
-import { askHidden, askVisible } from './ssh-options.js'
+import { answerOnTerminal } from './ssh-options.js'
 
 interface LoginArgs {
   readonly destination?: string | undefined
@@ -51,15 +51,7 @@ async function login(args: LoginArgs): Promise<number> {
       answer: async (prompt) => {
         // the server's own words, as ssh(1) shows them
         if (prompt.host !== prompt.destination) process.stderr.write(`(${prompt.host})\n`)
-        if (prompt.name !== '') process.stderr.write(`${prompt.name}\n`)
-        if (prompt.instructions !== '') process.stderr.write(prompt.instructions.replace(/\n?$/u, '\n'))
-        const answers: string[] = []
-        for (const p of prompt.prompts) {
-          const answer = p.echo ? await askVisible(p.prompt) : await askHidden(p.prompt)
-          if (answer === undefined) return undefined
-          answers.push(answer)
-        }
-        return answers
+        return answerOnTerminal(prompt)
       },
       note: (message) => {
         switch (message.type) {

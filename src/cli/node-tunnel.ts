@@ -7,10 +7,10 @@ import type { Argv } from 'yargs'
 import { readConnectionFile } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
 import { ensurePrivateDir } from '../safe-fs/index.js'
-import { addressText, chooseDestination, openTunnel, type Tunnel } from '../tunnel/index.js'
+import { chooseDestination, openTunnel, type Tunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
-import { followTunnel } from './tunnel-events.js'
+import { followTunnel, readyEvent } from './tunnel-events.js'
 
 interface NodeTunnelArgs extends SshArgs {
   readonly file: string
@@ -81,11 +81,7 @@ async function nodeTunnel(args: NodeTunnelArgs): Promise<number> {
       rank,
       out,
       ms: Math.round(tunnel.readyMs),
-      forwards: tunnel.forwards.map((f) => ({
-        channel: f.channel,
-        local: addressText(f.local),
-        remote: addressText(f.remote),
-      })),
+      forwards: readyEvent(tunnel, file, out).forwards,
     })
     const failed = new Promise<Error>((resolveFailed) =>
       tunnel?.once('link:failed', (e) => resolveFailed(e.error)),

@@ -12,6 +12,7 @@ import type {
   LinkOptions,
   PassphraseProvider,
   PromptProvider,
+  PromptRequest,
   SshOptions,
 } from '../ssh/index.js'
 import type { Output } from './output.js'
@@ -181,6 +182,21 @@ function onTerminal<T>(task: () => Promise<T>): Promise<T> {
   return asked
 }
 
+/** Shows a server's name, instructions and prompts as sent and reads each answer (without echo unless allowed). */
+export async function answerOnTerminal(
+  request: Pick<PromptRequest, 'name' | 'instructions' | 'prompts'>,
+): Promise<readonly string[] | undefined> {
+  if (request.name !== '') process.stderr.write(`${request.name}\n`)
+  if (request.instructions !== '') process.stderr.write(request.instructions.replace(/\n?$/u, '\n'))
+  const answers: string[] = []
+  for (const p of request.prompts) {
+    const answer = p.echo ? await askVisible(p.prompt) : await askHidden(p.prompt)
+    if (answer === undefined) return undefined
+    answers.push(answer)
+  }
+  return answers
+}
+
 /**
  * Answers a server's keyboard-interactive or password prompts on the terminal, as ssh(1) does: its name and
  * instructions shown as sent, each prompt read without echo unless the server allows echo. Without a terminal it
@@ -188,18 +204,7 @@ function onTerminal<T>(task: () => Promise<T>): Promise<T> {
  */
 export const terminalPrompts: PromptProvider = (request) => {
   if (!process.stdin.isTTY) return Promise.resolve(undefined)
-  const run = async (): Promise<readonly string[] | undefined> => {
-    if (request.name !== '') process.stderr.write(`${request.name}\n`)
-    if (request.instructions !== '') process.stderr.write(request.instructions.replace(/\n?$/u, '\n'))
-    const answers: string[] = []
-    for (const p of request.prompts) {
-      const answer = p.echo ? await askVisible(p.prompt) : await askHidden(p.prompt)
-      if (answer === undefined) return undefined
-      answers.push(answer)
-    }
-    return answers
-  }
-  return onTerminal(run)
+  return onTerminal(() => answerOnTerminal(request))
 }
 
 /** Prompts on the terminal, showing what is typed. */
