@@ -12,6 +12,8 @@ import { markdownTable, ratioOf, type BenchRow } from './common.js'
 import { benchEngines } from './engines.js'
 import { benchRemote } from './remote.js'
 import { benchService } from './service.js'
+import { benchStartup } from './startup.js'
+import { benchStreams } from './streams.js'
 import { benchTunnel } from './tunnel.js'
 import { benchWire } from './wire.js'
 import { benchClient } from './client.js'
@@ -19,6 +21,8 @@ import { benchClient } from './client.js'
 const groups: Record<string, () => Promise<BenchRow[]>> = {
   wire: benchWire,
   tunnel: benchTunnel,
+  streams: benchStreams,
+  startup: benchStartup,
   client: benchClient,
   engines: benchEngines,
   service: benchService,
