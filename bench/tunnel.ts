@@ -18,7 +18,7 @@ import { promisify } from 'node:util'
 import { Dealer, Request } from 'zeromq'
 
 import { openTunnel } from '../src/tunnel/index.js'
-import { JsonLines, spawnCli } from '../test/support/cli.js'
+import { CLI, JsonLines, spawnCli } from '../test/support/cli.js'
 import {
   createNetns,
   sshArgsOf,
@@ -159,7 +159,7 @@ async function oursForward(
     }),
     { mode: 0o600 },
   )
-  const child = spawnCli([
+  const upArgs = [
     'up',
     file,
     '--json',
@@ -170,7 +170,15 @@ async function oursForward(
     '--ssh',
     `${sshd.user}@${sshd.host}:${sshd.port}`,
     ...sshArgsOf(sshd),
-  ])
+  ]
+  // IPPT_BENCH_PROFILE=dir: the TCP \`up\` writes a CPU profile (.cpuprofile) there when it exits
+  const profile = process.env.IPPT_BENCH_PROFILE
+  const child =
+    profile !== undefined && listen === 'tcp'
+      ? spawn(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${profile}`, CLI, ...upArgs], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        })
+      : spawnCli(upArgs)
   const ready = await new JsonLines(child).next('ready')
   const forwards = ready.forwards as { channel: string; local: string }[]
   // a ZeroMQ endpoint for each channel: tcp://127.0.0.1:port, or ipc://path for a unix listener
