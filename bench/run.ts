@@ -13,6 +13,8 @@ import { benchEngines } from './engines.js'
 import { benchLogin } from './login.js'
 import { benchRemote } from './remote.js'
 import { benchService } from './service.js'
+import { benchStartup } from './startup.js'
+import { benchStreams } from './streams.js'
 import { benchTunnel } from './tunnel.js'
 import { benchWire } from './wire.js'
 import { benchClient } from './client.js'
@@ -20,6 +22,8 @@ import { benchClient } from './client.js'
 const groups: Record<string, () => Promise<BenchRow[]>> = {
   wire: benchWire,
   tunnel: benchTunnel,
+  streams: benchStreams,
+  startup: benchStartup,
   client: benchClient,
   engines: benchEngines,
   service: benchService,

@@ -317,6 +317,7 @@ export class Link extends EventEmitter<LinkEvents> {
       if (chain === undefined || client === undefined) continue
       try {
         const stream = await this.#channel(client, target, signal)
+        gateOnTransport(client, stream)
         this.#track(stream)
         return stream
       } catch (err) {
@@ -1001,6 +1002,52 @@ function holdToCount(client: Client, intervalMs: number, countMax: number): () =
 
 /** Per connected client held to the default count: lets ssh2's larger count apply once a login asked someone. */
 const liftKeepalive = new WeakMap<Client, () => void>()
+
+/** Bytes queued on the ssh connection's socket above which channel writes wait for it to drain. */
+const TRANSPORT_QUEUE_LIMIT = 1024 * 1024
+
+/**
+ * ssh2 writes every packet to its socket without heeding the socket's backpressure: a channel's write completes as
+ * soon as the server's window (2 MiB) allows, so many fast writers queue window after window of ciphertext in
+ * this process. Here a channel's write completes only once the ssh socket's queue is below
+ * {@link TRANSPORT_QUEUE_LIMIT}, so writers that wait for their writes (pipe, the forward's pump) are held back
+ * until the kernel takes the data.
+ */
+function gateOnTransport(client: ssh2.Client, channel: ClientChannel): void {
+  const sock = (client as unknown as { _sock?: Duplex })._sock
+  const writer = channel as unknown as {
+    _write(chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void): void
+  }
+  if (sock === undefined || typeof writer._write !== 'function') return
+  const write = writer._write.bind(channel)
+  writer._write = (chunk, encoding, cb) => {
+    write(chunk, encoding, (err) => {
+      if (err || sock.writableLength <= TRANSPORT_QUEUE_LIMIT || sock.destroyed) cb(err)
+      else waitDrain(sock, () => cb())
+    })
+  }
+}
+
+const drainWaiters = new WeakMap<Duplex, (() => void)[]>()
+
+/** One 'drain' listener per socket, however many channels wait on it. */
+function waitDrain(sock: Duplex, resume: () => void): void {
+  let waiters = drainWaiters.get(sock)
+  if (waiters === undefined) {
+    const list: (() => void)[] = []
+    waiters = list
+    drainWaiters.set(sock, list)
+    const release = (): void => {
+      drainWaiters.delete(sock)
+      sock.off('drain', release)
+      sock.off('close', release)
+      for (const waiter of list) waiter()
+    }
+    sock.on('drain', release)
+    sock.on('close', release)
+  }
+  waiters.push(resume)
+}
 
 /** Authentication failures of attempts that asked someone: with a login gate, the link asks again. */
 const promptedFailures = new WeakSet<IppTunnelError>()

@@ -1,6 +1,6 @@
 import { chmod, link, lstat, unlink } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
-import type { Duplex } from 'node:stream'
+import type { Duplex, Readable, Writable } from 'node:stream'
 
 import type { Endpoint } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
@@ -100,6 +100,36 @@ function refuse(socket: Socket): void {
 function isFdExhaustion(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code
   return code === 'EMFILE' || code === 'ENFILE'
+}
+
+/** Bytes written on and not yet taken by the other side, per direction of a connection, before reading pauses. */
+export const PUMP_LIMIT = 256 * 1024
+
+/**
+ * Copies `from` into `to` as pipe() does (ending `to` at `from`'s end), but pauses `from` once {@link PUMP_LIMIT}
+ * bytes wait for their write callbacks, rather than at `to`'s highWaterMark: an ssh2 channel's is 2 MiB, which
+ * let each streaming connection hold megabytes.
+ */
+function pump(from: Readable, to: Writable): void {
+  let pending = 0
+  let paused = false
+  const written = (bytes: number) => (): void => {
+    pending -= bytes
+    if (paused && pending < PUMP_LIMIT) {
+      paused = false
+      from.resume()
+    }
+  }
+  from.on('data', (chunk: Buffer) => {
+    pending += chunk.length
+    to.write(chunk, written(chunk.length))
+    if (pending >= PUMP_LIMIT && !paused) {
+      paused = true
+      from.pause()
+    }
+  })
+  from.once('end', () => to.end())
+  from.resume()
 }
 
 /**
@@ -293,10 +323,9 @@ export class Forward {
           else socket.end(() => socket.destroy())
         })
         socket.once('close', () => stream.destroy())
-        // pipe() ends the other side on 'end': EOF travels each way and the streams stay half-open
-        socket.pipe(stream)
-        stream.pipe(socket)
-        socket.resume()
+        // EOF travels each way and the streams stay half-open
+        pump(socket, stream)
+        pump(stream, socket)
       },
       (err: unknown) => {
         this.#failed++
