@@ -10,6 +10,7 @@ import { checkHostKey, fingerprintSha256, type HostKeyNote } from './known-hosts
 import { OpenSshMaster, type Transport } from './openssh-master.js'
 import type { LoginGate, PromptProvider } from './prompts.js'
 import { ProxyCommand } from './proxy-command.js'
+import { ASKED_SILENCE_MS, gateOnTransport, holdToCount, KEEPALIVE_COUNT_MAX } from './ssh2-socket.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
 
 type Client = InstanceType<typeof ssh2.Client>
@@ -957,97 +958,8 @@ export class Link extends EventEmitter<LinkEvents> {
   }
 }
 
-/** Unanswered keepalives before a link counts as dead, as ssh(1)'s ServerAliveCountMax default. */
-const KEEPALIVE_COUNT_MAX = 3
-/**
- * Silence a link whose login asked a person (a one-time code) outlives when the config sets no ServerAliveCountMax:
- * a network blip shorter than this does not cost a new code, and noticing a truly dead link later costs little,
- * since coming back asks for a code anyway.
- */
-const ASKED_SILENCE_MS = 300_000
-
-/**
- * Holds a connection to `countMax` unanswered keepalives when ssh2 was given a larger count (which it reads once, at
- * connect): ssh2 still sends one every `intervalMs`, and a tick that heard nothing from the server since the last
- * one counts as missed; past `countMax` the client fails as ssh2's own keepalive timeout does. Returns `stop`.
- */
-function holdToCount(client: Client, intervalMs: number, countMax: number): () => void {
-  const sock = (client as unknown as { _sock?: Duplex })._sock
-  if (sock === undefined) return () => undefined
-  let heard = false
-  let missed = 0
-  const onData = (): void => {
-    heard = true
-  }
-  sock.on('data', onData)
-  const timer = setInterval(() => {
-    if (heard) {
-      heard = false
-      missed = 0
-      return
-    }
-    if (++missed <= countMax) return
-    clearInterval(timer)
-    const err: Ssh2Error = Object.assign(new Error('Keepalive timeout'), { level: 'client-timeout' })
-    client.emit('error', err)
-    client.destroy()
-  }, intervalMs)
-  const stop = (): void => {
-    clearInterval(timer)
-    sock.off('data', onData)
-  }
-  client.once('close', stop)
-  return stop
-}
-
 /** Per connected client held to the default count: lets ssh2's larger count apply once a login asked someone. */
 const liftKeepalive = new WeakMap<Client, () => void>()
-
-/** Bytes queued on the ssh connection's socket above which channel writes wait for it to drain. */
-const TRANSPORT_QUEUE_LIMIT = 1024 * 1024
-
-/**
- * ssh2 writes every packet to its socket without heeding the socket's backpressure: a channel's write completes as
- * soon as the server's window (2 MiB) allows, so many fast writers queue window after window of ciphertext in
- * this process. Here a channel's write completes only once the ssh socket's queue is below
- * {@link TRANSPORT_QUEUE_LIMIT}, so writers that wait for their writes (pipe, the forward's pump) are held back
- * until the kernel takes the data.
- */
-function gateOnTransport(client: ssh2.Client, channel: ClientChannel): void {
-  const sock = (client as unknown as { _sock?: Duplex })._sock
-  const writer = channel as unknown as {
-    _write(chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void): void
-  }
-  if (sock === undefined || typeof writer._write !== 'function') return
-  const write = writer._write.bind(channel)
-  writer._write = (chunk, encoding, cb) => {
-    write(chunk, encoding, (err) => {
-      if (err || sock.writableLength <= TRANSPORT_QUEUE_LIMIT || sock.destroyed) cb(err)
-      else waitDrain(sock, () => cb())
-    })
-  }
-}
-
-const drainWaiters = new WeakMap<Duplex, (() => void)[]>()
-
-/** One 'drain' listener per socket, however many channels wait on it. */
-function waitDrain(sock: Duplex, resume: () => void): void {
-  let waiters = drainWaiters.get(sock)
-  if (waiters === undefined) {
-    const list: (() => void)[] = []
-    waiters = list
-    drainWaiters.set(sock, list)
-    const release = (): void => {
-      drainWaiters.delete(sock)
-      sock.off('drain', release)
-      sock.off('close', release)
-      for (const waiter of list) waiter()
-    }
-    sock.on('drain', release)
-    sock.on('close', release)
-  }
-  waiters.push(resume)
-}
 
 /** Authentication failures of attempts that asked someone: with a login gate, the link asks again. */
 const promptedFailures = new WeakSet<IppTunnelError>()
