@@ -476,12 +476,19 @@ export class Link extends EventEmitter<LinkEvents> {
    */
   async #open(signal: AbortSignal): Promise<Chain | OpenSshMaster> {
     const transport = this.#options.transport ?? 'auto'
+    const say = this.#options.verbose
     if (transport !== 'ssh2') {
       const hop = this.#lastHop
       const env = this.#options.env
       const master = await OpenSshMaster.find(hop, env)
       signal.throwIfAborted()
-      if (master !== undefined) return master
+      if (master !== undefined) {
+        say?.(`${label(hop)}: transport openssh: your live master at ${master.path}, no new login`)
+        return master
+      }
+      say?.(
+        `${label(hop)}: transport ${transport}: no live OpenSSH master${hop.controlPath !== undefined ? ` at ${hop.controlPath}` : ' (no ControlPath)'}${transport === 'openssh' ? '; starting one' : '; our own connection'}`,
+      )
       if (transport === 'openssh') return OpenSshMaster.start(hop, env)
     }
     return this.#openWithLogin(signal)
@@ -913,7 +920,7 @@ export class Link extends EventEmitter<LinkEvents> {
       const policyFrom = this.#options.hostKeyCheck === undefined ? hop.hostKeyPolicyFrom : undefined
       const say = this.#options.verbose
       say?.(
-        `${where}: connecting${sock !== undefined ? ' through the jump host before it' : ''}; identity files ${hop.identityFiles.join(', ') || 'none'}${hop.identitiesOnly ? ' (only these)' : ''}; known_hosts ${files.join(', ') || 'none'}, policy ${policy}; methods ${(hop.preferredAuthentications ?? ['default']).join(',')}; keepalive ${keepaliveMs / 1000} s x ${countMax}${explicitMax === undefined ? ` (x ${keepaliveMax} after a login that asks a person)` : ''}`,
+        `${where}: connecting${sock !== undefined ? ' through the jump host before it' : ''}; identity files ${hop.identityFiles.join(', ') || 'none'}${hop.identitiesOnly ? ' (only these)' : ''}; known_hosts ${files.join(', ') || 'none'}, policy ${policy}; certificates ${hop.certificateFiles?.join(', ') ?? "KEY-cert.pub beside each identity file, and the agent's"}; proxy ${hop.proxyCommand !== undefined ? `ProxyCommand ${hop.proxyCommand}` : sock !== undefined ? 'the jump host before it' : 'none'}; methods ${(hop.preferredAuthentications ?? ['default']).join(',')}; keepalive ${keepaliveMs / 1000} s x ${countMax}${explicitMax === undefined ? ` (x ${keepaliveMax} after a login that asks a person)` : ''}`,
       )
       if (say !== undefined) client.once('ready', () => say(`${where}: authenticated`))
       client.connect({

@@ -213,6 +213,8 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
     const said = verbose.join('\n')
     for (const expected of [
       /connecting; identity files /u,
+      /; certificates KEY-cert\.pub beside each identity file, and the agent's; proxy none; /u,
+      /transport auto: no live OpenSSH master \(no ControlPath\); our own connection/u,
       /host key SHA256:\S+ accepted/u,
       /trying publickey: /u,
       /publickey accepted, more wanted; the server accepts keyboard-interactive/u,
