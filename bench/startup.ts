@@ -24,6 +24,7 @@ import {
 } from '../test/support/index.js'
 import { stopProcess } from '../test/support/ipp.js'
 import { median, type BenchRow } from './common.js'
+import { opensshForwardArgs } from './tunnel.js'
 
 const RUNS = 7
 const VERSION_RUNS = 15
@@ -66,21 +67,7 @@ async function sshReadyMs(sshd: Sshd, remotePort: number): Promise<number> {
   const child = spawn(
     'ssh',
     [
-      '-N',
-      '-F',
-      '/dev/null',
-      '-i',
-      sshd.clientKey,
-      '-o',
-      `UserKnownHostsFile=${sshd.knownHostsFile}`,
-      '-o',
-      'StrictHostKeyChecking=yes',
-      '-o',
-      'ExitOnForwardFailure=yes',
-      '-o',
-      'BatchMode=yes',
-      '-p',
-      String(sshd.port),
+      ...opensshForwardArgs(sshd),
       ...ports.flatMap((port) => ['-L', `127.0.0.1:${port}:127.0.0.1:${remotePort}`]),
       `${sshd.user}@${sshd.host}`,
     ],

@@ -97,6 +97,27 @@ export async function waitConnectable(port: number, child: ChildProcess): Promis
   }
 }
 
+/** `ssh` options for OpenSSH's own forwarding client (`-N`, no config, batch), with the same key and known_hosts as ours. */
+export function opensshForwardArgs(sshd: Sshd): string[] {
+  return [
+    '-N',
+    '-F',
+    '/dev/null',
+    '-i',
+    sshd.clientKey,
+    '-o',
+    `UserKnownHostsFile=${sshd.knownHostsFile}`,
+    '-o',
+    'StrictHostKeyChecking=yes',
+    '-o',
+    'ExitOnForwardFailure=yes',
+    '-o',
+    'BatchMode=yes',
+    '-p',
+    String(sshd.port),
+  ]
+}
+
 /** OpenSSH's own `ssh -N -L` for one port, with the same key and known_hosts as ours. */
 export async function sshForward(
   sshd: Sshd,
@@ -106,21 +127,7 @@ export async function sshForward(
   const child = spawn(
     'ssh',
     [
-      '-N',
-      '-F',
-      '/dev/null',
-      '-i',
-      sshd.clientKey,
-      '-o',
-      `UserKnownHostsFile=${sshd.knownHostsFile}`,
-      '-o',
-      'StrictHostKeyChecking=yes',
-      '-o',
-      'ExitOnForwardFailure=yes',
-      '-o',
-      'BatchMode=yes',
-      '-p',
-      String(sshd.port),
+      ...opensshForwardArgs(sshd),
       '-L',
       `127.0.0.1:${port}:127.0.0.1:${remotePort}`,
       `${sshd.user}@${sshd.host}`,
