@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { access, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { hostname, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -17,17 +17,32 @@ export interface Slurm {
   [Symbol.asyncDispose](): Promise<void>
 }
 
-/** munged is a system daemon (one socket for the host): started once if it is not running, left running. */
+const munge = (): Promise<boolean> =>
+  run('munge', ['-n'], { timeout: 5000 }).then(
+    () => true,
+    () => false,
+  )
+
+/**
+ * munged is a system daemon (one socket for the host): started once if it does not answer, left running. A socket
+ * file alone proves nothing: a munged killed with its session leaves it behind, and slurmd then retries for minutes.
+ */
 async function ensureMunge(): Promise<void> {
-  try {
-    await access('/run/munge/munge.socket.2')
-    return
-  } catch {
-    // not running
-  }
+  if (await munge()) return
   await mkdir('/run/munge', { recursive: true })
   await run('chown', ['munge:munge', '/run/munge']).catch(() => undefined)
-  await run('munged', ['--force'])
+  // --force: start over a stale socket and pid file.
+  await run('munged', ['--force'], { timeout: 10_000 })
+  if (!(await munge())) throw new Error('munged was started but `munge -n` still fails')
+}
+
+async function logTails(dir: string): Promise<string> {
+  const tails: string[] = []
+  for (const name of ['slurmctld.log', 'slurmd.log']) {
+    const text = await readFile(join(dir, name), 'utf8').catch(() => '')
+    tails.push(`${name}: ${text.trim().split('\n').slice(-5).join(' | ')}`)
+  }
+  return tails.join('; ')
 }
 
 async function stop(child: ChildProcess): Promise<void> {
@@ -96,12 +111,15 @@ export async function startSlurm(): Promise<Slurm> {
     }
     // Waiting for the daemons to come up (a peer), not retrying a check.
     for (let i = 0; ; i++) {
-      const state = await run('sinfo', ['-h', '-o', '%t'], { env: { ...process.env, ...env } }).then(
+      const state = await run('sinfo', ['-h', '-o', '%t'], {
+        env: { ...process.env, ...env },
+        timeout: 5000,
+      }).then(
         (r) => r.stdout.trim(),
         () => '',
       )
       if (state === 'idle') break
-      if (i > 100) throw new Error(`slurm did not come up (node state "${state}")`)
+      if (i > 100) throw new Error(`slurm did not come up (node state "${state}"): ${await logTails(dir)}`)
       await sleep(200)
     }
   } catch (err) {
@@ -113,9 +131,15 @@ export async function startSlurm(): Promise<Slurm> {
 
 /** `salloc --no-shell` of `nodes` nodes and `tasks` tasks: the job id of the allocation. */
 export async function allocate(slurm: Slurm, nodes: number, tasks: number): Promise<string> {
-  const { stderr } = await run('salloc', ['--no-shell', `-N${String(nodes)}`, `-n${String(tasks)}`], {
-    env: { ...process.env, ...slurm.env },
-  })
+  // --immediate: fail instead of queueing behind resources that will never come.
+  const { stderr } = await run(
+    'salloc',
+    ['--no-shell', '--immediate=30', `-N${String(nodes)}`, `-n${String(tasks)}`],
+    {
+      env: { ...process.env, ...slurm.env },
+      timeout: 60_000,
+    },
+  )
   const id = /Granted job allocation (\d+)/.exec(stderr)?.[1]
   if (id === undefined) throw new Error(`salloc: ${stderr}`)
   return id
