@@ -9,16 +9,16 @@
  * const report = await queryStatus(statusSocketPath())
  * await service.close()
  */
-export {
-  TunnelService,
-  type FileStatus,
-  type ForwardStatus,
-  type ReadyFields,
-  type ServiceEvents,
-  type RemoteDir,
-  type RemoteFields,
-  type ServiceOptions,
-} from './service.js'
+export { TunnelService } from './service.js'
+export type {
+  FileStatus,
+  ForwardStatus,
+  ReadyFields,
+  ServiceEvents,
+  RemoteDir,
+  RemoteFields,
+  ServiceOptions,
+} from './types.js'
 export {
   StatusServer,
   loginToService,
@@ -37,6 +37,5 @@ export {
 } from './login-relay.js'
 export { ipythonDir, profileSecurityDir, runtimeDir, statusSocketPath, STATUS_SOCKET } from './paths.js'
 export { UNIT_NAME, installUnit, renderUnit, userUnitPath, type UnitOptions } from './unit.js'
-export { DirectoryWatcher, type WatcherHandlers } from './watcher.js'
 export { CopyLedger } from './ledger.js'
 export { PulledTunnel, type PulledTunnelEvents, type PulledTunnelOptions } from './pulled.js'

@@ -13,135 +13,38 @@ import {
   type ConnectionKind,
 } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
-import { ensureReadableDir, readRegularFile, removeStaleTemps } from '../safe-fs/index.js'
+import { ensureReadableDir, removeStaleTemps } from '../safe-fs/index.js'
 import {
   jupyterRuntimeDir,
+  LocalDirectorySource,
   localCopyDir,
   RemoteDirectorySource,
+  type SourceEvents,
   type SourceFile,
   type SourceStatus,
 } from '../sources/index.js'
-import { resolveTarget, type Link, type LinkOptions, type LinkState, type SshOptions } from '../ssh/index.js'
-import {
-  chooseDestination,
-  defaultOutDir,
-  LinkPool,
-  openTunnel,
-  type ForwardInfo,
-  type ListenKind,
-  type Tunnel,
-} from '../tunnel/index.js'
+import { chooseDestination, defaultOutDir, LinkPool, openTunnel, type Tunnel } from '../tunnel/index.js'
 import { CopyLedger } from './ledger.js'
-import { LoginRelay, type PendingLogin } from './login-relay.js'
+import { LoginRelay } from './login-relay.js'
+import { RemoteLinks } from './remote-links.js'
 import { checkServiceDirs, STATUS_SOCKET } from './paths.js'
 import { StatusServer, type StatusReport } from './status-socket.js'
-import { DirectoryWatcher } from './watcher.js'
-
-export interface ServiceOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
-  /** Directories to watch (an IPython profile's `security/`, a Jupyter runtime dir, …). */
-  readonly dirs: readonly string[]
-  /** Put every loopback copy here instead of the sibling `-tunnel` directory of its source. */
-  readonly outDir?: string
-  /** Where the service keeps its list of copies (to clean up after a crash), and `listen: 'unix'` its sockets. */
-  readonly runtimeDir: string
-  /**
-   * Directories on ssh servers to follow over SFTP. A file found there is tunnelled through the same server
-   * (unless its own `ssh` field names another); its copy lands where a local one would (see `localCopyDir`).
-   */
-  readonly remotes?: readonly RemoteDir[]
-  /** Milliseconds between polls of each remote directory; default 1000. */
-  readonly pollMs?: number
-  /** The local IPython directory copies of remote profile files go to; default `$IPYTHONDIR`, else `~/.ipython`. */
-  readonly ipythonDir?: string
-  /** The local Jupyter runtime directory copies of remote kernel files go to; default as jupyter_core finds it. */
-  readonly jupyterRuntimeDir?: string
-  /** What the tunnels listen on; default `tcp`. See {@link OpenTunnelOptions}. */
-  readonly listen?: ListenKind
-}
-
-/** A directory on an ssh server: `dir` absolute, `~/…`, or relative to the remote home. */
-export interface RemoteDir {
-  readonly destination: string
-  readonly dir: string
-}
-
-/** Where a remote file came from, on the events about it. */
-export interface RemoteFields {
-  readonly source: 'remote'
-  readonly destination: string
-  /** The file's path on the remote host. */
-  readonly path: string
-}
-
-/** One forward of a file, with its counters. */
-export interface ForwardStatus extends ForwardInfo {
-  /** Connections open now. */
-  readonly open: number
-  readonly accepted: number
-  /** Bytes from the remote endpoint towards local clients. */
-  readonly bytesIn: number
-  /** Bytes from local clients towards the remote endpoint. */
-  readonly bytesOut: number
-}
-
-/** What the service holds for one connection file, as `status` shows it. */
-export interface FileStatus {
-  readonly file: string
-  readonly kind: ConnectionKind | undefined
-  readonly out: string
-  readonly destination: string | undefined
-  readonly state: 'pending' | 'ready' | 'error'
-  readonly link: LinkState | undefined
-  readonly reconnects: number
-  readonly forwards: readonly ForwardStatus[]
-  readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | undefined
-  /** Set for files pulled from a remote directory. */
-  readonly remote?: { readonly destination: string; readonly path: string }
-}
-
-/** Fields of `ready` and `changed`: the file, its loopback copy, how long it took, and its forwards. */
-export type ReadyFields = {
-  file: string
-  out: string
-  ms: number
-  forwards: readonly ForwardInfo[]
-  /** The client file whose `ssh` was used, for an engine file that names no server itself. */
-  sshFrom?: string
-} & (RemoteFields | { source?: never })
-
-export interface ServiceEvents {
-  ready: [ReadyFields]
-  changed: [ReadyFields]
-  closed: [{ file: string } & (RemoteFields | { source?: never })]
-  /**
-   * A file could not be taken (bad content, no ssh server, refused forward, not a regular file, a copy another
-   * file already writes); it is retried on its next change. For a remote directory that cannot be listed, `file`
-   * is `destination:dir`.
-   */
-  'file:error': [{ file: string; code: string; message: string } & (RemoteFields | { source?: never })]
-  /** A remote directory was looked at for the first time, or appeared, or went away (`present`). */
-  'remote:watching': [{ destination: string; dir: string; present: boolean }]
-  /** A file is readable by group or others. */
-  warning: [{ file: string; message: string }]
-  /** The ssh link of `files` dropped; one event per link, not per file. */
-  'link:reconnecting': [
-    { destination: string; files: string[]; attempt: number; delayMs: number; message: string },
-  ]
-  'link:reconnected': [{ destination: string; files: string[]; attempt: number; downMs: number }]
-  /**
-   * A link needs someone to log in (a one-time code, a password): it waits, everything else keeps running, until
-   * `ipp-tunnel login` answers. Once per need, not per attempt; carries the server's prompts, never an answer.
-   */
-  'auth-needed': [PendingLogin]
-  /** A link that waited for a login is up. */
-  'logged-in': [{ destination: string }]
-}
+import type {
+  FileStatus,
+  ReadyFields,
+  RemoteDir,
+  RemoteFields,
+  ServiceEvents,
+  ServiceOptions,
+} from './types.js'
 
 interface Entry {
   readonly file: string
   readonly out: string
-  /** For a file pulled from a remote directory: where from, and what was pulled last. */
+  /** For a file pulled from a remote directory: where from. */
   readonly remote: { readonly destination: string; readonly path: string } | undefined
+  /** The source that reports the file, and what it reported last. */
+  readonly source: Source
   pulled: SourceFile | undefined
   kind: ConnectionKind | undefined
   tunnel: Tunnel | undefined
@@ -163,12 +66,11 @@ interface Entry {
   started: number
 }
 
-/** The service's lease on the link to one remote destination, and when it last failed for good. */
-interface RemoteLink {
-  readonly link: Promise<Link>
-  failedAt: number
-  delayMs: number
-  error: Error | undefined
+/** A source of connection files, local or remote: the service treats both alike. */
+interface Source extends EventEmitter<SourceEvents> {
+  /** Read the file again soon (content that did not parse while still changing); a poll does that anyway. */
+  lookAgain?(id: string, ms: number): void
+  close(): Promise<void>
 }
 
 /** How long to wait before parsing a file again when it failed to parse while still changing. */
@@ -200,10 +102,9 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   readonly #ledger: CopyLedger
   readonly #relay = new LoginRelay()
   readonly #entries = new Map<string, Entry>()
-  #watcher: DirectoryWatcher | undefined
-  readonly #sources: RemoteDirectorySource[] = []
-  /** One lease on the link pool per remote destination, held while the service runs (SFTP rides on it). */
-  readonly #remoteLinks = new Map<string, RemoteLink>()
+  readonly #sources: Source[] = []
+  readonly #remoteSources: RemoteDirectorySource[] = []
+  readonly #remoteLinks: RemoteLinks
   /** Which entry writes each local copy: two files never write the same one. */
   readonly #claims = new Map<string, string>()
   #status: StatusServer | undefined
@@ -218,6 +119,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     this.#options = options
     // No one watches the service: prompts go to `ipp-tunnel login`, and a link that needs one waits for it.
     this.#pool = new LinkPool({ ...options, prompt: this.#relay.provider, login: this.#relay.gate })
+    this.#remoteLinks = new RemoteLinks(this.#pool, options)
     this.#ledger = ledger
     this.#relay.on('auth-needed', (login) => this.emit('auth-needed', login))
     this.#relay.on('logged-in', (e) => this.emit('logged-in', e))
@@ -250,17 +152,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       for (const out of outDirs) await removeStaleTemps(out, (name) => kindFromFileName(name) !== undefined)
       for (const dir of dirs) await ensureReadableDir(dir)
       for (const remote of remotes) service.#followRemote(remote)
-      if (dirs.length > 0)
-        service.#watcher = await DirectoryWatcher.start(dirs, {
-          onFile: (path) => service.#changed(path),
-          onRemoved: (path) => service.#schedule(path, (entry) => service.#onRemoved(entry)),
-          onError: (error) =>
-            service.emit('file:error', {
-              file: dirs.join(', '),
-              code: 'E_CONNFILE_READ',
-              message: error.message,
-            }),
-        })
+      if (dirs.length > 0) await LocalDirectorySource.start(dirs, (source) => service.#attach(source))
     } catch (err) {
       await service.close()
       throw err
@@ -283,7 +175,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
 
   /** Every remote directory followed: destination, directory, last poll, files held, errors. */
   remoteStatus(): SourceStatus[] {
-    return this.#sources.map((s) => s.status())
+    return this.#remoteSources.map((s) => s.status())
   }
 
   get closed(): boolean {
@@ -330,100 +222,50 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       destination: remote.destination,
       dir: remote.dir,
       sftp: async (signal, stale) =>
-        (await this.#remoteLink(remote.destination, signal)).sftp({
+        (await this.#remoteLinks.get(remote.destination, signal)).sftp({
           signal,
           ...(stale !== undefined && { stale }),
         }),
       ...(this.#options.pollMs !== undefined && { pollMs: this.#options.pollMs }),
     })
-    this.#sources.push(source)
-    const fields = (id: string): RemoteFields => ({
-      source: 'remote',
-      destination: remote.destination,
-      path: id.slice(remote.destination.length + 1),
-    })
+    this.#remoteSources.push(source)
     source.on('watching', (e) => {
       if (e.kind === 'remote')
         this.emit('remote:watching', { destination: e.destination, dir: e.dir, present: e.present })
     })
-    source.on('file', (file) => this.#pulled(file))
+    source.on('dir:error', (e) => {
+      const id = `${e.destination}:${e.dir}`
+      this.emit('file:error', { file: id, code: e.code, message: e.message, ...remoteOf(id, e.destination) })
+    })
+    this.#attach(source, (id) => remoteOf(id, remote.destination))
+    source.start()
+  }
+
+  /**
+   * What the service does with any source's reports: a file is a file, wherever it was found. `fieldsOf` gives
+   * the fields that say where a file came from, for events about it.
+   */
+  #attach(source: Source, fieldsOf: (id: string) => RemoteFields | Record<string, never> = () => ({})): void {
+    this.#sources.push(source)
+    source.on('file', (file) => this.#found(source, file))
     source.on('removed', ({ id }) => {
       if (this.#entries.has(id)) this.#schedule(id, (entry) => this.#onRemoved(entry))
     })
     source.on('file:error', (e) => {
       const entry = this.#entries.get(e.id)
       if (entry) entry.lastError = { code: e.code, message: e.message, at: new Date().toISOString() }
-      this.emit('file:error', { file: e.id, code: e.code, message: e.message, ...fields(e.id) })
-    })
-    source.on('dir:error', (e) => {
-      const id = `${e.destination}:${e.dir}`
-      this.emit('file:error', { file: id, code: e.code, message: e.message, ...fields(id) })
+      this.emit('file:error', { file: e.id, code: e.code, message: e.message, ...fieldsOf(e.id) })
     })
     source.on('warning', (e) => this.emit('warning', { file: e.id, message: e.message }))
-    source.start()
   }
 
-  /**
-   * The link to a remote destination, from the pool (shared with the tunnels that go there). A link that failed
-   * for good (host key, authentication) is given back and asked for again, no sooner than a growing delay.
-   */
-  async #remoteLink(destination: string, signal: AbortSignal): Promise<Link> {
-    const held = this.#remoteLinks.get(destination)
-    if (held !== undefined) {
-      const link = await held.link.catch(() => undefined)
-      if (link !== undefined && !link.closed && link.state !== 'failed') return link
-      if (performance.now() - held.failedAt < held.delayMs) {
-        throw (
-          link?.error ?? held.error ?? new IppTunnelError('E_LINK_DOWN', `SSH link to ${destination} is down`)
-        )
-      }
-      if (this.#remoteLinks.get(destination) === held) {
-        this.#remoteLinks.delete(destination)
-        if (link !== undefined) await this.#pool.release(link)
-      }
-    }
-    const again = this.#remoteLinks.get(destination)
-    if (again !== undefined) return again.link
-    const entry: RemoteLink = {
-      link: resolveTarget(destination, this.#options).then((target) => this.#pool.acquire(target, signal)),
-      failedAt: Infinity,
-      delayMs: Math.min(30_000, (held?.delayMs ?? 500) * 2),
-      error: undefined,
-    }
-    this.#remoteLinks.set(destination, entry)
-    entry.link.then(
-      (link) => {
-        entry.delayMs = 1000
-        link.once('failed', () => (entry.failedAt = performance.now()))
-      },
-      (err: unknown) => {
-        entry.failedAt = performance.now()
-        entry.error = err instanceof Error ? err : new Error(String(err))
-      },
-    )
-    return entry.link
-  }
-
-  /** A remote source pulled a file (new, changed, or looked at again). */
-  #pulled(file: SourceFile): void {
-    if (file.origin.kind !== 'remote') return
+  /** A source found a file (new, changed, or looked at again). */
+  #found(source: Source, file: SourceFile): void {
     const at = performance.now()
     if (!this.#entries.has(file.id)) {
-      const kind = kindFromFileName(file.path)
-      const dir = localCopyDir(file.path, kind, this.#copyPlaces())
-      const remote = { source: 'remote' as const, destination: file.origin.destination, path: file.path }
-      const refuse = (message: string): void => {
-        this.emit('file:error', { file: file.id, code: 'E_USAGE', message, ...remote })
-      }
-      if (dir === undefined) {
-        return refuse(
-          `${file.id}: no local place for a copy of a file outside a profile's security directory; give --out-dir`,
-        )
-      }
-      if (this.dirs.includes(resolve(dir))) {
-        return refuse(`${file.id}: its copy would go to ${dir}, which is watched here; give --out-dir`)
-      }
-      this.#entries.set(file.id, this.#newEntry(file.id, join(dir, basename(file.path)), remote))
+      const entry = this.#entryFor(source, file)
+      if (entry === undefined) return
+      this.#entries.set(file.id, entry)
     }
     this.#schedule(file.id, (entry) => {
       entry.pulled = file
@@ -431,6 +273,27 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       entry.attempts = 0
       return this.#onFile(entry)
     })
+  }
+
+  /** A new entry for a file a source found, with where its copy goes; undefined (and said why) if nowhere. */
+  #entryFor(source: Source, file: SourceFile): Entry | undefined {
+    if (file.origin.kind === 'local')
+      return this.#newEntry(file.id, this.#outPath(file.id), undefined, source)
+    const kind = kindFromFileName(file.path)
+    const dir = localCopyDir(file.path, kind, this.#copyPlaces())
+    const remote = { source: 'remote' as const, destination: file.origin.destination, path: file.path }
+    const refuse = (message: string): undefined => {
+      this.emit('file:error', { file: file.id, code: 'E_USAGE', message, ...remote })
+    }
+    if (dir === undefined) {
+      return refuse(
+        `${file.id}: no local place for a copy of a file outside a profile's security directory; give --out-dir`,
+      )
+    }
+    if (this.dirs.includes(resolve(dir))) {
+      return refuse(`${file.id}: its copy would go to ${dir}, which is watched here; give --out-dir`)
+    }
+    return this.#newEntry(file.id, join(dir, basename(file.path)), remote, source)
   }
 
   /** The local directories copies of files pulled from `remotes` may land in (for the ledger's cleanup). */
@@ -457,16 +320,6 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     return join(dir, basename(file))
   }
 
-  /** A watcher event for `file`: a fresh start for its timing and retries. */
-  #changed(file: string): void {
-    const at = performance.now()
-    this.#schedule(file, (entry) => {
-      entry.started = at
-      entry.attempts = 0
-      return this.#onFile(entry)
-    })
-  }
-
   #retry(entry: Entry, ms: number): void {
     clearTimeout(entry.retry)
     entry.retry = setTimeout(() => this.#schedule(entry.file, (e) => this.#onFile(e)), ms)
@@ -475,12 +328,8 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
 
   #schedule(file: string, step: (entry: Entry) => Promise<void>): void {
     if (this.#closed) return
-    let entry = this.#entries.get(file)
-    if (!entry) {
-      entry = this.#newEntry(file, this.#outPath(file), undefined)
-      this.#entries.set(file, entry)
-    }
-    const target = entry
+    const target = this.#entries.get(file)
+    if (target === undefined) return
     clearTimeout(target.retry)
     target.pending++
     target.queue = target.queue
@@ -489,11 +338,12 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       .finally(() => target.pending--)
   }
 
-  #newEntry(file: string, out: string, remote: Entry['remote']): Entry {
+  #newEntry(file: string, out: string, remote: Entry['remote'], source: Source): Entry {
     return {
       file,
       out,
       remote,
+      source,
       pulled: undefined,
       kind: undefined,
       tunnel: undefined,
@@ -511,35 +361,23 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   }
 
   async #onFile(entry: Entry): Promise<void> {
-    let text: string
-    let shape: string
-    if (entry.remote !== undefined) {
-      if (entry.pulled === undefined) return
-      text = entry.pulled.text
-      shape = entry.pulled.shape
-    } else {
-      try {
-        const read = await readRegularFile(entry.file, { what: 'connection file' })
-        text = read.text
-        shape = `${read.stats.size}:${read.stats.mtimeMs}`
-      } catch (err) {
-        const cause = err instanceof Error ? (err.cause as NodeJS.ErrnoException | undefined) : undefined
-        if (cause?.code === 'ENOENT') return this.#onRemoved(entry)
-        return this.#failed(entry, err)
-      }
-    }
+    const pulled = entry.pulled
+    if (pulled === undefined) return
+    const text = pulled.text
     if (text === entry.appliedText) return
     let info: ConnectionInfo
     try {
       info = parseConnectionFile(text, entry.file)
     } catch (err) {
-      // A remote file is looked at again on the next poll: it is broken once it no longer changes.
-      if (entry.pulled !== undefined && !entry.pulled.settled) return
-      // ipcontroller writes in place: a parse that fails on a file still changing is retried, not reported.
-      if (entry.pulled === undefined && shape !== entry.lastFailedShape) {
-        entry.lastFailedShape = shape
-        this.#retry(entry, REWRITE_RETRY_MS)
-        return
+      // A writer that writes in place (ipcontroller) is caught half-way: looked at again until the file settles
+      // (a remote source looks again on its next poll).
+      if (!pulled.settled) {
+        if (entry.source.lookAgain === undefined) return
+        if (pulled.shape !== entry.lastFailedShape) {
+          entry.lastFailedShape = pulled.shape
+          entry.source.lookAgain(entry.file, REWRITE_RETRY_MS)
+          return
+        }
       }
       return this.#failed(entry, err)
     }
@@ -742,7 +580,6 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     this.#abort.abort(new IppTunnelError('E_CLOSED', 'The service is closing'))
     this.#relay.close()
     await this.#status?.close()
-    await this.#watcher?.close()
     await Promise.all(this.#sources.map((s) => s.close()))
     const entries = [...this.#entries.values()]
     this.#entries.clear()
@@ -762,6 +599,11 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
 
 function remoteFields(entry: Entry): RemoteFields | Record<string, never> {
   return entry.remote ? { source: 'remote', ...entry.remote } : {}
+}
+
+/** The fields of an event about `id` (`destination:path`) of a remote source. */
+function remoteOf(id: string, destination: string): RemoteFields {
+  return { source: 'remote', destination, path: id.slice(destination.length + 1) }
 }
 
 function ipythonDirOf(env: Readonly<Record<string, string | undefined>> | undefined): string {

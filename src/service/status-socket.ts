@@ -6,7 +6,7 @@ import { IppTunnelError } from '../errors/index.js'
 import { currentUid, ensurePrivateDir, kindOf } from '../safe-fs/index.js'
 import type { SourceStatus } from '../sources/index.js'
 import type { LoginClientMessage, LoginServerMessage, PendingLogin } from './login-relay.js'
-import type { FileStatus } from './service.js'
+import type { FileStatus } from './types.js'
 
 /** What `ipp-tunnel status` gets from the running service. No secrets. */
 export interface StatusReport {

@@ -26,7 +26,7 @@ export {
   type CheckHostKeyOptions,
   type HostKeyNote,
 } from './known-hosts.js'
-export { resolveTarget } from './resolve.js'
+export { resolveTarget, type ResolveOptions } from './resolve.js'
 export { HopAuth, methodOrder, type AuthAttempt, type AuthOptions } from './auth.js'
 export {
   quotePrompts,

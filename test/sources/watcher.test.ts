@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 
-import { DirectoryWatcher } from '../../src/service/watcher.js'
+import { DirectoryWatcher } from '../../src/sources/index.js'
 
 test('a file rewritten right after a change is seen with its new content (chokidar drops changes within 50 ms)', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'ippt-watcher-'))
