@@ -101,7 +101,9 @@ export async function ensurePrivateDir(dir: string, options: PrivateDirOptions):
 /**
  * Checks a directory the program writes files into (an output directory) without creating it. When it exists, the
  * directory it resolves to must be owned by the current uid and not writable by group or others, and a symlink
- * naming it must belong to the user or root (not to another user who could point it elsewhere).
+ * naming it must belong to the user or root (not to another user who could point it elsewhere). A shared
+ * directory with the sticky bit (`/tmp`), owned by the user or root, is accepted too: there no one else can
+ * rename or remove the files we write (the temp file is created `O_EXCL | O_NOFOLLOW` and renamed into place).
  *
  * @throws IppTunnelError `E_UNSAFE_PATH` naming the directory and what is wrong.
  */
@@ -127,14 +129,15 @@ export async function checkWritableDir(dir: string, what = 'output directory'): 
   }
   if (!s.isDirectory())
     throw unsafe(dir, what, `is ${kindOf(s)}, not a directory`, 'choose another directory')
-  if (s.uid !== uid) {
+  const shared = (s.mode & 0o022) !== 0 && (s.mode & 0o1000) !== 0 && s.uid === 0
+  if (s.uid !== uid && !shared) {
     throw unsafe(dir, what, `is owned by uid ${s.uid}, not you (${uid})`, 'choose a directory of your own')
   }
-  if ((s.mode & 0o022) !== 0) {
+  if ((s.mode & 0o022) !== 0 && (s.mode & 0o1000) === 0) {
     throw unsafe(
       dir,
       what,
-      `is writable by group or others (mode ${octal(s.mode)})`,
+      `is writable by group or others (mode ${octal(s.mode)}) without the sticky bit`,
       `chmod go-w ${dir} or choose another directory`,
     )
   }
