@@ -38,8 +38,10 @@ export function unitFor(
     ...(args.ssh !== undefined ? ['--ssh', args.ssh] : []),
     ...(args.identity !== undefined ? ['--identity', abs(args.identity)] : []),
     ...(args['known-hosts'] !== undefined ? ['--known-hosts', abs(args['known-hosts'])] : []),
-    // strict is the default; naming it would override a StrictHostKeyChecking in the ssh config
-    ...(args['host-key-check'] !== undefined && args['host-key-check'] !== 'strict'
+    // the service cannot ask, so ask (the default) is strict there; naming strict would override the ssh config
+    ...(args['host-key-check'] !== undefined &&
+    args['host-key-check'] !== 'strict' &&
+    args['host-key-check'] !== 'ask'
       ? ['--host-key-check', args['host-key-check']]
       : []),
     ...(args['passphrase-file'] !== undefined ? ['--passphrase-file', abs(args['passphrase-file'])] : []),

@@ -74,10 +74,10 @@ export function withSshOptions<T>(yargs: Argv<T>) {
     })
     .option('known-hosts', { type: 'string', describe: 'known_hosts file (default ~/.ssh/known_hosts)' })
     .option('host-key-check', {
-      choices: ['strict', 'accept-new', 'off'] as const,
-      // no default here: without the flag, StrictHostKeyChecking from the ssh config applies, else strict
+      choices: ['ask', 'strict', 'accept-new', 'off'] as const,
+      // no default here: without the flag, StrictHostKeyChecking from the ssh config applies, else ask
       describe:
-        'strict refuses unknown keys; accept-new records them; off trusts anything (default: StrictHostKeyChecking from ssh config, else strict)',
+        'ask shows an unknown key on the terminal and records it if you say yes (without a terminal: strict); strict refuses unknown keys; accept-new records them; off trusts anything (default: StrictHostKeyChecking from ssh config, else ask)',
     })
     .option('passphrase-file', { type: 'string', describe: 'file whose first line unlocks an encrypted key' })
     .option('ssh-config', { type: 'string', describe: 'ssh client config (default ~/.ssh/config)' })

@@ -76,7 +76,7 @@ export interface HostSettings {
   readonly controlPath?: string
   /** `UserKnownHostsFile` paths, expanded; an empty list for `UserKnownHostsFile none`. */
   readonly userKnownHostsFiles?: readonly string[]
-  /** `StrictHostKeyChecking` mapped to a policy: yes/ask → strict, accept-new, no/off → off. */
+  /** `StrictHostKeyChecking` mapped to a policy: yes → strict, ask, accept-new, no/off → off. */
   readonly strictHostKeyChecking?: HostKeyPolicy
   /** Where `StrictHostKeyChecking` was obtained: `file:line`. */
   readonly strictHostKeyCheckingFrom?: string
@@ -274,13 +274,15 @@ function parseLine(raw: string, where: Where): ParsedLine | undefined {
     case 'stricthostkeychecking': {
       const text = one().toLowerCase()
       const policy: HostKeyPolicy | undefined =
-        text === 'yes' || text === 'true' || text === 'ask'
+        text === 'yes' || text === 'true'
           ? 'strict'
-          : text === 'accept-new'
-            ? 'accept-new'
-            : text === 'no' || text === 'false' || text === 'off'
-              ? 'off'
-              : undefined
+          : text === 'ask'
+            ? 'ask'
+            : text === 'accept-new'
+              ? 'accept-new'
+              : text === 'no' || text === 'false' || text === 'off'
+                ? 'off'
+                : undefined
       if (policy === undefined) {
         throw configError(
           where,

@@ -130,6 +130,19 @@ export interface CheckHostKeyOptions {
   readonly policyFrom?: string
   /** Told what was done that the user should know of: a key recorded, or a check skipped by policy `off`. */
   readonly note?: (note: HostKeyNote) => void
+  /**
+   * Under policy `ask`: asks someone whether to trust an unknown key (true: record it; false: refuse; undefined:
+   * no one can answer, so refuse as `strict` does).
+   */
+  readonly ask?: ((question: HostKeyQuestion) => Promise<boolean | undefined>) | undefined
+}
+
+/** What is asked about an unknown host key: the name looked up, the key's type and fingerprint. */
+export interface HostKeyQuestion {
+  readonly name: string
+  readonly keyType: string
+  /** `SHA256:…` */
+  readonly fingerprint: string
 }
 
 /**
@@ -183,7 +196,8 @@ export function formatHostKeyNote(note: HostKeyNote): string {
 
 /**
  * Verifies a server's host key against known_hosts files, as ssh(1) does.
- * A key listed under `@revoked` is refused under every policy. With `strict`, an unknown key is refused;
+ * A key listed under `@revoked` is refused under every policy. With `strict`, an unknown key is refused; with
+ * `ask`, `opts.ask` decides (yes records it in `files[0]`, as ssh(1) does), and without an answer it is refused;
  * with `accept-new` it is recorded (hashed) in `files[0]`; a changed key (another key of the same type for the host)
  * is refused under both. `off` refuses nothing but a revoked key, and tells `note` when it lets a changed or unknown
  * key through; `accept-new` tells `note` what it recorded.
@@ -249,7 +263,7 @@ export async function checkHostKey(opts: CheckHostKeyOptions): Promise<'known' |
 
   const first = opts.files[0]
   const ca = entries.find((e) => e.marker === 'cert-authority' && hostFieldMatches(e.hosts, name))
-  if (ca !== undefined && opts.policy === 'strict') {
+  if (ca !== undefined && (opts.policy === 'strict' || opts.policy === 'ask')) {
     const portFlag = opts.port === 22 ? '' : `-p ${opts.port} `
     throw new IppTunnelError(
       'E_HOSTKEY_CA',
@@ -261,7 +275,21 @@ export async function checkHostKey(opts: CheckHostKeyOptions): Promise<'known' |
         `trusted network) and then run once with --host-key-check accept-new`,
     )
   }
-  if (opts.policy === 'strict' || first === undefined) {
+  if (opts.policy === 'ask' && first !== undefined && opts.ask !== undefined) {
+    const answer = await opts.ask({ name, keyType, fingerprint: fingerprintSha256(opts.key) })
+    if (answer === false) {
+      throw new IppTunnelError(
+        'E_HOSTKEY_UNKNOWN',
+        `host key for ${name} (${offered}) not trusted: the answer was no; nothing was recorded`,
+      )
+    }
+    if (answer === true) {
+      await recordHostKey(first, name, keyType, opts.key)
+      opts.note?.({ ...base, type: 'hostkey:recorded', file: first })
+      return 'recorded'
+    }
+  }
+  if (opts.policy === 'strict' || opts.policy === 'ask' || first === undefined) {
     const where = opts.files.length === 0 ? 'any known_hosts file (none configured)' : opts.files.join(', ')
     const portFlag = opts.port === 22 ? '' : `-p ${opts.port} `
     throw new IppTunnelError(

@@ -6,6 +6,7 @@ import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { HopAuth, type AuthAttempt } from './auth.js'
 import { connectFailureReason } from './connect-error.js'
 import { enableCertificates } from './certificate.js'
+import { hostKeyAsker } from './host-key-question.js'
 import { checkHostKey, fingerprintSha256, type HostKeyNote } from './known-hosts.js'
 import { OpenSshMaster, type Transport } from './openssh-master.js'
 import type { LoginGate, PromptProvider } from './prompts.js'
@@ -916,7 +917,12 @@ export class Link extends EventEmitter<LinkEvents> {
       })
 
       const files = hop.knownHostsFiles
-      const policy = this.#options.hostKeyCheck ?? hop.hostKeyPolicy ?? 'strict'
+      const policy = this.#options.hostKeyCheck ?? hop.hostKeyPolicy ?? 'ask'
+      // Only a process with someone at its terminal asks about a host key; the service (a login gate) never does.
+      const ask =
+        this.#options.prompt !== undefined && this.#options.login === undefined
+          ? hostKeyAsker(this.#options.prompt, this.destination, where)
+          : undefined
       const policyFrom = this.#options.hostKeyCheck === undefined ? hop.hostKeyPolicyFrom : undefined
       const say = this.#options.verbose
       say?.(
@@ -935,7 +941,7 @@ export class Link extends EventEmitter<LinkEvents> {
         hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {
           const note = (n: HostKeyNote): void => this.#noteHostKey(n)
           const from = policyFrom === undefined ? {} : { policyFrom }
-          checkHostKey({ files, host: hop.host, port: hop.port, key, policy, note, ...from }).then(
+          checkHostKey({ files, host: hop.host, port: hop.port, key, policy, note, ask, ...from }).then(
             () => {
               say?.(`${where}: host key ${fingerprintSha256(key)} accepted (policy ${policy})`)
               verify(true)

@@ -15,7 +15,8 @@ export interface PromptRequest {
   readonly destination: string
   /** The hop that asks (a jump host, or the destination itself). */
   readonly host: string
-  readonly method: 'keyboard-interactive' | 'password'
+  /** `host-key`: the question ssh(1) asks about an unknown host key, under `StrictHostKeyChecking ask`. */
+  readonly method: 'keyboard-interactive' | 'password' | 'host-key'
   /** The server's name and instructions for this round (often empty). */
   readonly name: string
   readonly instructions: string

@@ -106,7 +106,7 @@ export async function resolveTarget(dest: string, opts: ResolveOptions = {}): Pr
         identityFiles,
         identitiesOnly,
         knownHostsFiles,
-        hostKeyPolicy: opts.hostKeyCheck ?? s.strictHostKeyChecking ?? 'strict',
+        hostKeyPolicy: opts.hostKeyCheck ?? s.strictHostKeyChecking ?? 'ask',
         ...(opts.hostKeyCheck === undefined && s.strictHostKeyCheckingFrom !== undefined
           ? { hostKeyPolicyFrom: s.strictHostKeyCheckingFrom }
           : {}),

@@ -1,5 +1,8 @@
-/** How host keys are checked against known_hosts. `off` must be asked for by name. */
-export type HostKeyPolicy = 'strict' | 'accept-new' | 'off'
+/**
+ * How host keys are checked against known_hosts. `ask` (OpenSSH's default) asks on the terminal about an unknown key
+ * and records it when the answer is yes; where no one can answer it is `strict`. `off` must be asked for by name.
+ */
+export type HostKeyPolicy = 'strict' | 'ask' | 'accept-new' | 'off'
 
 /** An ssh destination as a user writes it: `user@host`, `user@host:port`, `[v6addr]:port`, or a config alias. */
 export interface Destination {

@@ -48,7 +48,7 @@ test('no config: defaults for user, port, identity files, known_hosts and policy
       identityFiles: DEFAULT_IDENTITY_FILES.map((f) => path.join(ssh, f)),
       identitiesOnly: false,
       knownHostsFiles: [path.join(ssh, 'known_hosts'), path.join(ssh, 'known_hosts2')],
-      hostKeyPolicy: 'strict',
+      hostKeyPolicy: 'ask',
     },
   ])
   assert.deepEqual(DEFAULT_IDENTITY_FILES, [
@@ -181,7 +181,7 @@ Host target
   )
   assert.deepEqual(
     hops.map((h) => h.hostKeyPolicy),
-    ['off', 'strict', 'strict', 'strict'],
+    ['off', 'ask', 'ask', 'ask'],
   )
   // ServerAlive* and ConnectTimeout are per hop, as ssh -J applies each hop's own config
   assert.deepEqual(
