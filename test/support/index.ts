@@ -12,3 +12,14 @@ export { canConnect, freePort, portOf } from './net.js'
 export { exists } from './fs.js'
 export { hasCode } from './errors.js'
 export { startCluster, type Cluster } from './cluster.js'
+export {
+  mpiOverSsh,
+  routeBetweenNamespaces,
+  sshPeers,
+  startNode,
+  startNodeCluster,
+  startSshRemote,
+  type Node,
+  type NodeCluster,
+  type SshRemote,
+} from './nodes.js'
