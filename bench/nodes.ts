@@ -22,7 +22,9 @@
  * Run alone: `node dist/bench/run.js nodes`.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { rm } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 
@@ -37,7 +39,7 @@ const run = promisify(execFile)
 
 const ROUNDS = 3
 const ENGINES = 4
-const TIMEOUT_MS = 60_000
+const TIMEOUT_MS = 120_000
 const HEART = '--HeartMonitor.period=500'
 /** Ours must be at least as fast: the anchor pays a handshake per channel and engine, we pay one per node. */
 const TARGET_RATIO = 1
@@ -84,7 +86,7 @@ interface Bench {
   readonly cluster: NodeCluster
   /** The second controller, listening on the controller namespace's address: for the launch with no tunnel. */
   readonly direct: Controller
-  /** What runs in each node's namespace between launches (its sshd). */
+  /** What runs in each namespace between launches: the nodes' sshds, the controllers and their sshd. */
   readonly baseline: ReadonlyMap<Netns, ReadonlySet<number>>
   /** The ssh wrapper's directory, first on the anchor's PATH. */
   readonly pathDir: string
@@ -92,11 +94,11 @@ interface Bench {
 }
 
 /**
- * Ends what a launch left in the nodes' namespaces: waits up to `graceMs` for it to exit by itself, then
- * SIGTERM, then SIGKILL. Returns how many processes had to be killed. Then waits for the controller's sshd
- * to hold no connection.
+ * Ends what a launch left in the namespaces (e.g. pyzmq's `ssh -f` on the nodes and the `sleep 60` they run on
+ * the controller's side): waits up to `graceMs` for it to exit by itself, then SIGTERM, then SIGKILL. Returns
+ * how many processes had to be killed. Then waits for the controller's sshd to hold no connection.
  */
-async function cleanNodes(bench: Bench, graceMs: number): Promise<number> {
+async function cleanNamespaces(bench: Bench, graceMs: number): Promise<number> {
   const leftovers = async () => {
     const pids: number[] = []
     for (const [ns, keep] of bench.baseline) pids.push(...(await netnsPids(ns)).filter((p) => !keep.has(p)))
@@ -130,17 +132,17 @@ async function measure(
   const target = engineConnected(ctl) + ENGINES
   const started = performance.now()
   const child = start()
-  let output = ''
-  const keep = (d: Buffer) => (output = (output + d.toString()).slice(-4000))
-  child.stdout?.on('data', keep)
-  child.stderr?.on('data', keep)
+  const tails = { stdout: '', stderr: '' }
+  for (const stream of ['stdout', 'stderr'] as const) {
+    child[stream]?.on('data', (d: Buffer) => (tails[stream] = (tails[stream] + d.toString()).slice(-3000)))
+  }
   let ms: number | undefined
   try {
     ms = await registered(ctl, target, started)
   } finally {
     await stop(child)
   }
-  const killed = await cleanNodes(bench, graceMs)
+  const killed = await cleanNamespaces(bench, graceMs)
   const names = new Map<string, string>([[remote.ns.hostAddr, 'launcher host']])
   for (const node of bench.cluster.nodes) names.set(node.sshd.host, node.name)
   const ssh: Record<string, number> = {}
@@ -148,7 +150,7 @@ async function measure(
     const name = names.get(peer) ?? peer
     ssh[name] = (ssh[name] ?? 0) + 1
   }
-  return { ms, ssh, output, killed }
+  return { ms, ssh, output: `${tails.stdout}\n${tails.stderr}`, killed }
 }
 
 /** The CLI as the node test runs it; stopped with SIGTERM, as a user would, and left to clean up by itself. */
@@ -228,9 +230,12 @@ const describe = (ssh: Record<string, number>) =>
     .join(', ') || 'none'
 
 export async function benchNodes(): Promise<BenchRow[]> {
-  const cluster = await startNodeCluster([HEART])
-  const owned: { direct?: Controller; pathDir?: string } = {}
+  // Logins on this machine otherwise run root's ~/.bashrc, whose `pyenv init` takes a machine-wide lock: seconds
+  // per login, and a session killed mid-rehash leaves the lock behind, stalling every later login for 60 s.
+  const home = await mkdtemp(join(tmpdir(), 'ippt-bench-nodes-home-'))
+  const owned: { cluster?: NodeCluster; direct?: Controller; pathDir?: string } = {}
   try {
+    const cluster = (owned.cluster = await startNodeCluster([HEART], { sshdConfig: `SetEnv HOME=${home}` }))
     const { remote, nodes } = cluster
     // listening on the namespace's address, which the nodes' routes reach
     const direct = (owned.direct = await startController({
@@ -243,7 +248,7 @@ export async function benchNodes(): Promise<BenchRow[]> {
       knownHosts: remote.sshd.knownHostsFile,
     }))
     const baseline = new Map<Netns, ReadonlySet<number>>()
-    for (const node of nodes) baseline.set(node.ns, new Set(await netnsPids(node.ns)))
+    for (const ns of [remote.ns, ...nodes.map((n) => n.ns)]) baseline.set(ns, new Set(await netnsPids(ns)))
     const bench: Bench = {
       cluster,
       direct,
@@ -269,7 +274,7 @@ export async function benchNodes(): Promise<BenchRow[]> {
         console.error(
           `  nodes round ${String(round + 1)} ${variant}: ${got.ms === undefined ? 'not registered' : `${got.ms.toFixed(0)} ms`}; ` +
             `ssh connections to the controller: ${describe(got.ssh)}` +
-            (got.killed > 0 ? `; ${String(got.killed)} processes left on the nodes, killed` : ''),
+            (got.killed > 0 ? `; ${String(got.killed)} processes left, killed` : ''),
         )
         if (got.ms === undefined) {
           if (variant === 'anchor') {
@@ -312,7 +317,8 @@ export async function benchNodes(): Promise<BenchRow[]> {
     ]
   } finally {
     await owned.direct?.close()
-    await cluster.close()
+    await owned.cluster?.close()
     if (owned.pathDir !== undefined) await rm(owned.pathDir, { recursive: true, force: true })
+    await rm(home, { recursive: true, force: true })
   }
 }

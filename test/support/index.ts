@@ -21,5 +21,6 @@ export {
   startSshRemote,
   type Node,
   type NodeCluster,
+  type NodeSshdOptions,
   type SshRemote,
 } from './nodes.js'

@@ -20,6 +20,15 @@ export interface SshRemote {
   close(): Promise<void>
 }
 
+/** Options of the ssh servers these helpers start. */
+export interface NodeSshdOptions {
+  /** Lines appended to every sshd_config (e.g. `SetEnv HOME=…`, so that logins skip root's shell start-up). */
+  readonly sshdConfig?: string
+}
+
+const extraConfigOf = (options: NodeSshdOptions) =>
+  options.sshdConfig === undefined ? {} : { extraConfig: options.sshdConfig }
+
 /**
  * Starts namespace, sshd and controller (`controllerArgs` appended to ipcontroller's command line).
  *
@@ -27,7 +36,10 @@ export interface SshRemote {
  * const remote = await startSshRemote(['--HeartMonitor.period=500'])
  * t.after(() => remote.close())
  */
-export async function startSshRemote(controllerArgs: readonly string[] = []): Promise<SshRemote> {
+export async function startSshRemote(
+  controllerArgs: readonly string[] = [],
+  options: NodeSshdOptions = {},
+): Promise<SshRemote> {
   const ns = await createNetns()
   const owned: { sshd?: Sshd; ctl?: Controller } = {}
   let closing: Promise<void> | undefined
@@ -38,7 +50,7 @@ export async function startSshRemote(controllerArgs: readonly string[] = []): Pr
       await ns.close()
     })())
   try {
-    const sshd = (owned.sshd = await startSshd({ netns: ns }))
+    const sshd = (owned.sshd = await startSshd({ netns: ns, ...extraConfigOf(options) }))
     const ctl = (owned.ctl = await startController({
       netns: ns,
       engineSsh: `root@${sshd.host}:${sshd.port}`,
@@ -64,7 +76,7 @@ export interface Node {
  * Starts a {@link Node} named `ippnode-<random>`: everything its sshd starts (OpenMPI's orted, a node tunnel,
  * engines) sees that host name.
  */
-export async function startNode(): Promise<Node> {
+export async function startNode(options: NodeSshdOptions = {}): Promise<Node> {
   const name = `ippnode-${randomBytes(3).toString('hex')}`
   const netns = await createNetns()
   const uts: Netns = {
@@ -80,7 +92,7 @@ export async function startNode(): Promise<Node> {
       await netns.close()
     })())
   try {
-    sshd = await startSshd({ netns: uts })
+    sshd = await startSshd({ netns: uts, ...extraConfigOf(options) })
     return { name, ns: netns, sshd, close }
   } catch (err) {
     await close()
@@ -144,7 +156,10 @@ export interface NodeCluster {
  * t.after(() => cluster.close())
  * // ipp-tunnel engines FILE --mpi --host `${cluster.nodes[0].name}:2,${cluster.nodes[1].name}:2`, env: cluster.env
  */
-export async function startNodeCluster(controllerArgs: readonly string[] = []): Promise<NodeCluster> {
+export async function startNodeCluster(
+  controllerArgs: readonly string[] = [],
+  options: NodeSshdOptions = {},
+): Promise<NodeCluster> {
   const owned: { remote?: SshRemote; nodes: Node[] } = { nodes: [] }
   let closing: Promise<void> | undefined
   const close = (): Promise<void> =>
@@ -153,8 +168,8 @@ export async function startNodeCluster(controllerArgs: readonly string[] = []): 
       await owned.remote?.close()
     })())
   try {
-    const remote = (owned.remote = await startSshRemote(controllerArgs))
-    for (let i = 0; i < 2; i++) owned.nodes.push(await startNode())
+    const remote = (owned.remote = await startSshRemote(controllerArgs, options))
+    for (let i = 0; i < 2; i++) owned.nodes.push(await startNode(options))
     const [a, b] = owned.nodes
     if (a === undefined || b === undefined) throw new Error('two nodes expected')
     for (const ns of [remote.ns, a.ns, b.ns]) await routeBetweenNamespaces(ns)
