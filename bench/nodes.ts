@@ -16,8 +16,12 @@
  *
  * "Registered" is counted on the controller's side (its "Engine Connected" log lines), with a 500 ms heartbeat
  * period as in bench/engines.ts. The ssh connections each launch makes are counted in the controller's sshd log
- * (its `Connection from` lines), by peer. After each launch every process left in the nodes' namespaces (e.g.
- * pyzmq's detached `ssh -f`) is killed, and the controller's sshd holds no connection before the next.
+ * (its `Connection from` lines), by peer. After each launch every process it left in the namespaces (pyzmq's
+ * detached `ssh -f` on the nodes, the `sleep 60` they run on the controller's side) is killed, and the
+ * controller's sshd holds no connection before the next launch. Every sshd here gives its sessions a throw-away
+ * HOME, so that logins (mpiexec's orted, pyzmq's tunnels) do not run root's shell start-up files: on the
+ * development machine those run `pyenv init`, whose rehash takes a machine-wide lock (seconds per login, and a
+ * session killed mid-rehash leaves the lock behind: every later login then waits 60 s).
  *
  * Run alone: `node dist/bench/run.js nodes`.
  */
@@ -26,6 +30,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { createInterface } from 'node:readline'
 import { promisify } from 'node:util'
 
 import { engineArgvs, hostArgs, mpiEnvironment } from '../src/engines/index.js'
@@ -52,6 +57,10 @@ interface Launch {
   /** Connections the controller's sshd accepted during the launch, by where they came from. */
   readonly ssh: Record<string, number>
   readonly output: string
+  /** When the launcher printed each `--json` event (the last of a kind), in ms since launch: ours only. */
+  readonly phases: Record<string, number>
+  /** Processes left in the namespaces after the launch was stopped, which had to be killed. */
+  readonly killed: number
 }
 
 const engineConnected = (ctl: Controller) => ctl.log().match(/engine::Engine Connected: \d+/g)?.length ?? 0
@@ -126,7 +135,7 @@ async function measure(
   start: () => ChildProcess,
   stop: (child: ChildProcess) => Promise<void>,
   graceMs: number,
-): Promise<Launch & { killed: number }> {
+): Promise<Launch> {
   const { remote } = bench.cluster
   const logBefore = remote.sshd.log().length
   const target = engineConnected(ctl) + ENGINES
@@ -135,6 +144,13 @@ async function measure(
   const tails = { stdout: '', stderr: '' }
   for (const stream of ['stdout', 'stderr'] as const) {
     child[stream]?.on('data', (d: Buffer) => (tails[stream] = (tails[stream] + d.toString()).slice(-3000)))
+  }
+  const phases: Record<string, number> = {}
+  if (child.stdout !== null) {
+    createInterface({ input: child.stdout, crlfDelay: Infinity }).on('line', (line) => {
+      const event = /^\{"event":"([\w-]+)"/.exec(line)?.[1]
+      if (event !== undefined) phases[event] = performance.now() - started
+    })
   }
   let ms: number | undefined
   try {
@@ -150,7 +166,7 @@ async function measure(
     const name = names.get(peer) ?? peer
     ssh[name] = (ssh[name] ?? 0) + 1
   }
-  return { ms, ssh, output: `${tails.stdout}\n${tails.stderr}`, killed }
+  return { ms, ssh, output: `${tails.stdout}\n${tails.stderr}`, phases, killed }
 }
 
 /** The CLI as the node test runs it; stopped with SIGTERM, as a user would, and left to clean up by itself. */
@@ -223,6 +239,15 @@ function limit(bench: Bench) {
   return mpiLaunch(bench, bench.direct, [], [])
 }
 
+const describePhases = (phases: Record<string, number>) =>
+  [
+    ['ready', 'launcher tunnel ready'],
+    ['node-ready', 'node tunnels ready'],
+    ['engine-started', "engines' mpiexec started"],
+  ]
+    .map(([event = '', what = '']) => `${what} ${phases[event]?.toFixed(0) ?? '—'} ms`)
+    .join(', ')
+
 const total = (ssh: Record<string, number>) => Object.values(ssh).reduce((a, b) => a + b, 0)
 const describe = (ssh: Record<string, number>) =>
   Object.entries(ssh)
@@ -230,8 +255,7 @@ const describe = (ssh: Record<string, number>) =>
     .join(', ') || 'none'
 
 export async function benchNodes(): Promise<BenchRow[]> {
-  // Logins on this machine otherwise run root's ~/.bashrc, whose `pyenv init` takes a machine-wide lock: seconds
-  // per login, and a session killed mid-rehash leaves the lock behind, stalling every later login for 60 s.
+  // sessions skip root's shell start-up files (see above)
   const home = await mkdtemp(join(tmpdir(), 'ippt-bench-nodes-home-'))
   const owned: { cluster?: NodeCluster; direct?: Controller; pathDir?: string } = {}
   try {
@@ -256,7 +280,7 @@ export async function benchNodes(): Promise<BenchRow[]> {
       pathDir,
       hosts: nodes.map((n) => `${n.name}:2`).join(','),
     }
-    const runners: Record<Variant, (b: Bench) => Promise<Launch & { killed: number }>> = {
+    const runners: Record<Variant, (b: Bench) => Promise<Launch>> = {
       ours,
       anchor,
       limit,
@@ -274,6 +298,7 @@ export async function benchNodes(): Promise<BenchRow[]> {
         console.error(
           `  nodes round ${String(round + 1)} ${variant}: ${got.ms === undefined ? 'not registered' : `${got.ms.toFixed(0)} ms`}; ` +
             `ssh connections to the controller: ${describe(got.ssh)}` +
+            (variant === 'ours' ? `; ${describePhases(got.phases)}` : '') +
             (got.killed > 0 ? `; ${String(got.killed)} processes left, killed` : ''),
         )
         if (got.ms === undefined) {
@@ -295,9 +320,13 @@ export async function benchNodes(): Promise<BenchRow[]> {
       const hi = Math.max(...values)
       return lo === hi ? String(lo) : `${String(lo)}–${String(hi)}`
     }
-    const oursPeers = perPeer.ours ?? {}
-    const perNode = nodes.map((n) => oursPeers[n.name] ?? 0)
-    const launcher = oursPeers['launcher host'] ?? 0
+    const fromNodes = (variant: Variant) => {
+      const counts = nodes.map((n) => perPeer[variant]?.[n.name] ?? 0)
+      return counts.every((c) => c === counts[0])
+        ? `${String(counts[0])} per node`
+        : `${counts.join(' + ')} from the nodes`
+    }
+    const launcher = perPeer.ours?.['launcher host'] ?? 0
     const limitMs = median(ms.limit)
     return [
       {
@@ -310,8 +339,9 @@ export async function benchNodes(): Promise<BenchRow[]> {
         targetRatio: TARGET_RATIO,
         note:
           `median of ${String(ROUNDS)} alternating rounds; ssh connections to the controller's sshd: ours ` +
-          `${range(ssh.ours)} (${perNode.join(' + ')} from the nodes, ${String(launcher)} from the launcher), ` +
-          `anchor ${ms.anchor.length === 0 ? '—' : range(ssh.anchor)}; no tunnel (the limit): ${limitMs.toFixed(0)} ms` +
+          `${range(ssh.ours)} (${fromNodes('ours')} + ${String(launcher)} for the launcher's hub query), anchor ` +
+          `${ms.anchor.length === 0 ? '—' : `${range(ssh.anchor)} (${fromNodes('anchor')})`}; ` +
+          `no tunnel (the limit): ${limitMs.toFixed(0)} ms` +
           (anchorFailed ? `; anchor timed out after ${String(TIMEOUT_MS)} ms` : ''),
       },
     ]
