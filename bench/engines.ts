@@ -35,7 +35,8 @@ function waitExit(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => child.once('exit', () => resolve()))
 }
 
-async function stopGroup(child: ChildProcess): Promise<void> {
+/** SIGTERM to a detached child's process group, SIGKILL after 8 s; resolves once the child is gone. */
+export async function stopGroup(child: ChildProcess): Promise<void> {
   const pid = child.pid
   if (pid === undefined) return
   const signal = (s: NodeJS.Signals) => {
@@ -138,7 +139,7 @@ async function anchor(
 }
 
 /** A directory with an `ssh` that is the system's plus `-F config` (known_hosts and key of the throw-away server). */
-async function sshWrapper(remote: LocalRemote): Promise<string> {
+export async function sshWrapper(remote: { identity: string; knownHosts: string }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'ippt-bench-ssh-'))
   const config = join(dir, 'ssh_config')
   await writeFile(

@@ -11,6 +11,7 @@ import * as prettier from 'prettier'
 import { markdownTable, ratioOf, type BenchRow } from './common.js'
 import { benchEngines } from './engines.js'
 import { benchLogin } from './login.js'
+import { benchNodes } from './nodes.js'
 import { benchRemote } from './remote.js'
 import { benchService } from './service.js'
 import { benchStartup } from './startup.js'
@@ -29,6 +30,7 @@ const groups: Record<string, () => Promise<BenchRow[]>> = {
   service: benchService,
   remote: benchRemote,
   login: benchLogin,
+  nodes: benchNodes,
 }
 
 const README = fileURLToPath(new URL('../../README.md', import.meta.url))

@@ -7,8 +7,8 @@ import { isIppTunnelError } from '../../src/errors/index.js'
 import type { ConnectOptions } from '../../src/sockets/index.js'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
-import { startController, type Controller } from '../support/ipp.js'
-import { createNetns, startSshd, type Netns, type Sshd } from '../support/index.js'
+import type { Controller } from '../support/ipp.js'
+import { startSshRemote, type Netns, type Sshd } from '../support/index.js'
 
 /** A controller in a namespace of its own, reachable only through the sshd there, with no engines. */
 export interface Remote {
@@ -19,20 +19,9 @@ export interface Remote {
 
 /** Starts namespace, sshd and controller (engine file's ssh field = that sshd); cleaned up after the test. */
 export async function startRemote(t: TestContext, extraArgs: readonly string[] = []): Promise<Remote> {
-  const ns = await createNetns()
-  const owned: { sshd?: Sshd; ctl?: Controller } = {}
-  t.after(async () => {
-    await owned.ctl?.close()
-    await owned.sshd?.close()
-    await ns.close()
-  })
-  const sshd = (owned.sshd = await startSshd({ netns: ns }))
-  const ctl = (owned.ctl = await startController({
-    netns: ns,
-    engineSsh: `root@${sshd.host}:${sshd.port}`,
-    extraArgs,
-  }))
-  return { ns, sshd, ctl }
+  const remote = await startSshRemote(extraArgs)
+  t.after(() => remote.close())
+  return remote
 }
 
 /** The real CLI running `engines` on the remote's engine file, with --json; stopped after the test. */

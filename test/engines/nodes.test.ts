@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { test, type TestContext } from 'node:test'
@@ -8,86 +7,22 @@ import { promisify } from 'node:util'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
 import { runPython } from '../support/ipp.js'
-import { createNetns, startSshd, type Netns, type Sshd } from '../support/index.js'
-import { startRemote, stopCli, type Remote } from './helpers.js'
+import { sshPeers as sshPeersOf, startNodeCluster, type NodeCluster } from '../support/index.js'
+import { stopCli, type Remote } from './helpers.js'
 
 const run = promisify(execFile)
 
-/** A "node": a network namespace with a host name of its own (a UTS namespace for its sshd) and an sshd. */
-interface Node {
-  readonly name: string
-  readonly ns: Netns
-  readonly sshd: Sshd
-}
-
-/** The host end of a namespace's veth pair (see createNetworkNamespace: `ipph<id>` for `ippt-<id>`). */
-const hostInterfaceOf = (ns: Netns) => `ipph${ns.name.slice('ippt-'.length)}`
-
-/**
- * Lets namespaces reach each other through this host, as a cluster network: a route to 10.231.0.0/16 via the
- * host end in each, and forwarding on those host interfaces only (the host's own setting is left alone).
- */
-async function route(ns: Netns): Promise<void> {
-  await run('ip', ['netns', 'exec', ns.name, 'ip', 'route', 'add', '10.231.0.0/16', 'via', ns.hostAddr])
-  await run('sysctl', ['-qw', `net.ipv4.conf.${hostInterfaceOf(ns)}.forwarding=1`])
-}
-
-async function startNode(t: TestContext): Promise<Node> {
-  const name = `ippnode-${randomBytes(3).toString('hex')}`
-  const netns = await createNetns()
-  // Everything its sshd starts (OpenMPI's orted, our node tunnel, the engines) sees this host name.
-  const uts: Netns = {
-    ...netns,
-    exec: (argv, options) =>
-      netns.exec(['unshare', '--uts', '/bin/sh', '-c', 'hostname "$0" && exec "$@"', name, ...argv], options),
-  }
-  const owned: { sshd?: Sshd } = {}
-  t.after(async () => {
-    await owned.sshd?.close()
-    await netns.close()
-  })
-  const sshd = (owned.sshd = await startSshd({ netns: uts }))
-  return { name, ns: netns, sshd }
-}
-
-interface Fixture {
-  readonly remote: Remote
-  readonly nodes: readonly [Node, Node]
-  /** Environment for the CLI: OpenMPI reaches the nodes by name over ssh, on the namespaces' network. */
-  readonly env: NodeJS.ProcessEnv
-}
-
-async function startFixture(t: TestContext): Promise<Fixture> {
+async function startFixture(t: TestContext): Promise<NodeCluster> {
   // A fast heart (1 s pings, dead after 3 misses): heartbeats that did not ride a node's tunnel fail in ~4 s.
-  const remote = await startRemote(t, [
+  const cluster = await startNodeCluster([
     '--HeartMonitor.period=1000',
     '--HeartMonitor.max_heartmonitor_misses=3',
   ])
-  const nodes = [await startNode(t), await startNode(t)] as const
-  for (const ns of [remote.ns, nodes[0].ns, nodes[1].ns]) await route(ns)
-  const config = join(remote.sshd.dir, 'mpi_ssh_config')
-  await writeFile(
-    config,
-    nodes
-      .map(
-        (n) =>
-          `Host ${n.name}\n  HostName ${n.sshd.host}\n  Port ${String(n.sshd.port)}\n  User root\n` +
-          `  IdentityFile ${n.sshd.clientKey}\n  IdentitiesOnly yes\n  UserKnownHostsFile ${n.sshd.knownHostsFile}\n` +
-          `  StrictHostKeyChecking yes\n  BatchMode yes\n`,
-      )
-      .join(''),
-  )
-  const env = {
-    OMPI_MCA_plm_rsh_agent: `ssh -F ${config}`,
-    OMPI_MCA_plm_rsh_no_tree_spawn: '1',
-    OMPI_MCA_oob_tcp_if_include: '10.231.0.0/16',
-    OMPI_MCA_btl_tcp_if_include: '10.231.0.0/16',
-    OMPI_MCA_btl: 'self,tcp',
-  }
-  return { remote, nodes, env }
+  t.after(() => cluster.close())
+  return cluster
 }
 
-function startAcross(t: TestContext, f: Fixture, args: readonly string[]) {
+function startAcross(t: TestContext, f: NodeCluster, args: readonly string[]) {
   const child = spawnCli(
     [
       'engines',
@@ -113,22 +48,7 @@ function startAcross(t: TestContext, f: Fixture, args: readonly string[]) {
 }
 
 /** Peer addresses of the ssh connections the controller's sshd holds, seen in its namespace. */
-async function sshPeers(remote: Remote): Promise<string[]> {
-  const { stdout } = await run('ip', [
-    'netns',
-    'exec',
-    remote.ns.name,
-    'ss',
-    '-Htn',
-    'state',
-    'established',
-    `( sport = :${String(remote.sshd.port)} )`,
-  ])
-  return stdout
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((l) => (l.trim().split(/\s+/).at(-1) ?? '').replace(/:\d+$/, ''))
-}
+const sshPeers = (remote: Remote) => sshPeersOf(remote.ns, remote.sshd)
 
 /** Kills the controller's sshd processes serving connections from `peer` only: that node's link drops. */
 async function cutConnectionsFrom(remote: Remote, peer: string): Promise<number> {

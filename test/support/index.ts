@@ -12,3 +12,15 @@ export { canConnect, freePort, portOf } from './net.js'
 export { exists } from './fs.js'
 export { hasCode } from './errors.js'
 export { startCluster, type Cluster } from './cluster.js'
+export {
+  mpiOverSsh,
+  routeBetweenNamespaces,
+  sshPeers,
+  startNode,
+  startNodeCluster,
+  startSshRemote,
+  type Node,
+  type NodeCluster,
+  type NodeSshdOptions,
+  type SshRemote,
+} from './nodes.js'

@@ -35,6 +35,8 @@ export interface ControllerOptions {
   /** Reuse this IPYTHONDIR (e.g. to restart a controller in place). */
   readonly ipythonDir?: string
   readonly extraArgs?: readonly string[]
+  /** Listen on this address instead of the loopback (e.g. a namespace's own address, reachable from others). */
+  readonly ip?: string
   /** Listen on unix sockets with this path prefix instead (`--transport=ipc --ip=PREFIX`): sockets `PREFIX-<port>`. */
   readonly ipc?: string
 }
@@ -148,7 +150,7 @@ export async function startController(options: ControllerOptions = {}): Promise<
     PYTHON,
     '-m',
     'ipyparallel.controller',
-    `--ip=${options.ipc ?? '127.0.0.1'}`,
+    `--ip=${options.ipc ?? options.ip ?? '127.0.0.1'}`,
     '--log-level=20',
   ]
   if (options.ipc !== undefined) args.push('--transport=ipc')
