@@ -76,31 +76,11 @@ export function gateOnTransport(client: Client, channel: ClientChannel): void {
   }
   if (sock === undefined || typeof writer._write !== 'function') return
   const write = writer._write.bind(channel)
-  const send = (chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void): void => {
-    batchWrites(sock)
-    write(chunk, encoding, cb)
-  }
   writer._write = (chunk, encoding, cb) => {
     const free = sock.writableLength <= TRANSPORT_QUEUE_LIMIT && !turnWaiters.has(sock)
-    if (free || sock.destroyed) send(chunk, encoding, cb)
-    else waitTurn(sock, () => send(chunk, encoding, cb))
+    if (free || sock.destroyed) write(chunk, encoding, cb)
+    else waitTurn(sock, () => write(chunk, encoding, cb))
   }
-}
-
-const corked = new WeakSet<Duplex>()
-
-/**
- * Holds the ssh socket's writes until the I/O callbacks of this turn of the event loop have run, so that the
- * packets of every channel written meanwhile leave in one writev rather than one write(2) each.
- */
-function batchWrites(sock: Duplex): void {
-  if (corked.has(sock) || sock.destroyed) return
-  corked.add(sock)
-  sock.cork()
-  setImmediate(() => {
-    corked.delete(sock)
-    sock.uncork()
-  })
 }
 
 /**
@@ -157,7 +137,7 @@ export function paddingPoolRefills(): number {
 }
 
 interface OutboundCipher {
-  allocPacket(payloadLength: number): Buffer
+  allocPacket: (this: OutboundCipher, payloadLength: number) => Buffer
 }
 
 /** Per cipher instance: padding length and trailing bytes (MAC or tag) for each payload length modulo 16. */
