@@ -18,7 +18,7 @@ import { JsonLines, spawnCli } from '../test/support/cli.js'
 import { createNetns, sshArgsOf, startSshd, type Netns, type Sshd } from '../test/support/index.js'
 import { stopProcess } from '../test/support/ipp.js'
 import { type BenchRow } from './common.js'
-import { netnsPids, pinToCore, sshForward, unpin } from './tunnel.js'
+import { netnsPids, pinToCore, sshForward, unpin, withCpu } from './tunnel.js'
 
 const STREAMS = 100
 const STREAM_BYTES = 10 * 1024 * 1024
@@ -208,14 +208,23 @@ export async function benchStreams(): Promise<BenchRow[]> {
         const oursMiBs: number[] = []
         const sshMiBs: number[] = []
         let peak = 0
+        const cpu = { ssh: 0, ours: 0 }
         const before = await settledRss(up.pid)
         for (let round = 0; round < ROUNDS; round++) {
-          sshMiBs.push(await manyStreamsMiBs(ssh.port))
-          const measured = await withPeakRss(up.pid, manyStreamsMiBs(up.port))
-          oursMiBs.push(measured.result)
-          peak = Math.max(peak, measured.peak)
+          const viaSsh = await withCpu(ssh.pid, () => manyStreamsMiBs(ssh.port))
+          sshMiBs.push(viaSsh.result)
+          cpu.ssh += viaSsh.cpu
+          const measured = await withCpu(up.pid, () => withPeakRss(up.pid, manyStreamsMiBs(up.port)))
+          oursMiBs.push(measured.result.result)
+          cpu.ours += measured.cpu
+          peak = Math.max(peak, measured.result.peak)
         }
         const after = await settledRss(up.pid)
+        const perGiB = (ms: number): string =>
+          ((ms / (ROUNDS * STREAMS * STREAM_BYTES)) * 1024 * MIB).toFixed(0)
+        console.error(
+          `  streams, CPU ms per GiB of the forwarding process: ssh -L ${perGiB(cpu.ssh)}, ours ${perGiB(cpu.ours)}`,
+        )
         console.error(
           `  up RSS MiB: baseline ${(baseline / MIB).toFixed(1)}, 1000 idle ${(withIdle / MIB).toFixed(1)}, before streams ${(before / MIB).toFixed(1)}, peak ${(peak / MIB).toFixed(1)}, after ${(after / MIB).toFixed(1)}`,
         )

@@ -11,7 +11,13 @@ import { checkHostKey, fingerprintSha256, type HostKeyNote } from './known-hosts
 import { OpenSshMaster, type Transport } from './openssh-master.js'
 import type { LoginGate, PromptProvider } from './prompts.js'
 import { ProxyCommand } from './proxy-command.js'
-import { ASKED_SILENCE_MS, gateOnTransport, holdToCount, KEEPALIVE_COUNT_MAX } from './ssh2-socket.js'
+import {
+  ASKED_SILENCE_MS,
+  gateOnTransport,
+  holdToCount,
+  KEEPALIVE_COUNT_MAX,
+  poolPadding,
+} from './ssh2-socket.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
 
 type Client = InstanceType<typeof ssh2.Client>
@@ -320,6 +326,7 @@ export class Link extends EventEmitter<LinkEvents> {
       try {
         const stream = await this.#channel(client, target, signal)
         gateOnTransport(client, stream)
+        poolPadding(client)
         this.#track(stream)
         return stream
       } catch (err) {
