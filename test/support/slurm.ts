@@ -198,3 +198,69 @@ export async function allocate(slurm: Slurm, nodes: number, tasks: number): Prom
   if (id === undefined) throw new Error(`salloc: ${stderr}`)
   return id
 }
+
+/** An allocation held by a running `salloc`, with the environment a program started in it sees. */
+export interface Allocation {
+  readonly job: string
+  /** `SLURM_JOB_ID`, `SLURM_JOB_NODELIST`, `SLURM_TASKS_PER_NODE`… as salloc sets them (plus `SLURM_CONF`). */
+  readonly env: NodeJS.ProcessEnv
+  /** Ends salloc: the allocation is released. Safe to call twice. */
+  close(): Promise<void>
+  [Symbol.asyncDispose](): Promise<void>
+}
+
+/**
+ * `salloc -N nodes -n tasks` running a shell that prints its environment and waits for its stdin to close, as a
+ * user's `salloc` session would: what runs with {@link Allocation.env} is inside the allocation.
+ *
+ * @example
+ * const alloc = await holdAllocation(slurm, 2, 4)
+ * t.after(() => alloc.close())
+ * spawnCli(['engines', file, '-n', '4', '--slurm'], alloc.env)
+ */
+export async function holdAllocation(slurm: Slurm, nodes: number, tasks: number): Promise<Allocation> {
+  const child = spawn(
+    'salloc',
+    [
+      '--immediate=30',
+      `-N${String(nodes)}`,
+      `-n${String(tasks)}`,
+      '/bin/sh',
+      '-c',
+      'env -0; printf "\\0--end--\\0"; exec cat >/dev/null',
+    ],
+    { env: { ...process.env, ...slurm.env }, stdio: ['pipe', 'pipe', 'pipe'] },
+  )
+  let stderr = ''
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
+  const exited = once(child, 'exit')
+  let closing: Promise<void> | undefined
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      child.stdin.end()
+      const timer = setTimeout(() => child.kill('SIGKILL'), 30_000)
+      await exited
+      clearTimeout(timer)
+    })())
+  const printed = await new Promise<string>((resolve, reject) => {
+    let out = ''
+    child.stdout.setEncoding('latin1').on('data', (chunk: string) => {
+      out += chunk
+      if (out.includes('\0--end--\0')) resolve(out)
+    })
+    child.once('error', reject)
+    void exited.then(() => reject(new Error(`salloc ended: ${stderr}`)))
+    setTimeout(() => reject(new Error(`salloc: no allocation within 60 s: ${stderr}`)), 60_000).unref()
+  }).catch(async (err: unknown) => {
+    await close()
+    throw err
+  })
+  const env: NodeJS.ProcessEnv = {}
+  for (const entry of printed.split('\0')) {
+    const eq = entry.indexOf('=')
+    if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1)
+  }
+  const job = env.SLURM_JOB_ID ?? ''
+  return { job, env, close, [Symbol.asyncDispose]: close }
+}
