@@ -109,7 +109,10 @@ function startEngines(t: TestContext, f: Fixture, args: readonly string[], env: 
 /** After SIGTERM: nothing of ours on any node, and the allocation has no step left. */
 async function assertNothingLeft(f: Fixture, jobDir: string, job: string): Promise<void> {
   assert.deepEqual(await processesWith(jobDir), [], 'no node tunnel or engine left on any node')
-  await assert.rejects(stat(jobDir), `${jobDir}: the nodes removed their loopback files and the job directory`)
+  await assert.rejects(
+    stat(jobDir),
+    `${jobDir}: the nodes removed their loopback files and the job directory`,
+  )
   assert.deepEqual(await sshPeers(f.remote), [], 'no ssh connection left')
   const { stdout } = await run('squeue', ['-h', '-s', '-j', job], {
     env: { ...process.env, ...f.slurm.env },
@@ -136,34 +139,40 @@ test('engines under Slurm across two nodes (each slurmd in a namespace of its ow
   const names = slurm.nodes.map((n) => n.name).sort()
   const addrs = slurm.nodes.map((n) => n.ns.nsAddr)
 
-  await t.test('--slurm in salloc -N2: a node tunnel per node, 2 engines on each; SIGTERM cleans up', async (t) => {
-    const alloc = await holdAllocation(slurm, 2, 4)
-    t.after(() => alloc.close())
-    const { child, lines } = startEngines(t, f, ['-n', '4', '--slurm'], alloc.env)
-    const registered = await lines.next('registered', 120_000)
-    const ready = lines.events.filter((e) => e.event === 'node-ready')
-    assert.deepEqual(ready.map((e) => e.host).sort(), names, JSON.stringify(ready))
-    const perNode = registered.nodes as Record<string, number[]>
-    assert.deepEqual(Object.keys(perNode).sort(), names, JSON.stringify(registered))
-    for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(perNode))
-    const jobDir = dirname(dirname(String(ready[0]?.out)))
+  await t.test(
+    '--slurm in salloc -N2: a node tunnel per node, 2 engines on each; SIGTERM cleans up',
+    async (t) => {
+      const alloc = await holdAllocation(slurm, 2, 4)
+      t.after(() => alloc.close())
+      const { child, lines } = startEngines(t, f, ['-n', '4', '--slurm'], alloc.env)
+      const registered = await lines.next('registered', 120_000)
+      const ready = lines.events.filter((e) => e.event === 'node-ready')
+      assert.deepEqual(ready.map((e) => e.host).sort(), names, JSON.stringify(ready))
+      const perNode = registered.nodes as Record<string, number[]>
+      assert.deepEqual(Object.keys(perNode).sort(), names, JSON.stringify(registered))
+      for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(perNode))
+      const jobDir = dirname(dirname(String(ready[0]?.out)))
 
-    const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '4')
-    const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
-    assert.equal(result.code, 0, result.stderr)
-    const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
-    assert.deepEqual(seen.ids, [...(registered.ids as number[])].sort((a, b) => a - b))
-    assert.deepEqual([...new Set(seen.hosts)].sort(), names, 'engines run on both nodes')
-    // One connection from each node, and the launching command's own (it asks the hub about registration).
-    const peers = await sshPeers(remote)
-    for (const addr of addrs) assert.equal(peers.filter((p) => p === addr).length, 1, peers.join(' '))
-    assert.equal(peers.length, 3, peers.join(' '))
+      const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '4')
+      const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
+      assert.equal(result.code, 0, result.stderr)
+      const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
+      assert.deepEqual(
+        seen.ids,
+        [...(registered.ids as number[])].sort((a, b) => a - b),
+      )
+      assert.deepEqual([...new Set(seen.hosts)].sort(), names, 'engines run on both nodes')
+      // One connection from each node, and the launching command's own (it asks the hub about registration).
+      const peers = await sshPeers(remote)
+      for (const addr of addrs) assert.equal(peers.filter((p) => p === addr).length, 1, peers.join(' '))
+      assert.equal(peers.length, 3, peers.join(' '))
 
-    const status = await stopCli(child, 'SIGTERM')
-    assert.equal(status.code, 0, lines.stderr.slice(-3000))
-    assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
-    await assertNothingLeft(f, jobDir, alloc.job)
-  })
+      const status = await stopCli(child, 'SIGTERM')
+      assert.equal(status.code, 0, lines.stderr.slice(-3000))
+      assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
+      await assertNothingLeft(f, jobDir, alloc.job)
+    },
+  )
 
   await t.test('--slurm --mpi: one mpiexec across the allocation, Allreduce across both nodes', async (t) => {
     const alloc = await holdAllocation(slurm, 2, 4)
@@ -196,47 +205,55 @@ test('engines under Slurm across two nodes (each slurmd in a namespace of its ow
     await assertNothingLeft(f, jobDir, alloc.job)
   })
 
-  await t.test('--sbatch -N2: submitted, engines registered on both nodes, SIGTERM cancels the job', async (t) => {
-    const outDir = await mkdtemp(join(tmpdir(), 'ippt-sbatch-'))
-    t.after(() => rm(outDir, { recursive: true, force: true }))
-    const { child, lines } = startEngines(
-      t,
-      f,
-      ['-n', '4', '--sbatch', '-N', '2', '--sbatch-output', join(outDir, 'job-%j.out'), '--', '--time=10'],
-      {},
-    )
-    const submitted = await lines.next('submitted', 60_000)
-    const job = String(submitted.job)
-    assert.match(job, /^\d+$/)
-    t.after(() =>
-      run('scancel', [job], { env: { ...process.env, ...slurm.env }, timeout: 10_000 }).catch(() => undefined),
-    )
-    const registered = await lines.next('registered', 150_000)
-    assert.equal(registered.job, job)
-    const perNode = registered.nodes as Record<string, number[]>
-    for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(registered))
-    const ready = lines.events.filter((e) => e.event === 'node-ready')
-    assert.deepEqual(ready.map((e) => e.host).sort(), names)
-    const jobDir = dirname(dirname(String(ready[0]?.out)))
+  await t.test(
+    '--sbatch -N2: submitted, engines registered on both nodes, SIGTERM cancels the job',
+    async (t) => {
+      const outDir = await mkdtemp(join(tmpdir(), 'ippt-sbatch-'))
+      t.after(() => rm(outDir, { recursive: true, force: true }))
+      const { child, lines } = startEngines(
+        t,
+        f,
+        ['-n', '4', '--sbatch', '-N', '2', '--sbatch-output', join(outDir, 'job-%j.out'), '--', '--time=10'],
+        {},
+      )
+      const submitted = await lines.next('submitted', 60_000)
+      const job = String(submitted.job)
+      assert.match(job, /^\d+$/)
+      t.after(() =>
+        run('scancel', [job], { env: { ...process.env, ...slurm.env }, timeout: 10_000 }).catch(
+          () => undefined,
+        ),
+      )
+      const registered = await lines.next('registered', 150_000)
+      assert.equal(registered.job, job)
+      const perNode = registered.nodes as Record<string, number[]>
+      for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(registered))
+      const ready = lines.events.filter((e) => e.event === 'node-ready')
+      assert.deepEqual(ready.map((e) => e.host).sort(), names)
+      const jobDir = dirname(dirname(String(ready[0]?.out)))
 
-    const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '4')
-    const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
-    assert.equal(result.code, 0, result.stderr)
-    const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
-    // The controller is shared by the tests of this file: ids go on from the earlier tests' engines.
-    assert.deepEqual(seen.ids, [...(registered.ids as number[])].sort((a, b) => a - b))
-    assert.deepEqual([...new Set(seen.hosts)].sort(), names, 'engines run on both nodes')
+      const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '4')
+      const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
+      assert.equal(result.code, 0, result.stderr)
+      const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
+      // The controller is shared by the tests of this file: ids go on from the earlier tests' engines.
+      assert.deepEqual(
+        seen.ids,
+        [...(registered.ids as number[])].sort((a, b) => a - b),
+      )
+      assert.deepEqual([...new Set(seen.hosts)].sort(), names, 'engines run on both nodes')
 
-    const status = await stopCli(child, 'SIGTERM')
-    assert.equal(status.code, 0, lines.stderr.slice(-3000))
-    assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
-    const ended = lines.events.find((e) => e.event === 'job-ended')
-    assert.equal(ended?.job, job, JSON.stringify(lines.events.slice(-5)))
-    const { stdout } = await run('squeue', ['-h', '-j', job], {
-      env: { ...process.env, ...slurm.env },
-      timeout: 10_000,
-    })
-    assert.equal(stdout.trim(), '', 'the job is gone')
-    await assertNothingLeft(f, jobDir, job)
-  })
+      const status = await stopCli(child, 'SIGTERM')
+      assert.equal(status.code, 0, lines.stderr.slice(-3000))
+      assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
+      const ended = lines.events.find((e) => e.event === 'job-ended')
+      assert.equal(ended?.job, job, JSON.stringify(lines.events.slice(-5)))
+      const { stdout } = await run('squeue', ['-h', '-j', job], {
+        env: { ...process.env, ...slurm.env },
+        timeout: 10_000,
+      })
+      assert.equal(stdout.trim(), '', 'the job is gone')
+      await assertNothingLeft(f, jobDir, job)
+    },
+  )
 })
