@@ -305,6 +305,14 @@ async function engines(args: EnginesArgs): Promise<number> {
       }
       const file = resolve(args.file)
       const n = engineCount(args.n)
+      // A wrong file fails here, not in a job that may wait in the queue first.
+      const { info } = await readConnectionFile(file)
+      if (info.kind !== 'ipp-engine') {
+        throw new IppTunnelError(
+          'E_CONNFILE_KIND',
+          `${file}: is an ${info.kind} connection file; engines needs the controller's engine file (ipcontroller-engine.json)`,
+        )
+      }
       const inner = [
         process.execPath,
         realpathSync(process.argv[1] ?? ''),
