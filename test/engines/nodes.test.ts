@@ -8,7 +8,7 @@ import { promisify } from 'node:util'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
 import { runPython } from '../support/ipp.js'
-import { createNetns, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { createNetns, joinClusterNetwork, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { startRemote, stopCli, type Remote } from './helpers.js'
 
 const run = promisify(execFile)
@@ -18,18 +18,6 @@ interface Node {
   readonly name: string
   readonly ns: Netns
   readonly sshd: Sshd
-}
-
-/** The host end of a namespace's veth pair (see createNetworkNamespace: `ipph<id>` for `ippt-<id>`). */
-const hostInterfaceOf = (ns: Netns) => `ipph${ns.name.slice('ippt-'.length)}`
-
-/**
- * Lets namespaces reach each other through this host, as a cluster network: a route to 10.231.0.0/16 via the
- * host end in each, and forwarding on those host interfaces only (the host's own setting is left alone).
- */
-async function route(ns: Netns): Promise<void> {
-  await run('ip', ['netns', 'exec', ns.name, 'ip', 'route', 'add', '10.231.0.0/16', 'via', ns.hostAddr])
-  await run('sysctl', ['-qw', `net.ipv4.conf.${hostInterfaceOf(ns)}.forwarding=1`])
 }
 
 async function startNode(t: TestContext): Promise<Node> {
@@ -64,7 +52,7 @@ async function startFixture(t: TestContext): Promise<Fixture> {
     '--HeartMonitor.max_heartmonitor_misses=3',
   ])
   const nodes = [await startNode(t), await startNode(t)] as const
-  for (const ns of [remote.ns, nodes[0].ns, nodes[1].ns]) await route(ns)
+  for (const ns of [remote.ns, nodes[0].ns, nodes[1].ns]) await joinClusterNetwork(ns)
   const config = join(remote.sshd.dir, 'mpi_ssh_config')
   await writeFile(
     config,

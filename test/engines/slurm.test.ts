@@ -3,7 +3,7 @@ import { execFile } from 'node:child_process'
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { test, type TestContext } from 'node:test'
+import { after, before, test, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
@@ -121,12 +121,20 @@ async function assertNothingLeft(f: Fixture, jobDir: string, job: string): Promi
   assert.equal(stdout.trim(), '', 'no job step left running')
 }
 
-test('engines under Slurm across two nodes (each slurmd in a namespace of its own)', async (t) => {
-  const remote = await startRemote(t)
+/**
+ * One cluster for the tests of this file (each test has its own time limit): a controller in a namespace of its
+ * own reachable only through its sshd, and a Slurm cluster of two nodes, each slurmd in a network and UTS
+ * namespace of its own, all on one cluster network.
+ */
+const cleanups: (() => Promise<void>)[] = []
+let fixture: (Fixture & { names: string[]; addrs: string[] }) | undefined
+
+before(async () => {
+  const remote = await startRemote({ after: (fn: () => Promise<void>) => cleanups.push(fn) })
   const slurm = await startSlurm({ nodes: 2 })
-  t.after(() => slurm.close())
+  cleanups.push(() => slurm.close())
   await joinClusterNetwork(remote.ns)
-  const f: Fixture = {
+  fixture = {
     remote,
     slurm,
     env: {
@@ -135,125 +143,135 @@ test('engines under Slurm across two nodes (each slurmd in a namespace of its ow
       OMPI_MCA_btl_tcp_if_include: '10.231.0.0/16',
       OMPI_MCA_btl: 'self,tcp',
     },
+    names: slurm.nodes.map((n) => n.name).sort(),
+    addrs: slurm.nodes.map((n) => n.ns.nsAddr),
   }
-  const names = slurm.nodes.map((n) => n.name).sort()
-  const addrs = slurm.nodes.map((n) => n.ns.nsAddr)
+})
 
-  await t.test(
-    '--slurm in salloc -N2: a node tunnel per node, 2 engines on each; SIGTERM cleans up',
-    async (t) => {
-      const alloc = await holdAllocation(slurm, 2, 4)
-      t.after(() => alloc.close())
-      const { child, lines } = startEngines(t, f, ['-n', '4', '--slurm'], alloc.env)
-      const registered = await lines.next('registered', 120_000)
-      const ready = lines.events.filter((e) => e.event === 'node-ready')
-      assert.deepEqual(ready.map((e) => e.host).sort(), names, JSON.stringify(ready))
-      const perNode = registered.nodes as Record<string, number[]>
-      assert.deepEqual(Object.keys(perNode).sort(), names, JSON.stringify(registered))
-      for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(perNode))
-      const jobDir = dirname(dirname(String(ready[0]?.out)))
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup()
+})
 
-      const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '4')
-      const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
-      assert.equal(result.code, 0, result.stderr)
-      const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
-      assert.deepEqual(
-        seen.ids,
-        [...(registered.ids as number[])].sort((a, b) => a - b),
-      )
-      assert.deepEqual([...new Set(seen.hosts)].sort(), names, 'engines run on both nodes')
-      // One connection from each node, and the launching command's own (it asks the hub about registration).
-      const peers = await sshPeers(remote)
-      for (const addr of addrs) assert.equal(peers.filter((p) => p === addr).length, 1, peers.join(' '))
-      assert.equal(peers.length, 3, peers.join(' '))
+function setUp() {
+  if (fixture === undefined) throw new Error('the Slurm cluster did not start (see before)')
+  return { ...fixture, f: fixture }
+}
 
-      const status = await stopCli(child, 'SIGTERM')
-      assert.equal(status.code, 0, lines.stderr.slice(-3000))
-      assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
-      await assertNothingLeft(f, jobDir, alloc.job)
-    },
+test('--slurm in salloc -N2: a node tunnel per node, 2 engines on each; SIGTERM cleans up', async (t) => {
+  const { f, slurm, remote, names, addrs } = setUp()
+  const alloc = await holdAllocation(slurm, 2, 4)
+  t.after(() => alloc.close())
+  const { child, lines } = startEngines(t, f, ['-n', '4', '--slurm'], alloc.env)
+  const registered = await lines.next('registered', 120_000)
+  const ready = lines.events.filter((e) => e.event === 'node-ready')
+  assert.deepEqual(ready.map((e) => e.host).sort(), names, JSON.stringify(ready))
+  const perNode = registered.nodes as Record<string, number[]>
+  assert.deepEqual(Object.keys(perNode).sort(), names, JSON.stringify(registered))
+  for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(perNode))
+  const jobDir = dirname(dirname(String(ready[0]?.out)))
+
+  const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '4')
+  const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
+  assert.equal(result.code, 0, result.stderr)
+  const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
+  assert.deepEqual(
+    seen.ids,
+    [...(registered.ids as number[])].sort((a, b) => a - b),
   )
+  assert.deepEqual([...new Set(seen.hosts)].sort(), names, 'engines run on both nodes')
+  // One connection from each node, and the launching command's own (it asks the hub about registration).
+  const peers = await sshPeers(remote)
+  for (const addr of addrs) assert.equal(peers.filter((p) => p === addr).length, 1, peers.join(' '))
+  assert.equal(peers.length, 3, peers.join(' '))
 
-  await t.test('--slurm --mpi: one mpiexec across the allocation, Allreduce across both nodes', async (t) => {
-    const alloc = await holdAllocation(slurm, 2, 4)
-    t.after(() => alloc.close())
-    const { child, lines } = startEngines(t, f, ['-n', '4', '--slurm', '--mpi'], alloc.env)
-    const registered = await lines.next('registered', 120_000)
-    const perNode = registered.nodes as Record<string, number[]>
-    for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(registered))
-    const ready = lines.events.filter((e) => e.event === 'node-ready')
-    const jobDir = dirname(dirname(String(ready[0]?.out)))
+  const status = await stopCli(child, 'SIGTERM')
+  assert.equal(status.code, 0, lines.stderr.slice(-3000))
+  assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
+  await assertNothingLeft(f, jobDir, alloc.job)
+})
 
-    const result = await runPython(PSUM(remote.ctl.clientFile, 4), { netns: remote.ns, timeoutMs: 90_000 })
-    assert.equal(result.code, 0, result.stderr)
-    const { ids, results } = JSON.parse(result.stdout) as {
-      ids: number[]
-      results: { rank: number; size: number; node: string; total: number }[]
-    }
-    // With --mpi each engine asks for its rank as its id.
-    assert.deepEqual(ids, [0, 1, 2, 3])
-    const n = 1000
-    for (const r of results) {
-      assert.equal(r.size, 4)
-      assert.equal(r.total, ((4 * n - 1) * (4 * n)) / 2)
-    }
-    assert.deepEqual([...new Set(results.map((r) => r.node))].sort(), names, 'ranks on both nodes')
+test('--slurm --mpi: one mpiexec across the allocation, Allreduce across both nodes', async (t) => {
+  const { f, slurm, remote, names } = setUp()
+  const alloc = await holdAllocation(slurm, 2, 4)
+  t.after(() => alloc.close())
+  const { child, lines } = startEngines(t, f, ['-n', '4', '--slurm', '--mpi'], alloc.env)
+  const registered = await lines.next('registered', 120_000)
+  const perNode = registered.nodes as Record<string, number[]>
+  for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(registered))
+  const ready = lines.events.filter((e) => e.event === 'node-ready')
+  const jobDir = dirname(dirname(String(ready[0]?.out)))
 
-    const status = await stopCli(child, 'SIGTERM')
-    assert.equal(status.code, 0, lines.stderr.slice(-3000))
-    assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
-    await assertNothingLeft(f, jobDir, alloc.job)
+  const result = await runPython(PSUM(remote.ctl.clientFile, 4), { netns: remote.ns, timeoutMs: 90_000 })
+  assert.equal(result.code, 0, result.stderr)
+  const { ids, results } = JSON.parse(result.stdout) as {
+    ids: number[]
+    results: { rank: number; size: number; node: string; total: number }[]
+  }
+  // With --mpi each engine asks for its rank as its id.
+  assert.deepEqual(ids, [0, 1, 2, 3])
+  const n = 1000
+  for (const r of results) {
+    assert.equal(r.size, 4)
+    assert.equal(r.total, ((4 * n - 1) * (4 * n)) / 2)
+  }
+  assert.deepEqual([...new Set(results.map((r) => r.node))].sort(), names, 'ranks on both nodes')
+
+  const status = await stopCli(child, 'SIGTERM')
+  assert.equal(status.code, 0, lines.stderr.slice(-3000))
+  assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
+  await assertNothingLeft(f, jobDir, alloc.job)
+})
+
+test('--sbatch -N2: submitted, an engine registered on each node, SIGTERM stops the job', async (t) => {
+  const { f, slurm, remote, names } = setUp()
+  const outDir = await mkdtemp(join(tmpdir(), 'ippt-sbatch-'))
+  t.after(() => rm(outDir, { recursive: true, force: true }))
+  const { child, lines } = startEngines(
+    t,
+    f,
+    ['-n', '2', '--sbatch', '-N', '2', '--sbatch-output', join(outDir, 'job-%j.out'), '--', '--time=10'],
+    {},
+  )
+  const submitted = await lines.next('submitted', 60_000)
+  const job = String(submitted.job)
+  assert.match(job, /^\d+$/)
+  t.after(() =>
+    run('scancel', [job], { env: { ...process.env, ...slurm.env }, timeout: 10_000 }).catch(() => undefined),
+  )
+  const registered = await lines.next('registered', 150_000)
+  assert.equal(registered.job, job)
+  const perNode = registered.nodes as Record<string, number[]>
+  for (const name of names) assert.equal(perNode[name]?.length, 1, JSON.stringify(registered))
+  const ready = lines.events.filter((e) => e.event === 'node-ready')
+  assert.deepEqual(ready.map((e) => e.host).sort(), names)
+  assert.ok(
+    ready.every((e) => e.job === job),
+    "the job's events come with its id",
+  )
+  const jobDir = dirname(dirname(String(ready[0]?.out)))
+
+  const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '2')
+  const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
+  assert.equal(result.code, 0, result.stderr)
+  const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
+  // The controller is shared by the tests of this file: ids go on from the earlier tests' engines.
+  assert.deepEqual(
+    seen.ids,
+    [...(registered.ids as number[])].sort((a, b) => a - b),
+  )
+  assert.deepEqual([...new Set(seen.hosts)].sort(), names, 'engines run on both nodes')
+
+  const status = await stopCli(child, 'SIGTERM')
+  assert.equal(status.code, 0, lines.stderr.slice(-3000))
+  assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
+  // ipp-tunnel in the batch step stopped everything in order: the job completed.
+  const ended = lines.events.find((e) => e.event === 'job-ended')
+  assert.equal(ended?.job, job, JSON.stringify(lines.events.slice(-5)))
+  assert.equal(ended.state, 'COMPLETED', JSON.stringify(ended))
+  const { stdout } = await run('squeue', ['-h', '-j', job], {
+    env: { ...process.env, ...slurm.env },
+    timeout: 10_000,
   })
-
-  await t.test(
-    '--sbatch -N2: submitted, engines registered on both nodes, SIGTERM cancels the job',
-    async (t) => {
-      const outDir = await mkdtemp(join(tmpdir(), 'ippt-sbatch-'))
-      t.after(() => rm(outDir, { recursive: true, force: true }))
-      const { child, lines } = startEngines(
-        t,
-        f,
-        ['-n', '4', '--sbatch', '-N', '2', '--sbatch-output', join(outDir, 'job-%j.out'), '--', '--time=10'],
-        {},
-      )
-      const submitted = await lines.next('submitted', 60_000)
-      const job = String(submitted.job)
-      assert.match(job, /^\d+$/)
-      t.after(() =>
-        run('scancel', [job], { env: { ...process.env, ...slurm.env }, timeout: 10_000 }).catch(
-          () => undefined,
-        ),
-      )
-      const registered = await lines.next('registered', 150_000)
-      assert.equal(registered.job, job)
-      const perNode = registered.nodes as Record<string, number[]>
-      for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(registered))
-      const ready = lines.events.filter((e) => e.event === 'node-ready')
-      assert.deepEqual(ready.map((e) => e.host).sort(), names)
-      const jobDir = dirname(dirname(String(ready[0]?.out)))
-
-      const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '4')
-      const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
-      assert.equal(result.code, 0, result.stderr)
-      const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
-      // The controller is shared by the tests of this file: ids go on from the earlier tests' engines.
-      assert.deepEqual(
-        seen.ids,
-        [...(registered.ids as number[])].sort((a, b) => a - b),
-      )
-      assert.deepEqual([...new Set(seen.hosts)].sort(), names, 'engines run on both nodes')
-
-      const status = await stopCli(child, 'SIGTERM')
-      assert.equal(status.code, 0, lines.stderr.slice(-3000))
-      assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
-      const ended = lines.events.find((e) => e.event === 'job-ended')
-      assert.equal(ended?.job, job, JSON.stringify(lines.events.slice(-5)))
-      const { stdout } = await run('squeue', ['-h', '-j', job], {
-        env: { ...process.env, ...slurm.env },
-        timeout: 10_000,
-      })
-      assert.equal(stdout.trim(), '', 'the job is gone')
-      await assertNothingLeft(f, jobDir, job)
-    },
-  )
+  assert.equal(stdout.trim(), '', 'the job is gone')
+  await assertNothingLeft(f, jobDir, job)
 })
