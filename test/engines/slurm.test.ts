@@ -275,3 +275,50 @@ test('--sbatch -N2: submitted, an engine registered on each node, SIGTERM stops 
   assert.equal(stdout.trim(), '', 'the job is gone')
   await assertNothingLeft(f, jobDir, job)
 })
+
+test('--sbatch --no-follow prints the job id and returns; following a held job, SIGTERM cancels it', async (t) => {
+  const { f, slurm } = setUp()
+  const squeue = async (job: string) =>
+    (
+      await run('squeue', ['-h', '-j', job, '-o', '%T'], {
+        env: { ...process.env, ...slurm.env },
+        timeout: 10_000,
+      })
+    ).stdout.trim()
+  const jobs: string[] = []
+  t.after(async () => {
+    for (const job of jobs) {
+      await run('scancel', [job], { env: { ...process.env, ...slurm.env }, timeout: 10_000 }).catch(
+        () => undefined,
+      )
+    }
+  })
+  const outDir = await mkdtemp(join(tmpdir(), 'ippt-sbatch-'))
+  t.after(() => rm(outDir, { recursive: true, force: true }))
+  const output = join(outDir, 'job-%j.out')
+
+  const submitOnly = startEngines(
+    t,
+    f,
+    ['-n', '2', '--sbatch', '--no-follow', '--sbatch-output', output, '--', '--hold'],
+    {},
+  )
+  const status = await exited(submitOnly.child)
+  assert.equal(status.code, 0, submitOnly.lines.stderr)
+  const submitted = submitOnly.lines.events.find((e) => e.event === 'submitted')
+  const held = String(submitted?.job)
+  jobs.push(held)
+  assert.equal(submitted?.output, output.replace('%j', held))
+  assert.equal(await squeue(held), 'PENDING')
+
+  const following = startEngines(t, f, ['-n', '2', '--sbatch', '--sbatch-output', output, '--', '--hold'], {})
+  const pending = await following.lines.next('job-state', 60_000)
+  const job = String(pending.job)
+  jobs.push(job)
+  assert.equal(pending.state, 'PENDING')
+  const stopped = await stopCli(following.child, 'SIGTERM')
+  assert.equal(stopped.code, 0, following.lines.stderr)
+  assert.equal(following.lines.events.find((e) => e.event === 'job-ended')?.state, 'CANCELLED')
+  assert.equal(await squeue(job), '', 'the job left the queue')
+  assert.equal(await squeue(held), 'PENDING', 'only the followed job was cancelled')
+})
