@@ -18,10 +18,7 @@ export interface Remote {
 }
 
 /** Starts namespace, sshd and controller (engine file's ssh field = that sshd); cleaned up after the test. */
-export async function startRemote(
-  t: Pick<TestContext, 'after'>,
-  extraArgs: readonly string[] = [],
-): Promise<Remote> {
+export async function startRemote(t: TestContext, extraArgs: readonly string[] = []): Promise<Remote> {
   const ns = await createNetns()
   const owned: { sshd?: Sshd; ctl?: Controller } = {}
   t.after(async () => {

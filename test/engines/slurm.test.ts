@@ -130,7 +130,10 @@ const cleanups: (() => Promise<void>)[] = []
 let fixture: (Fixture & { names: string[]; addrs: string[] }) | undefined
 
 before(async () => {
-  const remote = await startRemote({ after: (fn: () => Promise<void>) => cleanups.push(fn) })
+  // startRemote registers its cleanup with whatever has an after() (as lifecycle.test.ts does).
+  const remote = await startRemote({
+    after: (fn: () => Promise<void>) => cleanups.push(fn),
+  } as unknown as TestContext)
   const slurm = await startSlurm({ nodes: 2 })
   cleanups.push(() => slurm.close())
   await joinClusterNetwork(remote.ns)
