@@ -151,14 +151,26 @@ export async function startSlurm(options: SlurmOptions = {}): Promise<Slurm> {
       ].join('\n'),
     )
     const daemonEnv = { ...process.env, ...env }
-    daemons.push(spawn('slurmctld', ['-D', '-f', conf], { stdio: 'ignore', env: daemonEnv }))
+    // setpriv --pdeathsig: a test process killed at its time limit takes its daemons with it.
+    const dying = ['--pdeathsig', 'KILL']
+    daemons.push(
+      spawn('setpriv', [...dying, 'slurmctld', '-D', '-f', conf], {
+        stdio: 'ignore',
+        env: daemonEnv,
+      }),
+    )
     if (nodes.length === 0) {
-      daemons.push(spawn('slurmd', ['-D', '-f', conf], { stdio: 'ignore', env: daemonEnv }))
+      daemons.push(
+        spawn('setpriv', [...dying, 'slurmd', '-D', '-f', conf], {
+          stdio: 'ignore',
+          env: daemonEnv,
+        }),
+      )
     }
     for (const n of nodes) {
       // nsenter, not `ip netns exec`: that mounts a /sys of its own, without the cgroup file system slurmd
-      // needs. nsenter, unshare (no --fork) and sh all exec in place: the child is slurmd itself.
-      const argv = ['slurmd', '-D', '-N', n.name, '-f', conf]
+      // needs. nsenter, unshare (no --fork), sh and setpriv all exec in place: the child is slurmd itself.
+      const argv = ['setpriv', ...dying, 'slurmd', '-D', '-N', n.name, '-f', conf]
       const uts = ['unshare', '--uts', '/bin/sh', '-c', 'hostname "$0" && exec "$@"', n.name, ...argv]
       daemons.push(
         spawn('nsenter', [`--net=/run/netns/${n.ns.name}`, ...uts], { stdio: 'ignore', env: daemonEnv }),
