@@ -25,6 +25,8 @@ import {
   type EngineGroup,
   type HostList,
   type NodeTunnels,
+  ENGINE_STEP_NAME,
+  settleEngineSteps,
 } from '../engines/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { makePrivateTempDir } from '../safe-fs/index.js'
@@ -39,6 +41,7 @@ import {
   type SshArgs,
 } from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
+import { sbatchEngines } from './sbatch.js'
 
 interface EnginesArgs extends SshArgs, ListenArgs {
   readonly file: string
@@ -49,6 +52,10 @@ interface EnginesArgs extends SshArgs, ListenArgs {
   readonly host?: string | undefined
   readonly hostfile?: string | undefined
   readonly slurm: boolean
+  readonly sbatch: boolean
+  readonly nodes?: string | undefined
+  readonly follow: boolean
+  readonly 'sbatch-output'?: string | undefined
   readonly 'engine-cmd'?: string | undefined
   readonly json: boolean
   readonly debug: boolean
@@ -93,6 +100,29 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
             describe:
               'inside a Slurm allocation: one node tunnel per allocated node (srun), then the engines (srun, or mpiexec with --mpi)',
           })
+          .option('sbatch', {
+            type: 'boolean',
+            default: false,
+            describe:
+              'submit a batch job (sbatch) that runs these engines with --slurm, print its id and follow it; arguments after -- go to sbatch',
+          })
+          .option('nodes', {
+            alias: 'N',
+            type: 'string',
+            requiresArg: true,
+            describe: 'with --sbatch: number of nodes of the job (default: as Slurm places -n tasks)',
+          })
+          .option('follow', {
+            type: 'boolean',
+            default: true,
+            describe: 'with --sbatch: follow the job until it ends (--no-follow: print its id and return)',
+          })
+          .option('sbatch-output', {
+            type: 'string',
+            requiresArg: true,
+            describe:
+              "with --sbatch: the job's output file, where the follower reads its events (%j: the job id; default ./ipp-tunnel-engines-%j.out)",
+          })
           .option('hostfile', {
             type: 'string',
             requiresArg: true,
@@ -107,14 +137,16 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
             describe:
               'engine command; {} names the loopback file, else --file=FILE is appended (default: /usr/bin/python3 -m ipyparallel.engine)',
           })
-          .usage('$0 engines FILE -n N [--mpi] [options] [-- EXTRA ENGINE ARGS…]'),
+          .usage(
+            '$0 engines FILE -n N [--mpi] [options] [-- EXTRA ENGINE ARGS…]\n$0 engines FILE -n N --sbatch [-N NODES] [--mpi] [options] [-- SBATCH ARGS…]',
+          ),
       ),
     (args) => run(() => engines(args as unknown as EnginesArgs)),
   )
 }
 
 // `index` is the process we started (`process #i`); `id` is the engine id the controller gave (`engine id N`).
-function formatEngineEvents(output: Output): Output {
+export function formatEngineEvents(output: Output): Output {
   return formatTunnelEvents(output)
     .format('engine-started', (e) => `process #${String(e.index)} started (pid ${String(e.pid)})`)
     .format(
@@ -153,7 +185,7 @@ function formatEngineEvents(output: Output): Output {
     })
 }
 
-function engineCount(text: string): number {
+export function engineCount(text: string): number {
   const n = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN
   if (!Number.isInteger(n) || n < 1 || n > 4096) {
     throw new IppTunnelError(
@@ -218,7 +250,7 @@ function slurmNodeCount(env: NodeJS.ProcessEnv): number {
 }
 
 /** The ssh options of this command, as `node-tunnel` takes them. */
-function sshArgvOf(args: EnginesArgs): string[] {
+export function sshArgvOf(args: SshArgs): string[] {
   const argv: string[] = []
   const pairs = [
     ['--ssh', args.ssh],
@@ -262,6 +294,62 @@ function followNodes(nodeTunnels: NodeTunnels, output: Output, file: string): vo
 }
 
 async function engines(args: EnginesArgs): Promise<number> {
+  if (args.sbatch) {
+    const output = formatEngineEvents(new Output({ json: args.json, debug: args.debug }))
+    try {
+      if (args.slurm || args.host !== undefined || args.hostfile !== undefined) {
+        throw new IppTunnelError(
+          'E_USAGE',
+          '--sbatch submits a job that runs the engines with --slurm: leave out --slurm, --host and --hostfile',
+        )
+      }
+      const file = resolve(args.file)
+      const n = engineCount(args.n)
+      // A wrong file fails here, not in a job that may wait in the queue first.
+      const { info } = await readConnectionFile(file)
+      if (info.kind !== 'ipp-engine') {
+        throw new IppTunnelError(
+          'E_CONNFILE_KIND',
+          `${file}: is an ${info.kind} connection file; engines needs the controller's engine file (ipcontroller-engine.json)`,
+        )
+      }
+      const inner = [
+        process.execPath,
+        realpathSync(process.argv[1] ?? ''),
+        'engines',
+        file,
+        '-n',
+        String(n),
+        '--slurm',
+        '--json',
+        ...(args.mpi ? ['--mpi'] : []),
+        ...(args.mpiexec !== undefined ? ['--mpiexec', args.mpiexec] : []),
+        ...(args['engine-cmd'] !== undefined ? ['--engine-cmd', args['engine-cmd']] : []),
+        ...(args.listen !== undefined ? ['--listen', args.listen] : []),
+        ...Array.from({ length: args.verbose }, () => '--verbose'),
+        ...sshArgvOf(args),
+      ]
+      return await sbatchEngines({
+        output,
+        file,
+        tasks: n,
+        nodes: args.nodes,
+        follow: args.follow,
+        outputPath: args['sbatch-output'],
+        inner,
+        sbatchArgs: (args['--'] ?? []).map(String),
+      })
+    } catch (err) {
+      return output.fail(err, { file: args.file })
+    }
+  }
+  for (const flag of ['nodes', 'sbatch-output'] as const) {
+    if (args[flag] !== undefined) {
+      return new Output({ json: args.json, debug: args.debug }).fail(
+        new IppTunnelError('E_USAGE', `--${flag} goes with --sbatch`),
+      )
+    }
+  }
   const output = formatEngineEvents(new Output({ json: args.json, debug: args.debug }))
   const file = resolve(args.file)
   let privateDir: string | undefined
@@ -364,10 +452,19 @@ async function engines(args: EnginesArgs): Promise<number> {
         // Under Slurm, OpenMPI's mpiexec runs its ranks on the allocation's nodes by itself.
         mpiArgs: [...(hosts === undefined ? [] : hostArgs(hosts)), '--tag-output'],
         wrapper: nodeEngineWrapper(jobDir, basename(file)),
-        ...(slurmNodes !== undefined && !args.mpi && { launcher: ['srun', '--overlap', '--label'] }),
+        ...(slurmNodes !== undefined &&
+          !args.mpi && { launcher: ['srun', '--overlap', '--label', `--job-name=${ENGINE_STEP_NAME}`] }),
       }
     }
-    group = launchEngines({ ...launch, file: out, ...across, ...(hub !== undefined && { hub }) })
+    // mpiexec launches its daemons with srun: a step of that name too (see settleEngineSteps).
+    const env =
+      slurmNodes !== undefined && args.mpi
+        ? {
+            ...process.env,
+            OMPI_MCA_plm_slurm_args: process.env.OMPI_MCA_plm_slurm_args ?? `--job-name=${ENGINE_STEP_NAME}`,
+          }
+        : process.env
+    group = launchEngines({ ...launch, env, file: out, ...across, ...(hub !== undefined && { hub }) })
     if (nodeTunnels !== undefined) {
       group.on('engine-output', (e) => {
         const tagged = parseTagged(e.line)
@@ -420,6 +517,7 @@ async function engines(args: EnginesArgs): Promise<number> {
     ])
     // Also after the engines exited on their own: the hub is told before the tunnels close.
     const exits = await group.stop('SIGTERM', STOP)
+    if (slurmNodes !== undefined) await settleSteps(output, file)
     await nodeTunnels?.close()
     await hub?.close()
     stopFollowing()
@@ -442,6 +540,7 @@ async function engines(args: EnginesArgs): Promise<number> {
     return EXIT.ok
   } catch (err) {
     if (group !== undefined) await group.stop('SIGTERM', STOP)
+    if (group !== undefined && args.slurm) await settleSteps(output, file)
     await nodeTunnels?.close()
     const signal = signals.received()
     if (signal !== undefined && group === undefined) return interrupted(output, signal, { file })
@@ -454,6 +553,26 @@ async function engines(args: EnginesArgs): Promise<number> {
     if (privateDir !== undefined) await rm(privateDir, { recursive: true, force: true })
     signals.dispose()
     process.off('exit', killOnExit)
+  }
+}
+
+/**
+ * Under Slurm, a launcher killed after its grace period (srun, or mpiexec's srun of its daemons) leaves its step
+ * while the tasks wind down on the nodes: wait for it, cancel it if it lingers, and say so if it stays.
+ */
+async function settleSteps(output: Output, file: string): Promise<void> {
+  const job = process.env.SLURM_JOB_ID ?? ''
+  try {
+    const left = await settleEngineSteps(job, process.env)
+    if (left.length > 0) {
+      output.emit({
+        event: 'warning',
+        file,
+        message: `job steps ${left.map((s) => s.id).join(', ')} still run after scancel; Slurm kills them after its KillWait`,
+      })
+    }
+  } catch (err) {
+    output.emit({ event: 'warning', file, message: `waiting for the engines' job steps: ${String(err)}` })
   }
 }
 

@@ -36,4 +36,20 @@ export {
   type NodeTunnelsEvents,
   type NodeTunnelsOptions,
 } from './nodes.js'
+export {
+  batchScript,
+  cancelJob,
+  ENGINE_STEP_NAME,
+  jobEnding,
+  jobState,
+  jobSteps,
+  NODE_STEP_NAME,
+  readNewLines,
+  sbatchArgs,
+  settleEngineSteps,
+  shellLine,
+  stopJob,
+  submitBatch,
+  type SlurmStep,
+} from './slurm.js'
 export { EngineRegistry, type EngineRegistryEvents, type HubView } from './registration.js'

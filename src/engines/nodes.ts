@@ -5,6 +5,7 @@ import { createInterface } from 'node:readline'
 
 import { IppTunnelError } from '../errors/index.js'
 import { mpiEnvironment, splitCommand } from './command.js'
+import { NODE_STEP_NAME } from './slurm.js'
 
 /** Where engines run across hosts: OpenMPI's `--host a:4,b:4` or `--hostfile PATH`. */
 export type HostList =
@@ -89,6 +90,7 @@ export function slurmNodeLauncher(nodes: number, srun = 'srun'): string[] {
     '--ntasks',
     n,
     '--ntasks-per-node=1',
+    `--job-name=${NODE_STEP_NAME}`,
     '--label',
     '--input=all',
   ]

@@ -46,6 +46,7 @@ export type ErrorCode =
   | 'E_SPAWN'
   | 'E_ENGINE_EXIT'
   | 'E_NODE'
+  | 'E_SLURM'
   | 'E_CLOSED'
   // remote sources
   | 'E_REMOTE_DIR'

@@ -13,8 +13,10 @@ import {
   nodeEngineWrapper,
   nodeNames,
   parseTagged,
+  batchScript,
+  sbatchArgs,
 } from '../../src/engines/index.js'
-import { runCli } from '../support/cli.js'
+import { FIXTURES, runCli } from '../support/cli.js'
 import { hasCode } from '../support/index.js'
 
 const run = promisify(execFile)
@@ -82,4 +84,38 @@ test('--slurm outside an allocation, or with --host, is a usage error (exit 2)',
   const both = await runCli(['engines', file, '-n', '2', '--slurm', '--mpi', '--host', 'a', '--json'])
   assert.equal(both.code, 2, both.stderr)
   assert.match(both.stdout, /leave out --host/)
+})
+
+test("--sbatch's batch script execs ipp-tunnel with its words intact", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'ippt-sbatch-script-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const script = join(dir, 'job.sh')
+  const words = ['/bin/echo', "it's", 'a b', '$HOME', '`x`', '%j', '']
+  await writeFile(script, batchScript(words), { mode: 0o700 })
+  const { stdout } = await run(script)
+  assert.equal(stdout, "it's a b $HOME `x` %j \n")
+  assert.deepEqual(sbatchArgs({ nodes: 2, tasks: 4, output: '/o/%j.out' }), [
+    '--parsable',
+    '--job-name=ipp-tunnel-engines',
+    '--nodes=2',
+    '--ntasks=4',
+    '--output=/o/%j.out',
+    '--open-mode=append',
+  ])
+})
+
+test('--sbatch with --slurm, a bad -N, or -N without --sbatch is a usage error (exit 2) before any job', async () => {
+  const file = `${FIXTURES}ipp/ipcontroller-engine.json`
+  const slurm = await runCli(['engines', file, '-n', '2', '--sbatch', '--slurm', '--json'])
+  assert.equal(slurm.code, 2, slurm.stderr)
+  assert.match(slurm.stdout, /E_USAGE.*leave out --slurm/)
+  const nodes = await runCli(['engines', file, '-n', '2', '--sbatch', '-N', 'two', '--json'])
+  assert.equal(nodes.code, 2, nodes.stderr)
+  assert.match(nodes.stdout, /E_USAGE.*-N needs a whole number/)
+  const alone = await runCli(['engines', file, '-n', '2', '-N', '2', '--json'])
+  assert.equal(alone.code, 2, alone.stderr)
+  assert.match(alone.stdout, /E_USAGE.*--nodes goes with --sbatch/)
+  const missing = await runCli(['engines', '/nonexistent/e.json', '-n', '2', '--sbatch', '--json'])
+  assert.equal(missing.code, 2, missing.stderr)
+  assert.match(missing.stdout, /E_CONNFILE_READ/)
 })

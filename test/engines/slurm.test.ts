@@ -1,14 +1,16 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { readdir, readFile, stat } from 'node:fs/promises'
-import { dirname } from 'node:path'
-import { test } from 'node:test'
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { after, before, test, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
 import { runPython } from '../support/ipp.js'
-import { allocate, startSlurm } from '../support/slurm.js'
-import { idsAndPidsScript, startRemote, stopCli } from './helpers.js'
+import { joinClusterNetwork } from '../support/index.js'
+import { holdAllocation, startSlurm, type Slurm } from '../support/slurm.js'
+import { startRemote, stopCli, type Remote } from './helpers.js'
 
 const run = promisify(execFile)
 
@@ -25,28 +27,75 @@ async function processesWith(text: string): Promise<number[]> {
   return pids
 }
 
-test('engines --slurm inside an allocation: a node tunnel per node (srun), engines through it; SIGTERM cleans up', async (t) => {
-  const remote = await startRemote(t)
-  const slurm = await startSlurm()
-  t.after(() => slurm.close())
-  const job = await allocate(slurm, 1, 2)
-  t.after(() => run('scancel', [job], { env: { ...process.env, ...slurm.env } }).catch(() => undefined))
+/** Peer addresses of the ssh connections the controller's sshd holds, seen in its namespace. */
+async function sshPeers(remote: Remote): Promise<string[]> {
+  const { stdout } = await run('ip', [
+    'netns',
+    'exec',
+    remote.ns.name,
+    'ss',
+    '-Htn',
+    'state',
+    'established',
+    `( sport = :${String(remote.sshd.port)} )`,
+  ])
+  return stdout
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => (l.trim().split(/\s+/).at(-1) ?? '').replace(/:\d+$/, ''))
+}
+
+const PSUM = (clientFile: string, n: number) => `
+import json, ipyparallel as ipp
+c = ipp.Client(${JSON.stringify(clientFile)}, timeout=30)
+c.wait_for_engines(${String(n)}, timeout=60)
+def psum(n):
+    import array
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    mine = array.array('d', [float(rank * n + i) for i in range(n)])
+    local = array.array('d', [sum(mine)])
+    total = array.array('d', [0.0])
+    comm.Allreduce(local, total, op=MPI.SUM)
+    return {"rank": rank, "size": comm.Get_size(), "node": MPI.Get_processor_name(), "total": total[0]}
+print(json.dumps({"ids": sorted(c.ids), "results": c[:].apply_sync(psum, 1000)}))
+c.close()
+`
+
+const HOSTS = `
+import json, ipyparallel as ipp
+c = ipp.Client(%FILE%, timeout=30)
+c.wait_for_engines(%N%, timeout=60)
+def host():
+    import socket
+    return socket.gethostname()
+print(json.dumps({"ids": sorted(c.ids), "hosts": c[:].apply_sync(host)}))
+c.close()
+`
+
+interface Fixture {
+  readonly remote: Remote
+  readonly slurm: Slurm
+  /** OpenMPI reaches the ranks on the nodes' network (as a site's MCA settings would say). */
+  readonly env: NodeJS.ProcessEnv
+}
+
+function startEngines(t: TestContext, f: Fixture, args: readonly string[], env: NodeJS.ProcessEnv) {
   const child = spawnCli(
     [
       'engines',
-      remote.ctl.engineFile,
+      f.remote.ctl.engineFile,
       '--json',
       '--identity',
-      remote.sshd.clientKey,
+      f.remote.sshd.clientKey,
       '--known-hosts',
-      remote.sshd.knownHostsFile,
+      f.remote.sshd.knownHostsFile,
       '--ssh-config',
       '/dev/null',
-      '-n',
-      '2',
-      '--slurm',
+      ...args,
     ],
-    { ...slurm.env, SLURM_JOB_ID: job, SLURM_JOB_NUM_NODES: '1' },
+    { ...f.env, ...env },
   )
   const lines = new JsonLines(child)
   t.after(async () => {
@@ -54,36 +103,225 @@ test('engines --slurm inside an allocation: a node tunnel per node (srun), engin
     child.kill('SIGTERM')
     await exited(child)
   })
+  return { child, lines }
+}
+
+/** After SIGTERM: nothing of ours on any node, and the allocation has no step left. */
+async function assertNothingLeft(f: Fixture, jobDir: string, job: string): Promise<void> {
+  assert.deepEqual(await processesWith(jobDir), [], 'no node tunnel or engine left on any node')
+  await assert.rejects(
+    stat(jobDir),
+    `${jobDir}: the nodes removed their loopback files and the job directory`,
+  )
+  assert.deepEqual(await sshPeers(f.remote), [], 'no ssh connection left')
+  const { stdout } = await run('squeue', ['-h', '-s', '-j', job], {
+    env: { ...process.env, ...f.slurm.env },
+    timeout: 10_000,
+  })
+  assert.equal(stdout.trim(), '', 'no job step left running')
+}
+
+/**
+ * One cluster for the tests of this file (each test has its own time limit): a controller in a namespace of its
+ * own reachable only through its sshd, and a Slurm cluster of two nodes, each slurmd in a network and UTS
+ * namespace of its own, all on one cluster network.
+ */
+const cleanups: (() => Promise<void>)[] = []
+let fixture: (Fixture & { names: string[]; addrs: string[] }) | undefined
+
+before(async () => {
+  // startRemote registers its cleanup with whatever has an after() (as lifecycle.test.ts does).
+  const remote = await startRemote({
+    after: (fn: () => Promise<void>) => cleanups.push(fn),
+  } as unknown as TestContext)
+  const slurm = await startSlurm({ nodes: 2 })
+  cleanups.push(() => slurm.close())
+  await joinClusterNetwork(remote.ns)
+  fixture = {
+    remote,
+    slurm,
+    env: {
+      ...slurm.env,
+      OMPI_MCA_oob_tcp_if_include: '10.231.0.0/16',
+      OMPI_MCA_btl_tcp_if_include: '10.231.0.0/16',
+      OMPI_MCA_btl: 'self,tcp',
+    },
+    names: slurm.nodes.map((n) => n.name).sort(),
+    addrs: slurm.nodes.map((n) => n.ns.nsAddr),
+  }
+})
+
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup()
+})
+
+function setUp() {
+  if (fixture === undefined) throw new Error('the Slurm cluster did not start (see before)')
+  return { ...fixture, f: fixture }
+}
+
+test('--slurm in salloc -N2: a node tunnel per node, 2 engines on each; SIGTERM cleans up', async (t) => {
+  const { f, slurm, remote, names, addrs } = setUp()
+  const alloc = await holdAllocation(slurm, 2, 4)
+  t.after(() => alloc.close())
+  const { child, lines } = startEngines(t, f, ['-n', '4', '--slurm'], alloc.env)
   const registered = await lines.next('registered', 120_000)
   const ready = lines.events.filter((e) => e.event === 'node-ready')
-  const [node] = ready
-  assert.ok(node !== undefined && ready.length === 1, JSON.stringify(ready))
-  assert.equal(node.host, slurm.node)
-  assert.deepEqual(registered.nodes, { [slurm.node]: registered.ids }, JSON.stringify(registered))
-  const jobDir = dirname(dirname(String(node.out)))
+  assert.deepEqual(ready.map((e) => e.host).sort(), names, JSON.stringify(ready))
+  const perNode = registered.nodes as Record<string, number[]>
+  assert.deepEqual(Object.keys(perNode).sort(), names, JSON.stringify(registered))
+  for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(perNode))
+  const jobDir = dirname(dirname(String(ready[0]?.out)))
 
-  const result = await runPython(idsAndPidsScript(remote.ctl.clientFile, 2), {
-    netns: remote.ns,
-    timeoutMs: 60_000,
-  })
+  const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '4')
+  const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
   assert.equal(result.code, 0, result.stderr)
-  assert.deepEqual((JSON.parse(result.stdout) as { ids: number[] }).ids, [0, 1])
-  // The node's tunnel, and the launching command's own (it asks the hub about registration).
-  assert.equal(await remote.sshd.sessionCount(), 2)
+  const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
+  assert.deepEqual(
+    seen.ids,
+    [...(registered.ids as number[])].sort((a, b) => a - b),
+  )
+  assert.deepEqual([...new Set(seen.hosts)].sort(), names, 'engines run on both nodes')
+  // One connection from each node, and the launching command's own (it asks the hub about registration).
+  const peers = await sshPeers(remote)
+  for (const addr of addrs) assert.equal(peers.filter((p) => p === addr).length, 1, peers.join(' '))
+  assert.equal(peers.length, 3, peers.join(' '))
 
   const status = await stopCli(child, 'SIGTERM')
   assert.equal(status.code, 0, lines.stderr.slice(-3000))
   assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
-  assert.deepEqual(await processesWith(jobDir), [], 'no node tunnel or engine left')
-  const left = await stat(jobDir).then(
-    () => true,
-    () => false,
+  await assertNothingLeft(f, jobDir, alloc.job)
+})
+
+test('--slurm --mpi: one mpiexec across the allocation, Allreduce across both nodes', async (t) => {
+  const { f, slurm, remote, names } = setUp()
+  const alloc = await holdAllocation(slurm, 2, 4)
+  t.after(() => alloc.close())
+  const { child, lines } = startEngines(t, f, ['-n', '4', '--slurm', '--mpi'], alloc.env)
+  const registered = await lines.next('registered', 120_000)
+  const perNode = registered.nodes as Record<string, number[]>
+  for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(registered))
+  const ready = lines.events.filter((e) => e.event === 'node-ready')
+  const jobDir = dirname(dirname(String(ready[0]?.out)))
+
+  const result = await runPython(PSUM(remote.ctl.clientFile, 4), { netns: remote.ns, timeoutMs: 90_000 })
+  assert.equal(result.code, 0, result.stderr)
+  const { ids, results } = JSON.parse(result.stdout) as {
+    ids: number[]
+    results: { rank: number; size: number; node: string; total: number }[]
+  }
+  // With --mpi each engine asks for its rank as its id.
+  assert.deepEqual(ids, [0, 1, 2, 3])
+  const n = 1000
+  for (const r of results) {
+    assert.equal(r.size, 4)
+    assert.equal(r.total, ((4 * n - 1) * (4 * n)) / 2)
+  }
+  assert.deepEqual([...new Set(results.map((r) => r.node))].sort(), names, 'ranks on both nodes')
+
+  const status = await stopCli(child, 'SIGTERM')
+  assert.equal(status.code, 0, lines.stderr.slice(-3000))
+  assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
+  await assertNothingLeft(f, jobDir, alloc.job)
+})
+
+test('--sbatch -N2: submitted, an engine registered on each node, SIGTERM stops the job', async (t) => {
+  const { f, slurm, remote, names } = setUp()
+  const outDir = await mkdtemp(join(tmpdir(), 'ippt-sbatch-'))
+  t.after(() => rm(outDir, { recursive: true, force: true }))
+  const { child, lines } = startEngines(
+    t,
+    f,
+    ['-n', '2', '--sbatch', '-N', '2', '--sbatch-output', join(outDir, 'job-%j.out'), '--', '--time=10'],
+    {},
   )
-  assert.equal(
-    left,
-    false,
-    `${jobDir} is left: ${JSON.stringify(lines.events.slice(-6))} ${lines.stderr.slice(-3000)}`,
+  const submitted = await lines.next('submitted', 60_000)
+  const job = String(submitted.job)
+  assert.match(job, /^\d+$/)
+  t.after(() =>
+    run('scancel', [job], { env: { ...process.env, ...slurm.env }, timeout: 10_000 }).catch(() => undefined),
   )
-  const { stdout } = await run('squeue', ['-h', '-s', '-j', job], { env: { ...process.env, ...slurm.env } })
-  assert.equal(stdout.trim(), '', 'no job step left running')
+  const registered = await lines.next('registered', 150_000)
+  assert.equal(registered.job, job)
+  const perNode = registered.nodes as Record<string, number[]>
+  for (const name of names) assert.equal(perNode[name]?.length, 1, JSON.stringify(registered))
+  const ready = lines.events.filter((e) => e.event === 'node-ready')
+  assert.deepEqual(ready.map((e) => e.host).sort(), names)
+  assert.ok(
+    ready.every((e) => e.job === job),
+    "the job's events come with its id",
+  )
+  const jobDir = dirname(dirname(String(ready[0]?.out)))
+
+  const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '2')
+  const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
+  assert.equal(result.code, 0, result.stderr)
+  const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
+  // The controller is shared by the tests of this file: ids go on from the earlier tests' engines.
+  assert.deepEqual(
+    seen.ids,
+    [...(registered.ids as number[])].sort((a, b) => a - b),
+  )
+  assert.deepEqual([...new Set(seen.hosts)].sort(), names, 'engines run on both nodes')
+
+  const status = await stopCli(child, 'SIGTERM')
+  assert.equal(status.code, 0, lines.stderr.slice(-3000))
+  assert.deepEqual(lines.events.find((e) => e.event === 'unregistered')?.remaining, [])
+  // ipp-tunnel in the batch step stopped everything in order: the job completed.
+  const ended = lines.events.find((e) => e.event === 'job-ended')
+  assert.equal(ended?.job, job, JSON.stringify(lines.events.slice(-5)))
+  assert.equal(ended.state, 'COMPLETED', JSON.stringify(ended))
+  const { stdout } = await run('squeue', ['-h', '-j', job], {
+    env: { ...process.env, ...slurm.env },
+    timeout: 10_000,
+  })
+  assert.equal(stdout.trim(), '', 'the job is gone')
+  await assertNothingLeft(f, jobDir, job)
+})
+
+test('--sbatch --no-follow prints the job id and returns; following a held job, SIGTERM cancels it', async (t) => {
+  const { f, slurm } = setUp()
+  const squeue = async (job: string) =>
+    (
+      await run('squeue', ['-h', '-j', job, '-o', '%T'], {
+        env: { ...process.env, ...slurm.env },
+        timeout: 10_000,
+      })
+    ).stdout.trim()
+  const jobs: string[] = []
+  t.after(async () => {
+    for (const job of jobs) {
+      await run('scancel', [job], { env: { ...process.env, ...slurm.env }, timeout: 10_000 }).catch(
+        () => undefined,
+      )
+    }
+  })
+  const outDir = await mkdtemp(join(tmpdir(), 'ippt-sbatch-'))
+  t.after(() => rm(outDir, { recursive: true, force: true }))
+  const output = join(outDir, 'job-%j.out')
+
+  const submitOnly = startEngines(
+    t,
+    f,
+    ['-n', '2', '--sbatch', '--no-follow', '--sbatch-output', output, '--', '--hold'],
+    {},
+  )
+  const status = await exited(submitOnly.child)
+  assert.equal(status.code, 0, submitOnly.lines.stderr)
+  const submitted = submitOnly.lines.events.find((e) => e.event === 'submitted')
+  const held = String(submitted?.job)
+  jobs.push(held)
+  assert.equal(submitted?.output, output.replace('%j', held))
+  assert.equal(await squeue(held), 'PENDING')
+
+  const following = startEngines(t, f, ['-n', '2', '--sbatch', '--sbatch-output', output, '--', '--hold'], {})
+  const pending = await following.lines.next('job-state', 60_000)
+  const job = String(pending.job)
+  jobs.push(job)
+  assert.equal(pending.state, 'PENDING')
+  const stopped = await stopCli(following.child, 'SIGTERM')
+  assert.equal(stopped.code, 0, following.lines.stderr)
+  assert.equal(following.lines.events.find((e) => e.event === 'job-ended')?.state, 'CANCELLED')
+  assert.equal(await squeue(job), '', 'the job left the queue')
+  assert.equal(await squeue(held), 'PENDING', 'only the followed job was cancelled')
 })

@@ -6,7 +6,7 @@
  * const sshd = await startSshd({ netns: ns })
  * const echo = await startEchoServer(ns)
  */
-export { createNetns, startEchoServer, type Netns, type EchoServer } from './netns.js'
+export { createNetns, joinClusterNetwork, startEchoServer, type Netns, type EchoServer } from './netns.js'
 export { startSshd, hopOf, sshArgsOf, sshOptionsOf, type Sshd, type SshdOptions } from './sshd.js'
 export { canConnect, freePort, portOf } from './net.js'
 export { exists } from './fs.js'
@@ -14,7 +14,6 @@ export { hasCode } from './errors.js'
 export { startCluster, type Cluster } from './cluster.js'
 export {
   mpiOverSsh,
-  routeBetweenNamespaces,
   sshPeers,
   startNode,
   startNodeCluster,

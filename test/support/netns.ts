@@ -1,7 +1,10 @@
-import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
+import { execFile, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import { once } from 'node:events'
 import { createServer, type Socket } from 'node:net'
+import { promisify } from 'node:util'
 import { createNetworkNamespace, type NetworkNamespace } from '../../src/demo/index.js'
+
+const run = promisify(execFile)
 
 /** A network namespace of its own (see {@link createNetworkNamespace}), plus a way to run programs inside. */
 export interface Netns extends NetworkNamespace {
@@ -93,4 +96,17 @@ export async function startEchoServer(netns?: Netns): Promise<EchoServer> {
       }
     })())
   return { host: '127.0.0.1', port, close, [Symbol.asyncDispose]: close }
+}
+
+/**
+ * Lets namespaces reach each other through this host, as a cluster network: a route to 10.231.0.0/16 via the
+ * host end in `ns`, and forwarding on that host interface only (the host's own setting is left alone).
+ *
+ * @example
+ * for (const ns of [controllerNs, nodeA, nodeB]) await joinClusterNetwork(ns)
+ */
+export async function joinClusterNetwork(ns: Netns): Promise<void> {
+  await run('ip', ['netns', 'exec', ns.name, 'ip', 'route', 'add', '10.231.0.0/16', 'via', ns.hostAddr])
+  // The host end of a namespace's veth pair: `ipph<id>` for `ippt-<id>` (see createNetns).
+  await run('sysctl', ['-qw', `net.ipv4.conf.ipph${ns.name.slice('ippt-'.length)}.forwarding=1`])
 }

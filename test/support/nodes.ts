@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 
 import { startController, type Controller } from './ipp.js'
-import { createNetns, type Netns } from './netns.js'
+import { createNetns, joinClusterNetwork, type Netns } from './netns.js'
 import { startSshd, type Sshd } from './sshd.js'
 
 const run = promisify(execFile)
@@ -100,18 +100,6 @@ export async function startNode(options: NodeSshdOptions = {}): Promise<Node> {
   }
 }
 
-/** The host end of a namespace's veth pair (see createNetworkNamespace: `ipph<id>` for `ippt-<id>`). */
-const hostInterfaceOf = (ns: Netns) => `ipph${ns.name.slice('ippt-'.length)}`
-
-/**
- * Lets namespaces reach each other through this host, as a cluster network: a route to 10.231.0.0/16 via the
- * host end in `ns`, and forwarding on that host interface only (the host's own setting is left alone).
- */
-export async function routeBetweenNamespaces(ns: Netns): Promise<void> {
-  await run('ip', ['netns', 'exec', ns.name, 'ip', 'route', 'add', '10.231.0.0/16', 'via', ns.hostAddr])
-  await run('sysctl', ['-qw', `net.ipv4.conf.${hostInterfaceOf(ns)}.forwarding=1`])
-}
-
 /**
  * Writes an ssh config at `configPath` naming each node (its address, port, key, known_hosts) and returns the
  * environment with which OpenMPI's mpiexec reaches the nodes by name over ssh, on the namespaces' network.
@@ -172,7 +160,7 @@ export async function startNodeCluster(
     for (let i = 0; i < 2; i++) owned.nodes.push(await startNode(options))
     const [a, b] = owned.nodes
     if (a === undefined || b === undefined) throw new Error('two nodes expected')
-    for (const ns of [remote.ns, a.ns, b.ns]) await routeBetweenNamespaces(ns)
+    for (const ns of [remote.ns, a.ns, b.ns]) await joinClusterNetwork(ns)
     const env = await mpiOverSsh([a, b], join(remote.sshd.dir, 'mpi_ssh_config'))
     return { remote, nodes: [a, b], env, close }
   } catch (err) {
