@@ -1,26 +1,24 @@
 import { EventEmitter } from 'node:events'
 import { Duplex } from 'node:stream'
-import ssh2 from 'ssh2'
 import type { ClientChannel, SFTPWrapper } from 'ssh2'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
-import { HopAuth, type AuthAttempt } from './auth.js'
-import { connectFailureReason } from './connect-error.js'
-import { enableCertificates } from './certificate.js'
-import { hostKeyAsker } from './host-key-question.js'
-import { checkHostKey, fingerprintSha256, type HostKeyNote } from './known-hosts.js'
+import { HopAuth } from './auth.js'
+import { askedSomeone, endChain, openChain, type Chain, type ChainContext } from './chain.js'
+import {
+  describe,
+  forwardError,
+  label,
+  openChannel,
+  openFailure,
+  remoteSocketExists,
+  type ChannelTarget,
+  type Ssh2Error,
+} from './channels.js'
+import type { HostKeyNote } from './known-hosts.js'
 import { OpenSshMaster, type Transport } from './openssh-master.js'
 import type { LoginGate, PromptProvider } from './prompts.js'
-import { ProxyCommand } from './proxy-command.js'
-import {
-  ASKED_SILENCE_MS,
-  gateOnTransport,
-  holdToCount,
-  KEEPALIVE_COUNT_MAX,
-  poolPadding,
-} from './ssh2-socket.js'
+import { gateOnTransport, poolPadding } from './ssh2-socket.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
-
-type Client = InstanceType<typeof ssh2.Client>
 
 /** Where a {@link Link} is. `idle` only before the first `connect()`. */
 export type LinkState = 'idle' | 'connecting' | 'up' | 'reconnecting' | 'failed' | 'closed'
@@ -126,45 +124,6 @@ interface Waiter {
   reject(err: IppTunnelError): void
 }
 
-interface Chain {
-  readonly clients: Client[]
-  /** ProxyCommand processes the chain runs over; closed (killed, reaped) with it. */
-  readonly proxies: ProxyCommand[]
-  dead: boolean
-}
-
-/** ssh2 errors carry a `level` (and socket errors a `code`); channel-open failures a numeric `reason`. */
-interface Ssh2Error extends Error {
-  level?: string
-  code?: string
-  reason?: number | string
-}
-
-const openFailure = { prohibited: 1, connectFailed: 2 }
-
-/** What a forwarded channel reaches on the server's side: `direct-tcpip` or `direct-streamlocal@openssh.com`. */
-type ChannelTarget =
-  | { readonly kind: 'tcp'; readonly host: string; readonly port: number }
-  | { readonly kind: 'unix'; readonly path: string }
-
-function targetText(target: ChannelTarget): string {
-  return target.kind === 'unix' ? `unix socket ${target.path}` : `${target.host}:${target.port}`
-}
-
-function label(hop: ResolvedHop): string {
-  const where = `${hop.username}@${hop.host}:${hop.port}`
-  return hop.alias === hop.host ? where : `${where} (${hop.alias})`
-}
-
-function describe(err: unknown): string {
-  if (err === undefined) return 'connection closed'
-  if (err instanceof Error) {
-    const e = err as Ssh2Error
-    return e.code !== undefined && !e.message.includes(e.code) ? `${e.code}: ${e.message}` : e.message
-  }
-  return typeof err === 'string' ? err : JSON.stringify(err)
-}
-
 function closedError(): IppTunnelError {
   return new IppTunnelError('E_CLOSED', 'The SSH link was closed')
 }
@@ -185,7 +144,8 @@ function closedError(): IppTunnelError {
 export class Link extends EventEmitter<LinkEvents> {
   readonly target: ResolvedTarget
   readonly #options: LinkOptions
-  readonly #auth: HopAuth[]
+  /** What {@link openChain} needs of this link: its hops' logins, where host-key notes and ProxyCommand words go. */
+  readonly #chainContext: ChainContext
   #state: LinkState = 'idle'
   #chain: Chain | undefined
   /** The user's OpenSSH master carrying the forwards instead of #chain. */
@@ -214,7 +174,14 @@ export class Link extends EventEmitter<LinkEvents> {
       ...(options.env !== undefined ? { env: options.env } : {}),
       destination: this.destination,
     }
-    this.#auth = target.hops.map((hop) => new HopAuth(hop, authOptions))
+    this.#chainContext = {
+      target,
+      destination: this.destination,
+      options,
+      auth: target.hops.map((hop) => new HopAuth(hop, authOptions)),
+      noteHostKey: (note) => this.#noteHostKey(note),
+      proxyStderr: (hop, text) => this.emit('proxy-stderr', { hop, text }),
+    }
   }
 
   /** The current state. */
@@ -324,7 +291,7 @@ export class Link extends EventEmitter<LinkEvents> {
       const client = chain?.clients.at(-1)
       if (chain === undefined || client === undefined) continue
       try {
-        const stream = await this.#channel(client, target, signal)
+        const stream = await openChannel(client, target, signal)
         gateOnTransport(client, stream)
         poolPadding(client)
         this.#track(stream)
@@ -339,7 +306,7 @@ export class Link extends EventEmitter<LinkEvents> {
           target.kind === 'unix' && (err as Ssh2Error).reason === openFailure.connectFailed
             ? await remoteSocketExists(client, target.path)
             : undefined
-        throw this.#forwardError(err, this.#lastHop, target, socketThere)
+        throw forwardError(err, this.#lastHop, target, this.#state === 'up', socketThere)
       }
     }
   }
@@ -650,370 +617,26 @@ export class Link extends EventEmitter<LinkEvents> {
     })
   }
 
-  /** Opens a channel; on abort it rejects at once, and a channel that opens after that is closed. */
-  #channel(client: Client, target: ChannelTarget, signal?: AbortSignal): Promise<ClientChannel> {
-    return new Promise((resolve, reject) => {
-      if (signal?.aborted === true) {
-        reject(signal.reason as Error)
-        return
-      }
-      let settled = false
-      const onAbort = (): void => {
-        settled = true
-        reject(signal?.reason as Error)
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
-      try {
-        const done = (err: Error | undefined, stream: ClientChannel): void => {
-          signal?.removeEventListener('abort', onAbort)
-          if (settled) {
-            if (!err) stream.destroy()
-            return
-          }
-          settled = true
-          if (err) reject(err)
-          else resolve(stream)
-        }
-        if (target.kind === 'unix') client.openssh_forwardOutStreamLocal(target.path, done)
-        else client.forwardOut('127.0.0.1', 0, target.host, target.port, done)
-      } catch (err) {
-        signal?.removeEventListener('abort', onAbort)
-        settled = true
-        reject(err instanceof Error ? err : new Error(String(err)))
-      }
-    })
-  }
-
-  #forwardError(
-    err: unknown,
-    hop: ResolvedHop,
-    target: ChannelTarget,
-    socketThere?: boolean,
-  ): IppTunnelError {
-    if (isIppTunnelError(err)) return err
-    const where = targetText(target)
-    const reason = (err as Ssh2Error).reason
-    if (target.kind === 'unix' && reason === openFailure.connectFailed && socketThere !== false) {
-      const seen = socketThere === true ? 'a socket is there, but ' : ''
-      return new IppTunnelError(
-        socketThere === true ? 'E_FORWARD_DENIED' : 'E_FORWARD',
-        `${label(hop)} would not connect to ${where}: ${seen}the server does not allow unix-socket forwarding (AllowStreamLocalForwarding / DisableForwarding in its sshd_config)${socketThere === true ? ', or nothing listens on that socket any more' : ', or nothing listens there'}`,
-        { cause: err },
-      )
-    }
-    if (reason === openFailure.prohibited) {
-      const rule =
-        target.kind === 'unix'
-          ? 'unix-socket forwarding (AllowStreamLocalForwarding / DisableForwarding in its sshd_config)'
-          : 'TCP forwarding (AllowTcpForwarding / PermitOpen in its sshd_config)'
-      return new IppTunnelError(
-        'E_FORWARD_DENIED',
-        `${label(hop)} refused to forward to ${where} (administratively prohibited): the server does not allow ${rule}`,
-        { cause: err },
-      )
-    }
-    if (reason === openFailure.connectFailed) {
-      return new IppTunnelError(
-        'E_FORWARD',
-        `Nothing accepts connections at ${where} as seen from ${label(hop)} (connect failed)`,
-        { cause: err },
-      )
-    }
-    if (this.#state !== 'up') {
-      return new IppTunnelError('E_LINK_DOWN', `SSH link to ${label(hop)} went down while opening ${where}`, {
-        cause: err,
-      })
-    }
-    return new IppTunnelError('E_FORWARD', `Cannot forward to ${where} via ${label(hop)}: ${describe(err)}`, {
-      cause: err,
-    })
-  }
-
   /**
-   * {@link Link.#openChain}, and with a `login` gate: when the login needs an answer nobody gave (or answers were
+   * {@link openChain}, and with a `login` gate: when the login needs an answer nobody gave (or answers were
    * refused), waits for someone to log in and tries again, telling the gate how each such try ended.
    */
   async #openWithLogin(signal: AbortSignal): Promise<Chain> {
     const gate = this.#options.login
     for (;;) {
       try {
-        const chain = await this.#openChain(signal)
+        const chain = await openChain(this.#chainContext, signal)
         gate?.settled(this.destination, undefined)
         return chain
       } catch (err) {
-        const needsLogin =
-          isIppTunnelError(err) && (err.code === 'E_AUTH_PROMPT' || promptedFailures.has(err))
+        const needsLogin = isIppTunnelError(err) && (err.code === 'E_AUTH_PROMPT' || askedSomeone(err))
         if (isIppTunnelError(err) && !signal.aborted) gate?.settled(this.destination, err)
         if (gate === undefined || !needsLogin || signal.aborted) throw err
         await gate.wait(this.destination, signal)
       }
     }
   }
-
-  /** Connects every hop in turn, each through a channel of the one before. */
-  async #openChain(signal: AbortSignal): Promise<Chain> {
-    const chain: Chain = { clients: [], proxies: [], dead: false }
-    try {
-      let previous: { client: Client; hop: ResolvedHop } | undefined
-      let asked = false
-      for (const [i, hop] of this.target.hops.entries()) {
-        signal.throwIfAborted()
-        let sock: Duplex | undefined
-        const auth = this.#auth[i]
-        if (auth === undefined) throw new Error('unreachable: no auth for hop')
-        const attempt = await auth.begin()
-        if (previous === undefined && hop.proxyCommand !== undefined) {
-          // started only now, right before ssh2 takes its stream: no await between, so no exit goes unseen
-          const where = label(hop)
-          const proxy = new ProxyCommand(hop.proxyCommand, {
-            onStderr: (text) => {
-              this.#options.onProxyStderr?.(text)
-              this.emit('proxy-stderr', { hop: where, text })
-            },
-            ...(this.#options.env !== undefined ? { env: this.#options.env } : {}),
-          })
-          chain.proxies.push(proxy)
-          sock = proxy.stream
-        } else if (previous !== undefined) {
-          try {
-            sock = await this.#channel(
-              previous.client,
-              { kind: 'tcp', host: hop.host, port: hop.port },
-              signal,
-            )
-          } catch (err) {
-            if (signal.aborted) throw err
-            const e = this.#forwardError(err, previous.hop, { kind: 'tcp', host: hop.host, port: hop.port })
-            if (e.code === 'E_FORWARD_DENIED') throw e
-            throw new IppTunnelError(
-              'E_CONNECT',
-              `Cannot reach ${label(hop)} through jump host ${label(previous.hop)}: ${e.message}`,
-              { cause: err },
-            )
-          }
-        }
-        const proxy = previous === undefined ? chain.proxies[0] : undefined
-        const client = await this.#connectHop(hop, attempt, sock, signal, proxy)
-        chain.clients.push(client)
-        asked ||= attempt.prompted
-        previous = { client, hop }
-      }
-      // a login that asked a person makes the whole chain precious: a jump host dropped after 15 s would take it along
-      if (asked) for (const client of chain.clients) liftKeepalive.get(client)?.()
-      return chain
-    } catch (err) {
-      chain.dead = true
-      await endChain(chain)
-      throw err
-    }
-  }
-
-  #connectHop(
-    hop: ResolvedHop,
-    auth: AuthAttempt,
-    sock: Duplex | undefined,
-    signal: AbortSignal,
-    proxy?: ProxyCommand,
-  ): Promise<Client> {
-    const client = new ssh2.Client()
-    client.once('close', () => closedClients.add(client))
-    const where = label(hop)
-    return new Promise<Client>((resolve, reject) => {
-      let fatal: IppTunnelError | undefined
-      let lastError: Ssh2Error | undefined
-      let socketError: Ssh2Error | undefined
-      let settled = false
-      const connectMs = hop.connectTimeoutMs
-      const readyMs = this.#options.readyTimeoutMs ?? Math.max(20_000, connectMs ?? 0)
-      let timer = setTimeout(onTimeout, readyMs)
-      const connectTimer =
-        connectMs === undefined
-          ? undefined
-          : setTimeout(() => {
-              fatal = new IppTunnelError(
-                'E_CONNECT',
-                `Cannot connect to ${where}: timed out after ${connectMs / 1000} s (ConnectTimeout)`,
-              )
-              client.destroy()
-            }, connectMs)
-      client.once('handshake', () => clearTimeout(connectTimer))
-      const keepaliveMs = this.#options.keepaliveIntervalMs ?? hop.keepaliveIntervalMs ?? 5000
-      const explicitMax = this.#options.keepaliveCountMax ?? hop.keepaliveCountMax
-      // ssh2 fixes the count at connect, before anyone knows whether the login will ask a person: it gets the
-      // allowance of such a login, and a login that asked no one is held to the default below (holdToCount)
-      const keepaliveMax =
-        explicitMax ??
-        (keepaliveMs > 0
-          ? Math.max(KEEPALIVE_COUNT_MAX, Math.ceil(ASKED_SILENCE_MS / keepaliveMs))
-          : KEEPALIVE_COUNT_MAX)
-      let countMax = explicitMax ?? KEEPALIVE_COUNT_MAX
-      function onTimeout(): void {
-        if (auth.prompting) {
-          timer = setTimeout(onTimeout, readyMs)
-          return
-        }
-        fatal = new IppTunnelError(
-          'E_CONNECT',
-          `Cannot connect to ${where}: no SSH handshake within ${readyMs} ms`,
-        )
-        client.destroy()
-      }
-      const onAbort = (): void => {
-        client.destroy()
-      }
-      const finish = (): void => {
-        settled = true
-        clearTimeout(timer)
-        clearTimeout(connectTimer)
-        signal.removeEventListener('abort', onAbort)
-      }
-      signal.addEventListener('abort', onAbort, { once: true })
-
-      client.on('error', (err: Ssh2Error) => {
-        if (err.level === 'client-timeout' && err.message === 'Keepalive timeout') {
-          err.message = `no answer to ${countMax} keepalives sent ${keepaliveMs / 1000} s apart (ServerAliveInterval ${keepaliveMs / 1000}, ServerAliveCountMax ${countMax}${explicitMax === undefined ? ', the default' : ''})`
-        }
-        lastError = err
-        // the socket's own error (ECONNREFUSED, …) says more than ssh2's "Connection lost" that may follow it
-        if (err.code !== undefined) socketError ??= err
-      })
-      client.once('ready', () => {
-        if (settled) return
-        finish()
-        if (explicitMax === undefined && keepaliveMs > 0) {
-          const stop = holdToCount(client, keepaliveMs, countMax)
-          liftKeepalive.set(client, () => {
-            stop()
-            countMax = keepaliveMax
-          })
-        }
-        resolve(client)
-      })
-      client.once('close', () => {
-        if (settled) return
-        finish()
-        if (signal.aborted) {
-          reject(signal.reason as Error)
-          return
-        }
-        if (fatal !== undefined) {
-          reject(fatal)
-          return
-        }
-        if (lastError?.level === 'client-authentication') {
-          const failure = auth.failure()
-          if (auth.prompted) promptedFailures.add(failure)
-          reject(failure)
-          return
-        }
-        const cause = socketError ?? lastError
-        const connectError = (): IppTunnelError => {
-          const reason = proxy?.exitReason ?? connectFailureReason(cause)
-          return new IppTunnelError('E_CONNECT', `Cannot connect to ${where}: ${reason}`, { cause })
-        }
-        if (proxy === undefined) {
-          reject(connectError())
-          return
-        }
-        // the ProxyCommand's exit status and last words say more than "connection lost"; they come a moment later
-        const late = setTimeout(() => reject(connectError()), 500)
-        void proxy.exited.then(() => {
-          clearTimeout(late)
-          reject(connectError())
-        })
-      })
-
-      const files = hop.knownHostsFiles
-      const policy = this.#options.hostKeyCheck ?? hop.hostKeyPolicy ?? 'ask'
-      // Only a process with someone at its terminal asks about a host key; the service (a login gate) never does.
-      const ask =
-        this.#options.prompt !== undefined && this.#options.login === undefined
-          ? hostKeyAsker(this.#options.prompt, this.destination, where)
-          : undefined
-      const policyFrom = this.#options.hostKeyCheck === undefined ? hop.hostKeyPolicyFrom : undefined
-      const say = this.#options.verbose
-      say?.(
-        `${where}: connecting${sock !== undefined ? ' through the jump host before it' : ''}; identity files ${hop.identityFiles.join(', ') || 'none'}${hop.identitiesOnly ? ' (only these)' : ''}; known_hosts ${files.join(', ') || 'none'}, policy ${policy}; certificates ${hop.certificateFiles?.join(', ') ?? "KEY-cert.pub beside each identity file, and the agent's"}; proxy ${hop.proxyCommand !== undefined ? `ProxyCommand ${hop.proxyCommand}` : sock !== undefined ? 'the jump host before it' : 'none'}; methods ${(hop.preferredAuthentications ?? ['default']).join(',')}; keepalive ${keepaliveMs / 1000} s x ${countMax}${explicitMax === undefined ? ` (x ${keepaliveMax} after a login that asks a person)` : ''}`,
-      )
-      if (say !== undefined) client.once('ready', () => say(`${where}: authenticated`))
-      client.connect({
-        host: hop.host,
-        port: hop.port,
-        username: hop.username,
-        ...(sock !== undefined ? { sock } : {}),
-        readyTimeout: 0,
-        keepaliveInterval: keepaliveMs,
-        keepaliveCountMax: keepaliveMax,
-        authHandler: auth.authHandler,
-        hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {
-          const note = (n: HostKeyNote): void => this.#noteHostKey(n)
-          const from = policyFrom === undefined ? {} : { policyFrom }
-          checkHostKey({ files, host: hop.host, port: hop.port, key, policy, note, ask, ...from }).then(
-            () => {
-              say?.(`${where}: host key ${fingerprintSha256(key)} accepted (policy ${policy})`)
-              verify(true)
-            },
-            (err: unknown) => {
-              fatal = isIppTunnelError(err)
-                ? err
-                : new IppTunnelError(
-                    'E_HOSTKEY_UNKNOWN',
-                    `Cannot check the host key of ${where}: ${describe(err)}`,
-                    {
-                      cause: err,
-                    },
-                  )
-              verify(false)
-            },
-          )
-        },
-      })
-      enableCertificates(client, (err) => {
-        lastError = err
-        client.destroy()
-      })
-      // Forwards carry small request/reply messages: Nagle's algorithm would hold them back waiting for ACKs.
-      client.setNoDelay(true)
-    })
-  }
 }
-
-/** Per connected client held to the default count: lets ssh2's larger count apply once a login asked someone. */
-const liftKeepalive = new WeakMap<Client, () => void>()
-
-/** Authentication failures of attempts that asked someone: with a login gate, the link asks again. */
-const promptedFailures = new WeakSet<IppTunnelError>()
-
-/**
- * Whether a unix socket exists at `path` on the server, asked over SFTP (lstat); undefined when SFTP is not
- * available or does not answer within 5 s.
- */
-function remoteSocketExists(client: Client, path: string): Promise<boolean | undefined> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(undefined), 5000)
-    const done = (answer: boolean | undefined): void => {
-      clearTimeout(timer)
-      resolve(answer)
-    }
-    try {
-      client.sftp((err, sftp) => {
-        if (err) {
-          done(undefined)
-          return
-        }
-        sftp.lstat(path, (statErr, stats) => {
-          sftp.end()
-          done(statErr ? false : stats.isSocket())
-        })
-      })
-    } catch {
-      done(undefined)
-    }
-  })
-}
-
-/** Clients whose connection has closed (ssh2 emits `close` once; `endChain` must not wait for it again). */
-const closedClients = new WeakSet<Client>()
 
 function sleep(ms: number, signal: AbortSignal): Promise<boolean> {
   return new Promise((resolve) => {
@@ -1031,30 +654,4 @@ function sleep(ms: number, signal: AbortSignal): Promise<boolean> {
     }, ms)
     signal.addEventListener('abort', onAbort, { once: true })
   })
-}
-
-/** Ends every client of a chain, innermost first, and waits until all are closed; then its ProxyCommands. */
-async function endChain(chain: Chain): Promise<void> {
-  await endClients(chain)
-  await Promise.all(chain.proxies.map((p) => p.close()))
-}
-
-async function endClients(chain: Chain): Promise<void> {
-  await Promise.all(
-    [...chain.clients].reverse().map(
-      (client) =>
-        new Promise<void>((resolve) => {
-          if (closedClients.has(client)) {
-            resolve()
-            return
-          }
-          const timer = setTimeout(() => client.destroy(), 1000)
-          client.once('close', () => {
-            clearTimeout(timer)
-            resolve()
-          })
-          client.end()
-        }),
-    ),
-  )
 }

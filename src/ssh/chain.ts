@@ -1,0 +1,299 @@
+import type { Duplex } from 'node:stream'
+
+import ssh2 from 'ssh2'
+
+import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import type { AuthAttempt, HopAuth } from './auth.js'
+import { enableCertificates } from './certificate.js'
+import { describe, forwardError, label, openChannel, type Client, type Ssh2Error } from './channels.js'
+import { connectFailureReason } from './connect-error.js'
+import { hostKeyAsker } from './host-key-question.js'
+import { checkHostKey, fingerprintSha256, type HostKeyNote } from './known-hosts.js'
+import type { LinkOptions } from './link.js'
+import { ProxyCommand } from './proxy-command.js'
+import { ASKED_SILENCE_MS, holdToCount, KEEPALIVE_COUNT_MAX } from './ssh2-socket.js'
+import type { ResolvedHop, ResolvedTarget } from './types.js'
+
+/** The ssh2 clients of one connection, one per hop (the last is the destination). */
+export interface Chain {
+  readonly clients: Client[]
+  /** ProxyCommand processes the chain runs over; closed (killed, reaped) with it. */
+  readonly proxies: ProxyCommand[]
+  dead: boolean
+}
+
+/** What opening a chain needs of its {@link Link}. */
+export interface ChainContext {
+  readonly target: ResolvedTarget
+  /** The link's destination, as the host-key question names it. */
+  readonly destination: string
+  readonly options: LinkOptions
+  /** One per hop, kept across attempts (which methods worked, what was asked). */
+  readonly auth: readonly HopAuth[]
+  noteHostKey(note: HostKeyNote): void
+  proxyStderr(hop: string, text: string): void
+}
+
+/** Connects every hop in turn, each through a channel of the one before. */
+export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise<Chain> {
+  const chain: Chain = { clients: [], proxies: [], dead: false }
+  try {
+    let previous: { client: Client; hop: ResolvedHop } | undefined
+    let asked = false
+    for (const [i, hop] of ctx.target.hops.entries()) {
+      signal.throwIfAborted()
+      let sock: Duplex | undefined
+      const auth = ctx.auth[i]
+      if (auth === undefined) throw new Error('unreachable: no auth for hop')
+      const attempt = await auth.begin()
+      if (previous === undefined && hop.proxyCommand !== undefined) {
+        // started only now, right before ssh2 takes its stream: no await between, so no exit goes unseen
+        const where = label(hop)
+        const proxy = new ProxyCommand(hop.proxyCommand, {
+          onStderr: (text) => {
+            ctx.options.onProxyStderr?.(text)
+            ctx.proxyStderr(where, text)
+          },
+          ...(ctx.options.env !== undefined ? { env: ctx.options.env } : {}),
+        })
+        chain.proxies.push(proxy)
+        sock = proxy.stream
+      } else if (previous !== undefined) {
+        try {
+          sock = await openChannel(previous.client, { kind: 'tcp', host: hop.host, port: hop.port }, signal)
+        } catch (err) {
+          if (signal.aborted) throw err
+          const e = forwardError(err, previous.hop, { kind: 'tcp', host: hop.host, port: hop.port }, false)
+          if (e.code === 'E_FORWARD_DENIED') throw e
+          throw new IppTunnelError(
+            'E_CONNECT',
+            `Cannot reach ${label(hop)} through jump host ${label(previous.hop)}: ${e.message}`,
+            { cause: err },
+          )
+        }
+      }
+      const proxy = previous === undefined ? chain.proxies[0] : undefined
+      const client = await connectHop(ctx, hop, attempt, sock, signal, proxy)
+      chain.clients.push(client)
+      asked ||= attempt.prompted
+      previous = { client, hop }
+    }
+    // a login that asked a person makes the whole chain precious: a jump host dropped after 15 s would take it along
+    if (asked) for (const client of chain.clients) liftKeepalive.get(client)?.()
+    return chain
+  } catch (err) {
+    chain.dead = true
+    await endChain(chain)
+    throw err
+  }
+}
+
+function connectHop(
+  ctx: ChainContext,
+  hop: ResolvedHop,
+  auth: AuthAttempt,
+  sock: Duplex | undefined,
+  signal: AbortSignal,
+  proxy?: ProxyCommand,
+): Promise<Client> {
+  const client = new ssh2.Client()
+  client.once('close', () => closedClients.add(client))
+  const where = label(hop)
+  return new Promise<Client>((resolve, reject) => {
+    let fatal: IppTunnelError | undefined
+    let lastError: Ssh2Error | undefined
+    let socketError: Ssh2Error | undefined
+    let settled = false
+    const connectMs = hop.connectTimeoutMs
+    const readyMs = ctx.options.readyTimeoutMs ?? Math.max(20_000, connectMs ?? 0)
+    let timer = setTimeout(onTimeout, readyMs)
+    const connectTimer =
+      connectMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            fatal = new IppTunnelError(
+              'E_CONNECT',
+              `Cannot connect to ${where}: timed out after ${connectMs / 1000} s (ConnectTimeout)`,
+            )
+            client.destroy()
+          }, connectMs)
+    client.once('handshake', () => clearTimeout(connectTimer))
+    const keepaliveMs = ctx.options.keepaliveIntervalMs ?? hop.keepaliveIntervalMs ?? 5000
+    const explicitMax = ctx.options.keepaliveCountMax ?? hop.keepaliveCountMax
+    // ssh2 fixes the count at connect, before anyone knows whether the login will ask a person: it gets the
+    // allowance of such a login, and a login that asked no one is held to the default below (holdToCount)
+    const keepaliveMax =
+      explicitMax ??
+      (keepaliveMs > 0
+        ? Math.max(KEEPALIVE_COUNT_MAX, Math.ceil(ASKED_SILENCE_MS / keepaliveMs))
+        : KEEPALIVE_COUNT_MAX)
+    let countMax = explicitMax ?? KEEPALIVE_COUNT_MAX
+    function onTimeout(): void {
+      if (auth.prompting) {
+        timer = setTimeout(onTimeout, readyMs)
+        return
+      }
+      fatal = new IppTunnelError(
+        'E_CONNECT',
+        `Cannot connect to ${where}: no SSH handshake within ${readyMs} ms`,
+      )
+      client.destroy()
+    }
+    const onAbort = (): void => {
+      client.destroy()
+    }
+    const finish = (): void => {
+      settled = true
+      clearTimeout(timer)
+      clearTimeout(connectTimer)
+      signal.removeEventListener('abort', onAbort)
+    }
+    signal.addEventListener('abort', onAbort, { once: true })
+
+    client.on('error', (err: Ssh2Error) => {
+      if (err.level === 'client-timeout' && err.message === 'Keepalive timeout') {
+        err.message = `no answer to ${countMax} keepalives sent ${keepaliveMs / 1000} s apart (ServerAliveInterval ${keepaliveMs / 1000}, ServerAliveCountMax ${countMax}${explicitMax === undefined ? ', the default' : ''})`
+      }
+      lastError = err
+      // the socket's own error (ECONNREFUSED, …) says more than ssh2's "Connection lost" that may follow it
+      if (err.code !== undefined) socketError ??= err
+    })
+    client.once('ready', () => {
+      if (settled) return
+      finish()
+      if (explicitMax === undefined && keepaliveMs > 0) {
+        const stop = holdToCount(client, keepaliveMs, countMax)
+        liftKeepalive.set(client, () => {
+          stop()
+          countMax = keepaliveMax
+        })
+      }
+      resolve(client)
+    })
+    client.once('close', () => {
+      if (settled) return
+      finish()
+      if (signal.aborted) {
+        reject(signal.reason as Error)
+        return
+      }
+      if (fatal !== undefined) {
+        reject(fatal)
+        return
+      }
+      if (lastError?.level === 'client-authentication') {
+        const failure = auth.failure()
+        if (auth.prompted) promptedFailures.add(failure)
+        reject(failure)
+        return
+      }
+      const cause = socketError ?? lastError
+      const connectError = (): IppTunnelError => {
+        const reason = proxy?.exitReason ?? connectFailureReason(cause)
+        return new IppTunnelError('E_CONNECT', `Cannot connect to ${where}: ${reason}`, { cause })
+      }
+      if (proxy === undefined) {
+        reject(connectError())
+        return
+      }
+      // the ProxyCommand's exit status and last words say more than "connection lost"; they come a moment later
+      const late = setTimeout(() => reject(connectError()), 500)
+      void proxy.exited.then(() => {
+        clearTimeout(late)
+        reject(connectError())
+      })
+    })
+
+    const files = hop.knownHostsFiles
+    const policy = ctx.options.hostKeyCheck ?? hop.hostKeyPolicy ?? 'ask'
+    // Only a process with someone at its terminal asks about a host key; the service (a login gate) never does.
+    const ask =
+      ctx.options.prompt !== undefined && ctx.options.login === undefined
+        ? hostKeyAsker(ctx.options.prompt, ctx.destination, where)
+        : undefined
+    const policyFrom = ctx.options.hostKeyCheck === undefined ? hop.hostKeyPolicyFrom : undefined
+    const say = ctx.options.verbose
+    say?.(
+      `${where}: connecting${sock !== undefined ? ' through the jump host before it' : ''}; identity files ${hop.identityFiles.join(', ') || 'none'}${hop.identitiesOnly ? ' (only these)' : ''}; known_hosts ${files.join(', ') || 'none'}, policy ${policy}; certificates ${hop.certificateFiles?.join(', ') ?? "KEY-cert.pub beside each identity file, and the agent's"}; proxy ${hop.proxyCommand !== undefined ? `ProxyCommand ${hop.proxyCommand}` : sock !== undefined ? 'the jump host before it' : 'none'}; methods ${(hop.preferredAuthentications ?? ['default']).join(',')}; keepalive ${keepaliveMs / 1000} s x ${countMax}${explicitMax === undefined ? ` (x ${keepaliveMax} after a login that asks a person)` : ''}`,
+    )
+    if (say !== undefined) client.once('ready', () => say(`${where}: authenticated`))
+    client.connect({
+      host: hop.host,
+      port: hop.port,
+      username: hop.username,
+      ...(sock !== undefined ? { sock } : {}),
+      readyTimeout: 0,
+      keepaliveInterval: keepaliveMs,
+      keepaliveCountMax: keepaliveMax,
+      authHandler: auth.authHandler,
+      hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {
+        const note = (n: HostKeyNote): void => ctx.noteHostKey(n)
+        const from = policyFrom === undefined ? {} : { policyFrom }
+        checkHostKey({ files, host: hop.host, port: hop.port, key, policy, note, ask, ...from }).then(
+          () => {
+            say?.(`${where}: host key ${fingerprintSha256(key)} accepted (policy ${policy})`)
+            verify(true)
+          },
+          (err: unknown) => {
+            fatal = isIppTunnelError(err)
+              ? err
+              : new IppTunnelError(
+                  'E_HOSTKEY_UNKNOWN',
+                  `Cannot check the host key of ${where}: ${describe(err)}`,
+                  {
+                    cause: err,
+                  },
+                )
+            verify(false)
+          },
+        )
+      },
+    })
+    enableCertificates(client, (err) => {
+      lastError = err
+      client.destroy()
+    })
+    // Forwards carry small request/reply messages: Nagle's algorithm would hold them back waiting for ACKs.
+    client.setNoDelay(true)
+  })
+}
+
+/** Per connected client held to the default count: lets ssh2's larger count apply once a login asked someone. */
+const liftKeepalive = new WeakMap<Client, () => void>()
+
+/** Authentication failures of attempts that asked someone: with a login gate, the link asks again. */
+const promptedFailures = new WeakSet<IppTunnelError>()
+
+/** Whether `err` is an authentication failure of an attempt that asked someone (answers refused, a stale code). */
+export function askedSomeone(err: IppTunnelError): boolean {
+  return promptedFailures.has(err)
+}
+
+/** Clients whose connection has closed (ssh2 emits `close` once; `endChain` must not wait for it again). */
+const closedClients = new WeakSet<Client>()
+
+/** Ends every client of a chain, innermost first, and waits until all are closed; then its ProxyCommands. */
+export async function endChain(chain: Chain): Promise<void> {
+  await endClients(chain)
+  await Promise.all(chain.proxies.map((p) => p.close()))
+}
+
+async function endClients(chain: Chain): Promise<void> {
+  await Promise.all(
+    [...chain.clients].reverse().map(
+      (client) =>
+        new Promise<void>((resolve) => {
+          if (closedClients.has(client)) {
+            resolve()
+            return
+          }
+          const timer = setTimeout(() => client.destroy(), 1000)
+          client.once('close', () => {
+            clearTimeout(timer)
+            resolve()
+          })
+          client.end()
+        }),
+    ),
+  )
+}
