@@ -1,6 +1,6 @@
 import { basename, resolve } from 'node:path'
 
-import { watch, type FSWatcher } from 'chokidar'
+import type { FSWatcher } from 'chokidar'
 
 import { kindFromFileName } from '../connection-file/index.js'
 
@@ -40,6 +40,8 @@ export class DirectoryWatcher {
   /** Starts watching; resolves once the files already present have been reported to `handlers`. */
   static async start(dirs: readonly string[], handlers: WatcherHandlers): Promise<DirectoryWatcher> {
     const taken = (path: string) => kindFromFileName(basename(path)) !== undefined
+    // Loaded here, not with the module: commands that only read remote files (`up host:PATH`) never load it.
+    const { watch } = await import('chokidar')
     const watcher = watch([...dirs], {
       depth: 0,
       // Files with other names are never even looked at (directories must pass, or nothing is watched).
