@@ -55,7 +55,14 @@ function cacheDir(env: NodeJS.ProcessEnv): string | undefined {
   const base = xdg !== undefined && isAbsolute(xdg) ? xdg : join(homedir(), '.cache')
   const dir = join(base, 'ipp-tunnel')
   try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 })
+    // not { recursive: true }: on a parent where mkdir answers ENOENT (/proc) node's mkdirp loops forever
+    for (const d of [base, dir]) {
+      try {
+        mkdirSync(d, { mode: 0o700 })
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      }
+    }
     const s = lstatSync(dir)
     if (!s.isDirectory() || s.uid !== uid || (s.mode & 0o777) !== 0o700) return undefined
     return dir

@@ -44,6 +44,11 @@ test('the one-file build runs with a code cache that is private, and one another
   assert.equal(await help(), expected)
   assert.equal((await lstat(first)).uid, process.getuid?.())
 
+  // a cache home where mkdir answers ENOENT under an existing directory: no cache, no hang (mkdirp loops there)
+  const proc = await runCli(['status', '--help'], { XDG_CACHE_HOME: '/proc' })
+  assert.equal(proc.code, 0, proc.stderr)
+  assert.equal(proc.stdout, expected)
+
   // a cache directory others may write into is neither read nor written
   await rm(dir, { recursive: true })
   await mkdir(dir)
