@@ -5,7 +5,7 @@
  *
  * Stays outside: native addons (ssh2's crypto binding, cpu-features) and zeromq, loaded from node_modules as they
  * are; chokidar, which only `watch` loads. `ssh2` is narrowed to the client and the key parser: its index also
- * loads the server, key generation and http/https/tls agents, which no command uses.
+ * loads the server, key generation and http/https/tls agents, which no command uses. string-width loads on first use.
  */
 import { readFile, rm } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
@@ -56,6 +56,34 @@ const yargsOwnUrl: Plugin = {
   },
 }
 
+/**
+ * string-width makes an Intl.Segmenter and compiles Unicode property regexps as it loads (~50 ms of CPU), and yargs
+ * loads it (twice: its own copy and cliui's) before parsing anything; only help text needs it. Loaded on first use.
+ */
+const lazyStringWidth: Plugin = {
+  name: 'lazy-string-width',
+  setup(b) {
+    b.onResolve({ filter: /^string-width$/ }, async (args) => {
+      if (args.pluginData === 'real') return undefined
+      const real = await b.resolve(args.path, {
+        kind: args.kind,
+        resolveDir: args.resolveDir,
+        pluginData: 'real',
+      })
+      if (real.errors.length > 0) return { errors: real.errors }
+      return { path: real.path, namespace: 'lazy-string-width' }
+    })
+    b.onLoad({ filter: /.*/, namespace: 'lazy-string-width' }, (args) => ({
+      // the function itself and its default: .mjs importers take module.exports as the default, others .default
+      contents: `let width
+        const lazy = (text, options) => (width ??= require(${JSON.stringify(args.path)}).default)(text, options)
+        module.exports = Object.assign(lazy, { default: lazy, __esModule: true })`,
+      resolveDir: ROOT,
+      loader: 'js',
+    }))
+  },
+}
+
 await rm(OUT, { force: true })
 const result = await build({
   entryPoints: [ENTRY],
@@ -77,7 +105,7 @@ const result = await build({
       `const __ipptYargsShimUrl = () => require('node:url').pathToFileURL(require('node:path').join(require.resolve('yargs/package.json'), '../lib/platform-shims/esm.mjs')).href;`,
     ].join('\n'),
   },
-  plugins: [nativeAddons, ssh2ClientOnly, yargsOwnUrl],
+  plugins: [nativeAddons, ssh2ClientOnly, yargsOwnUrl, lazyStringWidth],
   logLevel: 'warning',
 })
 if (result.errors.length > 0) process.exit(1)
