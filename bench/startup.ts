@@ -126,7 +126,8 @@ export async function benchStartup(): Promise<BenchRow[]> {
       )
       const ours: number[] = []
       const ssh: number[] = []
-      // one of each first, unmeasured: the page cache then holds node, ssh and every module for both
+      // one of each first, unmeasured: the page cache then holds node, ssh and every module for both, and the
+      // one-file build's V8 code cache is written (~/.cache/ipp-tunnel), as after a user's first run
       await oursReadyMs(sshd, file, join(dir, 'loopback.json'))
       await sshReadyMs(sshd, remotePort)
       for (let i = 0; i < RUNS; i++) {

@@ -51,6 +51,18 @@ function packageVersion(): string {
   return typeof version === 'string' ? version : 'unknown'
 }
 
+/**
+ * yargs renders the whole help text (cliui, string-width: ~100 ms of CPU) after running any command, in case its
+ * handler fails later; ours only hand their task over, so that text is never shown and not worth making.
+ */
+function skipHelpCache(cli: Argv): void {
+  type Internal = {
+    getInternalMethods?: () => { getUsageInstance?: () => { cacheHelpMessage?: () => void } }
+  }
+  const usage = (cli as unknown as Internal).getInternalMethods?.().getUsageInstance?.()
+  if (typeof usage?.cacheHelpMessage === 'function') usage.cacheHelpMessage = () => undefined
+}
+
 /** Edit distance, for suggesting the command a typo meant. */
 function distance(a: string, b: string): number {
   let row = Array.from({ length: b.length + 1 }, (_, i) => i)
@@ -120,6 +132,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .help()
     .version()
     .wrap(null)
+  skipHelpCache(cli)
   const registers = await Promise.all(commandsFor(argv, first).map((c) => LOADERS[c]()))
   for (const register of registers) cli = register(cli, run)
   // hidden: what `engines --host/--slurm` runs on each node
