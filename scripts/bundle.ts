@@ -98,6 +98,9 @@ const result = await build({
   keepNames: true,
   legalComments: 'none',
   external: ['zeromq', 'chokidar', 'cpu-features'],
+  // import() of an external becomes require(): the bundle runs as a vm.Script (for its code cache), where import()
+  // has no loader; Node >= 20.19 requires ES modules such as chokidar
+  supported: { 'dynamic-import': false },
   define: { 'import.meta.url': '__ipptImportMetaUrl' },
   banner: {
     js: [
