@@ -106,6 +106,8 @@ export async function startLocalRemote(options: LocalRemoteOptions = {}): Promis
     const knownHosts = join(dir, 'known_hosts')
     await writeFile(knownHosts, `[${nsAddr}]:${SSH_PORT} ${hostPub}\n`, { mode: 0o600 })
     const config = join(dir, 'sshd_config')
+    const home = join(dir, 'home')
+    await mkdir(home, { mode: 0o700 })
     await writeFile(
       config,
       sshdConfig({
@@ -114,6 +116,9 @@ export async function startLocalRemote(options: LocalRemoteOptions = {}): Promis
         authorizedKeys,
         allowTcpForwarding: true,
         maxStartups: 200,
+        // Sessions start in a home of their own: no rc file of the machine's root (pyenv's rehash takes a global
+        // lock) runs at each login of the anchors' ssh processes.
+        extra: `SetEnv HOME=${home}`,
       }),
     )
     await mkdir('/run/sshd', { recursive: true, mode: 0o755 })

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { test, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
@@ -13,11 +14,15 @@ import { stopCli, type Remote } from './helpers.js'
 const run = promisify(execFile)
 
 async function startFixture(t: TestContext): Promise<NodeCluster> {
+  // Logins (OpenMPI's orted over ssh) start in a home of their own: root's rc files are not what is tested, and
+  // pyenv's rehash in them takes a machine-wide lock that a session killed at the wrong moment leaves behind.
+  const home = await mkdtemp(join(tmpdir(), 'ippt-nodes-home-'))
+  t.after(() => rm(home, { recursive: true, force: true }))
   // A fast heart (1 s pings, dead after 3 misses): heartbeats that did not ride a node's tunnel fail in ~4 s.
-  const cluster = await startNodeCluster([
-    '--HeartMonitor.period=1000',
-    '--HeartMonitor.max_heartmonitor_misses=3',
-  ])
+  const cluster = await startNodeCluster(
+    ['--HeartMonitor.period=1000', '--HeartMonitor.max_heartmonitor_misses=3'],
+    { sshdConfig: `SetEnv HOME=${home}` },
+  )
   t.after(() => cluster.close())
   return cluster
 }
