@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process'
+import { constants } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
@@ -181,6 +182,9 @@ export async function cancelJob(job: string, env: NodeJS.ProcessEnv): Promise<vo
   await slurmCommand('scancel', [job], env)
 }
 
+/** The most of a job's output file read per look. */
+const MAX_READ_BYTES = 1024 * 1024
+
 /**
  * Reads what was appended to a file since `offset`: the complete lines, and the offset after them. A file not
  * there yet reads as empty (Slurm creates the job's output file when the job starts).
@@ -191,18 +195,21 @@ export async function readNewLines(
 ): Promise<{ lines: string[]; offset: number }> {
   let handle
   try {
-    handle = await open(path, 'r')
+    // never blocks on a FIFO planted at the path; a symlink there is not followed
+    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW)
   } catch {
     return { lines: [], offset }
   }
   try {
-    const { size } = await handle.stat()
-    if (size <= offset) return { lines: [], offset }
-    const buffer = Buffer.alloc(size - offset)
+    const stats = await handle.stat()
+    if (!stats.isFile() || stats.size <= offset) return { lines: [], offset }
+    // a job that writes a lot is read a bounded piece per look
+    const buffer = Buffer.alloc(Math.min(stats.size - offset, MAX_READ_BYTES))
     const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset)
     const text = buffer.subarray(0, bytesRead).toString('utf8')
     const end = text.lastIndexOf('\n')
-    if (end < 0) return { lines: [], offset }
+    // a line longer than a whole piece is skipped rather than waited for forever
+    if (end < 0) return { lines: [], offset: bytesRead === MAX_READ_BYTES ? offset + bytesRead : offset }
     return {
       lines: text.slice(0, end).split('\n'),
       offset: offset + Buffer.byteLength(text.slice(0, end + 1)),
