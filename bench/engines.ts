@@ -14,12 +14,13 @@
  * Run alone: `node dist/bench/engines.js`.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { chmod, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 
+import { pidsWhere } from '../test/support/proc.js'
 import { startLocalRemote, type LocalRemote } from '../src/demo/index.js'
 import { markdownTable, median, type BenchRow } from './common.js'
 
@@ -63,17 +64,8 @@ async function registered(remote: LocalRemote, target: number, started: number):
 }
 
 /** Pids of the OpenSSH client processes on this machine talking to `host` (pyzmq's `ssh -f` tunnels). */
-async function sshPids(host: string): Promise<number[]> {
-  const pids: number[] = []
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    const argv = await readFile(`/proc/${entry}/cmdline`, 'utf8').then(
-      (s) => s.split('\0'),
-      () => [],
-    )
-    if (/(^|\/)ssh$/.test(argv[0] ?? '') && argv.some((a) => a.includes(host))) pids.push(Number(entry))
-  }
-  return pids
+function sshPids(host: string): Promise<number[]> {
+  return pidsWhere((p) => /(^|\/)ssh$/.test(p.argv[0] ?? '') && p.argv.some((a) => a.includes(host)))
 }
 
 async function ours(remote: LocalRemote, n: number): Promise<number | undefined> {

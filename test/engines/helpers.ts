@@ -86,6 +86,30 @@ c.close()
 }
 
 /**
+ * Python for the controller's side: waits for `n` engines and runs the seed's `psum` on all of them, an MPI
+ * Allreduce over `MPI_COMM_WORLD`; prints ids and each rank's result (rank, size, node, total) as JSON.
+ */
+export function psumScript(clientFile: string, n: number): string {
+  return `
+import json, ipyparallel as ipp
+c = ipp.Client(${JSON.stringify(clientFile)}, timeout=30)
+c.wait_for_engines(${String(n)}, timeout=60)
+def psum(n):
+    import array
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    mine = array.array('d', [float(rank * n + i) for i in range(n)])
+    local = array.array('d', [sum(mine)])
+    total = array.array('d', [0.0])
+    comm.Allreduce(local, total, op=MPI.SUM)
+    return {"rank": rank, "size": comm.Get_size(), "node": MPI.Get_processor_name(), "total": total[0]}
+print(json.dumps({"ids": sorted(c.ids), "results": c[:].apply_sync(psum, 1000)}))
+c.close()
+`
+}
+
+/**
  * Opens our client on a controller's client file once the controller listens on every port: ipcontroller
  * writes its files before its schedulers (separate processes) bind theirs. Waiting for the peer, not a retry
  * of what a test checks.

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { test, type TestContext } from 'node:test'
@@ -8,8 +8,13 @@ import { promisify } from 'node:util'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
 import { runPython } from '../support/ipp.js'
-import { sshPeers as sshPeersOf, startNodeCluster, type NodeCluster } from '../support/index.js'
-import { stopCli, type Remote } from './helpers.js'
+import {
+  processesWith,
+  sshPeers as sshPeersOf,
+  startNodeCluster,
+  type NodeCluster,
+} from '../support/index.js'
+import { psumScript, stopCli, type Remote } from './helpers.js'
 
 const run = promisify(execFile)
 
@@ -78,38 +83,6 @@ async function cutConnectionsFrom(remote: Remote, peer: string): Promise<number>
   return killed
 }
 
-/** Pids of processes whose command line holds `text`. */
-async function processesWith(text: string): Promise<number[]> {
-  const pids: number[] = []
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      if ((await readFile(`/proc/${entry}/cmdline`, 'latin1')).includes(text)) pids.push(Number(entry))
-    } catch {
-      // gone
-    }
-  }
-  return pids
-}
-
-const PSUM = (clientFile: string, n: number) => `
-import json, ipyparallel as ipp
-c = ipp.Client(${JSON.stringify(clientFile)}, timeout=30)
-c.wait_for_engines(${String(n)}, timeout=60)
-def psum(n):
-    import array
-    from mpi4py import MPI
-    comm = MPI.COMM_WORLD
-    rank = comm.Get_rank()
-    mine = array.array('d', [float(rank * n + i) for i in range(n)])
-    local = array.array('d', [sum(mine)])
-    total = array.array('d', [0.0])
-    comm.Allreduce(local, total, op=MPI.SUM)
-    return {"rank": rank, "size": comm.Get_size(), "node": MPI.Get_processor_name(), "total": total[0]}
-print(json.dumps({"ids": sorted(c.ids), "results": c[:].apply_sync(psum, 1000)}))
-c.close()
-`
-
 test('engines --mpi --host across two nodes: one ssh connection per node, one MPI world', async (t) => {
   const f = await startFixture(t)
   const [a, b] = f.nodes
@@ -129,7 +102,7 @@ test('engines --mpi --host across two nodes: one ssh connection per node, one MP
       assert.equal(perNode[a.name]?.length, 2, JSON.stringify(perNode))
       assert.equal(perNode[b.name]?.length, 2, JSON.stringify(perNode))
 
-      const result = await runPython(PSUM(f.remote.ctl.clientFile, 4), {
+      const result = await runPython(psumScript(f.remote.ctl.clientFile, 4), {
         netns: f.remote.ns,
         timeoutMs: 90_000,
       })
@@ -172,7 +145,7 @@ test('engines --mpi --host across two nodes: one ssh connection per node, one MP
         reconnecting.length > 0 && reconnecting.every((e) => e.host === a.name),
         JSON.stringify(reconnecting),
       )
-      const again = await runPython(PSUM(f.remote.ctl.clientFile, 4), {
+      const again = await runPython(psumScript(f.remote.ctl.clientFile, 4), {
         netns: f.remote.ns,
         timeoutMs: 90_000,
       })

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises'
+import { mkdtemp, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { after, before, test, type TestContext } from 'node:test'
@@ -8,60 +8,11 @@ import { promisify } from 'node:util'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
 import { runPython } from '../support/ipp.js'
-import { joinClusterNetwork } from '../support/index.js'
+import { joinClusterNetwork, processesWith, sshPeers } from '../support/index.js'
 import { holdAllocation, startSlurm, type Slurm } from '../support/slurm.js'
-import { startRemote, stopCli, type Remote } from './helpers.js'
+import { psumScript, startRemote, stopCli, type Remote } from './helpers.js'
 
 const run = promisify(execFile)
-
-async function processesWith(text: string): Promise<number[]> {
-  const pids: number[] = []
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      if ((await readFile(`/proc/${entry}/cmdline`, 'latin1')).includes(text)) pids.push(Number(entry))
-    } catch {
-      // gone
-    }
-  }
-  return pids
-}
-
-/** Peer addresses of the ssh connections the controller's sshd holds, seen in its namespace. */
-async function sshPeers(remote: Remote): Promise<string[]> {
-  const { stdout } = await run('ip', [
-    'netns',
-    'exec',
-    remote.ns.name,
-    'ss',
-    '-Htn',
-    'state',
-    'established',
-    `( sport = :${String(remote.sshd.port)} )`,
-  ])
-  return stdout
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((l) => (l.trim().split(/\s+/).at(-1) ?? '').replace(/:\d+$/, ''))
-}
-
-const PSUM = (clientFile: string, n: number) => `
-import json, ipyparallel as ipp
-c = ipp.Client(${JSON.stringify(clientFile)}, timeout=30)
-c.wait_for_engines(${String(n)}, timeout=60)
-def psum(n):
-    import array
-    from mpi4py import MPI
-    comm = MPI.COMM_WORLD
-    rank = comm.Get_rank()
-    mine = array.array('d', [float(rank * n + i) for i in range(n)])
-    local = array.array('d', [sum(mine)])
-    total = array.array('d', [0.0])
-    comm.Allreduce(local, total, op=MPI.SUM)
-    return {"rank": rank, "size": comm.Get_size(), "node": MPI.Get_processor_name(), "total": total[0]}
-print(json.dumps({"ids": sorted(c.ids), "results": c[:].apply_sync(psum, 1000)}))
-c.close()
-`
 
 const HOSTS = `
 import json, ipyparallel as ipp
@@ -113,7 +64,7 @@ async function assertNothingLeft(f: Fixture, jobDir: string, job: string): Promi
     stat(jobDir),
     `${jobDir}: the nodes removed their loopback files and the job directory`,
   )
-  assert.deepEqual(await sshPeers(f.remote), [], 'no ssh connection left')
+  assert.deepEqual(await sshPeers(f.remote.ns, f.remote.sshd), [], 'no ssh connection left')
   const { stdout } = await run('squeue', ['-h', '-s', '-j', job], {
     env: { ...process.env, ...f.slurm.env },
     timeout: 10_000,
@@ -183,7 +134,7 @@ test('--slurm in salloc -N2: a node tunnel per node, 2 engines on each; SIGTERM 
   )
   assert.deepEqual([...new Set(seen.hosts)].sort(), names, 'engines run on both nodes')
   // One connection from each node, and the launching command's own (it asks the hub about registration).
-  const peers = await sshPeers(remote)
+  const peers = await sshPeers(remote.ns, remote.sshd)
   for (const addr of addrs) assert.equal(peers.filter((p) => p === addr).length, 1, peers.join(' '))
   assert.equal(peers.length, 3, peers.join(' '))
 
@@ -204,7 +155,10 @@ test('--slurm --mpi: one mpiexec across the allocation, Allreduce across both no
   const ready = lines.events.filter((e) => e.event === 'node-ready')
   const jobDir = dirname(dirname(String(ready[0]?.out)))
 
-  const result = await runPython(PSUM(remote.ctl.clientFile, 4), { netns: remote.ns, timeoutMs: 90_000 })
+  const result = await runPython(psumScript(remote.ctl.clientFile, 4), {
+    netns: remote.ns,
+    timeoutMs: 90_000,
+  })
   assert.equal(result.code, 0, result.stderr)
   const { ids, results } = JSON.parse(result.stdout) as {
     ids: number[]

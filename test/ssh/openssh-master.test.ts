@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { access, chmod, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { access, chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Duplex } from 'node:stream'
@@ -12,6 +12,7 @@ import {
   createNetns,
   hasCode,
   hopOf,
+  pidsWhere,
   startEchoServer,
   startSshd,
   type EchoServer,
@@ -33,20 +34,8 @@ async function echoRoundTrip(stream: Duplex, text: string): Promise<string> {
 }
 
 /** Pids of this process's `ssh` children. */
-async function sshChildren(): Promise<number[]> {
-  const pids: number[] = []
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const stat = await readFile(`/proc/${entry}/stat`, 'utf8')
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-      const argv0 = (await readFile(`/proc/${entry}/cmdline`, 'utf8')).split('\0')[0]
-      if (ppid === process.pid && argv0 === 'ssh') pids.push(Number(entry))
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return pids
+function sshChildren(): Promise<number[]> {
+  return pidsWhere((p) => p.ppid === process.pid && p.argv[0] === 'ssh')
 }
 
 function accepted(sshd: Sshd): number {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Duplex } from 'node:stream'
@@ -10,6 +10,7 @@ import {
   createNetns,
   hasCode,
   hopOf,
+  pidsWhere,
   startEchoServer,
   startSshd,
   type EchoServer,
@@ -29,20 +30,8 @@ async function echoRoundTrip(stream: Duplex, text: string): Promise<string> {
 }
 
 /** Pids of this process's children running `ssh -W`. */
-async function proxyPids(): Promise<number[]> {
-  const pids: number[] = []
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const stat = await readFile(`/proc/${entry}/stat`, 'utf8')
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-      const cmdline = (await readFile(`/proc/${entry}/cmdline`, 'utf8')).split('\0')
-      if (ppid === process.pid && cmdline[0] === 'ssh' && cmdline[1] === '-W') pids.push(Number(entry))
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return pids
+function proxyPids(): Promise<number[]> {
+  return pidsWhere((p) => p.ppid === process.pid && p.argv[0] === 'ssh' && p.argv[1] === '-W')
 }
 
 function alive(pid: number): boolean {

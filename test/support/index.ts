@@ -10,6 +10,7 @@ export { createNetns, joinClusterNetwork, startEchoServer, type Netns, type Echo
 export { startSshd, hopOf, sshArgsOf, sshOptionsOf, type Sshd, type SshdOptions } from './sshd.js'
 export { canConnect, freePort, portOf } from './net.js'
 export { exists } from './fs.js'
+export { pidsWhere, processesWith, type ProcessInfo } from './proc.js'
 export { hasCode } from './errors.js'
 export { startCluster, type Cluster } from './cluster.js'
 export {
