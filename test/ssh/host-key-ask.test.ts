@@ -1,14 +1,12 @@
 import assert from 'node:assert/strict'
-import { once } from 'node:events'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { checkHostKey, fingerprintSha256 } from '../../src/ssh/index.js'
 import { CLI, exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
-import { hasCode, startSshd, type Sshd } from '../support/index.js'
+import { hasCode, kernelListeners, startSshd, type Sshd, type KernelListeners } from '../support/index.js'
 import { runOnPty } from '../support/pty.js'
 
 const QUESTION = String.raw`Are you sure you want to continue connecting \(yes/no/\[fingerprint\]\)\? `
@@ -18,29 +16,27 @@ describe('StrictHostKeyChecking ask (the default): an unknown host key is asked 
   let dir: string
   let file: string
   let fingerprint: string
-  const servers: Server[] = []
+  let listeners: KernelListeners | undefined
 
   before(async () => {
     sshd = await startSshd()
     dir = await mkdtemp(join(tmpdir(), 'ippt-hostkey-ask-'))
     file = join(dir, 'kernel-ask.json')
-    const ports: Record<string, number> = {}
-    for (const name of ['shell_port', 'iopub_port', 'stdin_port', 'control_port', 'hb_port']) {
-      const server = createServer((socket) => socket.destroy())
-      servers.push(server)
-      server.listen(0, '127.0.0.1')
-      await once(server, 'listening')
-      const address = server.address()
-      ports[name] = typeof address === 'object' && address !== null ? address.port : 0
+    listeners = await kernelListeners()
+    const kernel = {
+      ...listeners.ports,
+      ip: '127.0.0.1',
+      key: 'k',
+      transport: 'tcp',
+      signature_scheme: 'hmac-sha256',
     }
-    const kernel = { ...ports, ip: '127.0.0.1', key: 'k', transport: 'tcp', signature_scheme: 'hmac-sha256' }
     await writeFile(file, JSON.stringify(kernel), { mode: 0o600 })
     // the sshd's known_hosts line: `[host]:port type base64`
     const line = (await readFile(sshd.knownHostsFile, 'utf8')).trim().split('\n')[0] ?? ''
     fingerprint = fingerprintSha256(Buffer.from(line.split(' ')[2] ?? '', 'base64'))
   })
   after(async () => {
-    for (const server of servers) server.close()
+    listeners?.close()
     await sshd.close()
     await rm(dir, { recursive: true, force: true })
   })

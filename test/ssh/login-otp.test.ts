@@ -1,7 +1,5 @@
 import assert from 'node:assert/strict'
-import { once } from 'node:events'
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -9,7 +7,15 @@ import { after, before, describe, test } from 'node:test'
 import { isIppTunnelError } from '../../src/errors/index.js'
 import { Link, type PromptProvider, type PromptRequest } from '../../src/ssh/index.js'
 import { CLI, JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
-import { hasCode, hopOf, sshArgsOf, startSshd, type Sshd } from '../support/index.js'
+import {
+  hasCode,
+  kernelListeners,
+  hopOf,
+  sshArgsOf,
+  startSshd,
+  type Sshd,
+  type KernelListeners,
+} from '../support/index.js'
 import { setUpOtpPam, type OtpPam } from '../support/otp.js'
 import { runOnPty } from '../support/pty.js'
 
@@ -25,7 +31,7 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
   let either: Sshd
   let dir: string
   let file: string
-  const servers: Server[] = []
+  let listeners: KernelListeners | undefined
 
   before(async () => {
     otp = await setUpOtpPam()
@@ -39,17 +45,9 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
     dir = await mkdtemp(join(tmpdir(), 'ippt-otp-test-'))
     file = join(dir, 'kernel-otp.json')
     // the kernel's endpoints: listeners on this host's loopback, which is the sshd's too
-    const ports: Record<string, number> = {}
-    for (const name of ['shell_port', 'iopub_port', 'stdin_port', 'control_port', 'hb_port']) {
-      const server = createServer((socket) => socket.destroy())
-      servers.push(server)
-      server.listen(0, '127.0.0.1')
-      await once(server, 'listening')
-      const address = server.address()
-      ports[name] = typeof address === 'object' && address !== null ? address.port : 0
-    }
+    listeners = await kernelListeners()
     const kernel = {
-      ...ports,
+      ...listeners.ports,
       ip: '127.0.0.1',
       key: 'a0b1c2d3',
       transport: 'tcp',
@@ -58,7 +56,7 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
     await writeFile(file, JSON.stringify(kernel), { mode: 0o600 })
   })
   after(async () => {
-    for (const server of servers) server.close()
+    listeners?.close()
     await Promise.all([both.close(), either.close()])
     await otp.close()
     await rm(dir, { recursive: true, force: true })

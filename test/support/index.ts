@@ -8,7 +8,7 @@
  */
 export { createNetns, joinClusterNetwork, startEchoServer, type Netns, type EchoServer } from './netns.js'
 export { startSshd, hopOf, sshArgsOf, sshOptionsOf, type Sshd, type SshdOptions } from './sshd.js'
-export { canConnect, freePort, portOf } from './net.js'
+export { canConnect, freePort, kernelListeners, portOf, type KernelListeners } from './net.js'
 export { exists } from './fs.js'
 export { pidsWhere, processesWith, type ProcessInfo } from './proc.js'
 export { hasCode } from './errors.js'
