@@ -8,17 +8,24 @@
  * Run alone: `node dist/bench/run.js streams`.
  */
 import { type ChildProcess } from 'node:child_process'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { createConnection, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import { JsonLines, spawnCli } from '../test/support/cli.js'
-import { createNetns, sshArgsOf, startSshd, type Netns, type Sshd } from '../test/support/index.js'
+import {
+  createNetns,
+  portPrinted,
+  sshArgsOf,
+  startSshd,
+  type Netns,
+  type Sshd,
+} from '../test/support/index.js'
 import { stopProcess } from '../test/support/ipp.js'
 import { type BenchRow } from './common.js'
-import { netnsPids, pinToCore, sshForward, unpin, withCpu } from './tunnel.js'
+import { netnsPids, pinToCore, sshForward, unpin, withCpu, writeBenchKernel } from './tunnel.js'
 
 const STREAMS = 100
 const STREAM_BYTES = 10 * 1024 * 1024
@@ -45,16 +52,7 @@ process.stdin.on('end', () => process.exit(0)).resume()
 
 async function startSink(ns: Netns): Promise<{ port: number; child: ChildProcess }> {
   const child = ns.exec([process.execPath, '-e', SINK], { stdio: ['pipe', 'pipe', 'inherit'] })
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = ''
-    child.stdout?.setEncoding('utf8')
-    child.stdout?.on('data', (chunk: string) => {
-      out += chunk
-      if (out.includes('\n')) resolve(Number(out.trim()))
-    })
-    child.once('exit', (code) => reject(new Error(`sink exited ${String(code)}`)))
-  })
-  return { port, child }
+  return { port: await portPrinted(child, 'sink'), child }
 }
 
 /** Opens a connection and resolves once the remote end's `h` arrived: the channel is carried end to end. */
@@ -134,22 +132,7 @@ async function settledRss(pid: number): Promise<number> {
 
 async function upOn(sshd: Sshd, dir: string, port: number) {
   const file = join(dir, 'kernel-streams.json')
-  await writeFile(
-    file,
-    JSON.stringify({
-      shell_port: port,
-      control_port: port,
-      iopub_port: port,
-      stdin_port: port,
-      hb_port: port,
-      ip: '127.0.0.1',
-      transport: 'tcp',
-      key: '',
-      signature_scheme: 'hmac-sha256',
-      kernel_name: 'bench',
-    }),
-    { mode: 0o600 },
-  )
+  await writeBenchKernel(file, port, port)
   const child = spawnCli([
     'up',
     file,

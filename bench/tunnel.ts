@@ -97,6 +97,23 @@ export async function waitConnectable(port: number, child: ChildProcess): Promis
   }
 }
 
+/** A kernel file (no key) whose channels all go to `shell` on the server's loopback, but control to `control`. */
+export async function writeBenchKernel(file: string, shell: number, control: number): Promise<void> {
+  const kernel = {
+    shell_port: shell,
+    control_port: control,
+    iopub_port: shell,
+    stdin_port: shell,
+    hb_port: shell,
+    ip: '127.0.0.1',
+    transport: 'tcp',
+    key: '',
+    signature_scheme: 'hmac-sha256',
+    kernel_name: 'bench',
+  }
+  await writeFile(file, JSON.stringify(kernel), { mode: 0o600 })
+}
+
 /** `ssh` options for OpenSSH's own forwarding client (`-N`, no config, batch), with the same key and known_hosts as ours. */
 export function opensshForwardArgs(sshd: Sshd): string[] {
   return [
@@ -151,22 +168,7 @@ async function oursForward(
   listen: 'tcp' | 'unix' = 'tcp',
 ) {
   const file = join(dir, `kernel-bench-${listen}.json`)
-  await writeFile(
-    file,
-    JSON.stringify({
-      shell_port: shell,
-      control_port: control,
-      iopub_port: shell,
-      stdin_port: shell,
-      hb_port: shell,
-      ip: '127.0.0.1',
-      transport: 'tcp',
-      key: '',
-      signature_scheme: 'hmac-sha256',
-      kernel_name: 'bench',
-    }),
-    { mode: 0o600 },
-  )
+  await writeBenchKernel(file, shell, control)
   const upArgs = [
     'up',
     file,

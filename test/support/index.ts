@@ -6,7 +6,14 @@
  * const sshd = await startSshd({ netns: ns })
  * const echo = await startEchoServer(ns)
  */
-export { createNetns, joinClusterNetwork, startEchoServer, type Netns, type EchoServer } from './netns.js'
+export {
+  createNetns,
+  joinClusterNetwork,
+  portPrinted,
+  startEchoServer,
+  type Netns,
+  type EchoServer,
+} from './netns.js'
 export { startSshd, hopOf, sshArgsOf, sshOptionsOf, type Sshd, type SshdOptions } from './sshd.js'
 export { canConnect, freePort, kernelListeners, portOf, type KernelListeners } from './net.js'
 export { exists } from './fs.js'

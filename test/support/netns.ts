@@ -44,6 +44,20 @@ server.listen(0, process.argv[1], () => { process.stdout.write(server.address().
 process.stdin.on('end', () => process.exit(0)).resume()
 `
 
+/** The port a server started as a child prints as the first line of its stdout (its `listen(0)` callback). */
+export function portPrinted(child: ChildProcess, what: string): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    let out = ''
+    child.stdout?.setEncoding('utf8')
+    child.stdout?.on('data', (chunk: string) => {
+      out += chunk
+      if (out.includes('\n')) resolve(Number(out.trim()))
+    })
+    child.once('error', reject)
+    child.once('exit', (code) => reject(new Error(`${what} exited with ${String(code)}`)))
+  })
+}
+
 /**
  * Starts a TCP echo server on `127.0.0.1` port 0: inside `netns` (a child `node` process, so only something
  * inside the namespace — e.g. its sshd — can reach it), or in this process when no namespace is given.
@@ -76,16 +90,7 @@ export async function startEchoServer(netns?: Netns): Promise<EchoServer> {
   const child = netns.exec([process.execPath, '-e', echoScript, '127.0.0.1'], {
     stdio: ['pipe', 'pipe', 'inherit'],
   })
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = ''
-    child.stdout?.setEncoding('utf8')
-    child.stdout?.on('data', (chunk: string) => {
-      out += chunk
-      if (out.includes('\n')) resolve(Number(out.trim()))
-    })
-    child.once('error', reject)
-    child.once('exit', (code) => reject(new Error(`echo server exited with ${String(code)}`)))
-  })
+  const port = await portPrinted(child, 'echo server')
   let closing: Promise<void> | undefined
   const close = (): Promise<void> =>
     (closing ??= (async () => {
