@@ -106,16 +106,17 @@ export class LocalDirectorySource extends EventEmitter<SourceEvents> {
       return
     }
     if (this.#closed) return
-    const known = this.#known.get(path)
+    let known = this.#known.get(path)
     const settled = known?.shape === shape
-    if (known === undefined) this.#known.set(path, { shape, reported: undefined, warnedMode: undefined })
-    else {
+    if (known === undefined) {
+      known = { shape, reported: undefined, warnedMode: undefined }
+      this.#known.set(path, known)
+    } else {
       known.shape = shape
       known.reported = undefined
     }
-    const state = this.#known.get(path)
-    if (state !== undefined && (mode & 0o066) !== 0 && state.warnedMode !== mode) {
-      state.warnedMode = mode
+    if ((mode & 0o066) !== 0 && known.warnedMode !== mode) {
+      known.warnedMode = mode
       const octal = mode.toString(8).padStart(4, '0')
       this.emit('warning', {
         id: path,
