@@ -24,6 +24,7 @@ import {
   type Sshd,
 } from '../test/support/index.js'
 import { stopProcess } from '../test/support/ipp.js'
+import { hasNativeBinding } from '../src/native/index.js'
 import { type BenchRow } from './common.js'
 import { netnsPids, pinToCore, sshForward, unpin, withCpu, writeBenchKernel } from './tunnel.js'
 
@@ -202,6 +203,8 @@ export async function benchStreams(): Promise<BenchRow[]> {
           cpu.ours += measured.cpu
           peak = Math.max(peak, measured.result.peak)
         }
+        // the tunnel hands freed heap pages back once it has been quiet for a second (src/tunnel/heap-release.ts)
+        await sleep(2000)
         const after = await settledRss(up.pid)
         const perGiB = (ms: number): string =>
           ((ms / (ROUNDS * STREAMS * STREAM_BYTES)) * 1024 * MIB).toFixed(0)
@@ -243,6 +246,7 @@ export async function benchStreams(): Promise<BenchRow[]> {
           },
           {
             name: 'memory: idle RSS of `up` after the streams end',
+            note: `2 s after the last stream; native binding ${hasNativeBinding() ? 'built' : 'NOT built (no malloc_trim)'}`,
             ours: after / MIB,
             anchor: (baseline * 1.1) / MIB,
             anchorName: `baseline ${(baseline / MIB).toFixed(1)} MiB + 10%`,

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs'
 import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
+import { releaseHeapAfterBursts } from '../tunnel/heap-release.js'
 import { EXIT, Output } from './output.js'
 
 /** The commands, for "unknown command" and its suggestion. */
@@ -143,5 +144,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     output.fail(new IppTunnelError('E_USAGE', `${usageError} (see ipp-tunnel --help)`))
     return EXIT.badInput
   }
-  return chosen ? await chosen() : EXIT.ok
+  if (chosen === undefined) return EXIT.ok
+  releaseHeapAfterBursts()
+  return await chosen()
 }

@@ -6,6 +6,7 @@ import type { Endpoint } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
 import { currentUid, kindOf } from '../safe-fs/index.js'
 import { ChannelBudget } from './budget.js'
+import { noteCarried } from './heap-release.js'
 
 /** Opens a stream to an endpoint as seen from the ssh server (a Link does this over SSH). */
 export type OpenRemote = (remote: Endpoint) => Promise<Duplex>
@@ -122,6 +123,7 @@ function pump(from: Readable, to: Writable): void {
   }
   from.on('data', (chunk: Buffer) => {
     pending += chunk.length
+    noteCarried(chunk.length)
     to.write(chunk, written(chunk.length))
     if (pending >= PUMP_LIMIT && !paused) {
       paused = true

@@ -1,0 +1,47 @@
+import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import { connect } from 'node:net'
+import { Duplex } from 'node:stream'
+import { test } from 'node:test'
+
+import type { Endpoint } from '../../src/connection-file/index.js'
+import { hasNativeBinding } from '../../src/native/index.js'
+import { releaseHeapAfterBursts } from '../../src/tunnel/heap-release.js'
+import { Forward } from '../../src/tunnel/index.js'
+
+const MIB = 1024 * 1024
+
+test('the native binding is built at install and loads', () => {
+  assert.ok(
+    hasNativeBinding(),
+    'src/native/build/Release/ipp_tunnel_native.node did not load: did `npm install` build it (node-gyp, a C compiler)?',
+  )
+})
+
+test('after a burst through a forward goes quiet, the heap is collected and its free pages handed back', async (t) => {
+  const released = new Promise<boolean>((resolve) => releaseHeapAfterBursts(resolve))
+  const remote: Endpoint = { kind: 'tcp', channel: 'shell', host: '127.0.0.1', port: 9 }
+  // the remote end drops what it is sent and sends nothing back
+  const channel = new Duplex({
+    allowHalfOpen: true,
+    read: () => undefined,
+    write: (_chunk, _encoding, done) => done(),
+    final(done) {
+      this.push(null)
+      done()
+    },
+  })
+  const forward = await Forward.listen(
+    remote,
+    () => Promise.resolve(channel),
+    () => undefined,
+  )
+  t.after(() => forward.close())
+  const client = connect({ host: '127.0.0.1', port: forward.localPort })
+  await once(client, 'connect')
+  client.end(Buffer.alloc(16 * MIB, 1))
+  await once(channel, 'finish')
+  // glibc's malloc_trim says whether it returned any pages: after 16 MiB of freed buffers it has some
+  assert.equal(await released, true)
+  client.destroy()
+})
