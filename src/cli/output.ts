@@ -249,6 +249,9 @@ export class Output {
         exitHookInstalled = true
         // Writes to pipes, files and terminals are synchronous on Linux, so held counts still reach the reader.
         process.on('exit', () => live.forEach((o) => o.flush()))
+        // A reader that went away (`ipp-tunnel up … | head`, a closed terminal) ends the output, not the tunnel:
+        // without a listener the EPIPE would be thrown and stop the process with a stack trace.
+        for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined)
       }
     }
   }

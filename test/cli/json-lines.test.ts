@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
-import { portOf, sshArgsOf, startSshd, type Sshd } from '../support/index.js'
+import { appears, portOf, sshArgsOf, startSshd, type Sshd } from '../support/index.js'
 import { startKernel, type Kernel } from '../support/kernel.js'
 
 type Event = Record<string, unknown>
@@ -128,6 +128,22 @@ describe('CLI output: JSON lines, stdout vs stderr, status, repeated errors (rea
     assert.match(stdout, /^\d{4}-\d\d-\d\dT[\d:.]+Z ready in \d+ ms: /)
     assert.match(stdout, /closed /)
     assert.equal(stderr, '')
+  })
+
+  test('up whose stdout reader has gone (up … | head) keeps carrying and stops cleanly: no EPIPE crash', async () => {
+    const out = join(dir, 'up-no-reader.json')
+    const child = spawnCli(['up', kernel.file, '--out', out, ...ssh])
+    let stderr = ''
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()))
+    // the reader goes before up writes its ready block, so that write fails with EPIPE
+    child.stdout?.destroy()
+    await appears(out)
+    // through up's forwards: by now the ready block was written and failed
+    const ping = await runCli(['ping', out, '--json'])
+    assert.equal(ping.code, 0, ping.stderr)
+    child.kill('SIGTERM')
+    assert.deepEqual(await exited(child), { code: 0, signal: null })
+    assert.doesNotMatch(stderr, /EPIPE|\n\s+at /)
   })
 
   test("exec --json: the command's stdout is its own; events go to stderr (or --events-fd)", async () => {

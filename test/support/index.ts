@@ -16,7 +16,7 @@ export {
 } from './netns.js'
 export { startSshd, hopOf, sshArgsOf, sshOptionsOf, type Sshd, type SshdOptions } from './sshd.js'
 export { canConnect, freePort, kernelListeners, portOf, type KernelListeners } from './net.js'
-export { exists } from './fs.js'
+export { appears, exists } from './fs.js'
 export { pidsWhere, processesWith, type ProcessInfo } from './proc.js'
 export { hasCode } from './errors.js'
 export { startCluster, type Cluster } from './cluster.js'
