@@ -2,7 +2,11 @@
  * Whole-process start-up, not pinned (as users run them):
  *  (a) `ipp-tunnel up` exec → its `ready` line, vs one OpenSSH `ssh -N` process with the same 7 `-L` forwards
  *      (exec → all 7 local ports accept), against one sshd in its own network namespace;
+ *      and vs pyzmq's tunnel_connection for the same 7 channels in a python process of its own (exec → ready);
  *  (b) `ipp-tunnel --version` vs a bare `node -e 0`.
+ *
+ * NODE_EXTRA_CA_CERTS, which this machine sets for its package proxy, is unset for every node process here: node
+ * reads and parses the CA file it names at every start (~50 ms), before any of a program's code runs.
  *
  * Run alone: `node dist/bench/run.js startup`.
  */
@@ -22,11 +26,14 @@ import {
   startSshd,
   type Sshd,
 } from '../test/support/index.js'
-import { stopProcess } from '../test/support/ipp.js'
+import { PYTHON, stopProcess } from '../test/support/ipp.js'
 import { median, type BenchRow } from './common.js'
-import { opensshForwardArgs } from './tunnel.js'
+import { opensshForwardArgs, pyzmqArgs, PYZMQ_READY } from './tunnel.js'
 
 const RUNS = 7
+const PYZMQ_RUNS = 3
+/** See the file's comment: a machine setting, not ours; unset for ours and the bare node alike. */
+const NODE_ENV: NodeJS.ProcessEnv = { NODE_EXTRA_CA_CERTS: undefined }
 const VERSION_RUNS = 15
 const CHANNELS = ['registration', 'control', 'mux', 'task', 'iopub', 'notification', 'broadcast']
 
@@ -43,16 +50,19 @@ function accepts(port: number): Promise<boolean> {
 
 async function oursReadyMs(sshd: Sshd, file: string, out: string): Promise<number> {
   const started = performance.now()
-  const child = spawnCli([
-    'up',
-    file,
-    '--json',
-    '--out',
-    out,
-    '--ssh',
-    `${sshd.user}@${sshd.host}:${sshd.port}`,
-    ...sshArgsOf(sshd),
-  ])
+  const child = spawnCli(
+    [
+      'up',
+      file,
+      '--json',
+      '--out',
+      out,
+      '--ssh',
+      `${sshd.user}@${sshd.host}:${sshd.port}`,
+      ...sshArgsOf(sshd),
+    ],
+    NODE_ENV,
+  )
   try {
     await new JsonLines(child).next('ready')
     return performance.now() - started
@@ -87,9 +97,33 @@ async function sshReadyMs(sshd: Sshd, remotePort: number): Promise<number> {
   }
 }
 
+/** A python process running pyzmq's tunnel_connection for every channel: exec → its line saying all are up. */
+async function pyzmqProcessMs(sshd: Sshd, clientJson: string): Promise<number> {
+  const started = performance.now()
+  const child = spawn(PYTHON, ['-c', PYZMQ_READY, ...pyzmqArgs(sshd, clientJson)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  try {
+    let text = ''
+    const line = await new Promise<string>((resolve, reject) => {
+      child.stdout.on('data', (d: Buffer) => {
+        text += d.toString()
+        if (text.includes('\n')) resolve(text.trim())
+      })
+      child.once('exit', (code) => reject(new Error(`pyzmq tunnels exited ${String(code)}: ${text}`)))
+    })
+    const ms = performance.now() - started
+    const result = JSON.parse(line) as { error?: string }
+    if (result.error !== undefined) throw new Error(`pyzmq tunnels: ${result.error}`)
+    return ms
+  } finally {
+    await stopProcess(child)
+  }
+}
+
 async function exitMs(argv: readonly string[]): Promise<number> {
   const started = performance.now()
-  const child = spawn(process.execPath, argv, { stdio: 'ignore' })
+  const child = spawn(process.execPath, argv, { stdio: 'ignore', env: { ...process.env, ...NODE_ENV } })
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
   if (code !== 0) throw new Error(`${argv.join(' ')} exited ${String(code)}`)
   return performance.now() - started
@@ -110,20 +144,17 @@ export async function benchStartup(): Promise<BenchRow[]> {
     try {
       const remotePort = echo.port
       const file = join(dir, 'ipcontroller-client.json')
-      await writeFile(
-        file,
-        JSON.stringify({
-          interface: 'tcp://127.0.0.1',
-          ...Object.fromEntries(CHANNELS.map((c) => [c, remotePort])),
-          task_scheme: 'leastload',
-          key: '',
-          location: 'bench',
-          pack: 'json',
-          unpack: 'json',
-          signature_scheme: 'hmac-sha256',
-        }),
-        { mode: 0o600 },
-      )
+      const clientJson = JSON.stringify({
+        interface: 'tcp://127.0.0.1',
+        ...Object.fromEntries(CHANNELS.map((c) => [c, remotePort])),
+        task_scheme: 'leastload',
+        key: '',
+        location: 'bench',
+        pack: 'json',
+        unpack: 'json',
+        signature_scheme: 'hmac-sha256',
+      })
+      await writeFile(file, clientJson, { mode: 0o600 })
       const ours: number[] = []
       const ssh: number[] = []
       // one of each first, unmeasured: the page cache then holds node, ssh and every module for both, and the
@@ -134,6 +165,8 @@ export async function benchStartup(): Promise<BenchRow[]> {
         ours.push(await oursReadyMs(sshd, file, join(dir, 'loopback.json')))
         ssh.push(await sshReadyMs(sshd, remotePort))
       }
+      const pyzmq: number[] = []
+      for (let i = 0; i < PYZMQ_RUNS; i++) pyzmq.push(await pyzmqProcessMs(sshd, clientJson))
       const version: number[] = []
       const bare: number[] = []
       await exitMs([CLI, '--version'])
@@ -151,6 +184,16 @@ export async function benchStartup(): Promise<BenchRow[]> {
           better: 'lower',
           targetRatio: 1,
           note: `median of ${RUNS} interleaved`,
+        },
+        {
+          name: 'start-up: `up` exec → ready, against pyzmq in a process of its own',
+          ours: median(ours),
+          anchor: median(pyzmq),
+          anchorName: "python3 running pyzmq's tunnel_connection for the 7 channels",
+          unit: 'ms',
+          better: 'lower',
+          targetRatio: 15,
+          note: `median of ${PYZMQ_RUNS}; ours: the row above`,
         },
         {
           name: 'start-up: `ipp-tunnel --version`',

@@ -56,7 +56,7 @@ while True:
 `
 
 /** pyzmq's tunnel_connection for each endpoint of a client file, as ipyparallel's Client does it. */
-const PYZMQ_READY = String.raw`
+export const PYZMQ_READY = String.raw`
 import json, subprocess, sys, time, zmq
 from zmq.ssh import tunnel
 info, server, keyfile = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -258,14 +258,19 @@ async function throughputMiBs(endpoint: string): Promise<number> {
   }
 }
 
+/** The arguments of {@link PYZMQ_READY}: the client file's JSON, the ssh server, and pyzmq's keyfile (with our options). */
+export function pyzmqArgs(sshd: Sshd, clientJson: string): string[] {
+  // pyzmq pastes keyfile into the ssh command line: the same key and known_hosts as ours, nothing else
+  return [
+    clientJson,
+    `${sshd.user}@${sshd.host}:${sshd.port}`,
+    `${sshd.clientKey} -F /dev/null -o UserKnownHostsFile=${sshd.knownHostsFile} -o StrictHostKeyChecking=yes`,
+  ]
+}
+
 async function pyzmqReadyMs(sshd: Sshd, clientJson: string): Promise<{ ms: number; error?: string }> {
   const result = await runPython(PYZMQ_READY, {
-    // pyzmq pastes keyfile into the ssh command line: the same key and known_hosts as ours, nothing else
-    args: [
-      clientJson,
-      `${sshd.user}@${sshd.host}:${sshd.port}`,
-      `${sshd.clientKey} -F /dev/null -o UserKnownHostsFile=${sshd.knownHostsFile} -o StrictHostKeyChecking=yes`,
-    ],
+    args: pyzmqArgs(sshd, clientJson),
     timeoutMs: 120_000,
   })
   const line = result.stdout.trim().split('\n').at(-1) ?? ''
