@@ -16,6 +16,9 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const ENTRY = `${ROOT}dist/src/cli/index.js`
 /** Beside the tsc output it was made from, so that paths relative to import.meta.url stay the same. */
 const OUT = `${ROOT}dist/src/cli/ipp-tunnel.cjs`
+/** What bin/ipp-tunnel.js requires: launch.js as CommonJS, so that node never starts its ES-module loader for it. */
+const LAUNCH = `${ROOT}dist/src/cli/launch.cjs`
+const IMPORT_META_URL = `const __ipptImportMetaUrl = require('node:url').pathToFileURL(__filename).href;`
 
 const nativeAddons: Plugin = {
   name: 'native-addons',
@@ -85,6 +88,21 @@ const lazyStringWidth: Plugin = {
 }
 
 await rm(OUT, { force: true })
+await rm(LAUNCH, { force: true })
+const launcher = await build({
+  entryPoints: [`${ROOT}dist/src/cli/launch.js`],
+  outfile: LAUNCH,
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  // the modules it falls back to (when the one-file build is older) stay what tsc wrote
+  external: ['./index.js'],
+  define: { 'import.meta.url': '__ipptImportMetaUrl' },
+  banner: { js: IMPORT_META_URL },
+  logLevel: 'warning',
+})
+if (launcher.errors.length > 0) process.exit(1)
 const result = await build({
   entryPoints: [ENTRY],
   outfile: OUT,
@@ -104,7 +122,7 @@ const result = await build({
   define: { 'import.meta.url': '__ipptImportMetaUrl' },
   banner: {
     js: [
-      `const __ipptImportMetaUrl = require('node:url').pathToFileURL(__filename).href;`,
+      IMPORT_META_URL,
       `const __ipptYargsShimUrl = () => require('node:url').pathToFileURL(require('node:path').join(require.resolve('yargs/package.json'), '../lib/platform-shims/esm.mjs')).href;`,
     ].join('\n'),
   },

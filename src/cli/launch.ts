@@ -7,7 +7,6 @@
  * `~/.cache/ipp-tunnel`, 0700, checked as src/safe-fs checks the runtime directory). The cache is only a speed-up:
  * a directory or file that is not exactly the user's own (owner, type, mode) is ignored, never an error.
  */
-import { createHash } from 'node:crypto'
 import {
   closeSync,
   constants,
@@ -113,6 +112,13 @@ function writeOwnFile(dir: string, name: string, data: Buffer): void {
   }
 }
 
+/** A short hash of a short string (FNV-1a, 32 bits), in hex: no need to load node:crypto for it. */
+function fnv1a(text: string): string {
+  let hash = 0x811c9dc5
+  for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193)
+  return (hash >>> 0).toString(16)
+}
+
 /**
  * Loads the single-file build. Node 22.1+ keeps its own compile cache in the private directory; before that the
  * script is compiled here with V8's cachedData, and `save` writes a new cache after the command ran (so that it
@@ -127,12 +133,17 @@ function loadBundle(path: string): { main: Main; save: () => void } {
     return { main, save: () => undefined }
   }
   const source = readFileSync(path, 'utf8')
-  // by content: V8 checks only a cache's length against the source, and an installed package's files share one mtime
-  const key = createHash('sha256')
-    .update(JSON.stringify([process.version, process.arch, process.execArgv]))
-    .update(source)
-    .digest('hex')
-    .slice(0, 32)
+  // by the file's identity, not its mtime (an installed package's files share one): a reinstalled or rebuilt
+  // file is a new inode with a new ctime. V8 itself checks only a cache's length against the source.
+  const file = statSync(path)
+  const key = [
+    process.version,
+    process.arch,
+    fnv1a(process.execArgv.join('\0')),
+    file.size,
+    file.ino,
+    Math.round(file.ctimeMs),
+  ].join('-')
   const name = `${CACHE_PREFIX}${key}${CACHE_SUFFIX}`
   const cachedData = readOwnFile(join(dir, name))
   const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${source}\n})`, {

@@ -15,7 +15,7 @@ async function filesUnder(dir: string): Promise<string[]> {
   return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name))
 }
 
-test('npm pack + npm install -g of the tarball: ipp-tunnel --help runs; LICENSE, no source maps, no build step', async (t) => {
+test('npm pack + npm install -g of the tarball: ipp-tunnel --help runs; LICENSE, no source maps, no build step but the optional binding', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'ippt-pack-'))
   t.after(() => rm(dir, { recursive: true, force: true }))
   // dist/ is built by the test command already; prepack would build it again
@@ -28,6 +28,9 @@ test('npm pack + npm install -g of the tarball: ipp-tunnel --help runs; LICENSE,
   assert.ok(paths.includes('LICENSE'), paths.join(' '))
   assert.ok(paths.includes('bin/ipp-tunnel.js'))
   assert.ok(paths.includes('dist/src/index.js'))
+  assert.ok(paths.includes('bin/package.json'), 'bin/ipp-tunnel.js is CommonJS by bin/package.json')
+  assert.ok(paths.includes('dist/src/cli/launch.cjs'))
+  assert.ok(paths.includes('src/native/binding.gyp') && paths.includes('src/native/malloc-trim.c'))
   assert.deepEqual(
     paths.filter((p) => p.endsWith('.map') || (p.endsWith('.ts') && !p.endsWith('.d.ts'))),
     [],
@@ -58,9 +61,11 @@ test('npm pack + npm install -g of the tarball: ipp-tunnel --help runs; LICENSE,
     license: string
     scripts: Record<string, string>
   }
-  for (const hook of ['preinstall', 'install', 'postinstall', 'prepare']) {
+  for (const hook of ['preinstall', 'postinstall', 'prepare']) {
     assert.equal(manifest.scripts[hook], undefined, `installing the package must not run ${hook}`)
   }
+  // the one install step builds the optional native binding, and cannot fail the install (this one skipped it)
+  assert.match(manifest.scripts.install ?? '', /^node-gyp rebuild --directory=src\/native \|\| echo /)
   assert.match(manifest.scripts.prepack ?? '', /tsc/)
   assert.equal(manifest.license, 'BSD-3-Clause')
   assert.match(
