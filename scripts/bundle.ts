@@ -113,6 +113,7 @@ const result = await build({
   // smaller source is less for V8 to scan at every start; names stay for stack traces (--debug)
   minifyWhitespace: true,
   minifySyntax: true,
+  minifyIdentifiers: true,
   keepNames: true,
   legalComments: 'none',
   external: ['zeromq', 'chokidar', 'cpu-features'],
@@ -123,7 +124,8 @@ const result = await build({
   banner: {
     js: [
       IMPORT_META_URL,
-      `const __ipptYargsShimUrl = () => require('node:url').pathToFileURL(require('node:path').join(require.resolve('yargs/package.json'), '../lib/platform-shims/esm.mjs')).href;`,
+      // yargs beside the package (a checkout, a global install) is one stat; require.resolve (~4 ms) otherwise
+      `const __ipptYargsShimUrl = () => { const path = require('node:path'); const beside = path.join(__dirname, '../../../node_modules/yargs/package.json'); return require('node:url').pathToFileURL(path.join(require('node:fs').existsSync(beside) ? beside : require.resolve('yargs/package.json'), '../lib/platform-shims/esm.mjs')).href };`,
     ].join('\n'),
   },
   plugins: [nativeAddons, ssh2ClientOnly, yargsOwnUrl, lazyStringWidth],

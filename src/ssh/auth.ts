@@ -1,5 +1,4 @@
 import { readFile, stat } from 'node:fs/promises'
-import ssh2 from 'ssh2'
 import type { AnyAuthMethod, AuthHandlerMiddleware, ParsedKey } from 'ssh2'
 import { IppTunnelError } from '../errors/index.js'
 import {
@@ -9,6 +8,7 @@ import {
   findCertificates,
   type HopCertificates,
 } from './certificate.js'
+import { loadSsh2, ssh2 } from './ssh2-lib.js'
 import { quotePrompts, type PromptProvider, type PromptRequest } from './prompts.js'
 import type { PassphraseProvider, ResolvedHop } from './types.js'
 
@@ -79,7 +79,7 @@ const encryptedMessage = /no passphrase given/i
 
 /** True when `data` is an ssh public key (an `id_*.pub` line), which cannot sign. */
 function isPublicKey(data: Buffer): boolean {
-  const parsed = firstKey(ssh2.utils.parseKey(data))
+  const parsed = firstKey(ssh2().utils.parseKey(data))
   return !(parsed instanceof Error) && !parsed.isPrivateKey()
 }
 
@@ -125,6 +125,7 @@ export class HopAuth {
    * a prompt.
    */
   async begin(): Promise<AuthAttempt> {
+    await loadSsh2()
     const hop = this.#hop
     const methods = methodOrder(hop.preferredAuthentications)
     const canAsk = this.#options.prompt !== undefined && methods.some((m) => INTERACTIVE.has(m))
@@ -223,7 +224,7 @@ export class HopAuth {
     const open = async (c: Extract<Candidate, { kind: 'key' }>): Promise<ParsedKey | undefined> => {
       const cached = this.#opened.get(c.path)
       if (cached !== undefined) return cached
-      const plain = firstKey(ssh2.utils.parseKey(c.data))
+      const plain = firstKey(ssh2().utils.parseKey(c.data))
       if (!(plain instanceof Error)) {
         if (!plain.isPrivateKey()) {
           unusable.push(c.path)
@@ -248,7 +249,7 @@ export class HopAuth {
         locked.push(c.path)
         return undefined
       }
-      const key = firstKey(ssh2.utils.parseKey(c.data, passphrase))
+      const key = firstKey(ssh2().utils.parseKey(c.data, passphrase))
       if (key instanceof Error) {
         wrong.push(c.path)
         return undefined

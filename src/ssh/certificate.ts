@@ -1,8 +1,9 @@
 import { readFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { connect } from 'node:net'
-import ssh2 from 'ssh2'
 import type { ParsedKey } from 'ssh2'
+
+import { ssh2 } from './ssh2-lib.js'
 
 /*
  * OpenSSH user certificates (PROTOCOL.certkeys) for ssh2, which has none (ssh2#551).
@@ -261,7 +262,7 @@ const signers = new WeakMap<object, Signer>()
 let parsedMark: symbol | undefined
 function markOf(): symbol {
   if (parsedMark !== undefined) return parsedMark
-  const sample = ssh2.utils.parseKey(
+  const sample = ssh2().utils.parseKey(
     'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAa5ZdJ0DWOqbUMdqehJyKxhZaLfJEzolVuK6x0eiL63',
   )
   const key: ParsedKey | Error = Array.isArray(sample)

@@ -1,6 +1,5 @@
+import { connect as connectTcp, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
-
-import ssh2 from 'ssh2'
 
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import type { AuthAttempt, HopAuth } from './auth.js'
@@ -11,6 +10,7 @@ import { hostKeyAsker } from './host-key-question.js'
 import { checkHostKey, fingerprintSha256, type HostKeyNote } from './known-hosts.js'
 import type { LinkOptions } from './link.js'
 import { ProxyCommand } from './proxy-command.js'
+import { ssh2 } from './ssh2-lib.js'
 import { ASKED_SILENCE_MS, holdToCount, KEEPALIVE_COUNT_MAX } from './ssh2-socket.js'
 import type { ResolvedHop, ResolvedTarget } from './types.js'
 
@@ -45,7 +45,16 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
       let sock: Duplex | undefined
       const auth = ctx.auth[i]
       if (auth === undefined) throw new Error('unreachable: no auth for hop')
-      const attempt = await auth.begin()
+      // a first hop without a ProxyCommand: its TCP connect and the server's banner overlap loading the keys and ssh2
+      const early = previous === undefined && hop.proxyCommand === undefined ? connectEarly(hop) : undefined
+      let attempt: AuthAttempt
+      try {
+        attempt = await auth.begin()
+      } catch (err) {
+        early?.drop()
+        throw err
+      }
+      sock = early?.take()
       if (previous === undefined && hop.proxyCommand !== undefined) {
         // started only now, right before ssh2 takes its stream: no await between, so no exit goes unseen
         const where = label(hop)
@@ -73,7 +82,7 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
         }
       }
       const proxy = previous === undefined ? chain.proxies[0] : undefined
-      const client = await connectHop(ctx, hop, attempt, sock, signal, proxy)
+      const client = await connectHop(ctx, hop, attempt, sock, previous !== undefined, signal, proxy)
       chain.clients.push(client)
       asked ||= attempt.prompted
       previous = { client, hop }
@@ -88,15 +97,42 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
   }
 }
 
+/**
+ * Starts the TCP connection to `hop` now, for ssh2 to take later. A connection that failed before it was taken is
+ * dropped and ssh2 connects by itself, so that a refused or unreachable server is reported exactly as before.
+ */
+function connectEarly(hop: ResolvedHop): { take(): Socket | undefined; drop(): void } {
+  const socket = connectTcp({ host: hop.host, port: hop.port })
+  let failed = false
+  const onError = (): void => {
+    failed = true
+  }
+  socket.on('error', onError)
+  return {
+    take: () => {
+      socket.off('error', onError)
+      if (!failed && !socket.destroyed) return socket
+      socket.destroy()
+      return undefined
+    },
+    drop: () => {
+      socket.off('error', onError)
+      socket.on('error', () => undefined)
+      socket.destroy()
+    },
+  }
+}
+
 function connectHop(
   ctx: ChainContext,
   hop: ResolvedHop,
   auth: AuthAttempt,
   sock: Duplex | undefined,
+  jumped: boolean,
   signal: AbortSignal,
   proxy?: ProxyCommand,
 ): Promise<Client> {
-  const client = new ssh2.Client()
+  const client = new (ssh2().Client)()
   client.once('close', () => closedClients.add(client))
   const where = label(hop)
   return new Promise<Client>((resolve, reject) => {
@@ -214,7 +250,7 @@ function connectHop(
     const policyFrom = ctx.options.hostKeyCheck === undefined ? hop.hostKeyPolicyFrom : undefined
     const say = ctx.options.verbose
     say?.(
-      `${where}: connecting${sock !== undefined ? ' through the jump host before it' : ''}; identity files ${hop.identityFiles.join(', ') || 'none'}${hop.identitiesOnly ? ' (only these)' : ''}; known_hosts ${files.join(', ') || 'none'}, policy ${policy}; certificates ${hop.certificateFiles?.join(', ') ?? "KEY-cert.pub beside each identity file, and the agent's"}; proxy ${hop.proxyCommand !== undefined ? `ProxyCommand ${hop.proxyCommand}` : sock !== undefined ? 'the jump host before it' : 'none'}; methods ${(hop.preferredAuthentications ?? ['default']).join(',')}; keepalive ${keepaliveMs / 1000} s x ${countMax}${explicitMax === undefined ? ` (x ${keepaliveMax} after a login that asks a person)` : ''}`,
+      `${where}: connecting${jumped ? ' through the jump host before it' : ''}; identity files ${hop.identityFiles.join(', ') || 'none'}${hop.identitiesOnly ? ' (only these)' : ''}; known_hosts ${files.join(', ') || 'none'}, policy ${policy}; certificates ${hop.certificateFiles?.join(', ') ?? "KEY-cert.pub beside each identity file, and the agent's"}; proxy ${hop.proxyCommand !== undefined ? `ProxyCommand ${hop.proxyCommand}` : jumped ? 'the jump host before it' : 'none'}; methods ${(hop.preferredAuthentications ?? ['default']).join(',')}; keepalive ${keepaliveMs / 1000} s x ${countMax}${explicitMax === undefined ? ` (x ${keepaliveMax} after a login that asks a person)` : ''}`,
     )
     if (say !== undefined) client.once('ready', () => say(`${where}: authenticated`))
     client.connect({
