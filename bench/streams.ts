@@ -32,6 +32,8 @@ const STREAMS = 100
 const STREAM_BYTES = 10 * 1024 * 1024
 const IDLE_CONNECTIONS = 1000
 const ROUNDS = 2
+/** How long after the last stream the idle RSS is taken. */
+const IDLE_WAIT_MS = 5000
 const MIB = 1024 * 1024
 const KIB = 1024
 
@@ -203,8 +205,9 @@ export async function benchStreams(): Promise<BenchRow[]> {
           cpu.ours += measured.cpu
           peak = Math.max(peak, measured.result.peak)
         }
-        // the tunnel hands freed heap pages back once it has been quiet for a second (src/tunnel/heap-release.ts)
-        await sleep(2000)
+        // the tunnel collects and hands freed heap pages back 1–2 s after its forwards went quiet, and again 2 s
+        // later (src/tunnel/heap-release.ts)
+        await sleep(IDLE_WAIT_MS)
         const after = await settledRss(up.pid)
         const perGiB = (ms: number): string =>
           ((ms / (ROUNDS * STREAMS * STREAM_BYTES)) * 1024 * MIB).toFixed(0)
@@ -246,7 +249,7 @@ export async function benchStreams(): Promise<BenchRow[]> {
           },
           {
             name: 'memory: idle RSS of `up` after the streams end',
-            note: `2 s after the last stream; native binding ${hasNativeBinding() ? 'built' : 'NOT built (no malloc_trim)'}`,
+            note: `${IDLE_WAIT_MS / 1000} s after the last stream; native binding ${hasNativeBinding() ? 'built' : 'NOT built (no malloc_trim)'}`,
             ours: after / MIB,
             anchor: (baseline * 1.1) / MIB,
             anchorName: `baseline ${(baseline / MIB).toFixed(1)} MiB + 10%`,

@@ -1,3 +1,4 @@
+import { channel } from 'node:diagnostics_channel'
 import { runInNewContext } from 'node:vm'
 
 import { releaseFreeHeapPages } from '../native/index.js'
@@ -6,9 +7,16 @@ import { releaseFreeHeapPages } from '../native/index.js'
 const BURST_BYTES = 8 * 1024 * 1024
 /** How long the forwards must have carried nothing before the release. */
 const QUIET_MS = 1000
+/** A second release this long after the first, for what was still in use then (connections closing). */
+const AGAIN_MS = 2000
+
+/**
+ * Published after each release with `{ pagesReturned }` (whether glibc handed any pages back), for whoever
+ * watches the process's memory: `diagnostics_channel.subscribe('ipp-tunnel:heap-release', …)`.
+ */
+export const heapReleaseChannel = channel('ipp-tunnel:heap-release')
 
 let enabled = false
-let onRelease: ((pagesReturned: boolean) => void) | undefined
 let carried = 0
 let carriedAtLastLook = 0
 let timer: NodeJS.Timeout | undefined
@@ -28,6 +36,12 @@ function collect(): void {
   collectGarbage()
 }
 
+function release(): void {
+  collect()
+  const pagesReturned = releaseFreeHeapPages()
+  if (heapReleaseChannel.hasSubscribers) heapReleaseChannel.publish({ pagesReturned })
+}
+
 function look(): void {
   if (carried !== carriedAtLastLook) {
     carriedAtLastLook = carried
@@ -37,19 +51,22 @@ function look(): void {
   timer = undefined
   carried = 0
   carriedAtLastLook = 0
-  collect()
-  onRelease?.(releaseFreeHeapPages())
+  release()
+  setTimeout(() => {
+    // unless traffic came meanwhile (a new burst gets releases of its own)
+    if (timer === undefined && carried === 0) release()
+  }, AGAIN_MS).unref()
 }
 
 /**
  * After a burst of traffic, once the forwards have carried nothing for a second: a full garbage collection, then
- * the C heap's free pages back to the system. Freed buffers leave gaps in the heap that glibc keeps (it returns
- * only the heap's top), so a long-running tunnel would otherwise hold its peak footprint for good. For the
- * command line's processes; a program using the library keeps its own garbage collection to itself.
+ * the C heap's free pages back to the system, and both again two seconds later. Freed buffers leave gaps in the
+ * heap that glibc keeps (it returns only the heap's top), so a long-running tunnel would otherwise hold its peak
+ * footprint for good. For the command line's processes; a program using the library keeps its own garbage
+ * collection to itself.
  */
-export function releaseHeapAfterBursts(released?: (pagesReturned: boolean) => void): void {
+export function releaseHeapAfterBursts(): void {
   enabled = true
-  onRelease = released
 }
 
 /** Counts bytes carried by the forwards (a no-op unless {@link releaseHeapAfterBursts} was called). */

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import { subscribe } from 'node:diagnostics_channel'
 import { once } from 'node:events'
 import { connect } from 'node:net'
 import { Duplex } from 'node:stream'
@@ -6,7 +7,7 @@ import { test } from 'node:test'
 
 import type { Endpoint } from '../../src/connection-file/index.js'
 import { hasNativeBinding } from '../../src/native/index.js'
-import { releaseHeapAfterBursts } from '../../src/tunnel/heap-release.js'
+import { heapReleaseChannel, releaseHeapAfterBursts } from '../../src/tunnel/heap-release.js'
 import { Forward } from '../../src/tunnel/index.js'
 
 const MIB = 1024 * 1024
@@ -19,7 +20,12 @@ test('the native binding is built at install and loads', () => {
 })
 
 test('after a burst through a forward goes quiet, the heap is collected and its free pages handed back', async (t) => {
-  const released = new Promise<boolean>((resolve) => releaseHeapAfterBursts(resolve))
+  releaseHeapAfterBursts()
+  const released = new Promise<boolean>((resolve) =>
+    subscribe(heapReleaseChannel.name, (message) =>
+      resolve((message as { pagesReturned: boolean }).pagesReturned),
+    ),
+  )
   const remote: Endpoint = { kind: 'tcp', channel: 'shell', host: '127.0.0.1', port: 9 }
   // the remote end drops what it is sent and sends nothing back
   const channel = new Duplex({
