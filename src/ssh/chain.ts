@@ -98,8 +98,9 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
 }
 
 /**
- * Starts the TCP connection to `hop` now, for ssh2 to take later. A connection that failed before it was taken is
- * dropped and ssh2 connects by itself, so that a refused or unreachable server is reported exactly as before.
+ * Starts the TCP connection to `hop` now, for ssh2 to take later. A connection that failed (or that the server
+ * closed) before it was taken is dropped and ssh2 connects by itself, so that a refused or unreachable server is
+ * reported exactly as before.
  */
 function connectEarly(hop: ResolvedHop): { take(): Socket | undefined; drop(): void } {
   const socket = connectTcp({ host: hop.host, port: hop.port })
@@ -111,7 +112,10 @@ function connectEarly(hop: ResolvedHop): { take(): Socket | undefined; drop(): v
   return {
     take: () => {
       socket.off('error', onError)
-      if (!failed && !socket.destroyed) return socket
+      // still connecting or open both ways: a server that already hung up gets a fresh connection from ssh2
+      const usable = socket.readyState === 'opening' || socket.readyState === 'open'
+      if (!failed && !socket.destroyed && usable) return socket
+      socket.on('error', () => undefined)
       socket.destroy()
       return undefined
     },
