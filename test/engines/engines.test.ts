@@ -6,26 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 
 import { exited } from '../support/cli.js'
 import { runPython } from '../support/ipp.js'
-import { alive, idsAndPidsScript, startEnginesCli, startRemote, stopCli } from './helpers.js'
-
-const PSUM = (clientFile: string) => `
-import json, ipyparallel as ipp
-c = ipp.Client(${JSON.stringify(clientFile)}, timeout=30)
-c.wait_for_engines(2, timeout=60)
-def psum(n):
-    # the classic psum: each rank sums its own slice, Allreduce gives every rank the total
-    import array
-    from mpi4py import MPI
-    comm = MPI.COMM_WORLD
-    rank = comm.Get_rank()
-    mine = array.array('d', [float(rank * n + i) for i in range(n)])
-    local = array.array('d', [sum(mine)])
-    total = array.array('d', [0.0])
-    comm.Allreduce(local, total, op=MPI.SUM)
-    return {"rank": rank, "size": comm.Get_size(), "local": local[0], "total": total[0]}
-print(json.dumps({"ids": sorted(c.ids), "results": c[:].apply_sync(psum, 1000)}))
-c.close()
-`
+import { alive, idsAndPidsScript, runPsum, startEnginesCli, startRemote, stopCli } from './helpers.js'
 
 test('engines -n 2 --mpi: the controller sees 2 engines in one MPI world; Allreduce gives both the total', async (t) => {
   const remote = await startRemote(t)
@@ -39,12 +20,7 @@ test('engines -n 2 --mpi: the controller sees 2 engines in one MPI world; Allred
   await lines.next('registered', 60_000)
   assert.equal(lines.events.filter((e) => e.event === 'engine-started').length, 1, 'one mpiexec process')
 
-  const result = await runPython(PSUM(remote.ctl.clientFile), { netns: remote.ns, timeoutMs: 90_000 })
-  assert.equal(result.code, 0, result.stderr)
-  const { ids, results } = JSON.parse(result.stdout) as {
-    ids: number[]
-    results: { rank: number; size: number; local: number; total: number }[]
-  }
+  const { ids, results } = await runPsum(remote, 2)
   assert.deepEqual(ids, [0, 1])
   const n = 1000
   const expectedTotal = ((2 * n - 1) * (2 * n)) / 2

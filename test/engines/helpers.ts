@@ -7,7 +7,7 @@ import { isIppTunnelError } from '../../src/errors/index.js'
 import type { ConnectOptions } from '../../src/sockets/index.js'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
-import type { Controller } from '../support/ipp.js'
+import { runPython, type Controller } from '../support/ipp.js'
 import { startSshRemote, type Netns, type Sshd } from '../support/index.js'
 
 /** A controller in a namespace of its own, reachable only through the sshd there, with no engines. */
@@ -103,10 +103,30 @@ def psum(n):
     local = array.array('d', [sum(mine)])
     total = array.array('d', [0.0])
     comm.Allreduce(local, total, op=MPI.SUM)
-    return {"rank": rank, "size": comm.Get_size(), "node": MPI.Get_processor_name(), "total": total[0]}
+    return {"rank": rank, "size": comm.Get_size(), "node": MPI.Get_processor_name(), "local": local[0], "total": total[0]}
 print(json.dumps({"ids": sorted(c.ids), "results": c[:].apply_sync(psum, 1000)}))
 c.close()
 `
+}
+
+/** One rank's answer in {@link psumScript}: its rank, the world's size, its node, its own sum and the Allreduce total. */
+export interface PsumResult {
+  readonly rank: number
+  readonly size: number
+  readonly node: string
+  readonly local: number
+  readonly total: number
+}
+
+/** Runs {@link psumScript} in the controller's namespace for `n` engines; fails the test if python does. */
+export async function runPsum(remote: Remote, n: number): Promise<{ ids: number[]; results: PsumResult[] }> {
+  const result = await runPython(psumScript(remote.ctl.clientFile, n), {
+    netns: remote.ns,
+    timeoutMs: 90_000,
+  })
+  if (result.code !== 0)
+    throw new Error(`psum on ${String(n)} engines exited ${String(result.code)}: ${result.stderr}`)
+  return JSON.parse(result.stdout) as { ids: number[]; results: PsumResult[] }
 }
 
 /**

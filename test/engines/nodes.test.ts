@@ -7,14 +7,13 @@ import { test, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
-import { runPython } from '../support/ipp.js'
 import {
   processesWith,
   sshPeers as sshPeersOf,
   startNodeCluster,
   type NodeCluster,
 } from '../support/index.js'
-import { psumScript, stopCli, type Remote } from './helpers.js'
+import { runPsum, stopCli, type Remote } from './helpers.js'
 
 const run = promisify(execFile)
 
@@ -102,15 +101,7 @@ test('engines --mpi --host across two nodes: one ssh connection per node, one MP
       assert.equal(perNode[a.name]?.length, 2, JSON.stringify(perNode))
       assert.equal(perNode[b.name]?.length, 2, JSON.stringify(perNode))
 
-      const result = await runPython(psumScript(f.remote.ctl.clientFile, 4), {
-        netns: f.remote.ns,
-        timeoutMs: 90_000,
-      })
-      assert.equal(result.code, 0, result.stderr)
-      const { ids, results } = JSON.parse(result.stdout) as {
-        ids: number[]
-        results: { rank: number; size: number; node: string; total: number }[]
-      }
+      const { ids, results } = await runPsum(f.remote, 4)
       assert.deepEqual(ids, [0, 1, 2, 3])
       const n = 1000
       for (const r of results) {
@@ -145,12 +136,7 @@ test('engines --mpi --host across two nodes: one ssh connection per node, one MP
         reconnecting.length > 0 && reconnecting.every((e) => e.host === a.name),
         JSON.stringify(reconnecting),
       )
-      const again = await runPython(psumScript(f.remote.ctl.clientFile, 4), {
-        netns: f.remote.ns,
-        timeoutMs: 90_000,
-      })
-      assert.equal(again.code, 0, again.stderr)
-      assert.deepEqual((JSON.parse(again.stdout) as { ids: number[] }).ids, [0, 1, 2, 3], 'the same engines')
+      assert.deepEqual((await runPsum(f.remote, 4)).ids, [0, 1, 2, 3], 'the same engines')
       assert.doesNotMatch(f.remote.ctl.log(), /hearts stopped|unregister_engine/)
       const after = await sshPeers(f.remote)
       assert.equal(after.filter((p) => p === a.sshd.host).length, 1, after.join(' '))

@@ -10,7 +10,7 @@ import { exited, JsonLines, spawnCli } from '../support/cli.js'
 import { runPython } from '../support/ipp.js'
 import { joinClusterNetwork, processesWith, sshPeers } from '../support/index.js'
 import { holdAllocation, startSlurm, type Slurm } from '../support/slurm.js'
-import { psumScript, startRemote, stopCli, type Remote } from './helpers.js'
+import { runPsum, startRemote, stopCli, type Remote } from './helpers.js'
 
 const run = promisify(execFile)
 
@@ -24,6 +24,14 @@ def host():
 print(json.dumps({"ids": sorted(c.ids), "hosts": c[:].apply_sync(host)}))
 c.close()
 `
+
+/** Which engines the controller lists once `n` registered, and the host each runs on (asked in its namespace). */
+async function enginesSeen(remote: Remote, n: number): Promise<{ ids: number[]; hosts: string[] }> {
+  const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', String(n))
+  const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
+  assert.equal(result.code, 0, result.stderr)
+  return JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
+}
 
 interface Fixture {
   readonly remote: Remote
@@ -124,10 +132,7 @@ test('--slurm in salloc -N2: a node tunnel per node, 2 engines on each; SIGTERM 
   for (const name of names) assert.equal(perNode[name]?.length, 2, JSON.stringify(perNode))
   const jobDir = dirname(dirname(String(ready[0]?.out)))
 
-  const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '4')
-  const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
-  assert.equal(result.code, 0, result.stderr)
-  const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
+  const seen = await enginesSeen(remote, 4)
   assert.deepEqual(
     seen.ids,
     [...(registered.ids as number[])].sort((a, b) => a - b),
@@ -155,15 +160,7 @@ test('--slurm --mpi: one mpiexec across the allocation, Allreduce across both no
   const ready = lines.events.filter((e) => e.event === 'node-ready')
   const jobDir = dirname(dirname(String(ready[0]?.out)))
 
-  const result = await runPython(psumScript(remote.ctl.clientFile, 4), {
-    netns: remote.ns,
-    timeoutMs: 90_000,
-  })
-  assert.equal(result.code, 0, result.stderr)
-  const { ids, results } = JSON.parse(result.stdout) as {
-    ids: number[]
-    results: { rank: number; size: number; node: string; total: number }[]
-  }
+  const { ids, results } = await runPsum(remote, 4)
   // With --mpi each engine asks for its rank as its id.
   assert.deepEqual(ids, [0, 1, 2, 3])
   const n = 1000
@@ -207,10 +204,7 @@ test('--sbatch -N2: submitted, an engine registered on each node, SIGTERM stops 
   )
   const jobDir = dirname(dirname(String(ready[0]?.out)))
 
-  const script = HOSTS.replace('%FILE%', JSON.stringify(remote.ctl.clientFile)).replace('%N%', '2')
-  const result = await runPython(script, { netns: remote.ns, timeoutMs: 60_000 })
-  assert.equal(result.code, 0, result.stderr)
-  const seen = JSON.parse(result.stdout) as { ids: number[]; hosts: string[] }
+  const seen = await enginesSeen(remote, 2)
   // The controller is shared by the tests of this file: ids go on from the earlier tests' engines.
   assert.deepEqual(
     seen.ids,

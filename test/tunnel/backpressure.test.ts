@@ -1,11 +1,9 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
-import { connect } from 'node:net'
 import { Duplex } from 'node:stream'
 import { test } from 'node:test'
 
-import type { Endpoint } from '../../src/connection-file/index.js'
-import { Forward } from '../../src/tunnel/index.js'
+import { clientThroughForward } from './stream-remote.js'
 
 const MIB = 1024 * 1024
 /** What the forward may hold per direction: its bound (256 KiB) plus the socket reads of one poll phase. */
@@ -50,15 +48,7 @@ class SlowChannel extends Duplex {
 
 test('a forward reads from its client only as fast as the remote channel takes the data', async (t) => {
   const channel = new SlowChannel()
-  const remote: Endpoint = { kind: 'tcp', channel: 'shell', host: '127.0.0.1', port: 9 }
-  const forward = await Forward.listen(
-    remote,
-    () => Promise.resolve(channel),
-    () => undefined,
-  )
-  t.after(() => forward.close())
-  const client = connect({ host: '127.0.0.1', port: forward.localPort })
-  await once(client, 'connect')
+  const client = await clientThroughForward(t, channel)
   const total = 32 * MIB
   client.end(Buffer.alloc(total, 1))
   await once(channel, 'finish')

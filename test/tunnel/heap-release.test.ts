@@ -1,14 +1,12 @@
 import assert from 'node:assert/strict'
 import { subscribe } from 'node:diagnostics_channel'
 import { once } from 'node:events'
-import { connect } from 'node:net'
 import { Duplex } from 'node:stream'
 import { test } from 'node:test'
 
-import type { Endpoint } from '../../src/connection-file/index.js'
 import { hasNativeBinding } from '../../src/native/index.js'
 import { heapReleaseChannel, releaseHeapAfterBursts } from '../../src/tunnel/heap-release.js'
-import { Forward } from '../../src/tunnel/index.js'
+import { clientThroughForward } from './stream-remote.js'
 
 const MIB = 1024 * 1024
 
@@ -26,7 +24,6 @@ test('after a burst through a forward goes quiet, the heap is collected and its 
       resolve((message as { pagesReturned: boolean }).pagesReturned),
     ),
   )
-  const remote: Endpoint = { kind: 'tcp', channel: 'shell', host: '127.0.0.1', port: 9 }
   // the remote end drops what it is sent and sends nothing back
   const channel = new Duplex({
     allowHalfOpen: true,
@@ -37,14 +34,7 @@ test('after a burst through a forward goes quiet, the heap is collected and its 
       done()
     },
   })
-  const forward = await Forward.listen(
-    remote,
-    () => Promise.resolve(channel),
-    () => undefined,
-  )
-  t.after(() => forward.close())
-  const client = connect({ host: '127.0.0.1', port: forward.localPort })
-  await once(client, 'connect')
+  const client = await clientThroughForward(t, channel)
   client.end(Buffer.alloc(16 * MIB, 1))
   await once(channel, 'finish')
   // glibc's malloc_trim says whether it returned any pages: after 16 MiB of freed buffers it has some
