@@ -20,6 +20,7 @@ import {
   rmSync,
   statSync,
   writeSync,
+  type Stats,
 } from 'node:fs'
 import Module, { createRequire } from 'node:module'
 import { homedir } from 'node:os'
@@ -35,12 +36,15 @@ const CACHE_PREFIX = 'ipp-tunnel-'
 const CACHE_SUFFIX = '.v8cache'
 const MAX_CACHE_BYTES = 64 * 1024 * 1024
 
-/** The single-file build when it is there and not older than the tsc output (a later `tsc` alone outdates it). */
-function freshBundle(): string | undefined {
+/**
+ * The single-file build and its stat when it is there and not older than the tsc output (a later `tsc` alone
+ * outdates it).
+ */
+function freshBundle(): { readonly path: string; readonly stat: Stats } | undefined {
   try {
-    const bundle = statSync(BUNDLE)
-    if (bundle.mtimeMs < statSync(MODULES).mtimeMs) return undefined
-    return BUNDLE
+    const stat = statSync(BUNDLE)
+    if (stat.mtimeMs < statSync(MODULES).mtimeMs) return undefined
+    return { path: BUNDLE, stat }
   } catch {
     return undefined
   }
@@ -124,7 +128,7 @@ function fnv1a(text: string): string {
  * script is compiled here with V8's cachedData, and `save` writes a new cache after the command ran (so that it
  * holds every function the command compiled) when there was none or V8 refused it.
  */
-function loadBundle(path: string): { main: Main; save: () => void } {
+function loadBundle(path: string, file: Stats): { main: Main; save: () => void } {
   const dir = cacheDir(process.env)
   const enable = (Module as { enableCompileCache?: (dir: string) => unknown }).enableCompileCache
   if (dir === undefined || enable !== undefined) {
@@ -135,7 +139,6 @@ function loadBundle(path: string): { main: Main; save: () => void } {
   const source = readFileSync(path, 'utf8')
   // by the file's identity, not its mtime (an installed package's files share one): a reinstalled or rebuilt
   // file is a new inode with a new ctime. V8 itself checks only a cache's length against the source.
-  const file = statSync(path)
   const key = [
     process.version,
     process.arch,
@@ -178,7 +181,7 @@ export async function launch(argv: readonly string[]): Promise<number> {
   }
   const bundle = freshBundle()
   if (bundle === undefined) return (await import('./index.js')).main(argv)
-  const { main, save } = loadBundle(bundle)
+  const { main, save } = loadBundle(bundle.path, bundle.stat)
   const status = await main(argv)
   save()
   return status
