@@ -33,7 +33,7 @@ const STREAM_BYTES = 10 * 1024 * 1024
 const IDLE_CONNECTIONS = 1000
 const ROUNDS = 2
 /** How long after the last stream the idle RSS is taken. */
-const IDLE_WAIT_MS = 5000
+const IDLE_WAIT_MS = 15_000
 const MIB = 1024 * 1024
 const KIB = 1024
 
@@ -205,7 +205,7 @@ export async function benchStreams(): Promise<BenchRow[]> {
           cpu.ours += measured.cpu
           peak = Math.max(peak, measured.result.peak)
         }
-        // the tunnel collects and hands freed heap pages back 1–2 s after its forwards went quiet, and again 2 s
+        // the tunnel collects and hands freed heap pages back 10–11 s after its forwards went quiet, and again 2 s
         // later (src/tunnel/heap-release.ts)
         await sleep(IDLE_WAIT_MS)
         const after = await settledRss(up.pid)

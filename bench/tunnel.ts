@@ -34,6 +34,10 @@ import { median, type BenchRow } from './common.js'
 const READY_RUNS = 5
 const PINGS = 3000
 const ROUNDS = 6
+/** Untimed rounds on every path before the timed ones. */
+const WARMUP_ROUNDS = 6
+/** Untimed round trips at the start of each round (a new connection). */
+const UNTIMED_TRIPS = 200
 const MIB = 1024 * 1024
 const MIB_MESSAGES = 200
 const WINDOW = 8
@@ -211,7 +215,7 @@ async function roundTrips(endpoint: string): Promise<number[]> {
   socket.connect(endpoint)
   try {
     const payload = Buffer.from('ping')
-    for (let i = 0; i < 200; i++) {
+    for (let i = 0; i < UNTIMED_TRIPS; i++) {
       await socket.send(payload)
       await socket.receive()
     }
@@ -346,6 +350,12 @@ export async function benchTunnel(): Promise<BenchRow[]> {
         }
         // CPU time of the forwarding process itself (ours vs ssh -L), less noisy than wall time on a busy machine
         const cpu = { ssh: 0, ours: 0 }
+        // the steady state of a tunnel that has been up a while: V8 optimises the forwarding path only after some
+        // thousands of messages, and a just-started `up` would otherwise be measured while it compiles (same warm-up
+        // for ssh -L, which has nothing to compile)
+        for (const at of [`tcp://127.0.0.1:${sshRep.port}`, tunnel.rep, unixTunnel.rep]) {
+          for (let i = 0; i < WARMUP_ROUNDS; i++) await roundTrips(at)
+        }
         for (let round = 0; round < ROUNDS; round++) {
           samples.direct.push(...(await roundTrips(`tcp://${ns.nsAddr}:${repPort}`)))
           const viaSsh = await withCpu(sshRep.pid, () => roundTrips(`tcp://127.0.0.1:${sshRep.port}`))
@@ -356,7 +366,9 @@ export async function benchTunnel(): Promise<BenchRow[]> {
           cpu.ours += viaOurs.cpu
           samples.unix.push(...(await roundTrips(unixTunnel.rep)))
         }
-        const perTrip = (ms: number): string => ((ms * 1000) / samples.ssh.length).toFixed(1)
+        // every trip of the rounds, the untimed ones too
+        const perTrip = (ms: number): string =>
+          ((ms * 1000) / (ROUNDS * UNTIMED_TRIPS + samples.ssh.length)).toFixed(1)
         console.error(
           `  round trip CPU µs of the forwarding process: ssh -L ${perTrip(cpu.ssh)}, ours ${perTrip(cpu.ours)}`,
         )
