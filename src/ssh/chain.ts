@@ -109,21 +109,23 @@ function connectEarly(hop: ResolvedHop): { take(): Socket | undefined; drop(): v
     failed = true
   }
   socket.on('error', onError)
+  const drop = (): void => {
+    socket.off('error', onError)
+    socket.on('error', () => undefined)
+    socket.destroy()
+  }
   return {
     take: () => {
-      socket.off('error', onError)
       // still connecting or open both ways: a server that already hung up gets a fresh connection from ssh2
       const usable = socket.readyState === 'opening' || socket.readyState === 'open'
-      if (!failed && !socket.destroyed && usable) return socket
-      socket.on('error', () => undefined)
-      socket.destroy()
-      return undefined
-    },
-    drop: () => {
+      if (failed || socket.destroyed || !usable) {
+        drop()
+        return undefined
+      }
       socket.off('error', onError)
-      socket.on('error', () => undefined)
-      socket.destroy()
+      return socket
     },
+    drop,
   }
 }
 

@@ -88,7 +88,6 @@ export function noteCarried(bytes: number): void {
   carried += bytes
   if (timer === undefined && carried >= BURST_BYTES) {
     carriedAtLastLook = carried
-    quietLooks = 0
     timer = setInterval(look, LOOK_MS)
     timer.unref()
   }
