@@ -52,6 +52,10 @@ export type ErrorCode =
   | 'E_REMOTE_DIR'
   | 'E_REMOTE_FILE'
   | 'E_COPY_CONFLICT'
+  // processes started on the ssh server
+  | 'E_REMOTE_EXISTS'
+  | 'E_REMOTE_GONE'
+  | 'E_REMOTE_NODE'
 
 /** The one error type of ipp-tunnel. `cause` is set when wrapping an ssh2, zeromq or fs error. */
 export class IppTunnelError extends Error {

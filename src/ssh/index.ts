@@ -37,6 +37,7 @@ export {
 } from './prompts.js'
 export { ProxyCommand, type ProxyCommandOptions } from './proxy-command.js'
 export { OpenSshMaster, type Transport } from './openssh-master.js'
+export type { RemoteCommand, RemoteExit } from './exec.js'
 export { parseCertificate, formatValidity, type CertificateInfo } from './certificate.js'
 export {
   Link,

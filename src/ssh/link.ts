@@ -14,6 +14,7 @@ import {
   type ChannelTarget,
   type Ssh2Error,
 } from './channels.js'
+import { execOnClient, type RemoteCommand } from './exec.js'
 import type { HostKeyNote } from './known-hosts.js'
 import { OpenSshMaster, type Transport } from './openssh-master.js'
 import type { LoginGate, PromptProvider } from './prompts.js'
@@ -364,6 +365,21 @@ export class Link extends EventEmitter<LinkEvents> {
     )
     this.#sftp = { chain, session }
     return session
+  }
+
+  /**
+   * Runs `command` on the destination server, as `ssh host CMD` does (the user's login shell parses it), over this
+   * link's connection or the user's OpenSSH master; waits for a (re)connecting link as `forwardOut` does. The
+   * command's session ends with the connection: what must outlive a drop is started detached (src/remote).
+   */
+  async exec(command: string, options: { signal?: AbortSignal } = {}): Promise<RemoteCommand> {
+    await this.#waitUp(options.signal)
+    const master = this.#master
+    if (master !== undefined) return master.exec(command)
+    const chain = this.#chain
+    const client = chain?.clients.at(-1)
+    if (chain === undefined || client === undefined || chain.dead) throw closedError()
+    return execOnClient(client, command, this.destination)
   }
 
   /** Closes every hop and timer; pending `forwardOut` calls reject `E_CLOSED`. Safe to call twice. */

@@ -2,6 +2,7 @@ import { execFile, spawn } from 'node:child_process'
 import { stat } from 'node:fs/promises'
 import type { Duplex } from 'node:stream'
 import { IppTunnelError } from '../errors/index.js'
+import { execThroughMaster, type RemoteCommand } from './exec.js'
 import { ProxyCommand } from './proxy-command.js'
 import type { ResolvedHop } from './types.js'
 
@@ -177,6 +178,16 @@ export class OpenSshMaster {
       void proc.close()
     })
     return Promise.resolve(stream)
+  }
+
+  /** Runs `command` on the master's server in a session of the master (no new login). */
+  exec(command: string): RemoteCommand {
+    if (this.#closed) throw new IppTunnelError('E_CLOSED', 'The SSH link was closed')
+    return execThroughMaster(
+      ['ssh', ...clientOptions, '-S', this.path, ...destinationArgs(this.#hop)],
+      command,
+      this.#env,
+    )
   }
 
   /** Ends every forwarded connection (the master itself is the user's and stays). Safe to call twice. */

@@ -7,6 +7,7 @@ import type { Duplex } from 'node:stream'
 import { after, before, describe, test } from 'node:test'
 import { once } from 'node:events'
 import { promisify } from 'node:util'
+import { RemoteProcesses } from '../../src/remote/index.js'
 import { Link, type ResolvedHop } from '../../src/ssh/index.js'
 import {
   createNetns,
@@ -106,6 +107,28 @@ describe('reusing the user’s OpenSSH master (ControlPath)', () => {
     assert.deepEqual(await sshChildren(), [])
     // the master is the user's: it stays
     await run('ssh', ['-O', 'check', ...masterArgs])
+  })
+
+  test('auto: remote commands and remote processes run through the master too, with no new login', async (t) => {
+    const logins = accepted(sshd)
+    const link = new Link({ hops: [hop] }, { agent: false })
+    t.after(() => link.close())
+    await link.connect()
+    assert.equal(link.transport, 'openssh')
+    const command = await link.exec('echo "$((6 * 7))"; echo err >&2; exit 5')
+    command.stdin.end()
+    let out = ''
+    command.stdout.setEncoding('utf8').on('data', (chunk: string) => (out += chunk))
+    command.stderr.resume()
+    assert.deepEqual(await command.exited, { code: 5, signal: null })
+    assert.equal(out, '42\n')
+    const procs = new RemoteProcesses(link, { dir: join(dir, 'remote'), python: '/usr/bin/python3' })
+    const started = await procs.start({ name: 'via-master', argv: ['sleep', '300'] })
+    assert.equal(started.state, 'running')
+    assert.equal(await procs.stop('via-master'), 'running')
+    assert.equal(accepted(sshd), logins)
+    await link.close()
+    assert.deepEqual(await sshChildren(), [])
   })
 
   test('openssh starts a master when none is alive (its prompt answered by SSH_ASKPASS here), and reuses it', async (t) => {

@@ -1,0 +1,20 @@
+/**
+ * Processes on the ssh server that outlive the link: started detached under a small supervisor (Python, sent with
+ * each command), with their state, output and a lease in a private remote directory. Kernels and clusters stand on
+ * this.
+ *
+ * @example
+ * import { RemoteProcesses } from '../remote/index.js'
+ * const procs = new RemoteProcesses(link, { setup: "module load python" })
+ * await procs.start({ name: "job", argv: ["sleep", "60"], persistSeconds: 1800 })
+ */
+export {
+  RemoteAttachment,
+  RemoteProcesses,
+  type RemoteExecutor,
+  type RemoteNode,
+  type RemoteProcessesOptions,
+  type RemoteProcessSpec,
+  type RemoteProcessState,
+} from './processes.js'
+export { DEFAULT_REMOTE_DIR, shellWord, supervisorCommand, type SupervisorOptions } from './command-line.js'
