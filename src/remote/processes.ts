@@ -12,8 +12,13 @@ export interface RemoteExecutor {
 export interface RemoteProcessSpec {
   /** Its name among this user's remote processes: letters, digits, `.`, `_`, `-` (at most 64, not first). */
   readonly name: string
-  /** Program and arguments, run as they are (no shell). */
+  /** Program and arguments, run as they are (no shell); `{dir}` in them is the process's private directory. */
   readonly argv: readonly string[]
+  /**
+   * Files written (0600) into the process's private directory before it starts, by name (`kernel.json`): how a
+   * secret such as a kernel's key reaches the server without appearing on a command line.
+   */
+  readonly files?: Readonly<Record<string, string>>
   /** Working directory; default the remote home. */
   readonly cwd?: string
   /** Added to the supervisor's environment (which `setup` prepared). */
@@ -49,6 +54,8 @@ export interface RemoteProcessState {
   /** Seconds since the lease was last renewed. */
   readonly leaseAgeSeconds?: number
   readonly argv?: readonly string[]
+  /** The process's private directory on the server. */
+  readonly dir?: string
 }
 
 /** Options of {@link RemoteProcesses}. */
@@ -117,6 +124,7 @@ function stateOf(a: Answer): RemoteProcessState {
     ...(exit !== undefined && { exit }),
     ...(typeof leaseAge === 'number' && { leaseAgeSeconds: leaseAge }),
     ...(Array.isArray(a.argv) && { argv: a.argv.map(String) }),
+    ...(typeof a.dir === 'string' && { dir: a.dir }),
   }
 }
 
@@ -156,6 +164,22 @@ export class RemoteProcesses {
   }
 
   /**
+   * The remote python's version and path, and the version of each module it can import (`null`: cannot import;
+   * `''`: imported, no `__version__`), after `setup`.
+   */
+  async modules(
+    names: readonly string[],
+    options: { signal?: AbortSignal } = {},
+  ): Promise<{ python: string; executable: string; modules: Record<string, string | null> }> {
+    const a = await this.#call('modules', names, undefined, options.signal)
+    return {
+      python: String(a.python),
+      executable: String(a.executable),
+      modules: a.modules as Record<string, string | null>,
+    }
+  }
+
+  /**
    * Starts `spec` detached under a supervisor; resolves once it runs (state `running`, with its node and pid).
    * @throws IppTunnelError `E_REMOTE_EXISTS` when a process of that name is running or exited and not yet stopped;
    *   `E_SPAWN` when its program cannot be started; `E_REMOTE` when the supervisor cannot run (no python, …).
@@ -165,6 +189,7 @@ export class RemoteProcesses {
       argv: spec.argv,
       ...(spec.cwd !== undefined && { cwd: spec.cwd }),
       ...(spec.env !== undefined && { env: spec.env }),
+      ...(spec.files !== undefined && { files: spec.files }),
       persist: spec.persistSeconds ?? null,
       grace: spec.graceSeconds ?? 5,
     })

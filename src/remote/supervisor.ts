@@ -11,7 +11,8 @@ import errno, json, os, re, select, signal, socket, stat, subprocess, sys, time
 
 MARK = '@@ipp-tunnel@@ '
 NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$')
-OURS = ('state.json', 'state.json.tmp', 'exit.json', 'exit.json.tmp', 'lease', 'out.log', 'err.log', 'supervisor.log')
+FILE = re.compile(r'^[a-z][a-z0-9-]{0,30}\.json$')
+RESERVED = ('state.json', 'exit.json')
 
 
 def say(obj):
@@ -98,17 +99,21 @@ def create(path):
 
 
 def remove_dir(d):
-    """Removes the files this supervisor writes, then the directory; anything else keeps it (and is said)."""
-    for f in OURS:
+    """Empties and removes a process directory: 0700 and ours, so what is in it was written by us or by the process
+    we started (its files, sockets); only regular files and sockets of ours are removed, nothing is followed."""
+    for f in os.listdir(d):
+        path = os.path.join(d, f)
         try:
-            os.unlink(os.path.join(d, f))
+            st = os.lstat(path)
+            if st.st_uid == os.getuid() and (stat.S_ISREG(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
+                os.unlink(path)
         except OSError:
             pass
     try:
         os.rmdir(d)
     except OSError as e:
         if e.errno != errno.ENOENT:
-            raise Refused('E_REMOTE', '%s holds files that are not ours; left in place' % d)
+            raise Refused('E_REMOTE', '%s holds entries that are not ours; left in place' % d)
 
 
 def status_of(base, name):
@@ -152,18 +157,23 @@ def supervise(d, spec, report):
     os.close(create(os.path.join(d, 'lease')))
     out = create(os.path.join(d, 'out.log'))
     err = create(os.path.join(d, 'err.log'))
+    for fname, text in (spec.get('files') or {}).items():
+        fd = create(os.path.join(d, fname))
+        os.write(fd, text.encode())
+        os.close(fd)
+    argv = [a.replace('{dir}', d) for a in spec['argv']]
     env = dict(os.environ)
     env.update(spec.get('env') or {})
     persist = spec.get('persist')
     grace = spec.get('grace', 5)
     try:
-        child = subprocess.Popen(spec['argv'], stdin=devnull, stdout=out, stderr=err, env=env,
+        child = subprocess.Popen(argv, stdin=devnull, stdout=out, stderr=err, env=env,
                                  cwd=spec.get('cwd') or os.path.expanduser('~'), start_new_session=True)
     except OSError as e:
-        os.write(report, json.dumps({'ok': False, 'code': 'E_SPAWN', 'error': '%s: %s' % (spec['argv'][0], e.strerror)}).encode())
+        os.write(report, json.dumps({'ok': False, 'code': 'E_SPAWN', 'error': '%s: %s' % (argv[0], e.strerror)}).encode())
         os._exit(0)
     state = dict(node(), pid=child.pid, supervisor_pid=os.getpid(), supervisor_start=start_time(os.getpid()),
-                 child_start=start_time(child.pid), started=time.time(), persist=persist, argv=spec['argv'])
+                 child_start=start_time(child.pid), started=time.time(), persist=persist, argv=argv, dir=d)
     write_json(os.path.join(d, 'state.json'), state)
     os.write(report, json.dumps(dict(state, ok=True, state='running')).encode())
     os.close(report)
@@ -223,6 +233,9 @@ def supervise(d, spec, report):
 
 def start(base, name):
     spec = json.loads(sys.stdin.read())
+    for fname in spec.get('files') or {}:
+        if not FILE.match(fname) or fname in RESERVED:
+            raise Refused('E_USAGE', 'not a file name for the process directory: %r' % fname)
     base = base_dir(base, True)
     d = proc_dir(base, name)
     try:
@@ -333,6 +346,14 @@ def main(argv):
     try:
         if verb == 'node':
             say(dict(node(), ok=True))
+        elif verb == 'modules':
+            versions = {}
+            for module in argv[1:]:
+                try:
+                    versions[module] = str(getattr(__import__(module), '__version__', ''))
+                except Exception as e:
+                    versions[module] = None
+            say({'ok': True, 'python': sys.version.split()[0], 'executable': sys.executable, 'modules': versions})
         elif verb == 'start':
             start(argv[1], argv[2])
         elif verb == 'attach':

@@ -198,6 +198,34 @@ describe('RemoteProcesses: processes on a real sshd in a network namespace, outl
     )
   })
 
+  test('files reach the private directory 0600 (never a command line); {dir} names it; modules are probed', async () => {
+    const secret = JSON.stringify({ key: 'not-on-any-command-line' })
+    const started = await procs.start({
+      name: 'files',
+      argv: ['sh', '-c', 'cat "$1"; sleep 300', 'sh', '{dir}/kernel.json'],
+      files: { 'kernel.json': secret },
+    })
+    const dir = started.dir ?? assert.fail('no dir')
+    assert.equal((await stat(join(dir, 'kernel.json'))).mode & 0o777, 0o600)
+    const attached = await procs.attach('files')
+    assert.equal(await output(attached, '}'), secret)
+    const cmdlines = await Promise.all(
+      (await readdir('/proc'))
+        .filter((e) => /^\d+$/u.test(e))
+        .map((e) => readFile(`/proc/${e}/cmdline`, 'utf8').catch(() => '')),
+    )
+    assert.equal(cmdlines.filter((c) => c.includes('not-on-any-command-line')).length, 0)
+    await procs.stop('files')
+    await assert.rejects(
+      procs.start({ name: 'bad', argv: ['true'], files: { '../x.json': '' } }),
+      hasCode('E_USAGE'),
+    )
+    const found = await procs.modules(['json', 'no_such_module_here'])
+    assert.equal(found.modules.no_such_module_here, null)
+    assert.equal(typeof found.modules.json, 'string')
+    assert.match(found.python, /^3\./u)
+  })
+
   test('setup lines run first in the same shell, and what they print does not disturb the answers', async () => {
     const withSetup = new RemoteProcesses(link, {
       dir: join(root, 'state'),
