@@ -17,6 +17,8 @@ const COMMANDS = [
   'engines',
   'ping',
   'px',
+  'kernel',
+  'kernelspec',
 ] as const
 
 type Command = (typeof COMMANDS)[number]
@@ -36,6 +38,8 @@ const LOADERS: Readonly<Record<Command, () => Promise<Register>>> = {
   engines: async () => (await import('./engines.js')).registerEngines,
   ping: async () => (await import('./ping.js')).registerPing,
   px: async () => (await import('./px.js')).registerPx,
+  kernel: async () => (await import('./kernel.js')).registerKernel,
+  kernelspec: async () => (await import('./kernelspec.js')).registerKernelspec,
 }
 
 /** The commands whose modules a command line needs: the one it names; none for a bare --version; else all (help). */

@@ -15,8 +15,9 @@ export interface RemoteProcessSpec {
   /** Program and arguments, run as they are (no shell); `{dir}` in them is the process's private directory. */
   readonly argv: readonly string[]
   /**
-   * Files written (0600) into the process's private directory before it starts, by name (`kernel.json`): how a
-   * secret such as a kernel's key reaches the server without appearing on a command line.
+   * Files written (0600) into the process's private directory before it starts, by name (`kernel.json`), `{dir}`
+   * in them replaced as in `argv`: how a secret such as a kernel's key reaches the server without appearing on a
+   * command line.
    */
   readonly files?: Readonly<Record<string, string>>
   /** Working directory; default the remote home. */

@@ -65,7 +65,12 @@ def base_dir(base, create):
         except OSError as e:
             if e.errno != errno.EEXIST:
                 raise
-    private_dir(base)
+    try:
+        private_dir(base)
+    except OSError as e:
+        # nothing started here yet: every name is 'none'
+        if create or e.errno != errno.ENOENT:
+            raise
     return base
 
 
@@ -159,7 +164,7 @@ def supervise(d, spec, report):
     err = create(os.path.join(d, 'err.log'))
     for fname, text in (spec.get('files') or {}).items():
         fd = create(os.path.join(d, fname))
-        os.write(fd, text.encode())
+        os.write(fd, text.replace('{dir}', d).encode())
         os.close(fd)
     argv = [a.replace('{dir}', d) for a in spec['argv']]
     env = dict(os.environ)

@@ -237,6 +237,13 @@ export class Forward {
       })
       .catch((err: unknown) => {
         server.close()
+        if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+          throw new IppTunnelError(
+            'E_FORWARD',
+            `channel "${remote.channel}": cannot listen on ${typeof on === 'number' ? `${where}:${on}` : where}: in use by another program`,
+            { cause: err },
+          )
+        }
         if (!isFdExhaustion(err)) throw err
         throw new IppTunnelError(
           'E_FORWARD',

@@ -142,6 +142,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   readonly #copy: LoopbackCopy | undefined
   readonly #budget: ChannelBudget
   readonly #sockets: SocketDir | undefined
+  #localPorts: ReadonlyMap<string, number> | undefined
   #closed = false
 
   private constructor(
@@ -181,6 +182,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       budget?: ChannelBudget
       listen?: ListenKind
       socketDir?: string
+      /** Listen on these 127.0.0.1 ports, by channel, instead of ports the kernel picks (a port taken is `E_FORWARD`). */
+      localPorts?: ReadonlyMap<string, number>
       signal?: AbortSignal
     } = {},
   ): Promise<Tunnel> {
@@ -203,6 +206,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       options.budget ?? new ChannelBudget(Infinity),
       sockets,
     )
+    tunnel.#localPorts = options.localPorts
     try {
       await tunnel.#apply(info, options.probe ?? true, options.signal)
       options.signal?.throwIfAborted()
@@ -286,7 +290,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         if (existing) existing.retarget(endpoint)
         else {
           const sockets = this.#sockets
-          let on: Parameters<typeof Forward.listen>[3] = 0
+          let on: Parameters<typeof Forward.listen>[3] = this.#localPorts?.get(endpoint.channel) ?? 0
           if (sockets !== undefined) {
             const port = unixPort()
             const prefix = sockets.prefix(info.kind)

@@ -1,0 +1,182 @@
+import { resolve } from 'node:path'
+
+import type { Argv } from 'yargs'
+
+import { IppTunnelError } from '../errors/index.js'
+import { RemoteKernel } from '../kernels/index.js'
+import { EXIT, oneLine, Output } from './output.js'
+import { interrupted, interruptedStatus } from './signals.js'
+import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+
+/** The options `kernel` takes beyond the ssh ones; `kernelspec install` writes the same into a spec. */
+export interface KernelArgs extends SshArgs {
+  readonly python?: string | undefined
+  readonly 'kernel-cmd'?: string | undefined
+  readonly setup?: string | undefined
+  readonly cwd?: string | undefined
+  readonly env?: readonly string[] | undefined
+  readonly persist?: number | undefined
+  readonly 'remote-dir'?: string | undefined
+}
+
+interface KernelCommandArgs extends KernelArgs {
+  readonly destination: string
+  readonly 'connection-file': string
+  readonly json: boolean
+  readonly debug: boolean
+}
+
+/** The options that say how the remote kernel starts, shared by `kernel` and `kernelspec install`. */
+export function withKernelOptions<T>(yargs: Argv<T>) {
+  return yargs
+    .option('python', {
+      type: 'string',
+      describe: 'the remote python (after --setup); default python3',
+      conflicts: 'kernel-cmd',
+    })
+    .option('kernel-cmd', {
+      type: 'string',
+      describe:
+        'the remote command instead of PYTHON -m ipykernel_launcher -f {remote_connection_file} (words split on spaces)',
+    })
+    .option('setup', {
+      type: 'string',
+      describe: 'shell lines run first on the server, in the same shell (module load …, conda activate …)',
+    })
+    .option('cwd', { type: 'string', describe: "the kernel's working directory on the server" })
+    .option('env', { type: 'string', array: true, describe: 'K=V set for the remote kernel (repeatable)' })
+    .option('persist', {
+      type: 'number',
+      default: 1800,
+      describe: 'seconds the kernel lives on the server with no launcher attached (laptop asleep, link down)',
+    })
+    .option('remote-dir', {
+      type: 'string',
+      describe: 'remote directory of the kernel state (0700); default ~/.ipp-tunnel/remote',
+    })
+}
+
+/** `--env K=V` words as a record; a word without `=` is a usage error. */
+export function envOf(words: readonly string[] | undefined): Record<string, string> | undefined {
+  if (words === undefined || words.length === 0) return undefined
+  const env: Record<string, string> = {}
+  for (const word of words) {
+    const at = word.indexOf('=')
+    if (at <= 0) throw new IppTunnelError('E_USAGE', `--env ${JSON.stringify(word)}: write K=V`)
+    env[word.slice(0, at)] = word.slice(at + 1)
+  }
+  return env
+}
+
+/** `ipp-tunnel kernel DEST --connection-file FILE`: what a kernelspec of ours runs. */
+export function registerKernel(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
+  return yargs.command(
+    'kernel <destination>',
+    'start a Jupyter kernel on the ssh server for a connection file written here (what our kernelspecs run)',
+    (y) =>
+      withSshOptions(
+        withKernelOptions(
+          y
+            .positional('destination', {
+              type: 'string',
+              demandOption: true,
+              describe: 'user@host or an alias',
+            })
+            .option('connection-file', {
+              alias: 'f',
+              type: 'string',
+              demandOption: true,
+              describe: 'the connection file Jupyter wrote ({connection_file})',
+            }),
+        ),
+      ),
+    (args) => run(() => kernel(args as unknown as KernelCommandArgs)),
+  )
+}
+
+async function kernel(args: KernelCommandArgs): Promise<number> {
+  // everything goes to stderr: Jupyter keeps the launcher's stderr as the kernel's log
+  const output = new Output({ json: args.json, debug: args.debug, stdout: process.stderr })
+  output
+    .format('started', (e) => `kernel started on ${String(e.host)} (pid ${String(e.pid)})`)
+    .format('output', (e) => oneLine(String(e.text)))
+    .format('detached', () => 'link down: the kernel runs on, waiting for the link')
+    .format('reattached', (e) => `attached again after ${String(e.downMs)} ms`)
+    .format(
+      'reconnecting',
+      (e) => `reconnecting #${String(e.attempt)} in ${String(e.delayMs)} ms: ${String(e.message)}`,
+    )
+    .format(
+      'exited',
+      (e) =>
+        `kernel exited (${typeof e.code === 'number' ? `status ${e.code}` : `signal ${typeof e.signal === 'number' ? e.signal : '?'}`})`,
+    )
+  const file = resolve(args['connection-file'])
+  const controller = new AbortController()
+  let stopping: NodeJS.Signals | undefined
+  let remote: RemoteKernel | undefined
+  // SIGINT is jupyter_client's interrupt (interrupt_mode signal): it goes to the remote kernel, and never stops us
+  const onInt = (): void => {
+    if (remote === undefined) return
+    remote.interrupt().catch((err: unknown) => output.emit({ event: 'warning', file, message: String(err) }))
+  }
+  const onTerm = (signal: NodeJS.Signals): void => {
+    if (stopping !== undefined) process.exit(interruptedStatus(signal))
+    stopping = signal
+    controller.abort(new IppTunnelError('E_CLOSED', `interrupted by ${signal}`))
+    void remote?.close()
+  }
+  process.on('SIGINT', onInt)
+  process.on('SIGTERM', onTerm)
+  process.on('SIGHUP', onTerm)
+  try {
+    const env = envOf(args.env)
+    remote = await RemoteKernel.start({
+      ...sshOptionsFrom(args, output),
+      destination: args.destination,
+      connectionFile: file,
+      ...(args.python !== undefined && { python: args.python }),
+      ...(args['kernel-cmd'] !== undefined && {
+        kernelCmd: args['kernel-cmd'].split(/\s+/u).filter(Boolean),
+      }),
+      ...(args.setup !== undefined && { setup: args.setup }),
+      ...(args.cwd !== undefined && { cwd: args.cwd }),
+      ...(env !== undefined && { env }),
+      ...(args.persist !== undefined && { persistSeconds: args.persist }),
+      ...(args['remote-dir'] !== undefined && { remoteDir: args['remote-dir'] }),
+      signal: controller.signal,
+    })
+    const started = remote
+    started.on('output', ({ stream, data }) => {
+      for (const text of data.toString('utf8').split('\n')) {
+        if (text !== '') output.emit({ event: 'output', file, stream, text })
+      }
+    })
+    started.on('detached', () => output.emit({ event: 'detached', file }))
+    started.on('reattached', (e) => output.emit({ event: 'reattached', file, ...e }))
+    started.on('link:reconnecting', (e) =>
+      output.emit({
+        event: 'reconnecting',
+        file,
+        attempt: e.attempt,
+        delayMs: e.delayMs,
+        message: e.error.message,
+      }),
+    )
+    output.emit({ event: 'started', file, name: started.name, host: started.host, pid: started.pid })
+    const ended = await started.exited
+    await started.close()
+    if (ended.error !== undefined) return output.fail(ended.error, { file })
+    if (stopping !== undefined) return EXIT.ok
+    output.emit({ event: 'exited', file, code: ended.code, signal: ended.signal })
+    return ended.code ?? (ended.signal !== null ? 128 + ended.signal : EXIT.runtime)
+  } catch (err) {
+    await remote?.close()
+    if (stopping !== undefined) return interrupted(output, stopping, { file })
+    return output.fail(err, { file })
+  } finally {
+    process.off('SIGINT', onInt)
+    process.off('SIGTERM', onTerm)
+    process.off('SIGHUP', onTerm)
+  }
+}

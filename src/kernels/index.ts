@@ -1,0 +1,26 @@
+/**
+ * Jupyter kernels started on the ssh server: the launcher a kernelspec runs ({@link RemoteKernel}) and the
+ * kernelspecs of ours (install, list, remove).
+ *
+ * @example
+ * import { RemoteKernel } from '../kernels/index.js'
+ * const kernel = await RemoteKernel.start({ destination: 'me@cluster', connectionFile: file })
+ * await kernel.exited
+ */
+export {
+  RemoteKernel,
+  remoteKernelName,
+  type RemoteKernelEvents,
+  type RemoteKernelOptions,
+} from './remote-kernel.js'
+export {
+  installKernelspec,
+  jupyterDataDir,
+  kernelDirs,
+  kernelspecDir,
+  listKernelspecs,
+  removeKernelspec,
+  type InstalledKernelspec,
+  type KernelspecMetadata,
+  type KernelspecPlace,
+} from './kernelspec.js'

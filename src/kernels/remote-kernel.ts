@@ -1,0 +1,302 @@
+import { createHash } from 'node:crypto'
+import { EventEmitter } from 'node:events'
+
+import {
+  endpoints,
+  readConnectionFile,
+  serializeConnectionFile,
+  type KernelInfo,
+} from '../connection-file/index.js'
+import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { RemoteProcesses, type RemoteAttachment, type RemoteProcessState } from '../remote/index.js'
+import { Link, resolveTarget, type LinkOptions, type SshOptions } from '../ssh/index.js'
+import { Tunnel } from '../tunnel/index.js'
+
+/** How a remote kernel is started and reached. */
+export interface RemoteKernelOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
+  /** The ssh destination the kernel runs behind (`user@host`, an alias). */
+  readonly destination: string
+  /** The connection file jupyter_client wrote here: its ports (on 127.0.0.1) are where the kernel is reached. */
+  readonly connectionFile: string
+  /** The remote python; default `python3` (after `setup`). */
+  readonly python?: string
+  /**
+   * The remote command instead of `PYTHON -m ipykernel_launcher -f {remote_connection_file}`: program and
+   * arguments, `{remote_connection_file}` where the remote connection file goes.
+   */
+  readonly kernelCmd?: readonly string[]
+  /** Shell lines run first on the server, in the same shell (`module load …`, `conda activate …`). */
+  readonly setup?: string
+  /** The kernel's working directory on the server; default the remote home. */
+  readonly cwd?: string
+  readonly env?: Readonly<Record<string, string>>
+  /** How long the kernel lives on the server with no launcher attached; default 1800 s. */
+  readonly persistSeconds?: number
+  /** The remote directory of remote processes; default `~/.ipp-tunnel/remote`. */
+  readonly remoteDir?: string
+  readonly signal?: AbortSignal
+}
+
+/** Events of a {@link RemoteKernel}. */
+export interface RemoteKernelEvents {
+  /** Output of the remote kernel process (its stdout and stderr, as the Jupyter server log shows a local one's). */
+  output: [info: { stream: 'stdout' | 'stderr'; data: Buffer }]
+  /** The link dropped; the kernel runs on, and is attached again once the link is back. */
+  detached: [info: { error?: Error }]
+  /** Attached again after a drop, on the same node; output resumes where it stopped. */
+  reattached: [info: { downMs: number }]
+  'link:reconnecting': [info: { attempt: number; delayMs: number; error: Error }]
+  /** The kernel process ended on the server (its files there are removed). */
+  exited: [info: { code: number | null; signal: number | null }]
+}
+
+const REMOTE_FILE = '{dir}/kernel.json'
+
+/** The remote process name of the kernel served by `info`: the same file (key and ports) gives the same name. */
+export function remoteKernelName(info: KernelInfo): string {
+  const ports = endpoints(info).map((e) => (e.kind === 'unix' ? e.path : String(e.port)))
+  return `kernel-${createHash('sha256').update(info.key).update(ports.join(',')).digest('hex').slice(0, 16)}`
+}
+
+/** The remote connection file: the same key and scheme, unix sockets in the kernel's private directory. */
+function remoteInfoOf(info: KernelInfo, dir: string): KernelInfo {
+  return {
+    ...info,
+    transport: 'ipc',
+    ip: `${dir}/kernel`,
+    shell_port: 1,
+    iopub_port: 2,
+    stdin_port: 3,
+    control_port: 4,
+    hb_port: 5,
+  }
+}
+
+function checkLocal(info: KernelInfo, file: string): void {
+  if (info.transport !== 'tcp' || !['127.0.0.1', 'localhost'].includes(info.ip)) {
+    throw new IppTunnelError(
+      'E_CONNFILE_FIELD',
+      `${file}: field "ip" is ${JSON.stringify(info.ip)} over ${info.transport}: a kernel started on a server is reached on 127.0.0.1 over tcp here (Jupyter's default)`,
+    )
+  }
+}
+
+/**
+ * A Jupyter kernel started on the ssh server for a connection file jupyter_client wrote here: the kernel runs there
+ * under a supervisor of ours (a lease of `persistSeconds`), listens on private unix sockets in its own directory,
+ * and is reached on exactly the ports of the local file, through one link. A drop of the link leaves the kernel
+ * running; it is attached again when the link is back. `stop()` ends it and removes its files there.
+ *
+ * @example
+ * const kernel = await RemoteKernel.start({ destination: 'me@cluster', connectionFile: file })
+ * kernel.on('output', ({ data }) => process.stderr.write(data))
+ * const { code } = await kernel.exited
+ */
+export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
+  readonly name: string
+  /** Where the kernel runs: the server's host name, the pid there, and its private directory there. */
+  readonly host: string
+  readonly pid: number
+  readonly dir: string
+  readonly link: Link
+  readonly tunnel: Tunnel
+  readonly #procs: RemoteProcesses
+  /** Resolves when the remote kernel has ended (or could not be followed any more); never rejects. */
+  readonly exited: Promise<{ code: number | null; signal: number | null; error?: IppTunnelError }>
+  #resolveExited: (value: { code: number | null; signal: number | null; error?: IppTunnelError }) => void =
+    () => undefined
+  #attachment: RemoteAttachment | undefined
+  #closing: Promise<void> | undefined
+
+  private constructor(started: RemoteProcessState, link: Link, tunnel: Tunnel, procs: RemoteProcesses) {
+    super()
+    this.name = started.name
+    this.host = started.node?.host ?? ''
+    this.pid = started.pid ?? 0
+    this.dir = started.dir ?? ''
+    this.link = link
+    this.tunnel = tunnel
+    this.#procs = procs
+    this.exited = new Promise((resolve) => (this.#resolveExited = resolve))
+    link.on('reconnecting', (e) => this.emit('link:reconnecting', e))
+  }
+
+  /**
+   * Reads `connectionFile`, connects, stops any kernel of ours left for the same file (a restart reuses file, key
+   * and ports), starts the kernel on the server, and listens on the file's ports.
+   * @throws IppTunnelError `E_CONNFILE_*` for a file that is not a local tcp kernel file, ssh errors, `E_SPAWN`
+   *   when the kernel cannot be started, `E_FORWARD` when one of the file's ports is taken here.
+   */
+  static async start(options: RemoteKernelOptions): Promise<RemoteKernel> {
+    const file = options.connectionFile
+    const { info } = await readConnectionFile(file)
+    if (info.kind !== 'kernel') {
+      throw new IppTunnelError('E_CONNFILE_KIND', `${file}: not a kernel connection file (kernel-*.json)`)
+    }
+    checkLocal(info, file)
+    const signal = options.signal
+    const target = await resolveTarget(options.destination, options)
+    const link = new Link(target, options)
+    try {
+      await link.connect(signal ? { signal } : {})
+      const procs = new RemoteProcesses(link, {
+        ...(options.python !== undefined && { python: options.python }),
+        ...(options.setup !== undefined && { setup: options.setup }),
+        ...(options.remoteDir !== undefined && { dir: options.remoteDir }),
+      })
+      const name = remoteKernelName(info)
+      await procs.stop(name, signal ? { signal } : {}).catch((err: unknown) => {
+        if (!isIppTunnelError(err) || err.code !== 'E_REMOTE_GONE') throw err
+      })
+      const argv = (
+        options.kernelCmd ?? [options.python ?? 'python3', '-m', 'ipykernel_launcher', '-f', REMOTE_FILE]
+      ).map((word) => word.replaceAll('{remote_connection_file}', REMOTE_FILE))
+      const started = await procs.start(
+        {
+          name,
+          argv,
+          files: { 'kernel.json': serializeConnectionFile(remoteInfoOf(info, '{dir}')) },
+          persistSeconds: options.persistSeconds ?? 1800,
+          ...(options.cwd !== undefined && { cwd: options.cwd }),
+          ...(options.env !== undefined && { env: options.env }),
+        },
+        signal ? { signal } : {},
+      )
+      return await RemoteKernel.#follow(info, link, procs, started, signal)
+    } catch (err) {
+      await link.close()
+      throw err
+    }
+  }
+
+  static async #follow(
+    info: KernelInfo,
+    link: Link,
+    procs: RemoteProcesses,
+    started: RemoteProcessState,
+    signal: AbortSignal | undefined,
+  ): Promise<RemoteKernel> {
+    const dir = started.dir ?? ''
+    let tunnel: Tunnel
+    try {
+      const localPorts = new Map(endpoints(info).map((e) => [e.channel, e.kind === 'unix' ? 0 : e.port]))
+      // the kernel binds its sockets when it has started: no probe, a client's early connection is retried by zmq
+      tunnel = await Tunnel.over(remoteInfoOf(info, dir), link, {
+        localPorts,
+        probe: false,
+        ...(signal !== undefined && { signal }),
+      })
+    } catch (err) {
+      await procs.stop(started.name).catch(() => undefined)
+      throw err
+    }
+    const kernel = new RemoteKernel(started, link, tunnel, procs)
+    void kernel.#attachLoop()
+    return kernel
+  }
+
+  /** Attaches, and again after each drop of the link, until the kernel has exited or this is closed. */
+  async #attachLoop(): Promise<void> {
+    let offsets = { stdout: 0, stderr: 0 }
+    let downSince: number | undefined
+    for (;;) {
+      if (this.#isClosing()) return
+      let attachment: RemoteAttachment
+      try {
+        attachment = await this.#procs.attach(this.name, { offsets })
+      } catch (err) {
+        if (this.#isClosing()) return
+        const error = err instanceof IppTunnelError ? err : undefined
+        // the link went again while attaching: wait for it; anything else ends the kernel for us
+        if (
+          error?.code === 'E_CLOSED' ||
+          error?.code === 'E_LINK_DOWN' ||
+          this.link.state === 'reconnecting'
+        ) {
+          await this.#linkUp()
+          continue
+        }
+        this.#finish({ code: null, signal: null, ...(error !== undefined && { error }) })
+        return
+      }
+      if (attachment.state.node?.host !== undefined && attachment.state.node.host !== this.host) {
+        await attachment.detach()
+        this.#finish({
+          code: null,
+          signal: null,
+          error: new IppTunnelError(
+            'E_REMOTE_NODE',
+            `the kernel runs on ${this.host}, and the link reached ${attachment.state.node.host}`,
+          ),
+        })
+        return
+      }
+      if (downSince !== undefined) this.emit('reattached', { downMs: Date.now() - downSince })
+      this.#attachment = attachment
+      attachment.stdout.on('data', (data: Buffer) => this.emit('output', { stream: 'stdout', data }))
+      attachment.stderr.on('data', (data: Buffer) => this.emit('output', { stream: 'stderr', data }))
+      await attachment.ended
+      this.#attachment = undefined
+      offsets = attachment.offsets
+      if (this.#isClosing()) return
+      const status = await this.#procs.status(this.name).catch(() => undefined)
+      if (status?.state === 'exited' || status?.state === 'none' || status?.state === 'stale') {
+        await this.#procs.stop(this.name).catch(() => undefined)
+        this.#finish({ code: status.exit?.code ?? null, signal: status.exit?.signal ?? null })
+        return
+      }
+      downSince ??= Date.now()
+      this.emit('detached', {})
+      await this.#linkUp()
+    }
+  }
+
+  #isClosing(): boolean {
+    return this.#closing !== undefined
+  }
+
+  /** Resolves once the link is up again (or closed/failed: then the loop ends on its next call). */
+  #linkUp(): Promise<void> {
+    if (this.link.state === 'up' || this.link.closed || this.link.state === 'failed') return Promise.resolve()
+    return new Promise((resolve) => {
+      const onState = (): void => {
+        if (this.link.state === 'up' || this.link.closed || this.link.state === 'failed') {
+          this.link.off('state', onState)
+          resolve()
+        }
+      }
+      this.link.on('state', onState)
+    })
+  }
+
+  #finish(result: { code: number | null; signal: number | null; error?: IppTunnelError }): void {
+    if (result.error === undefined) this.emit('exited', { code: result.code, signal: result.signal })
+    this.#resolveExited(result)
+  }
+
+  /** SIGINT to the remote kernel's process group (what `interrupt_mode: signal` means for a local kernel). */
+  async interrupt(): Promise<void> {
+    await this.#procs.interrupt(this.name)
+  }
+
+  /**
+   * Stops the remote kernel (SIGTERM, SIGKILL after 5 s) and removes its files there, then closes the forwards
+   * and the link. `leaveRunning`: only let go (the kernel runs on until its lease ends). Safe to call twice.
+   */
+  close(options: { leaveRunning?: boolean } = {}): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.#attachment?.detach()
+      if (options.leaveRunning !== true && this.link.state === 'up') {
+        await this.#procs.stop(this.name).catch(() => undefined)
+      }
+      await this.tunnel.close()
+      await this.link.close()
+      this.#finish({ code: null, signal: null })
+    })()
+    return this.#closing
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+}

@@ -1,0 +1,179 @@
+import assert from 'node:assert/strict'
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+
+import { CLI, runCli } from '../support/cli.js'
+import { createNetns, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { runPython } from '../support/ipp.js'
+
+/**
+ * Python driving a kernelspec with Debian's jupyter_client as JupyterLab's server does (KernelManager): start,
+ * execute, interrupt a sleep, restart, shut down. Prints one JSON line of what it saw.
+ */
+const DRIVE = String.raw`
+import json, sys, time
+from jupyter_client.manager import KernelManager
+
+def run(kc, code, timeout=60):
+    out = []
+    def hook(msg):
+        if msg['msg_type'] == 'stream':
+            out.append(msg['content']['text'])
+        elif msg['msg_type'] == 'error':
+            out.append('ERROR ' + msg['content']['ename'])
+    reply = kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+    return reply['content']['status'], ''.join(out)
+
+km = KernelManager(kernel_name=sys.argv[1])
+km.start_kernel()
+kc = km.client()
+kc.start_channels()
+kc.wait_for_ready(timeout=90)
+seen = {}
+seen['where'] = run(kc, "import os; print(os.getpid(), os.readlink('/proc/self/ns/net'), end='')")
+run(kc, "x = 41")
+msg_id = kc.execute("import time; time.sleep(60)", stop_on_error=False)
+while True:
+    msg = kc.get_iopub_msg(timeout=30)
+    if msg['parent_header'].get('msg_id') == msg_id and msg['msg_type'] == 'status' and msg['content']['execution_state'] == 'busy':
+        break
+time.sleep(0.3)
+t0 = time.time()
+km.interrupt_kernel()
+while True:
+    reply = kc.get_shell_msg(timeout=30)
+    if reply['parent_header'].get('msg_id') == msg_id:
+        break
+seen['interrupt'] = [reply['content']['status'], reply['content'].get('ename'), round(time.time() - t0, 3)]
+seen['kept'] = run(kc, "print(x + 1, end='')")
+km.restart_kernel(now=False)
+kc.wait_for_ready(timeout=90)
+seen['after_restart'] = run(kc, "print('x' in dir(), os.getpid() if 'os' in dir() else None, end='')")
+seen['restarted_where'] = run(kc, "import os; print(os.getpid(), end='')")
+kc.stop_channels()
+km.shutdown_kernel(now=False)
+print(json.dumps(seen))
+`
+
+describe('kernelspec install + kernel: a Jupyter kernel started on the ssh server through one link', () => {
+  let ns: Netns
+  let sshd: Sshd
+  let root: string
+  let env: NodeJS.ProcessEnv
+
+  before(async () => {
+    ns = await createNetns()
+    sshd = await startSshd({ netns: ns })
+    root = await mkdtemp(join(tmpdir(), 'ippt-kernelspec-'))
+    env = { JUPYTER_DATA_DIR: join(root, 'jupyter'), JUPYTER_RUNTIME_DIR: join(root, 'runtime') }
+  })
+  after(async () => {
+    await sshd.close()
+    await ns.close()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  async function install(name: string, extra: readonly string[] = []): Promise<Record<string, unknown>> {
+    const result = await runCli(
+      [
+        'kernelspec',
+        'install',
+        `root@${sshd.host}:${sshd.port}`,
+        '--name',
+        name,
+        '--identity',
+        sshd.clientKey,
+        '--known-hosts',
+        sshd.knownHostsFile,
+        '--python',
+        '/usr/bin/python3',
+        '--remote-dir',
+        join(root, 'remote'),
+        '--json',
+        ...extra,
+      ],
+      env,
+    )
+    assert.equal(result.code, 0, result.stderr + result.stdout)
+    return JSON.parse(result.stdout) as Record<string, unknown>
+  }
+
+  for (const mode of ['message', 'signal'] as const) {
+    test(`KernelManager runs it in the namespace; interrupt (${mode}) keeps state; restart; shutdown leaves nothing`, async () => {
+      const name = `remote-${mode}`
+      const installed = await install(name, ['--interrupt-mode', mode])
+      assert.match(String(installed.python), /ipykernel \d/u, 'the remote ipykernel was checked at install')
+      const spec = JSON.parse(
+        await readFile(join(root, 'jupyter', 'kernels', name, 'kernel.json'), 'utf8'),
+      ) as {
+        argv: string[]
+        interrupt_mode: string
+        metadata: { ipp_tunnel: { destination: string } }
+      }
+      assert.equal(spec.argv[0], process.execPath)
+      assert.equal(spec.argv[1], CLI)
+      assert.ok(spec.argv.includes('{connection_file}'))
+      assert.equal(spec.interrupt_mode, mode)
+      assert.equal(spec.metadata.ipp_tunnel.destination, `root@${sshd.host}:${sshd.port}`)
+
+      const run = await runPython(DRIVE, { args: [name], env, timeoutMs: 170_000 })
+      assert.equal(run.code, 0, run.stderr)
+      const seen = JSON.parse(run.stdout.trim().split('\n').at(-1) ?? '') as {
+        where: [string, string]
+        interrupt: [string, string, number]
+        kept: [string, string]
+        after_restart: [string, string]
+        restarted_where: [string, string]
+      }
+      const [pid, netLink] = seen.where[1].split(' ')
+      const nsIno = (await stat(`/run/netns/${ns.name}`)).ino
+      assert.equal(netLink, `net:[${nsIno}]`, 'the kernel runs behind sshd, in its namespace')
+      assert.deepEqual(seen.interrupt.slice(0, 2), ['error', 'KeyboardInterrupt'])
+      assert.deepEqual(seen.kept, ['ok', '42'])
+      assert.deepEqual(seen.after_restart, ['ok', 'False None'])
+      assert.notEqual(seen.restarted_where[1], pid)
+      // after shutdown: no kernel process, no launcher, no remote file of ours
+      assert.deepEqual(await processesWith(join(root, 'remote')), [], 'no remote kernel or supervisor')
+      assert.deepEqual(await processesWith(join(root, 'runtime')), [], 'no launcher')
+      assert.deepEqual(await readdir(join(root, 'remote')), [])
+    })
+  }
+
+  test('kernelspec list shows ours; remove removes it; a remote python without ipykernel is refused at install', async () => {
+    await install('listed')
+    const listed = await runCli(['kernelspec', 'list', '--json'], env)
+    const rows = (JSON.parse(listed.stdout) as { kernelspecs: { name: string; destination: string }[] })
+      .kernelspecs
+    assert.ok(rows.some((r) => r.name === 'listed' && r.destination === `root@${sshd.host}:${sshd.port}`))
+    const removed = await runCli(['kernelspec', 'remove', 'listed'], env)
+    assert.equal(removed.code, 0, removed.stderr)
+    await assert.rejects(stat(join(root, 'jupyter', 'kernels', 'listed')))
+    const again = await runCli(['kernelspec', 'remove', 'listed'], env)
+    assert.equal(again.code, 2)
+
+    // a python without site-packages: it runs, but has no ipykernel
+    const bare = join(root, 'bare-python')
+    await writeFile(bare, '#!/bin/sh\nexec /usr/bin/python3 -S "$@"\n', { mode: 0o755 })
+    const refused = await runCli(
+      [
+        'kernelspec',
+        'install',
+        `root@${sshd.host}:${sshd.port}`,
+        '--name',
+        'broken',
+        '--identity',
+        sshd.clientKey,
+        '--known-hosts',
+        sshd.knownHostsFile,
+        '--python',
+        bare,
+      ],
+      env,
+    )
+    assert.equal(refused.code, 1, refused.stderr)
+    assert.match(refused.stderr, /cannot import ipykernel: install it there/u)
+    await assert.rejects(stat(join(root, 'jupyter', 'kernels', 'broken')))
+  })
+})
