@@ -122,6 +122,19 @@ export function destinationOf(info: ConnectionInfo): string | undefined {
 }
 
 /**
+ * True when every endpoint is on this host's loopback (127.0.0.0/8, ::1, localhost) or a unix socket: a loopback
+ * copy as a tunnel writes it, or a peer on this host, reached with no ssh.
+ *
+ * @example
+ * isLoopbackOnly(tunnel.loopback) // true
+ */
+export function isLoopbackOnly(info: ConnectionInfo): boolean {
+  return endpoints(info).every(
+    (e) => e.kind === 'unix' || /^127\./u.test(e.host) || e.host === '::1' || e.host === 'localhost',
+  )
+}
+
+/**
  * A copy of `info` pointing at loopback: each channel gets its port from `localPorts`, the address becomes
  * 127.0.0.1 (`tcp`), `ssh` is emptied; key, scheme, Curve keys and extras are kept. With `options.ipc` (a path
  * prefix) the copy names unix sockets instead: `interface: "ipc://<prefix>"` (each channel at `<prefix>-<port>` and, for its Client, `<prefix>:<port>`),
