@@ -126,3 +126,12 @@ export { readConnectionFile, writeConnectionFileAtomic, writeFileAtomic } from '
  * siblingClientFile('/s/ipcontroller-engine.json') // '/s/ipcontroller-client.json'
  */
 export { siblingClientFile, siblingEngineFile } from './names.js'
+
+/**
+ * `tunnelledKernelFile(path)`: jupyter_client's name for a tunnelled kernel file beside it (`kernel-<id>-ssh.json`);
+ * `isTunnelledKernelName(path)`: the name is such a copy (never a source).
+ *
+ * @example
+ * tunnelledKernelFile('/run/kernel-abc.json') // '/run/kernel-abc-ssh.json'
+ */
+export { isTunnelledKernelName, tunnelledKernelFile } from './names.js'
