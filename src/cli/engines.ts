@@ -2,12 +2,12 @@ import { randomBytes } from 'node:crypto'
 import { realpathSync, rmSync } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { basename, join, resolve } from 'node:path'
+import { basename, dirname, join, resolve } from 'node:path'
 
 import type { Argv } from 'yargs'
 
 import { HubQuery } from '../client/index.js'
-import { readConnectionFile } from '../connection-file/index.js'
+import { isLoopbackOnly, readConnectionFile, type IppEngineInfo } from '../connection-file/index.js'
 import {
   engineArgvs,
   findProgram,
@@ -30,21 +30,26 @@ import {
 } from '../engines/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { makePrivateTempDir } from '../safe-fs/index.js'
-import { chooseDestination, openTunnel, type Tunnel } from '../tunnel/index.js'
+import { refuseUnreachable } from '../sockets/index.js'
+import { remotePathOf } from '../sources/index.js'
+import { chooseDestination, openTunnel, type DestinationChoice, type Tunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
 import { interrupted, untilSignal } from './signals.js'
 import {
   sshOptionsFrom,
   withListenOption,
+  withSourceFile,
   withSshOptions,
   type ListenArgs,
   type SshArgs,
 } from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 import { sbatchEngines } from './sbatch.js'
+import { openSource, type LocalSource } from './source-file.js'
 
 interface EnginesArgs extends SshArgs, ListenArgs {
   readonly file: string
+  readonly poll?: number | undefined
   readonly n: string
   readonly mpi: boolean
   readonly verbose: number
@@ -69,12 +74,7 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
     "tunnel a controller's engine file and run N engines through one ssh connection until interrupted",
     (y) =>
       withSshOptions(
-        withListenOption(y)
-          .positional('file', {
-            type: 'string',
-            demandOption: true,
-            describe: "the controller's engine file (ipcontroller-engine.json)",
-          })
+        withSourceFile(withListenOption(y))
           .option('n', {
             alias: 'engines',
             type: 'string',
@@ -267,6 +267,32 @@ export function sshArgvOf(args: SshArgs): string[] {
   return argv
 }
 
+/**
+ * The ssh server to tunnel an engine file through ({@link chooseDestination}), or `'direct'` when none is named and
+ * every endpoint is on this host (a loopback copy such as `watch` writes, or a local controller): the engines then
+ * connect as `ipengine` would, with no tunnel. Engines on other nodes cannot reach this host's loopback.
+ */
+async function destinationOrDirect(
+  info: IppEngineInfo,
+  file: string,
+  ssh: string | undefined,
+  nodes: readonly string[] | undefined,
+): Promise<DestinationChoice | 'direct'> {
+  try {
+    return await chooseDestination(info, file, ssh, 'pass --ssh user@host')
+  } catch (err) {
+    if (!(isIppTunnelError(err) && err.code === 'E_DESTINATION') || !isLoopbackOnly(info)) throw err
+    if (nodes !== undefined) {
+      throw new IppTunnelError(
+        'E_USAGE',
+        `${file}: its endpoints are on this host's loopback, out of reach of other nodes; give the controller's own engine file with --ssh user@host`,
+        { cause: err },
+      )
+    }
+    return 'direct'
+  }
+}
+
 /** Follows the node tunnels' events, naming the node of each. */
 function followNodes(nodeTunnels: NodeTunnels, output: Output, file: string): void {
   nodeTunnels.on('node-ready', (e) =>
@@ -301,6 +327,12 @@ async function engines(args: EnginesArgs): Promise<number> {
         throw new IppTunnelError(
           'E_USAGE',
           '--sbatch submits a job that runs the engines with --slurm: leave out --slurm, --host and --hostfile',
+        )
+      }
+      if (remotePathOf(args.file) !== undefined) {
+        throw new IppTunnelError(
+          'E_USAGE',
+          `--sbatch: the job's nodes read a local engine file; ${args.file} is on an ssh server (host:PATH works without --sbatch)`,
         )
       }
       const file = resolve(args.file)
@@ -351,7 +383,8 @@ async function engines(args: EnginesArgs): Promise<number> {
     }
   }
   const output = formatEngineEvents(new Output({ json: args.json, debug: args.debug }))
-  const file = resolve(args.file)
+  let file = args.file
+  let source: LocalSource | undefined
   let privateDir: string | undefined
   let tunnel: Tunnel | undefined
   let hub: HubQuery | undefined
@@ -363,6 +396,7 @@ async function engines(args: EnginesArgs): Promise<number> {
     group?.killNow()
     nodeTunnels?.killNow()
     if (privateDir !== undefined) rmSync(privateDir, { recursive: true, force: true })
+    if (source?.pulled === true) rmSync(dirname(source.path), { recursive: true, force: true })
   }
   const signals = untilSignal((signal) => {
     signalledAt = performance.now()
@@ -393,7 +427,16 @@ async function engines(args: EnginesArgs): Promise<number> {
     const [program] = engineArgvs(launch)[0] ?? [] // bad command lines fail here, before any connection
     if (program !== undefined) await findProgram(program, process.env.PATH)
     const options = sshOptionsFrom(args, output)
-    const { info, warnings } = await readConnectionFile(file)
+    if (nodes !== undefined && remotePathOf(args.file) !== undefined) {
+      throw new IppTunnelError(
+        'E_USAGE',
+        `--host, --hostfile and --slurm: each node reads a local engine file; ${args.file} is on an ssh server`,
+      )
+    }
+    // host:PATH: pulled and tunnelled as up does it (ready, changed, … printed); its copy is then reached directly
+    source = await openSource(args.file, args, output, { render: true, signal: signals.signal })
+    file = source.file
+    const { info, warnings } = await readConnectionFile(source.path)
     if (info.kind !== 'ipp-engine') {
       throw new IppTunnelError(
         'E_CONNFILE_KIND',
@@ -401,26 +444,47 @@ async function engines(args: EnginesArgs): Promise<number> {
       )
     }
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
-    privateDir = await makePrivateTempDir('ipp-tunnel-engines-')
-    const out = join(privateDir, basename(file))
-    const { destination, sshFrom } = await chooseDestination(info, file, args.ssh, 'pass --ssh user@host')
-    tunnel = await openTunnel(info, {
-      ...options,
-      ssh: destination,
-      out,
-      listen: args.listen ?? 'tcp',
-      signal: signals.signal,
-    })
-    const stopFollowing = followTunnel(tunnel, output, file)
-    output.emit({
-      ...readyEvent(tunnel, file, out),
-      ...(sshFrom !== undefined && { sshFrom }),
-      engines: launch.n,
-      mpi: args.mpi,
-    })
-    // Registration and unregistration are what the hub says, asked through this same tunnel.
-    const loopback = tunnel.loopback
-    if (loopback.kind === 'ipp-engine') hub = HubQuery.open(loopback, file)
+    let out: string
+    let stopFollowing = (): void => undefined
+    const choice = source.pulled ? 'direct' : await destinationOrDirect(info, file, args.ssh, nodes)
+    if (choice === 'direct') {
+      // a loopback copy (the service's, or pulled just now) or a controller on this host: no ssh, as ipengine does it
+      out = source.path
+      if (!source.pulled) {
+        await refuseUnreachable(info, file)
+        output.emit({
+          event: 'ready',
+          file,
+          out,
+          direct: true,
+          forwards: [],
+          engines: launch.n,
+          mpi: args.mpi,
+        })
+      }
+      hub = HubQuery.open(info, file)
+    } else {
+      const { destination, sshFrom } = choice
+      privateDir = await makePrivateTempDir('ipp-tunnel-engines-')
+      out = join(privateDir, basename(file))
+      tunnel = await openTunnel(info, {
+        ...options,
+        ssh: destination,
+        out,
+        listen: args.listen ?? 'tcp',
+        signal: signals.signal,
+      })
+      stopFollowing = followTunnel(tunnel, output, file)
+      output.emit({
+        ...readyEvent(tunnel, file, out),
+        ...(sshFrom !== undefined && { sshFrom }),
+        engines: launch.n,
+        mpi: args.mpi,
+      })
+      // Registration and unregistration are what the hub says, asked through this same tunnel.
+      const loopback = tunnel.loopback
+      if (loopback.kind === 'ipp-engine') hub = HubQuery.open(loopback, file)
+    }
     let across = {}
     const hostOfRank = new Map<number, string>()
     if (nodes !== undefined) {
@@ -497,9 +561,10 @@ async function engines(args: EnginesArgs): Promise<number> {
       secrets: [info.key],
       signalledAt: () => signalledAt,
     })
-    const failed = new Promise<Ending>((resolveFailed) =>
-      tunnel?.once('link:failed', (e) => resolveFailed({ kind: 'link-failed', error: e.error })),
-    )
+    const failed = new Promise<Ending>((resolveFailed) => {
+      tunnel?.once('link:failed', (e) => resolveFailed({ kind: 'link-failed', error: e.error }))
+      void source?.linkFailed?.then((error) => resolveFailed({ kind: 'link-failed', error }))
+    })
     const nodesEnded = new Promise<Ending>((resolveEnded) => {
       void nodeTunnels?.exited.then(({ code, signal }) => {
         const how = signal !== null ? signal : `status ${String(code)}`
@@ -521,7 +586,8 @@ async function engines(args: EnginesArgs): Promise<number> {
     await nodeTunnels?.close()
     await hub?.close()
     stopFollowing()
-    await tunnel.close()
+    await tunnel?.close()
+    await source.close()
     if (ending.kind === 'link-failed') return output.fail(ending.error, { file })
     const died = exits.filter((e) => !e.stopped && (e.code !== 0 || e.signal !== null))
     const first = died[0]
@@ -550,6 +616,7 @@ async function engines(args: EnginesArgs): Promise<number> {
     await nodeTunnels?.close()
     await hub?.close()
     await tunnel?.close()
+    await source?.close()
     if (privateDir !== undefined) await rm(privateDir, { recursive: true, force: true })
     signals.dispose()
     process.off('exit', killOnExit)

@@ -6,14 +6,15 @@ import type { Argv } from 'yargs'
 import { IppTunnelError } from '../errors/index.js'
 import { installUnit, renderUnit, userUnitPath, type UnitOptions } from '../service/index.js'
 import { EXIT, Output } from './output.js'
-import { withSshOptions, type SshArgs } from './ssh-options.js'
+import type { SshArgs } from './ssh-options.js'
+import { checkWatchArgs, watchArgvOf, withWatchOptions } from './watch.js'
 
 interface InstallArgs extends Partial<SshArgs> {
   readonly print: boolean
   readonly force: boolean
-  readonly profile?: readonly string[] | undefined
-  readonly dir?: readonly string[] | undefined
-  readonly 'out-dir'?: string | undefined
+  readonly remote?: readonly string[] | undefined
+  readonly 'remote-profile'?: string | undefined
+  readonly poll?: number | undefined
   readonly 'ssh-auth-sock'?: string | undefined
   readonly 'pass-agent': boolean
   readonly json: boolean
@@ -29,30 +30,17 @@ const BIN = fileURLToPath(new URL('../../../bin/ipp-tunnel.js', import.meta.url)
  * that say where things are travel as `Environment=` lines.
  */
 export function unitFor(
-  args: Omit<InstallArgs, 'print' | 'force' | 'json' | 'debug' | 'pass-agent'> & { 'pass-agent'?: boolean },
+  args: Readonly<Record<string, unknown>> & Pick<InstallArgs, 'ssh-auth-sock'> & { 'pass-agent'?: boolean },
   env: NodeJS.ProcessEnv,
   cwd: string = process.cwd(),
 ): UnitOptions {
   const abs = (path: string) => resolve(cwd, path)
-  const ssh: string[] = [
-    ...(args.ssh !== undefined ? ['--ssh', args.ssh] : []),
-    ...(args.identity !== undefined ? ['--identity', abs(args.identity)] : []),
-    ...(args['known-hosts'] !== undefined ? ['--known-hosts', abs(args['known-hosts'])] : []),
+  const watchArgs = watchArgvOf(
+    args,
+    cwd,
     // the service cannot ask, so ask (the default) is strict there; naming strict would override the ssh config
-    ...(args['host-key-check'] !== undefined &&
-    args['host-key-check'] !== 'strict' &&
-    args['host-key-check'] !== 'ask'
-      ? ['--host-key-check', args['host-key-check']]
-      : []),
-    ...(args['passphrase-file'] !== undefined ? ['--passphrase-file', abs(args['passphrase-file'])] : []),
-    ...(args['ssh-config'] !== undefined ? ['--ssh-config', abs(args['ssh-config'])] : []),
-  ]
-  const watchArgs = [
-    ...(args.profile ?? []).flatMap((p) => ['--profile', p]),
-    ...(args.dir ?? []).flatMap((d) => ['--dir', abs(d)]),
-    ...(args['out-dir'] !== undefined ? ['--out-dir', abs(args['out-dir'])] : []),
-    ...ssh,
-  ]
+    (name, value) => name === 'host-key-check' && (value === 'strict' || value === 'ask'),
+  )
   const environment: Record<string, string> = {}
   for (const name of ['IPYTHONDIR', 'IPP_TUNNEL_RUNTIME_DIR'] as const) {
     const value = env[name]
@@ -69,29 +57,24 @@ export function registerInstallService(yargs: Argv, run: (task: () => Promise<nu
     'install-service',
     `write the systemd user unit (${userUnitPath()}) that keeps "ipp-tunnel watch" running`,
     (y) =>
-      withSshOptions(
-        y
-          .option('print', {
-            type: 'boolean',
-            default: false,
-            describe: 'only print the unit, write nothing',
-          })
-          .option('force', { type: 'boolean', default: false, describe: 'replace an existing unit' })
-          .option('profile', { alias: 'p', type: 'string', array: true, describe: 'passed on to watch' })
-          .option('dir', { alias: 'd', type: 'string', array: true, describe: 'passed on to watch' })
-          .option('out-dir', { type: 'string', describe: 'passed on to watch' })
-          .option('ssh-auth-sock', {
-            type: 'string',
-            describe:
-              "ssh-agent socket the service uses (the user manager does not see your shell's SSH_AUTH_SOCK)",
-          })
-          .option('pass-agent', {
-            type: 'boolean',
-            default: false,
-            describe:
-              "put this shell's SSH_AUTH_SOCK into the unit (only useful if that agent outlives your login)",
-          }),
-      ),
+      withWatchOptions(y)
+        .option('print', {
+          type: 'boolean',
+          default: false,
+          describe: 'only print the unit, write nothing',
+        })
+        .option('force', { type: 'boolean', default: false, describe: 'replace an existing unit' })
+        .option('ssh-auth-sock', {
+          type: 'string',
+          describe:
+            "ssh-agent socket the service uses (the user manager does not see your shell's SSH_AUTH_SOCK)",
+        })
+        .option('pass-agent', {
+          type: 'boolean',
+          default: false,
+          describe:
+            "put this shell's SSH_AUTH_SOCK into the unit (only useful if that agent outlives your login)",
+        }),
     (args) => run(() => install(args as unknown as InstallArgs)),
   )
 }
@@ -101,7 +84,13 @@ async function install(args: InstallArgs): Promise<number> {
   if (args['pass-agent'] && (process.env.SSH_AUTH_SOCK ?? '') === '' && args['ssh-auth-sock'] === undefined) {
     return output.fail(new IppTunnelError('E_USAGE', '--pass-agent: SSH_AUTH_SOCK is not set in this shell'))
   }
-  const unit = unitFor(args, process.env)
+  let unit: UnitOptions
+  try {
+    checkWatchArgs(args)
+    unit = unitFor(args as unknown as Readonly<Record<string, unknown>>, process.env)
+  } catch (err) {
+    return output.fail(err)
+  }
   if (args.print) {
     output.result({ event: 'unit', text: renderUnit(unit) }, renderUnit(unit))
     return EXIT.ok

@@ -1,14 +1,14 @@
-import { resolve } from 'node:path'
-
 import type { Argv } from 'yargs'
 
 import { openClient } from '../client/index.js'
 import { readConnectionFile } from '../connection-file/index.js'
 import { Output } from './output.js'
-import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+import { openSource } from './source-file.js'
+import { sshOptionsFrom, withSourceFile, withSshOptions, type SshArgs } from './ssh-options.js'
 
 interface PingArgs extends SshArgs {
   readonly file: string
+  readonly poll?: number | undefined
   readonly timeout: number
   readonly json: boolean
   readonly debug: boolean
@@ -21,8 +21,7 @@ export function registerPing(yargs: Argv, run: (task: () => Promise<number>) => 
     'connect to the controller or kernel a connection file names and report engines (or kernel info) and round-trip time',
     (y) =>
       withSshOptions(
-        y
-          .positional('file', { type: 'string', demandOption: true, describe: 'connection file' })
+        withSourceFile(y)
           .option('timeout', { type: 'number', default: 30, describe: 'seconds to wait for each answer' })
           .usage('$0 ping FILE [ssh options] [--json]'),
       ),
@@ -36,19 +35,22 @@ function ms(value: number): number {
 
 async function ping(args: PingArgs): Promise<number> {
   const output = new Output({ json: args.json, debug: args.debug })
-  const file = resolve(args.file)
+  let file = args.file
   const timeoutMs = Math.max(1, args.timeout * 1000)
   try {
-    const { warnings } = await readConnectionFile(file)
-    for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     const started = performance.now()
-    await using client = await openClient(file, {
-      ...sshOptionsFrom(args, output),
+    // host:PATH: pulled and tunnelled; its loopback copy is then reached directly
+    await using source = await openSource(args.file, args, output, { render: false })
+    file = source.file
+    const { warnings } = await readConnectionFile(source.path)
+    for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
+    await using client = await openClient(source.path, {
+      ...(source.pulled ? {} : sshOptionsFrom(args, output)),
       handshakeTimeoutMs: timeoutMs,
       requestTimeoutMs: timeoutMs,
     })
     const connectMs = performance.now() - started
-    const tunnelled = client.connection.tunnel !== undefined
+    const tunnelled = source.pulled || client.connection.tunnel !== undefined
     const curve = client.connection.curve
     if (client.kind === 'ipp-client') {
       const t0 = performance.now()

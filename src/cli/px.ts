@@ -1,15 +1,15 @@
-import { resolve } from 'node:path'
-
 import type { Argv } from 'yargs'
 
 import { openClient, type ExecuteResult, type Targets } from '../client/index.js'
 import { readConnectionFile } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { EXIT, Output } from './output.js'
-import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+import { openSource } from './source-file.js'
+import { sshOptionsFrom, withSourceFile, withSshOptions, type SshArgs } from './ssh-options.js'
 
 interface PxArgs extends SshArgs {
   readonly file: string
+  readonly poll?: number | undefined
   readonly code: string
   readonly targets: string
   readonly expr: string[]
@@ -33,8 +33,7 @@ export function registerPx(yargs: Argv, run: (task: () => Promise<number>) => vo
     'run Python code on engines (or a kernel) and print status, stdout, stderr and --expr values; exit 1 if it raised, 124 if a target did not answer in time',
     (y) =>
       withSshOptions(
-        y
-          .positional('file', { type: 'string', demandOption: true, describe: 'connection file' })
+        withSourceFile(y)
           .positional('code', { type: 'string', demandOption: true, describe: 'code to run' })
           .option('targets', {
             alias: 't',
@@ -154,16 +153,19 @@ function lateLines(late: readonly Late[], timeoutS: number): string[] {
 
 async function px(args: PxArgs): Promise<number> {
   const output = new Output({ json: args.json, debug: args.debug })
-  const file = resolve(args.file)
+  let file = args.file
   const timeoutMs = Math.max(1, args.timeout * 1000)
   try {
     const targets = parseTargets(args.targets)
     const exprs = args.expr.map(String)
     const userExpressions = Object.fromEntries(exprs.map((e) => [e, e]))
-    const { warnings } = await readConnectionFile(file)
+    // host:PATH: pulled and tunnelled; its loopback copy is then reached directly
+    await using source = await openSource(args.file, args, output, { render: false })
+    file = source.file
+    const { warnings } = await readConnectionFile(source.path)
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
-    await using client = await openClient(file, {
-      ...sshOptionsFrom(args, output),
+    await using client = await openClient(source.path, {
+      ...(source.pulled ? {} : sshOptionsFrom(args, output)),
       handshakeTimeoutMs: timeoutMs,
       requestTimeoutMs: timeoutMs,
     })

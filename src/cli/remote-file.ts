@@ -1,7 +1,9 @@
+import { rm } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
 
 import { kindFromFileName } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
+import { makePrivateTempDir } from '../safe-fs/index.js'
 import { ipythonDir, PulledTunnel } from '../service/index.js'
 import { jupyterRuntimeDir, localCopyDir, type RemoteSpec } from '../sources/index.js'
 import type { Output } from './output.js'
@@ -63,4 +65,45 @@ export async function openPulled(
   const stopFollowing = followTunnel(pulled.tunnel, output, file)
   output.emit({ ...readyEvent(pulled.tunnel, file, out), ...remote })
   return { pulled, stop: stopFollowing }
+}
+
+/**
+ * `host:PATH` for the commands that run against a file here (`ping`, `px`, `engines`): pulled and tunnelled as
+ * `up` does it, its loopback copy in a private temp directory that `close()` removes with the tunnel. With
+ * `render`, what happens to the file is printed as `up` prints it (for a command that stays up).
+ */
+export async function openPrivateCopy(
+  spec: RemoteSpec,
+  args: SshArgs & { readonly poll?: number | undefined },
+  output: Output,
+  options: { readonly render: boolean; readonly signal?: AbortSignal | undefined },
+): Promise<{ pulled: PulledTunnel; out: string; close: () => Promise<void> }> {
+  const dir = await makePrivateTempDir('ipp-tunnel-')
+  const out = join(dir, basename(spec.path ?? 'connection.json'))
+  try {
+    let pulled: PulledTunnel
+    let stop = (): void => undefined
+    if (options.render) {
+      ;({ pulled, stop } = await openPulled(spec, args, out, output, options.signal))
+    } else {
+      pulled = await PulledTunnel.open(spec, {
+        ...sshOptionsFrom(args, output),
+        ...(options.signal !== undefined && { signal: options.signal }),
+        out,
+        ...(args.poll !== undefined && { pollMs: args.poll }),
+      })
+    }
+    return {
+      pulled,
+      out,
+      close: async () => {
+        stop()
+        await pulled.close()
+        await rm(dir, { recursive: true, force: true })
+      },
+    }
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true })
+    throw err
+  }
 }

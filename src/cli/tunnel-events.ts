@@ -20,6 +20,7 @@ export function readyEvent(tunnel: Tunnel, file: string, out: string | undefined
 export function formatTunnelEvents(output: Output): Output {
   return output
     .format('ready', (e) => {
+      if (e.direct === true) return `ready: ${String(e.file)} is on this host's loopback; no tunnel needed`
       const forwards = e.forwards as { channel: string; local: string; remote: string }[]
       const width = Math.max(...forwards.map((f) => f.channel.length))
       const lines = forwards.map((f) => `  ${f.channel.padEnd(width)}  ${f.local} -> ${f.remote}`)

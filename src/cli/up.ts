@@ -1,8 +1,10 @@
+import { lstat } from 'node:fs/promises'
 import { resolve } from 'node:path'
 
 import type { Argv } from 'yargs'
 
-import { readConnectionFile } from '../connection-file/index.js'
+import { isTunnelledKernelName, readConnectionFile } from '../connection-file/index.js'
+import { IppTunnelError } from '../errors/index.js'
 import { chooseDestination, defaultOutPath, openTunnel } from '../tunnel/index.js'
 import { remotePathOf, type RemoteSpec } from '../sources/index.js'
 import { EXIT, Output } from './output.js'
@@ -23,6 +25,24 @@ interface UpArgs extends SshArgs, ListenArgs {
   readonly poll?: number | undefined
   readonly json: boolean
   readonly debug: boolean
+}
+
+/**
+ * A kernel file's default copy, `kernel-<id>-ssh.json` beside it, is also what `jupyter console --ssh` writes: one
+ * that is there already is never replaced (up removes its own copy when it stops).
+ */
+async function refuseForeignKernelCopy(out: string): Promise<void> {
+  if (!isTunnelledKernelName(out)) return
+  const there = await lstat(out).then(
+    () => true,
+    () => false,
+  )
+  if (there) {
+    throw new IppTunnelError(
+      'E_COPY_CONFLICT',
+      `${out} exists (jupyter console --ssh writes that name too, or an up that was killed left it); remove it, or give --out`,
+    )
+  }
 }
 
 /** `ipp-tunnel up FILE`: tunnels in the foreground until SIGINT/SIGTERM. */
@@ -82,6 +102,7 @@ async function up(args: UpArgs): Promise<number> {
     const { info, warnings } = await readConnectionFile(file)
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     const out = resolve(args.out ?? defaultOutPath(file))
+    if (args.out === undefined) await refuseForeignKernelCopy(out)
     const options = sshOptionsFrom(args, output)
     const { destination, sshFrom } = await chooseDestination(info, file, args.ssh, 'pass --ssh user@host')
     const tunnel = await openTunnel(info, {

@@ -1,7 +1,8 @@
 import { stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
+import { isDeepStrictEqual } from 'node:util'
 
-import type { Argv } from 'yargs'
+import createYargs, { type Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
 import { addressText, type ForwardInfo } from '../tunnel/index.js'
@@ -99,49 +100,126 @@ export function remoteDirs(specs: readonly string[], profile: string | undefined
   return out
 }
 
+/**
+ * Every option `watch` takes, ssh and listen options included: `watch` and `install-service` (which puts them into
+ * the unit's `watch` command line, see {@link watchArgvOf}) both take them from here, so they cannot drift.
+ */
+export function withWatchOptions<T>(y: Argv<T>) {
+  return withSshOptions(
+    withListenOption(y)
+      .option('profile', {
+        alias: 'p',
+        type: 'string',
+        array: true,
+        describe:
+          'IPython profile whose security dir to watch (repeatable); copies go to profile "<name>-tunnel". With neither --profile nor --dir: profile "default"',
+      })
+      .option('dir', {
+        alias: 'd',
+        type: 'string',
+        array: true,
+        describe:
+          'a directory to watch (repeatable), e.g. a Jupyter runtime dir; copies go to the sibling "<dir>-tunnel"',
+      })
+      .option('out-dir', {
+        type: 'string',
+        describe: 'put every loopback copy here instead (never a watched directory)',
+      })
+      .option('remote', {
+        alias: 'r',
+        type: 'string',
+        array: true,
+        describe:
+          'follow a directory on an ssh server over SFTP (repeatable): [user@]host[:port]:DIR (DIR may start with ~/); a bare host follows its ~/.ipython/profile_<remote-profile>/security and ~/.local/share/jupyter/runtime',
+      })
+      .option('remote-profile', {
+        type: 'string',
+        describe: 'the remote IPython profile a bare --remote host follows (default "default")',
+      })
+      .option('poll', {
+        type: 'number',
+        default: 1000,
+        describe: 'milliseconds between polls of each remote directory',
+      }),
+  )
+}
+
+/** The options of `watch` that name local files or directories: made absolute when they go into the unit. */
+const PATH_OPTIONS: ReadonlySet<string> = new Set([
+  'dir',
+  'out-dir',
+  'identity',
+  'known-hosts',
+  'passphrase-file',
+  'ssh-config',
+])
+
+/** What yargs knows of the options it was given (`getOptions()`, which its typings leave out). */
+interface OptionTable {
+  readonly key: Readonly<Record<string, unknown>>
+  readonly array: readonly string[]
+  readonly boolean: readonly string[]
+  readonly count: readonly string[]
+  readonly default: Readonly<Record<string, unknown>>
+  readonly alias: Readonly<Record<string, readonly string[]>>
+}
+
+/**
+ * The `watch` command line for the values of its options in `args` (as yargs parsed them for `watch` or for
+ * `install-service`): every option of {@link withWatchOptions} that is given and differs from its default, paths
+ * made absolute against `cwd`. `skip` leaves out option values the caller handles itself.
+ */
+export function watchArgvOf(
+  args: Readonly<Record<string, unknown>>,
+  cwd: string,
+  skip: (name: string, value: unknown) => boolean = () => false,
+): string[] {
+  const table = (withWatchOptions(createYargs([])) as unknown as { getOptions(): OptionTable }).getOptions()
+  const aliases = new Set(Object.values(table.alias).flat())
+  const argv: string[] = []
+  for (const name of Object.keys(table.key)) {
+    if (name === 'help' || name === 'version' || aliases.has(name)) continue
+    const value = args[name]
+    if (value === undefined || skip(name, value)) continue
+    if (isDeepStrictEqual(value, table.default[name])) continue
+    const flag = `--${name}`
+    if (table.count.includes(name)) {
+      argv.push(...Array.from({ length: Number(value) }, () => flag))
+    } else if (table.boolean.includes(name)) {
+      argv.push(value === true ? flag : `--no-${name}`)
+    } else {
+      const values: unknown[] = Array.isArray(value) ? value : [value]
+      for (const v of values) argv.push(flag, PATH_OPTIONS.has(name) ? resolve(cwd, String(v)) : String(v))
+    }
+  }
+  return argv
+}
+
+/**
+ * Checks what `watch` would refuse before it starts anything: a `--remote-profile` without `--remote`, a bad
+ * `--poll`. Returns the remote directories and the poll interval.
+ *
+ * @throws IppTunnelError `E_USAGE`
+ */
+export function checkWatchArgs(args: {
+  readonly remote?: readonly string[] | undefined
+  readonly 'remote-profile'?: string | undefined
+  readonly poll?: number | undefined
+}): { remotes: RemoteDir[]; poll: number } {
+  const remotes = remoteDirs(args.remote ?? [], args['remote-profile'])
+  const poll = args.poll ?? 1000
+  if (!Number.isInteger(poll) || poll < 10) {
+    throw new IppTunnelError('E_USAGE', `--poll ${String(args.poll)}: give whole milliseconds, at least 10`)
+  }
+  return { remotes, poll }
+}
+
 /** `ipp-tunnel watch`: the service, in the foreground until SIGINT/SIGTERM. */
 export function registerWatch(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
   return yargs.command(
     'watch',
     'follow security directories: every connection file that appears gets tunnels and a loopback copy',
-    (y) =>
-      withSshOptions(
-        withListenOption(y)
-          .option('profile', {
-            alias: 'p',
-            type: 'string',
-            array: true,
-            describe:
-              'IPython profile whose security dir to watch (repeatable); copies go to profile "<name>-tunnel". With neither --profile nor --dir: profile "default"',
-          })
-          .option('dir', {
-            alias: 'd',
-            type: 'string',
-            array: true,
-            describe:
-              'a directory to watch (repeatable), e.g. a Jupyter runtime dir; copies go to the sibling "<dir>-tunnel"',
-          })
-          .option('out-dir', {
-            type: 'string',
-            describe: 'put every loopback copy here instead (never a watched directory)',
-          })
-          .option('remote', {
-            alias: 'r',
-            type: 'string',
-            array: true,
-            describe:
-              'follow a directory on an ssh server over SFTP (repeatable): [user@]host[:port]:DIR (DIR may start with ~/); a bare host follows its ~/.ipython/profile_<remote-profile>/security and ~/.local/share/jupyter/runtime',
-          })
-          .option('remote-profile', {
-            type: 'string',
-            describe: 'the remote IPython profile a bare --remote host follows (default "default")',
-          })
-          .option('poll', {
-            type: 'number',
-            default: 1000,
-            describe: 'milliseconds between polls of each remote directory',
-          }),
-      ),
+    (y) => withWatchOptions(y),
     (args) => run(() => watch(args as unknown as WatchArgs)),
   )
 }
@@ -189,11 +267,7 @@ async function watch(args: WatchArgs): Promise<number> {
   const signals = untilSignal()
   let service: TunnelService | undefined
   try {
-    const remotes = remoteDirs(args.remote ?? [], args['remote-profile'])
-    const poll = args.poll ?? 1000
-    if (!Number.isInteger(poll) || poll < 10) {
-      throw new IppTunnelError('E_USAGE', `--poll ${String(args.poll)}: give whole milliseconds, at least 10`)
-    }
+    const { remotes, poll } = checkWatchArgs(args)
     const local = (args.profile ?? []).length + (args.dir ?? []).length > 0 || remotes.length === 0
     const dirs = local ? watchedDirs(args.profile ?? [], args.dir ?? [], process.env) : []
     await checkDirs(args.dir ?? [], process.env)

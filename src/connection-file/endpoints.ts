@@ -122,19 +122,35 @@ export function destinationOf(info: ConnectionInfo): string | undefined {
 }
 
 /**
+ * True when every endpoint is on this host's loopback (127.0.0.0/8, ::1, localhost) or a unix socket: a loopback
+ * copy as a tunnel writes it, or a peer on this host, reached with no ssh.
+ *
+ * @example
+ * isLoopbackOnly(tunnel.loopback) // true
+ */
+export function isLoopbackOnly(info: ConnectionInfo): boolean {
+  return endpoints(info).every(
+    (e) => e.kind === 'unix' || /^127\./u.test(e.host) || e.host === '::1' || e.host === 'localhost',
+  )
+}
+
+/**
  * A copy of `info` pointing at loopback: each channel gets its port from `localPorts`, the address becomes
  * 127.0.0.1 (`tcp`), `ssh` is emptied; key, scheme, Curve keys and extras are kept. With `options.ipc` (a path
  * prefix) the copy names unix sockets instead: `interface: "ipc://<prefix>"` (each channel at `<prefix>-<port>` and, for its Client, `<prefix>:<port>`),
  * or for a kernel `transport: "ipc"` and `ip: <prefix>` (`<prefix>-<port>`); see {@link ipcSocketPath}.
+ * `options.location` is the ipyparallel files' `location` (default 127.0.0.1): give this machine's host name, as
+ * ipcontroller writes its own, so that ipyparallel's Client sees a controller on this host.
  *
  * @throws IppTunnelError `E_CONNFILE_FIELD` when a channel has no valid local port.
  */
 export function toLoopback(
   info: ConnectionInfo,
   localPorts: ReadonlyMap<string, number>,
-  options: { readonly ipc?: string | undefined } = {},
+  options: { readonly ipc?: string | undefined; readonly location?: string | undefined } = {},
 ): ConnectionInfo {
   const ipc = options.ipc
+  const location = options.location ?? LOOPBACK
   const iface = ipc === undefined ? `tcp://${LOOPBACK}` : `ipc://${ipc}`
   const local = (channel: string): number => {
     const port = localPorts.get(channel)
@@ -152,7 +168,7 @@ export function toLoopback(
         ...info,
         ssh: '',
         interface: iface,
-        location: LOOPBACK,
+        location,
         registration: local('registration'),
         control: local('control'),
         mux: local('mux'),
@@ -166,7 +182,7 @@ export function toLoopback(
         ...info,
         ssh: '',
         interface: iface,
-        location: LOOPBACK,
+        location,
         registration: local('registration'),
         control: local('control'),
         mux: local('mux'),

@@ -67,6 +67,11 @@ export { isZ85Key, kindFromFileName, MAX_LIST_PORTS, parseConnectionFile } from 
  * @example
  * const destination = options.ssh ?? destinationOf(info)
  *
+ * `isLoopbackOnly(info)`: every endpoint on this host's loopback or a unix socket (no ssh needed).
+ *
+ * @example
+ * isLoopbackOnly(tunnel.loopback) // true
+ *
  * `toLoopback(info, localPorts, { ipc? })`: the file for local users, with 127.0.0.1 (or, with `ipc`, unix sockets
  * under that path prefix), the local ports by channel and `ssh` emptied. `ipcSocketPath(kind, prefix, port)`: the
  * socket a channel of an ipc file is at.
@@ -75,7 +80,14 @@ export { isZ85Key, kindFromFileName, MAX_LIST_PORTS, parseConnectionFile } from 
  * const local = toLoopback(info, new Map(endpoints(info).map((e) => [e.channel, listenerPort(e)])))
  * const unix = toLoopback(info, new Map([['shell', 1], …]), { ipc: '/run/user/1000/ipp-tunnel/u1-ab/kernel' })
  */
-export { destinationOf, endpoints, ipcSocketPath, ippClientSocketPath, toLoopback } from './endpoints.js'
+export {
+  destinationOf,
+  endpoints,
+  ipcSocketPath,
+  ippClientSocketPath,
+  isLoopbackOnly,
+  toLoopback,
+} from './endpoints.js'
 
 /**
  * `serializeConnectionFile(info)`: JSON as the peers write it (indent 2), extras preserved.
@@ -114,3 +126,12 @@ export { readConnectionFile, writeConnectionFileAtomic, writeFileAtomic } from '
  * siblingClientFile('/s/ipcontroller-engine.json') // '/s/ipcontroller-client.json'
  */
 export { siblingClientFile, siblingEngineFile } from './names.js'
+
+/**
+ * `tunnelledKernelFile(path)`: jupyter_client's name for a tunnelled kernel file beside it (`kernel-<id>-ssh.json`);
+ * `isTunnelledKernelName(path)`: the name is such a copy (never a source).
+ *
+ * @example
+ * tunnelledKernelFile('/run/kernel-abc.json') // '/run/kernel-abc-ssh.json'
+ */
+export { isTunnelledKernelName, tunnelledKernelFile } from './names.js'

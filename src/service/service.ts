@@ -2,10 +2,11 @@ import { EventEmitter } from 'node:events'
 import { lstat } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { posix } from 'node:path'
-import { basename, dirname, join, resolve } from 'node:path'
+import { basename, join, resolve } from 'node:path'
 
 import {
   destinationOf,
+  isTunnelledKernelName,
   kindFromFileName,
   parseConnectionFile,
   siblingEngineFile,
@@ -23,7 +24,7 @@ import {
   type SourceFile,
   type SourceStatus,
 } from '../sources/index.js'
-import { chooseDestination, defaultOutDir, LinkPool, openTunnel, type Tunnel } from '../tunnel/index.js'
+import { chooseDestination, defaultOutPath, LinkPool, openTunnel, type Tunnel } from '../tunnel/index.js'
 import { CopyLedger } from './ledger.js'
 import { LoginRelay } from './login-relay.js'
 import { RemoteLinks } from './remote-links.js'
@@ -145,8 +146,9 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       (socket, destination, rest) => service.#relay.attach(socket, destination, rest),
     )
     try {
-      // Copies of pulled files land where local tools look (a profile's -tunnel dir, the Jupyter runtime dir).
-      const copyDirs = [...outDirs, ...service.#remoteCopyDirs(remotes)]
+      // Copies of pulled files land where local tools look (a profile's -tunnel dir, the Jupyter runtime dir); a
+      // kernel file's copy beside it, in the watched directory.
+      const copyDirs = [...outDirs, ...dirs, ...service.#remoteCopyDirs(remotes)]
       await service.#ledger.removeLeftovers(copyDirs)
       await removeStaleTemps(options.runtimeDir)
       for (const out of outDirs) await removeStaleTemps(out, (name) => kindFromFileName(name) !== undefined)
@@ -315,9 +317,8 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   }
 
   #outPath(file: string): string {
-    const dir =
-      this.#options.outDir !== undefined ? resolve(this.#options.outDir) : defaultOutDir(dirname(file))
-    return join(dir, basename(file))
+    if (this.#options.outDir !== undefined) return join(resolve(this.#options.outDir), basename(file))
+    return defaultOutPath(file)
   }
 
   #retry(entry: Entry, ms: number): void {
@@ -427,8 +428,10 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
           `${entry.file}: its copy ${entry.out} is already written for ${holder}; give --out-dir, or follow only one of them`,
         )
       }
-      // Copies of pulled files land in shared places (the Jupyter runtime dir): never over a file not ours.
-      if (holder === undefined && entry.remote !== undefined && !this.#ledger.copies.includes(entry.out)) {
+      // Copies of pulled files land in shared places (the Jupyter runtime dir), and so does a kernel file's copy
+      // beside it (jupyter console --ssh writes the same name): never over a file not ours.
+      const shared = entry.remote !== undefined || isTunnelledKernelName(entry.out)
+      if (holder === undefined && shared && !this.#ledger.copies.includes(entry.out)) {
         if (
           await lstat(entry.out).then(
             () => true,

@@ -55,6 +55,15 @@ export {
 export { SendQueue, type Sendable } from './send-queue.js'
 
 /**
+ * `refuseUnreachable(info, where)`: before a direct (untunnelled) connection, fails at once with `E_CONNECT` when a
+ * port is refused outright.
+ *
+ * @example
+ * await refuseUnreachable(info, file)
+ */
+export { refuseUnreachable } from './probe.js'
+
+/**
  * `MessageStream`: the buffered async iterator behind `Connection.messages`.
  *
  * @example

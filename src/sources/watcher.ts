@@ -2,7 +2,7 @@ import { basename, resolve } from 'node:path'
 
 import type { FSWatcher } from 'chokidar'
 
-import { kindFromFileName } from '../connection-file/index.js'
+import { isTunnelledKernelName, kindFromFileName } from '../connection-file/index.js'
 
 /** chokidar's window for repeated 'change' events of one path (50 ms), and a margin. */
 const LOOK_AGAIN_MS = 80
@@ -17,7 +17,8 @@ export interface WatcherHandlers {
 
 /**
  * Follows the given directories (not their subdirectories) for files named like connection files:
- * `ipcontroller[-<id>]-client.json`, `ipcontroller[-<id>]-engine.json`, `kernel-*.json`. Everything else is ignored.
+ * `ipcontroller[-<id>]-client.json`, `ipcontroller[-<id>]-engine.json`, `kernel-*.json` but not a tunnelled copy
+ * `kernel-*-ssh.json`. Everything else is ignored.
  * Reports raw events at once: a file still being written is the caller's to wait for (the service retries a
  * parse that fails while the file keeps changing), which keeps a complete file's latency low.
  *
@@ -39,7 +40,9 @@ export class DirectoryWatcher {
 
   /** Starts watching; resolves once the files already present have been reported to `handlers`. */
   static async start(dirs: readonly string[], handlers: WatcherHandlers): Promise<DirectoryWatcher> {
-    const taken = (path: string) => kindFromFileName(basename(path)) !== undefined
+    // kernel-<id>-ssh.json is a tunnelled copy (ours beside its source, or jupyter console --ssh's): never a source
+    const taken = (path: string) =>
+      kindFromFileName(basename(path)) !== undefined && !isTunnelledKernelName(path)
     // Loaded here, not with the module: commands that only read remote files (`up host:PATH`) never load it.
     const { watch } = await import('chokidar')
     const watcher = watch([...dirs], {

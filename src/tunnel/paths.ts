@@ -1,6 +1,8 @@
 import { tmpdir, userInfo } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 
+import { tunnelledKernelFile } from '../connection-file/index.js'
+
 /**
  * Where the loopback copy of files found in `dir` goes by default, so that the user's tools find it unchanged:
  * for an IPython profile's `profile_<name>/security` it is the sibling profile `profile_<name>-tunnel/security`
@@ -16,9 +18,14 @@ export function defaultOutDir(dir: string): string {
   return `${security}-tunnel`
 }
 
-/** The default loopback path for one connection file: same file name, in {@link defaultOutDir} of its directory. */
+/**
+ * The default loopback path for one connection file: for a kernel file `kernel-<id>.json`, jupyter_client's own name
+ * for a tunnelled copy beside it, `kernel-<id>-ssh.json` (so `jupyter console --existing` finds it); for any other,
+ * the same file name in {@link defaultOutDir} of its directory.
+ */
 export function defaultOutPath(file: string): string {
-  return join(defaultOutDir(dirname(resolve(file))), basename(file))
+  const path = resolve(file)
+  return tunnelledKernelFile(path) ?? join(defaultOutDir(dirname(path)), basename(path))
 }
 
 /**

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import type { Duplex } from 'node:stream'
-import { tmpdir } from 'node:os'
+import { hostname, tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 import {
@@ -239,11 +239,14 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
 
   /**
    * The connection file rewritten to this tunnel's listeners, with `ssh` emptied: 127.0.0.1 and the local ports, or
-   * with `listen: 'unix'` `ipc://` names of the unix sockets.
+   * with `listen: 'unix'` `ipc://` names of the unix sockets; an ipyparallel file's `location` is this host's name.
    */
   get loopback(): ConnectionInfo {
     const ports = new Map([...this.#forwards].map(([channel, f]) => [channel, f.localPort]))
-    return toLoopback(this.#source, ports, { ipc: this.#sockets?.prefix(this.#source.kind) })
+    return toLoopback(this.#source, ports, {
+      ipc: this.#sockets?.prefix(this.#source.kind),
+      location: hostname(),
+    })
   }
 
   get forwards(): ForwardInfo[] {

@@ -122,6 +122,9 @@ test('toLoopback: new ports per channel, 127.0.0.1, ssh emptied, everything else
   })
   assert.equal(destinationOf(local), undefined)
   assert.deepEqual(hosts(local), ['127.0.0.1'])
+  const named = toLoopback(source, localPortsFor(source), { location: 'laptop' })
+  assert.equal(named.kind === 'ipp-client' && named.location, 'laptop')
+  assert.deepEqual(hosts(named), ['127.0.0.1'], 'the interface is explicit: location is not used to reach it')
   assert.equal(source.kind === 'ipp-client' && source.ssh, 'someone@login.example.org', 'source untouched')
 })
 

@@ -102,6 +102,54 @@ describe('ipp-tunnel install-service and the systemd user unit', () => {
     })
   })
 
+  test('every option watch takes goes into the unit; what watch would refuse is refused here', async () => {
+    const env = { XDG_CONFIG_HOME: join(dir, 'unused-all'), IPYTHONDIR: '' }
+    const given: Record<string, string[]> = {
+      listen: ['--listen', 'unix'],
+      profile: ['--profile', 'big'],
+      dir: ['--dir', 'kernels'],
+      'out-dir': ['--out-dir', 'copies'],
+      remote: ['--remote', 'me@login.example.org:2222:~/.ipython/profile_x/security'],
+      'remote-profile': ['--remote-profile', 'x'],
+      poll: ['--poll', '250'],
+      ssh: ['--ssh', 'me@login.example.org'],
+      identity: ['--identity', 'id_ed25519'],
+      'known-hosts': ['--known-hosts', 'kh'],
+      'host-key-check': ['--host-key-check', 'off'],
+      'passphrase-file': ['--passphrase-file', 'pass.txt'],
+      'ssh-config': ['--ssh-config', 'cfg'],
+      'proxy-command': ['--proxy-command', 'ssh -W %h:%p jump'],
+      transport: ['--transport', 'ssh2'],
+      verbose: ['--verbose', '--verbose'],
+    }
+    // the options watch's own help lists: a new one not given above fails here
+    const help = await runCli(['watch', '--help'])
+    const listed = [...help.stdout.matchAll(/--([\w-]+)/g)].map((m) => m[1] ?? '')
+    const own = new Set(['json', 'debug', 'help', 'version'])
+    assert.deepEqual([...new Set(listed.filter((o) => !own.has(o)))].sort(), Object.keys(given).sort())
+    const result = await runCli(['install-service', '--print', ...Object.values(given).flat()], env)
+    assert.equal(result.code, 0, result.stderr)
+    const want = [
+      `${process.execPath} ${CLI} watch --listen unix --profile big --dir ${resolve('kernels')}`,
+      `--out-dir ${resolve('copies')} --remote me@login.example.org:2222:~/.ipython/profile_x/security`,
+      '--remote-profile x --poll 250 --ssh me@login.example.org',
+      `--identity ${resolve('id_ed25519')} --known-hosts ${resolve('kh')} --host-key-check off`,
+      `--passphrase-file ${resolve('pass.txt')} --ssh-config ${resolve('cfg')}`,
+      '--proxy-command "ssh -W %%h:%%p jump" --transport ssh2 --verbose --verbose',
+    ].join(' ')
+    assert.equal(execStartOf(result.stdout), want)
+    const path = join(dir, 'all-options.service')
+    await writeFile(path, result.stdout)
+    assert.deepEqual(await verify(path), { code: 0, stderr: '' })
+
+    const lonely = await runCli(['install-service', '--print', '--remote-profile', 'x'], env)
+    assert.equal(lonely.code, 2, lonely.stderr)
+    assert.match(lonely.stderr, /--remote-profile needs --remote host/)
+    const poll = await runCli(['install-service', '--print', '--remote', 'h', '--poll', '1.5'], env)
+    assert.equal(poll.code, 2, poll.stderr)
+    assert.match(poll.stderr, /--poll 1\.5/)
+  })
+
   test('an existing unit is kept unless --force', async () => {
     const config = join(dir, 'config-force')
     const path = join(config, 'systemd', 'user', 'ipp-tunnel.service')

@@ -337,6 +337,45 @@ kc.stop_channels()
     assert.match(missing.stdout + missing.stderr, /E_CONNFILE_READ/)
   })
 
+  test('ping, px and engines take HOST:PATH; engines runs on the service copy with no ssh', async () => {
+    const c = controller
+    assert.ok(c)
+    const ping = await runCli(['ping', '--json', `${destination}:${c.clientFile}`, ...sshArgsOf(sshd)], env)
+    assert.equal(ping.code, 0, ping.stderr)
+    const pong = JSON.parse(ping.stdout) as Event
+    assert.deepEqual(pong.engines, [0, 1])
+    assert.equal(pong.tunnelled, true)
+    assert.equal(pong.file, id(c.clientFile))
+    const px = await runCli(
+      ['px', '--json', `${destination}:${c.clientFile}`, 'x = 6 * 7', '--expr', 'x', ...sshArgsOf(sshd)],
+      env,
+    )
+    assert.equal(px.code, 0, px.stderr)
+    const ran = JSON.parse(px.stdout) as { results: { expressions: Record<string, string> }[] }
+    assert.deepEqual(
+      ran.results.map((r) => r.expressions.x),
+      ['42', '42'],
+    )
+
+    const runEngines = async (file: string, auth: readonly string[]) => {
+      const child = spawnCli(['engines', '--json', file, '-n', '1', ...auth], env)
+      const lines = new JsonLines(child)
+      const registered = await lines.next('registered', 60_000)
+      child.kill('SIGINT')
+      assert.deepEqual(await exited(child), { code: 0, signal: null }, lines.stderr)
+      return { registered, lines }
+    }
+    const pulled = await runEngines(`${destination}:${c.engineFile}`, sshArgsOf(sshd))
+    assert.equal(pulled.registered.file, id(c.engineFile))
+    assert.equal((await pulled.lines.next('ready')).source, 'remote')
+
+    // the copy the service wrote: "ssh" empty, every endpoint on loopback; as ipengine --profile default-tunnel
+    const copy = localCopy('ipcontroller-engine.json')
+    const direct = await runEngines(copy, [])
+    assert.equal((await direct.lines.next('ready')).direct, true)
+    assert.equal(direct.registered.file, copy)
+  })
+
   test('the controller stopped and started again (new ports, new key): the copy follows and a new Client works', async () => {
     const old = controller
     assert.ok(old)

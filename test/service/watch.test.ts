@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { copyFile, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { hostname, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
@@ -109,7 +109,7 @@ describe('ipp-tunnel watch against sshd + ipcontroller in their own network name
     await events.next(forFile('ready', controller.engineFile))
     const copy = JSON.parse(await readFile(profileCopy(), 'utf8')) as Record<string, unknown>
     assert.equal(copy.ssh, '')
-    assert.equal(copy.location, '127.0.0.1')
+    assert.equal(copy.location, hostname())
     const forwards = ready.forwards as Forward[]
     assert.equal(copy.registration, portOf(forwards.find((f) => f.channel === 'registration')?.local ?? ''))
     assert.equal((await stat(profileCopy())).mode & 0o777, 0o600)
