@@ -51,8 +51,10 @@ export class JsonLines {
   #buffer = ''
   stderr = ''
 
-  constructor(child: ChildProcess) {
-    child.stdout?.on('data', (d: Buffer) => {
+  /** `from`: the stream the JSON lines come on (`kernel` writes its events to stderr, Jupyter's log). */
+  constructor(child: ChildProcess, options: { from?: 'stdout' | 'stderr' } = {}) {
+    const events = options.from === 'stderr' ? child.stderr : child.stdout
+    events?.on('data', (d: Buffer) => {
       this.#buffer += d.toString()
       let newline: number
       while ((newline = this.#buffer.indexOf('\n')) >= 0) {
@@ -69,7 +71,7 @@ export class JsonLines {
         }
       }
     })
-    child.stderr?.on('data', (d: Buffer) => (this.stderr += d.toString()))
+    if (options.from !== 'stderr') child.stderr?.on('data', (d: Buffer) => (this.stderr += d.toString()))
   }
 
   /** Resolves with the first event (past or future) that matches; rejects after `timeoutMs`. */
