@@ -8,7 +8,8 @@ import { promisify } from 'node:util'
 
 import { Link } from '../../src/ssh/index.js'
 import { RemoteDirectorySource, type SourceEvents } from '../../src/sources/index.js'
-import { hopOf, startSshd, type Sshd } from '../support/index.js'
+import { hasCode, hopOf, startSshd, type Sshd } from '../support/index.js'
+import { fileEntry, startFakeSftp, type FakeSftpOptions } from '../support/sftp-server.js'
 
 const run = promisify(execFile)
 
@@ -262,5 +263,95 @@ describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd',
     await s.close()
     assert.equal(s.closed, true)
     await s.poll()
+  })
+})
+
+describe('RemoteDirectorySource against an SFTP server that misbehaves (in-process, ssh2)', () => {
+  async function against(
+    t: { after(fn: () => Promise<void>): void },
+    script: FakeSftpOptions,
+    extra: { maxEntries?: number; timeoutMs?: number } = {},
+  ) {
+    const server = await startFakeSftp(script)
+    t.after(() => server.close())
+    const link = new Link({ hops: [server.hop] }, { agent: false })
+    t.after(() => link.close())
+    await link.connect()
+    const s = new RemoteDirectorySource({
+      destination: 'test@fake',
+      dir: '/dir',
+      sftp: (signal, stale) => link.sftp({ signal, ...(stale !== undefined && { stale }) }),
+      pollMs: 3_600_000,
+      ...extra,
+    })
+    t.after(() => s.close())
+    return { server, link, source: s, seen: record(s) }
+  }
+
+  test('a listing that never ends is cut at maxEntries with one E_REMOTE_DIR error; nothing is read', async (t) => {
+    const { server, source, seen } = await against(
+      t,
+      { listing: (n) => Array.from({ length: 1000 }, (_, i) => fileEntry(`kernel-${n}-${i}.json`)) },
+      { maxEntries: 20_000 },
+    )
+    await source.poll()
+    const errors = seen.flatMap((e) => (e.type === 'dir:error' ? [e.args] : []))
+    assert.equal(errors.length, 1, JSON.stringify(errors))
+    const [error] = errors
+    assert.ok(error)
+    assert.equal(error.code, 'E_REMOTE_DIR')
+    assert.match(error.message, /more than 20000 names \(or never ends\)/)
+    assert.ok(server.readdirs() <= 21, `${server.readdirs()} READDIR answered`)
+    assert.deepEqual(server.touched, [])
+    assert.equal(seen.filter((e) => e.type === 'file').length, 0)
+  })
+
+  test('names that are not plain file names (a/../../x, ../x) are refused, never opened', async (t) => {
+    const names = ['a/../../kernel-x.json', '../kernel-y.json', 'kernel-ok.json']
+    const { server, source, seen } = await against(t, {
+      listing: (n) => (n === 0 ? names.map(fileEntry) : 'eof'),
+    })
+    await source.poll()
+    assert.ok(server.touched.length > 0)
+    for (const path of server.touched) assert.equal(path, '/dir/kernel-ok.json')
+    const files = seen.flatMap((e) => (e.type === 'file' ? [e.args.path] : []))
+    assert.deepEqual(files, ['/dir/kernel-ok.json'])
+    const errors = seen.flatMap((e) => (e.type === 'dir:error' ? [e.args.message] : []))
+    assert.equal(errors.length, 1, JSON.stringify(errors))
+    assert.match(errors[0] ?? '', /"a\/\.\.\/\.\.\/kernel-x\.json", which is not a plain file name; ignored/)
+  })
+
+  test('a long poll whose every answer comes within the timeout is not cut', async (t) => {
+    // eight answers 300 ms apart: the poll takes longer than the 1 s timeout, yet the server never went quiet that long
+    const { source, seen } = await against(
+      t,
+      {
+        listing: async (n) => {
+          await new Promise((resolve) => setTimeout(resolve, 300))
+          return n < 8 ? [fileEntry(`kernel-${n}.json`)] : 'eof'
+        },
+      },
+      { timeoutMs: 1000 },
+    )
+    await source.poll()
+    assert.deepEqual(
+      seen.filter((e) => e.type === 'dir:error'),
+      [],
+    )
+    assert.equal(seen.filter((e) => e.type === 'file').length, 8)
+  })
+
+  test('a connection that drops while an SFTP session is asked for is a link down, not a refused subsystem', async (t) => {
+    const server = await startFakeSftp({ listing: () => 'eof', dropOnSftp: true })
+    t.after(() => server.close())
+    const link = new Link({ hops: [server.hop] }, { agent: false, backoff: { initialMs: 50, maxMs: 200 } })
+    t.after(() => link.close())
+    await link.connect()
+    const err = await link.sftp().then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    assert.ok(hasCode('E_LINK_DOWN', 'SFTP session')(err), String(err))
+    assert.doesNotMatch((err as Error).message, /refused|Subsystem/)
   })
 })
