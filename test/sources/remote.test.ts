@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { open, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { homedir, tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
+
+import type { SFTPWrapper } from 'ssh2'
 
 import { Link } from '../../src/ssh/index.js'
 import { RemoteDirectorySource, type SourceEvents } from '../../src/sources/index.js'
@@ -36,6 +39,12 @@ async function sftpServers(): Promise<Set<number>> {
   return pids
 }
 
+/** Lets every reader blocked opening `fifo` go on (a writer that comes and goes), so that no sftp-server stays stuck. */
+async function unblock(fifo: string): Promise<void> {
+  const writer = await open(fifo, constants.O_WRONLY | constants.O_NONBLOCK).catch(() => undefined)
+  await writer?.close()
+}
+
 const CLIENT = JSON.stringify({ ssh: '', interface: 'tcp://127.0.0.1', registration: 1 })
 
 describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd', () => {
@@ -58,7 +67,7 @@ describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd',
   function source(
     t: { after(fn: () => Promise<void>): void },
     dir: string,
-    extra: { maxBytes?: number; only?: string } = {},
+    extra: { maxBytes?: number; only?: string; maxFiles?: number } = {},
   ): RemoteDirectorySource {
     const s = new RemoteDirectorySource({
       destination: 'root@test',
@@ -254,6 +263,134 @@ describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd',
       seen.some((e) => e.type === 'file' && basename(e.args.path) === 'kernel-3.json'),
       JSON.stringify(seen),
     )
+  })
+
+  test('at most maxFiles connection files are followed per directory; the rest is reported once', async (t) => {
+    const dir = await mkdtemp(join(root, 'many-'))
+    for (let i = 0; i < 5; i++) await writeFile(join(dir, `kernel-${i}.json`), '{}')
+    const s = source(t, dir, { maxFiles: 3 })
+    const seen = record(s)
+    await s.poll()
+    await s.poll()
+    const followed = new Set(seen.flatMap((e) => (e.type === 'file' ? [basename(e.args.path)] : [])))
+    assert.equal(followed.size, 3)
+    const errors = seen.flatMap((e) => (e.type === 'dir:error' ? [e.args] : []))
+    assert.equal(errors.length, 1, JSON.stringify(errors))
+    const [error] = errors
+    assert.ok(error)
+    assert.equal(error.code, 'E_REMOTE_DIR')
+    assert.match(error.message, /5 connection files, more than the 3 followed in one directory/)
+    // a new file does not push out one followed already
+    await writeFile(join(dir, 'kernel-0a.json'), '{}')
+    seen.length = 0
+    await s.poll()
+    assert.deepEqual(seen, [])
+    assert.equal(s.status().files, 3)
+  })
+
+  /** `sftp` for a source whose sessions run `swap` right before the first request named in `before`. */
+  function swappingSftp(
+    l: Link,
+    before: readonly ('lstat' | 'open')[],
+    swap: () => Promise<void> | void,
+  ): (signal: AbortSignal, stale?: SFTPWrapper) => Promise<SFTPWrapper> {
+    const real = new WeakMap<SFTPWrapper, SFTPWrapper>()
+    const wrapped = new WeakMap<SFTPWrapper, SFTPWrapper>()
+    return async (signal, stale) => {
+      const session = await l.sftp({
+        signal,
+        ...(stale !== undefined && { stale: real.get(stale) ?? stale }),
+      })
+      let proxy = wrapped.get(session)
+      if (proxy === undefined) {
+        proxy = new Proxy(session, {
+          get(target, prop) {
+            const value: unknown = Reflect.get(target, prop, target)
+            if (typeof value !== 'function') return value
+            const method = value as (...args: unknown[]) => unknown
+            if ((before as readonly unknown[]).includes(prop)) {
+              return (...args: unknown[]) => {
+                void Promise.resolve(swap()).then(() => method.apply(target, args))
+              }
+            }
+            return method.bind(target)
+          },
+        })
+        wrapped.set(session, proxy)
+        real.set(proxy, session)
+      }
+      return proxy
+    }
+  }
+
+  test('a symlink to a FIFO swapped in after the listing is refused by the lstat right before the open', async (t) => {
+    const dir = await mkdtemp(join(root, 'swap-'))
+    const fifo = join(root, `fifo-${basename(dir)}`)
+    await run('mkfifo', [fifo])
+    const file = join(dir, 'kernel-swap.json')
+    await writeFile(file, '{}')
+    let swapped = false
+    const swap = async () => {
+      if (swapped) return
+      swapped = true
+      await symlink(fifo, `${file}.tmp`)
+      await rename(`${file}.tmp`, file)
+    }
+    t.after(() => unblock(fifo))
+    const s = new RemoteDirectorySource({
+      destination: 'root@test',
+      dir,
+      sftp: swappingSftp(link, ['lstat', 'open'], swap),
+      pollMs: 3_600_000,
+      timeoutMs: 2000,
+    })
+    t.after(() => s.close())
+    const seen = record(s)
+    await s.poll()
+    assert.ok(swapped)
+    const errors = seen.filter((e) => e.type === 'file:error' || e.type === 'dir:error')
+    assert.equal(errors.length, 1, JSON.stringify(errors))
+    assert.match(JSON.stringify(errors[0]), /symbolic link, not a regular file/)
+  })
+
+  test('sessions stuck on a FIFO swapped in between lstat and open: never more than one given up on per directory', async (t) => {
+    const external = await startSshd({ extraConfig: 'Subsystem sftp /usr/lib/openssh/sftp-server' })
+    t.after(() => external.close())
+    const externalLink = new Link({ hops: [hopOf(external)] }, { agent: false })
+    t.after(() => externalLink.close())
+    await externalLink.connect()
+    const dir = await mkdtemp(join(root, 'stuck-'))
+    const fifo = join(root, `fifo-${basename(dir)}`)
+    await run('mkfifo', [fifo])
+    const file = join(dir, 'kernel-stuck.json')
+    const swap = async () => {
+      await symlink(fifo, `${file}.tmp`)
+      await rename(`${file}.tmp`, file)
+    }
+    const s = new RemoteDirectorySource({
+      destination: 'root@external',
+      dir,
+      sftp: swappingSftp(externalLink, ['open'], swap),
+      pollMs: 3_600_000,
+      timeoutMs: 1000,
+    })
+    t.after(() => s.close())
+    const seen = record(s)
+    const before = await sftpServers()
+    t.after(async () => {
+      await unblock(fifo)
+      for (const pid of await sftpServers()) if (!before.has(pid)) process.kill(pid, 'SIGKILL')
+    })
+    for (let i = 0; i < 4; i++) {
+      // a regular file again (a new size each time, so that it is read again), swapped for the link at the open
+      await rm(file, { force: true })
+      await writeFile(file, `{}${' '.repeat(i)}`)
+      await s.poll()
+    }
+    const started = [...(await sftpServers())].filter((pid) => !before.has(pid))
+    assert.equal(started.length, 2, `${started.length} sftp-server processes for 4 polls`)
+    const messages = seen.flatMap((e) => (e.type === 'dir:error' ? [e.args.message] : []))
+    assert.match(messages.join('\n'), /still hangs on the server/)
   })
 
   test('close() stops polling and is safe twice', async (t) => {
