@@ -326,6 +326,13 @@ export function parseConnectionFile(text: string, fileName: string): ConnectionI
     )
   }
   const obj = json as Json
+  const deep = tooDeepField(obj)
+  if (deep !== undefined) {
+    throw new IppTunnelError(
+      'E_CONNFILE_FIELD',
+      `${fileName}: field "${deep}" nests lists or objects more than ${MAX_DEPTH} deep`,
+    )
+  }
   const byName = kindFromFileName(fileName)
   const byContent = kindFromContent(obj)
   if (byName === undefined && byContent === undefined) {
@@ -350,6 +357,25 @@ export function parseConnectionFile(text: string, fileName: string): ConnectionI
     default:
       return parseKernel(fields)
   }
+}
+
+/**
+ * How deep lists and objects may nest in a field. Extra fields are written back into the copy, and JSON.stringify
+ * recurses: a value nested 100 000 deep (which JSON.parse takes) would overflow the stack there.
+ */
+const MAX_DEPTH = 64
+
+/** The first top-level field whose value nests deeper than {@link MAX_DEPTH}; walked without recursion. */
+function tooDeepField(obj: Json): string | undefined {
+  for (const [name, value] of Object.entries(obj)) {
+    const stack: { value: unknown; depth: number }[] = [{ value, depth: 1 }]
+    for (let item = stack.pop(); item !== undefined; item = stack.pop()) {
+      if (typeof item.value !== 'object' || item.value === null) continue
+      if (item.depth > MAX_DEPTH) return name
+      for (const inner of Object.values(item.value)) stack.push({ value: inner, depth: item.depth + 1 })
+    }
+  }
+  return undefined
 }
 
 function jsonErrorWhere(text: string, err: unknown): string {

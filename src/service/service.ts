@@ -16,6 +16,7 @@ import {
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { ensureReadableDir, removeStaleTemps } from '../safe-fs/index.js'
 import {
+  DEFAULT_MAX_REMOTE_FILES,
   jupyterRuntimeDir,
   LocalDirectorySource,
   localCopyDir,
@@ -24,7 +25,18 @@ import {
   type SourceFile,
   type SourceStatus,
 } from '../sources/index.js'
-import { chooseDestination, defaultOutPath, LinkPool, openTunnel, type Tunnel } from '../tunnel/index.js'
+import {
+  chooseDestination,
+  defaultOutPath,
+  descriptorLimit,
+  LinkPool,
+  noteCarried,
+  openTunnel,
+  rootBudget,
+  sameServer,
+  type Tunnel,
+} from '../tunnel/index.js'
+import { resolveTarget } from '../ssh/index.js'
 import { CopyLedger } from './ledger.js'
 import { LoginRelay } from './login-relay.js'
 import { RemoteLinks } from './remote-links.js'
@@ -83,6 +95,18 @@ const CONNECT_RETRY_MS = { first: 100, max: 10_000 }
  * are retried quietly; after it, each failure is reported (and still retried).
  */
 const QUIET_RETRY_MS = 5000
+/**
+ * Descriptors one pulled file's tunnel is counted to hold (its listeners: an ipyparallel client file has nine
+ * channels), for the reserve the pool keeps out of its connection budget.
+ */
+const FDS_PER_PULLED_FILE = 10
+
+/** What the host-key check suggests for an unknown key, and what is said instead for a host a pulled file names. */
+const ACCEPT_NEW_HINT =
+  /run ipp-tunnel with --host-key-check accept-new to trust it, or, after checking the fingerprint, add it with/
+const UNKNOWN_HOST_HINT =
+  'a file on that server chose this host, so do not trust it blindly: check the fingerprint out of band, then add it with'
+
 /** Failures worth trying again without a change of the file: the server or the controller may come up. */
 const RETRIED: ReadonlySet<string> = new Set(['E_CONNECT', 'E_LINK_DOWN', 'E_FORWARD', 'E_TIMEOUT'])
 
@@ -106,6 +130,8 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   readonly #sources: Source[] = []
   readonly #remoteSources: RemoteDirectorySource[] = []
   readonly #remoteLinks: RemoteLinks
+  /** Connection files followed per remote directory: their listeners fit in half the descriptor limit. */
+  readonly #maxRemoteFiles: number
   /** Which entry writes each local copy: two files never write the same one. */
   readonly #claims = new Map<string, string>()
   #status: StatusServer | undefined
@@ -119,7 +145,19 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     this.dirs = options.dirs.map((d) => resolve(d))
     this.#options = options
     // No one watches the service: prompts go to `ipp-tunnel login`, and a link that needs one waits for it.
-    this.#pool = new LinkPool({ ...options, prompt: this.#relay.provider, login: this.#relay.gate })
+    const remotes = options.remotes?.length ?? 0
+    const limit = descriptorLimit()
+    this.#maxRemoteFiles =
+      limit === undefined || remotes === 0
+        ? DEFAULT_MAX_REMOTE_FILES
+        : Math.max(
+            1,
+            Math.min(DEFAULT_MAX_REMOTE_FILES, Math.floor(limit / 2 / (remotes * FDS_PER_PULLED_FILE))),
+          )
+    this.#pool = new LinkPool(
+      { ...options, prompt: this.#relay.provider, login: this.#relay.gate },
+      { budget: rootBudget(limit, remotes * this.#maxRemoteFiles * FDS_PER_PULLED_FILE) },
+    )
     this.#remoteLinks = new RemoteLinks(this.#pool, options)
     this.#ledger = ledger
     this.#relay.on('auth-needed', (login) => this.emit('auth-needed', login))
@@ -229,6 +267,8 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
           ...(stale !== undefined && { stale }),
         }),
       ...(this.#options.pollMs !== undefined && { pollMs: this.#options.pollMs }),
+      maxFiles: this.#maxRemoteFiles,
+      onBytes: noteCarried,
     })
     this.#remoteSources.push(source)
     source.on('watching', (e) => {
@@ -414,7 +454,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       // A pulled file's endpoints are seen from the host it came from, unless it names its own server.
       const { destination, sshFrom } =
         entry.remote !== undefined
-          ? { destination: destinationOf(info) ?? entry.remote.destination, sshFrom: undefined }
+          ? { destination: await this.#pulledDestination(info, entry.remote.destination), sshFrom: undefined }
           : await chooseDestination(
               info,
               entry.file,
@@ -500,6 +540,20 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     }
   }
 
+  /**
+   * Where a pulled file is tunnelled through: the server it came from, unless its own `ssh` names another. A name
+   * for the same server (its address rather than an alias, an explicit port 22) is the same server: its link is
+   * reused rather than a second login asked for.
+   */
+  async #pulledDestination(info: ConnectionInfo, from: string): Promise<string> {
+    const named = destinationOf(info)
+    if (named === undefined || named === from) return from
+    const [a, b] = await Promise.all(
+      [named, from].map((ssh) => resolveTarget(ssh, { ...this.#options, ssh }).catch(() => undefined)),
+    )
+    return a !== undefined && b !== undefined && (await sameServer(a, b)) ? from : named
+  }
+
   #readyFields(entry: Entry, tunnel: Tunnel): ReadyFields {
     return {
       file: entry.file,
@@ -551,7 +605,11 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
 
   #failed(entry: Entry, err: unknown): void {
     const code = codeOf(err)
-    const message = err instanceof Error ? err.message : String(err)
+    let message = err instanceof Error ? err.message : String(err)
+    // The server a pulled file names was chosen by whoever wrote the file: accept-new would trust any host it names.
+    if (entry.remote !== undefined && code === 'E_HOSTKEY_UNKNOWN') {
+      message = `${entry.file} names the ssh server: ${message.replace(ACCEPT_NEW_HINT, UNKNOWN_HOST_HINT)}`
+    }
     entry.lastError = { code, message, at: new Date().toISOString() }
     this.emit('file:error', { file: entry.file, code, message, ...remoteFields(entry) })
   }

@@ -11,7 +11,12 @@
  * await source.close()
  */
 export type { SourceEvents, SourceFile, SourceOrigin, SourceStatus } from './types.js'
-export { RemoteDirectorySource, type RemoteDirectoryOptions } from './remote.js'
+export {
+  DEFAULT_MAX_REMOTE_FILES,
+  isPlainName,
+  RemoteDirectorySource,
+  type RemoteDirectoryOptions,
+} from './remote.js'
 export { parseRemoteSpec, remotePathOf, type RemoteSpec } from './spec.js'
 export { localCopyDir, jupyterRuntimeDir, remoteDefaultDirs } from './places.js'
 export { LocalDirectorySource } from './local.js'

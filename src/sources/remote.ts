@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { posix } from 'node:path'
 
-import type { SFTPWrapper, Stats } from 'ssh2'
+import type { FileEntryWithStats, SFTPWrapper, Stats } from 'ssh2'
 
 import { kindFromFileName } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
@@ -24,17 +24,67 @@ export interface RemoteDirectoryOptions {
   readonly maxBytes?: number
   /** Follow only the file of this name (what `up host:PATH` does). */
   readonly only?: string
-  /** A poll the server has not answered in this long ends the SFTP session (a new one is opened); default 15000. */
+  /**
+   * A request of a poll the server has not answered in this long ends the poll and its SFTP session (a new one is
+   * opened); default 15000. The clock runs from the last answer, so a long poll that keeps getting answers is not cut.
+   */
   readonly timeoutMs?: number
+  /** Names one listing may return; a longer one (a server whose listing never ends) is cut and reported; default 100 000. */
+  readonly maxEntries?: number
+  /** Connection files followed in the directory; more are reported once and left alone; default 64. */
+  readonly maxFiles?: number
+  /** Told the bytes each poll moved (names listed, files read): SFTP bursts count as forwarded bytes do. */
+  readonly onBytes?: (bytes: number) => void
 }
 
 /** SFTP status codes (draft-ietf-secsh-filexfer-02) that ssh2 puts in `err.code`. */
+const SFTP_EOF = 1
 const SFTP_NO_SUCH_FILE = 2
 const SFTP_PERMISSION_DENIED = 3
 
 const DEFAULT_POLL_MS = 1000
 const DEFAULT_MAX_BYTES = 1024 * 1024
 const DEFAULT_TIMEOUT_MS = 15_000
+const DEFAULT_MAX_ENTRIES = 100_000
+/** Default cap on connection files per directory; also what the service sizes its descriptor reserve by. */
+export const DEFAULT_MAX_REMOTE_FILES = 64
+/** What one listed name costs beyond its two names (attributes, lengths), for the byte count. */
+const ENTRY_OVERHEAD = 64
+
+/**
+ * Whether a listed name is one path component. A server may list anything; `../x` or `a/../../x` would be read
+ * from outside the directory followed.
+ *
+ * @example
+ * isPlainName('kernel-1.json') // true
+ * isPlainName('a/../../kernel-1.json') // false
+ */
+export function isPlainName(name: string): boolean {
+  return name !== '' && name !== '.' && name !== '..' && !name.includes('/') && !name.includes('\0')
+}
+
+/** One poll in flight: its own abort (the timeout, close()) and when the server last answered it. */
+interface PollRun {
+  readonly signal: AbortSignal
+  readonly abort: AbortController
+  /** performance.now() of the last answer; undefined until the SFTP session is open (the clock has not started). */
+  lastAnswer: number | undefined
+  bytes: number
+}
+
+/** A listing cut short: more names than a listing may hold. */
+class ListingTooLong extends Error {}
+
+type Entry = FileEntryWithStats
+
+/** What a poll follows of a listing. */
+interface Listing {
+  readonly files: readonly Entry[]
+  /** Names shaped like connection files, followed or not. */
+  readonly candidates: number
+  /** A name listed that is not a plain file name, if any. */
+  readonly odd: string | undefined
+}
 
 interface Known {
   /** `size:mtime` at the last poll. */
@@ -45,6 +95,11 @@ interface Known {
   settled: boolean
   /** `code:shape` of the last error reported, so that one problem is reported once. */
   reported: string | undefined
+}
+
+/** Whether `signal` has aborted by now (a plain read, which the type checker does not narrow across awaits). */
+function stopped(signal: AbortSignal): boolean {
+  return signal.aborted
 }
 
 function sftpCode(err: unknown): number | undefined {
@@ -122,6 +177,17 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
   #lastError: SourceStatus['lastError']
   /** `code` of the last directory-level problem reported, so that a lasting problem is reported once. */
   #dirProblem: string | undefined
+  readonly #maxEntries: number
+  readonly #maxFiles: number
+  /** The session given up on last, until the server closes it (its sftp-server may hang there for good). */
+  #abandoned: SFTPWrapper | undefined
+  /** A poll given up on while `#abandoned` still hung: its session is kept, and polls wait, until either ends. */
+  #hung: Promise<void> | undefined
+  readonly #sessions = new WeakSet<SFTPWrapper>()
+  readonly #closedSessions = new WeakSet<SFTPWrapper>()
+  /** How many files were over the cap when last reported, and the odd name last reported: each said once. */
+  #overReported: number | undefined
+  #oddReported: string | undefined
 
   constructor(options: RemoteDirectoryOptions) {
     super()
@@ -130,6 +196,8 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     this.dir = options.dir
     this.pollMs = options.pollMs ?? DEFAULT_POLL_MS
     this.#maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES
+    this.#maxEntries = options.maxEntries ?? DEFAULT_MAX_ENTRIES
+    this.#maxFiles = options.maxFiles ?? DEFAULT_MAX_REMOTE_FILES
   }
 
   /** Starts polling (the first poll runs at once). Calling it twice does nothing more. */
@@ -199,52 +267,126 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
   }
 
   /**
-   * A poll that the server stops answering (sftp-server is one process: a FIFO swapped in between the listing and
-   * the open blocks it for good) ends its SFTP session, which fails the poll's pending requests.
+   * A poll whose request the server leaves unanswered for `timeoutMs` (sftp-server is one process: a FIFO swapped in
+   * between the check and the open blocks it for good) is given up, and so is its SFTP session: a new one is
+   * opened at the next poll. A stuck sftp-server stays on the server until the FIFO gets a writer, so at most one
+   * session is given up on per directory: while it hangs, a second stuck session is waited for instead.
    */
   async #pollBounded(): Promise<void> {
+    if (this.#hung !== undefined) {
+      if (this.#abandoned !== undefined) return
+      // the session given up on before is gone: this one can go too
+      this.#hung = undefined
+      this.#abandon()
+    }
     const ms = this.#options.timeoutMs ?? DEFAULT_TIMEOUT_MS
+    const abort = new AbortController()
+    const run: PollRun = { abort, signal: abort.signal, lastAnswer: undefined, bytes: 0 }
     let timer: NodeJS.Timeout | undefined
-    let startClock = (): void => undefined
-    // the clock starts once the session is open: opening one (and waiting for the link) has bounds of its own
-    const late = new Promise<true>((resolve) => {
-      startClock = () => (timer = setTimeout(() => resolve(true), ms))
+    let onClose = (): void => undefined
+    const late = new Promise<boolean>((resolve) => {
+      const check = (): void => {
+        // the clock starts once the session is open: opening one (and waiting for the link) has bounds of its own
+        const idle = run.lastAnswer === undefined ? 0 : performance.now() - run.lastAnswer
+        if (idle >= ms) resolve(true)
+        else timer = setTimeout(check, ms - idle)
+      }
+      timer = setTimeout(check, ms)
+      onClose = () => {
+        abort.abort()
+        resolve(false)
+      }
+      this.#abort.signal.addEventListener('abort', onClose, { once: true })
     })
-    const poll = this.#pollOnce(startClock)
+    const poll = this.#pollOnce(run)
     const timedOut = await Promise.race([poll.then(() => false), late])
     clearTimeout(timer)
-    if (!timedOut) return
-    this.#stale = this.#session
-    this.#session = undefined
+    this.#abort.signal.removeEventListener('abort', onClose)
+    if (run.bytes > 0) this.#options.onBytes?.(run.bytes)
+    if (!timedOut || this.#closed) return
+    abort.abort()
+    const id = this.#id(this.#resolved ?? this.dir)
+    if (this.#abandoned === undefined) {
+      this.#abandon()
+      this.#dirFailed(
+        new IppTunnelError(
+          'E_REMOTE_DIR',
+          `${id}: the SFTP server did not answer within ${ms} ms; opening a new SFTP session`,
+        ),
+        'E_REMOTE_DIR',
+      )
+      return
+    }
+    const hung = poll.finally(() => {
+      if (this.#hung === hung) this.#hung = undefined
+    })
+    this.#hung = hung
     this.#dirFailed(
       new IppTunnelError(
         'E_REMOTE_DIR',
-        `${this.#id(this.#resolved ?? this.dir)}: the SFTP server did not answer within ${ms} ms; opening a new SFTP session`,
+        `${id}: the SFTP server did not answer within ${ms} ms, and the session given up on before still hangs on the server (a FIFO opened there?); waiting for either before opening another`,
       ),
       'E_REMOTE_DIR',
     )
-    await Promise.race([poll, new Promise((resolve) => setTimeout(resolve, 1000).unref())])
   }
 
-  async #pollOnce(sessionOpen: () => void): Promise<void> {
-    const signal = this.#abort.signal
+  /** Gives up on the current session: the next poll opens a new one; it counts as abandoned until it closes. */
+  #abandon(): void {
+    const session = this.#session
+    this.#stale = session
+    this.#session = undefined
+    if (session === undefined || this.#closedSessions.has(session)) return
+    this.#abandoned = session
+    session.once('close', () => {
+      if (this.#abandoned === session) this.#abandoned = undefined
+    })
+  }
+
+  /** A request of `run` on the session; every answer restarts the poll's clock. */
+  #call<T>(
+    run: PollRun,
+    request: (cb: (err: Error | undefined | null, value: T) => void) => void,
+  ): Promise<T> {
+    return call(request).finally(() => {
+      if (run.lastAnswer !== undefined) run.lastAnswer = performance.now()
+    })
+  }
+
+  async #pollOnce(run: PollRun): Promise<void> {
+    const signal = run.signal
     let sftp: SFTPWrapper
     try {
-      sftp = await this.#options.sftp(signal, this.#stale)
+      sftp = await this.#options.sftp(this.#abort.signal, this.#stale)
+      if (signal.aborted) return
       this.#stale = undefined
       this.#session = sftp
-      sessionOpen()
-      this.#resolved ??= await this.#resolve(sftp)
+      if (!this.#sessions.has(sftp)) {
+        this.#sessions.add(sftp)
+        sftp.once('close', () => this.#closedSessions.add(sftp))
+      }
+      run.lastAnswer = performance.now()
+      this.#resolved ??= await this.#resolve(sftp, run)
     } catch (err) {
       if (!signal.aborted) this.#dirFailed(err, 'E_LINK_DOWN')
       return
     }
     const dir = this.#resolved
-    let list: Awaited<ReturnType<typeof readdir>>
+    let listing: Listing
     try {
-      list = await readdir(sftp, dir)
+      listing = await this.#list(sftp, dir, run)
     } catch (err) {
-      if (signal.aborted) return
+      if (stopped(signal)) return
+      if (err instanceof ListingTooLong) {
+        this.#polled(true)
+        this.#dirFailed(
+          new IppTunnelError(
+            'E_REMOTE_DIR',
+            `${this.#id(dir)}: the listing holds more than ${this.#maxEntries} names (or never ends); the directory is not followed while it does`,
+          ),
+          'E_REMOTE_DIR',
+        )
+        return
+      }
       const code = sftpCode(err)
       if (code === SFTP_NO_SUCH_FILE) {
         this.#polled(false)
@@ -270,18 +412,95 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     }
     this.#polled(true)
     this.#dirProblem = undefined
+    this.#noteListing(dir, listing)
     const seen = new Set<string>()
-    for (const entry of list) {
-      if (signal.aborted) return
-      const name = entry.filename
-      if (
-        this.#options.only !== undefined ? name !== this.#options.only : kindFromFileName(name) === undefined
-      )
-        continue
+    for (const { filename: name, attrs } of listing.files) {
+      if (stopped(signal)) return
       seen.add(name)
-      await this.#look(sftp, posix.join(dir, name), name, entry.attrs)
+      await this.#look(sftp, posix.join(dir, name), name, attrs, run)
     }
+    if (stopped(signal)) return
     for (const name of [...this.#known.keys()]) if (!seen.has(name)) this.#gone(name)
+  }
+
+  /**
+   * Lists the directory a batch at a time, keeping only what is followed: the files already known, then new ones up
+   * to `maxFiles`. A listing longer than `maxEntries` names, or one the poll gave up on, stops there.
+   */
+  async #list(sftp: SFTPWrapper, dir: string, run: PollRun): Promise<Listing> {
+    const handle = await this.#call<Buffer>(run, (cb) => sftp.opendir(dir, cb))
+    const known: Entry[] = []
+    const fresh: Entry[] = []
+    let candidates = 0
+    let entries = 0
+    let odd: string | undefined
+    try {
+      for (;;) {
+        if (run.signal.aborted) throw run.signal.reason
+        const batch = await this.#call<Entry[] | undefined>(run, (cb) =>
+          sftp.readdir(handle, (err, list) =>
+            sftpCode(err) === SFTP_EOF ? cb(undefined, undefined) : cb(err, list),
+          ),
+        )
+        if (batch === undefined) break
+        for (const entry of batch) {
+          const name = entry.filename
+          run.bytes += name.length + entry.longname.length + ENTRY_OVERHEAD
+          if (++entries > this.#maxEntries) throw new ListingTooLong()
+          if (!isPlainName(name)) {
+            odd ??= name
+            continue
+          }
+          if (
+            this.#options.only !== undefined
+              ? name !== this.#options.only
+              : kindFromFileName(name) === undefined
+          )
+            continue
+          candidates++
+          if (this.#known.has(name)) known.push(entry)
+          else if (fresh.length < this.#maxFiles) fresh.push(entry)
+        }
+      }
+    } finally {
+      // not waited for: a session given up on may never answer it
+      try {
+        sftp.close(handle, () => undefined)
+      } catch {
+        // the session is gone, and the handle with it
+      }
+    }
+    const files = [...known, ...fresh.slice(0, Math.max(0, this.#maxFiles - known.length))]
+    return { files, candidates, odd }
+  }
+
+  /** Reports, once while it lasts, a directory holding more files than followed or a name that is not plain. */
+  #noteListing(dir: string, listing: Listing): void {
+    const over = listing.candidates > this.#maxFiles ? listing.candidates : undefined
+    if (over !== undefined && this.#overReported === undefined) {
+      this.#dirFailed(
+        new IppTunnelError(
+          'E_REMOTE_DIR',
+          `${this.#id(dir)}: ${over} connection files, more than the ${this.#maxFiles} followed in one directory; the others are ignored`,
+        ),
+        'E_REMOTE_DIR',
+        true,
+      )
+    }
+    this.#overReported = over
+    const odd = listing.odd
+    if (odd !== undefined && this.#oddReported === undefined) {
+      const shown = JSON.stringify(odd.length > 60 ? `${odd.slice(0, 60)}…` : odd)
+      this.#dirFailed(
+        new IppTunnelError(
+          'E_REMOTE_DIR',
+          `${this.#id(dir)}: the server listed ${shown}, which is not a plain file name; ignored`,
+        ),
+        'E_REMOTE_DIR',
+        true,
+      )
+    }
+    this.#oddReported = odd
   }
 
   #polled(present: boolean): void {
@@ -298,16 +517,16 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     }
   }
 
-  async #resolve(sftp: SFTPWrapper): Promise<string> {
+  async #resolve(sftp: SFTPWrapper, run: PollRun): Promise<string> {
     const dir = this.dir
     if (dir.startsWith('/')) return posix.normalize(dir)
-    const home = await call<string>((cb) => sftp.realpath('.', cb))
+    const home = await this.#call<string>(run, (cb) => sftp.realpath('.', cb))
     const rest = dir === '~' ? '' : dir.startsWith('~/') ? dir.slice(2) : dir
     return posix.join(home, rest)
   }
 
   /** One listed name: read it if it changed (or has not settled), report what came of it. */
-  async #look(sftp: SFTPWrapper, path: string, name: string, attrs: Stats): Promise<void> {
+  async #look(sftp: SFTPWrapper, path: string, name: string, attrs: Stats, run: PollRun): Promise<void> {
     const shape = `${attrs.size}:${attrs.mtime}:${attrs.mode}`
     let known = this.#known.get(name)
     const changed = known?.shape !== shape
@@ -333,9 +552,9 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     }
     let pulled: { text: string | undefined; mode: number }
     try {
-      pulled = await this.#read(sftp, path)
+      pulled = await this.#read(sftp, path, run)
     } catch (err) {
-      if (this.#abort.signal.aborted) return
+      if (run.signal.aborted) return
       if (sftpCode(err) === SFTP_NO_SUCH_FILE) {
         this.#gone(name)
         return
@@ -386,12 +605,29 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     )
   }
 
-  /** Reads a regular file through one handle: fstat first (the name may have been swapped since the listing). */
-  /** The content, or `text: undefined` when the file grew past the size its handle reported (still written). */
-  async #read(sftp: SFTPWrapper, path: string): Promise<{ text: string | undefined; mode: number }> {
-    const handle = await call<Buffer>((cb) => sftp.open(path, 'r', cb))
+  /**
+   * Reads a regular file through one handle: the name is looked at (lstat) right before the open, since it may have
+   * been swapped for a symlink to a FIFO since the listing (SFTP has no O_NOFOLLOW or O_NONBLOCK, and an open of a
+   * FIFO blocks the server), and the handle again (fstat) after it. The content, or `text: undefined` when the file
+   * grew past the size its handle reported (still written).
+   */
+  async #read(
+    sftp: SFTPWrapper,
+    path: string,
+    run: PollRun,
+  ): Promise<{ text: string | undefined; mode: number }> {
+    const named = await this.#call<Stats>(run, (cb) => sftp.lstat(path, cb))
+    if (!named.isFile()) {
+      throw new IppTunnelError(
+        'E_REMOTE_FILE',
+        `${this.#id(path)}: ${typeName(named)}, not a regular file; ignored`,
+      )
+    }
+    if (named.size > this.#maxBytes) throw this.#tooLarge(path, named.size)
+    if (run.signal.aborted) throw run.signal.reason
+    const handle = await this.#call<Buffer>(run, (cb) => sftp.open(path, 'r', cb))
     try {
-      const attrs = await call<Stats>((cb) => sftp.fstat(handle, cb))
+      const attrs = await this.#call<Stats>(run, (cb) => sftp.fstat(handle, cb))
       if (!attrs.isFile()) {
         throw new IppTunnelError(
           'E_REMOTE_FILE',
@@ -403,7 +639,8 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
       const buffer = Buffer.alloc(attrs.size + 1)
       let length = 0
       for (;;) {
-        const n = await call<number>((cb) =>
+        if (stopped(run.signal)) throw run.signal.reason
+        const n = await this.#call<number>(run, (cb) =>
           sftp.read(handle, buffer, length, buffer.length - length, length, (err, bytes) => cb(err, bytes)),
         ).catch((err: unknown) => {
           // ssh2 reports end of file as an error with SFTP status EOF (1)
@@ -412,6 +649,7 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
         })
         if (n === 0) break
         length += n
+        run.bytes += n
         if (length === buffer.length) return { text: undefined, mode: attrs.mode }
       }
       return { text: buffer.subarray(0, length).toString('utf8'), mode: attrs.mode }
@@ -437,15 +675,16 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
     })
   }
 
-  #dirFailed(err: unknown, fallback: 'E_LINK_DOWN' | 'E_REMOTE_DIR'): void {
+  /** `once`: the caller reports it once while it lasts, apart from the problems that stop polls. */
+  #dirFailed(err: unknown, fallback: 'E_LINK_DOWN' | 'E_REMOTE_DIR', once = false): void {
     const error = isIppTunnelError(err)
       ? err
       : new IppTunnelError(fallback, `${this.#id(this.#resolved ?? this.dir)}: ${message(err)}`, {
           cause: err,
         })
     this.#recordError(error)
-    if (this.#dirProblem === error.code) return
-    this.#dirProblem = error.code
+    if (!once && this.#dirProblem === error.code) return
+    if (!once) this.#dirProblem = error.code
     this.emit('dir:error', {
       destination: this.destination,
       dir: this.#resolved ?? this.dir,
@@ -470,11 +709,4 @@ export class RemoteDirectorySource extends EventEmitter<SourceEvents> {
   #goneAll(): void {
     for (const name of [...this.#known.keys()]) this.#gone(name)
   }
-}
-
-function readdir(
-  sftp: SFTPWrapper,
-  dir: string,
-): Promise<{ readonly filename: string; readonly attrs: Stats }[]> {
-  return call((cb) => sftp.readdir(dir, cb))
 }

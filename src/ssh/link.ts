@@ -356,6 +356,17 @@ export class Link extends EventEmitter<LinkEvents> {
       (err: unknown) => {
         if (this.#sftp?.session === session) this.#sftp = undefined
         if (isIppTunnelError(err)) throw err
+        // the server said no (to the channel or the subsystem); anything else is a connection gone under the request
+        const refused =
+          !chain.dead &&
+          ((err as Ssh2Error).reason !== undefined || /^Unable to start subsystem/.test(describe(err)))
+        if (!refused) {
+          throw new IppTunnelError(
+            'E_LINK_DOWN',
+            `SSH link to ${this.destination} went down while an SFTP session was being opened (${describe(err)})`,
+            { cause: err },
+          )
+        }
         throw new IppTunnelError(
           'E_REMOTE',
           `${this.destination} refused an SFTP session (Subsystem sftp in its sshd_config): ${describe(err)}`,

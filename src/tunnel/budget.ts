@@ -61,10 +61,11 @@ export function descriptorLimit(): number | undefined {
 
 /**
  * The budget for connections of every tunnel of one pool: the descriptor limit less a reserve of an eighth
- * (at least 64, at most 1024) for everything that is not a carried connection.
+ * (at least 64, at most 1024) for everything that is not a carried connection, plus `reserved` more (the
+ * listeners of files pulled from remote directories, which the caller bounds).
  */
-export function rootBudget(limit = descriptorLimit()): ChannelBudget {
+export function rootBudget(limit = descriptorLimit(), reserved = 0): ChannelBudget {
   if (limit === undefined) return new ChannelBudget(Infinity)
-  const reserve = Math.min(1024, Math.max(64, Math.floor(limit / 8)))
+  const reserve = Math.min(1024, Math.max(64, Math.floor(limit / 8))) + reserved
   return new ChannelBudget(Math.max(1, limit - reserve))
 }

@@ -7,7 +7,8 @@ export {
   type OpenRemote,
 } from './forward.js'
 export { ChannelBudget, descriptorLimit, rootBudget } from './budget.js'
-export { LinkPool, routeKey, type LinkPoolOptions } from './links.js'
+export { noteCarried } from './heap-release.js'
+export { LinkPool, routeKey, sameServer, type LinkPoolOptions } from './links.js'
 export {
   Tunnel,
   openTunnel,

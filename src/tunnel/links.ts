@@ -1,7 +1,41 @@
+import { lookup } from 'node:dns/promises'
+import { isIP } from 'node:net'
+
 import type { Link, LinkOptions, ResolvedTarget } from '../ssh/index.js'
 import { Link as SshLink } from '../ssh/index.js'
 import { IppTunnelError } from '../errors/index.js'
 import { ChannelBudget, rootBudget } from './budget.js'
+
+/** The addresses a host name resolves to (itself for an address); none when it does not resolve. */
+async function addressesOf(host: string): Promise<Set<string>> {
+  if (isIP(host) !== 0) return new Set([host])
+  try {
+    return new Set((await lookup(host, { all: true })).map((a) => a.address))
+  } catch {
+    return new Set()
+  }
+}
+
+/**
+ * Whether two routes reach the same server the same way: as many hops, each with the same user and port, and hosts
+ * that are the same name or resolve to a common address (an alias and the address it names).
+ *
+ * @example
+ * await sameServer(await resolveTarget('cluster'), await resolveTarget('me@10.0.0.2:22'))
+ */
+export async function sameServer(a: ResolvedTarget, b: ResolvedTarget): Promise<boolean> {
+  if (routeKey(a) === routeKey(b)) return true
+  if (a.hops.length !== b.hops.length) return false
+  for (const [i, hop] of a.hops.entries()) {
+    const other = b.hops[i]
+    if (other === undefined || hop.port !== other.port || hop.username !== other.username) return false
+    if (hop.proxyCommand !== other.proxyCommand) return false
+    if (hop.host.toLowerCase() === other.host.toLowerCase()) continue
+    const [mine, theirs] = await Promise.all([addressesOf(hop.host), addressesOf(other.host)])
+    if (![...mine].some((address) => theirs.has(address))) return false
+  }
+  return true
+}
 
 /** A stable name for a route: every hop's `user@host:port`, jumps first. */
 export function routeKey(target: ResolvedTarget): string {

@@ -5,6 +5,7 @@ import {
   isZ85Key,
   kindFromFileName,
   parseConnectionFile,
+  serializeConnectionFile,
   type ConnectionInfo,
 } from '../../src/connection-file/index.js'
 import { isIppTunnelError, type ErrorCode } from '../../src/errors/index.js'
@@ -133,6 +134,24 @@ test('unknown fields are kept in extra', () => {
   assert.deepEqual(Object.keys(client.extra), ['x_site', 'x_note'])
   const kernel = parseFixture('extras/kernel-with-ssh.json')
   assert.deepEqual(kernel.extra, { ssh: 'someone@login.example.org', x_launcher: null })
+})
+
+test('a field nested 100 000 deep is refused with E_CONNFILE_FIELD naming it, not a stack overflow when the copy is written', () => {
+  const kernel = JSON.parse(fixtureText('kernel/kernel-test.json')) as Record<string, unknown>
+  const deep = `${'['.repeat(100_000)}${']'.repeat(100_000)}`
+  const text = JSON.stringify(kernel).replace(/}$/, `,"x_deep":${deep}}`)
+  assert.throws(
+    () => serializeConnectionFile(parseConnectionFile(text, 'kernel-deep.json')),
+    (err: unknown) => {
+      assert.ok(isIppTunnelError(err), `expected IppTunnelError, got ${String(err)}`)
+      assert.equal(err.code, 'E_CONNFILE_FIELD')
+      assert.equal(err.message, 'kernel-deep.json: field "x_deep" nests lists or objects more than 64 deep')
+      return true
+    },
+  )
+  // 64 levels are fine
+  const fine = JSON.stringify(kernel).replace(/}$/, `,"x_deep":${'['.repeat(64)}${']'.repeat(64)}}`)
+  assert.equal(parseConnectionFile(fine, 'kernel-fine.json').kind, 'kernel')
 })
 
 test('kind from content when the name says nothing', () => {

@@ -20,6 +20,7 @@ import {
   type Engines,
 } from '../support/ipp.js'
 import { startKernel, type Kernel } from '../support/kernel.js'
+import { startFakeSftp } from '../support/sftp-server.js'
 
 const run = promisify(execFile)
 
@@ -279,6 +280,23 @@ kc.stop_channels()
     assert.equal(status.files.find((f) => f.file === id(via))?.destination, other)
     await rm(via)
     await events.next(on('closed', via))
+  })
+
+  test('a pulled file naming a server whose host key is unknown: an error that does not suggest accept-new', async (t) => {
+    const unknown = await startFakeSftp({ listing: () => 'eof' })
+    t.after(() => unknown.close())
+    const text = await readFile(join(remoteSecurity(), 'ipcontroller-client.json'), 'utf8')
+    const odd = join(remoteSecurity(), 'ipcontroller-odd-client.json')
+    const ssh = `root@127.0.0.1:${unknown.port}`
+    await writeFile(odd, JSON.stringify({ ...(JSON.parse(text) as Event), ssh }), { mode: 0o600 })
+    const error = await events.next(on('error', odd))
+    assert.equal(error.code, 'E_HOSTKEY_UNKNOWN')
+    assert.doesNotMatch(String(error.message), /accept-new/)
+    assert.match(
+      String(error.message),
+      /names the ssh server: .*check the fingerprint out of band, then add it with ssh-keyscan/,
+    )
+    await rm(odd)
   })
 
   let up: ChildProcess | undefined

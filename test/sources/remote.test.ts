@@ -1,14 +1,18 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { open, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { homedir, tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
 
+import type { SFTPWrapper } from 'ssh2'
+
 import { Link } from '../../src/ssh/index.js'
 import { RemoteDirectorySource, type SourceEvents } from '../../src/sources/index.js'
-import { hopOf, startSshd, type Sshd } from '../support/index.js'
+import { hasCode, hopOf, startSshd, type Sshd } from '../support/index.js'
+import { fileEntry, startFakeSftp, type FakeSftpOptions } from '../support/sftp-server.js'
 
 const run = promisify(execFile)
 
@@ -35,6 +39,12 @@ async function sftpServers(): Promise<Set<number>> {
   return pids
 }
 
+/** Lets every reader blocked opening `fifo` go on (a writer that comes and goes), so that no sftp-server stays stuck. */
+async function unblock(fifo: string): Promise<void> {
+  const writer = await open(fifo, constants.O_WRONLY | constants.O_NONBLOCK).catch(() => undefined)
+  await writer?.close()
+}
+
 const CLIENT = JSON.stringify({ ssh: '', interface: 'tcp://127.0.0.1', registration: 1 })
 
 describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd', () => {
@@ -57,7 +67,7 @@ describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd',
   function source(
     t: { after(fn: () => Promise<void>): void },
     dir: string,
-    extra: { maxBytes?: number; only?: string } = {},
+    extra: { maxBytes?: number; only?: string; maxFiles?: number } = {},
   ): RemoteDirectorySource {
     const s = new RemoteDirectorySource({
       destination: 'root@test',
@@ -255,6 +265,134 @@ describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd',
     )
   })
 
+  test('at most maxFiles connection files are followed per directory; the rest is reported once', async (t) => {
+    const dir = await mkdtemp(join(root, 'many-'))
+    for (let i = 0; i < 5; i++) await writeFile(join(dir, `kernel-${i}.json`), '{}')
+    const s = source(t, dir, { maxFiles: 3 })
+    const seen = record(s)
+    await s.poll()
+    await s.poll()
+    const followed = new Set(seen.flatMap((e) => (e.type === 'file' ? [basename(e.args.path)] : [])))
+    assert.equal(followed.size, 3)
+    const errors = seen.flatMap((e) => (e.type === 'dir:error' ? [e.args] : []))
+    assert.equal(errors.length, 1, JSON.stringify(errors))
+    const [error] = errors
+    assert.ok(error)
+    assert.equal(error.code, 'E_REMOTE_DIR')
+    assert.match(error.message, /5 connection files, more than the 3 followed in one directory/)
+    // a new file does not push out one followed already
+    await writeFile(join(dir, 'kernel-0a.json'), '{}')
+    seen.length = 0
+    await s.poll()
+    assert.deepEqual(seen, [])
+    assert.equal(s.status().files, 3)
+  })
+
+  /** `sftp` for a source whose sessions run `swap` right before the first request named in `before`. */
+  function swappingSftp(
+    l: Link,
+    before: readonly ('lstat' | 'open')[],
+    swap: () => Promise<void> | void,
+  ): (signal: AbortSignal, stale?: SFTPWrapper) => Promise<SFTPWrapper> {
+    const real = new WeakMap<SFTPWrapper, SFTPWrapper>()
+    const wrapped = new WeakMap<SFTPWrapper, SFTPWrapper>()
+    return async (signal, stale) => {
+      const session = await l.sftp({
+        signal,
+        ...(stale !== undefined && { stale: real.get(stale) ?? stale }),
+      })
+      let proxy = wrapped.get(session)
+      if (proxy === undefined) {
+        proxy = new Proxy(session, {
+          get(target, prop) {
+            const value: unknown = Reflect.get(target, prop, target)
+            if (typeof value !== 'function') return value
+            const method = value as (...args: unknown[]) => unknown
+            if ((before as readonly unknown[]).includes(prop)) {
+              return (...args: unknown[]) => {
+                void Promise.resolve(swap()).then(() => method.apply(target, args))
+              }
+            }
+            return method.bind(target)
+          },
+        })
+        wrapped.set(session, proxy)
+        real.set(proxy, session)
+      }
+      return proxy
+    }
+  }
+
+  test('a symlink to a FIFO swapped in after the listing is refused by the lstat right before the open', async (t) => {
+    const dir = await mkdtemp(join(root, 'swap-'))
+    const fifo = join(root, `fifo-${basename(dir)}`)
+    await run('mkfifo', [fifo])
+    const file = join(dir, 'kernel-swap.json')
+    await writeFile(file, '{}')
+    let swapped = false
+    const swap = async () => {
+      if (swapped) return
+      swapped = true
+      await symlink(fifo, `${file}.tmp`)
+      await rename(`${file}.tmp`, file)
+    }
+    t.after(() => unblock(fifo))
+    const s = new RemoteDirectorySource({
+      destination: 'root@test',
+      dir,
+      sftp: swappingSftp(link, ['lstat', 'open'], swap),
+      pollMs: 3_600_000,
+      timeoutMs: 2000,
+    })
+    t.after(() => s.close())
+    const seen = record(s)
+    await s.poll()
+    assert.ok(swapped)
+    const errors = seen.filter((e) => e.type === 'file:error' || e.type === 'dir:error')
+    assert.equal(errors.length, 1, JSON.stringify(errors))
+    assert.match(JSON.stringify(errors[0]), /symbolic link, not a regular file/)
+  })
+
+  test('sessions stuck on a FIFO swapped in between lstat and open: never more than one given up on per directory', async (t) => {
+    const external = await startSshd({ extraConfig: 'Subsystem sftp /usr/lib/openssh/sftp-server' })
+    t.after(() => external.close())
+    const externalLink = new Link({ hops: [hopOf(external)] }, { agent: false })
+    t.after(() => externalLink.close())
+    await externalLink.connect()
+    const dir = await mkdtemp(join(root, 'stuck-'))
+    const fifo = join(root, `fifo-${basename(dir)}`)
+    await run('mkfifo', [fifo])
+    const file = join(dir, 'kernel-stuck.json')
+    const swap = async () => {
+      await symlink(fifo, `${file}.tmp`)
+      await rename(`${file}.tmp`, file)
+    }
+    const s = new RemoteDirectorySource({
+      destination: 'root@external',
+      dir,
+      sftp: swappingSftp(externalLink, ['open'], swap),
+      pollMs: 3_600_000,
+      timeoutMs: 1000,
+    })
+    t.after(() => s.close())
+    const seen = record(s)
+    const before = await sftpServers()
+    t.after(async () => {
+      await unblock(fifo)
+      for (const pid of await sftpServers()) if (!before.has(pid)) process.kill(pid, 'SIGKILL')
+    })
+    for (let i = 0; i < 4; i++) {
+      // a regular file again (a new size each time, so that it is read again), swapped for the link at the open
+      await rm(file, { force: true })
+      await writeFile(file, `{}${' '.repeat(i)}`)
+      await s.poll()
+    }
+    const started = [...(await sftpServers())].filter((pid) => !before.has(pid))
+    assert.equal(started.length, 2, `${started.length} sftp-server processes for 4 polls`)
+    const messages = seen.flatMap((e) => (e.type === 'dir:error' ? [e.args.message] : []))
+    assert.match(messages.join('\n'), /still hangs on the server/)
+  })
+
   test('close() stops polling and is safe twice', async (t) => {
     const s = source(t, root)
     s.start()
@@ -262,5 +400,95 @@ describe('RemoteDirectorySource over the SFTP session of a Link to a real sshd',
     await s.close()
     assert.equal(s.closed, true)
     await s.poll()
+  })
+})
+
+describe('RemoteDirectorySource against an SFTP server that misbehaves (in-process, ssh2)', () => {
+  async function against(
+    t: { after(fn: () => Promise<void>): void },
+    script: FakeSftpOptions,
+    extra: { maxEntries?: number; timeoutMs?: number } = {},
+  ) {
+    const server = await startFakeSftp(script)
+    t.after(() => server.close())
+    const link = new Link({ hops: [server.hop] }, { agent: false })
+    t.after(() => link.close())
+    await link.connect()
+    const s = new RemoteDirectorySource({
+      destination: 'test@fake',
+      dir: '/dir',
+      sftp: (signal, stale) => link.sftp({ signal, ...(stale !== undefined && { stale }) }),
+      pollMs: 3_600_000,
+      ...extra,
+    })
+    t.after(() => s.close())
+    return { server, link, source: s, seen: record(s) }
+  }
+
+  test('a listing that never ends is cut at maxEntries with one E_REMOTE_DIR error; nothing is read', async (t) => {
+    const { server, source, seen } = await against(
+      t,
+      { listing: (n) => Array.from({ length: 1000 }, (_, i) => fileEntry(`kernel-${n}-${i}.json`)) },
+      { maxEntries: 20_000 },
+    )
+    await source.poll()
+    const errors = seen.flatMap((e) => (e.type === 'dir:error' ? [e.args] : []))
+    assert.equal(errors.length, 1, JSON.stringify(errors))
+    const [error] = errors
+    assert.ok(error)
+    assert.equal(error.code, 'E_REMOTE_DIR')
+    assert.match(error.message, /more than 20000 names \(or never ends\)/)
+    assert.ok(server.readdirs() <= 21, `${server.readdirs()} READDIR answered`)
+    assert.deepEqual(server.touched, [])
+    assert.equal(seen.filter((e) => e.type === 'file').length, 0)
+  })
+
+  test('names that are not plain file names (a/../../x, ../x) are refused, never opened', async (t) => {
+    const names = ['a/../../kernel-x.json', '../kernel-y.json', 'kernel-ok.json']
+    const { server, source, seen } = await against(t, {
+      listing: (n) => (n === 0 ? names.map(fileEntry) : 'eof'),
+    })
+    await source.poll()
+    assert.ok(server.touched.length > 0)
+    for (const path of server.touched) assert.equal(path, '/dir/kernel-ok.json')
+    const files = seen.flatMap((e) => (e.type === 'file' ? [e.args.path] : []))
+    assert.deepEqual(files, ['/dir/kernel-ok.json'])
+    const errors = seen.flatMap((e) => (e.type === 'dir:error' ? [e.args.message] : []))
+    assert.equal(errors.length, 1, JSON.stringify(errors))
+    assert.match(errors[0] ?? '', /"a\/\.\.\/\.\.\/kernel-x\.json", which is not a plain file name; ignored/)
+  })
+
+  test('a long poll whose every answer comes within the timeout is not cut', async (t) => {
+    // eight answers 300 ms apart: the poll takes longer than the 1 s timeout, yet the server never went quiet that long
+    const { source, seen } = await against(
+      t,
+      {
+        listing: async (n) => {
+          await new Promise((resolve) => setTimeout(resolve, 300))
+          return n < 8 ? [fileEntry(`kernel-${n}.json`)] : 'eof'
+        },
+      },
+      { timeoutMs: 1000 },
+    )
+    await source.poll()
+    assert.deepEqual(
+      seen.filter((e) => e.type === 'dir:error'),
+      [],
+    )
+    assert.equal(seen.filter((e) => e.type === 'file').length, 8)
+  })
+
+  test('a connection that drops while an SFTP session is asked for is a link down, not a refused subsystem', async (t) => {
+    const server = await startFakeSftp({ listing: () => 'eof', dropOnSftp: true })
+    t.after(() => server.close())
+    const link = new Link({ hops: [server.hop] }, { agent: false, backoff: { initialMs: 50, maxMs: 200 } })
+    t.after(() => link.close())
+    await link.connect()
+    const err = await link.sftp().then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    assert.ok(hasCode('E_LINK_DOWN', 'SFTP session')(err), String(err))
+    assert.doesNotMatch((err as Error).message, /refused|Subsystem/)
   })
 })

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
-import { ChannelBudget } from '../../src/tunnel/index.js'
+import { ChannelBudget, rootBudget } from '../../src/tunnel/index.js'
 import { CLI, exited, JsonLines } from '../support/cli.js'
 import { sshArgsOf, startEchoServer, startSshd, type EchoServer, type Sshd } from '../support/index.js'
 
@@ -64,6 +64,13 @@ describe('one file cannot starve the others of file descriptors', () => {
     a.give()
     assert.equal(b.take(), true)
     assert.equal(root.open, 3)
+  })
+
+  test('the root budget keeps back an eighth of the descriptors, plus what the listeners of pulled files hold', () => {
+    assert.equal(rootBudget(1024).limit, 1024 - 128)
+    // watch --remote with one directory under ulimit -n 1024: 51 files of 10 listeners each are reserved
+    assert.equal(rootBudget(1024, 510).limit, 1024 - 128 - 510)
+    assert.equal(rootBudget(256, 10_000).limit, 1)
   })
 
   test('watch with 256 descriptors: a flood on one file leaves the other file working', async (t) => {
