@@ -1,5 +1,8 @@
-/** Characters that mean nothing to a POSIX shell in any quoting context (and not at a word's start either). */
-const PLAIN = /^[A-Za-z0-9_.,:@%+/-]*$/u
+/**
+ * Characters that mean nothing to a POSIX shell in any quoting context (and not at a word's start either): letters
+ * and digits of any script (their UTF-8 bytes are all above ASCII), `_ . , : @ % + / -`.
+ */
+const PLAIN = /^[\p{L}\p{N}_.,:@%+/-]*$/u
 
 /**
  * `word` as one `/bin/sh` word: as it is when it holds only characters the shell reads literally anywhere
