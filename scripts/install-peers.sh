@@ -9,6 +9,9 @@ packages=(
   python3-ipyparallel
   python3-jupyter-client
   python3-ipykernel
+  python3-jupyter-server
+  python3-nbconvert
+  python3-nbclient
   openmpi-bin
   python3-mpi4py
   iproute2

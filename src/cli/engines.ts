@@ -32,6 +32,7 @@ import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { makePrivateTempDir } from '../safe-fs/index.js'
 import { refuseUnreachable } from '../sockets/index.js'
 import { remotePathOf } from '../sources/index.js'
+import { parseDestination } from '../ssh/index.js'
 import { chooseDestination, openTunnel, type DestinationChoice, type Tunnel } from '../tunnel/index.js'
 import { EXIT, Output } from './output.js'
 import { interrupted, untilSignal } from './signals.js'
@@ -262,6 +263,7 @@ export function sshArgvOf(args: SshArgs): string[] {
   ] as const
   for (const [flag, value] of pairs) {
     if (value === undefined) continue
+    if (flag === '--ssh') parseDestination(value, '--ssh')
     argv.push(flag, flag === '--ssh' || flag === '--host-key-check' ? value : resolve(value))
   }
   return argv

@@ -5,6 +5,7 @@ import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
 import { installUnit, renderUnit, userUnitPath, type UnitOptions } from '../service/index.js'
+import { parseDestination } from '../ssh/index.js'
 import { EXIT, Output } from './output.js'
 import type { SshArgs } from './ssh-options.js'
 import { checkWatchArgs, watchArgvOf, withWatchOptions } from './watch.js'
@@ -84,19 +85,18 @@ async function install(args: InstallArgs): Promise<number> {
   if (args['pass-agent'] && (process.env.SSH_AUTH_SOCK ?? '') === '' && args['ssh-auth-sock'] === undefined) {
     return output.fail(new IppTunnelError('E_USAGE', '--pass-agent: SSH_AUTH_SOCK is not set in this shell'))
   }
+  const path = userUnitPath(process.env)
   let unit: UnitOptions
   try {
+    // the service would only fail at its start, unseen: a bad --ssh fails here
+    if (args.ssh !== undefined) parseDestination(args.ssh, '--ssh')
     checkWatchArgs(args)
     unit = unitFor(args as unknown as Readonly<Record<string, unknown>>, process.env)
-  } catch (err) {
-    return output.fail(err)
-  }
-  if (args.print) {
-    output.result({ event: 'unit', text: renderUnit(unit) }, renderUnit(unit))
-    return EXIT.ok
-  }
-  const path = userUnitPath(process.env)
-  try {
+    if (args.print) {
+      const text = renderUnit(unit)
+      output.result({ event: 'unit', text }, text)
+      return EXIT.ok
+    }
     await installUnit(path, unit, { force: args.force })
   } catch (err) {
     return output.fail(err)

@@ -5,7 +5,7 @@ import { Writable } from 'node:stream'
 import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
-import { formatHostKeyNote } from '../ssh/index.js'
+import { formatHostKeyNote, parseDestination } from '../ssh/index.js'
 import type {
   HostKeyNote,
   HostKeyPolicy,
@@ -103,12 +103,14 @@ export function withSshOptions<T>(yargs: Argv<T>) {
  * Maps the flags onto the library's SshOptions; with `output`, host-key notes (a key recorded by accept-new, a
  * check skipped by off) are printed as `hostkey` events.
  *
- * @throws IppTunnelError `E_USAGE` when `--passphrase-file` cannot be read: checked now, before any connection.
+ * @throws IppTunnelError `E_USAGE` when `--passphrase-file` cannot be read, `E_DESTINATION` naming `--ssh` when it
+ * is not `[user@]host[:port]` with a plain user and host: checked now, before any connection.
  */
 export function sshOptionsFrom(
   args: SshArgs,
   output?: Output,
 ): SshOptions & Pick<LinkOptions, 'onHostKey' | 'onProxyStderr' | 'transport' | 'prompt' | 'verbose'> {
+  if (args.ssh !== undefined) parseDestination(args.ssh, '--ssh')
   return {
     ...(args.transport !== undefined && { transport: args.transport }),
     ...(args['proxy-command'] !== undefined && { proxyCommand: args['proxy-command'] }),

@@ -2,6 +2,7 @@ import { getHashes } from 'node:crypto'
 import { isIP } from 'node:net'
 
 import { IppTunnelError } from '../errors/index.js'
+import { destinationProblem } from '../ssh/index.js'
 import {
   FIELD_ORDER,
   type ConnectionInfo,
@@ -141,6 +142,22 @@ class Fields {
     return value
   }
 
+  /**
+   * An ssh destination `[user@]host[:port]` with a plain user and host (see `parseDestination`), or `''`: what a file
+   * says here reaches a ProxyCommand's shell and ssh's command line.
+   */
+  destination(field: string): string {
+    const value = this.string(field, { fallback: '' })
+    const problem = value === '' ? undefined : destinationProblem(value)
+    if (problem !== undefined) {
+      throw new IppTunnelError(
+        'E_CONNFILE_FIELD',
+        `${this.#file}: field "${field}" must be an ssh destination [user@]host[:port], got ${describe(value)}: ${problem}`,
+      )
+    }
+    return value
+  }
+
   scheme(field: string): string {
     const value = this.raw(field)
     const digest = typeof value === 'string' && value.startsWith('hmac-') ? value.slice(5) : undefined
@@ -208,7 +225,7 @@ const family = (kind: ConnectionKind): string => (kind === 'kernel' ? 'Jupyter k
 function parseIppCommon(f: Fields) {
   const curve = f.has('curve_serverkey') ? f.raw('curve_serverkey') : null
   return {
-    ssh: f.string('ssh', { fallback: '' }),
+    ssh: f.destination('ssh'),
     interface: f.interface('interface'),
     location: f.string('location', { fallback: '' }),
     registration: f.port('registration'),
@@ -287,6 +304,8 @@ function parseKernel(f: Fields): KernelInfo {
     kernel_name: f.string('kernel_name', { fallback: '' }),
     extra: f.extra('kernel'),
   }
+  // an "ssh" a launcher added names the server as in an ipyparallel file (see destinationOf)
+  if (typeof info.extra['ssh'] === 'string') f.destination('ssh')
   const pub = f.has('curve_publickey') ? f.raw('curve_publickey') : null
   const sec = f.has('curve_secretkey') ? f.raw('curve_secretkey') : null
   if (pub === null && sec === null) return info

@@ -4,6 +4,7 @@ import { readFile } from 'node:fs/promises'
 import { createInterface } from 'node:readline'
 
 import { IppTunnelError } from '../errors/index.js'
+import { hostProblem } from '../ssh/index.js'
 import { mpiEnvironment, splitCommand } from './command.js'
 import { NODE_STEP_NAME } from './slurm.js'
 
@@ -21,7 +22,8 @@ export function hostArgs(hosts: HostList): string[] {
  * line of a hostfile that is not blank or a `#` comment (`a slots=4`).
  *
  * @example await nodeNames({ kind: 'host', value: 'a:2,b:2,a:1' }) // ['a', 'b']
- * @throws IppTunnelError `E_USAGE` for an empty list or an unreadable hostfile.
+ * @throws IppTunnelError `E_USAGE` for an empty list, an unreadable hostfile, or a name that is not a plain host
+ * name or address.
  */
 export async function nodeNames(hosts: HostList): Promise<string[]> {
   let names: string[]
@@ -37,9 +39,15 @@ export async function nodeNames(hosts: HostList): Promise<string[]> {
     names = text.split('\n').map((line) => line.replace(/#.*/, '').trim().split(/\s+/)[0] ?? '')
   }
   const unique = [...new Set(names.filter((n) => n !== ''))]
-  if (unique.length === 0) {
-    const what = hosts.kind === 'host' ? `--host ${hosts.value}` : `--hostfile ${hosts.path}`
-    throw new IppTunnelError('E_USAGE', `${what} names no host`)
+  const what = hosts.kind === 'host' ? '--host' : `--hostfile ${hosts.path}`
+  if (unique.length === 0) throw new IppTunnelError('E_USAGE', `${what} names no host`)
+  // mpiexec hands each name to ssh (or its own launcher) on a command line
+  for (const name of unique) {
+    const problem = hostProblem(name)
+    if (problem !== undefined) {
+      const shown = JSON.stringify(name.length > 40 ? `${name.slice(0, 40)}…` : name)
+      throw new IppTunnelError('E_USAGE', `${what}: node ${shown} is not a host name or address: ${problem}`)
+    }
   }
   return unique
 }

@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 
 import { IppTunnelError } from '../errors/index.js'
+import { shellQuote } from '../ssh/index.js'
 
 const execFileAsync = promisify(execFile)
 
@@ -89,12 +90,12 @@ export async function settleEngineSteps(
 }
 
 /**
- * The words of `argv` as one `/bin/sh` command line, each single-quoted.
+ * The words of `argv` as one `/bin/sh` command line, each quoted unless plain ({@link shellQuote}).
  *
- * @example shellLine(['echo', "it's"]) // `'echo' 'it'\''s'`
+ * @example shellLine(['echo', "it's"]) // `echo 'it'\''s'`
  */
 export function shellLine(argv: readonly string[]): string {
-  return argv.map((word) => `'${word.replaceAll("'", `'\\''`)}'`).join(' ')
+  return argv.map(shellQuote).join(' ')
 }
 
 /**

@@ -15,11 +15,32 @@ export interface UnitOptions {
 /** The unit's file name, and so its name for `systemctl --user`. */
 export const UNIT_NAME = 'ipp-tunnel.service'
 
-/** Quotes one word for a unit file's command line: `%` doubled, quotes when it holds space, quote or backslash. */
-function unitWord(word: string): string {
-  const escaped = word.replaceAll('%', '%%')
-  if (!/[\s"'\\;]/.test(escaped) && escaped !== '') return escaped
-  return `"${escaped.replaceAll('\\', '\\\\').replaceAll('"', '\\"')}"`
+/** Where a word goes in the unit: the program of ExecStart, one of its arguments, or an Environment= assignment. */
+type Place = 'program' | 'argument' | 'environment'
+
+/**
+ * One word as systemd reads it back (systemd.syntax(7) "Quoting", systemd.service(5) "Command lines"): `%` doubled
+ * (specifiers), `$` doubled in an argument (variable expansion; not in the program or in Environment=, where `$` is
+ * plain), double quotes when it holds a space, quote, backslash, `;` or control character, control characters as
+ * `\uXXXX`. The program and Environment= values may hold no control character at all (systemd refuses them).
+ *
+ * @throws IppTunnelError `E_USAGE` for a control character in the program or an environment value.
+ */
+function unitWord(word: string, place: Place): string {
+  if (place !== 'argument' && /\p{Cc}/u.test(word)) {
+    const what = place === 'program' ? 'the program' : 'the Environment= value'
+    throw new IppTunnelError(
+      'E_USAGE',
+      `${what} ${JSON.stringify(word.length > 80 ? `${word.slice(0, 80)}…` : word)} holds a control character, which a systemd unit cannot`,
+    )
+  }
+  let escaped = word.replaceAll('%', '%%')
+  if (place === 'argument') escaped = escaped.replaceAll('$', () => '$$')
+  if (escaped !== '' && !/[\s"'\\;\p{Cc}]/u.test(escaped)) return escaped
+  const inner = escaped
+    .replace(/["\\]/gu, '\\$&')
+    .replace(/\p{Cc}/gu, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+  return `"${inner}"`
 }
 
 /**
@@ -31,7 +52,7 @@ function unitWord(word: string): string {
  */
 export function renderUnit(options: UnitOptions): string {
   const environment = Object.entries(options.environment ?? {}).map(
-    ([name, value]) => `Environment=${unitWord(`${name}=${value}`)}`,
+    ([name, value]) => `Environment=${unitWord(`${name}=${value}`, 'environment')}`,
   )
   return [
     '# ipp-tunnel: follows IPython Parallel / Jupyter connection files and keeps SSH tunnels for them.',
@@ -47,7 +68,7 @@ export function renderUnit(options: UnitOptions): string {
     '',
     '[Service]',
     'Type=simple',
-    `ExecStart=${options.execStart.map(unitWord).join(' ')}`,
+    `ExecStart=${options.execStart.map((word, i) => unitWord(word, i === 0 ? 'program' : 'argument')).join(' ')}`,
     ...environment,
     'Restart=on-failure',
     'RestartSec=5',

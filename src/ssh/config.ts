@@ -5,6 +5,7 @@ import path from 'node:path'
 
 import { IppTunnelError } from '../errors/index.js'
 import { parseDestination } from './destination.js'
+import { expandShellTokens, quoteFor } from './shell.js'
 import type { Destination, HostKeyPolicy } from './types.js'
 
 /** Where a value came from, for messages. */
@@ -748,13 +749,26 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
   }
 }
 
-/** ProxyCommand takes `%` tokens only: `$VAR` is the shell's business. */
+/**
+ * ProxyCommand takes `%` tokens only (`$VAR` is the shell's business). ssh(1) pastes their values in as they are;
+ * here a value that holds anything but letters, digits and `_ . , : @ % + / -` is quoted for its place in the
+ * command (outside quotes, in '…' or in "…"), so the shell reads back exactly the value — and refused where the
+ * place cannot be told (see {@link expandShellTokens}). Hosts and users from a destination are plain names by then
+ * ({@link parseDestination}), so for them the command is the same as ssh(1)'s.
+ */
 function expandProxyCommand(text: string, tokens: Readonly<Record<string, string>>, where: Where): string {
-  return text.replace(/%(.?)/gsu, (_m, t: string) => {
-    const value = tokens[t]
+  return expandShellTokens(text, (t, context) => {
+    const value = t === undefined ? undefined : tokens[t]
     if (value === undefined)
-      throw configError(where, `ProxyCommand has an unknown token ${JSON.stringify(`%${t}`)}`)
-    return value
+      throw configError(where, `ProxyCommand has an unknown token ${JSON.stringify(`%${t ?? ''}`)}`)
+    const quoted = quoteFor(value, context)
+    if (quoted === undefined) {
+      throw configError(
+        where,
+        `ProxyCommand: %${t ?? ''} is ${JSON.stringify(value)}, which cannot be quoted safely where it stands (after a backslash, or inside $(…), backquotes, \${…}, $'…' or a here-document)`,
+      )
+    }
+    return quoted
   })
 }
 

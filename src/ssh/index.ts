@@ -18,7 +18,13 @@ export type {
   ResolvedTarget,
   SshOptions,
 } from './types.js'
-export { parseDestination, formatDestination } from './destination.js'
+export {
+  destinationProblem,
+  formatDestination,
+  hostProblem,
+  parseDestination,
+  userProblem,
+} from './destination.js'
 export {
   checkHostKey,
   fingerprintSha256,
@@ -36,6 +42,7 @@ export {
   type PromptRequest,
 } from './prompts.js'
 export { ProxyCommand, type ProxyCommandOptions } from './proxy-command.js'
+export { shellQuote } from './shell.js'
 export { OpenSshMaster, type Transport } from './openssh-master.js'
 export type { RemoteCommand, RemoteExit } from './exec.js'
 export { parseCertificate, formatValidity, type CertificateInfo } from './certificate.js'

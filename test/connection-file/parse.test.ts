@@ -304,6 +304,18 @@ test('refusals built from a real file: each type rule', () => {
     [{ pack: '' }, 'field "pack" must be a non-empty string, got ""'],
     [{ unpack: 3 }, 'field "unpack" must be a string, got 3'],
     [{ ssh: ['x'] }, 'field "ssh" must be a string, got a list'],
+    [
+      { ssh: '$(id>x)' },
+      'field "ssh" must be an ssh destination [user@]host[:port], got "$(id>x)": the host contains the forbidden character "$" (a host is a name of letters, digits, ".", "-", "_", or an IP address)',
+    ],
+    [
+      { ssh: '`id`@cluster:22' },
+      'field "ssh" must be an ssh destination [user@]host[:port], got "`id`@cluster:22": the user contains the forbidden character "`" (a user is a name of letters, digits, ".", "_", "-", "+", "@")',
+    ],
+    [
+      { ssh: '-oProxyCommand=x' },
+      'field "ssh" must be an ssh destination [user@]host[:port], got "-oProxyCommand=x": the host may not start with "-"',
+    ],
     [{ location: { a: 1 } }, 'field "location" must be a string, got an object'],
     [{ task_scheme: true }, 'field "task_scheme" must be a string, got true'],
     [{ registration: null }, 'field "registration" must be a port 1–65535, got null'],

@@ -34,6 +34,28 @@ test('nodeNames: the distinct hosts of --host and of an OpenMPI hostfile, in ord
   await assert.rejects(nodeNames({ kind: 'hostfile', path: join(dir, 'none') }), hasCode('E_USAGE'))
 })
 
+test('nodeNames: a node name mpiexec would hand to ssh as an option or with shell syntax is refused', async (t) => {
+  for (const value of ['a:2,-oProxyCommand=touch${IFS}x:2', 'a,$(id)', 'a;b:4', 'a,`id`']) {
+    await assert.rejects(
+      nodeNames({ kind: 'host', value }),
+      hasCode('E_USAGE', '--host: node "', '" is not a host name or address: the host '),
+    )
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'ippt-hostfile-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const path = join(dir, 'hosts')
+  await writeFile(path, 'n1 slots=2\n-oProxyCommand=x slots=2\n')
+  await assert.rejects(
+    nodeNames({ kind: 'hostfile', path }),
+    hasCode('E_USAGE', `--hostfile ${path}: node "-oProxyCommand=x" is not a host name or address`),
+  )
+  assert.deepEqual(await nodeNames({ kind: 'host', value: 'node-1.lab:4,10.0.0.2,gpu_3' }), [
+    'node-1.lab',
+    '10.0.0.2',
+    'gpu_3',
+  ])
+})
+
 test('parseTagged: the rank and stream of an mpiexec --tag-output line', () => {
   assert.deepEqual(parseTagged('[1,3]<stderr>:hello [x]'), { rank: 3, stream: 'stderr', text: 'hello [x]' })
   assert.equal(parseTagged('plain line'), undefined)

@@ -3,9 +3,12 @@ import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { randomBytes } from 'node:crypto'
+import { spawn } from 'node:child_process'
 
 import { CLI, runCli } from '../support/cli.js'
-import { createNetns, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { createNetns, freePort, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { runPython } from '../support/ipp.js'
 
 /**
@@ -56,6 +59,20 @@ kc.stop_channels()
 km.shutdown_kernel(now=False)
 print(json.dumps(seen))
 `
+
+/** Runs a program to its end with `env` added; resolves with its status and stderr. */
+function runCommand(
+  file: string,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(file, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+    child.on('close', (code) => resolve({ code, stderr }))
+  })
+}
 
 describe('kernelspec install + kernel: a Jupyter kernel started on the ssh server through one link', () => {
   let ns: Netns
@@ -140,6 +157,95 @@ describe('kernelspec install + kernel: a Jupyter kernel started on the ssh serve
       assert.deepEqual(await readdir(join(root, 'remote')), [])
     })
   }
+
+  test('a notebook executed with nbconvert (nbclient) runs its cells on the remote kernel', async () => {
+    await install('remote-nb')
+    const notebook = join(root, 'probe.ipynb')
+    const cell = (source: string) => ({
+      cell_type: 'code',
+      metadata: {},
+      source,
+      outputs: [],
+      execution_count: null,
+    })
+    await writeFile(
+      notebook,
+      JSON.stringify({
+        nbformat: 4,
+        nbformat_minor: 5,
+        metadata: { kernelspec: { name: 'remote-nb', display_name: 'remote', language: 'python' } },
+        cells: [cell("import os\nns = os.readlink('/proc/self/ns/net')"), cell('print(ns)')],
+      }),
+    )
+    const out = join(root, 'probe.out.ipynb')
+    const { code, stderr } = await runCommand(
+      '/usr/bin/python3',
+      ['-m', 'nbconvert', '--to', 'notebook', '--execute', notebook, '--output', out],
+      env,
+    )
+    assert.equal(code, 0, stderr)
+    const done = JSON.parse(await readFile(out, 'utf8')) as {
+      cells: { outputs: { text?: string | string[] }[] }[]
+    }
+    const nsIno = (await stat(`/run/netns/${ns.name}`)).ino
+    assert.equal([done.cells[1]?.outputs[0]?.text ?? ''].flat().join(''), `net:[${nsIno}]\n`)
+    assert.deepEqual(await readdir(join(root, 'remote')), [])
+  })
+
+  test("a real jupyter_server starts, uses and deletes it through its REST API, as JupyterLab's launcher does", async (t) => {
+    await install('remote-lab')
+    const port = await freePort()
+    const token = randomBytes(12).toString('hex')
+    const server = spawn(
+      '/usr/bin/python3',
+      [
+        '-m',
+        'jupyter_server',
+        '--no-browser',
+        `--port=${port}`,
+        '--ip=127.0.0.1',
+        `--ServerApp.token=${token}`,
+        '--allow-root',
+      ],
+      { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'], cwd: root },
+    )
+    t.after(() => server.kill('SIGKILL'))
+    let log = ''
+    server.stderr.on('data', (d: Buffer) => (log += d.toString()))
+    const api = async (method: string, path: string, body?: unknown): Promise<Response> => {
+      for (;;) {
+        try {
+          return await fetch(`http://127.0.0.1:${port}${path}`, {
+            method,
+            headers: { Authorization: `token ${token}`, 'Content-Type': 'application/json' },
+            ...(body !== undefined && { body: JSON.stringify(body) }),
+          })
+        } catch (err) {
+          // the server is still starting
+          if (server.exitCode !== null) throw new Error(`jupyter_server exited: ${log}`, { cause: err })
+          await sleep(100)
+        }
+      }
+    }
+    const created = await api('POST', '/api/kernels', { name: 'remote-lab' })
+    assert.equal(created.status, 201, log)
+    const { id } = (await created.json()) as { id: string }
+    // the server asks the kernel for kernel_info: idle means a reply came back through the tunnel
+    for (;;) {
+      const state = (await (await api('GET', `/api/kernels/${id}`)).json()) as { execution_state: string }
+      if (state.execution_state === 'idle') break
+      assert.ok(server.exitCode === null, log)
+      await sleep(100)
+    }
+    assert.ok((await processesWith(join(root, 'remote'))).length > 0, 'the kernel runs under our supervisor')
+    const deleted = await api('DELETE', `/api/kernels/${id}`)
+    assert.equal(deleted.status, 204, log)
+    for (let i = 0; (await processesWith(join(root, 'remote'))).length > 0; i++) {
+      assert.ok(i < 200, 'the remote kernel outlived its deletion')
+      await sleep(50)
+    }
+    assert.deepEqual(await readdir(join(root, 'remote')), [])
+  })
 
   test('kernelspec list shows ours; remove removes it; a remote python without ipykernel is refused at install', async () => {
     await install('listed')

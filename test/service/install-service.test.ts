@@ -213,6 +213,50 @@ describe('ipp-tunnel install-service and the systemd user unit', () => {
     assert.deepEqual(await verify(path), { code: 0, stderr: '' })
   })
 
+  test('systemd reads each word back as given: $ doubled in arguments, control characters escaped, no line injected', async () => {
+    const odd = join(dir, 'a $dollar dir')
+    await mkdir(odd)
+    await symlink(process.execPath, join(odd, 'node'))
+    const injected = '/tmp/x\nExecStartPre=/bin/touch /tmp/ippt-PWNED'
+    const unit = renderUnit({
+      execStart: [
+        join(odd, 'node'),
+        CLI,
+        'watch',
+        '--dir',
+        '/srv/$HOME/${USER}',
+        '--dir',
+        injected,
+        ';',
+        "it's",
+      ],
+      environment: { IPYTHONDIR: '/srv/$HOME' },
+    })
+    assert.deepEqual(
+      unit.split('\n').filter((l) => /^Exec/.test(l)),
+      [
+        `ExecStart="${join(dir, 'a $dollar dir', 'node')}" ${CLI} watch --dir /srv/$$HOME/$\${USER} --dir "/tmp/x\\u000aExecStartPre=/bin/touch /tmp/ippt-PWNED" ";" "it's"`,
+      ],
+    )
+    // in Environment= "$" means nothing to systemd
+    assert.ok(unit.includes('Environment=IPYTHONDIR=/srv/$HOME\n'), unit)
+    const path = join(dir, 'odd.service')
+    await writeFile(path, unit)
+    assert.deepEqual(await verify(path), { code: 0, stderr: '' })
+    // systemd cannot hold a control character in the program or an Environment= value: refused, not mangled
+    assert.throws(() => renderUnit({ execStart: ['/usr/bin/node\n', 'watch'] }), { code: 'E_USAGE' })
+    assert.throws(
+      () => renderUnit({ execStart: ['/usr/bin/node'], environment: { IPYTHONDIR: 'a\nExecStartPre=x' } }),
+      { code: 'E_USAGE', message: /Environment= value .* holds a control character/ },
+    )
+    const printed = await runCli(['install-service', '--print', '--dir', injected], {
+      XDG_CONFIG_HOME: join(dir, 'config-inject'),
+      IPYTHONDIR: '',
+    })
+    assert.equal(printed.code, 0, printed.stderr)
+    assert.doesNotMatch(printed.stdout, /^ExecStartPre/m)
+  })
+
   test('the unit in the repository is the same template, for copying by hand', async () => {
     const path = join(REPO_ROOT, 'scripts', 'systemd', 'ipp-tunnel.service')
     const text = await readFile(path, 'utf8')

@@ -299,6 +299,21 @@ kc.stop_channels()
     await rm(odd)
   })
 
+  test('a pulled file whose "ssh" holds shell syntax: an error naming the file and the field, no tunnel, no copy', async () => {
+    const text = await readFile(join(remoteSecurity(), 'ipcontroller-client.json'), 'utf8')
+    const hostile = join(remoteSecurity(), 'ipcontroller-hostile-client.json')
+    const ssh = 'root@$(>$HOME/ippt-PWNED)'
+    await writeFile(hostile, JSON.stringify({ ...(JSON.parse(text) as Event), ssh }), { mode: 0o600 })
+    const error = await events.next(on('error', hostile))
+    assert.equal(error.code, 'E_CONNFILE_FIELD')
+    assert.equal(
+      error.message,
+      `${id(hostile)}: field "ssh" must be an ssh destination [user@]host[:port], got "${ssh}": the host contains the forbidden character "$" (a host is a name of letters, digits, ".", "-", "_", or an IP address)`,
+    )
+    assert.equal(await exists(localCopy('ipcontroller-hostile-client.json')), false)
+    await rm(hostile)
+  })
+
   let up: ChildProcess | undefined
   let upEvents: JsonLines
   const upCopy = () => join(runtimeDir, 'up-copy.json')

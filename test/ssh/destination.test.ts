@@ -25,6 +25,9 @@ const good: [string, Destination][] = [
   ['first.last@corp@gateway', { user: 'first.last@corp', host: 'gateway' }],
   ['  padded@host  ', { user: 'padded', host: 'host' }],
   ['my_alias-2', { host: 'my_alias-2' }],
+  ['_gateway', { host: '_gateway' }],
+  ['josé.o+tag@node-7.lab.', { user: 'josé.o+tag', host: 'node-7.lab.' }],
+  ['::ffff:10.0.0.1', { host: '::ffff:10.0.0.1' }],
 ]
 
 for (const [text, want] of good) {
@@ -58,7 +61,39 @@ const bad: [string, RegExp][] = [
   ['a,b', /forbidden character/],
   ['ho\nst', /forbidden character/],
   ['ho\u0007st', /forbidden character/],
+  // shell syntax in a host or user (OpenSSH >= 9.6 refuses it too): it would reach a ProxyCommand's `sh -c`
+  ['$(id>pwned)', /the host contains the forbidden character "\$"/],
+  ['`id`@host', /the user contains the forbidden character "`"/],
+  ['$(id)@host', /the user contains the forbidden character "\$"/],
+  ['a;b@host', /the user contains the forbidden character ";"/],
+  ['u@h;id', /the host contains the forbidden character ";"/],
+  ['u@h|id', /forbidden character "\|"/],
+  ['u@h&id', /forbidden character "&"/],
+  ['u@h>x', /forbidden character ">"/],
+  ['u@h<x', /forbidden character "<"/],
+  ['u@h(x)', /forbidden character "\("/],
+  ['u@h{a,b}', /forbidden character "\{"/],
+  ['u@*', /forbidden character "\*"/],
+  ['u@~root', /forbidden character "~"/],
+  ["it's@host", /forbidden character "'"/],
+  ['..@host', /the user may not be "\.\."/],
+  ['u@.hidden', /the host may not start with "\."/],
+  ['[fe80::1%$(id)]:22', /not an IPv6 address/],
 ]
+
+test('a rejected destination names where it came from, and a long text is cut', () => {
+  assert.throws(() => parseDestination('$(id)', '--ssh'), {
+    code: 'E_DESTINATION',
+    message: /^--ssh: bad ssh destination "\$\(id\)": the host contains/,
+  })
+  assert.throws(() => parseDestination(`u@${'a'.repeat(300)}`), {
+    message: /…": the host is longer than 253/,
+  })
+  assert.throws(
+    () => parseDestination(`$${'x'.repeat(5000)}`),
+    (err: unknown) => isIppTunnelError(err) && err.message.length < 400,
+  )
+})
 
 for (const [text, why] of bad) {
   test(`parseDestination rejects ${JSON.stringify(text)}`, () => {
