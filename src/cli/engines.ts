@@ -42,6 +42,7 @@ import {
 } from './ssh-options.js'
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 import { sbatchEngines } from './sbatch.js'
+import { visible } from './visible.js'
 
 interface EnginesArgs extends SshArgs, ListenArgs {
   readonly file: string
@@ -288,7 +289,7 @@ function followNodes(nodeTunnels: NodeTunnels, output: Output, file: string): vo
   })
   nodeTunnels.on('node-output', (e) =>
     process.stderr.write(
-      `[node ${e.rank === undefined ? 'mpiexec' : nodeTunnels.hostOf(e.rank)}] ${e.line}\n`,
+      `[node ${e.rank === undefined ? 'mpiexec' : nodeTunnels.hostOf(e.rank)}] ${visible(e.line)}\n`,
     ),
   )
 }
@@ -613,7 +614,7 @@ function superviseOutput(
     const text = tagged?.text ?? e.line
     if (!options.verbose && (isRoutineLog(text) || text.startsWith('ipp-tunnel-node '))) return
     const who = tagged === undefined ? `process #${String(e.index)}` : `rank ${String(tagged.rank)}`
-    process.stderr.write(`[${who}] ${redactLine(text, options.secrets)}\n`)
+    process.stderr.write(`[${who}] ${visible(redactLine(text, options.secrets))}\n`)
   })
   let spawnFailures = 0
   group.on('engine-error', (e) => {
