@@ -116,7 +116,8 @@ async function submitAndFollow(
     const read = await readNewLines(outPath, offset, { owner }).catch(async (err: unknown) => {
       // someone else's file at the path: what it says is not the job's; the job is not left running unfollowed
       await cancelJob(job, env).catch(() => undefined)
-      if (isIppTunnelError(err)) throw new IppTunnelError(err.code, `${err.message}; job ${job} was cancelled`)
+      if (isIppTunnelError(err))
+        throw new IppTunnelError(err.code, `${err.message}; job ${job} was cancelled`)
       throw err
     })
     offset = read.offset

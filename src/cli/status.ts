@@ -150,7 +150,8 @@ export function renderReport(raw: StatusReport, options: { width?: number } = {}
       (sum, i) => sum + Math.max(header[i]?.length ?? 0, ...cells.map((c) => c[i - 1]?.length ?? 0)) + 2,
       0,
     )
-    const dirWidth = width > 0 ? Math.max(header[0]?.length ?? 0, width - others - 2 - 'LAST ERROR'.length) : 0
+    const dirWidth =
+      width > 0 ? Math.max(header[0]?.length ?? 0, width - others - 2 - 'LAST ERROR'.length) : 0
     const rows = remotes.map((r, i) => [
       fit(`${r.destination}:${r.dir}`, dirWidth, true),
       ...(cells[i] ?? []),

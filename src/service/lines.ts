@@ -43,6 +43,11 @@ export class LineReader {
     this.#socket.off('data', this.#data)
   }
 
+  /** True once {@link stop} was called (or a line was too long). */
+  get stopped(): boolean {
+    return this.#stopped
+  }
+
   /** What came after the last line handed on, in the chunk that held it (once stopped). */
   get rest(): Buffer {
     return this.#rest
@@ -72,7 +77,7 @@ export class LineReader {
       this.#pendingBytes = 0
       start = newline + 1
       this.#onLine(line)
-      if (this.#stopped) this.#rest = Buffer.from(bytes.subarray(start))
+      if (this.stopped) this.#rest = Buffer.from(bytes.subarray(start))
     }
   }
 }

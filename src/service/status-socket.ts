@@ -34,7 +34,6 @@ export type SocketRequest =
 /** Takes a `login` client over: the socket, what it asked for, and what it sent after its request line. */
 export type LoginHandler = (socket: Socket, destination: string | undefined, rest: Buffer) => void
 
-
 /** How long a status query waits for the service to answer. */
 const QUERY_TIMEOUT_MS = 5000
 
