@@ -41,9 +41,12 @@ export interface LoginGate {
   settled(destination: string, error: IppTunnelError | undefined): void
 }
 
-/** The one-line text of a request's prompts, for messages: `"Password: ", "Verification code: "`. */
+/**
+ * The text of a request's prompts, for messages: `"Password: ", "Verification code: "`. The prompts are as the
+ * server sent them: whoever prints the message escapes what a terminal would act on (the CLI does for every line).
+ */
 export function quotePrompts(request: Pick<PromptRequest, 'prompts'>): string {
-  return request.prompts.map((p) => JSON.stringify(p.prompt)).join(', ')
+  return request.prompts.map((p) => `"${p.prompt}"`).join(', ')
 }
 
 /** A word a shell passes on as it is. */
