@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
-import { CLI, exited, runCli, spawnCli } from '../support/cli.js'
-import { kernelListeners, startSshd, type KernelListeners, type Sshd } from '../support/index.js'
+import { CLI, exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
+import { kernelListeners, sshArgsOf, startSshd, type KernelListeners, type Sshd } from '../support/index.js'
 import { setUpOtpPam, type OtpPam } from '../support/otp.js'
 import { runOnPty } from '../support/pty.js'
 
@@ -150,5 +150,63 @@ describe('what a server chooses reaches the terminal escaped; Ctrl-C at its prom
     const none = await runOnPty([process.execPath, CLI, 'login', 'nosuchhost'], [], env)
     assert.equal(none.code, 2, none.output)
     assert.match(none.output, /no link waiting for a login matches "nosuchhost"/u)
+  })
+})
+
+describe('status: a remote file name that carries escapes', () => {
+  let sshd: Sshd
+  let dir: string
+  let listeners: KernelListeners | undefined
+  before(async () => {
+    sshd = await startSshd({ extraConfig: 'Subsystem sftp internal-sftp' })
+    dir = await mkdtemp(join(tmpdir(), 'ippt-escape-status-'))
+    listeners = await kernelListeners()
+  })
+  after(async () => {
+    listeners?.close()
+    await sshd.close()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  test('is shown escaped, and the remote-directory header stays whole', async (t) => {
+    // a long directory: the REMOTE DIR column gets what the others leave, the header is not cut
+    const remote = join(dir, 'a-rather-long-remote-directory-name', 'profile_default', 'security')
+    await mkdir(remote, { recursive: true, mode: 0o700 })
+    // `.` in the name patterns matches no line break: the rest of the hostile text
+    const name = `kernel-${HOSTILE.replace('\r', '')}.json`
+    await writeFile(
+      join(remote, name),
+      JSON.stringify({
+        ...listeners?.ports,
+        ip: '127.0.0.1',
+        key: 'k',
+        transport: 'tcp',
+        signature_scheme: 'hmac-sha256',
+      }),
+      { mode: 0o600 },
+    )
+    const env = {
+      IPP_TUNNEL_RUNTIME_DIR: join(dir, 'runtime'),
+      JUPYTER_RUNTIME_DIR: join(dir, 'jupyter'),
+      IPYTHONDIR: join(dir, 'ipython'),
+    }
+    const destination = `${sshd.user}@${sshd.host}:${sshd.port}`
+    const child = spawnCli(
+      ['watch', '--json', '--remote', `${destination}:${remote}`, '--poll', '200', ...sshArgsOf(sshd)],
+      env,
+    )
+    t.after(async () => {
+      child.kill('SIGTERM')
+      await exited(child)
+    })
+    const events = new JsonLines(child)
+    await events.next((e) => e.event === 'ready' && String(e.file).includes('PWNED'))
+
+    const status = await runCli(['status'], env)
+    assert.equal(status.code, 0, status.stderr)
+    assertNoRawEscapes(status.stdout)
+    assert.ok(status.stdout.includes(`kernel-${SHOWN.replace('\\x0d', '')}.json`), status.stdout)
+    assert.match(status.stdout, /^REMOTE DIR +STATE +LAST POLL +FILES +ERRORS +LAST ERROR$/mu)
+    for (const line of status.stdout.split('\n')) assert.ok(line.length <= 100, line)
   })
 })
