@@ -63,11 +63,15 @@ interface EnginesArgs extends SshArgs, ListenArgs {
   readonly '--'?: (string | number)[]
 }
 
+/** What `--help` and the command list say the command does. */
+const DESCRIPTION =
+  "tunnel a controller's engine file and run N engines through one ssh connection until interrupted"
+
 /** `ipp-tunnel engines FILE -n N`: tunnels an engine file and runs N engines on its loopback copy. */
 export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
   return yargs.command(
     'engines <file>',
-    "tunnel a controller's engine file and run N engines through one ssh connection until interrupted",
+    DESCRIPTION,
     (y) =>
       withSshOptions(
         withListenOption(y)
@@ -139,7 +143,7 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
               'engine command; {} names the loopback file, else --file=FILE is appended (default: /usr/bin/python3 -m ipyparallel.engine)',
           })
           .usage(
-            '$0 engines FILE -n N [--mpi] [options] [-- EXTRA ENGINE ARGS…]\n$0 engines FILE -n N --sbatch [-N NODES] [--mpi] [options] [-- SBATCH ARGS…]',
+            `$0 engines FILE -n N [--mpi] [options] [-- EXTRA ENGINE ARGS…]\n$0 engines FILE -n N --sbatch [-N NODES] [--mpi] [options] [-- SBATCH ARGS…]\n\n${DESCRIPTION}`,
           ),
       ),
     (args) => run(() => engines(args as unknown as EnginesArgs)),

@@ -45,7 +45,7 @@ async function login(args: LoginArgs): Promise<number> {
     if (!process.stdin.isTTY) {
       throw new IppTunnelError(
         'E_USAGE',
-        'ipp-tunnel login reads answers on a terminal; run it in one (its input is not a terminal)',
+        'login reads answers on a terminal; run it in one (its input is not a terminal)',
       )
     }
     let failed = 0
