@@ -47,6 +47,7 @@ import {
 import { followTunnel, formatTunnelEvents, readyEvent } from './tunnel-events.js'
 import { sbatchEngines } from './sbatch.js'
 import { openSource, type LocalSource } from './source-file.js'
+import { visible } from './visible.js'
 
 interface EnginesArgs extends SshArgs, ListenArgs {
   readonly file: string
@@ -68,11 +69,15 @@ interface EnginesArgs extends SshArgs, ListenArgs {
   readonly '--'?: (string | number)[]
 }
 
+/** What `--help` and the command list say the command does. */
+const DESCRIPTION =
+  "tunnel a controller's engine file and run N engines through one ssh connection until interrupted"
+
 /** `ipp-tunnel engines FILE -n N`: tunnels an engine file and runs N engines on its loopback copy. */
 export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
   return yargs.command(
     'engines <file>',
-    "tunnel a controller's engine file and run N engines through one ssh connection until interrupted",
+    DESCRIPTION,
     (y) =>
       withSshOptions(
         withSourceFile(withListenOption(y))
@@ -139,7 +144,7 @@ export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) 
               'engine command; {} names the loopback file, else --file=FILE is appended (default: /usr/bin/python3 -m ipyparallel.engine)',
           })
           .usage(
-            '$0 engines FILE -n N [--mpi] [options] [-- EXTRA ENGINE ARGS…]\n$0 engines FILE -n N --sbatch [-N NODES] [--mpi] [options] [-- SBATCH ARGS…]',
+            `$0 engines FILE -n N [--mpi] [options] [-- EXTRA ENGINE ARGS…]\n$0 engines FILE -n N --sbatch [-N NODES] [--mpi] [options] [-- SBATCH ARGS…]\n\n${DESCRIPTION}`,
           ),
       ),
     (args) => run(() => engines(args as unknown as EnginesArgs)),
@@ -316,7 +321,7 @@ function followNodes(nodeTunnels: NodeTunnels, output: Output, file: string): vo
   })
   nodeTunnels.on('node-output', (e) =>
     process.stderr.write(
-      `[node ${e.rank === undefined ? 'mpiexec' : nodeTunnels.hostOf(e.rank)}] ${e.line}\n`,
+      `[node ${e.rank === undefined ? 'mpiexec' : nodeTunnels.hostOf(e.rank)}] ${visible(e.line)}\n`,
     ),
   )
 }
@@ -682,7 +687,7 @@ function superviseOutput(
     const text = tagged?.text ?? e.line
     if (!options.verbose && (isRoutineLog(text) || text.startsWith('ipp-tunnel-node '))) return
     const who = tagged === undefined ? `process #${String(e.index)}` : `rank ${String(tagged.rank)}`
-    process.stderr.write(`[${who}] ${redactLine(text, options.secrets)}\n`)
+    process.stderr.write(`[${who}] ${visible(redactLine(text, options.secrets))}\n`)
   })
   let spawnFailures = 0
   group.on('engine-error', (e) => {

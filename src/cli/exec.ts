@@ -34,11 +34,15 @@ interface ExecArgs extends SshArgs, ListenArgs {
   readonly '--'?: (string | number)[]
 }
 
+/** What `--help` and the command list say the command does. */
+const DESCRIPTION =
+  'run a command against the loopback copy of a connection file ({} and $IPP_CONNECTION_FILE name it)'
+
 /** `ipp-tunnel exec FILE -- CMD…`: tunnels up for as long as CMD runs; exits with CMD's status. */
 export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
   return yargs.command(
     'exec <file>',
-    'run a command against the loopback copy of a connection file ({} and $IPP_CONNECTION_FILE name it)',
+    DESCRIPTION,
     (y) =>
       withSshOptions(
         withSourceFile(withListenOption(y))
@@ -51,7 +55,7 @@ export function registerExec(yargs: Argv, run: (task: () => Promise<number>) => 
             type: 'number',
             describe: 'write events (human or --json) to this open file descriptor instead of stderr',
           })
-          .usage('$0 exec FILE [options] -- CMD [ARGS…]'),
+          .usage(`$0 exec FILE [options] -- CMD [ARGS…]\n\n${DESCRIPTION}`),
       ),
     (args) => run(() => exec(args as unknown as ExecArgs)),
   )

@@ -68,6 +68,19 @@ function skipHelpCache(cli: Argv): void {
   if (typeof usage?.cacheHelpMessage === 'function') usage.cacheHelpMessage = () => undefined
 }
 
+/** yargs names a missing option by its key (`Missing required argument: n`): say it as typed, `-n`. */
+export function flagNames(message: string): string {
+  return message.replace(
+    /^(Missing required arguments?: )(.+)$/u,
+    (_, head: string, names: string) =>
+      head +
+      names
+        .split(', ')
+        .map((n) => (/^[A-Za-z]$/u.test(n) ? `-${n}` : n))
+        .join(', '),
+  )
+}
+
 /** Edit distance, for suggesting the command a typo meant. */
 function distance(a: string, b: string): number {
   let row = Array.from({ length: b.length + 1 }, (_, i) => i)
@@ -132,7 +145,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .recommendCommands()
     .exitProcess(false)
     .fail((message: string | undefined, err: Error | undefined) => {
-      usageError = message ?? err?.message ?? 'bad arguments'
+      usageError = flagNames(message ?? err?.message ?? 'bad arguments')
     })
     .help()
     .version()

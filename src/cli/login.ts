@@ -4,7 +4,9 @@ import { IppTunnelError } from '../errors/index.js'
 import { loginToService, statusSocketPath, type PendingLogin } from '../service/index.js'
 import { quotePrompts } from '../ssh/index.js'
 import { EXIT, Output } from './output.js'
+import { interrupted, untilSignal } from './signals.js'
 import { answerOnTerminal } from './ssh-options.js'
+import { visible } from './visible.js'
 
 interface LoginArgs {
   readonly destination?: string | undefined
@@ -38,19 +40,21 @@ async function login(args: LoginArgs): Promise<number> {
     .format('login', (e) => waitingLine(e as unknown as PendingLogin))
     .format('logged-in', (e) => `logged in to ${String(e.destination)}`)
     .format('refused', (e) => `${String(e.destination)}: ${String(e.message)}`)
+  const signals = untilSignal()
   try {
     if (!process.stdin.isTTY) {
       throw new IppTunnelError(
         'E_USAGE',
-        'ipp-tunnel login reads answers on a terminal; run it in one (its input is not a terminal)',
+        'login reads answers on a terminal; run it in one (its input is not a terminal)',
       )
     }
     let failed = 0
     let none: string | undefined
     const results = await loginToService(statusSocketPath(process.env), args.destination, {
+      signal: signals.signal,
       answer: async (prompt) => {
-        // the server's own words, as ssh(1) shows them
-        if (prompt.host !== prompt.destination) process.stderr.write(`(${prompt.host})\n`)
+        // the server's own words, as ssh(1) shows them (control characters escaped)
+        if (prompt.host !== prompt.destination) process.stderr.write(`(${visible(prompt.host)})\n`)
         return answerOnTerminal(prompt)
       },
       note: (message) => {
@@ -77,6 +81,13 @@ async function login(args: LoginArgs): Promise<number> {
         }
       },
     })
+    // Ctrl-C at a prompt (or anywhere): the socket is closed, the service hears no answer; 130
+    const signal = signals.received()
+    if (signal !== undefined) return interrupted(output, signal, {})
+    if (none !== undefined && args.destination !== undefined) {
+      // the user named a link that does not wait: a mistyped name must not look like success
+      throw new IppTunnelError('E_USAGE', none)
+    }
     if (none !== undefined) {
       output.result({ loggedIn: 0, message: none }, none)
       return EXIT.ok
@@ -88,5 +99,7 @@ async function login(args: LoginArgs): Promise<number> {
     return EXIT.ok
   } catch (err) {
     return output.fail(err)
+  } finally {
+    signals.dispose()
   }
 }

@@ -1,6 +1,9 @@
 import type { Writable } from 'node:stream'
 
 import { isBadInput, isIppTunnelError } from '../errors/index.js'
+import { oneLine, visible } from './visible.js'
+
+export { MAX_MESSAGE, oneLine, visible } from './visible.js'
 
 /** One line of CLI output: an `event` name plus its fields, rendered as JSON or as a human line. */
 export type OutputEvent = { readonly event: string } & Readonly<Record<string, unknown>>
@@ -24,25 +27,6 @@ export function exitCodeFor(err: unknown): number {
   if (!isIppTunnelError(err)) return EXIT.runtime
   if (err.code === 'E_SERVICE_DOWN') return EXIT.serviceDown
   return isBadInput(err.code) ? EXIT.badInput : EXIT.runtime
-}
-
-/** Longest message `fail()` prints; the rest is cut with `…` so an error stays one readable line. */
-export const MAX_MESSAGE = 600
-
-/**
- * One line of text: control characters (newline, carriage return, escape, …) become a space or `\xNN`, and text
- * longer than `max` is cut with `…`. File contents and remote errors reach messages; none may break the line.
- *
- * @example
- * oneLine('bad\nip') // 'bad ip'
- */
-export function oneLine(text: string, max = MAX_MESSAGE): string {
-  const clean = text.replace(/\r?\n|\r|\t/g, ' ').replace(
-    // eslint-disable-next-line no-control-regex
-    /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
-    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
-  )
-  return clean.length > max ? `${clean.slice(0, max - 1)}…` : clean
 }
 
 /** How repeats of one line are summarised: the first window, its cap as it doubles, and when a quiet key is forgotten. */
@@ -280,14 +264,14 @@ export class Output {
     this.#writeSummaries(this.#limiter.drain(this.#clock.now()))
   }
 
-  /** A human line on stderr (with a timestamp when the output asks for them). */
+  /** A human line on stderr (with a timestamp when the output asks for them); control characters shown escaped. */
   line(text: string): void {
-    this.#stderr.write(`${this.#stamp()}${text}\n`)
+    this.#stderr.write(`${this.#stamp()}${visible(text, { newlines: true })}\n`)
   }
 
   /**
    * Prints a command's result on stdout: JSON as one object (with `event: 'result'` unless it names its own), or
-   * the human text as it is.
+   * the human text with its control characters shown escaped (lines and tabs kept).
    */
   result(value: unknown, human: string): void {
     if (this.json) {
@@ -298,7 +282,8 @@ export class Output {
       this.#stdout.write(JSON.stringify(object) + '\n')
       return
     }
-    this.#stdout.write(human.endsWith('\n') ? human : human + '\n')
+    const text = visible(human, { newlines: true })
+    this.#stdout.write(text.endsWith('\n') ? text : text + '\n')
   }
 
   /**
@@ -337,7 +322,8 @@ export class Output {
     const text = formatter ? formatter(event) : defaultHuman(event)
     if (text === undefined) return
     const stream = this.#humanResults.has(event.event) ? this.#stdout : this.#stderr
-    stream.write(`${this.#stamp()}${text}\n`)
+    // fields are one line each already; what a formatter adds from nested values (prompts, lists) is caught here
+    stream.write(`${this.#stamp()}${visible(text, { newlines: true })}\n`)
   }
 
   #writeSummaries(summaries: readonly RepeatSummary[]): void {

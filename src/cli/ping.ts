@@ -14,16 +14,20 @@ interface PingArgs extends SshArgs {
   readonly debug: boolean
 }
 
+/** What `--help` and the command list say the command does. */
+const DESCRIPTION =
+  'connect to the controller or kernel a connection file names and report engines (or kernel info) and round-trip time'
+
 /** `ipp-tunnel ping FILE`: connects (through ssh when the file says so) and reports who answers and how fast. */
 export function registerPing(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
   return yargs.command(
     'ping <file>',
-    'connect to the controller or kernel a connection file names and report engines (or kernel info) and round-trip time',
+    DESCRIPTION,
     (y) =>
       withSshOptions(
         withSourceFile(y)
           .option('timeout', { type: 'number', default: 30, describe: 'seconds to wait for each answer' })
-          .usage('$0 ping FILE [ssh options] [--json]'),
+          .usage(`$0 ping FILE [ssh options] [--json]\n\n${DESCRIPTION}`),
       ),
     (args) => run(() => ping(args as unknown as PingArgs)),
   )

@@ -22,6 +22,10 @@ interface PxArgs extends SshArgs {
 /** Like timeout(1): some target did not answer within --timeout (what the others returned is printed). */
 const EXIT_TIMED_OUT = 124
 
+/** What `--help` and the command list say the command does. */
+const DESCRIPTION =
+  'run Python code on engines (or a kernel) and print status, stdout, stderr and --expr values; exit 1 if it raised, 124 if a target did not answer in time'
+
 /**
  * `ipp-tunnel px FILE CODE`: runs CODE on engines (or the kernel) and prints each one's status, output and
  * `--expr` values. Exits 1 when the code raised on any target, like a shell command that failed, and 124
@@ -30,7 +34,7 @@ const EXIT_TIMED_OUT = 124
 export function registerPx(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
   return yargs.command(
     'px <file> <code>',
-    'run Python code on engines (or a kernel) and print status, stdout, stderr and --expr values; exit 1 if it raised, 124 if a target did not answer in time',
+    DESCRIPTION,
     (y) =>
       withSshOptions(
         withSourceFile(y)
@@ -56,7 +60,7 @@ export function registerPx(yargs: Argv, run: (task: () => Promise<number>) => vo
               'interrupt (SIGINT) the code on targets that did not answer in time, so they are free again',
           })
           .usage(
-            '$0 px FILE CODE [--targets all|0,2] [--expr NAME]… [--timeout S [--abort-on-timeout]] [ssh options] [--json]',
+            `$0 px FILE CODE [--targets all|0,2] [--expr NAME]… [--timeout S [--abort-on-timeout]] [ssh options] [--json]\n\n${DESCRIPTION}`,
           ),
       ),
     (args) => run(() => px(args as unknown as PxArgs)),

@@ -1,5 +1,5 @@
 import { writeFile, rm } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import {
@@ -12,10 +12,11 @@ import {
   stopJob,
   submitBatch,
 } from '../engines/index.js'
-import { IppTunnelError } from '../errors/index.js'
-import { makePrivateTempDir } from '../safe-fs/index.js'
+import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { checkWritableDir, currentUid, makePrivateTempDir } from '../safe-fs/index.js'
 import { EXIT, type Output } from './output.js'
 import { untilSignal } from './signals.js'
+import { visible } from './visible.js'
 
 /** What `engines --sbatch` needs from its command line. */
 export interface SbatchEnginesOptions {
@@ -83,6 +84,9 @@ async function submitAndFollow(
 ): Promise<number> {
   const { output, file } = options
   const env = process.env
+  // What is followed must be what the job writes: a directory where no one else can plant or swap the file.
+  const outDir = dirname(pattern)
+  if (options.follow && !outDir.includes('%')) await checkWritableDir(outDir, 'job output directory')
   // sbatch copies the script into the job when it submits it: it is not needed afterwards.
   const scriptDir = await makePrivateTempDir('ipp-tunnel-sbatch-')
   let job: string
@@ -97,12 +101,25 @@ async function submitAndFollow(
   const outPath = pattern.replaceAll('%j', job)
   output.emit({ event: 'submitted', file, job, output: outPath })
   if (!options.follow) return EXIT.ok
+  if (outDir.includes('%')) {
+    await checkWritableDir(dirname(outPath), 'job output directory').catch(async (err: unknown) => {
+      await cancelJob(job, env).catch(() => undefined)
+      throw err
+    })
+  }
 
   let offset = 0
   let state = ''
   let stopping: { at: number; cancelled: boolean } | undefined
+  const owner = currentUid()
   const drain = async () => {
-    const read = await readNewLines(outPath, offset)
+    const read = await readNewLines(outPath, offset, { owner }).catch(async (err: unknown) => {
+      // someone else's file at the path: what it says is not the job's; the job is not left running unfollowed
+      await cancelJob(job, env).catch(() => undefined)
+      if (isIppTunnelError(err))
+        throw new IppTunnelError(err.code, `${err.message}; job ${job} was cancelled`)
+      throw err
+    })
     offset = read.offset
     for (const line of read.lines) passOn(output, line, job)
   }
@@ -160,5 +177,5 @@ function passOn(output: Output, line: string, job: string): void {
       // not an event: printed as it is
     }
   }
-  process.stderr.write(`[job ${job}] ${line}\n`)
+  process.stderr.write(`[job ${job}] ${visible(line)}\n`)
 }

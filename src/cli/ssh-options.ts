@@ -16,6 +16,7 @@ import type {
   SshOptions,
 } from '../ssh/index.js'
 import type { Output } from './output.js'
+import { visible } from './visible.js'
 
 /** The ssh flags every tunnel-opening command takes. */
 export interface SshArgs {
@@ -184,19 +185,35 @@ function onTerminal<T>(task: () => Promise<T>): Promise<T> {
   return asked
 }
 
-/** Shows a server's name, instructions and prompts as sent and reads each answer (without echo unless allowed). */
+/**
+ * Shows a server's name, instructions and prompts, their control characters escaped (a server chooses them: raw,
+ * they could retitle the terminal or rewrite what is on it), and reads each answer (without echo unless allowed).
+ * Ctrl-C at a prompt answers nothing and interrupts the command, as Ctrl-C anywhere else does.
+ */
 export async function answerOnTerminal(
   request: Pick<PromptRequest, 'name' | 'instructions' | 'prompts'>,
 ): Promise<readonly string[] | undefined> {
-  if (request.name !== '') process.stderr.write(`${request.name}\n`)
-  if (request.instructions !== '') process.stderr.write(request.instructions.replace(/\n?$/u, '\n'))
+  if (request.name !== '') process.stderr.write(`${visible(request.name)}\n`)
+  if (request.instructions !== '') {
+    process.stderr.write(visible(request.instructions, { newlines: true }).replace(/\n?$/u, '\n'))
+  }
   const answers: string[] = []
   for (const p of request.prompts) {
-    const answer = p.echo ? await askVisible(p.prompt) : await askHidden(p.prompt)
+    const prompt = visible(p.prompt, { newlines: true })
+    const answer = p.echo ? await askVisible(prompt) : await askHidden(prompt)
     if (answer === undefined) return undefined
     answers.push(answer)
   }
   return answers
+}
+
+/**
+ * Ctrl-C while readline holds the terminal (raw mode) reaches readline, not the process: passed on as the SIGINT
+ * the command's own handler takes (it aborts what runs and exits 130); with no handler, the default ends us.
+ */
+function interruptFromPrompt(): void {
+  if (process.listenerCount('SIGINT') > 0) process.emit('SIGINT', 'SIGINT')
+  else process.kill(process.pid, 'SIGINT')
 }
 
 /**
@@ -219,7 +236,9 @@ export function askVisible(prompt: string): Promise<string | undefined> {
     })
     rl.on('SIGINT', () => {
       rl.close()
+      process.stderr.write('\n')
       resolve(undefined)
+      interruptFromPrompt()
     })
   })
 }
@@ -243,7 +262,9 @@ export function askHidden(prompt: string): Promise<string | undefined> {
     muted = true
     rl.on('SIGINT', () => {
       rl.close()
+      process.stderr.write('\n')
       resolve(undefined)
+      interruptFromPrompt()
     })
   })
 }

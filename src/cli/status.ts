@@ -3,8 +3,10 @@ import { basename } from 'node:path'
 import type { Argv } from 'yargs'
 
 import { addressText } from '../tunnel/index.js'
+import { loginCommand } from '../ssh/index.js'
 import { queryStatus, statusSocketPath, type FileStatus, type StatusReport } from '../service/index.js'
-import { EXIT, oneLine, Output } from './output.js'
+import { EXIT, Output } from './output.js'
+import { visibleDeep } from './visible.js'
 
 interface StatusArgs {
   readonly width: number
@@ -114,7 +116,7 @@ function fileLines(file: FileStatus, width: number, waiting: ReadonlySet<string>
   if (file.lastError !== undefined) {
     const { code, message, at } = file.lastError
     const time = at.slice(11, 19)
-    lines.push(fit(`  last error ${time} ${code}: ${oneLine(message)}`, width))
+    lines.push(fit(`  last error ${time} ${code}: ${message}`, width))
   }
   return lines
 }
@@ -122,8 +124,11 @@ function fileLines(file: FileStatus, width: number, waiting: ReadonlySet<string>
 /**
  * The human form of a status report: a head about the service, then a block per file with its source, its loopback
  * copy, link state, reconnects, a row per forward and the last error. Lines fit `width` columns (0: no limit).
+ * Every string (file names, prompts, errors: what servers and other users chose) is shown with its control
+ * characters escaped, before widths are counted.
  */
-export function renderReport(report: StatusReport, options: { width?: number } = {}): string {
+export function renderReport(raw: StatusReport, options: { width?: number } = {}): string {
+  const report = visibleDeep(raw)
   const width = options.width ?? STATUS_WIDTH
   const files = `${report.files.length} file${report.files.length === 1 ? '' : 's'}`
   const links = `${report.links} ssh connection${report.links === 1 ? '' : 's'}`
@@ -133,24 +138,33 @@ export function renderReport(report: StatusReport, options: { width?: number } =
   ]
   const remotes = report.remotes ?? []
   if (remotes.length > 0) {
-    const rows = remotes.map((r) => [
-      `${r.destination}:${r.dir}`,
+    const header = ['REMOTE DIR', 'STATE', 'LAST POLL', 'FILES', 'ERRORS', 'LAST ERROR']
+    const cells = remotes.map((r) => [
       r.present === undefined ? 'not polled yet' : r.present ? 'present' : 'waiting for it',
       r.lastPoll ?? '-',
       String(r.files),
       String(r.errors),
+    ])
+    // the directory gets what the other columns leave (the header of LAST ERROR whole), its end kept
+    const others = [1, 2, 3, 4].reduce(
+      (sum, i) => sum + Math.max(header[i]?.length ?? 0, ...cells.map((c) => c[i - 1]?.length ?? 0)) + 2,
+      0,
+    )
+    const dirWidth =
+      width > 0 ? Math.max(header[0]?.length ?? 0, width - others - 2 - 'LAST ERROR'.length) : 0
+    const rows = remotes.map((r, i) => [
+      fit(`${r.destination}:${r.dir}`, dirWidth, true),
+      ...(cells[i] ?? []),
       r.lastError ? `${r.lastError.code}: ${r.lastError.message}` : '-',
     ])
-    const header = ['REMOTE DIR', 'STATE', 'LAST POLL', 'FILES', 'ERRORS', 'LAST ERROR']
     lines.push(...table([header, ...rows], new Set([3, 4])).map((line) => fit(line, width)))
   }
   const logins = report.logins ?? []
   for (const p of logins) {
-    const asks =
-      p.prompts.length > 0 ? `, asks ${p.prompts.map((q) => JSON.stringify(q.prompt)).join(', ')}` : ''
+    const asks = p.prompts.length > 0 ? `, asks ${p.prompts.map((q) => `"${q.prompt}"`).join(', ')}` : ''
     lines.push(
       fit(
-        `waiting for login: ${p.destination}${asks} (since ${p.since}); answer with: ipp-tunnel login ${p.destination}`,
+        `waiting for login: ${p.destination}${asks} (since ${p.since}); answer with: ${loginCommand(p.destination)}`,
         width,
       ),
     )

@@ -14,7 +14,7 @@ import {
   type RemoteDir,
 } from '../service/index.js'
 import { parseRemoteSpec, remoteDefaultDirs } from '../sources/index.js'
-import { quotePrompts } from '../ssh/index.js'
+import { loginCommand, quotePrompts } from '../ssh/index.js'
 import { EXIT, Output } from './output.js'
 import { untilSignal } from './signals.js'
 import {
@@ -317,7 +317,7 @@ async function watch(args: WatchArgs): Promise<number> {
         name: e.name,
         instructions: e.instructions,
         prompts: e.prompts,
-        message: `${e.destination} needs a login${e.prompts.length > 0 ? ` (it asks ${quotePrompts(e)})` : ''}; its tunnels wait, the rest keeps running. Answer in a terminal with: ipp-tunnel login ${e.destination}`,
+        message: `${e.destination} needs a login${e.prompts.length > 0 ? ` (it asks ${quotePrompts(e)})` : ''}; its tunnels wait, the rest keeps running. Answer in a terminal with: ${loginCommand(e.destination)}`,
       }),
     )
     service.on('logged-in', (e) => output.emit({ event: 'logged-in', destination: e.destination }))

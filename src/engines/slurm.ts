@@ -188,21 +188,35 @@ const MAX_READ_BYTES = 1024 * 1024
 
 /**
  * Reads what was appended to a file since `offset`: the complete lines, and the offset after them. A file not
- * there yet reads as empty (Slurm creates the job's output file when the job starts).
+ * there yet reads as empty (Slurm creates the job's output file when the job starts). With `owner`, the file must
+ * be a regular file of that uid (not a symlink, a FIFO or another user's file planted at the path).
+ *
+ * @throws IppTunnelError `E_UNSAFE_PATH` (with `owner`) naming the path and what it is.
  */
 export async function readNewLines(
   path: string,
   offset: number,
+  options: { readonly owner?: number } = {},
 ): Promise<{ lines: string[]; offset: number }> {
+  const { owner } = options
+  const refuse = (what: string) =>
+    new IppTunnelError('E_UNSAFE_PATH', `${path}: the job's output file ${what}; it is not followed`)
   let handle
   try {
     // never blocks on a FIFO planted at the path; a symlink there is not followed
     handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW)
-  } catch {
+  } catch (err) {
+    if (owner !== undefined && (err as NodeJS.ErrnoException).code === 'ELOOP') {
+      throw refuse('is a symbolic link')
+    }
     return { lines: [], offset }
   }
   try {
     const stats = await handle.stat()
+    if (owner !== undefined && !stats.isFile()) throw refuse('is not a regular file')
+    if (owner !== undefined && stats.uid !== owner) {
+      throw refuse(`is owned by uid ${stats.uid}, not you (${owner})`)
+    }
     if (!stats.isFile() || stats.size <= offset) return { lines: [], offset }
     // a job that writes a lot is read a bounded piece per look
     const buffer = Buffer.alloc(Math.min(stats.size - offset, MAX_READ_BYTES))

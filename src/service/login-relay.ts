@@ -3,6 +3,7 @@ import type { Socket } from 'node:net'
 
 import type { IppTunnelError } from '../errors/index.js'
 import type { LoginGate, Prompt, PromptProvider, PromptRequest } from '../ssh/index.js'
+import { LineReader, refuseLongLine } from './lines.js'
 
 /** A link that waits for someone to log in: what the server asked last. Never an answer. */
 export interface PendingLogin {
@@ -21,6 +22,8 @@ export interface PendingLogin {
 /** Messages the service sends a `login` client, one JSON object a line. */
 export type LoginServerMessage =
   | { readonly type: 'none'; readonly message: string }
+  /** The client broke the protocol (a line over 4 KiB); the connection is closed after it. */
+  | { readonly type: 'error'; readonly message: string }
   | { readonly type: 'login'; readonly destinations: readonly PendingLogin[] }
   | ({ readonly type: 'prompt'; readonly id: number } & Omit<PromptRequest, 'prompts'> & {
         readonly prompts: readonly Prompt[]
@@ -69,25 +72,21 @@ class LoginSession {
   #closed = false
   onClose: (() => void) | undefined
 
-  constructor(socket: Socket, rest: string) {
+  #reader: LineReader | undefined
+
+  constructor(socket: Socket, rest: Buffer) {
     this.#socket = socket
-    let buffer = rest
-    socket.setEncoding('utf8')
-    const take = (): void => {
-      let newline: number
-      while ((newline = buffer.indexOf('\n')) >= 0) {
-        const line = buffer.slice(0, newline)
-        buffer = buffer.slice(newline + 1)
-        this.#message(line)
-      }
-    }
-    socket.on('data', (chunk: string) => {
-      buffer += chunk
-      take()
-    })
+    this.#reader = new LineReader(
+      socket,
+      (line) => this.#message(line),
+      () => {
+        refuseLongLine(socket, 'message')
+        this.#close()
+      },
+      { first: rest },
+    )
     socket.once('close', () => this.#close())
     socket.once('end', () => this.#close())
-    take()
   }
 
   get closed(): boolean {
@@ -119,7 +118,7 @@ class LoginSession {
 
   end(): void {
     if (this.#closed) return
-    this.#socket.end()
+    this.#socket.end(() => this.#socket.destroy())
     this.#close()
   }
 
@@ -143,6 +142,9 @@ class LoginSession {
   #close(): void {
     if (this.#closed) return
     this.#closed = true
+    // nothing more is read from a client whose session is over
+    this.#reader?.stop()
+    this.#socket.pause()
     for (const resolve of this.#asks.values()) resolve(undefined)
     this.#asks.clear()
     this.onClose?.()
@@ -210,7 +212,7 @@ export class LoginRelay extends EventEmitter<LoginRelayEvents> {
    * Takes on a `login` client (its request line already read; `rest` is what came after it): it is shown the
    * logins that `filter` names, and the links waiting for them try again with their prompts sent to it.
    */
-  attach(socket: Socket, filter: string | undefined, rest = ''): void {
+  attach(socket: Socket, filter: string | undefined, rest: Buffer = Buffer.alloc(0)): void {
     const session = new LoginSession(socket, rest)
     const chosen = [...this.#waiting.values()].filter(
       (w) => names(filter, w.login) && this.#sessionFor(w.login.destination) === undefined,

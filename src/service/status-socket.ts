@@ -6,6 +6,7 @@ import { IppTunnelError } from '../errors/index.js'
 import { currentUid, ensurePrivateDir, kindOf } from '../safe-fs/index.js'
 import type { SourceStatus } from '../sources/index.js'
 import type { LoginClientMessage, LoginServerMessage, PendingLogin } from './login-relay.js'
+import { LineReader, refuseLongLine } from './lines.js'
 import type { FileStatus } from './types.js'
 
 /** What `ipp-tunnel status` gets from the running service. No secrets. */
@@ -31,10 +32,7 @@ export type SocketRequest =
   { readonly op: 'status' } | { readonly op: 'login'; readonly destination?: string }
 
 /** Takes a `login` client over: the socket, what it asked for, and what it sent after its request line. */
-export type LoginHandler = (socket: Socket, destination: string | undefined, rest: string) => void
-
-/** The longest request line read; a client sending more without a newline is cut off. */
-const MAX_REQUEST = 4096
+export type LoginHandler = (socket: Socket, destination: string | undefined, rest: Buffer) => void
 
 /** How long a status query waits for the service to answer. */
 const QUERY_TIMEOUT_MS = 5000
@@ -84,28 +82,31 @@ export class StatusServer {
     }
     const server = createServer((socket) => {
       socket.on('error', () => undefined)
-      socket.setEncoding('utf8')
-      let text = ''
-      const onData = (chunk: string): void => {
-        text += chunk
-        const newline = text.indexOf('\n')
-        if (newline < 0 && text.length <= MAX_REQUEST) return
-        socket.off('data', onData)
-        socket.off('end', onEnd)
-        const request = parseRequest(newline < 0 ? '' : text.slice(0, newline))
-        if (request?.op === 'login' && login !== undefined) {
-          login(socket, request.destination, text.slice(newline + 1))
-        } else if (request?.op === 'login') {
-          socket.end(JSON.stringify({ type: 'none', message: 'this service takes no logins' }) + '\n')
-        } else {
-          answerStatus(socket)
-        }
-      }
+      let requested = false
+      const reader = new LineReader(
+        socket,
+        (line) => {
+          requested = true
+          reader.stop()
+          socket.off('end', onEnd)
+          const request = parseRequest(line)
+          if (request?.op === 'login' && login !== undefined) {
+            login(socket, request.destination, reader.rest)
+          } else if (request?.op === 'login') {
+            socket.end(JSON.stringify({ type: 'none', message: 'this service takes no logins' }) + '\n')
+          } else {
+            answerStatus(socket)
+          }
+        },
+        () => {
+          socket.off('end', onEnd)
+          refuseLongLine(socket, 'request')
+        },
+      )
       const onEnd = (): void => {
-        socket.off('data', onData)
-        answerStatus(socket)
+        reader.stop()
+        if (!requested) answerStatus(socket)
       }
-      socket.on('data', onData)
       socket.once('end', onEnd)
     })
     await new Promise<void>((resolve, reject) => {
@@ -253,7 +254,9 @@ export interface LoginClientHandlers {
   /** Answers one round of prompts; undefined gives up on it. */
   answer(prompt: Extract<LoginServerMessage, { type: 'prompt' }>): Promise<readonly string[] | undefined>
   /** The logins taken on, then each result. */
-  note(message: Exclude<LoginServerMessage, { type: 'prompt' }>): void
+  note(message: Exclude<LoginServerMessage, { type: 'prompt' | 'error' }>): void
+  /** Ends the login at once (the socket closed, the results so far resolved): Ctrl-C. */
+  readonly signal?: AbortSignal
 }
 
 /**
@@ -276,6 +279,7 @@ export async function loginToService(
     const results: Extract<LoginServerMessage, { type: 'result' | 'none' }>[] = []
     let buffer = ''
     let connected = false
+    let failure: IppTunnelError | undefined
     socket.setEncoding('utf8')
     socket.once('connect', () => {
       connected = true
@@ -297,6 +301,10 @@ export async function loginToService(
             ),
           () => send({ type: 'cancel', id: message.id }),
         )
+        return
+      }
+      if (message.type === 'error') {
+        failure = new IppTunnelError('E_REMOTE', `the service ended the login: ${message.message}`)
         return
       }
       if (message.type === 'result' || message.type === 'none') results.push(message)
@@ -325,6 +333,15 @@ export async function loginToService(
         ),
       )
     })
-    socket.once('close', () => resolve(results))
+    socket.once('close', () => {
+      handlers.signal?.removeEventListener('abort', stop)
+      if (failure !== undefined) reject(failure)
+      else resolve(results)
+    })
+    const stop = (): void => {
+      socket.destroy()
+    }
+    if (handlers.signal?.aborted === true) stop()
+    else handlers.signal?.addEventListener('abort', stop, { once: true })
   })
 }

@@ -9,7 +9,7 @@ import {
   type HopCertificates,
 } from './certificate.js'
 import { loadSsh2, ssh2 } from './ssh2-lib.js'
-import { quotePrompts, type PromptProvider, type PromptRequest } from './prompts.js'
+import { loginCommand, quotePrompts, type PromptProvider, type PromptRequest } from './prompts.js'
 import type { PassphraseProvider, ResolvedHop } from './types.js'
 
 /** What {@link HopAuth} needs besides the hop: where the agent is, how to get a passphrase and answers. */
@@ -424,7 +424,7 @@ export class HopAuth {
           const named = unanswered.name !== '' ? ` (${unanswered.name})` : ''
           return new IppTunnelError(
             'E_AUTH_PROMPT',
-            `${where} asks ${asks}${named} by ${unanswered.method}${accepted}, and nothing here can answer: run ipp-tunnel in a terminal, or, where the service (ipp-tunnel watch) holds the link, answer with: ipp-tunnel login ${hop.alias}`,
+            `${where} asks ${asks}${named} by ${unanswered.method}${accepted}, and nothing here can answer: run ipp-tunnel in a terminal, or, where the service (ipp-tunnel watch) holds the link, answer with: ${loginCommand(where)}`,
           )
         }
         if (answered !== undefined && (refusals > 0 || lastMethod === answered.method)) {

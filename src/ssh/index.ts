@@ -35,6 +35,7 @@ export {
 export { resolveTarget, type ResolveOptions } from './resolve.js'
 export { HopAuth, methodOrder, type AuthAttempt, type AuthOptions } from './auth.js'
 export {
+  loginCommand,
   quotePrompts,
   type LoginGate,
   type Prompt,

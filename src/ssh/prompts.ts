@@ -41,7 +41,26 @@ export interface LoginGate {
   settled(destination: string, error: IppTunnelError | undefined): void
 }
 
-/** The one-line text of a request's prompts, for messages: `"Password: ", "Verification code: "`. */
+/**
+ * The text of a request's prompts, for messages: `"Password: ", "Verification code: "`. The prompts are as the
+ * server sent them: whoever prints the message escapes what a terminal would act on (the CLI does for every line).
+ */
 export function quotePrompts(request: Pick<PromptRequest, 'prompts'>): string {
-  return request.prompts.map((p) => JSON.stringify(p.prompt)).join(', ')
+  return request.prompts.map((p) => `"${p.prompt}"`).join(', ')
+}
+
+/** A word a shell passes on as it is. */
+const SHELL_SAFE = /^[A-Za-z0-9@%+=:,./_-]+$/u
+
+/**
+ * The command that answers a link's prompts, ready to paste into a shell: `ipp-tunnel login NAME`, NAME being the
+ * alias the user wrote when the destination shows one (`root@10.0.0.2:2022 (otp)` → `otp`), else the destination,
+ * single-quoted when a shell would read it otherwise (`root@[::1]:22`).
+ *
+ * @example
+ * loginCommand('root@10.213.39.2:2022 (otp)') // 'ipp-tunnel login otp'
+ */
+export function loginCommand(destination: string): string {
+  const name = /^\S+ \((\S+)\)$/u.exec(destination)?.[1] ?? destination
+  return `ipp-tunnel login ${SHELL_SAFE.test(name) ? name : `'${name.replaceAll("'", `'\\''`)}'`}`
 }

@@ -114,3 +114,21 @@ test('a kernel "ip" that is not an address: exit 2, one bounded line, no injecte
   assert.equal(json.code, 2)
   assert.equal((JSON.parse(json.stdout) as { code: string }).code, 'E_CONNFILE_FIELD')
 })
+
+test('wording: every command says what it does in --help; a missing -n is named -n; no doubled "ipp-tunnel:" prefix', async () => {
+  for (const command of ['up', 'exec', 'ping', 'px', 'engines']) {
+    const help = await runCli([command, '--help'])
+    assert.equal(help.code, 0, help.stderr)
+    const head = help.stdout.slice(0, help.stdout.indexOf('Positionals:')).trim().split('\n')
+    assert.ok(head[0]?.startsWith('ipp-tunnel '), help.stdout)
+    assert.equal(head.at(-2), '', help.stdout)
+    assert.ok((head.at(-1) ?? '').length > 20, `${command} --help has a description:\n${help.stdout}`)
+    assert.ok(!(head.at(-1) ?? '').startsWith('ipp-tunnel '), help.stdout)
+  }
+  const missing = await runCli(['engines', 'x.json'])
+  assert.equal(missing.code, 2)
+  assert.equal(missing.stderr, 'ipp-tunnel: Missing required argument: -n (see ipp-tunnel --help)\n')
+  const login = await runCli(['login'])
+  assert.equal(login.code, 2)
+  assert.match(login.stderr, /^ipp-tunnel: login reads answers on a terminal/u)
+})

@@ -8,10 +8,12 @@ import {
   RepeatLimiter,
   oneLine,
   repeatKey,
+  visible,
   type OutputClock,
   type OutputEvent,
 } from '../../src/cli/output.js'
 import { IppTunnelError } from '../../src/errors/index.js'
+import { loginCommand } from '../../src/ssh/index.js'
 
 /** A clock whose time moves only when the test says so; timers fire as it passes them. */
 class FakeClock implements OutputClock {
@@ -194,5 +196,36 @@ describe('Output', () => {
     assert.ok(!stderr.text.includes('\u001b'), 'no escape character reaches the terminal')
     assert.match(stderr.text, /…\n$/)
     assert.equal(oneLine('a\nb\tc\u0000'), 'a b c\\x00')
+  })
+})
+
+describe('visible(): the one escaping function', () => {
+  test('control characters, C1, bidi overrides shown as escapes; lines kept only when asked; twice = once', () => {
+    const hostile = 'a\u001b]0;T\u0007b\u009bc\u202ed\r\ne\rf\tg'
+    assert.equal(visible(hostile), 'a\\x1b]0;T\\x07b\\x9bc\\u202ed\\x0d\\x0ae\\x0df\\x09g')
+    assert.equal(visible(hostile, { newlines: true }), 'a\\x1b]0;T\\x07b\\x9bc\\u202ed\ne\\x0df\tg')
+    assert.equal(visible(visible(hostile)), visible(hostile))
+    assert.equal(oneLine(hostile), 'a\\x1b]0;T\\x07b\\x9bc\\u202ed e f g')
+  })
+
+  test('human event lines, results and lines of Output never carry a raw escape', () => {
+    const { stdout, stderr, output } = setup(false)
+    output.format('login', (e) => `asks ${JSON.stringify(e.prompts)}`)
+    output.emit({ event: 'login', prompts: [{ prompt: '\u009b2J\u001b]0;x\u0007' }] })
+    output.emit({ event: 'warning', message: 'file \u001b[2K' })
+    output.result({}, 'report\n\u001b]0;x\u0007 line\n')
+    output.line('\u001b[31m')
+    for (const text of [stdout.text, stderr.text]) {
+      for (const raw of ['\u001b', '\u0007', '\u009b']) assert.ok(!text.includes(raw), JSON.stringify(text))
+    }
+    assert.match(stdout.text, /^report\n\\x1b\]0;x\\x07 line\n$/u)
+  })
+})
+
+describe('loginCommand(): a hint that pastes into a shell', () => {
+  test('the alias when the destination shows one; quoted when a shell would read it otherwise', () => {
+    assert.equal(loginCommand('root@10.213.39.2:2022 (otp)'), 'ipp-tunnel login otp')
+    assert.equal(loginCommand('alice@cluster:22'), 'ipp-tunnel login alice@cluster:22')
+    assert.equal(loginCommand('root@[::1]:22'), "ipp-tunnel login 'root@[::1]:22'")
   })
 })

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdtemp, rm, stat } from 'node:fs/promises'
+import { chmod, chown, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { after, before, test, type TestContext } from 'node:test'
@@ -272,4 +272,63 @@ test('--sbatch --no-follow prints the job id and returns; following a held job, 
   assert.equal(following.lines.events.find((e) => e.event === 'job-ended')?.state, 'CANCELLED')
   assert.equal(await squeue(job), '', 'the job left the queue')
   assert.equal(await squeue(held), 'PENDING', 'only the followed job was cancelled')
+})
+
+test('--sbatch follows only our own output file: one planted by another uid is refused and the job cancelled; a directory others can write without the sticky bit is refused before submitting', async (t) => {
+  const { f, slurm } = setUp()
+  const jobs: string[] = []
+  t.after(async () => {
+    for (const job of jobs) {
+      await run('scancel', [job], { env: { ...process.env, ...slurm.env }, timeout: 10_000 }).catch(
+        () => undefined,
+      )
+    }
+  })
+  // a shared directory like /tmp (sticky): another user was there first with the file the job will write
+  const shared = await mkdtemp(join(tmpdir(), 'ippt-sbatch-shared-'))
+  t.after(() => rm(shared, { recursive: true, force: true }))
+  await chmod(shared, 0o1777)
+  const planted = join(shared, 'engines.out')
+  await writeFile(planted, '{"event":"registered","engines":2,"ids":[0,1]}\n\u001b]0;PWNED\u0007\n')
+  await chown(planted, 65534, 65534)
+  const refused = startEngines(t, f, ['-n', '2', '--sbatch', '--sbatch-output', planted, '--', '--hold'], {})
+  const status = await exited(refused.child)
+  assert.equal(status.code, 2, refused.lines.stderr)
+  const submitted = refused.lines.events.find((e) => e.event === 'submitted')
+  const job = String(submitted?.job)
+  jobs.push(job)
+  const error = refused.lines.events.find((e) => e.event === 'error')
+  assert.ok(error, refused.lines.stderr)
+  assert.equal(error.code, 'E_UNSAFE_PATH')
+  assert.match(String(error.message), /owned by uid 65534, not you .*; job \d+ was cancelled/u)
+  assert.equal(
+    refused.lines.events.find((e) => e.event === 'registered'),
+    undefined,
+    'nothing of the planted file is passed on',
+  )
+  const { stdout } = await run('squeue', ['-h', '-j', job, '-o', '%T'], {
+    env: { ...process.env, ...slurm.env },
+    timeout: 10_000,
+  })
+  assert.ok(['', 'CANCELLED'].includes(stdout.trim()), `job ${job} is ${stdout.trim()}`)
+
+  // writable by others, no sticky bit: anyone could swap the file; refused before anything is submitted
+  const open = await mkdtemp(join(tmpdir(), 'ippt-sbatch-open-'))
+  t.after(() => rm(open, { recursive: true, force: true }))
+  await chmod(open, 0o777)
+  const unsafe = startEngines(
+    t,
+    f,
+    ['-n', '2', '--sbatch', '--sbatch-output', join(open, 'job-%j.out'), '--', '--hold'],
+    {},
+  )
+  assert.equal((await exited(unsafe.child)).code, 2, unsafe.lines.stderr)
+  assert.equal(
+    unsafe.lines.events.find((e) => e.event === 'submitted'),
+    undefined,
+  )
+  assert.match(
+    String(unsafe.lines.events.find((e) => e.event === 'error')?.message),
+    /job output directory is writable by group or others/u,
+  )
 })

@@ -88,3 +88,62 @@ test('the socket answers status (with or without a request line) and relays a lo
   assert.deepEqual((await queryStatus(path)).logins, [])
   assert.equal(needed.length, 1)
 })
+
+test('a login client that sends a line over 4 KiB: an error line, the connection closed, the link left waiting', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'ippt-login-flood-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const path = join(dir, 'run', 'status.sock')
+  const relay = new LoginRelay()
+  const server = await StatusServer.listen(
+    path,
+    () => ({ ...report, logins: relay.pending() }),
+    (socket, destination, rest) => relay.attach(socket, destination, rest),
+  )
+  t.after(() => server.close())
+  const request: PromptRequest = {
+    destination: 'alice@cluster:22',
+    host: 'alice@cluster:22',
+    method: 'keyboard-interactive',
+    name: '',
+    instructions: '',
+    prompts: [{ prompt: 'Code: ', echo: false }],
+  }
+  assert.equal(await relay.provider(request), undefined)
+  const abort = new AbortController()
+  t.after(() => abort.abort())
+  const woken = relay.gate.wait(request.destination, abort.signal)
+
+  const socket = connect(path)
+  let answer = ''
+  let written = 0
+  socket.setEncoding('utf8')
+  socket.on('error', () => undefined)
+  socket.on('data', (d: string) => (answer += d))
+  const closed = new Promise((resolve) => socket.once('close', resolve))
+  socket.write('{"op":"login"}\n')
+  await woken
+  // the session holds the link; now 64 MiB of one line, as fast as the socket takes it
+  const piece = Buffer.alloc(64 * 1024, 'x')
+  const pump = (): void => {
+    while (written < 64 * 1024 * 1024 && !socket.destroyed) {
+      written += piece.length
+      if (!socket.write(piece)) {
+        socket.once('drain', pump)
+        return
+      }
+    }
+  }
+  pump()
+  await closed
+  assert.ok(written < 64 * 1024 * 1024, `closed before the flood ended (${written} bytes written)`)
+  const lines = answer
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { type: string; message?: string })
+  assert.equal(lines[0]?.type, 'login')
+  assert.equal(lines.at(-1)?.type, 'error', answer)
+  assert.match(lines.at(-1)?.message ?? '', /message longer than 4096 bytes/u)
+  // the link asks again with nobody to answer: it waits for the next login
+  assert.equal(await relay.provider(request), undefined)
+  assert.equal((await queryStatus(path)).logins?.length, 1)
+})

@@ -22,22 +22,26 @@ export interface OtpPam {
 
 /**
  * Writes `/etc/pam.d/<service>` asking root for an HOTP code (pam_oath, a users file in a temp dir) — sshd takes
- * its PAM service from its program name, so the test's sshd runs as a link of that name.
+ * its PAM service from its program name, so the test's sshd runs as a link of that name. With `message`, pam_echo
+ * shows it first (sshd puts it in front of the prompt): what a hostile server can make the prompt say.
  *
  * @example
  * const otp = await setUpOtpPam()
  * const sshd = await startSshd({ pamService: otp.service, extraConfig: 'AuthenticationMethods publickey,keyboard-interactive' })
  */
-export async function setUpOtpPam(): Promise<OtpPam> {
+export async function setUpOtpPam(options: { readonly message?: string } = {}): Promise<OtpPam> {
   const dir = await mkdtemp(join(tmpdir(), 'ippt-otp-'))
   const secret = randomBytes(20).toString('hex')
   const users = join(dir, 'users.oath')
   await writeFile(users, `HOTP root - ${secret}\n`, { mode: 0o600 })
   const service = `ippt-otp-${process.pid}-${randomBytes(3).toString('hex')}`
   const pamFile = `/etc/pam.d/${service}`
+  const echo = join(dir, 'message')
+  if (options.message !== undefined) await writeFile(echo, options.message)
   await writeFile(
     pamFile,
     [
+      ...(options.message !== undefined ? [`auth optional pam_echo.so file=${echo}`] : []),
       `auth required pam_oath.so usersfile=${users} window=20 digits=6`,
       'account required pam_permit.so',
       'session required pam_permit.so',

@@ -5,6 +5,8 @@ export interface PtyStep {
   readonly expect: string
   /** A line to type (Enter is added). */
   readonly send?: string
+  /** Keys to type as they are, no Enter (`\u0003` is Ctrl-C). */
+  readonly keys?: string
   /** A signal for the program. */
   readonly signal?: 'INT' | 'TERM'
 }
@@ -54,6 +56,8 @@ while True:
         done += 1
         if 'send' in step:
             os.write(fd, step['send'].encode() + b'\r')
+        if 'keys' in step:
+            os.write(fd, step['keys'].encode())
         if 'signal' in step:
             os.kill(pid, getattr(signal, 'SIG' + step['signal']))
 _, status = os.waitpid(pid, 0)
