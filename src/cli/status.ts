@@ -86,7 +86,9 @@ function linkText(file: FileStatus, waiting: ReadonlySet<string>): string {
 
 function copyText(file: FileStatus, width: number): string {
   if (file.copy === 'replaced') return `(replaced by another file: ${fit(file.out, width - 36, true)})`
-  return file.state === 'ready' ? fit(file.out, width - 8, true) : `(none yet; will be ${fit(file.out, width - 27, true)})`
+  return file.state === 'ready'
+    ? fit(file.out, width - 8, true)
+    : `(none yet; will be ${fit(file.out, width - 27, true)})`
 }
 
 function fileLines(file: FileStatus, width: number, waiting: ReadonlySet<string>): string[] {

@@ -62,7 +62,8 @@ export class CopyLedger implements CopyRecorder {
       if (Array.isArray(previous)) {
         for (const value of previous) {
           const record = parseRecord(value)
-          if (record !== undefined && record.written.length > 0) ledger.#copies.set(record.path, record.written)
+          if (record !== undefined && record.written.length > 0)
+            ledger.#copies.set(record.path, record.written)
         }
       }
     } catch {

@@ -669,7 +669,10 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       const was = entry.copyReplaced ? 'replaced by a file since moved away' : 'removed'
       entry.copyReplaced = false
       if (entry.lastError?.code === 'E_COPY_CONFLICT') entry.lastError = undefined
-      this.emit('warning', { file: entry.file, message: `${entry.out}: the loopback copy was ${was}; written again` })
+      this.emit('warning', {
+        file: entry.file,
+        message: `${entry.out}: the loopback copy was ${was}; written again`,
+      })
     }
   }
 

@@ -174,9 +174,13 @@ export class CopyClaim {
         return claim
       } catch (err) {
         if (errno(err) !== 'EADDRINUSE') {
-          throw new IppTunnelError('E_COPY_CONFLICT', `${path}: cannot claim the copy's path (${String(err)})`, {
-            cause: err,
-          })
+          throw new IppTunnelError(
+            'E_COPY_CONFLICT',
+            `${path}: cannot claim the copy's path (${String(err)})`,
+            {
+              cause: err,
+            },
+          )
         }
       }
       const holder = await askHolder(name)
