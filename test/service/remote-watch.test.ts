@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { execFile } from 'node:child_process'
-import { appendFile, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { appendFile, mkdir, mkdtemp, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -239,7 +239,14 @@ kc.stop_channels()
     const clashError = await events.next(on('error', clash))
     assert.equal(clashError.code, 'E_COPY_CONFLICT')
     assert.equal(await readFile(join(localRuntime, 'kernel-clash.json'), 'utf8'), 'mine')
+    // moved away, as the error says: the copy is written without the remote file changing
+    await rename(join(localRuntime, 'kernel-clash.json'), join(localRuntime, 'mine.txt'))
+    await events.next(on('ready', clash))
+    assert.equal(await readFile(join(localRuntime, 'mine.txt'), 'utf8'), 'mine')
+    await rm(join(localRuntime, 'mine.txt'))
     await rm(clash)
+    await events.next(on('closed', clash))
+    assert.equal(await exists(join(localRuntime, 'kernel-clash.json')), false)
   })
 
   test('status shows each remote directory: destination, directory, last poll, files seen, errors', async () => {
