@@ -101,7 +101,7 @@ async function exec(args: ExecArgs): Promise<number> {
     let stopFollowing: () => void
     if (remote !== undefined) {
       const { openPulled } = await import('./remote-file.js') // only for a remote file, as in up
-      const { pulled, stop } = await openPulled(remote, args, out, output, signals.signal)
+      const { pulled, stop } = await openPulled(remote, args, out, output, signals.signal, 'ipp-tunnel exec')
       opened = pulled
       stopFollowing = stop
     } else {
@@ -111,6 +111,7 @@ async function exec(args: ExecArgs): Promise<number> {
         ...sshOptionsFrom(args, output),
         out,
         sourceFile: file,
+        owner: 'ipp-tunnel exec',
         listen: args.listen ?? 'tcp',
         signal: signals.signal,
       })

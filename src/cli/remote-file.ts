@@ -36,10 +36,12 @@ export async function openPulled(
   out: string,
   output: Output,
   signal?: AbortSignal,
+  owner?: string,
 ): Promise<{ pulled: PulledTunnel; stop: () => void }> {
   const pulled = await PulledTunnel.open(spec, {
     ...sshOptionsFrom(args, output),
     ...(signal !== undefined && { signal }),
+    ...(owner !== undefined && { owner }),
     out: resolve(out),
     ...(args.poll !== undefined && { pollMs: args.poll }),
   })

@@ -86,13 +86,20 @@ function linkText(file: FileStatus, waiting: ReadonlySet<string>): string {
   }
 }
 
+function copyText(file: FileStatus, width: number): string {
+  if (file.copy === 'replaced') return `(replaced by another file: ${fit(file.out, width - 36, true)})`
+  return file.state === 'ready'
+    ? fit(file.out, width - 8, true)
+    : `(none yet; will be ${fit(file.out, width - 27, true)})`
+}
+
 function fileLines(file: FileStatus, width: number, waiting: ReadonlySet<string>): string[] {
   const reconnects = `${file.reconnects} reconnect${file.reconnects === 1 ? '' : 's'}`
   const via = file.destination !== undefined ? ` via ${file.destination}` : ''
   const lines = [
     fit(`${basename(file.file)}: ${file.state}${via}, ${linkText(file, waiting)}, ${reconnects}`, width),
     `  file  ${fit(file.file, width - 8, true)}`,
-    `  copy  ${file.state === 'ready' ? fit(file.out, width - 8, true) : `(none yet; will be ${fit(file.out, width - 27, true)})`}`,
+    `  copy  ${copyText(file, width)}`,
   ]
   if (file.forwards.length > 0) {
     // remote hosts can be long names or IPv6 addresses: give them what the other columns leave

@@ -79,7 +79,7 @@ async function up(args: UpArgs): Promise<number> {
       // loaded only for a remote file: it brings the service (and chokidar) that a local `up` never needs
       const { defaultRemoteOut, openPulled } = await import('./remote-file.js')
       const out = resolve(args.out ?? defaultRemoteOut(remote, process.env))
-      const { pulled, stop } = await openPulled(remote, args, out, output, signals.signal)
+      const { pulled, stop } = await openPulled(remote, args, out, output, signals.signal, 'ipp-tunnel up')
       const failed = new Promise<Error>((resolveFailed) =>
         pulled.tunnel.once('link:failed', (e) => resolveFailed(e.error)),
       )
@@ -110,6 +110,7 @@ async function up(args: UpArgs): Promise<number> {
       ssh: destination,
       out,
       sourceFile: file,
+      owner: 'ipp-tunnel up',
       listen: args.listen ?? 'tcp',
       signal: signals.signal,
     })

@@ -113,7 +113,7 @@ export class HubQuery {
         reject(
           new IppTunnelError(
             'E_TIMEOUT',
-            `${this.#where}: the controller's hub did not answer ${msgType} within ${String(timeoutMs)} ms`,
+            `${this.#where}: no reply from the controller's hub to ${msgType} within ${String(timeoutMs)} ms: the key or the controller may not match this file`,
           ),
         )
       }, timeoutMs)

@@ -1,4 +1,4 @@
-import { readRegularFile, writeFileAtomic, type FileIdentity } from '../safe-fs/index.js'
+import { readRegularFile, writeFileAtomic, type FileIdentity, type WriteOptions } from '../safe-fs/index.js'
 import { parseConnectionFile } from './parse.js'
 import { serializeConnectionFile } from './serialize.js'
 import type { ConnectionInfo } from './types.js'
@@ -34,8 +34,14 @@ export async function readConnectionFile(
  * must be the user's and not group/other-writable. On failure the temp file is removed and any existing file at
  * `path` is left untouched. Returns the device and inode of the file written.
  *
+ * `options` as for {@link writeFileAtomic}.
+ *
  * @throws IppTunnelError `E_CONNFILE_WRITE` naming the path, `E_UNSAFE_PATH` for an unsafe directory.
  */
-export async function writeConnectionFileAtomic(path: string, info: ConnectionInfo): Promise<FileIdentity> {
-  return writeFileAtomic(path, serializeConnectionFile(info), 'connection file')
+export async function writeConnectionFileAtomic(
+  path: string,
+  info: ConnectionInfo,
+  options: WriteOptions = {},
+): Promise<FileIdentity> {
+  return writeFileAtomic(path, serializeConnectionFile(info), 'connection file', options)
 }

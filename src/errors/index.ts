@@ -83,6 +83,7 @@ const badInput: ReadonlySet<ErrorCode> = new Set([
   'E_USAGE',
   'E_UNSAFE_PATH',
   'E_REMOTE_FILE',
+  'E_COPY_CONFLICT',
 ])
 
 /** True for errors caused by the user's input (files, arguments), which the CLI reports with exit 2. */

@@ -1,5 +1,5 @@
 import { constants, type Stats } from 'node:fs'
-import { open, rename, rm, type FileHandle } from 'node:fs/promises'
+import { link, open, rename, rm, type FileHandle } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { basename, dirname, join } from 'node:path'
 
@@ -115,17 +115,33 @@ async function syncDirectory(dir: string): Promise<void> {
   }
 }
 
+export interface WriteOptions {
+  /** Called with the identity of the file written before it takes its name. */
+  readonly beforePlacing?: (identity: FileIdentity) => Promise<void>
+  /** Never replace a file at the path: fail (cause code `EEXIST`) instead. */
+  readonly noReplace?: boolean
+}
+
 /**
  * Writes a private text file atomically: a temp file `.<name>.<12 hex>.tmp` (mode 0600, created exclusively) in the
  * same directory, fsync, rename over `path`, fsync the directory. The directory is created 0700 when missing and
  * must pass the output-directory checks (own uid, not group/other-writable). On any failure the temp file is
  * removed and an existing file at `path` is left untouched. Returns the identity of the file written.
  *
+ * `options.beforePlacing` is told the identity of the file before it takes the name (so that a record of it exists
+ * even if the process dies right after); with `options.noReplace` an existing file at `path` is left alone and
+ * the write fails with a `cause` whose code is `EEXIST`.
+ *
  * @throws IppTunnelError `E_UNSAFE_PATH` for an unsafe directory, `E_CONNFILE_WRITE` naming the path otherwise.
  * @example
  * const written = await writeFileAtomic(join(dir, 'copies.json'), '[]\n', 'copy ledger')
  */
-export async function writeFileAtomic(path: string, text: string, what = 'file'): Promise<FileIdentity> {
+export async function writeFileAtomic(
+  path: string,
+  text: string,
+  what = 'file',
+  options: WriteOptions = {},
+): Promise<FileIdentity> {
   const dir = dirname(path)
   const temp = join(dir, tempNameFor(basename(path), randomBytes(6).toString('hex')))
   let handle: FileHandle | undefined
@@ -146,7 +162,11 @@ export async function writeFileAtomic(path: string, text: string, what = 'file')
     identity = { dev: stats.dev, ino: stats.ino }
     await handle.close()
     handle = undefined
-    await rename(temp, path)
+    await options.beforePlacing?.(identity)
+    if (options.noReplace === true) {
+      await link(temp, path)
+      await rm(temp, { force: true })
+    } else await rename(temp, path)
     created = false
   } catch (err) {
     await handle?.close().catch(() => undefined)

@@ -27,4 +27,11 @@ export {
   type FileIdentity,
   type PrivateDirOptions,
 } from './dirs.js'
-export { MAX_FILE_BYTES, readRegularFile, reason, writeFileAtomic, type ReadOptions } from './files.js'
+export {
+  MAX_FILE_BYTES,
+  readRegularFile,
+  reason,
+  writeFileAtomic,
+  type ReadOptions,
+  type WriteOptions,
+} from './files.js'

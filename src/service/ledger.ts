@@ -1,21 +1,49 @@
 import { dirname } from 'node:path'
 
-import { readRegularFile, realPathOf, removeOwnFile, writeFileAtomic } from '../safe-fs/index.js'
+import {
+  readRegularFile,
+  realPathOf,
+  removeOwnFile,
+  writeFileAtomic,
+  type FileIdentity,
+} from '../safe-fs/index.js'
+import type { CopyRecorder } from '../tunnel/index.js'
+
+/** One copy as the ledger keeps it: its path and the files (device, inode) written there. */
+interface CopyRecord {
+  readonly path: string
+  readonly written: FileIdentity[]
+}
+
+function isIdentity(value: unknown): value is FileIdentity {
+  if (typeof value !== 'object' || value === null) return false
+  const { dev, ino } = value as { dev?: unknown; ino?: unknown }
+  return Number.isSafeInteger(dev) && Number.isSafeInteger(ino)
+}
+
+function parseRecord(value: unknown): CopyRecord | undefined {
+  if (typeof value !== 'object' || value === null) return undefined
+  const { path, written } = value as { path?: unknown; written?: unknown }
+  if (typeof path !== 'string' || !Array.isArray(written)) return undefined
+  return { path, written: written.filter(isIdentity).map(({ dev, ino }) => ({ dev, ino })) }
+}
 
 /**
- * The list of loopback copies the running service wrote, kept on disk so that the next start removes what a
- * crashed run left behind (and nothing else: only regular files of the user's inside the service's own output
- * directories). Writes are coalesced: many changes at once cost one write. The ledger lives in the runtime
- * directory, which the service verifies (0700, the user's) before opening it.
+ * The list of loopback copies the running service wrote, each with the device and inode of the file written, kept
+ * on disk so that the next start removes what a crashed run left behind, and nothing else: a file is removed only
+ * if it is the very file written (a file the user put at a copy's path since is kept), a regular file of the
+ * user's, inside the service's own output directories. A file is recorded before it takes its name, so a crash at
+ * any point leaves no copy unrecorded. Writes are coalesced: many changes at once cost one write. The ledger lives
+ * in the runtime directory, which the service verifies (0700, the user's) before opening it.
  *
  * @example
  * const ledger = await CopyLedger.open(join(runtimeDir(), 'copies.json'))
  * await ledger.removeLeftovers([outDir])
- * await ledger.add(copyPath)
+ * await openTunnel(file, { out, recorder: ledger })
  */
-export class CopyLedger {
+export class CopyLedger implements CopyRecorder {
   readonly path: string
-  readonly #copies = new Set<string>()
+  readonly #copies = new Map<string, FileIdentity[]>()
   /** The write in progress, if any. */
   #writing: Promise<void> | undefined
   /** The write that will carry changes made while another write runs. */
@@ -25,13 +53,19 @@ export class CopyLedger {
     this.path = path
   }
 
-  /** Reads the ledger at `path` (missing or unreadable: empty). */
+  /** Reads the ledger at `path` (missing or unreadable: empty; entries without identities are skipped). */
   static async open(path: string): Promise<CopyLedger> {
     const ledger = new CopyLedger(path)
     try {
       const { text } = await readRegularFile(path, { what: 'copy ledger', noFollow: true })
       const previous = JSON.parse(text) as unknown
-      if (Array.isArray(previous)) for (const p of previous) if (typeof p === 'string') ledger.#copies.add(p)
+      if (Array.isArray(previous)) {
+        for (const value of previous) {
+          const record = parseRecord(value)
+          if (record !== undefined && record.written.length > 0)
+            ledger.#copies.set(record.path, record.written)
+        }
+      }
     } catch {
       /* no ledger yet, or unreadable: nothing to clean */
     }
@@ -40,31 +74,48 @@ export class CopyLedger {
 
   /** The copies listed now. */
   get copies(): readonly string[] {
-    return [...this.#copies]
+    return [...this.#copies.keys()]
+  }
+
+  /** True when the file at `path` now is one this ledger recorded there. */
+  holds(path: string, identity: FileIdentity | undefined): boolean {
+    if (identity === undefined) return false
+    return (this.#copies.get(path) ?? []).some((w) => w.dev === identity.dev && w.ino === identity.ino)
   }
 
   /**
    * Removes the copies a previous run listed, but only those inside one of `outDirs` (compared by real path) that
-   * are regular files owned by the user; anything else the ledger names is left alone. Returns the removed paths.
+   * are still the file written (same device and inode), regular and owned by the user; anything else at a listed
+   * path is left alone. Returns the removed paths.
    */
   async removeLeftovers(outDirs: readonly string[]): Promise<string[]> {
     const allowed = new Set(await Promise.all(outDirs.map((d) => realPathOf(d))))
     const removed: string[] = []
-    for (const path of this.#copies) {
+    for (const [path, written] of this.#copies) {
       const dir = await realPathOf(dirname(path)).catch(() => undefined)
       if (dir === undefined || !allowed.has(dir)) continue
-      if (await removeOwnFile(path).catch(() => false)) removed.push(path)
+      for (const identity of written) {
+        if (await removeOwnFile(path, identity).catch(() => false)) {
+          removed.push(path)
+          break
+        }
+      }
     }
     this.#copies.clear()
     await this.#save()
     return removed
   }
 
-  /** Lists a copy (before it is written, so that a crash right after still cleans it up). */
-  async add(path: string): Promise<void> {
-    if (this.#copies.has(path)) return
-    this.#copies.add(path)
+  /** Records a file about to take the name `path`; resolves once the record is on disk. */
+  async placing(path: string, identity: FileIdentity): Promise<void> {
+    this.#copies.set(path, [...(this.#copies.get(path) ?? []), identity])
     await this.#save()
+  }
+
+  /** The file took the name: the ones it replaced are forgotten (saved with the next write). */
+  placed(path: string, identity: FileIdentity): void {
+    if (!this.#copies.has(path)) return
+    this.#copies.set(path, [identity])
   }
 
   async remove(path: string): Promise<void> {
@@ -82,11 +133,10 @@ export class CopyLedger {
     if (this.#next) return this.#next
     const write = async (): Promise<void> => {
       this.#next = undefined
-      this.#writing = writeFileAtomic(
-        this.path,
-        JSON.stringify([...this.#copies], null, 2) + '\n',
-        'copy ledger',
-      ).then(() => undefined)
+      const records: CopyRecord[] = [...this.#copies].map(([path, written]) => ({ path, written }))
+      this.#writing = writeFileAtomic(this.path, JSON.stringify(records, null, 2) + '\n', 'copy ledger').then(
+        () => undefined,
+      )
       try {
         await this.#writing
       } finally {

@@ -12,6 +12,8 @@ export interface PulledTunnelOptions extends SshOptions, Omit<LinkOptions, keyof
   readonly out: string
   /** Milliseconds between polls of the remote file; default 1000. */
   readonly pollMs?: number
+  /** What this process is, as another process's `E_COPY_CONFLICT` names it (as `openTunnel`'s `owner`). */
+  readonly owner?: string
   readonly signal?: AbortSignal
 }
 

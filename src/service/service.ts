@@ -14,7 +14,7 @@ import {
   type ConnectionKind,
 } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
-import { ensureReadableDir, removeStaleTemps } from '../safe-fs/index.js'
+import { ensureReadableDir, identityOf, removeStaleTemps } from '../safe-fs/index.js'
 import {
   DEFAULT_MAX_REMOTE_FILES,
   jupyterRuntimeDir,
@@ -34,6 +34,7 @@ import {
   openTunnel,
   rootBudget,
   sameServer,
+  whenReleased,
   type Tunnel,
 } from '../tunnel/index.js'
 import { resolveTarget } from '../ssh/index.js'
@@ -77,6 +78,12 @@ interface Entry {
   /** Steps queued or running. */
   pending: number
   started: number
+  /** Set while the copy's path is held by another file or process: the file is tried again when it is let go. */
+  conflict: { stop: () => void } | undefined
+  /** The copy was replaced by another file (left alone); it is written again once that file is gone. */
+  copyReplaced: boolean
+  /** A forward of this file failed and was reported; reported again only after the file or the link changes. */
+  forwardFailed: boolean
 }
 
 /** A source of connection files, local or remote: the service treats both alike. */
@@ -109,6 +116,8 @@ const UNKNOWN_HOST_HINT =
 
 /** Failures worth trying again without a change of the file: the server or the controller may come up. */
 const RETRIED: ReadonlySet<string> = new Set(['E_CONNECT', 'E_LINK_DOWN', 'E_FORWARD', 'E_TIMEOUT'])
+/** How often the copies are looked at (removed or replaced behind the service's back) and conflicts retried. */
+const CHECK_MS = 2000
 
 /**
  * The background service: watches directories for connection files and keeps, for each, tunnels and a loopback
@@ -138,6 +147,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   readonly #since = new Date().toISOString()
   /** Aborts tunnels still opening (an ssh connect can take long) when the service closes. */
   readonly #abort = new AbortController()
+  readonly #checks: NodeJS.Timeout
   #closed = false
 
   private constructor(options: ServiceOptions, ledger: CopyLedger) {
@@ -162,6 +172,8 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     this.#ledger = ledger
     this.#relay.on('auth-needed', (login) => this.emit('auth-needed', login))
     this.#relay.on('logged-in', (e) => this.emit('logged-in', e))
+    this.#checks = setInterval(() => this.#checkCopies(), options.checkMs ?? CHECK_MS)
+    this.#checks.unref()
   }
 
   /**
@@ -250,6 +262,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
             bytesOut: s?.bytesOut ?? 0,
           }
         }),
+        copy: tunnel === undefined ? 'none' : entry.copyReplaced ? 'replaced' : 'written',
         lastError: entry.lastError,
         ...(entry.remote !== undefined && { remote: entry.remote }),
       }
@@ -398,6 +411,9 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       pending: 0,
       queue: Promise.resolve(),
       started: performance.now(),
+      conflict: undefined,
+      copyReplaced: false,
+      forwardFailed: false,
     }
   }
 
@@ -450,6 +466,8 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
 
   async #apply(entry: Entry, info: ConnectionInfo, text: string): Promise<void> {
     const current = entry.tunnel
+    /** A conflict found here, not by another process's claim: waited out by the periodic look. */
+    let localConflict = false
     try {
       // A pulled file's endpoints are seen from the host it came from, unless it names its own server.
       const { destination, sshFrom } =
@@ -463,6 +481,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
             )
       const holder = this.#claims.get(entry.out)
       if (holder !== undefined && holder !== entry.file) {
+        localConflict = true
         throw new IppTunnelError(
           'E_COPY_CONFLICT',
           `${entry.file}: its copy ${entry.out} is already written for ${holder}; give --out-dir, or follow only one of them`,
@@ -471,13 +490,13 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       // Copies of pulled files land in shared places (the Jupyter runtime dir), and so does a kernel file's copy
       // beside it (jupyter console --ssh writes the same name): never over a file not ours.
       const shared = entry.remote !== undefined || isTunnelledKernelName(entry.out)
-      if (holder === undefined && shared && !this.#ledger.copies.includes(entry.out)) {
-        if (
-          await lstat(entry.out).then(
-            () => true,
-            () => false,
-          )
-        ) {
+      if (holder === undefined && shared && entry.tunnel === undefined) {
+        const present = await lstat(entry.out).then(
+          () => true,
+          () => false,
+        )
+        if (present && !this.#ledger.holds(entry.out, await identityOf(entry.out).catch(() => undefined))) {
+          localConflict = true
           throw new IppTunnelError(
             'E_COPY_CONFLICT',
             `${entry.file}: its copy would replace ${entry.out}, which this service did not write; move that file away or give --out-dir`,
@@ -485,6 +504,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         }
       }
       this.#claims.set(entry.out, entry.file)
+      this.#endConflict(entry)
       if (
         current &&
         !current.closed &&
@@ -495,6 +515,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         entry.sshFrom = sshFrom
         entry.appliedText = text
         entry.lastError = undefined
+        entry.forwardFailed = false
         this.emit('changed', this.#readyFields(entry, current))
         return
       }
@@ -502,13 +523,16 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         entry.tunnel = undefined
         await current.close()
       }
-      // Listed before it is written, so that a crash in between still leaves nothing behind.
-      await this.#ledger.add(entry.out)
       const tunnel = await openTunnel(info, {
         ...this.#options,
         ssh: destination,
         pool: this.#pool,
         socketDir: this.#options.runtimeDir,
+        runtimeDir: this.#options.runtimeDir,
+        owner: 'ipp-tunnel watch',
+        conflictHint: 'give --out-dir, or stop that process; the copy is written once it lets go',
+        // every copy is in the ledger before it takes its name: a crash at any point leaves nothing behind
+        recorder: this.#ledger,
         out: entry.out,
         ...(entry.remote === undefined && { sourceFile: entry.file }),
         signal: this.#abort.signal,
@@ -522,16 +546,24 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       entry.sshFrom = sshFrom
       entry.appliedText = text
       entry.lastError = undefined
+      entry.forwardFailed = false
+      entry.copyReplaced = false
       this.#follow(entry, tunnel)
       this.emit(current ? 'changed' : 'ready', this.#readyFields(entry, tunnel))
     } catch (err) {
       if (!entry.tunnel) {
-        if (this.#claims.get(entry.out) === entry.file) this.#claims.delete(entry.out)
-        if (!(isIppTunnelError(err) && err.code === 'E_COPY_CONFLICT')) await this.#ledger.remove(entry.out)
+        if (this.#claims.get(entry.out) === entry.file) this.#release(entry)
+        // a copy another file of this service writes stays listed
+        if (!this.#claims.has(entry.out)) await this.#ledger.remove(entry.out)
       }
       if (this.#closed) return
+      const conflict = isIppTunnelError(err) && err.code === 'E_COPY_CONFLICT'
+      // a conflict is said once, not again at each look
+      const repeated =
+        conflict && entry.lastError?.code === err.code && entry.lastError.message === err.message
+      if (conflict && !entry.tunnel) this.#inConflict(entry, !localConflict)
       const retried = isIppTunnelError(err) && RETRIED.has(err.code)
-      const quiet = retried && performance.now() - entry.started < QUIET_RETRY_MS
+      const quiet = (retried && performance.now() - entry.started < QUIET_RETRY_MS) || repeated
       if (!quiet) this.#failed(entry, err)
       if (retried) {
         entry.attempts++
@@ -584,6 +616,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       }
     })
     tunnel.on('link:reconnected', (e) => {
+      entry.forwardFailed = false
       if (speaks()) {
         this.emit('link:reconnected', {
           destination: tunnel.link.destination,
@@ -595,12 +628,103 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     })
     tunnel.on('link:failed', (e) => this.#failed(entry, e.error))
     tunnel.on('forward:error', (e) => {
-      entry.lastError = {
-        code: codeOf(e.error),
-        message: `channel ${e.channel}: ${e.error.message}`,
-        at: new Date().toISOString(),
-      }
+      const message = `channel ${e.channel}: ${e.error.message}`
+      entry.lastError = { code: codeOf(e.error), message, at: new Date().toISOString() }
+      // a kernel or controller gone from under its file: said once (not only in status), until the file changes
+      if (entry.forwardFailed || this.#closed) return
+      entry.forwardFailed = true
+      this.emit('file:error', { file: entry.file, code: codeOf(e.error), message, ...remoteFields(entry) })
     })
+  }
+
+  /** Lets go of the entry's copy path, and tries again the files that wait for it. */
+  #release(entry: Entry): void {
+    if (this.#claims.get(entry.out) !== entry.file) return
+    this.#claims.delete(entry.out)
+    for (const other of this.#entries.values()) {
+      if (other !== entry && other.out === entry.out && other.conflict !== undefined) this.#recheck(other)
+    }
+  }
+
+  /**
+   * The entry's copy path is held by another file here, by another process, or by a file the service did not
+   * write: it is tried again when another process lets go (its claim's connection closes), when a file here lets
+   * go, and at each periodic check (a planted file moved away).
+   */
+  #inConflict(entry: Entry, claimed: boolean): void {
+    if (entry.conflict !== undefined) return
+    if (!claimed) {
+      entry.conflict = { stop: () => undefined }
+      return
+    }
+    const stop = whenReleased(entry.out, this.#options.runtimeDir, () => {
+      // the next conflict, if any, waits anew
+      entry.conflict = undefined
+      this.#recheck(entry)
+    })
+    entry.conflict = { stop }
+  }
+
+  #endConflict(entry: Entry): void {
+    entry.conflict?.stop()
+    entry.conflict = undefined
+  }
+
+  #recheck(entry: Entry): void {
+    const at = performance.now()
+    this.#schedule(entry.file, (e) => {
+      if (e.tunnel !== undefined) return Promise.resolve()
+      e.started = at
+      e.attempts = 0
+      return this.#onFile(e)
+    })
+  }
+
+  /**
+   * The periodic look: a copy removed behind the service's back is written again; one replaced by another file is
+   * reported once and left alone until that file goes; files waiting on a conflict are tried again.
+   */
+  #checkCopies(): void {
+    for (const entry of this.#entries.values()) {
+      if (entry.conflict !== undefined) {
+        this.#recheck(entry)
+        continue
+      }
+      if (entry.tunnel === undefined || entry.pending > 0) continue
+      this.#schedule(entry.file, (e) => this.#checkCopy(e))
+    }
+  }
+
+  async #checkCopy(entry: Entry): Promise<void> {
+    const tunnel = entry.tunnel
+    if (tunnel === undefined) return
+    let state
+    try {
+      state = await tunnel.checkCopy()
+    } catch (err) {
+      return this.#failed(entry, err)
+    }
+    if (state === undefined || this.#closed || entry.tunnel !== tunnel) return
+    if (state === 'replaced') {
+      if (entry.copyReplaced) return
+      entry.copyReplaced = true
+      return this.#failed(
+        entry,
+        new IppTunnelError(
+          'E_COPY_CONFLICT',
+          `${entry.file}: its copy ${entry.out} was replaced by another file, which is left alone; move that file away and the copy is written again`,
+        ),
+      )
+    }
+    if (state === 'restored') {
+      const was = entry.copyReplaced ? 'replaced by a file since moved away' : 'removed'
+      entry.copyReplaced = false
+      if (entry.lastError?.code === 'E_COPY_CONFLICT') entry.lastError = undefined
+      this.emit('warning', {
+        file: entry.file,
+        message: `${entry.out}: the loopback copy was ${was}; written again`,
+      })
+    }
   }
 
   #failed(entry: Entry, err: unknown): void {
@@ -624,12 +748,16 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     entry.lastError = undefined
     entry.lastFailedShape = undefined
     entry.pulled = undefined
-    if (this.#claims.get(entry.out) === entry.file) this.#claims.delete(entry.out)
+    this.#endConflict(entry)
+    entry.copyReplaced = false
+    entry.forwardFailed = false
     if (tunnel) {
       await tunnel.close()
       await this.#ledger.remove(entry.out)
       this.emit('closed', { file: entry.file, ...remoteFields(entry) })
     }
+    // let go once the copy is gone, so that a file waiting for the path writes it anew
+    this.#release(entry)
     // The file may be back already (its step waits in this entry's queue): then the entry stays.
     if (entry.pending <= 1 && this.#entries.get(entry.file) === entry) this.#entries.delete(entry.file)
   }
@@ -638,13 +766,17 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    clearInterval(this.#checks)
     this.#abort.abort(new IppTunnelError('E_CLOSED', 'The service is closing'))
     this.#relay.close()
     await this.#status?.close()
     await Promise.all(this.#sources.map((s) => s.close()))
     const entries = [...this.#entries.values()]
     this.#entries.clear()
-    for (const entry of entries) clearTimeout(entry.retry)
+    for (const entry of entries) {
+      clearTimeout(entry.retry)
+      this.#endConflict(entry)
+    }
     await Promise.all(entries.map((e) => e.queue))
     await Promise.all(entries.map((e) => (e.tunnel ? e.tunnel.close() : Promise.resolve())))
     await this.#pool.close()

@@ -23,6 +23,11 @@ export interface ServiceOptions extends SshOptions, Omit<LinkOptions, keyof SshO
   readonly jupyterRuntimeDir?: string
   /** What the tunnels listen on; default `tcp`. See {@link OpenTunnelOptions}. */
   readonly listen?: ListenKind
+  /**
+   * Milliseconds between looks at the copies (one removed behind the service's back is written again) and at
+   * copy paths held by another file or process; default 2000.
+   */
+  readonly checkMs?: number
 }
 
 /** A directory on an ssh server: `dir` absolute, `~/…`, or relative to the remote home. */
@@ -60,6 +65,8 @@ export interface FileStatus {
   readonly link: LinkState | undefined
   readonly reconnects: number
   readonly forwards: readonly ForwardStatus[]
+  /** What is at `out`: the copy written, another file put in its place (left alone), or nothing yet. */
+  readonly copy?: 'written' | 'replaced' | 'none'
   readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | undefined
   /** Set for files pulled from a remote directory. */
   readonly remote?: { readonly destination: string; readonly path: string }

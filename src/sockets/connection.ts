@@ -452,7 +452,7 @@ export class Connection<K extends ClientKind = ClientKind> extends EventEmitter<
         reject(
           new IppTunnelError(
             'E_TIMEOUT',
-            `${this.where}: no reply to ${msg.header.msg_type} on channel "${channel}" within ${timeoutMs} ms`,
+            `${this.where}: no reply to ${msg.header.msg_type} on channel "${channel}" within ${timeoutMs} ms: the key or the controller may not match this file`,
           ),
         )
       }, timeoutMs)

@@ -61,25 +61,81 @@ export async function prepareCopy(
 }
 
 /**
+ * Told of every loopback copy before it takes its name, and once it has: a record that survives a crash (the
+ * service's ledger) can then remove exactly the files written, and nothing put at the same path since.
+ */
+export interface CopyRecorder {
+  placing(path: string, identity: FileIdentity): Promise<void>
+  placed(path: string, identity: FileIdentity): void
+}
+
+/** What is at a copy's path: the file written, nothing, or another file. */
+export type CopyState = 'written' | 'missing' | 'replaced'
+
+/**
  * The loopback copy a tunnel writes: written atomically (0600), and removed on close only if the file at its path
  * is still the one written (same device and inode), so a file put there since is never deleted.
  */
 export class LoopbackCopy {
   readonly path: string
+  readonly #recorder: CopyRecorder | undefined
   #written: FileIdentity | undefined
+  #info: ConnectionInfo | undefined
 
-  constructor(path: string) {
+  constructor(path: string, recorder?: CopyRecorder) {
     this.path = path
+    this.#recorder = recorder
   }
 
-  async write(info: ConnectionInfo): Promise<void> {
-    this.#written = await writeConnectionFileAtomic(this.path, info)
+  /**
+   * Writes the copy for `info`, unless another file took its place since the last write (that file is left alone:
+   * `replaced`, and {@link restore} writes the copy once it is gone).
+   */
+  async write(info: ConnectionInfo, options: { noReplace?: boolean } = {}): Promise<CopyState> {
+    this.#info = info
+    if (this.#written !== undefined && (await this.state()) === 'replaced') return 'replaced'
+    const recorder = this.#recorder
+    const written = await writeConnectionFileAtomic(this.path, info, {
+      ...(recorder !== undefined && { beforePlacing: (id: FileIdentity) => recorder.placing(this.path, id) }),
+      ...(options.noReplace === true && { noReplace: true }),
+    })
+    this.#written = written
+    recorder?.placed(this.path, written)
+    return 'written'
+  }
+
+  /** Whether the file at the path is still the one written. */
+  async state(): Promise<CopyState> {
+    const written = this.#written
+    let s
+    try {
+      s = await lstat(this.path)
+    } catch {
+      return 'missing'
+    }
+    return written !== undefined && s.dev === written.dev && s.ino === written.ino ? 'written' : 'replaced'
+  }
+
+  /**
+   * Writes the copy again when nothing is at its path (someone removed it): `restored`; another file there is
+   * left alone. Returns what is there now.
+   */
+  async restore(): Promise<CopyState | 'restored'> {
+    const state = await this.state()
+    if (state !== 'missing' || this.#info === undefined) return state
+    try {
+      return (await this.write(this.#info, { noReplace: true })) === 'written' ? 'restored' : 'replaced'
+    } catch (err) {
+      if ((err as { cause?: { code?: unknown } }).cause?.code === 'EEXIST') return 'replaced'
+      throw err
+    }
   }
 
   /** Removes the copy if it is the file written. Safe twice. */
   async remove(): Promise<void> {
     const written = this.#written
     this.#written = undefined
+    this.#info = undefined
     if (written !== undefined) await removeOwnFile(this.path, written)
   }
 }

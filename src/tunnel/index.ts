@@ -19,3 +19,5 @@ export {
 } from './tunnel.js'
 export { defaultOutDir, defaultOutPath, defaultRuntimeDir } from './paths.js'
 export { chooseDestination, type DestinationChoice } from './destination.js'
+export { CopyClaim, holderText, whenReleased, type ClaimOptions, type CopyHolder } from './claim.js'
+export { type CopyRecorder, type CopyState } from './copy.js'

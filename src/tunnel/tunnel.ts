@@ -16,7 +16,8 @@ import {
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { currentUid } from '../safe-fs/index.js'
 import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
-import { LoopbackCopy, prepareCopy } from './copy.js'
+import { CopyClaim } from './claim.js'
+import { LoopbackCopy, prepareCopy, type CopyRecorder, type CopyState } from './copy.js'
 import { Forward, type ForwardStats, type LocalAddress, type OpenRemote } from './forward.js'
 import { ChannelBudget } from './budget.js'
 import { LinkPool } from './links.js'
@@ -62,6 +63,17 @@ export interface OpenTunnelOptions extends SshOptions, Omit<LinkOptions, keyof S
   readonly listen?: ListenKind
   /** Where `listen: 'unix'` makes its socket directory; default the runtime directory ({@link defaultRuntimeDir}). */
   readonly socketDir?: string
+  /**
+   * The private runtime directory shared by the user's ipp-tunnel processes, where the claims on copy paths are
+   * keyed; default {@link defaultRuntimeDir}.
+   */
+  readonly runtimeDir?: string
+  /** What this process is, as another process's `E_COPY_CONFLICT` names it; default `ipp-tunnel`. */
+  readonly owner?: string
+  /** What the user can do when another process holds `out` (ends the `E_COPY_CONFLICT` message). */
+  readonly conflictHint?: string
+  /** Told of every copy before and after it takes its name (the service's ledger). */
+  readonly recorder?: CopyRecorder
   readonly signal?: AbortSignal
 }
 
@@ -143,6 +155,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   readonly #budget: ChannelBudget
   readonly #sockets: SocketDir | undefined
   #localPorts: ReadonlyMap<string, number> | undefined
+  readonly #claim: CopyClaim | undefined
   #closed = false
 
   private constructor(
@@ -150,7 +163,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     link: Link,
     release: () => Promise<void>,
     file: string | undefined,
-    out: string | undefined,
+    out: { path: string; claim?: CopyClaim; recorder?: CopyRecorder } | undefined,
     budget: ChannelBudget,
     sockets: SocketDir | undefined,
   ) {
@@ -161,8 +174,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.link = link
     this.#release = release
     this.file = file
-    this.out = out
-    this.#copy = out !== undefined ? new LoopbackCopy(out) : undefined
+    this.out = out?.path
+    this.#claim = out?.claim
+    this.#copy = out !== undefined ? new LoopbackCopy(out.path, out.recorder) : undefined
     this.#detach = followLink(link, this)
   }
 
@@ -178,6 +192,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       release?: () => Promise<void>
       file?: string
       out?: string
+      /** The claim on `out`, released when the tunnel closes. */
+      claim?: CopyClaim
+      recorder?: CopyRecorder
       probe?: boolean
       budget?: ChannelBudget
       listen?: ListenKind
@@ -194,15 +211,23 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         sockets = await SocketDir.create(options.socketDir ?? defaultRuntimeDir(), fallback)
       }
     } catch (err) {
+      options.claim?.release()
       await (options.release ?? (() => Promise.resolve()))()
       throw err
     }
+    const out = options.out
     const tunnel = new Tunnel(
       info,
       link,
       options.release ?? (() => Promise.resolve()),
       options.file,
-      options.out,
+      out === undefined
+        ? undefined
+        : {
+            path: out,
+            ...(options.claim !== undefined && { claim: options.claim }),
+            ...(options.recorder !== undefined && { recorder: options.recorder }),
+          },
       options.budget ?? new ChannelBudget(Infinity),
       sockets,
     )
@@ -256,6 +281,15 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   /** Per-channel counters. */
   stats(): Map<string, ForwardStats> {
     return new Map([...this.#forwards].map(([channel, f]) => [channel, f.stats()]))
+  }
+
+  /**
+   * Looks at the loopback copy: written again when someone removed it; another file put in its place is left
+   * alone (`replaced`) and the copy comes back once that file is gone (`restored`). `undefined` without a copy.
+   */
+  async checkCopy(): Promise<CopyState | 'restored' | undefined> {
+    if (this.#closed) return undefined
+    return this.#copy?.restore()
   }
 
   /**
@@ -346,6 +380,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#forwards.clear()
     await this.#sockets?.remove()
     await this.#copy?.remove()
+    this.#claim?.release()
     await this.#release()
     this.emit('closed')
   }
@@ -379,16 +414,35 @@ export async function openTunnel(
       `${file ?? 'connection info'}: field "ssh" is empty; pass --ssh user@host to say which server to forward through`,
     )
   }
-  if (options.out !== undefined) await prepareCopy(options.out, { source: file ?? options.sourceFile })
-  const target = await resolveTarget(destination, options)
-  options.signal?.throwIfAborted()
-  // a tunnel alone on its own pool may use the whole budget
-  const pool = options.pool ?? new LinkPool(options, { tunnelShare: 1 })
-  const ownPool = options.pool === undefined
-  const link = await pool.acquire(target, options.signal).catch(async (err: unknown) => {
-    if (ownPool) await pool.close()
+  // No other process of the user writes or removes this copy while the claim is held; taken before anything at
+  // the path is touched.
+  const out = options.out
+  const claim =
+    out === undefined
+      ? undefined
+      : await CopyClaim.take(out, {
+          runtimeDir: options.runtimeDir ?? defaultRuntimeDir(),
+          command: options.owner ?? 'ipp-tunnel',
+          ...(options.conflictHint !== undefined && { hint: options.conflictHint }),
+        })
+  let link: Link
+  let pool: LinkPool
+  let ownPool: boolean
+  try {
+    if (out !== undefined) await prepareCopy(out, { source: file ?? options.sourceFile })
+    const target = await resolveTarget(destination, options)
+    options.signal?.throwIfAborted()
+    // a tunnel alone on its own pool may use the whole budget
+    pool = options.pool ?? new LinkPool(options, { tunnelShare: 1 })
+    ownPool = options.pool === undefined
+    link = await pool.acquire(target, options.signal).catch(async (err: unknown) => {
+      if (ownPool) await pool.close()
+      throw err
+    })
+  } catch (err) {
+    claim?.release()
     throw err
-  })
+  }
   const release = async () => {
     await pool.release(link)
     if (ownPool) await pool.close()
@@ -398,7 +452,9 @@ export async function openTunnel(
     budget: pool.tunnelBudget(),
     ...(options.signal !== undefined && { signal: options.signal }),
     ...(file !== undefined && { file }),
-    ...(options.out !== undefined && { out: options.out }),
+    ...(out !== undefined && { out }),
+    ...(claim !== undefined && { claim }),
+    ...(options.recorder !== undefined && { recorder: options.recorder }),
     ...(options.probe !== undefined && { probe: options.probe }),
     ...(options.listen !== undefined && { listen: options.listen }),
     ...(options.socketDir !== undefined && { socketDir: options.socketDir }),

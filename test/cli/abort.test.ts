@@ -84,7 +84,9 @@ describe('the first SIGINT/SIGTERM aborts a start-up stuck in the SSH connect', 
     const argv = args(tmp)
     const dashes = argv.includes('--') ? argv.indexOf('--') : argv.length
     argv.splice(dashes, 0, '--json', ...ssh)
-    const child = spawnCli(argv, { TMPDIR: tmp, ...env })
+    // the runtime directory (where copy claims are keyed) lives on; it is not what these tests look for
+    const runtime = { IPP_TUNNEL_RUNTIME_DIR: join(dir, `${name}-run`) }
+    const child = spawnCli(argv, { TMPDIR: tmp, ...runtime, ...env })
     const events = new JsonLines(child)
     const { closed } = await connected
     child.kill(signal)
@@ -161,7 +163,10 @@ describe('the first SIGINT/SIGTERM aborts a start-up stuck in the SSH connect', 
     )
     const copies = await readdir(`${watched}-tunnel`).catch(() => [])
     assert.deepEqual(copies, [], 'no loopback copy')
-    assert.deepEqual(await readdir(runtime).then((n) => n.filter((f) => f !== 'copies.json')), [])
+    assert.deepEqual(
+      await readdir(runtime).then((n) => n.filter((f) => f !== 'copies.json' && f !== 'claims.key')),
+      [],
+    )
   })
 })
 

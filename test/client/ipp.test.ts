@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 
@@ -95,6 +98,20 @@ describe('IppClient and the ping/px commands against real ipcontroller + 2 ipeng
     const human = await runCli(['ping', ctl.clientFile, ...sshArgs])
     assert.equal(human.code, 0, human.stderr)
     assert.match(human.stdout, /ipyparallel controller: 2 engines \[0, 1\], round trip [\d.]+ ms/)
+  })
+
+  test('CLI ping with a wrong key: no reply, and the message says the key or the controller may not match', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ippt-wrong-key-'))
+    try {
+      const info = JSON.parse(await readFile(ctl.clientFile, 'utf8')) as Record<string, unknown>
+      const file = join(dir, 'ipcontroller-client.json')
+      await writeFile(file, JSON.stringify({ ...info, key: 'not-the-key' }), { mode: 0o600 })
+      const result = await runCli(['ping', file, ...sshArgs, '--timeout', '2'])
+      assert.equal(result.code, 1, result.stderr)
+      assert.match(result.stderr, /no reply .*: the key or the controller may not match this file\n$/)
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
   })
 
   test('CLI px: per-engine status, output and --expr; exit 1 when the code raised on an engine', async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { execFile } from 'node:child_process'
-import { appendFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { appendFile, mkdir, mkdtemp, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -158,8 +158,16 @@ describe('ipp-tunnel watch --remote: connection files pulled over SFTP from a se
     assert.equal(copy.ssh, '')
     assert.deepEqual(await applyOnEngines(localIpython, 2), [0, 1])
     assert.equal(await sshd.sessionCount(), 1, 'SFTP and every forward ride one SSH connection')
-    const ledger = JSON.parse(await readFile(join(runtimeDir, 'copies.json'), 'utf8')) as string[]
-    assert.ok(ledger.includes(localCopy('ipcontroller-client.json')))
+    const ledger = JSON.parse(await readFile(join(runtimeDir, 'copies.json'), 'utf8')) as {
+      path: string
+      written: { dev: number; ino: number }[]
+    }[]
+    const { dev, ino } = await stat(localCopy('ipcontroller-client.json'))
+    const record = ledger.find((r) => r.path === localCopy('ipcontroller-client.json'))
+    assert.ok(
+      record?.written.some((w) => w.dev === dev && w.ino === ino),
+      'the ledger names the very file written',
+    )
   })
 
   test('a remote ipykernel: its copy lands in the local Jupyter runtime dir and BlockingKernelClient runs code', async () => {
@@ -232,7 +240,14 @@ kc.stop_channels()
     const clashError = await events.next(on('error', clash))
     assert.equal(clashError.code, 'E_COPY_CONFLICT')
     assert.equal(await readFile(join(localRuntime, 'kernel-clash.json'), 'utf8'), 'mine')
+    // moved away, as the error says: the copy is written without the remote file changing
+    await rename(join(localRuntime, 'kernel-clash.json'), join(localRuntime, 'mine.txt'))
+    await events.next(on('ready', clash))
+    assert.equal(await readFile(join(localRuntime, 'mine.txt'), 'utf8'), 'mine')
+    await rm(join(localRuntime, 'mine.txt'))
     await rm(clash)
+    await events.next(on('closed', clash))
+    assert.equal(await exists(join(localRuntime, 'kernel-clash.json')), false)
   })
 
   test('status shows each remote directory: destination, directory, last poll, files seen, errors', async () => {

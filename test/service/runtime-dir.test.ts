@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { chmod, chown, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { chmod, chown, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -146,9 +146,13 @@ describe('directories another local user planted are refused; the ledger deletes
     await chown(foreignTemp, other.uid, other.gid)
     const staleLedgerTemp = join(runtime, '.copies.json.abcdefabcdef.tmp')
     await writeFile(staleLedgerTemp, '[]')
-    await writeFile(join(runtime, 'copies.json'), JSON.stringify([victim, leftover, foreign]), {
-      mode: 0o600,
-    })
+    // each named with the device and inode of the file now there, as if the service had written it
+    const record = async (path: string) => {
+      const { dev, ino } = await stat(path)
+      return { path, written: [{ dev, ino }] }
+    }
+    const ledger = await Promise.all([victim, leftover, foreign].map(record))
+    await writeFile(join(runtime, 'copies.json'), JSON.stringify(ledger), { mode: 0o600 })
 
     const service = spawnCli(['watch', '--dir', watched, '--json', '--ssh', 'nobody@127.0.0.1'], {
       IPP_TUNNEL_RUNTIME_DIR: runtime,
