@@ -74,6 +74,51 @@ function runCommand(
   })
 }
 
+/**
+ * What JupyterLab does with a kernel, in Python (stdlib + tornado, both there with Debian's jupyter_server): POST
+ * /api/kernels, a websocket on its channels, an execute_request, the stream it prints, DELETE.
+ */
+const LAB = String.raw`
+import json, sys, urllib.request, uuid
+from tornado import ioloop, websocket
+port, token, name = sys.argv[1], sys.argv[2], sys.argv[3]
+base = 'http://127.0.0.1:%s' % port
+def call(method, path, body=None):
+    req = urllib.request.Request(base + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={'Authorization': 'token ' + token, 'Content-Type': 'application/json'})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return r.status, r.read()
+for _ in range(300):
+    try:
+        call('GET', '/api')
+        break
+    except OSError:
+        import time; time.sleep(0.1)
+status, body = call('POST', '/api/kernels', {'name': name})
+kid = json.loads(body)['id']
+async def use():
+    ws = await websocket.websocket_connect('ws://127.0.0.1:%s/api/kernels/%s/channels?token=%s' % (port, kid, token))
+    msg_id = uuid.uuid4().hex
+    ws.write_message(json.dumps({'channel': 'shell', 'header': {'msg_id': msg_id, 'msg_type': 'execute_request',
+        'username': 'lab', 'session': uuid.uuid4().hex, 'version': '5.3', 'date': ''}, 'parent_header': {},
+        'metadata': {}, 'content': {'code': "import os; print(os.readlink('/proc/self/ns/net'))", 'silent': False,
+        'store_history': False, 'user_expressions': {}, 'allow_stdin': False}}))
+    text = ''
+    while True:
+        msg = json.loads(await ws.read_message())
+        if msg.get('parent_header', {}).get('msg_id') != msg_id:
+            continue
+        if msg['msg_type'] == 'stream':
+            text += msg['content']['text']
+        # idle on iopub comes after every output of the request (execute_reply, on shell, may come before them)
+        if msg['msg_type'] == 'status' and msg['content']['execution_state'] == 'idle':
+            ws.close()
+            return text
+text = ioloop.IOLoop.current().run_sync(use, timeout=120)
+deleted, _ = call('DELETE', '/api/kernels/' + kid)
+print(json.dumps({'created': status, 'text': text, 'deleted': deleted}))
+`
+
 describe('kernelspec install + kernel: a Jupyter kernel started on the ssh server through one link', () => {
   let ns: Netns
   let sshd: Sshd
@@ -192,7 +237,7 @@ describe('kernelspec install + kernel: a Jupyter kernel started on the ssh serve
     assert.deepEqual(await readdir(join(root, 'remote')), [])
   })
 
-  test("a real jupyter_server starts, uses and deletes it through its REST API, as JupyterLab's launcher does", async (t) => {
+  test('a real jupyter_server starts, uses and deletes it through its REST API and websocket, as JupyterLab does', async (t) => {
     await install('remote-lab')
     const port = await freePort()
     const token = randomBytes(12).toString('hex')
@@ -212,34 +257,15 @@ describe('kernelspec install + kernel: a Jupyter kernel started on the ssh serve
     t.after(() => server.kill('SIGKILL'))
     let log = ''
     server.stderr.on('data', (d: Buffer) => (log += d.toString()))
-    const api = async (method: string, path: string, body?: unknown): Promise<Response> => {
-      for (;;) {
-        try {
-          return await fetch(`http://127.0.0.1:${port}${path}`, {
-            method,
-            headers: { Authorization: `token ${token}`, 'Content-Type': 'application/json' },
-            ...(body !== undefined && { body: JSON.stringify(body) }),
-          })
-        } catch (err) {
-          // the server is still starting
-          if (server.exitCode !== null) throw new Error(`jupyter_server exited: ${log}`, { cause: err })
-          await sleep(100)
-        }
-      }
+    const lab = await runPython(LAB, { args: [String(port), token, 'remote-lab'], env, timeoutMs: 150_000 })
+    assert.equal(lab.code, 0, `${lab.stderr}\n${log}`)
+    const seen = JSON.parse(lab.stdout.trim().split('\n').at(-1) ?? '') as {
+      created: number
+      text: string
+      deleted: number
     }
-    const created = await api('POST', '/api/kernels', { name: 'remote-lab' })
-    assert.equal(created.status, 201, log)
-    const { id } = (await created.json()) as { id: string }
-    // the server asks the kernel for kernel_info: idle means a reply came back through the tunnel
-    for (;;) {
-      const state = (await (await api('GET', `/api/kernels/${id}`)).json()) as { execution_state: string }
-      if (state.execution_state === 'idle') break
-      assert.ok(server.exitCode === null, log)
-      await sleep(100)
-    }
-    assert.ok((await processesWith(join(root, 'remote'))).length > 0, 'the kernel runs under our supervisor')
-    const deleted = await api('DELETE', `/api/kernels/${id}`)
-    assert.equal(deleted.status, 204, log)
+    const nsIno = (await stat(`/run/netns/${ns.name}`)).ino
+    assert.deepEqual(seen, { created: 201, text: `net:[${nsIno}]\n`, deleted: 204 })
     for (let i = 0; (await processesWith(join(root, 'remote'))).length > 0; i++) {
       assert.ok(i < 200, 'the remote kernel outlived its deletion')
       await sleep(50)
