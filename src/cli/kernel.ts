@@ -26,9 +26,10 @@ interface KernelCommandArgs extends KernelArgs {
   readonly debug: boolean
 }
 
-/** The options that say how the remote kernel starts, shared by `kernel` and `kernelspec install`. */
+/** DEST and the options that say how the remote kernel starts, shared by `kernel` and `kernelspec install`. */
 export function withKernelOptions<T>(yargs: Argv<T>) {
   return yargs
+    .positional('destination', { type: 'string', demandOption: true, describe: 'user@host or an alias' })
     .option('python', {
       type: 'string',
       describe: 'the remote python (after --setup); default python3',
@@ -76,18 +77,12 @@ export function registerKernel(yargs: Argv, run: (task: () => Promise<number>) =
     (y) =>
       withSshOptions(
         withKernelOptions(
-          y
-            .positional('destination', {
-              type: 'string',
-              demandOption: true,
-              describe: 'user@host or an alias',
-            })
-            .option('connection-file', {
-              alias: 'f',
-              type: 'string',
-              demandOption: true,
-              describe: 'the connection file Jupyter wrote ({connection_file})',
-            }),
+          y.option('connection-file', {
+            alias: 'f',
+            type: 'string',
+            demandOption: true,
+            describe: 'the connection file Jupyter wrote ({connection_file})',
+          }),
         ),
       ),
     (args) => run(() => kernel(args as unknown as KernelCommandArgs)),
@@ -135,6 +130,8 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
       ...sshOptionsFrom(args, output),
       destination: args.destination,
       connectionFile: file,
+      // Jupyter's interrupt is SIGINT to this process's whole group: our children must not be in it
+      ownProcessGroup: true,
       ...(args.python !== undefined && { python: args.python }),
       ...(args['kernel-cmd'] !== undefined && {
         kernelCmd: args['kernel-cmd'].split(/\s+/u).filter(Boolean),

@@ -114,11 +114,6 @@ export function registerKernelspec(yargs: Argv, run: (task: () => Promise<number
           withSshOptions(
             withKernelOptions(
               c
-                .positional('destination', {
-                  type: 'string',
-                  demandOption: true,
-                  describe: 'user@host or an alias',
-                })
                 .option('name', { type: 'string', demandOption: true, describe: 'the kernelspec name' })
                 .option('display-name', { type: 'string', describe: 'what the launcher shows' })
                 .option('interrupt-mode', {

@@ -27,17 +27,14 @@ interface UpArgs extends SshArgs, ListenArgs {
   readonly debug: boolean
 }
 
-/**
- * A kernel file's default copy, `kernel-<id>-ssh.json` beside it, is also what `jupyter console --ssh` writes: one
- * that is there already is never replaced (up removes its own copy when it stops).
- */
-async function refuseForeignKernelCopy(out: string): Promise<void> {
-  if (!isTunnelledKernelName(out)) return
-  const there = await lstat(out).then(
-    () => true,
-    () => false,
-  )
-  if (there) {
+/** Refuses a file already at `out`: a kernel's `-ssh.json` copy that is there is never replaced. */
+async function refuseExisting(out: string): Promise<void> {
+  if (
+    await lstat(out).then(
+      () => true,
+      () => false,
+    )
+  ) {
     throw new IppTunnelError(
       'E_COPY_CONFLICT',
       `${out} exists (jupyter console --ssh writes that name too, or an up that was killed left it); remove it, or give --out`,
@@ -102,7 +99,6 @@ async function up(args: UpArgs): Promise<number> {
     const { info, warnings } = await readConnectionFile(file)
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     const out = resolve(args.out ?? defaultOutPath(file))
-    if (args.out === undefined) await refuseForeignKernelCopy(out)
     const options = sshOptionsFrom(args, output)
     const { destination, sshFrom } = await chooseDestination(info, file, args.ssh, 'pass --ssh user@host')
     const tunnel = await openTunnel(info, {
@@ -111,6 +107,8 @@ async function up(args: UpArgs): Promise<number> {
       out,
       sourceFile: file,
       owner: 'ipp-tunnel up',
+      // a kernel file's default copy, kernel-<id>-ssh.json beside it, is what jupyter console --ssh writes too
+      ...(args.out === undefined && isTunnelledKernelName(out) && { beforeWrite: refuseExisting }),
       listen: args.listen ?? 'tcp',
       signal: signals.signal,
     })

@@ -1,7 +1,7 @@
 import { lstat, mkdir, mkdtemp, readdir, realpath, rm, chmod, stat } from 'node:fs/promises'
 import { tmpdir, userInfo } from 'node:os'
 import { basename, dirname, join, relative, resolve, sep } from 'node:path'
-import type { Stats } from 'node:fs'
+import type { BigIntStats, Stats } from 'node:fs'
 
 import { IppTunnelError } from '../errors/index.js'
 
@@ -202,17 +202,36 @@ export async function realPathOf(path: string): Promise<string> {
   }
 }
 
-/** The device and inode of a file: what identifies it whatever its path. */
+/**
+ * What identifies a file whatever its path: device and inode, and the modification time in nanoseconds where it was
+ * taken — a file system gives a freed inode number to the next file at once (remove a copy, write a file of your own
+ * there: same inode), and the time tells the two apart.
+ */
 export interface FileIdentity {
   readonly dev: number
   readonly ino: number
+  /** `mtimeNs` as a decimal string (JSON has no bigint); absent in identities recorded before it was kept. */
+  readonly mtimeNs?: string
+}
+
+/** The identity of a file from its (bigint) stat. */
+export function identityFrom(s: BigIntStats): FileIdentity {
+  return { dev: Number(s.dev), ino: Number(s.ino), mtimeNs: String(s.mtimeNs) }
+}
+
+/** True when two identities name the same file: same device and inode, and the same time where both have one. */
+export function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
+  return (
+    a.dev === b.dev &&
+    a.ino === b.ino &&
+    (a.mtimeNs === undefined || b.mtimeNs === undefined || a.mtimeNs === b.mtimeNs)
+  )
 }
 
 /** The identity of what `path` names (following symlinks), or undefined when nothing is there. */
 export async function identityOf(path: string): Promise<FileIdentity | undefined> {
   try {
-    const s = await stat(path)
-    return { dev: s.dev, ino: s.ino }
+    return identityFrom(await stat(path, { bigint: true }))
   } catch (err) {
     if (isMissing(err) || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined
     throw err
@@ -227,7 +246,7 @@ export async function identityOf(path: string): Promise<FileIdentity | undefined
  */
 export async function isSameFile(a: string, b: string): Promise<boolean> {
   const [ia, ib] = await Promise.all([identityOf(a), identityOf(b)])
-  if (ia !== undefined && ib !== undefined) return ia.dev === ib.dev && ia.ino === ib.ino
+  if (ia !== undefined && ib !== undefined) return sameIdentity(ia, ib)
   return (await realPathOf(a)) === (await realPathOf(b))
 }
 
@@ -236,9 +255,12 @@ export async function isSameFile(a: string, b: string): Promise<boolean> {
  * the program wrote (same device and inode). Returns whether it removed it.
  */
 export async function removeOwnFile(path: string, identity?: FileIdentity): Promise<boolean> {
-  const s = await lstatOrUndefined(path)
-  if (s === undefined || !s.isFile() || s.uid !== currentUid()) return false
-  if (identity !== undefined && (s.dev !== identity.dev || s.ino !== identity.ino)) return false
+  const s = await lstat(path, { bigint: true }).catch((err: unknown) => {
+    if (isMissing(err)) return undefined
+    throw err
+  })
+  if (s === undefined || !s.isFile() || Number(s.uid) !== currentUid()) return false
+  if (identity !== undefined && !sameIdentity(identityFrom(s), identity)) return false
   await rm(path, { force: true })
   return true
 }

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto'
 import { basename, dirname, join } from 'node:path'
 
 import { IppTunnelError, type ErrorCode } from '../errors/index.js'
-import { ensureWritableDir, kindOf, tempNameFor, type FileIdentity } from './dirs.js'
+import { ensureWritableDir, identityFrom, kindOf, tempNameFor, type FileIdentity } from './dirs.js'
 
 /** The largest file the program reads (connection files are a few hundred bytes). */
 export const MAX_FILE_BYTES = 1024 * 1024
@@ -158,8 +158,7 @@ export async function writeFileAtomic(
     await handle.chmod(0o600)
     await handle.writeFile(text, 'utf8')
     await handle.sync()
-    const stats = await handle.stat()
-    identity = { dev: stats.dev, ino: stats.ino }
+    identity = identityFrom(await handle.stat({ bigint: true }))
     await handle.close()
     handle = undefined
     await options.beforePlacing?.(identity)

@@ -4,6 +4,7 @@ import {
   readRegularFile,
   realPathOf,
   removeOwnFile,
+  sameIdentity,
   writeFileAtomic,
   type FileIdentity,
 } from '../safe-fs/index.js'
@@ -17,15 +18,24 @@ interface CopyRecord {
 
 function isIdentity(value: unknown): value is FileIdentity {
   if (typeof value !== 'object' || value === null) return false
-  const { dev, ino } = value as { dev?: unknown; ino?: unknown }
-  return Number.isSafeInteger(dev) && Number.isSafeInteger(ino)
+  const { dev, ino, mtimeNs } = value as { dev?: unknown; ino?: unknown; mtimeNs?: unknown }
+  return (
+    Number.isSafeInteger(dev) &&
+    Number.isSafeInteger(ino) &&
+    (mtimeNs === undefined || typeof mtimeNs === 'string')
+  )
 }
 
 function parseRecord(value: unknown): CopyRecord | undefined {
   if (typeof value !== 'object' || value === null) return undefined
   const { path, written } = value as { path?: unknown; written?: unknown }
   if (typeof path !== 'string' || !Array.isArray(written)) return undefined
-  return { path, written: written.filter(isIdentity).map(({ dev, ino }) => ({ dev, ino })) }
+  return {
+    path,
+    written: written
+      .filter(isIdentity)
+      .map(({ dev, ino, mtimeNs }) => ({ dev, ino, ...(mtimeNs !== undefined && { mtimeNs }) })),
+  }
 }
 
 /**
@@ -80,7 +90,7 @@ export class CopyLedger implements CopyRecorder {
   /** True when the file at `path` now is one this ledger recorded there. */
   holds(path: string, identity: FileIdentity | undefined): boolean {
     if (identity === undefined) return false
-    return (this.#copies.get(path) ?? []).some((w) => w.dev === identity.dev && w.ino === identity.ino)
+    return (this.#copies.get(path) ?? []).some((w) => sameIdentity(w, identity))
   }
 
   /**

@@ -29,6 +29,7 @@ import {
   chooseDestination,
   defaultOutPath,
   descriptorLimit,
+  isOverBudget,
   LinkPool,
   noteCarried,
   openTunnel,
@@ -487,22 +488,6 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
           `${entry.file}: its copy ${entry.out} is already written for ${holder}; give --out-dir, or follow only one of them`,
         )
       }
-      // Copies of pulled files land in shared places (the Jupyter runtime dir), and so does a kernel file's copy
-      // beside it (jupyter console --ssh writes the same name): never over a file not ours.
-      const shared = entry.remote !== undefined || isTunnelledKernelName(entry.out)
-      if (holder === undefined && shared && entry.tunnel === undefined) {
-        const present = await lstat(entry.out).then(
-          () => true,
-          () => false,
-        )
-        if (present && !this.#ledger.holds(entry.out, await identityOf(entry.out).catch(() => undefined))) {
-          localConflict = true
-          throw new IppTunnelError(
-            'E_COPY_CONFLICT',
-            `${entry.file}: its copy would replace ${entry.out}, which this service did not write; move that file away or give --out-dir`,
-          )
-        }
-      }
       this.#claims.set(entry.out, entry.file)
       this.#endConflict(entry)
       if (
@@ -534,6 +519,23 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         // every copy is in the ledger before it takes its name: a crash at any point leaves nothing behind
         recorder: this.#ledger,
         out: entry.out,
+        // Copies of pulled files land in shared places (the Jupyter runtime dir), and so does a kernel file's copy
+        // beside it (jupyter console --ssh writes the same name): never over a file not ours.
+        ...((entry.remote !== undefined || isTunnelledKernelName(entry.out)) && {
+          beforeWrite: async (out: string) => {
+            const present = await lstat(out).then(
+              () => true,
+              () => false,
+            )
+            if (present && !this.#ledger.holds(out, await identityOf(out).catch(() => undefined))) {
+              localConflict = true
+              throw new IppTunnelError(
+                'E_COPY_CONFLICT',
+                `${entry.file}: its copy would replace ${out}, which this service did not write; move that file away or give --out-dir`,
+              )
+            }
+          },
+        }),
         ...(entry.remote === undefined && { sourceFile: entry.file }),
         signal: this.#abort.signal,
       })
@@ -630,8 +632,9 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     tunnel.on('forward:error', (e) => {
       const message = `channel ${e.channel}: ${e.error.message}`
       entry.lastError = { code: codeOf(e.error), message, at: new Date().toISOString() }
-      // a kernel or controller gone from under its file: said once (not only in status), until the file changes
-      if (entry.forwardFailed || this.#closed) return
+      // a kernel or controller gone from under its file: said once (not only in status), until the file changes;
+      // local load (the budget) is said by the forward-error lines alone
+      if (entry.forwardFailed || this.#closed || isOverBudget(e.error)) return
       entry.forwardFailed = true
       this.emit('file:error', { file: entry.file, code: codeOf(e.error), message, ...remoteFields(entry) })
     })

@@ -64,6 +64,7 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
             ctx.proxyStderr(where, text)
           },
           ...(ctx.options.env !== undefined ? { env: ctx.options.env } : {}),
+          detached: ctx.options.ownProcessGroup === true,
         })
         chain.proxies.push(proxy)
         sock = proxy.stream

@@ -66,11 +66,13 @@ export function execThroughMaster(
   argv: readonly string[],
   command: string,
   env: Readonly<Record<string, string | undefined>> | undefined,
+  detached = false,
 ): RemoteCommand {
   const [file = 'ssh', ...args] = argv
   const child = spawn(file, [...args, '-T', '--', command], {
     stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...(env ?? process.env) },
+    detached,
   })
   child.stdin.on('error', () => undefined)
   const exited = new Promise<RemoteExit>((done) => {

@@ -81,6 +81,12 @@ export interface LinkOptions {
   readonly transport?: Transport
   /** Told what a hop's ProxyCommand writes to its stderr; also the `proxy-stderr` event. */
   readonly onProxyStderr?: (text: string) => void
+  /**
+   * Start every child (ProxyCommand, `ssh` through a master) in a session and process group of its own, so that a
+   * signal meant for this process's group alone — Jupyter's interrupt is `killpg(SIGINT)` on the launcher — does not
+   * end them (and the link with them). Such children cannot prompt on the terminal. Default false.
+   */
+  readonly ownProcessGroup?: boolean
   /** How long `forwardOut` waits for a link that is (re)connecting; default 10000 ms. */
   readonly waitForLinkMs?: number
 }
@@ -482,7 +488,7 @@ export class Link extends EventEmitter<LinkEvents> {
     if (transport !== 'ssh2') {
       const hop = this.#lastHop
       const env = this.#options.env
-      const master = await OpenSshMaster.find(hop, env)
+      const master = await OpenSshMaster.find(hop, env, this.#options.ownProcessGroup === true)
       signal.throwIfAborted()
       if (master !== undefined) {
         say?.(`${label(hop)}: transport openssh: your live master at ${master.path}, no new login`)

@@ -64,12 +64,20 @@ export class OpenSshMaster {
   readonly #hop: ResolvedHop
   readonly #env: Readonly<Record<string, string | undefined>> | undefined
   readonly #streams = new Set<ProxyCommand>()
+  /** Its `ssh` children in a session of their own (a Link's `ownProcessGroup`). */
+  readonly #detached: boolean
   #closed = false
 
-  private constructor(path: string, hop: ResolvedHop, env?: Readonly<Record<string, string | undefined>>) {
+  private constructor(
+    path: string,
+    hop: ResolvedHop,
+    env?: Readonly<Record<string, string | undefined>>,
+    detached = false,
+  ) {
     this.path = path
     this.#hop = hop
     this.#env = env
+    this.#detached = detached
   }
 
   /** True when a master answers `ssh -O check` at `path`. */
@@ -87,10 +95,11 @@ export class OpenSshMaster {
   static async find(
     hop: ResolvedHop,
     env?: Readonly<Record<string, string | undefined>>,
+    detached = false,
   ): Promise<OpenSshMaster | undefined> {
     const path = hop.controlPath
     if (path === undefined || !(await OpenSshMaster.alive(path, hop, env))) return undefined
-    return new OpenSshMaster(path, hop, env)
+    return new OpenSshMaster(path, hop, env, detached)
   }
 
   /**
@@ -169,6 +178,7 @@ export class OpenSshMaster {
     const proc = new ProxyCommand(`ssh -S ${this.path} -W ${target}`, {
       argv,
       ...(this.#env !== undefined ? { env: this.#env } : {}),
+      detached: this.#detached,
     })
     this.#streams.add(proc)
     // the stream's end is the process's: reap it then; destroying the stream kills it
@@ -187,6 +197,7 @@ export class OpenSshMaster {
       ['ssh', ...clientOptions, '-S', this.path, ...destinationArgs(this.#hop)],
       command,
       this.#env,
+      this.#detached,
     )
   }
 

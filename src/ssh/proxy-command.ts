@@ -10,6 +10,8 @@ export interface ProxyCommandOptions {
   readonly env?: Readonly<Record<string, string | undefined>>
   /** Run this program and arguments instead of `sh -c "exec COMMAND"`; `command` is then only its name in messages. */
   readonly argv?: readonly string[]
+  /** Start it in a session (and process group) of its own: as a Link's `ownProcessGroup` asks. */
+  readonly detached?: boolean
 }
 
 /**
@@ -37,6 +39,7 @@ export class ProxyCommand {
     const child = spawn(file ?? '/bin/sh', args, {
       stdio: ['pipe', 'pipe', 'pipe'],
       env: { ...(options.env ?? process.env) },
+      detached: options.detached === true,
     })
     this.#child = child
     this.#exited =

@@ -6,10 +6,12 @@ import { IppTunnelError } from '../errors/index.js'
 import {
   currentUid,
   ensureWritableDir,
+  identityFrom,
   isSameFile,
   kindOf,
   removeOwnFile,
   removeStaleTemps,
+  sameIdentity,
   type FileIdentity,
 } from '../safe-fs/index.js'
 
@@ -109,11 +111,11 @@ export class LoopbackCopy {
     const written = this.#written
     let s
     try {
-      s = await lstat(this.path)
+      s = await lstat(this.path, { bigint: true })
     } catch {
       return 'missing'
     }
-    return written !== undefined && s.dev === written.dev && s.ino === written.ino ? 'written' : 'replaced'
+    return written !== undefined && sameIdentity(identityFrom(s), written) ? 'written' : 'replaced'
   }
 
   /**

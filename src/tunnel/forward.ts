@@ -98,6 +98,14 @@ function refuse(socket: Socket): void {
   socket.end()
 }
 
+/** The cause of a refusal for local load (the connection budget), told apart from a peer that went away. */
+const OVER_BUDGET = new Error('the connection budget is spent')
+
+/** True for a forward error that is local load (too many connections at once), not a failure of the far end. */
+export function isOverBudget(err: unknown): boolean {
+  return err instanceof Error && err.cause === OVER_BUDGET
+}
+
 function isFdExhaustion(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code
   return code === 'EMFILE' || code === 'ENFILE'
@@ -312,6 +320,7 @@ export class Forward {
         new IppTunnelError(
           'E_FORWARD',
           `too many connections open at once (limit ${this.#budget.describe()}); new ones are refused until some close`,
+          { cause: OVER_BUDGET },
         ),
       )
       refuse(socket)

@@ -1,6 +1,7 @@
 export {
   addressText,
   Forward,
+  isOverBudget,
   type ForwardStats,
   type ListenOn,
   type LocalAddress,

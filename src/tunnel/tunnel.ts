@@ -74,6 +74,12 @@ export interface OpenTunnelOptions extends SshOptions, Omit<LinkOptions, keyof S
   readonly conflictHint?: string
   /** Told of every copy before and after it takes its name (the service's ledger). */
   readonly recorder?: CopyRecorder
+  /**
+   * Runs once the claim on `out` is held, before anything is written or removed there: throws to refuse a file
+   * that must not be replaced (a name another program writes too). After the claim, so that a copy another
+   * ipp-tunnel process holds is named by its holder rather than refused as a stranger's file.
+   */
+  readonly beforeWrite?: (out: string) => Promise<void>
   readonly signal?: AbortSignal
 }
 
@@ -429,7 +435,10 @@ export async function openTunnel(
   let pool: LinkPool
   let ownPool: boolean
   try {
-    if (out !== undefined) await prepareCopy(out, { source: file ?? options.sourceFile })
+    if (out !== undefined) {
+      await options.beforeWrite?.(out)
+      await prepareCopy(out, { source: file ?? options.sourceFile })
+    }
     const target = await resolveTarget(destination, options)
     options.signal?.throwIfAborted()
     // a tunnel alone on its own pool may use the whole budget

@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test'
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
 import { appears, portOf, sshArgsOf, startSshd, type Sshd } from '../support/index.js'
 import { startKernel, type Kernel } from '../support/kernel.js'
+import { kernelFileText } from '../support/kernel.js'
 
 type Event = Record<string, unknown>
 
@@ -212,20 +213,12 @@ describe('CLI output: JSON lines, stdout vs stderr, status, repeated errors (rea
 
   test('up on a dead kernel: the same forward error is printed once, then summarised with a count', async () => {
     const servers = await Promise.all(Array.from({ length: 5 }, () => listener()))
-    const [shell, iopub, stdin, control, hb] = servers.map((s) => s.port)
+    const [shell = 0, iopub = 0, stdin = 0, control = 0, hb = 0] = servers.map((s) => s.port)
     const file = join(dir, 'kernel-dead.json')
     await writeFile(
       file,
-      JSON.stringify({
-        shell_port: shell,
-        iopub_port: iopub,
-        stdin_port: stdin,
-        control_port: control,
-        hb_port: hb,
-        ip: '127.0.0.1',
-        transport: 'tcp',
+      kernelFileText([shell, iopub, stdin, control, hb], {
         key: 'a0436f6c-1916-498b-8eb9-e81ab9368e84',
-        signature_scheme: 'hmac-sha256',
         kernel_name: 'python3',
       }),
     )

@@ -89,7 +89,7 @@ const badInput = [
     ['engines', `${FIXTURES}ipp/ipcontroller-engine.json`, '-n', '1', '--engine-cmd', `x 'y`],
     /--engine-cmd.*quote/,
   ],
-  [['engines', `${FIXTURES}ipp/ipcontroller-engine.json`], /Missing required argument: n/],
+  [['engines', `${FIXTURES}ipp/ipcontroller-engine.json`], /Missing required argument: -n /],
 ] as const
 
 for (const [args, pattern] of badInput) {

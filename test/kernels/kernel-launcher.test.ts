@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -8,8 +8,9 @@ import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
-import { createNetns, freePort, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { alive, createNetns, freePort, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { runPython } from '../support/ipp.js'
+import { kernelFileText } from '../support/kernel.js'
 
 /** Runs `code` on the kernel of `file` with jupyter_client's BlockingKernelClient; prints its stdout. */
 const EXECUTE = String.raw`
@@ -25,15 +26,6 @@ reply = kc.execute_interactive(sys.argv[2], timeout=60,
 kc.stop_channels()
 print(reply['content']['status'], ''.join(out), end='')
 `
-
-async function alive(pid: number): Promise<boolean> {
-  try {
-    const text = await readFile(`/proc/${pid}/stat`, 'utf8')
-    return text.slice(text.lastIndexOf(')') + 2)[0] !== 'Z'
-  } catch {
-    return false
-  }
-}
 
 describe('ipp-tunnel kernel: the launcher a kernelspec runs, by hand', () => {
   let ns: Netns
@@ -53,28 +45,16 @@ describe('ipp-tunnel kernel: the launcher a kernelspec runs, by hand', () => {
 
   /** A connection file as jupyter_client writes it: five free ports on 127.0.0.1, a fresh key. */
   async function connectionFile(name: string, ports?: number[]): Promise<string> {
-    const [shell, iopub, stdin, control, hb] = ports ?? [
-      await freePort(),
-      await freePort(),
-      await freePort(),
-      await freePort(),
-      await freePort(),
-    ]
+    const free: number[] = []
+    while (ports === undefined && free.length < 5) free.push(await freePort())
+    const [shell = 0, iopub = 0, stdin = 0, control = 0, hb = 0] = ports ?? free
     const file = join(root, `kernel-${name}.json`)
-    const info = {
-      shell_port: shell,
-      iopub_port: iopub,
-      stdin_port: stdin,
-      control_port: control,
-      hb_port: hb,
-      ip: '127.0.0.1',
+    const text = kernelFileText([shell, iopub, stdin, control, hb], {
       key: randomBytes(16).toString('hex'),
-      transport: 'tcp',
-      signature_scheme: 'hmac-sha256',
       kernel_name: 'remote',
       jupyter_session: '/home/me/notebook.ipynb',
-    }
-    await writeFile(file, JSON.stringify(info), { mode: 0o600 })
+    })
+    await writeFile(file, text, { mode: 0o600 })
     return file
   }
 

@@ -55,6 +55,11 @@ km.restart_kernel(now=False)
 kc.wait_for_ready(timeout=90)
 seen['after_restart'] = run(kc, "print('x' in dir(), os.getpid() if 'os' in dir() else None, end='')")
 seen['restarted_where'] = run(kc, "import os; print(os.getpid(), end='')")
+# now=True: jupyter_client SIGKILLs the launcher; the next launcher must end the kernel it left
+run(kc, "y = 1")
+km.restart_kernel(now=True)
+kc.wait_for_ready(timeout=90)
+seen['after_kill_restart'] = run(kc, "print('y' in dir(), end='')")
 kc.stop_channels()
 km.shutdown_kernel(now=False)
 print(json.dumps(seen))
@@ -162,10 +167,21 @@ describe('kernelspec install + kernel: a Jupyter kernel started on the ssh serve
     return JSON.parse(result.stdout) as Record<string, unknown>
   }
 
-  for (const mode of ['message', 'signal'] as const) {
-    test(`KernelManager runs it in the namespace; interrupt (${mode}) keeps state; restart; shutdown leaves nothing`, async () => {
-      const name = `remote-${mode}`
-      const installed = await install(name, ['--interrupt-mode', mode])
+  const variants = [
+    { mode: 'message', proxy: false },
+    { mode: 'signal', proxy: false },
+    // Jupyter's SIGINT goes to the launcher's whole process group: the ProxyCommand must not be in it
+    { mode: 'signal', proxy: true },
+  ] as const
+  for (const { mode, proxy } of variants) {
+    const via = proxy ? ' through a --proxy-command' : ''
+    test(`KernelManager runs it in the namespace${via}; interrupt (${mode}) keeps state; restart; shutdown leaves nothing`, async () => {
+      const name = `remote-${mode}${proxy ? '-proxy' : ''}`
+      const jump = [
+        '--proxy-command',
+        `ssh -F /dev/null -o BatchMode=yes -i ${sshd.clientKey} -o UserKnownHostsFile=${sshd.knownHostsFile} -p ${sshd.port} root@${sshd.host} -W %h:%p`,
+      ]
+      const installed = await install(name, ['--interrupt-mode', mode, ...(proxy ? jump : [])])
       assert.match(String(installed.python), /ipykernel \d/u, 'the remote ipykernel was checked at install')
       const spec = JSON.parse(
         await readFile(join(root, 'jupyter', 'kernels', name, 'kernel.json'), 'utf8'),
@@ -182,12 +198,15 @@ describe('kernelspec install + kernel: a Jupyter kernel started on the ssh serve
 
       const run = await runPython(DRIVE, { args: [name], env, timeoutMs: 170_000 })
       assert.equal(run.code, 0, run.stderr)
+      // the launcher's log is the python's stderr: the link never went down
+      assert.doesNotMatch(run.stderr, /link down|reconnecting/u)
       const seen = JSON.parse(run.stdout.trim().split('\n').at(-1) ?? '') as {
         where: [string, string]
         interrupt: [string, string, number]
         kept: [string, string]
         after_restart: [string, string]
         restarted_where: [string, string]
+        after_kill_restart: [string, string]
       }
       const [pid, netLink] = seen.where[1].split(' ')
       const nsIno = (await stat(`/run/netns/${ns.name}`)).ino
@@ -196,6 +215,7 @@ describe('kernelspec install + kernel: a Jupyter kernel started on the ssh serve
       assert.deepEqual(seen.kept, ['ok', '42'])
       assert.deepEqual(seen.after_restart, ['ok', 'False None'])
       assert.notEqual(seen.restarted_where[1], pid)
+      assert.deepEqual(seen.after_kill_restart, ['ok', 'False'])
       // after shutdown: no kernel process, no launcher, no remote file of ours
       assert.deepEqual(await processesWith(join(root, 'remote')), [], 'no remote kernel or supervisor')
       assert.deepEqual(await processesWith(join(root, 'runtime')), [], 'no launcher')

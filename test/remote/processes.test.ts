@@ -7,19 +7,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 
 import { RemoteProcesses, type RemoteAttachment } from '../../src/remote/index.js'
 import { Link } from '../../src/ssh/index.js'
-import { createNetns, hasCode, hopOf, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { alive, createNetns, hasCode, hopOf, startSshd, type Netns, type Sshd } from '../support/index.js'
 
 const PY = '/usr/bin/python3'
-
-/** True while `pid` lives (a zombie counts as gone). */
-async function alive(pid: number): Promise<boolean> {
-  try {
-    const text = await readFile(`/proc/${pid}/stat`, 'utf8')
-    return text.slice(text.lastIndexOf(')') + 2)[0] !== 'Z'
-  } catch {
-    return false
-  }
-}
 
 /** Waits until `check` holds, checking every 50 ms for at most `ms` (then fails naming `what`). */
 async function until(check: () => Promise<boolean>, what: string, ms = 20_000): Promise<void> {

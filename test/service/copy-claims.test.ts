@@ -15,6 +15,7 @@ import {
   type Sshd,
 } from '../support/index.js'
 import { stopProcess } from '../support/ipp.js'
+import { kernelFileText } from '../support/kernel.js'
 
 type Event = Record<string, unknown>
 const on = (name: string, file: string) => (e: Event) => e.event === name && e.file === file
@@ -33,18 +34,7 @@ describe('a copy path belongs to one process at a time; the service keeps its co
     base = await mkdtemp(join(tmpdir(), 'ippt-claims-'))
     ssh = ['--ssh', `root@${sshd.host}:${sshd.port}`, ...sshArgsOf(sshd)]
     const port = echo.port
-    text = JSON.stringify({
-      shell_port: port,
-      iopub_port: port,
-      stdin_port: port,
-      control_port: port,
-      hb_port: port,
-      ip: '127.0.0.1',
-      key: 'a-session-key',
-      transport: 'tcp',
-      signature_scheme: 'hmac-sha256',
-      kernel_name: '',
-    })
+    text = kernelFileText(port)
   })
   after(async () => {
     for (const child of running) await stopProcess(child, 'SIGKILL')
@@ -62,7 +52,8 @@ describe('a copy path belongs to one process at a time; the service keeps its co
     return {
       dir,
       source,
-      copy: join(`${dir}-tunnel`, 'kernel-1.json'),
+      // a kernel file's copy goes beside it, named as jupyter_client names a tunnelled copy
+      copy: join(dir, 'kernel-1-ssh.json'),
       env: { IPP_TUNNEL_RUNTIME_DIR: join(base, `${name}-run`) },
     }
   }
@@ -167,8 +158,8 @@ describe('a copy path belongs to one process at a time; the service keeps its co
     assert.equal(back.message, `${copy}: the loopback copy was removed; written again`)
     assert.equal(await readFile(copy, 'utf8'), written)
 
-    await writeFile(join(`${dir}-tunnel`, 'mine'), 'mine\n', { mode: 0o600 })
-    await rename(join(`${dir}-tunnel`, 'mine'), copy)
+    await writeFile(join(dir, 'mine'), 'mine\n', { mode: 0o600 })
+    await rename(join(dir, 'mine'), copy)
     const replaced = await watch.events.next(on('error', source))
     assert.equal(replaced.code, 'E_COPY_CONFLICT')
     assert.match(String(replaced.message), /was replaced by another file, which is left alone/)

@@ -7,6 +7,7 @@ import { after, before, describe, test } from 'node:test'
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
 import { sshArgsOf, startEchoServer, startSshd, type EchoServer, type Sshd } from '../support/index.js'
 import { stopProcess } from '../support/ipp.js'
+import { kernelFileText } from '../support/kernel.js'
 
 describe('a kernel that dies under the service', () => {
   let sshd: Sshd
@@ -31,22 +32,7 @@ describe('a kernel that dies under the service', () => {
     await mkdir(dir, { mode: 0o700 })
     const source = join(dir, 'kernel-1.json')
     const port = peer.port
-    await writeFile(
-      source,
-      JSON.stringify({
-        shell_port: port,
-        iopub_port: port,
-        stdin_port: port,
-        control_port: port,
-        hb_port: port,
-        ip: '127.0.0.1',
-        key: 'a-session-key',
-        transport: 'tcp',
-        signature_scheme: 'hmac-sha256',
-        kernel_name: '',
-      }),
-      { mode: 0o600 },
-    )
+    await writeFile(source, kernelFileText(port), { mode: 0o600 })
     const env = { IPP_TUNNEL_RUNTIME_DIR: join(base, 'run') }
     const watch = spawnCli(['watch', '--dir', dir, '--json', ...ssh], env)
     const events = new JsonLines(watch)

@@ -8,6 +8,7 @@ import { promisify } from 'node:util'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
 import { sshArgsOf, startEchoServer, startSshd, type EchoServer, type Sshd } from '../support/index.js'
+import { kernelFileText } from '../support/kernel.js'
 
 const run = promisify(execFile)
 
@@ -26,21 +27,6 @@ after(async () => {
   await sshd.close()
 })
 
-function kernelFile(port: number): string {
-  return JSON.stringify({
-    shell_port: port,
-    iopub_port: port,
-    stdin_port: port,
-    control_port: port,
-    hb_port: port,
-    ip: '127.0.0.1',
-    key: 'a-session-key',
-    transport: 'tcp',
-    signature_scheme: 'hmac-sha256',
-    kernel_name: '',
-  })
-}
-
 test('a FIFO and /dev/zero in a watched directory are refused; the service keeps serving other files and stops on SIGTERM', async () => {
   const dir = join(base, 'watched')
   await mkdir(dir, { mode: 0o700 })
@@ -48,7 +34,7 @@ test('a FIFO and /dev/zero in a watched directory are refused; the service keeps
   await run('mkfifo', [fifo])
   const zero = join(dir, 'kernel-zero.json')
   await symlink('/dev/zero', zero)
-  await writeFile(join(dir, 'kernel-1.json'), kernelFile(echo.port), { mode: 0o600 })
+  await writeFile(join(dir, 'kernel-1.json'), kernelFileText(echo.port), { mode: 0o600 })
 
   const service = spawnCli(
     ['watch', '--dir', dir, '--json', '--ssh', `root@${sshd.host}:${sshd.port}`, ...sshArgsOf(sshd)],
@@ -64,7 +50,7 @@ test('a FIFO and /dev/zero in a watched directory are refused; the service keeps
 
   // New files still get events and tunnels; removed files lose theirs.
   const second = join(dir, 'kernel-2.json')
-  await writeFile(second, kernelFile(echo.port), { mode: 0o600 })
+  await writeFile(second, kernelFileText(echo.port), { mode: 0o600 })
   const ready = await events.next((e) => e.event === 'ready' && e.file === second)
   await rm(second)
   await events.next((e) => e.event === 'closed' && e.file === second)

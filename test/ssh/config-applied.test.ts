@@ -20,6 +20,7 @@ import {
   type Sshd,
   freePort,
 } from '../support/index.js'
+import { kernelFileText } from '../support/kernel.js'
 
 const run = promisify(execFile)
 
@@ -88,22 +89,7 @@ Host silent
     dir = await mkdtemp(join(tmpdir(), 'ippt-config-applied-'))
     kernelFile = join(dir, 'kernel-cfg.json')
     const port = echo.port
-    await writeFile(
-      kernelFile,
-      JSON.stringify({
-        shell_port: port,
-        iopub_port: port,
-        stdin_port: port,
-        control_port: port,
-        hb_port: port,
-        ip: '127.0.0.1',
-        key: '',
-        transport: 'tcp',
-        signature_scheme: 'hmac-sha256',
-        kernel_name: 'python3',
-      }),
-      { mode: 0o600 },
-    )
+    await writeFile(kernelFile, kernelFileText(port, { key: '', kernel_name: 'python3' }), { mode: 0o600 })
   })
   after(async () => {
     await silent.close()

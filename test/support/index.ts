@@ -17,7 +17,7 @@ export {
 export { startSshd, hopOf, sshArgsOf, sshOptionsOf, type Sshd, type SshdOptions } from './sshd.js'
 export { canConnect, freePort, kernelListeners, portOf, type KernelListeners } from './net.js'
 export { appears, exists } from './fs.js'
-export { pidsWhere, processesWith, type ProcessInfo } from './proc.js'
+export { alive, pidsWhere, processesWith, type ProcessInfo } from './proc.js'
 export { hasCode } from './errors.js'
 export { startCluster, type Cluster } from './cluster.js'
 export {

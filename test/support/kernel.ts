@@ -57,3 +57,31 @@ export async function startKernel(
   }
   return { file, process: child, log: () => output, close, [Symbol.asyncDispose]: close }
 }
+
+/**
+ * The text of a kernel connection file as jupyter_client writes it, on 127.0.0.1 over tcp: `ports` is one port for
+ * every channel (a stand-in peer) or the five in order shell, iopub, stdin, control, hb.
+ *
+ * @example
+ * await writeFile(file, kernelFileText(echo.port), { mode: 0o600 })
+ */
+export function kernelFileText(
+  ports: number | readonly [number, number, number, number, number],
+  fields: Readonly<Record<string, unknown>> = {},
+): string {
+  const [shell, iopub, stdin, control, hb] =
+    typeof ports === 'number' ? [ports, ports, ports, ports, ports] : ports
+  return JSON.stringify({
+    shell_port: shell,
+    iopub_port: iopub,
+    stdin_port: stdin,
+    control_port: control,
+    hb_port: hb,
+    ip: '127.0.0.1',
+    key: 'a-session-key',
+    transport: 'tcp',
+    signature_scheme: 'hmac-sha256',
+    kernel_name: '',
+    ...fields,
+  })
+}

@@ -34,3 +34,13 @@ export async function pidsWhere(match: (process: ProcessInfo) => boolean): Promi
 export function processesWith(text: string): Promise<number[]> {
   return pidsWhere((p) => p.argv.join('\0').includes(text))
 }
+
+/** True while `pid` lives (a zombie counts as gone). */
+export async function alive(pid: number): Promise<boolean> {
+  try {
+    const text = await readFile(`/proc/${pid}/stat`, 'utf8')
+    return text.slice(text.lastIndexOf(')') + 2)[0] !== 'Z'
+  } catch {
+    return false
+  }
+}

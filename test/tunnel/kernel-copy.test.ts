@@ -72,7 +72,7 @@ describe('a kernel file in a Jupyter runtime dir: the copy is kernel-<id>-ssh.js
     const theirs = join(runtime, 'kernel-abc-ssh.json')
     await writeFile(theirs, 'theirs\n')
     const result = await runCli(['up', join(runtime, 'kernel-abc.json'), ...ssh], env)
-    assert.equal(result.code, 1, result.stderr)
+    assert.equal(result.code, 2, result.stderr)
     assert.match(result.stderr, /kernel-abc-ssh\.json exists/)
     assert.equal(await readFile(theirs, 'utf8'), 'theirs\n')
     await rm(theirs)

@@ -13,6 +13,7 @@ import {
   type Sshd,
   exists,
 } from '../support/index.js'
+import { kernelFileText } from '../support/kernel.js'
 
 describe('the loopback copy never lands on its source and is removed only when it is the file written', () => {
   let sshd: Sshd
@@ -32,18 +33,7 @@ describe('the loopback copy never lands on its source and is removed only when i
     await mkdir(dir, { mode: 0o700 })
     source = join(dir, 'kernel-1.json')
     const port = echo.port
-    sourceText = JSON.stringify({
-      shell_port: port,
-      iopub_port: port,
-      stdin_port: port,
-      control_port: port,
-      hb_port: port,
-      ip: '127.0.0.1',
-      key: 'a-session-key',
-      transport: 'tcp',
-      signature_scheme: 'hmac-sha256',
-      kernel_name: '',
-    })
+    sourceText = kernelFileText(port)
     await writeFile(source, sourceText, { mode: 0o600 })
     ssh = ['--ssh', `root@${sshd.host}:${sshd.port}`, ...sshArgsOf(sshd)]
   })
