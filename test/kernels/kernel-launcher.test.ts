@@ -11,6 +11,7 @@ import { exited, JsonLines, spawnCli } from '../support/cli.js'
 import { alive, createNetns, freePort, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { runPython } from '../support/ipp.js'
 import { kernelFileText } from '../support/kernel.js'
+import { remoteKernelArgs } from './helpers.js'
 
 /** Runs `code` on the kernel of `file` with jupyter_client's BlockingKernelClient; prints its stdout. */
 const EXECUTE = String.raw`
@@ -61,17 +62,9 @@ describe('ipp-tunnel kernel: the launcher a kernelspec runs, by hand', () => {
   function launch(file: string, extra: readonly string[] = []) {
     const child = spawnCli([
       'kernel',
-      `root@${sshd.host}:${sshd.port}`,
+      ...remoteKernelArgs(sshd, root),
       '--connection-file',
       file,
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--python',
-      '/usr/bin/python3',
-      '--remote-dir',
-      join(root, 'remote'),
       '--json',
       ...extra,
     ])

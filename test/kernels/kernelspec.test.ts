@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process'
 import { CLI, runCli } from '../support/cli.js'
 import { createNetns, freePort, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { runPython } from '../support/ipp.js'
+import { remoteKernelArgs } from './helpers.js'
 
 /**
  * Python driving a kernelspec with Debian's jupyter_client as JupyterLab's server does (KernelManager): start,
@@ -144,23 +145,7 @@ describe('kernelspec install + kernel: a Jupyter kernel started on the ssh serve
 
   async function install(name: string, extra: readonly string[] = []): Promise<Record<string, unknown>> {
     const result = await runCli(
-      [
-        'kernelspec',
-        'install',
-        `root@${sshd.host}:${sshd.port}`,
-        '--name',
-        name,
-        '--identity',
-        sshd.clientKey,
-        '--known-hosts',
-        sshd.knownHostsFile,
-        '--python',
-        '/usr/bin/python3',
-        '--remote-dir',
-        join(root, 'remote'),
-        '--json',
-        ...extra,
-      ],
+      ['kernelspec', 'install', ...remoteKernelArgs(sshd, root), '--name', name, '--json', ...extra],
       env,
     )
     assert.equal(result.code, 0, result.stderr + result.stdout)
