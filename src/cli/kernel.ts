@@ -3,7 +3,7 @@ import { resolve } from 'node:path'
 import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
-import { RemoteKernel } from '../kernels/index.js'
+import { startKernel, type StartedKernel } from './kernel-start.js'
 import { EXIT, oneLine, Output } from './output.js'
 import { interrupted, interruptedStatus } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
@@ -20,6 +20,7 @@ export interface KernelArgs extends SshArgs {
 }
 
 interface KernelCommandArgs extends KernelArgs {
+  readonly service: boolean
   readonly destination: string
   readonly 'connection-file': string
   readonly json: boolean
@@ -77,12 +78,19 @@ export function registerKernel(yargs: Argv, run: (task: () => Promise<number>) =
     (y) =>
       withSshOptions(
         withKernelOptions(
-          y.option('connection-file', {
-            alias: 'f',
-            type: 'string',
-            demandOption: true,
-            describe: 'the connection file Jupyter wrote ({connection_file})',
-          }),
+          y
+            .option('connection-file', {
+              alias: 'f',
+              type: 'string',
+              demandOption: true,
+              describe: 'the connection file Jupyter wrote ({connection_file})',
+            })
+            .option('service', {
+              type: 'boolean',
+              default: true,
+              describe:
+                "start the kernel through the running `ipp-tunnel watch` service's link when there is one (--no-service: a link of its own)",
+            }),
         ),
       ),
     (args) => run(() => kernel(args as unknown as KernelCommandArgs)),
@@ -96,6 +104,12 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
     .format('started', (e) => `kernel started on ${String(e.host)} (pid ${String(e.pid)})`)
     .format('output', (e) => oneLine(String(e.text)))
     .format('detached', () => 'link down: the kernel runs on, waiting for the link')
+    .format('via-service', (e) => `through the ipp-tunnel service's link to ${String(e.destination)}`)
+    .format(
+      'kernel-state',
+      (e) => `kernel ${String(e.state)}${typeof e.message === 'string' ? `: ${e.message}` : ''}`,
+    )
+    .format('waiting', (e) => String(e.message))
     .format('reattached', (e) => `attached again after ${String(e.downMs)} ms`)
     .format(
       'reconnecting',
@@ -109,7 +123,7 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
   const file = resolve(args['connection-file'])
   const controller = new AbortController()
   let stopping: NodeJS.Signals | undefined
-  let remote: RemoteKernel | undefined
+  let remote: StartedKernel | undefined
   // SIGINT is jupyter_client's interrupt (interrupt_mode signal): it goes to the remote kernel, and never stops us
   const onInt = (): void => {
     if (remote === undefined) return
@@ -126,23 +140,27 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
   process.on('SIGHUP', onTerm)
   try {
     const env = envOf(args.env)
-    remote = await RemoteKernel.start({
-      ...sshOptionsFrom(args, output),
-      destination: args.destination,
-      connectionFile: file,
-      // Jupyter's interrupt is SIGINT to this process's whole group: our children must not be in it
-      ownProcessGroup: true,
-      ...(args.python !== undefined && { python: args.python }),
-      ...(args['kernel-cmd'] !== undefined && {
-        kernelCmd: args['kernel-cmd'].split(/\s+/u).filter(Boolean),
-      }),
-      ...(args.setup !== undefined && { setup: args.setup }),
-      ...(args.cwd !== undefined && { cwd: args.cwd }),
-      ...(env !== undefined && { env }),
-      ...(args.persist !== undefined && { persistSeconds: args.persist }),
-      ...(args['remote-dir'] !== undefined && { remoteDir: args['remote-dir'] }),
-      signal: controller.signal,
-    })
+    remote = await startKernel(
+      {
+        ...sshOptionsFrom(args, output),
+        useService: args.service,
+        destination: args.destination,
+        connectionFile: file,
+        // Jupyter's interrupt is SIGINT to this process's whole group: our children must not be in it
+        ownProcessGroup: true,
+        ...(args.python !== undefined && { python: args.python }),
+        ...(args['kernel-cmd'] !== undefined && {
+          kernelCmd: args['kernel-cmd'].split(/\s+/u).filter(Boolean),
+        }),
+        ...(args.setup !== undefined && { setup: args.setup }),
+        ...(args.cwd !== undefined && { cwd: args.cwd }),
+        ...(env !== undefined && { env }),
+        ...(args.persist !== undefined && { persistSeconds: args.persist }),
+        ...(args['remote-dir'] !== undefined && { remoteDir: args['remote-dir'] }),
+      },
+      output,
+      controller.signal,
+    )
     const started = remote
     started.on('output', ({ stream, data }) => {
       for (const text of data.toString('utf8').split('\n')) {

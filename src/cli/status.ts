@@ -176,6 +176,11 @@ export function renderReport(raw: StatusReport, options: { width?: number } = {}
       ),
     )
   }
+  for (const k of report.kernels ?? []) {
+    const where = k.host !== undefined ? ` on ${k.host} (pid ${String(k.pid ?? '?')})` : ''
+    const state = k.state === 'waiting-login' ? 'waiting for login' : k.state
+    lines.push(fit(`kernel ${k.file}: ${state}${where}, ${k.destination} (since ${k.since})`, width))
+  }
   const waiting = new Set(logins.map((p) => p.destination))
   if (report.files.length === 0) return [...lines, 'no connection files yet'].join('\n')
   lines.push(

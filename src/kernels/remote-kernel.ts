@@ -34,6 +34,11 @@ export interface RemoteKernelOptions extends SshOptions, Omit<LinkOptions, keyof
   readonly persistSeconds?: number
   /** The remote directory of remote processes; default `~/.ipp-tunnel/remote`. */
   readonly remoteDir?: string
+  /**
+   * A link already up to `destination` (a service's pooled one): used instead of a link of the kernel's own, and
+   * never closed by it.
+   */
+  readonly link?: Link
   readonly signal?: AbortSignal
 }
 
@@ -107,9 +112,18 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
     () => undefined
   #attachment: RemoteAttachment | undefined
   #closing: Promise<void> | undefined
+  /** The link is someone else's (see {@link RemoteKernelOptions.link}): closing leaves it up. */
+  readonly #borrowed: boolean
 
-  private constructor(started: RemoteProcessState, link: Link, tunnel: Tunnel, procs: RemoteProcesses) {
+  private constructor(
+    started: RemoteProcessState,
+    link: Link,
+    tunnel: Tunnel,
+    procs: RemoteProcesses,
+    borrowed: boolean,
+  ) {
     super()
+    this.#borrowed = borrowed
     this.name = started.name
     this.host = started.node?.host ?? ''
     this.pid = started.pid ?? 0
@@ -135,10 +149,10 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
     }
     checkLocal(info, file)
     const signal = options.signal
-    const target = await resolveTarget(options.destination, options)
-    const link = new Link(target, options)
+    const borrowed = options.link !== undefined
+    const link = options.link ?? new Link(await resolveTarget(options.destination, options), options)
     try {
-      await link.connect(signal ? { signal } : {})
+      if (!borrowed) await link.connect(signal ? { signal } : {})
       const procs = new RemoteProcesses(link, {
         ...(options.python !== undefined && { python: options.python }),
         ...(options.setup !== undefined && { setup: options.setup }),
@@ -162,9 +176,9 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
         },
         signal ? { signal } : {},
       )
-      return await RemoteKernel.#follow(info, link, procs, started, signal)
+      return await RemoteKernel.#follow(info, link, procs, started, borrowed, signal)
     } catch (err) {
-      await link.close()
+      if (!borrowed) await link.close()
       throw err
     }
   }
@@ -174,6 +188,7 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
     link: Link,
     procs: RemoteProcesses,
     started: RemoteProcessState,
+    borrowed: boolean,
     signal: AbortSignal | undefined,
   ): Promise<RemoteKernel> {
     const dir = started.dir ?? ''
@@ -190,7 +205,7 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
       await procs.stop(started.name).catch(() => undefined)
       throw err
     }
-    const kernel = new RemoteKernel(started, link, tunnel, procs)
+    const kernel = new RemoteKernel(started, link, tunnel, procs, borrowed)
     void kernel.#attachLoop()
     return kernel
   }
@@ -290,7 +305,7 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
         await this.#procs.stop(this.name).catch(() => undefined)
       }
       await this.tunnel.close()
-      await this.link.close()
+      if (!this.#borrowed) await this.link.close()
       this.#finish({ code: null, signal: null })
     })()
     return this.#closing

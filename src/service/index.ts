@@ -39,3 +39,5 @@ export { ipythonDir, profileSecurityDir, runtimeDir, statusSocketPath, STATUS_SO
 export { UNIT_NAME, installUnit, renderUnit, userUnitPath, type UnitOptions } from './unit.js'
 export { CopyLedger } from './ledger.js'
 export { PulledTunnel, type PulledTunnelEvents, type PulledTunnelOptions } from './pulled.js'
+export { ServiceKernel, type ServiceKernelEvents } from './kernel-client.js'
+export type { KernelRequest, KernelState, KernelStatus } from './kernel-protocol.js'

@@ -41,6 +41,7 @@ import {
 import { resolveTarget } from '../ssh/index.js'
 import { CopyLedger } from './ledger.js'
 import { LoginRelay } from './login-relay.js'
+import { KernelHost } from './kernel-host.js'
 import { RemoteLinks } from './remote-links.js'
 import { checkServiceDirs, STATUS_SOCKET } from './paths.js'
 import { StatusServer, type StatusReport } from './status-socket.js'
@@ -140,6 +141,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   readonly #sources: Source[] = []
   readonly #remoteSources: RemoteDirectorySource[] = []
   readonly #remoteLinks: RemoteLinks
+  readonly #kernels: KernelHost
   /** Connection files followed per remote directory: their listeners fit in half the descriptor limit. */
   readonly #maxRemoteFiles: number
   /** Which entry writes each local copy: two files never write the same one. */
@@ -170,6 +172,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       { budget: rootBudget(limit, remotes * this.#maxRemoteFiles * FDS_PER_PULLED_FILE) },
     )
     this.#remoteLinks = new RemoteLinks(this.#pool, options)
+    this.#kernels = new KernelHost(this.#pool, this.#relay, options)
     this.#ledger = ledger
     this.#relay.on('auth-needed', (login) => this.emit('auth-needed', login))
     this.#relay.on('logged-in', (e) => this.emit('logged-in', e))
@@ -195,6 +198,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       join(options.runtimeDir, STATUS_SOCKET),
       () => service.report(),
       (socket, destination, rest) => service.#relay.attach(socket, destination, rest),
+      (socket, request, rest) => service.#kernels.serve(socket, request, rest),
     )
     try {
       // Copies of pulled files land where local tools look (a profile's -tunnel dir, the Jupyter runtime dir); a
@@ -223,6 +227,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
       files: this.status(),
       remotes: this.remoteStatus(),
       logins: this.#relay.pending(),
+      kernels: this.#kernels.status(),
     }
   }
 
@@ -772,6 +777,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
     clearInterval(this.#checks)
     this.#abort.abort(new IppTunnelError('E_CLOSED', 'The service is closing'))
     this.#relay.close()
+    await this.#kernels.close()
     await this.#status?.close()
     await Promise.all(this.#sources.map((s) => s.close()))
     const entries = [...this.#entries.values()]

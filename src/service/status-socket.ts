@@ -8,6 +8,7 @@ import type { SourceStatus } from '../sources/index.js'
 import type { LoginClientMessage, LoginServerMessage, PendingLogin } from './login-relay.js'
 import { LineReader, refuseLongLine } from './lines.js'
 import type { FileStatus } from './types.js'
+import { parseKernelRequest, type KernelRequest, type KernelStatus } from './kernel-protocol.js'
 
 /** What `ipp-tunnel status` gets from the running service. No secrets. */
 export interface StatusReport {
@@ -22,6 +23,8 @@ export interface StatusReport {
   readonly remotes?: readonly SourceStatus[]
   /** Links waiting for someone to log in (`ipp-tunnel login`): what their servers asked. Never an answer. */
   readonly logins?: readonly PendingLogin[]
+  /** Kernels the service started for `ipp-tunnel kernel` launchers (absent from services that hold none). */
+  readonly kernels?: readonly KernelStatus[]
 }
 
 /**
@@ -29,10 +32,13 @@ export interface StatusReport {
  * nothing and half-closes gets the status, as before there were requests.
  */
 export type SocketRequest =
-  { readonly op: 'status' } | { readonly op: 'login'; readonly destination?: string }
+  { readonly op: 'status' } | { readonly op: 'login'; readonly destination?: string } | KernelRequest
 
 /** Takes a `login` client over: the socket, what it asked for, and what it sent after its request line. */
 export type LoginHandler = (socket: Socket, destination: string | undefined, rest: Buffer) => void
+
+/** Takes a `kernel` client over (`ipp-tunnel kernel` through the service). */
+export type KernelHandler = (socket: Socket, request: KernelRequest, rest: Buffer) => void
 
 /** How long a status query waits for the service to answer. */
 const QUERY_TIMEOUT_MS = 5000
@@ -58,7 +64,12 @@ export class StatusServer {
     this.#server = server
   }
 
-  static async listen(path: string, report: () => StatusReport, login?: LoginHandler): Promise<StatusServer> {
+  static async listen(
+    path: string,
+    report: () => StatusReport,
+    login?: LoginHandler,
+    kernel?: KernelHandler,
+  ): Promise<StatusServer> {
     await ensurePrivateDir(dirname(path), {
       what: 'runtime directory',
       alternative: 'set IPP_TUNNEL_RUNTIME_DIR',
@@ -90,7 +101,17 @@ export class StatusServer {
           reader.stop()
           socket.off('end', onEnd)
           const request = parseRequest(line)
-          if (request?.op === 'login' && login !== undefined) {
+          if (request?.op === 'kernel') {
+            if (kernel !== undefined) kernel(socket, request, reader.rest)
+            else
+              socket.end(
+                JSON.stringify({
+                  type: 'error',
+                  code: 'E_USAGE',
+                  message: 'this service starts no kernels',
+                }) + '\n',
+              )
+          } else if (request?.op === 'login' && login !== undefined) {
             login(socket, request.destination, reader.rest)
           } else if (request?.op === 'login') {
             socket.end(JSON.stringify({ type: 'none', message: 'this service takes no logins' }) + '\n')
@@ -139,8 +160,9 @@ export class StatusServer {
 
 function parseRequest(line: string): SocketRequest | undefined {
   try {
-    const value = JSON.parse(line) as { op?: unknown; destination?: unknown }
+    const value = JSON.parse(line) as Record<string, unknown>
     if (value.op === 'status') return { op: 'status' }
+    if (value.op === 'kernel') return parseKernelRequest(value)
     if (value.op === 'login') {
       return typeof value.destination === 'string'
         ? { op: 'login', destination: value.destination }
@@ -171,7 +193,7 @@ async function removeStaleSocket(path: string): Promise<void> {
 }
 
 /** Refuses a runtime directory that is a symlink or another user's: its socket could answer anything. */
-async function checkRuntimeDir(dir: string): Promise<void> {
+export async function checkRuntimeDir(dir: string): Promise<void> {
   let stats
   try {
     stats = await lstat(dir)

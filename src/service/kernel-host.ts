@@ -1,0 +1,224 @@
+import type { Socket } from 'node:net'
+import { isAbsolute } from 'node:path'
+
+import { IppTunnelError } from '../errors/index.js'
+import { RemoteKernel } from '../kernels/index.js'
+import { resolveTarget, type Link, type ResolveOptions } from '../ssh/index.js'
+import { routeKey, type LinkPool } from '../tunnel/index.js'
+import type {
+  KernelClientMessage,
+  KernelRequest,
+  KernelServerMessage,
+  KernelState,
+  KernelStatus,
+} from './kernel-protocol.js'
+import { LineReader, refuseLongLine } from './lines.js'
+import type { LoginRelay } from './login-relay.js'
+
+interface Held {
+  readonly request: KernelRequest
+  readonly socket: Socket
+  state: KernelState
+  kernel: RemoteKernel | undefined
+  readonly since: string
+  done: Promise<void>
+}
+
+/**
+ * Starts remote kernels for `ipp-tunnel kernel` launchers over the service's pooled links: every kernel and tunnel
+ * to a destination shares one SSH connection (one login, one one-time code, for all of them), and a link waiting
+ * for a login says so to the launcher and in `status`. The launcher's connection is the kernel's lease: a `stop`
+ * line stops it; a connection that closes without one lets go (the kernel runs on for its `persistSeconds`, as
+ * when a launcher of its own is killed).
+ */
+export class KernelHost {
+  readonly #pool: LinkPool
+  readonly #relay: LoginRelay
+  readonly #options: ResolveOptions
+  readonly #held = new Set<Held>()
+  #closed = false
+
+  constructor(pool: LinkPool, relay: LoginRelay, options: ResolveOptions) {
+    this.#pool = pool
+    this.#relay = relay
+    this.#options = options
+  }
+
+  /** The kernels held now, for `status`. */
+  status(): KernelStatus[] {
+    return [...this.#held].map((h) => ({
+      destination: h.request.destination,
+      file: h.request.connectionFile,
+      state: h.state,
+      ...(h.kernel !== undefined && { host: h.kernel.host, pid: h.kernel.pid }),
+      since: h.since,
+    }))
+  }
+
+  /** Serves one launcher: its request line read, `rest` what came after it. */
+  serve(socket: Socket, request: KernelRequest, rest: Buffer): void {
+    const held: Held = {
+      request,
+      socket,
+      state: 'connecting',
+      kernel: undefined,
+      since: new Date().toISOString(),
+      done: Promise.resolve(),
+    }
+    const send = (message: KernelServerMessage): void => {
+      if (!socket.destroyed && socket.writable) socket.write(`${JSON.stringify(message)}\n`)
+    }
+    const setState = (state: KernelState, message?: string): void => {
+      if (held.state === state) return
+      held.state = state
+      send({ type: 'state', state, ...(message !== undefined && { message }) })
+    }
+    const abort = new AbortController()
+    let stopRequested = false
+    let interruptPending = false
+    const reader = new LineReader(
+      socket,
+      (line) => {
+        let message: KernelClientMessage | undefined
+        try {
+          message = JSON.parse(line) as KernelClientMessage
+        } catch {
+          return
+        }
+        if (message.type === 'stop') {
+          stopRequested = true
+          abort.abort(new IppTunnelError('E_CLOSED', 'the launcher stopped the kernel'))
+          void held.kernel?.close()
+        } else if (held.kernel === undefined) {
+          interruptPending = true
+        } else {
+          void held.kernel.interrupt().catch(() => undefined)
+        }
+      },
+      () => {
+        refuseLongLine(socket, 'message')
+      },
+      { first: rest },
+    )
+    socket.on('close', () => {
+      reader.stop()
+      abort.abort(new IppTunnelError('E_CLOSED', 'the launcher went away'))
+      void held.kernel?.close({ leaveRunning: !stopRequested })
+    })
+    this.#held.add(held)
+    held.done = this.#run(held, send, setState, abort.signal, () => interruptPending)
+      .catch((err: unknown) => {
+        const error =
+          err instanceof IppTunnelError
+            ? err
+            : new IppTunnelError('E_REMOTE', err instanceof Error ? err.message : String(err))
+        send({ type: 'error', code: error.code, message: error.message })
+      })
+      .finally(() => {
+        this.#held.delete(held)
+        socket.end()
+      })
+  }
+
+  async #run(
+    held: Held,
+    send: (message: KernelServerMessage) => void,
+    setState: (state: KernelState, message?: string) => void,
+    signal: AbortSignal,
+    interruptPending: () => boolean,
+  ): Promise<void> {
+    const request = held.request
+    if (this.#closed) throw new IppTunnelError('E_CLOSED', 'the service is stopping')
+    if (!isAbsolute(request.connectionFile)) {
+      throw new IppTunnelError(
+        'E_USAGE',
+        `${request.connectionFile}: the connection file must be an absolute path`,
+      )
+    }
+    const target = await resolveTarget(request.destination, this.#options)
+    if (request.route !== undefined && request.route !== routeKey(target)) {
+      throw new IppTunnelError(
+        'E_USAGE',
+        `the service reaches ${request.destination} as ${routeKey(target)}, the launcher's ssh options as ${request.route}`,
+      )
+    }
+    const last = target.hops.at(-1)
+    const asks = `${last?.username ?? ''}@${last?.host ?? ''}:${String(last?.port ?? '')}`
+    const isOurs = (destination: string): boolean =>
+      destination === asks || destination.startsWith(`${asks} `)
+    const onNeed = (login: { destination: string }): void => {
+      if (isOurs(login.destination)) {
+        setState('waiting-login', `${login.destination} waits for a login: run ipp-tunnel login`)
+      }
+    }
+    this.#relay.on('auth-needed', onNeed)
+    for (const login of this.#relay.pending()) onNeed(login)
+    let link: Link
+    try {
+      link = await this.#pool.acquire(target, signal)
+    } finally {
+      this.#relay.off('auth-needed', onNeed)
+    }
+    try {
+      setState('starting')
+      const kernel = await RemoteKernel.start({
+        destination: request.destination,
+        connectionFile: request.connectionFile,
+        link,
+        signal,
+        ...(request.python !== undefined && { python: request.python }),
+        ...(request.kernelCmd !== undefined && { kernelCmd: request.kernelCmd }),
+        ...(request.setup !== undefined && { setup: request.setup }),
+        ...(request.cwd !== undefined && { cwd: request.cwd }),
+        ...(request.env !== undefined && { env: request.env }),
+        ...(request.persistSeconds !== undefined && { persistSeconds: request.persistSeconds }),
+        ...(request.remoteDir !== undefined && { remoteDir: request.remoteDir }),
+      })
+      held.kernel = kernel
+      if (signal.aborted) {
+        await kernel.close({ leaveRunning: false })
+        return
+      }
+      kernel.on('output', ({ stream, data }) =>
+        send({ type: 'output', stream, data: data.toString('base64') }),
+      )
+      kernel.on('detached', () => {
+        held.state = 'detached'
+        send({ type: 'detached' })
+      })
+      kernel.on('reattached', ({ downMs }) => {
+        held.state = 'running'
+        send({ type: 'reattached', downMs })
+      })
+      kernel.on('link:reconnecting', (e) =>
+        send({ type: 'reconnecting', attempt: e.attempt, delayMs: e.delayMs, message: e.error.message }),
+      )
+      held.state = 'running'
+      send({ type: 'started', name: kernel.name, host: kernel.host, pid: kernel.pid })
+      if (interruptPending()) void kernel.interrupt().catch(() => undefined)
+      const ended = await kernel.exited
+      await kernel.close()
+      if (ended.error !== undefined) throw ended.error
+      // a launcher that stopped it or went away is told nothing more
+      if (!isAborted(signal)) send({ type: 'exited', code: ended.code, signal: ended.signal })
+    } finally {
+      await this.#pool.release(link)
+    }
+  }
+
+  /**
+   * Lets every kernel go (each runs on for its `persistSeconds`, and its launcher goes on over a link of its own):
+   * the service is stopping.
+   */
+  async close(): Promise<void> {
+    this.#closed = true
+    const held = [...this.#held]
+    for (const h of held) h.socket.destroy()
+    await Promise.all(held.map((h) => h.done))
+  }
+}
+
+/** Read afresh: the signal may have aborted while the kernel ran. */
+function isAborted(signal: AbortSignal): boolean {
+  return signal.aborted
+}

@@ -1,0 +1,85 @@
+/**
+ * What `ipp-tunnel kernel` and the service say to each other on the service socket when the service starts a
+ * remote kernel over its pooled link: one JSON object a line, the request first.
+ */
+
+/** The request line: the kernel to start, as `ipp-tunnel kernel` was told. */
+export interface KernelRequest {
+  readonly op: 'kernel'
+  readonly destination: string
+  /** The local connection file Jupyter wrote (absolute): its ports, key and scheme. */
+  readonly connectionFile: string
+  readonly python?: string
+  readonly kernelCmd?: readonly string[]
+  readonly setup?: string
+  readonly cwd?: string
+  readonly env?: Readonly<Record<string, string>>
+  readonly persistSeconds?: number
+  readonly remoteDir?: string
+  /**
+   * The route the launcher resolved DEST to with its own ssh options (`user@host:port` per hop): a service that
+   * resolves it to another refuses (`E_USAGE`), and the launcher goes on with a link of its own.
+   */
+  readonly route?: string
+}
+
+/** Where a kernel the service holds is, as `status` shows it. */
+export type KernelState = 'connecting' | 'waiting-login' | 'starting' | 'running' | 'detached'
+
+/** A kernel the service holds for a launcher, as `status` shows it. */
+export interface KernelStatus {
+  readonly destination: string
+  readonly file: string
+  readonly state: KernelState
+  /** Where it runs, once started. */
+  readonly host?: string
+  readonly pid?: number
+  /** Since when (ISO 8601). */
+  readonly since: string
+}
+
+/** What the service sends the launcher. */
+export type KernelServerMessage =
+  | { readonly type: 'state'; readonly state: KernelState; readonly message?: string }
+  | { readonly type: 'started'; readonly name: string; readonly host: string; readonly pid: number }
+  /** The kernel's output, base64 (it need not be text, nor end on a character). */
+  | { readonly type: 'output'; readonly stream: 'stdout' | 'stderr'; readonly data: string }
+  | { readonly type: 'detached' }
+  | { readonly type: 'reattached'; readonly downMs: number }
+  | {
+      readonly type: 'reconnecting'
+      readonly attempt: number
+      readonly delayMs: number
+      readonly message: string
+    }
+  | { readonly type: 'exited'; readonly code: number | null; readonly signal: number | null }
+  /** The kernel could not be started or followed; the connection closes after it. */
+  | { readonly type: 'error'; readonly code: string; readonly message: string }
+
+/**
+ * What the launcher sends after its request: `interrupt` (SIGINT to the kernel), `stop` (stop it and remove its
+ * files). Closing the connection without `stop` lets go: the kernel runs on for its `persistSeconds`.
+ */
+export type KernelClientMessage = { readonly type: 'interrupt' } | { readonly type: 'stop' }
+
+/** Reads a request line's fields, refusing anything of the wrong type. */
+export function parseKernelRequest(value: Record<string, unknown>): KernelRequest | undefined {
+  const str = (key: string): boolean => value[key] === undefined || typeof value[key] === 'string'
+  if (typeof value.destination !== 'string' || typeof value.connectionFile !== 'string') return undefined
+  if (!['python', 'setup', 'cwd', 'remoteDir', 'route'].every(str)) return undefined
+  const cmd = value.kernelCmd
+  if (cmd !== undefined && !(Array.isArray(cmd) && cmd.every((w) => typeof w === 'string'))) return undefined
+  const env = value.env
+  if (
+    env !== undefined &&
+    (typeof env !== 'object' ||
+      env === null ||
+      Array.isArray(env) ||
+      !Object.values(env).every((v) => typeof v === 'string'))
+  ) {
+    return undefined
+  }
+  const persist = value.persistSeconds
+  if (persist !== undefined && (typeof persist !== 'number' || !(persist > 0))) return undefined
+  return value as unknown as KernelRequest
+}

@@ -1,0 +1,211 @@
+import assert from 'node:assert/strict'
+import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+
+import { CLI, JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
+import { createNetns, freePort, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { runPython } from '../support/ipp.js'
+import { kernelFileText } from '../support/kernel.js'
+import { setUpOtpPam } from '../support/otp.js'
+import { runOnPty } from '../support/pty.js'
+import { remoteKernelArgs } from './helpers.js'
+
+/**
+ * Two kernels of one kernelspec at once, as two notebooks open in JupyterLab: each runs where the sshd is and
+ * keeps its own state; `ipp-tunnel status` (asked from the same Python, while both run) lists them.
+ */
+const TWO = String.raw`
+import json, subprocess, sys
+from jupyter_client.manager import KernelManager
+
+def run(kc, code):
+    out = []
+    def hook(msg):
+        if msg['msg_type'] == 'stream':
+            out.append(msg['content']['text'])
+    reply = kc.execute_interactive(code, output_hook=hook, timeout=60)
+    return reply['content']['status'], ''.join(out)
+
+kms = [KernelManager(kernel_name=sys.argv[1]) for _ in range(2)]
+for km in kms:
+    km.start_kernel()
+kcs = [km.client() for km in kms]
+for kc in kcs:
+    kc.start_channels()
+    kc.wait_for_ready(timeout=90)
+seen = {}
+run(kcs[0], 'x = 1')
+run(kcs[1], 'x = 2')
+seen['where'] = [run(kc, "import os; print(os.readlink('/proc/self/ns/net'), x, end='')")[1] for kc in kcs]
+status = subprocess.run([sys.argv[2], sys.argv[3], 'status', '--json'], capture_output=True, text=True)
+seen['status'] = json.loads(status.stdout)
+for kc, km in zip(kcs, kms):
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+print(json.dumps(seen))
+`
+
+/** A jupyter_client on a connection file: one execute, its output. */
+const EXECUTE = String.raw`
+import json, sys
+from jupyter_client import BlockingKernelClient
+kc = BlockingKernelClient(connection_file=sys.argv[1])
+kc.load_connection_file()
+kc.start_channels()
+kc.wait_for_ready(timeout=60)
+out = []
+def hook(msg):
+    if msg['msg_type'] == 'stream':
+        out.append(msg['content']['text'])
+reply = kc.execute_interactive("import os; print(os.getpid(), end='')", output_hook=hook, timeout=60)
+print(json.dumps([reply['content']['status'], ''.join(out)]))
+`
+
+function escape(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')
+}
+
+describe('kernels through the running watch service: one link, one login for all of them', () => {
+  let ns: Netns
+  let sshd: Sshd
+  let root: string
+  let env: NodeJS.ProcessEnv
+
+  before(async () => {
+    ns = await createNetns()
+    sshd = await startSshd({ netns: ns })
+    root = await mkdtemp(join(tmpdir(), 'ippt-service-kernel-'))
+    env = {
+      JUPYTER_DATA_DIR: join(root, 'jupyter'),
+      JUPYTER_RUNTIME_DIR: join(root, 'runtime'),
+      IPP_TUNNEL_RUNTIME_DIR: join(root, 'run'),
+      SSH_AUTH_SOCK: '',
+    }
+  })
+  after(async () => {
+    await sshd.close()
+    await ns.close()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  test('two kernels share the service’s one SSH connection (one login in sshd’s log); status lists them', async (t) => {
+    const installed = await runCli(
+      ['kernelspec', 'install', ...remoteKernelArgs(sshd, root), '--name', 'shared', '--no-check'],
+      env,
+    )
+    assert.equal(installed.code, 0, installed.stderr)
+    const watched = join(root, 'watched')
+    await mkdir(watched, { mode: 0o700 })
+    const auth = ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile]
+    const service = spawnCli(['watch', '--json', '--dir', watched, ...auth], env)
+    t.after(async () => {
+      service.kill('SIGTERM')
+      await exited(service)
+    })
+    await new JsonLines(service).next('watching')
+    const loginsBefore = sshd.log().match(/Accepted publickey/gu)?.length ?? 0
+
+    const run = await runPython(TWO, { args: ['shared', process.execPath, CLI], env, timeoutMs: 170_000 })
+    assert.equal(run.code, 0, run.stderr)
+    const seen = JSON.parse(run.stdout.trim().split('\n').at(-1) ?? '') as {
+      where: string[]
+      status: { links: number; kernels: { state: string; host: string; file: string }[] }
+    }
+    const nsIno = (await stat(`/run/netns/${ns.name}`)).ino
+    assert.deepEqual(seen.where, [`net:[${nsIno}] 1`, `net:[${nsIno}] 2`])
+    assert.equal(seen.status.links, 1)
+    assert.deepEqual(
+      seen.status.kernels.map((k) => k.state),
+      ['running', 'running'],
+    )
+    // both launchers said where their kernel went: the Jupyter server's log
+    assert.equal(run.stderr.match(/through the ipp-tunnel service's link/gu)?.length, 2, run.stderr)
+    assert.equal((sshd.log().match(/Accepted publickey/gu)?.length ?? 0) - loginsBefore, 1, sshd.log())
+    assert.deepEqual(await processesWith(join(root, 'remote')), [], 'no remote kernel or supervisor')
+    assert.deepEqual(await readdir(join(root, 'remote')), [])
+  })
+})
+
+test('a launcher with no terminal at a one-time-code server waits and says so; the service and `login` take it on', async (t) => {
+  const otp = await setUpOtpPam()
+  t.after(() => otp.close())
+  const sshd = await startSshd({
+    pamService: otp.service,
+    extraConfig: 'AuthenticationMethods publickey,keyboard-interactive',
+  })
+  t.after(() => sshd.close())
+  const dir = await mkdtemp(join(tmpdir(), 'ippt-kernel-otp-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const env = { IPP_TUNNEL_RUNTIME_DIR: join(dir, 'run'), SSH_AUTH_SOCK: '' }
+  const ports = [
+    await freePort(),
+    await freePort(),
+    await freePort(),
+    await freePort(),
+    await freePort(),
+  ] as const
+  const file = join(dir, 'kernel-otp.json')
+  await writeFile(file, kernelFileText(ports), { mode: 0o600 })
+  const auth = ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile]
+  const destination = `root@${sshd.host}:${sshd.port}`
+  const launcher = spawnCli(
+    [
+      'kernel',
+      destination,
+      ...auth,
+      '--python',
+      '/usr/bin/python3',
+      '--remote-dir',
+      join(dir, 'remote'),
+      '--connection-file',
+      file,
+      '--json',
+    ],
+    env,
+  )
+  t.after(async () => {
+    launcher.kill('SIGKILL')
+    await exited(launcher)
+  })
+  const events = new JsonLines(launcher, { from: 'stderr' })
+  const waiting = await events.next('waiting')
+  assert.equal(waiting.code, 'E_AUTH_PROMPT')
+  assert.match(String(waiting.message), /ipp-tunnel watch.*ipp-tunnel login/u)
+  assert.equal(launcher.exitCode, null, 'the launcher waits: it does not exit')
+
+  const watched = join(dir, 'watched')
+  await mkdir(watched, { mode: 0o700 })
+  const service = spawnCli(['watch', '--json', '--dir', watched, ...auth], env)
+  t.after(async () => {
+    service.kill('SIGTERM')
+    await exited(service)
+  })
+  await events.next((e) => e.event === 'kernel-state' && e.state === 'waiting-login', 60_000)
+  const status = await runCli(['status', '--json'], env)
+  const report = JSON.parse(status.stdout) as { kernels: { state: string; file: string }[] }
+  assert.deepEqual(
+    report.kernels.map((k) => [k.file, k.state]),
+    [[file, 'waiting-login']],
+  )
+  const code = await otp.code(await otp.counter())
+  const login = await runOnPty(
+    [process.execPath, CLI, 'login'],
+    [{ expect: 'logging in to[^\\n]*\\n' }, { expect: escape(otp.prompt), send: code }],
+    env,
+  )
+  assert.equal(login.code, 0, login.output)
+  const started = await events.next((e) => e.event === 'started' || e.event === 'error', 60_000)
+  assert.equal(started.event, 'started', JSON.stringify(events.events))
+  assert.ok(events.events.some((e) => e.event === 'via-service'))
+  const executed = await runPython(EXECUTE, { args: [file], timeoutMs: 90_000 })
+  assert.equal(executed.code, 0, executed.stderr)
+  assert.deepEqual(JSON.parse(executed.stdout.trim()), ['ok', String(started.pid)])
+  assert.equal(sshd.log().match(/Accepted keyboard-interactive/gu)?.length, 1, sshd.log())
+
+  launcher.kill('SIGTERM')
+  assert.deepEqual(await exited(launcher), { code: 0, signal: null })
+  assert.deepEqual(await processesWith(join(dir, 'remote')), [], 'no remote kernel or supervisor')
+  assert.deepEqual(await readdir(join(dir, 'remote')), [])
+})
