@@ -42,12 +42,14 @@ function hint(err: IppTunnelError, destination: string): string {
 /**
  * Starts the kernel through the running service when there is one (its link to the destination, shared by every
  * kernel and tunnel, one login for all), else over a link of its own; a failure that someone can mend (a login,
- * the network) is said once and waited out, a service that appears meanwhile is used.
+ * the network) is said once and waited out, a service that appears meanwhile is used. `adopt`: follow again, over a
+ * link of its own, the kernel this launcher started through a service that has gone away.
  */
 export async function startKernel(
   options: RemoteKernelOptions & { readonly useService: boolean },
   output: Output,
   signal: AbortSignal,
+  adopt?: { host: string; pid: number },
 ): Promise<StartedKernel> {
   const file = options.connectionFile
   let request: KernelRequest | undefined
@@ -55,7 +57,7 @@ export async function startKernel(
   let said: string | undefined
   for (;;) {
     signal.throwIfAborted()
-    if (options.useService) {
+    if (options.useService && adopt === undefined) {
       request ??= await kernelRequest(options)
       const viaService = await ServiceKernel.start(statusSocketPath(), request, {
         signal,
@@ -74,7 +76,9 @@ export async function startKernel(
       }
     }
     try {
-      return await RemoteKernel.start({ ...options, signal })
+      return adopt === undefined
+        ? await RemoteKernel.start({ ...options, signal })
+        : await RemoteKernel.adopt({ ...options, signal }, adopt)
     } catch (err) {
       if (signal.aborted || !isIppTunnelError(err) || !WAITED_OUT.has(err.code)) throw err
       const login = err.code !== 'E_CONNECT' && err.code !== 'E_TIMEOUT' && err.code !== 'E_LINK_DOWN'

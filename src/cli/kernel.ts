@@ -140,51 +140,48 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
   process.on('SIGHUP', onTerm)
   try {
     const env = envOf(args.env)
-    remote = await startKernel(
-      {
-        ...sshOptionsFrom(args, output),
-        useService: args.service,
-        destination: args.destination,
-        connectionFile: file,
-        // Jupyter's interrupt is SIGINT to this process's whole group: our children must not be in it
-        ownProcessGroup: true,
-        ...(args.python !== undefined && { python: args.python }),
-        ...(args['kernel-cmd'] !== undefined && {
-          kernelCmd: args['kernel-cmd'].split(/\s+/u).filter(Boolean),
-        }),
-        ...(args.setup !== undefined && { setup: args.setup }),
-        ...(args.cwd !== undefined && { cwd: args.cwd }),
-        ...(env !== undefined && { env }),
-        ...(args.persist !== undefined && { persistSeconds: args.persist }),
-        ...(args['remote-dir'] !== undefined && { remoteDir: args['remote-dir'] }),
-      },
-      output,
-      controller.signal,
-    )
-    const started = remote
-    started.on('output', ({ stream, data }) => {
-      for (const text of data.toString('utf8').split('\n')) {
-        if (text !== '') output.emit({ event: 'output', file, stream, text })
-      }
-    })
-    started.on('detached', () => output.emit({ event: 'detached', file }))
-    started.on('reattached', (e) => output.emit({ event: 'reattached', file, ...e }))
-    started.on('link:reconnecting', (e) =>
-      output.emit({
-        event: 'reconnecting',
-        file,
-        attempt: e.attempt,
-        delayMs: e.delayMs,
-        message: e.error.message,
+    const options = {
+      ...sshOptionsFrom(args, output),
+      useService: args.service,
+      destination: args.destination,
+      connectionFile: file,
+      // Jupyter's interrupt is SIGINT to this process's whole group: our children must not be in it
+      ownProcessGroup: true,
+      ...(args.python !== undefined && { python: args.python }),
+      ...(args['kernel-cmd'] !== undefined && {
+        kernelCmd: args['kernel-cmd'].split(/\s+/u).filter(Boolean),
       }),
-    )
-    output.emit({ event: 'started', file, name: started.name, host: started.host, pid: started.pid })
-    const ended = await started.exited
-    await started.close()
-    if (ended.error !== undefined) return output.fail(ended.error, { file })
-    if (stopping !== undefined) return EXIT.ok
-    output.emit({ event: 'exited', file, code: ended.code, signal: ended.signal })
-    return ended.code ?? (ended.signal !== null ? 128 + ended.signal : EXIT.runtime)
+      ...(args.setup !== undefined && { setup: args.setup }),
+      ...(args.cwd !== undefined && { cwd: args.cwd }),
+      ...(env !== undefined && { env }),
+      ...(args.persist !== undefined && { persistSeconds: args.persist }),
+      ...(args['remote-dir'] !== undefined && { remoteDir: args['remote-dir'] }),
+    }
+    let adopt: { host: string; pid: number } | undefined
+    for (;;) {
+      remote = await startKernel(options, output, controller.signal, adopt)
+      const started = remote
+      follow(started, output, file)
+      if (adopt === undefined) {
+        output.emit({ event: 'started', file, name: started.name, host: started.host, pid: started.pid })
+      }
+      const ended = await started.exited
+      await started.close()
+      if (stopping !== undefined) return EXIT.ok
+      // the service went away (stopped, restarted): the kernel runs on; follow it over a link of our own
+      if (ended.error?.code === 'E_SERVICE_DOWN' && adopt === undefined && started.host !== '') {
+        output.emit({
+          event: 'warning',
+          file,
+          message: `${ended.error.message}: following the kernel over a link of our own`,
+        })
+        adopt = { host: started.host, pid: started.pid }
+        continue
+      }
+      if (ended.error !== undefined) return output.fail(ended.error, { file })
+      output.emit({ event: 'exited', file, code: ended.code, signal: ended.signal })
+      return ended.code ?? (ended.signal !== null ? 128 + ended.signal : EXIT.runtime)
+    }
   } catch (err) {
     await remote?.close()
     if (stopping !== undefined) return interrupted(output, stopping, { file })
@@ -194,4 +191,24 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
     process.off('SIGTERM', onTerm)
     process.off('SIGHUP', onTerm)
   }
+}
+
+/** The kernel's output and link events, as launcher events (Jupyter's log). */
+function follow(started: StartedKernel, output: Output, file: string): void {
+  started.on('output', ({ stream, data }) => {
+    for (const text of data.toString('utf8').split('\n')) {
+      if (text !== '') output.emit({ event: 'output', file, stream, text })
+    }
+  })
+  started.on('detached', () => output.emit({ event: 'detached', file }))
+  started.on('reattached', (e) => output.emit({ event: 'reattached', file, ...e }))
+  started.on('link:reconnecting', (e) =>
+    output.emit({
+      event: 'reconnecting',
+      file,
+      attempt: e.attempt,
+      delayMs: e.delayMs,
+      message: e.error.message,
+    }),
+  )
 }

@@ -141,7 +141,23 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
    * @throws IppTunnelError `E_CONNFILE_*` for a file that is not a local tcp kernel file, ssh errors, `E_SPAWN`
    *   when the kernel cannot be started, `E_FORWARD` when one of the file's ports is taken here.
    */
-  static async start(options: RemoteKernelOptions): Promise<RemoteKernel> {
+  static start(options: RemoteKernelOptions): Promise<RemoteKernel> {
+    return RemoteKernel.#open(options, undefined)
+  }
+
+  /**
+   * Follows again a kernel this process started (through a service that has gone away, say): the same file, the
+   * kernel still running on the same node with the same pid, else `E_REMOTE_GONE`. Never starts or stops one: a
+   * kernel is adopted only by the launcher that started it.
+   */
+  static adopt(options: RemoteKernelOptions, started: { host: string; pid: number }): Promise<RemoteKernel> {
+    return RemoteKernel.#open(options, started)
+  }
+
+  static async #open(
+    options: RemoteKernelOptions,
+    adopt: { host: string; pid: number } | undefined,
+  ): Promise<RemoteKernel> {
     const file = options.connectionFile
     const { info } = await readConnectionFile(file)
     if (info.kind !== 'kernel') {
@@ -159,6 +175,16 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
         ...(options.remoteDir !== undefined && { dir: options.remoteDir }),
       })
       const name = remoteKernelName(info)
+      if (adopt !== undefined) {
+        const running = await procs.status(name, signal ? { signal } : {})
+        if (running.state !== 'running' || running.node?.host !== adopt.host || running.pid !== adopt.pid) {
+          throw new IppTunnelError(
+            'E_REMOTE_GONE',
+            `${file}: the kernel (pid ${adopt.pid} on ${adopt.host}) is no longer running there (${running.state})`,
+          )
+        }
+        return await RemoteKernel.#follow(info, link, procs, running, borrowed, signal)
+      }
       await procs.stop(name, signal ? { signal } : {}).catch((err: unknown) => {
         if (!isIppTunnelError(err) || err.code !== 'E_REMOTE_GONE') throw err
       })

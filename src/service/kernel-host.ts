@@ -199,11 +199,17 @@ export class KernelHost {
       const ended = await kernel.exited
       await kernel.close()
       if (ended.error !== undefined) throw ended.error
-      // a launcher that stopped it or went away is told nothing more
-      if (!isAborted(signal)) send({ type: 'exited', code: ended.code, signal: ended.signal })
+      // a launcher that stopped it or went away is told nothing more; one whose service stops hears it go
+      if (!isAborted(signal) && !this.closing)
+        send({ type: 'exited', code: ended.code, signal: ended.signal })
     } finally {
       await this.#pool.release(link)
     }
+  }
+
+  /** True once {@link close} was called. */
+  get closing(): boolean {
+    return this.#closed
   }
 
   /**
@@ -213,6 +219,8 @@ export class KernelHost {
   async close(): Promise<void> {
     this.#closed = true
     const held = [...this.#held]
+    // the forwards closed before the launchers hear of it: each takes the kernel's ports over at once
+    await Promise.all(held.map((h) => h.kernel?.close({ leaveRunning: true }) ?? Promise.resolve()))
     for (const h of held) h.socket.destroy()
     await Promise.all(held.map((h) => h.done))
   }

@@ -47,7 +47,7 @@ for kc, km in zip(kcs, kms):
 print(json.dumps(seen))
 `
 
-/** A jupyter_client on a connection file: one execute, its output. */
+/** A jupyter_client on a connection file: one execute (argv[2], default: print the pid), its output. */
 const EXECUTE = String.raw`
 import json, sys
 from jupyter_client import BlockingKernelClient
@@ -59,7 +59,8 @@ out = []
 def hook(msg):
     if msg['msg_type'] == 'stream':
         out.append(msg['content']['text'])
-reply = kc.execute_interactive("import os; print(os.getpid(), end='')", output_hook=hook, timeout=60)
+code = sys.argv[2] if len(sys.argv) > 2 else "import os; print(os.getpid(), end='')"
+reply = kc.execute_interactive(code, output_hook=hook, timeout=60)
 print(json.dumps([reply['content']['status'], ''.join(out)]))
 `
 
@@ -125,6 +126,53 @@ describe('kernels through the running watch service: one link, one login for all
     assert.equal((sshd.log().match(/Accepted publickey/gu)?.length ?? 0) - loginsBefore, 1, sshd.log())
     assert.deepEqual(await processesWith(join(root, 'remote')), [], 'no remote kernel or supervisor')
     assert.deepEqual(await readdir(join(root, 'remote')), [])
+  })
+
+  test('the service stops under a running kernel: its launcher follows it over a link of its own, state kept', async (t) => {
+    const watched = join(root, 'watched-2')
+    await mkdir(watched, { mode: 0o700 })
+    const auth = ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile]
+    const service = spawnCli(['watch', '--json', '--dir', watched, ...auth], env)
+    t.after(async () => {
+      service.kill('SIGTERM')
+      await exited(service)
+    })
+    await new JsonLines(service).next('watching')
+    const ports = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ] as const
+    const file = join(root, 'kernel-adopt.json')
+    await writeFile(file, kernelFileText(ports), { mode: 0o600 })
+    const launcher = spawnCli(
+      ['kernel', ...remoteKernelArgs(sshd, root), '--connection-file', file, '--json'],
+      env,
+    )
+    t.after(async () => {
+      launcher.kill('SIGKILL')
+      await exited(launcher)
+    })
+    const events = new JsonLines(launcher, { from: 'stderr' })
+    const started = await events.next((e) => e.event === 'started' || e.event === 'error', 60_000)
+    assert.equal(started.event, 'started', JSON.stringify(events.events))
+    assert.ok(events.events.some((e) => e.event === 'via-service'))
+    const set = await runPython(EXECUTE, { args: [file, "x = 7; print(x, end='')"], timeoutMs: 90_000 })
+    assert.deepEqual(JSON.parse(set.stdout.trim()), ['ok', '7'], set.stderr)
+
+    service.kill('SIGTERM')
+    assert.equal((await exited(service)).code, 0)
+    await events.next((e) => e.event === 'warning' && /link of our own/u.test(String(e.message)), 60_000)
+    const after = await runPython(EXECUTE, {
+      args: [file, "import os; print(x, os.getpid(), end='')"],
+      timeoutMs: 90_000,
+    })
+    assert.deepEqual(JSON.parse(after.stdout.trim()), ['ok', `7 ${String(started.pid)}`], after.stderr)
+    launcher.kill('SIGTERM')
+    assert.deepEqual(await exited(launcher), { code: 0, signal: null })
+    assert.deepEqual(await processesWith(join(root, 'remote')), [], 'no remote kernel or supervisor')
   })
 })
 
