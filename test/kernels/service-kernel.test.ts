@@ -17,7 +17,7 @@ import { remoteKernelArgs } from './helpers.js'
  * keeps its own state; `ipp-tunnel status` (asked from the same Python, while both run) lists them.
  */
 const TWO = String.raw`
-import json, subprocess, sys
+import json, subprocess, sys, time
 from jupyter_client.manager import KernelManager
 
 def run(kc, code):
@@ -39,6 +39,19 @@ seen = {}
 run(kcs[0], 'x = 1')
 run(kcs[1], 'x = 2')
 seen['where'] = [run(kc, "import os; print(os.readlink('/proc/self/ns/net'), x, end='')")[1] for kc in kcs]
+# interrupt_mode signal: SIGINT to the launcher, over the service socket, to the remote kernel
+msg_id = kcs[0].execute("import time; time.sleep(60)", stop_on_error=False)
+while True:
+    msg = kcs[0].get_iopub_msg(timeout=30)
+    if msg['parent_header'].get('msg_id') == msg_id and msg['msg_type'] == 'status' and msg['content']['execution_state'] == 'busy':
+        break
+time.sleep(0.3)
+kms[0].interrupt_kernel()
+while True:
+    reply = kcs[0].get_shell_msg(timeout=30)
+    if reply['parent_header'].get('msg_id') == msg_id:
+        break
+seen['interrupt'] = [reply['content']['status'], reply['content'].get('ename')]
 status = subprocess.run([sys.argv[2], sys.argv[3], 'status', '--json'], capture_output=True, text=True)
 seen['status'] = json.loads(status.stdout)
 for kc, km in zip(kcs, kms):
@@ -93,7 +106,16 @@ describe('kernels through the running watch service: one link, one login for all
 
   test('two kernels share the service’s one SSH connection (one login in sshd’s log); status lists them', async (t) => {
     const installed = await runCli(
-      ['kernelspec', 'install', ...remoteKernelArgs(sshd, root), '--name', 'shared', '--no-check'],
+      [
+        'kernelspec',
+        'install',
+        ...remoteKernelArgs(sshd, root),
+        '--name',
+        'shared',
+        '--no-check',
+        '--interrupt-mode',
+        'signal',
+      ],
       env,
     )
     assert.equal(installed.code, 0, installed.stderr)
@@ -112,10 +134,12 @@ describe('kernels through the running watch service: one link, one login for all
     assert.equal(run.code, 0, run.stderr)
     const seen = JSON.parse(run.stdout.trim().split('\n').at(-1) ?? '') as {
       where: string[]
+      interrupt: [string, string]
       status: { links: number; kernels: { state: string; host: string; file: string }[] }
     }
     const nsIno = (await stat(`/run/netns/${ns.name}`)).ino
     assert.deepEqual(seen.where, [`net:[${nsIno}] 1`, `net:[${nsIno}] 2`])
+    assert.deepEqual(seen.interrupt, ['error', 'KeyboardInterrupt'])
     assert.equal(seen.status.links, 1)
     assert.deepEqual(
       seen.status.kernels.map((k) => k.state),
