@@ -19,6 +19,7 @@ const COMMANDS = [
   'px',
   'kernel',
   'kernelspec',
+  'cluster',
 ] as const
 
 type Command = (typeof COMMANDS)[number]
@@ -40,6 +41,7 @@ const LOADERS: Readonly<Record<Command, () => Promise<Register>>> = {
   px: async () => (await import('./px.js')).registerPx,
   kernel: async () => (await import('./kernel.js')).registerKernel,
   kernelspec: async () => (await import('./kernelspec.js')).registerKernelspec,
+  cluster: async () => (await import('./cluster.js')).registerCluster,
 }
 
 /** The commands whose modules a command line needs: the one it names; none for a bare --version; else all (help). */

@@ -18,3 +18,4 @@ export {
   type RemoteProcessState,
 } from './processes.js'
 export { DEFAULT_REMOTE_DIR, shellWord, supervisorCommand, type SupervisorOptions } from './command-line.js'
+export { linkUp, RemoteFollower, type FollowEnd, type RemoteFollowerEvents } from './follow.js'

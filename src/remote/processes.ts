@@ -171,12 +171,19 @@ export class RemoteProcesses {
   async modules(
     names: readonly string[],
     options: { signal?: AbortSignal } = {},
-  ): Promise<{ python: string; executable: string; modules: Record<string, string | null> }> {
+  ): Promise<{
+    python: string
+    executable: string
+    modules: Record<string, string | null>
+    /** Where IPython keeps its profiles there: `$IPYTHONDIR`, else `~/.ipython` (absolute). */
+    ipythonDir: string
+  }> {
     const a = await this.#call('modules', names, undefined, options.signal)
     return {
       python: String(a.python),
       executable: String(a.executable),
       modules: a.modules as Record<string, string | null>,
+      ipythonDir: String(a.ipython_dir),
     }
   }
 

@@ -358,7 +358,9 @@ def main(argv):
                     versions[module] = str(getattr(__import__(module), '__version__', ''))
                 except Exception as e:
                     versions[module] = None
-            say({'ok': True, 'python': sys.version.split()[0], 'executable': sys.executable, 'modules': versions})
+            ipython_dir = os.path.abspath(os.path.expanduser(os.environ.get('IPYTHONDIR') or '~/.ipython'))
+            say({'ok': True, 'python': sys.version.split()[0], 'executable': sys.executable, 'modules': versions,
+                 'ipython_dir': ipython_dir})
         elif verb == 'start':
             start(argv[1], argv[2])
         elif verb == 'attach':

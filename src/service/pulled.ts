@@ -4,7 +4,7 @@ import { posix } from 'node:path'
 import { destinationOf, parseConnectionFile, type ConnectionInfo } from '../connection-file/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { RemoteDirectorySource, type RemoteSpec, type SourceFile } from '../sources/index.js'
-import { resolveTarget, type LinkOptions, type SshOptions } from '../ssh/index.js'
+import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { LinkPool, openTunnel, type ForwardInfo, type Tunnel } from '../tunnel/index.js'
 
 export interface PulledTunnelOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
@@ -14,6 +14,10 @@ export interface PulledTunnelOptions extends SshOptions, Omit<LinkOptions, keyof
   readonly pollMs?: number
   /** What this process is, as another process's `E_COPY_CONFLICT` names it (as `openTunnel`'s `owner`). */
   readonly owner?: string
+  /** The pool to take the link from (shared with the caller's other work, and left open); default one of its own. */
+  readonly pool?: LinkPool
+  /** How long to wait for a file that is not there yet (a controller starting); default 0: it must be there. */
+  readonly waitForFileMs?: number
   readonly signal?: AbortSignal
 }
 
@@ -50,8 +54,11 @@ export class PulledTunnel extends EventEmitter<PulledTunnelEvents> {
   readonly tunnel: Tunnel
   readonly #source: RemoteDirectorySource
   readonly #pool: LinkPool
+  readonly #ownPool: boolean
   #appliedText: string
   #retry: NodeJS.Timeout | undefined
+  /** The lease this holds on the pool's link for its SFTP session. */
+  #link: Link | undefined
   #queue: Promise<void> = Promise.resolve()
   #closed = false
 
@@ -60,6 +67,7 @@ export class PulledTunnel extends EventEmitter<PulledTunnelEvents> {
     tunnel: Tunnel,
     source: RemoteDirectorySource,
     pool: LinkPool,
+    ownPool: boolean,
     text: string,
   ) {
     super()
@@ -67,6 +75,7 @@ export class PulledTunnel extends EventEmitter<PulledTunnelEvents> {
     this.tunnel = tunnel
     this.#source = source
     this.#pool = pool
+    this.#ownPool = ownPool
     this.#appliedText = text
   }
 
@@ -80,25 +89,33 @@ export class PulledTunnel extends EventEmitter<PulledTunnelEvents> {
   static async open(spec: RemoteSpec, options: PulledTunnelOptions): Promise<PulledTunnel> {
     if (spec.path === undefined)
       throw new IppTunnelError('E_USAGE', `${spec.destination}: no remote path given`)
-    const pool = new LinkPool(options)
+    const pool = options.pool ?? new LinkPool(options)
     let source: RemoteDirectorySource | undefined
+    let link: Link | undefined
     try {
-      const link = await pool.acquire(await resolveTarget(spec.destination, options), options.signal)
+      link = await pool.acquire(await resolveTarget(spec.destination, options), options.signal)
+      const sftpLink = link
       source = new RemoteDirectorySource({
         destination: spec.destination,
         dir: posix.dirname(spec.path),
         only: posix.basename(spec.path),
-        sftp: (signal, stale) => link.sftp({ signal, ...(stale !== undefined && { stale }) }),
+        sftp: (signal, stale) => sftpLink.sftp({ signal, ...(stale !== undefined && { stale }) }),
         ...(options.pollMs !== undefined && { pollMs: options.pollMs }),
       })
-      const { file, info, warnings } = await firstPull(source, spec.path, options.signal)
+      const { file, info, warnings } = await firstPull(
+        source,
+        spec.path,
+        options.signal,
+        options.waitForFileMs ?? 0,
+      )
       const tunnel = await openTunnel(info, {
         ...options,
         ssh: destinationOf(info) ?? spec.destination,
         pool,
         out: options.out,
       })
-      const pulled = new PulledTunnel(file.id, tunnel, source, pool, file.text)
+      const pulled = new PulledTunnel(file.id, tunnel, source, pool, options.pool === undefined, file.text)
+      pulled.#link = link
       source.on('file', (f) => pulled.#schedule(() => pulled.#onFile(f, performance.now())))
       source.on('removed', () => pulled.emit('removed', { file: pulled.file }))
       source.on('file:error', (e) =>
@@ -116,7 +133,8 @@ export class PulledTunnel extends EventEmitter<PulledTunnelEvents> {
       return pulled
     } catch (err) {
       await source?.close()
-      await pool.close()
+      if (options.pool === undefined) await pool.close()
+      else if (link !== undefined) await pool.release(link)
       throw err
     }
   }
@@ -177,7 +195,8 @@ export class PulledTunnel extends EventEmitter<PulledTunnelEvents> {
     await this.#source.close()
     await this.#queue
     await this.tunnel.close()
-    await this.#pool.close()
+    if (this.#ownPool) await this.#pool.close()
+    else if (this.#link !== undefined) await this.#pool.release(this.#link)
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -190,7 +209,9 @@ async function firstPull(
   source: RemoteDirectorySource,
   path: string,
   signal: AbortSignal | undefined,
+  waitForFileMs: number,
 ): Promise<{ file: SourceFile; info: ConnectionInfo; warnings: string[] }> {
+  const since = performance.now()
   let latest: SourceFile | undefined
   let problem: IppTunnelError | undefined
   const warnings: string[] = []
@@ -211,6 +232,10 @@ async function firstPull(
       await source.poll()
       if (problem) throw problem
       const got = latest as SourceFile | undefined
+      if (got === undefined && performance.now() - since < waitForFileMs) {
+        await new Promise((resolve) => setTimeout(resolve, Math.min(source.pollMs, 200)))
+        continue
+      }
       if (got === undefined) {
         const file = source.path !== undefined ? posix.join(source.path, posix.basename(path)) : path
         throw new IppTunnelError(

@@ -1,0 +1,550 @@
+import { EventEmitter } from 'node:events'
+import { join, posix } from 'node:path'
+
+import { HubQuery } from '../client/index.js'
+import type { IppClientInfo } from '../connection-file/index.js'
+import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { RemoteFollower, RemoteProcesses, type FollowEnd, type RemoteProcessState } from '../remote/index.js'
+import { ipythonDir, PulledTunnel } from '../service/index.js'
+import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
+import { LinkPool } from '../tunnel/index.js'
+import { checkProfile, clusterIdOf, newClusterId, processNames, profileOfController } from './names.js'
+import { checkCompatible, localVersions } from './versions.js'
+
+/** Where the engines run: on the ssh server itself, or as one `mpiexec -n N` world there. */
+export type EnginesKind = 'login' | 'mpi'
+
+/** How a cluster is reached and, for `start`, started. */
+export interface ClusterOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
+  /** The ssh destination the cluster runs behind (`user@host`, an alias). */
+  readonly destination: string
+  /** The ipyparallel profile; default `default`. The copy goes where `Client(profile="NAME-tunnel")` looks. */
+  readonly profile?: string
+  /** The remote python (after `setup`); default `python3`. */
+  readonly python?: string
+  /** Shell lines run first on the server before every remote command (`module load …`, `conda activate …`). */
+  readonly setup?: string
+  /** The remote IPython directory; default the remote `$IPYTHONDIR`, else `~/.ipython`. */
+  readonly remoteIpythonDir?: string
+  /** The local IPython directory the copy goes to; default `$IPYTHONDIR`, else `~/.ipython`. */
+  readonly ipythonDir?: string
+  /** The remote directory of our processes' state; default `~/.ipp-tunnel/remote`. */
+  readonly remoteDir?: string
+  readonly signal?: AbortSignal
+}
+
+/** What `start` adds. */
+export interface ClusterStartOptions extends ClusterOptions {
+  /** Engines to start; default 2. */
+  readonly n?: number
+  readonly engines?: EnginesKind
+  /** CurveZMQ between the controller and everyone (`IPP_ENABLE_CURVE=1`); the copy carries the server key. */
+  readonly curve?: boolean
+  /** Seconds the cluster runs on with no one attached; default: until stopped. */
+  readonly persistSeconds?: number
+  /** The local python that will use the copy, checked against the remote one; `false` skips the check. */
+  readonly localPython?: string | false
+}
+
+/** A cluster of ours on a server, as `list` shows it. */
+export interface ClusterState {
+  readonly profile: string
+  readonly clusterId: string | undefined
+  readonly host: string
+  readonly controller: RemoteProcessState
+  readonly engines: RemoteProcessState | undefined
+  /** Engines asked for (from the engines' command line). */
+  readonly n: number | undefined
+}
+
+/** Events of a {@link RemoteCluster}. */
+export interface RemoteClusterEvents {
+  /** The controller lists `count` engines (each change). */
+  registered: [info: { count: number; n: number }]
+  output: [info: { process: 'controller' | 'engines'; stream: 'stdout' | 'stderr'; data: Buffer }]
+  detached: []
+  reattached: [info: { downMs: number }]
+  /** A process of the cluster ended on its own (the controller's end ends the cluster). */
+  exited: [info: { process: 'controller' | 'engines'; end: FollowEnd }]
+  warning: [info: { message: string }]
+}
+
+const CONTROLLER_FILE_WAIT_MS = 120_000
+const REGISTRATION_POLL_MS = 250
+
+/**
+ * A whole ipyparallel cluster on an ssh server, started and followed over one link (one login): the controller
+ * and its engines run there detached under our supervisor, its client file is pulled over SFTP, tunnelled and
+ * copied where `Client(profile="NAME-tunnel")` finds it. `stop()` ends it and removes every file it made on both
+ * sides; `detach()` lets it run on (`attach` finds it again, from any machine).
+ *
+ * @example
+ * const cluster = await RemoteCluster.start({ destination: 'me@cluster', n: 4 })
+ * cluster.on('registered', ({ count, n }) => console.log(`${count} of ${n} engines`))
+ * await cluster.stop()
+ */
+export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
+  readonly profile: string
+  readonly clusterId: string
+  /** Where the controller runs (the server's host name) and its pid there. */
+  readonly host: string
+  readonly controllerPid: number
+  /** The engines started (by `start`, or found running by `attach`). */
+  engines: { readonly pid: number; readonly n: number; readonly kind: EnginesKind } | undefined
+  /** The tunnel of the controller's client file; its copy (`pulled.tunnel.out`) is what Client reads. */
+  readonly pulled: PulledTunnel
+  readonly #pool: LinkPool
+  readonly #link: Link
+  readonly #procs: RemoteProcesses
+  readonly #securityDir: string
+  readonly #followers = new Map<'controller' | 'engines', RemoteFollower>()
+  #hub: HubQuery | undefined
+  #closed = false
+
+  /** Read afresh after each await (a method, so the compiler does not narrow it). */
+  #isClosed(): boolean {
+    return this.#closed
+  }
+
+  private constructor(
+    parts: { profile: string; clusterId: string; host: string; pid: number; securityDir: string },
+    pool: LinkPool,
+    link: Link,
+    procs: RemoteProcesses,
+    pulled: PulledTunnel,
+  ) {
+    super()
+    this.profile = parts.profile
+    this.clusterId = parts.clusterId
+    this.host = parts.host
+    this.controllerPid = parts.pid
+    this.#securityDir = parts.securityDir
+    this.#pool = pool
+    this.#link = link
+    this.#procs = procs
+    this.pulled = pulled
+  }
+
+  /**
+   * Checks the pythons on both sides, starts the controller, tunnels and copies its client file, then starts the
+   * engines; resolves once they are started (registration follows as `registered` events).
+   * @throws IppTunnelError `E_REMOTE_EXISTS` when a cluster of the profile already runs there, `E_SPAWN` when a
+   *   python lacks ipyparallel or the two differ, ssh errors, and what tunnelling the file throws.
+   */
+  static async start(options: ClusterStartOptions): Promise<RemoteCluster> {
+    const profile = options.profile ?? 'default'
+    checkProfile(profile)
+    const n = options.n ?? 2
+    if (!Number.isInteger(n) || n < 1)
+      throw new IppTunnelError('E_USAGE', `-n ${String(n)}: give a whole number ≥ 1`)
+    return RemoteCluster.#withLink(options, async (pool, link, procs) => {
+      const signal = options.signal
+      const remote = await procs.modules(['ipyparallel', 'cloudpickle'], signal ? { signal } : {})
+      const remoteVersions = {
+        where: `${remote.executable} on ${link.destination}`,
+        python: remote.python,
+        ipyparallel: remote.modules.ipyparallel ?? null,
+        cloudpickle: remote.modules.cloudpickle ?? null,
+      }
+      if (options.localPython !== false) {
+        checkCompatible(remoteVersions, await localVersions(options.localPython ?? 'python3', signal))
+      } else if (remoteVersions.ipyparallel === null) {
+        checkCompatible(remoteVersions, { ...remoteVersions, where: 'here' })
+      }
+      const names = processNames(profile)
+      const existing = await procs.status(names.controller, signal ? { signal } : {})
+      if (existing.state === 'running' || existing.state === 'elsewhere') {
+        throw new IppTunnelError(
+          'E_REMOTE_EXISTS',
+          `a cluster of profile ${profile} already runs on ${existing.node?.host ?? link.destination} (controller pid ${String(existing.pid ?? '?')}): ipp-tunnel cluster attach, or cluster stop`,
+        )
+      }
+      // what an earlier cluster of the profile left (exited, its supervisor gone): ours, removed
+      await procs.stop(names.engines).catch(() => undefined)
+      await procs.stop(names.controller).catch(() => undefined)
+      const remoteIpythonDir = options.remoteIpythonDir ?? remote.ipythonDir
+      await ensureRemoteDir(link, remoteIpythonDir)
+      const clusterId = newClusterId()
+      const common = [
+        `--profile=${profile}`,
+        `--cluster-id=${clusterId}`,
+        `--ipython-dir=${remoteIpythonDir}`,
+      ]
+      const python = options.python ?? 'python3'
+      const env = options.curve === true ? { IPP_ENABLE_CURVE: '1' } : undefined
+      const persist = options.persistSeconds !== undefined && { persistSeconds: options.persistSeconds }
+      const controller = await procs.start(
+        {
+          name: names.controller,
+          argv: [python, '-m', 'ipyparallel.controller', ...common, '--ip=127.0.0.1'],
+          ...(env !== undefined && { env }),
+          ...persist,
+        },
+        signal ? { signal } : {},
+      )
+      const securityDir = posix.join(remoteIpythonDir, `profile_${profile}`, 'security')
+      let cluster: RemoteCluster
+      try {
+        cluster = await RemoteCluster.#follow(options, pool, link, procs, controller, {
+          profile,
+          clusterId,
+          securityDir,
+        })
+      } catch (err) {
+        await procs.stop(names.controller).catch(() => undefined)
+        await removeConnectionFiles(link, securityDir, clusterId)
+        throw err
+      }
+      try {
+        const root = link.target.hops.at(-1)?.username === 'root'
+        const engines = await procs.start(
+          {
+            name: names.engines,
+            argv: [
+              python,
+              '-m',
+              'ipyparallel.cluster',
+              'engines',
+              `--n=${String(n)}`,
+              ...common,
+              ...(options.engines === 'mpi' ? ['--engines=mpi'] : []),
+            ],
+            env: {
+              ...env,
+              // Open MPI refuses root unless told: the account is the user's choice, not ours
+              ...(options.engines === 'mpi' &&
+                root && { OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1' }),
+            },
+            ...persist,
+          },
+          signal ? { signal } : {},
+        )
+        cluster.engines = { pid: engines.pid ?? 0, n, kind: options.engines ?? 'login' }
+        cluster.#followProcess('engines', engines)
+        cluster.#watchRegistration(n)
+      } catch (err) {
+        await cluster.stop()
+        throw err
+      }
+      return cluster
+    })
+  }
+
+  /**
+   * Finds the running cluster of the profile and follows it again: tunnels and copies its client file, follows its
+   * processes and registration. Starts and stops nothing.
+   * @throws IppTunnelError `E_REMOTE_GONE` when no cluster of the profile runs there.
+   */
+  static async attach(options: ClusterOptions): Promise<RemoteCluster> {
+    const profile = options.profile ?? 'default'
+    checkProfile(profile)
+    return RemoteCluster.#withLink(options, async (pool, link, procs) => {
+      const found = await RemoteCluster.#find(procs, profile, link)
+      const cluster = await RemoteCluster.#follow(options, pool, link, procs, found.controller, {
+        profile,
+        clusterId: found.clusterId,
+        securityDir: found.securityDir,
+      })
+      if (found.engines?.state === 'running') {
+        const kind = found.engines.argv?.includes('--engines=mpi') === true ? 'mpi' : 'login'
+        cluster.engines = { pid: found.engines.pid ?? 0, n: enginesCount(found.engines) ?? 0, kind }
+        cluster.#followProcess('engines', found.engines)
+        cluster.#watchRegistration(enginesCount(found.engines) ?? 0)
+      }
+      return cluster
+    })
+  }
+
+  /**
+   * Stops the cluster of the profile there (engines, then the controller) and removes its files there.
+   * @throws IppTunnelError `E_REMOTE_GONE` when there is none.
+   */
+  static async stop(options: ClusterOptions): Promise<{ host: string; profile: string }> {
+    const profile = options.profile ?? 'default'
+    checkProfile(profile)
+    const pool = new LinkPool(options)
+    try {
+      const link = await pool.acquire(await resolveTarget(options.destination, options), options.signal)
+      const procs = processesOver(link, options)
+      const found = await RemoteCluster.#find(procs, profile, link)
+      const names = processNames(profile)
+      await procs.stop(names.engines).catch(() => undefined)
+      await procs.stop(names.controller)
+      await removeConnectionFiles(link, found.securityDir, found.clusterId)
+      return { host: found.controller.node?.host ?? link.destination, profile }
+    } finally {
+      await pool.close()
+    }
+  }
+
+  /** Every cluster of ours on the server: profile, controller, engines. */
+  static async list(options: ClusterOptions): Promise<ClusterState[]> {
+    const pool = new LinkPool(options)
+    try {
+      const link = await pool.acquire(await resolveTarget(options.destination, options), options.signal)
+      const all = await processesOver(link, options).list()
+      return all.flatMap((controller) => {
+        const profile = profileOfController(controller.name)
+        if (profile === undefined) return []
+        const engines = all.find((p) => p.name === processNames(profile).engines)
+        return [
+          {
+            profile,
+            clusterId: clusterIdOf(controller.argv),
+            host: controller.node?.host ?? '',
+            controller,
+            engines,
+            n: engines === undefined ? undefined : enginesCount(engines),
+          },
+        ]
+      })
+    } finally {
+      await pool.close()
+    }
+  }
+
+  static async #withLink<T>(
+    options: ClusterOptions,
+    work: (pool: LinkPool, link: Link, procs: RemoteProcesses) => Promise<T>,
+  ): Promise<T> {
+    const pool = new LinkPool(options)
+    try {
+      const link = await pool.acquire(await resolveTarget(options.destination, options), options.signal)
+      return await work(pool, link, processesOver(link, options))
+    } catch (err) {
+      await pool.close()
+      throw err
+    }
+  }
+
+  static async #find(
+    procs: RemoteProcesses,
+    profile: string,
+    link: Link,
+  ): Promise<{
+    controller: RemoteProcessState
+    engines: RemoteProcessState | undefined
+    clusterId: string
+    securityDir: string
+  }> {
+    const names = processNames(profile)
+    const controller = await procs.status(names.controller)
+    const clusterId = clusterIdOf(controller.argv)
+    const ipdir = controller.argv?.find((w) => w.startsWith('--ipython-dir='))?.slice('--ipython-dir='.length)
+    if (controller.state === 'none' || clusterId === undefined || ipdir === undefined) {
+      throw new IppTunnelError(
+        'E_REMOTE_GONE',
+        `no cluster of profile ${profile} of ours on ${link.destination}`,
+      )
+    }
+    const engines = await procs.status(names.engines)
+    return {
+      controller,
+      engines: engines.state === 'none' ? undefined : engines,
+      clusterId,
+      securityDir: posix.join(ipdir, `profile_${profile}`, 'security'),
+    }
+  }
+
+  /** Tunnels and copies the controller's client file (waiting for it), and follows the controller. */
+  static async #follow(
+    options: ClusterOptions,
+    pool: LinkPool,
+    link: Link,
+    procs: RemoteProcesses,
+    controller: RemoteProcessState,
+    parts: { profile: string; clusterId: string; securityDir: string },
+  ): Promise<RemoteCluster> {
+    const follower = new RemoteFollower(procs, link, processNames(parts.profile).controller, controller)
+    let said = ''
+    const onOutput = (e: { data: Buffer }): void => {
+      said = (said + e.data.toString('utf8')).slice(-2048)
+    }
+    follower.on('output', onOutput)
+    const abort = new AbortController()
+    const onAbort = (): void => abort.abort(options.signal?.reason)
+    options.signal?.addEventListener('abort', onAbort, { once: true })
+    // a controller that dies before its file appears ends the wait at once
+    void follower.ended.then((end) =>
+      abort.abort(
+        end.error ??
+          new IppTunnelError(
+            'E_SPAWN',
+            `the controller exited before writing its connection file (status ${String(end.code ?? end.signal)}): ${lastLine(said) || 'it said nothing'}`,
+          ),
+      ),
+    )
+    const localDir = join(options.ipythonDir ?? ipythonDir(), `profile_${parts.profile}-tunnel`, 'security')
+    let pulled: PulledTunnel
+    try {
+      pulled = await PulledTunnel.open(
+        {
+          destination: options.destination,
+          path: posix.join(parts.securityDir, `ipcontroller-${parts.clusterId}-client.json`),
+        },
+        {
+          ...options,
+          pool,
+          out: join(localDir, 'ipcontroller-client.json'),
+          waitForFileMs: CONTROLLER_FILE_WAIT_MS,
+          pollMs: 200,
+          signal: abort.signal,
+        },
+      )
+    } catch (err) {
+      await follower.close()
+      throw abort.signal.aborted && isIppTunnelError(abort.signal.reason) ? abort.signal.reason : err
+    } finally {
+      options.signal?.removeEventListener('abort', onAbort)
+      follower.off('output', onOutput)
+    }
+    const cluster = new RemoteCluster(
+      { ...parts, host: controller.node?.host ?? link.destination, pid: controller.pid ?? 0 },
+      pool,
+      link,
+      procs,
+      pulled,
+    )
+    cluster.#adopt('controller', follower)
+    pulled.on('warning', (e) => cluster.emit('warning', { message: e.message }))
+    pulled.on('file:error', (e) => cluster.emit('warning', { message: `${e.file}: ${e.message}` }))
+    return cluster
+  }
+
+  #followProcess(process: 'controller' | 'engines', state: RemoteProcessState): void {
+    const name = processNames(this.profile)[process]
+    this.#adopt(process, new RemoteFollower(this.#procs, this.#link, name, state))
+  }
+
+  #adopt(process: 'controller' | 'engines', follower: RemoteFollower): void {
+    this.#followers.set(process, follower)
+    follower.on('output', (e) => this.emit('output', { process, ...e }))
+    if (process === 'controller') {
+      follower.on('detached', () => this.emit('detached'))
+      follower.on('reattached', (e) => this.emit('reattached', e))
+    }
+    void follower.ended.then((end) => {
+      if (!this.#closed) this.emit('exited', { process, end })
+    })
+  }
+
+  /** Asks the hub (through the tunnel) how many engines it lists, and says so on each change. */
+  #watchRegistration(n: number): void {
+    const hub = HubQuery.open(this.pulled.tunnel.loopback as IppClientInfo, this.pulled.file)
+    this.#hub = hub
+    let last = -1
+    const poll = async (): Promise<void> => {
+      while (!this.#isClosed()) {
+        const count = await hub.engines({ timeoutMs: 5000 }).then(
+          (r) => r.ids.length,
+          () => last,
+        )
+        if (this.#isClosed()) return
+        if (count !== last) {
+          last = count
+          this.emit('registered', { count, n })
+        }
+        await new Promise((resolve) => setTimeout(resolve, REGISTRATION_POLL_MS))
+      }
+    }
+    void poll()
+  }
+
+  /** Resolves when the controller has ended on its own (or could not be followed any more). */
+  get ended(): Promise<FollowEnd> {
+    return this.#followers.get('controller')?.ended ?? Promise.resolve({ code: null, signal: null })
+  }
+
+  /** Lets the cluster run on (until its `persistSeconds` with no one attached): closes the tunnel, the copy, the link. */
+  async detach(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    await this.#hub?.close()
+    await Promise.all([...this.#followers.values()].map((f) => f.close()))
+    await this.pulled.close()
+    await this.#pool.close()
+  }
+
+  /** Stops the engines, then the controller, removes every file of the cluster on both sides, and closes. */
+  async stop(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    await this.#hub?.close()
+    await Promise.all([...this.#followers.values()].map((f) => f.close()))
+    const names = processNames(this.profile)
+    if (this.#link.state === 'up') {
+      await this.#procs.stop(names.engines).catch(() => undefined)
+      await this.#procs.stop(names.controller).catch(() => undefined)
+      await removeConnectionFiles(this.#link, this.#securityDir, this.clusterId)
+    }
+    await this.pulled.close()
+    await this.#pool.close()
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop()
+  }
+}
+
+/** The last line a process wrote that says something. */
+function lastLine(text: string): string {
+  return (
+    text
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean)
+      .at(-1) ?? ''
+  )
+}
+
+/** Creates the remote IPython directory when it is missing (ipcontroller creates a profile, not the directory). */
+async function ensureRemoteDir(link: Link, dir: string): Promise<void> {
+  const sftp = await link.sftp()
+  await new Promise<void>((resolve, reject) =>
+    sftp.stat(dir, (err: Error | null | undefined) => {
+      if (!err) {
+        resolve()
+        return
+      }
+      sftp.mkdir(dir, { mode: 0o700 }, (mkdirError: Error | null | undefined) => {
+        if (!mkdirError) resolve()
+        else
+          reject(
+            new IppTunnelError(
+              'E_REMOTE_DIR',
+              `${link.destination}:${dir}: the IPython directory is missing and cannot be created (${mkdirError.message})`,
+            ),
+          )
+      })
+    }),
+  )
+}
+
+function processesOver(link: Link, options: ClusterOptions): RemoteProcesses {
+  return new RemoteProcesses(link, {
+    ...(options.python !== undefined && { python: options.python }),
+    ...(options.setup !== undefined && { setup: options.setup }),
+    ...(options.remoteDir !== undefined && { dir: options.remoteDir }),
+  })
+}
+
+function enginesCount(engines: RemoteProcessState): number | undefined {
+  const word = engines.argv?.find((w) => w.startsWith('--n='))
+  const n = word === undefined ? NaN : Number(word.slice('--n='.length))
+  return Number.isInteger(n) ? n : undefined
+}
+
+/**
+ * Removes the files the cluster's controller (and ipcluster engines) write in the profile, named by our cluster id
+ * (ours, whoever else uses the profile); a controller stopped cleanly has removed them already.
+ */
+async function removeConnectionFiles(link: Link, securityDir: string, clusterId: string): Promise<void> {
+  const sftp = await link.sftp().catch(() => undefined)
+  if (sftp === undefined) return
+  const names = [`ipcontroller-${clusterId}-client.json`, `ipcontroller-${clusterId}-engine.json`]
+  await Promise.all(
+    names.map(
+      (name) => new Promise<void>((resolve) => sftp.unlink(posix.join(securityDir, name), () => resolve())),
+    ),
+  )
+}

@@ -1,0 +1,19 @@
+/**
+ * Whole ipyparallel clusters on an ssh server, started, followed and stopped over one link: the controller and
+ * its engines run there under our supervisor; the client file is tunnelled and copied where
+ * `Client(profile="NAME-tunnel")` looks.
+ *
+ * @example
+ * import { RemoteCluster } from '../cluster/index.js'
+ * const cluster = await RemoteCluster.start({ destination: 'me@cluster', n: 4 })
+ * await cluster.stop()
+ */
+export {
+  RemoteCluster,
+  type ClusterOptions,
+  type ClusterStartOptions,
+  type ClusterState,
+  type EnginesKind,
+  type RemoteClusterEvents,
+} from './cluster.js'
+export { checkCompatible, localVersions, type PythonVersions } from './versions.js'

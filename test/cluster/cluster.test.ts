@@ -1,0 +1,199 @@
+import assert from 'node:assert/strict'
+import { mkdtemp, readdir, rm, stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+import { JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
+import { createNetns, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { runPython } from '../support/ipp.js'
+
+/** A Client on the copy: where each engine runs (its network namespace) and, with mpi, its rank and world. */
+const USE = String.raw`
+import json, sys
+import ipyparallel as ipp
+rc = ipp.Client(profile='default-tunnel', timeout=60)
+rc.wait_for_engines(int(sys.argv[1]), timeout=60)
+def where():
+    import os
+    return os.readlink('/proc/self/ns/net')
+seen = {'where': sorted(set(rc[:].apply_sync(where)))}
+if sys.argv[2] == 'mpi':
+    def world():
+        from mpi4py import MPI
+        return MPI.COMM_WORLD.allreduce(MPI.COMM_WORLD.rank + 1)
+    seen['psum'] = rc[:].apply_sync(world)
+print(json.dumps(seen))
+rc.close()
+`
+
+describe('cluster start/attach/stop/list: a whole ipyparallel cluster on the ssh server over one link', () => {
+  let ns: Netns
+  let sshd: Sshd
+  let root: string
+  let env: NodeJS.ProcessEnv
+  let nsNet: string
+
+  before(async () => {
+    ns = await createNetns()
+    sshd = await startSshd({ netns: ns, extraConfig: 'Subsystem sftp internal-sftp' })
+    root = await mkdtemp(join(tmpdir(), 'ippt-cluster-'))
+    env = { IPYTHONDIR: join(root, 'local-ipython'), SSH_AUTH_SOCK: '' }
+    nsNet = `net:[${(await stat(`/run/netns/${ns.name}`)).ino}]`
+  })
+  after(async () => {
+    await sshd.close()
+    await ns.close()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  /** The destination, its ssh options, the remote python and directories of every command here. */
+  function remoteArgs(): string[] {
+    return [
+      `root@${sshd.host}:${sshd.port}`,
+      '--identity',
+      sshd.clientKey,
+      '--known-hosts',
+      sshd.knownHostsFile,
+      '--python',
+      '/usr/bin/python3',
+      '--remote-dir',
+      join(root, 'remote'),
+      '--remote-ipython-dir',
+      join(root, 'remote-ipython'),
+    ]
+  }
+
+  function startCluster(extra: readonly string[] = []) {
+    const child = spawnCli(
+      ['cluster', 'start', ...remoteArgs(), '--local-python', '/usr/bin/python3', '--json', '--debug', ...extra],
+      env,
+    )
+    return { child, events: new JsonLines(child) }
+  }
+
+  /** Nothing of the cluster left: no process, no state, no connection file there, no copy here. */
+  async function assertNothingLeft(): Promise<void> {
+    for (let i = 0; (await processesWith(join(root, 'remote'))).length > 0; i++) {
+      assert.ok(i < 200, 'a remote process outlived the cluster')
+      await sleep(50)
+    }
+    assert.deepEqual(await readdir(join(root, 'remote')).catch(() => []), [])
+    const security = join(root, 'remote-ipython', 'profile_default', 'security')
+    assert.deepEqual(
+      (await readdir(security).catch(() => [])).filter((f) => f.startsWith('ipcontroller-')),
+      [],
+    )
+    const copies = join(root, 'local-ipython', 'profile_default-tunnel', 'security')
+    assert.deepEqual(await readdir(copies).catch(() => []), [])
+  }
+
+  test('start -n 2: a Client on the copy runs work on engines in the namespace; list shows it; SIGINT leaves nothing', async () => {
+    const { child, events } = startCluster(['-n', '2'])
+    const registered = await events.next(
+      (e) => (e.event === 'registered' && e.count === 2) || e.event === 'error',
+      120_000,
+    )
+    assert.equal(registered.event, 'registered', JSON.stringify(events.events) + events.stderr)
+    const copy = await events.next('copy')
+    assert.equal(
+      copy.out,
+      join(root, 'local-ipython', 'profile_default-tunnel', 'security', 'ipcontroller-client.json'),
+    )
+
+    const used = await runPython(USE, { args: ['2', 'login'], env, timeoutMs: 120_000 })
+    assert.equal(used.code, 0, used.stderr)
+    assert.deepEqual(JSON.parse(used.stdout.trim().split('\n').at(-1) ?? ''), { where: [nsNet] })
+
+    const listed = await runCli(['cluster', 'list', ...remoteArgs(), '--json'], env)
+    assert.equal(listed.code, 0, listed.stderr)
+    const rows = (
+      JSON.parse(listed.stdout) as { clusters: { profile: string; engines: number; state: string }[] }
+    ).clusters
+    assert.deepEqual(
+      rows.map((r) => [r.profile, r.state, r.engines]),
+      [['default', 'running', 2]],
+    )
+
+    child.kill('SIGINT')
+    assert.deepEqual(await exited(child), { code: 0, signal: null })
+    await assertNothingLeft()
+  })
+
+  test('attach after the starting command was SIGKILLed follows the same controller; detach leaves it; stop ends it', async () => {
+    const { child, events } = startCluster(['-n', '2'])
+    await events.next((e) => e.event === 'registered' && e.count === 2, 120_000)
+    const controller = await events.next('controller')
+    child.kill('SIGKILL')
+    await exited(child)
+
+    const attached = spawnCli(['cluster', 'attach', ...remoteArgs(), '--json'], env)
+    const seen = new JsonLines(attached)
+    const again = await seen.next((e) => e.event === 'controller' || e.event === 'error', 60_000)
+    assert.equal(again.pid, controller.pid, JSON.stringify(seen.events) + seen.stderr)
+    await seen.next((e) => e.event === 'registered' && e.count === 2, 60_000)
+    const used = await runPython(USE, { args: ['2', 'login'], env, timeoutMs: 120_000 })
+    assert.equal(used.code, 0, used.stderr)
+    attached.kill('SIGINT')
+    assert.deepEqual(await exited(attached), { code: 0, signal: null })
+
+    const listed = await runCli(['cluster', 'list', ...remoteArgs(), '--json'], env)
+    const rows = (JSON.parse(listed.stdout) as { clusters: { controllerPid: number; state: string }[] })
+      .clusters
+    assert.deepEqual(
+      rows.map((r) => [r.controllerPid, r.state]),
+      [[controller.pid, 'running']],
+      'detaching left the cluster running',
+    )
+    const stopped = await runCli(['cluster', 'stop', ...remoteArgs()], env)
+    assert.equal(stopped.code, 0, stopped.stderr)
+    await assertNothingLeft()
+    const none = await runCli(['cluster', 'stop', ...remoteArgs()], env)
+    assert.equal(none.code, 1, none.stderr)
+    assert.match(none.stderr, /no cluster of profile default/u)
+  })
+
+  test('--engines mpi: one mpiexec world of 2 ranks (psum through mpi4py)', async () => {
+    const { child, events } = startCluster(['-n', '2', '--engines', 'mpi'])
+    const registered = await events.next(
+      (e) => (e.event === 'registered' && e.count === 2) || e.event === 'error',
+      120_000,
+    )
+    assert.equal(registered.event, 'registered', JSON.stringify(events.events) + events.stderr)
+    const used = await runPython(USE, { args: ['2', 'mpi'], env, timeoutMs: 120_000 })
+    assert.equal(used.code, 0, used.stderr)
+    assert.deepEqual(JSON.parse(used.stdout.trim().split('\n').at(-1) ?? ''), {
+      where: [nsNet],
+      psum: [3, 3],
+    })
+    child.kill('SIGTERM')
+    assert.deepEqual(await exited(child), { code: 0, signal: null })
+    await assertNothingLeft()
+  })
+
+  test('--persist: with the starting command SIGKILLed, the cluster ends on the server alone', async () => {
+    const { child, events } = startCluster(['-n', '1', '--persist', '2'])
+    await events.next((e) => e.event === 'registered' && e.count === 1, 120_000)
+    child.kill('SIGKILL')
+    await exited(child)
+    for (let i = 0; (await processesWith(join(root, 'remote'))).length > 0; i++) {
+      assert.ok(i < 600, 'the cluster outlived its --persist')
+      await sleep(100)
+    }
+    const listed = await runCli(['cluster', 'list', ...remoteArgs(), '--json'], env)
+    const rows = (JSON.parse(listed.stdout) as { clusters: { state: string }[] }).clusters
+    assert.ok(
+      rows.every((r) => r.state !== 'running'),
+      listed.stdout,
+    )
+    // what the lease left (its state, the controller's files) goes with the next stop or start
+    await runCli(['cluster', 'stop', ...remoteArgs()], env)
+  })
+
+  test('a profile name that is not a plain word is refused before anything starts (exit 2)', async () => {
+    const result = await runCli(['cluster', 'start', ...remoteArgs(), '--profile', '../x'], env)
+    assert.equal(result.code, 2, result.stderr)
+    assert.match(result.stderr, /--profile "\.\.\/x"/u)
+  })
+})
