@@ -136,7 +136,9 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
     checkLocal(info, file)
     const signal = options.signal
     const target = await resolveTarget(options.destination, options)
-    const link = new Link(target, options)
+    // reconnects go to the address the first connection reached (a round-robin login alias must not move the kernel);
+    // where there is none to pin (ProxyCommand, jump host, master) the node check on attach holds: E_REMOTE_NODE
+    const link = new Link(target, { pinAddress: true, ...options })
     try {
       await link.connect(signal ? { signal } : {})
       const procs = new RemoteProcesses(link, {
