@@ -95,6 +95,7 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
   output
     .format('started', (e) => `kernel started on ${String(e.host)} (pid ${String(e.pid)})`)
     .format('output', (e) => oneLine(String(e.text)))
+    .format('warning', (e) => `warning: ${String(e.message)}`)
     .format('detached', () => 'link down: the kernel runs on, waiting for the link')
     .format('reattached', (e) => `attached again after ${String(e.downMs)} ms`)
     .format(
@@ -142,6 +143,7 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
       ...(args.persist !== undefined && { persistSeconds: args.persist }),
       ...(args['remote-dir'] !== undefined && { remoteDir: args['remote-dir'] }),
       signal: controller.signal,
+      onWarning: (message) => output.emit({ event: 'warning', file, message }),
     })
     const started = remote
     started.on('output', ({ stream, data }) => {

@@ -11,6 +11,7 @@ import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { RemoteProcesses, type RemoteAttachment, type RemoteProcessState } from '../remote/index.js'
 import { Link, resolveTarget, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { Tunnel } from '../tunnel/index.js'
+import { remoteCurve } from './curve.js'
 
 /** How a remote kernel is started and reached. */
 export interface RemoteKernelOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
@@ -35,6 +36,8 @@ export interface RemoteKernelOptions extends SshOptions, Omit<LinkOptions, keyof
   /** The remote directory of remote processes; default `~/.ipp-tunnel/remote`. */
   readonly remoteDir?: string
   readonly signal?: AbortSignal
+  /** Told, in one line, what the user should know and nothing stops: the file's Curve keys withheld, and why. */
+  readonly onWarning?: (message: string) => void
 }
 
 /** Events of a {@link RemoteKernel}. */
@@ -146,6 +149,12 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
         ...(options.setup !== undefined && { setup: options.setup }),
         ...(options.remoteDir !== undefined && { dir: options.remoteDir }),
       })
+      const curve = await remoteCurve(info, procs, { kernelCmd: options.kernelCmd !== undefined, signal })
+      if (curve.withheld !== undefined) {
+        options.onWarning?.(
+          `the remote kernel runs without Curve encryption: ${curve.withheld}; a client that uses the file's Curve keys (jupyter_client 8.9 with transport_encryption) cannot connect to it, one that ignores them can (SSH encrypts the way to the server either way)`,
+        )
+      }
       const name = remoteKernelName(info)
       await procs.stop(name, signal ? { signal } : {}).catch((err: unknown) => {
         if (!isIppTunnelError(err) || err.code !== 'E_REMOTE_GONE') throw err
@@ -157,7 +166,7 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
         {
           name,
           argv,
-          files: { 'kernel.json': serializeConnectionFile(remoteInfoOf(info, '{dir}')) },
+          files: { 'kernel.json': serializeConnectionFile(remoteInfoOf(curve.info, '{dir}')) },
           persistSeconds: options.persistSeconds ?? 1800,
           ...(options.cwd !== undefined && { cwd: options.cwd }),
           ...(options.env !== undefined && { env: options.env }),

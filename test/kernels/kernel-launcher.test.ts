@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, readdir, rm } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
+
+import * as zmq from 'zeromq'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
 import { alive, createNetns, freePort, startSshd, type Netns, type Sshd } from '../support/index.js'
@@ -94,5 +96,37 @@ describe('ipp-tunnel kernel: the launcher a kernelspec runs, by hand', () => {
     )
     assert.deepEqual(await exited(child), { code: 1, signal: null })
     assert.deepEqual(await readdir(join(root, 'remote')), [])
+  })
+
+  test("jupyter_client 8's fields reach the remote file; its Curve keys only a kernel that reads them (not ipykernel 6.17)", async () => {
+    const { publicKey, secretKey } = zmq.curveKeyPair()
+    const file = await connectionFile('curve')
+    const written = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>
+    const later = { x_future: { nested: [1, 'two'] } }
+    await writeFile(
+      file,
+      JSON.stringify({ ...written, curve_publickey: publicKey, curve_secretkey: secretKey, ...later }),
+      { mode: 0o600 },
+    )
+    const { child, events } = launch(file)
+    const warning = await events.next('warning')
+    assert.match(
+      String(warning.message),
+      /^the remote kernel runs without Curve encryption: its ipykernel 6\.17\.\d+ reads no Curve keys \(ipykernel 7\.3\.0 does\); /u,
+    )
+    const started = await events.next('started')
+    const remote = JSON.parse(
+      await readFile(join(root, 'remote', String(started.name), 'kernel.json'), 'utf8'),
+    ) as Record<string, unknown>
+    assert.equal(remote.jupyter_session, '/home/me/notebook.ipynb')
+    assert.deepEqual(remote.x_future, later.x_future)
+    assert.equal(remote.key, written.key)
+    assert.equal(remote.curve_publickey, undefined)
+    assert.equal(remote.curve_secretkey, undefined)
+    // Debian's jupyter_client 7.4 ignores the Curve keys, as the kernel does: they talk
+    assert.equal((await execute(file, 'print(6 * 7)')).stdout, 'ok 42\n')
+    assert.equal(events.events.filter((e) => e.event === 'warning').length, 1)
+    child.kill('SIGTERM')
+    assert.deepEqual(await exited(child), { code: 0, signal: null })
   })
 })
