@@ -7,7 +7,15 @@ import { basename, dirname, join, resolve } from 'node:path'
 import type { Argv } from 'yargs'
 
 import { HubQuery } from '../client/index.js'
-import { isLoopbackOnly, readConnectionFile, type IppEngineInfo } from '../connection-file/index.js'
+import {
+  CONNECTION_INFO_ENV,
+  connectionInfoFromEnv,
+  isLoopbackOnly,
+  readConnectionFile,
+  writeConnectionFileAtomic,
+  type ConnectionInfo,
+  type IppEngineInfo,
+} from '../connection-file/index.js'
 import {
   engineArgvs,
   findProgram,
@@ -50,7 +58,8 @@ import { openSource, type LocalSource } from './source-file.js'
 import { visible } from './visible.js'
 
 interface EnginesArgs extends SshArgs, ListenArgs {
-  readonly file: string
+  /** Absent: the info is in IPP_CONNECTION_INFO (ipyparallel 8+). */
+  readonly file?: string | undefined
   readonly poll?: number | undefined
   readonly n: string
   readonly mpi: boolean
@@ -76,11 +85,13 @@ const DESCRIPTION =
 /** `ipp-tunnel engines FILE -n N`: tunnels an engine file and runs N engines on its loopback copy. */
 export function registerEngines(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
   return yargs.command(
-    'engines <file>',
+    'engines [file]',
     DESCRIPTION,
     (y) =>
       withSshOptions(
-        withSourceFile(withListenOption(y))
+        withSourceFile(withListenOption(y), {
+          orElse: `the JSON in $${CONNECTION_INFO_ENV} (ipyparallel 8+ passes it to engines)`,
+        })
           .option('n', {
             alias: 'engines',
             type: 'string',
@@ -336,6 +347,12 @@ async function engines(args: EnginesArgs): Promise<number> {
           '--sbatch submits a job that runs the engines with --slurm: leave out --slurm, --host and --hostfile',
         )
       }
+      if (args.file === undefined) {
+        throw new IppTunnelError(
+          'E_USAGE',
+          `--sbatch: the job's nodes read a local engine file; write $${CONNECTION_INFO_ENV} to one on a filesystem they share`,
+        )
+      }
       if (remotePathOf(args.file) !== undefined) {
         throw new IppTunnelError(
           'E_USAGE',
@@ -346,12 +363,7 @@ async function engines(args: EnginesArgs): Promise<number> {
       const n = engineCount(args.n)
       // A wrong file fails here, not in a job that may wait in the queue first.
       const { info } = await readConnectionFile(file)
-      if (info.kind !== 'ipp-engine') {
-        throw new IppTunnelError(
-          'E_CONNFILE_KIND',
-          `${file}: is an ${info.kind} connection file; engines needs the controller's engine file (ipcontroller-engine.json)`,
-        )
-      }
+      requireEngineInfo(info, file)
       const inner = [
         process.execPath,
         realpathSync(process.argv[1] ?? ''),
@@ -379,7 +391,7 @@ async function engines(args: EnginesArgs): Promise<number> {
         sbatchArgs: (args['--'] ?? []).map(String),
       })
     } catch (err) {
-      return output.fail(err, { file: args.file })
+      return output.fail(err, { file: args.file ?? CONNECTION_INFO_ENV })
     }
   }
   for (const flag of ['nodes', 'sbatch-output'] as const) {
@@ -390,9 +402,11 @@ async function engines(args: EnginesArgs): Promise<number> {
     }
   }
   const output = formatEngineEvents(new Output({ json: args.json, debug: args.debug }))
-  let file = args.file
+  let file = args.file ?? CONNECTION_INFO_ENV
   let source: LocalSource | undefined
   let privateDir: string | undefined
+  /** Where the info of IPP_CONNECTION_INFO is written for the engines to read (private, removed at the end). */
+  let envDir: string | undefined
   let tunnel: Tunnel | undefined
   let hub: HubQuery | undefined
   let group: EngineGroup | undefined
@@ -404,6 +418,7 @@ async function engines(args: EnginesArgs): Promise<number> {
     nodeTunnels?.killNow()
     if (privateDir !== undefined) rmSync(privateDir, { recursive: true, force: true })
     if (source?.pulled === true) rmSync(dirname(source.path), { recursive: true, force: true })
+    if (envDir !== undefined) rmSync(envDir, { recursive: true, force: true })
   }
   const signals = untilSignal((signal) => {
     signalledAt = performance.now()
@@ -434,22 +449,22 @@ async function engines(args: EnginesArgs): Promise<number> {
     const [program] = engineArgvs(launch)[0] ?? [] // bad command lines fail here, before any connection
     if (program !== undefined) await findProgram(program, process.env.PATH)
     const options = sshOptionsFrom(args, output)
-    if (nodes !== undefined && remotePathOf(args.file) !== undefined) {
+    if (nodes !== undefined && (args.file === undefined || remotePathOf(args.file) !== undefined)) {
       throw new IppTunnelError(
         'E_USAGE',
-        `--host, --hostfile and --slurm: each node reads a local engine file; ${args.file} is on an ssh server`,
+        `--host, --hostfile and --slurm: each node reads a local engine file; ${args.file === undefined ? `write $${CONNECTION_INFO_ENV} to one on a filesystem they share` : `${args.file} is on an ssh server`}`,
       )
     }
-    // host:PATH: pulled and tunnelled as up does it (ready, changed, … printed); its copy is then reached directly
-    source = await openSource(args.file, args, output, { render: true, signal: signals.signal })
+    if (args.file === undefined) {
+      envDir = await makePrivateTempDir('ipp-tunnel-engines-env-')
+      source = await envSource(envDir, process.env)
+    } else {
+      // host:PATH: pulled and tunnelled as up does it (ready, changed, … printed); its copy is then reached directly
+      source = await openSource(args.file, args, output, { render: true, signal: signals.signal })
+    }
     file = source.file
     const { info, warnings } = await readConnectionFile(source.path)
-    if (info.kind !== 'ipp-engine') {
-      throw new IppTunnelError(
-        'E_CONNFILE_KIND',
-        `${file}: is an ${info.kind} connection file; engines needs the controller's engine file (ipcontroller-engine.json)`,
-      )
-    }
+    requireEngineInfo(info, file)
     for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
     let out: string
     let stopFollowing = (): void => undefined
@@ -473,7 +488,7 @@ async function engines(args: EnginesArgs): Promise<number> {
     } else {
       const { destination, sshFrom } = choice
       privateDir = await makePrivateTempDir('ipp-tunnel-engines-')
-      out = join(privateDir, basename(file))
+      out = join(privateDir, basename(source.path))
       tunnel = await openTunnel(info, {
         ...options,
         ssh: destination,
@@ -625,8 +640,46 @@ async function engines(args: EnginesArgs): Promise<number> {
     await tunnel?.close()
     await source?.close()
     if (privateDir !== undefined) await rm(privateDir, { recursive: true, force: true })
+    if (envDir !== undefined) await rm(envDir, { recursive: true, force: true })
     signals.dispose()
     process.off('exit', killOnExit)
+  }
+}
+
+/** @throws IppTunnelError `E_CONNFILE_KIND` naming `file` when `info` is not a controller's engine info. */
+function requireEngineInfo(info: ConnectionInfo, file: string): asserts info is IppEngineInfo {
+  if (info.kind !== 'ipp-engine') {
+    throw new IppTunnelError(
+      'E_CONNFILE_KIND',
+      `${file}: is an ${info.kind} connection file; engines needs the controller's engine file (ipcontroller-engine.json)`,
+    )
+  }
+}
+
+/**
+ * The engine connection info ipyparallel 8+ passes in IPP_CONNECTION_INFO, validated as a file is (errors name the
+ * variable), written into `dir` (private) for the engines, which read a file.
+ * @throws IppTunnelError `E_USAGE` when the variable is unset too, `E_CONNFILE_*` naming the variable.
+ */
+async function envSource(dir: string, env: NodeJS.ProcessEnv): Promise<LocalSource> {
+  const info = connectionInfoFromEnv(env)
+  if (info === undefined) {
+    throw new IppTunnelError(
+      'E_USAGE',
+      `give the controller's engine file (ipcontroller-engine.json), or its JSON in $${CONNECTION_INFO_ENV}`,
+    )
+  }
+  requireEngineInfo(info, CONNECTION_INFO_ENV)
+  const path = join(dir, 'ipcontroller-engine.json')
+  await writeConnectionFileAtomic(path, info)
+  const close = () => Promise.resolve()
+  return {
+    file: CONNECTION_INFO_ENV,
+    path,
+    pulled: false,
+    linkFailed: undefined,
+    close,
+    [Symbol.asyncDispose]: close,
   }
 }
 

@@ -62,6 +62,7 @@ export async function startKernel(
       const viaService = await ServiceKernel.start(statusSocketPath(), request, {
         signal,
         onState: (s) => output.emit({ event: 'kernel-state', file, ...s }),
+        ...(options.onWarning !== undefined && { onWarning: options.onWarning }),
       }).catch((err: unknown) => {
         // no service, or one that cannot reach DEST as we would (another route, its own keys): a link of our own
         if (!isIppTunnelError(err) || KERNEL_FAILURES.test(err.code)) throw err

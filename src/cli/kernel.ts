@@ -103,6 +103,7 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
   output
     .format('started', (e) => `kernel started on ${String(e.host)} (pid ${String(e.pid)})`)
     .format('output', (e) => oneLine(String(e.text)))
+    .format('warning', (e) => `warning: ${String(e.message)}`)
     .format('detached', () => 'link down: the kernel runs on, waiting for the link')
     .format('via-service', (e) => `through the ipp-tunnel service's link to ${String(e.destination)}`)
     .format(
@@ -156,6 +157,7 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
       ...(env !== undefined && { env }),
       ...(args.persist !== undefined && { persistSeconds: args.persist }),
       ...(args['remote-dir'] !== undefined && { remoteDir: args['remote-dir'] }),
+      onWarning: (message: string) => output.emit({ event: 'warning', file, message }),
     }
     let adopt: { host: string; pid: number } | undefined
     for (;;) {

@@ -47,12 +47,12 @@ export function withListenOption<T>(yargs: Argv<T>) {
 }
 
 /** The FILE positional of `up` and `exec`: a local path, or `[user@]host[:port]:PATH` pulled and followed. */
-export function withSourceFile<T>(yargs: Argv<T>) {
+export function withSourceFile<T>(yargs: Argv<T>, options: { readonly orElse?: string } = {}) {
   return yargs
     .positional('file', {
       type: 'string',
-      demandOption: true,
-      describe: 'connection file, or [user@]host[:port]:PATH to pull it over SFTP and follow it',
+      demandOption: options.orElse === undefined,
+      describe: `connection file, or [user@]host[:port]:PATH to pull it over SFTP and follow it${options.orElse !== undefined ? `; default: ${options.orElse}` : ''}`,
     })
     .option('poll', {
       type: 'number',

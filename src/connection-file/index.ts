@@ -119,6 +119,15 @@ export { redact, serializeConnectionFile } from './serialize.js'
 export { readConnectionFile, writeConnectionFileAtomic, writeFileAtomic } from './io.js'
 
 /**
+ * `connectionInfoFromEnv(env)`: ipyparallel 8+'s `IPP_CONNECTION_INFO` (`CONNECTION_INFO_ENV`), validated as a file,
+ * errors naming the variable; `undefined` when unset.
+ *
+ * @example
+ * const info = connectionInfoFromEnv(process.env)
+ */
+export { CONNECTION_INFO_ENV, connectionInfoFromEnv } from './io.js'
+
+/**
  * `siblingClientFile(enginePath)` / `siblingEngineFile(clientPath)`: the other file of the same cluster in the same
  * directory (`ipcontroller[-id]-engine.json` ↔ `ipcontroller[-id]-client.json`); pure name mapping.
  *

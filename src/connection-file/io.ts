@@ -1,4 +1,11 @@
-import { readRegularFile, writeFileAtomic, type FileIdentity, type WriteOptions } from '../safe-fs/index.js'
+import { IppTunnelError } from '../errors/index.js'
+import {
+  MAX_FILE_BYTES,
+  readRegularFile,
+  writeFileAtomic,
+  type FileIdentity,
+  type WriteOptions,
+} from '../safe-fs/index.js'
 import { parseConnectionFile } from './parse.js'
 import { serializeConnectionFile } from './serialize.js'
 import type { ConnectionInfo } from './types.js'
@@ -44,4 +51,28 @@ export async function writeConnectionFileAtomic(
   options: WriteOptions = {},
 ): Promise<FileIdentity> {
   return writeFileAtomic(path, serializeConnectionFile(info), 'connection file', options)
+}
+
+/** The environment variable ipyparallel 8+ passes an engine's connection info in: the JSON of its engine file. */
+export const CONNECTION_INFO_ENV = 'IPP_CONNECTION_INFO'
+
+/**
+ * The connection info in `env.IPP_CONNECTION_INFO`, validated exactly as a file's (at most 1 MiB, then
+ * {@link parseConnectionFile}), its errors naming the variable instead of a path; `undefined` when unset or empty.
+ *
+ * @example
+ * const info = connectionInfoFromEnv(process.env) // what ipcluster (ipyparallel 8+) gave its engines
+ */
+export function connectionInfoFromEnv(
+  env: Readonly<Record<string, string | undefined>>,
+): ConnectionInfo | undefined {
+  const text = env[CONNECTION_INFO_ENV]
+  if (text === undefined || text === '') return undefined
+  if (Buffer.byteLength(text) > MAX_FILE_BYTES) {
+    throw new IppTunnelError(
+      'E_CONNFILE_READ',
+      `${CONNECTION_INFO_ENV}: larger than ${MAX_FILE_BYTES} bytes; is it the engine connection info?`,
+    )
+  }
+  return parseConnectionFile(text, CONNECTION_INFO_ENV)
 }

@@ -324,6 +324,8 @@ export function launchEngines(options: LaunchEnginesOptions): EngineGroup {
   env.PYTHONUNBUFFERED ??= '1'
   // debugpy's four-line frozen-modules warning from every engine, at every start
   env.PYDEVD_DISABLE_FILE_VALIDATION ??= '1'
+  // ipyparallel 8+'s engine reads this before its --file: the controller's own endpoints, not the file we give it
+  delete env.IPP_CONNECTION_INFO
   const group = new EngineGroup({
     engines: options.n,
     ...(options.hub !== undefined && { hub: options.hub }),

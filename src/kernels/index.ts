@@ -13,6 +13,7 @@ export {
   type RemoteKernelEvents,
   type RemoteKernelOptions,
 } from './remote-kernel.js'
+export { atLeast, CURVE_IPYKERNEL, CURVE_JUPYTER_CLIENT, curveRefusal } from './curve.js'
 export {
   installKernelspec,
   jupyterDataDir,

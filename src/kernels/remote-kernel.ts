@@ -11,6 +11,7 @@ import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { RemoteProcesses, type RemoteAttachment, type RemoteProcessState } from '../remote/index.js'
 import { Link, resolveTarget, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { Tunnel } from '../tunnel/index.js'
+import { remoteCurve } from './curve.js'
 
 /** How a remote kernel is started and reached. */
 export interface RemoteKernelOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
@@ -40,6 +41,8 @@ export interface RemoteKernelOptions extends SshOptions, Omit<LinkOptions, keyof
    */
   readonly link?: Link
   readonly signal?: AbortSignal
+  /** Told, in one line, what the user should know and nothing stops: the file's Curve keys withheld, and why. */
+  readonly onWarning?: (message: string) => void
 }
 
 /** Events of a {@link RemoteKernel}. */
@@ -166,7 +169,11 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
     checkLocal(info, file)
     const signal = options.signal
     const borrowed = options.link !== undefined
-    const link = options.link ?? new Link(await resolveTarget(options.destination, options), options)
+    // reconnects go to the address the first connection reached (a round-robin login alias must not move the kernel);
+    // where there is none to pin (ProxyCommand, jump host, master) the node check on attach holds: E_REMOTE_NODE
+    const link =
+      options.link ??
+      new Link(await resolveTarget(options.destination, options), { pinAddress: true, ...options })
     try {
       if (!borrowed) await link.connect(signal ? { signal } : {})
       const procs = new RemoteProcesses(link, {
@@ -185,6 +192,12 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
         }
         return await RemoteKernel.#follow(info, link, procs, running, borrowed, signal)
       }
+      const curve = await remoteCurve(info, procs, { kernelCmd: options.kernelCmd !== undefined, signal })
+      if (curve.withheld !== undefined) {
+        options.onWarning?.(
+          `the remote kernel runs without Curve encryption: ${curve.withheld}; a client that uses the file's Curve keys (jupyter_client 8.9 with transport_encryption) cannot connect to it, one that ignores them can (SSH encrypts the way to the server either way)`,
+        )
+      }
       await procs.stop(name, signal ? { signal } : {}).catch((err: unknown) => {
         if (!isIppTunnelError(err) || err.code !== 'E_REMOTE_GONE') throw err
       })
@@ -195,7 +208,7 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
         {
           name,
           argv,
-          files: { 'kernel.json': serializeConnectionFile(remoteInfoOf(info, '{dir}')) },
+          files: { 'kernel.json': serializeConnectionFile(remoteInfoOf(curve.info, '{dir}')) },
           persistSeconds: options.persistSeconds ?? 1800,
           ...(options.cwd !== undefined && { cwd: options.cwd }),
           ...(options.env !== undefined && { env: options.env }),

@@ -234,6 +234,8 @@ export class RemoteProcesses {
    * Follows `name`: its stdout and stderr from the given offsets (bytes already seen by an earlier attachment), and
    * renews its lease every `heartbeatMs` (default 2000) while attached. The attachment ends when the process exits
    * (its output read to the end) or the link goes; `detach()` ends it and lets the lease run.
+   * @throws IppTunnelError `E_REMOTE_NODE` when it runs on another node than this command reached (a login alias
+   *   that resolved elsewhere, a shared home seen from another node); `E_REMOTE_GONE` when there is no such process.
    */
   async attach(
     name: string,

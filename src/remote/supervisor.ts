@@ -286,6 +286,8 @@ def attach(base, name, out_offset, err_offset):
     """Streams the process's output from the given offsets; every byte read on stdin renews the lease."""
     base = base_dir(base, False)
     state = status_of(base, name)
+    if state['state'] == 'elsewhere':
+        raise Refused('E_REMOTE_NODE', '%s runs on %s, and this is %s' % (name, state['host'], state['node']['host']))
     if state['state'] not in ('running', 'exited'):
         raise Refused('E_REMOTE_GONE', '%s is %s' % (name, state['state']))
     d = proc_dir(base, name)

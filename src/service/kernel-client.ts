@@ -15,6 +15,7 @@ import { checkRuntimeDir } from './status-socket.js'
 /** Events of a {@link ServiceKernel}: those of a `RemoteKernel`, plus where the service is with it. */
 export interface ServiceKernelEvents {
   state: [info: { state: KernelState; message?: string }]
+  warning: [info: { message: string }]
   output: [info: { stream: 'stdout' | 'stderr'; data: Buffer }]
   detached: [info: { error?: Error }]
   reattached: [info: { downMs: number }]
@@ -61,6 +62,7 @@ export class ServiceKernel extends EventEmitter<ServiceKernelEvents> {
     options: {
       signal?: AbortSignal
       onState?: (info: { state: KernelState; message?: string }) => void
+      onWarning?: (message: string) => void
     } = {},
   ): Promise<ServiceKernel> {
     // the socket's directory must be ours: another user's "service" would be handed the kernel
@@ -123,6 +125,10 @@ export class ServiceKernel extends EventEmitter<ServiceKernelEvents> {
             break
           case 'output':
             kernel.emit('output', { stream: message.stream, data: Buffer.from(message.data, 'base64') })
+            break
+          case 'warning':
+            kernel.emit('warning', { message: message.message })
+            options.onWarning?.(message.message)
             break
           case 'detached':
             kernel.emit('detached', {})

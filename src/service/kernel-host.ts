@@ -166,6 +166,7 @@ export class KernelHost {
         connectionFile: request.connectionFile,
         link,
         signal,
+        onWarning: (message) => send({ type: 'warning', message }),
         ...(request.python !== undefined && { python: request.python }),
         ...(request.kernelCmd !== undefined && { kernelCmd: request.kernelCmd }),
         ...(request.setup !== undefined && { setup: request.setup }),

@@ -44,6 +44,8 @@ export type KernelServerMessage =
   | { readonly type: 'started'; readonly name: string; readonly host: string; readonly pid: number }
   /** The kernel's output, base64 (it need not be text, nor end on a character). */
   | { readonly type: 'output'; readonly stream: 'stdout' | 'stderr'; readonly data: string }
+  /** What the user should know and nothing stops (the file's Curve keys withheld, and why). */
+  | { readonly type: 'warning'; readonly message: string }
   | { readonly type: 'detached' }
   | { readonly type: 'reattached'; readonly downMs: number }
   | {

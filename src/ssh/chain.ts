@@ -11,7 +11,7 @@ import { checkHostKey, fingerprintSha256, type HostKeyNote } from './known-hosts
 import type { LinkOptions } from './link.js'
 import { ProxyCommand } from './proxy-command.js'
 import { ssh2 } from './ssh2-lib.js'
-import { ASKED_SILENCE_MS, holdToCount, KEEPALIVE_COUNT_MAX } from './ssh2-socket.js'
+import { ASKED_SILENCE_MS, holdToCount, KEEPALIVE_COUNT_MAX, remoteAddressOf } from './ssh2-socket.js'
 import type { ResolvedHop, ResolvedTarget } from './types.js'
 
 /** The ssh2 clients of one connection, one per hop (the last is the destination). */
@@ -20,6 +20,11 @@ export interface Chain {
   /** ProxyCommand processes the chain runs over; closed (killed, reaped) with it. */
   readonly proxies: ProxyCommand[]
   dead: boolean
+  /**
+   * The address the destination's TCP connection reached, when this process connected to it itself (no
+   * ProxyCommand, no jump host): what a pinned link reconnects to.
+   */
+  address?: string
 }
 
 /** What opening a chain needs of its {@link Link}. */
@@ -28,6 +33,11 @@ export interface ChainContext {
   /** The link's destination, as the host-key question names it. */
   readonly destination: string
   readonly options: LinkOptions
+  /**
+   * Where to connect the destination instead of resolving its name again (LinkOptions.pinAddress); used only when
+   * this process connects to the destination itself. The host key is still checked against the name.
+   */
+  pinnedAddress?: string
   /** One per hop, kept across attempts (which methods worked, what was asked). */
   readonly auth: readonly HopAuth[]
   noteHostKey(note: HostKeyNote): void
@@ -45,8 +55,13 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
       let sock: Duplex | undefined
       const auth = ctx.auth[i]
       if (auth === undefined) throw new Error('unreachable: no auth for hop')
+      const direct = previous === undefined && hop.proxyCommand === undefined
+      // the destination itself over a TCP connection of ours: the only case where we know (and can pin) its address
+      const pinnable = direct && ctx.target.hops.length === 1
+      const pinned = pinnable ? ctx.pinnedAddress : undefined
+      const address = pinned ?? hop.host
       // a first hop without a ProxyCommand: its TCP connect and the server's banner overlap loading the keys and ssh2
-      const early = previous === undefined && hop.proxyCommand === undefined ? connectEarly(hop) : undefined
+      const early = direct ? connectEarly(address, hop.port) : undefined
       let attempt: AuthAttempt
       try {
         attempt = await auth.begin()
@@ -83,8 +98,20 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
         }
       }
       const proxy = previous === undefined ? chain.proxies[0] : undefined
-      const client = await connectHop(ctx, hop, attempt, sock, previous !== undefined, signal, proxy)
+      const client = await connectHop(ctx, hop, {
+        attempt,
+        sock,
+        jumped: previous !== undefined,
+        address,
+        pinned,
+        signal,
+        proxy,
+      })
       chain.clients.push(client)
+      if (pinnable) {
+        const reached = remoteAddressOf(client)
+        if (reached !== undefined) chain.address = reached
+      }
       asked ||= attempt.prompted
       previous = { client, hop }
     }
@@ -99,12 +126,12 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
 }
 
 /**
- * Starts the TCP connection to `hop` now, for ssh2 to take later. A connection that failed (or that the server
+ * Starts the TCP connection to `host:port` now, for ssh2 to take later. A connection that failed (or that the server
  * closed) before it was taken is dropped and ssh2 connects by itself, so that a refused or unreachable server is
  * reported exactly as before.
  */
-function connectEarly(hop: ResolvedHop): { take(): Socket | undefined; drop(): void } {
-  const socket = connectTcp({ host: hop.host, port: hop.port })
+function connectEarly(host: string, port: number): { take(): Socket | undefined; drop(): void } {
+  const socket = connectTcp({ host, port })
   let failed = false
   const onError = (): void => {
     failed = true
@@ -130,18 +157,27 @@ function connectEarly(hop: ResolvedHop): { take(): Socket | undefined; drop(): v
   }
 }
 
-function connectHop(
-  ctx: ChainContext,
-  hop: ResolvedHop,
-  auth: AuthAttempt,
-  sock: Duplex | undefined,
-  jumped: boolean,
-  signal: AbortSignal,
-  proxy?: ProxyCommand,
-): Promise<Client> {
+/** How {@link connectHop} reaches its hop. */
+interface HopConnect {
+  readonly attempt: AuthAttempt
+  /** The stream to run SSH over: an early TCP socket, a ProxyCommand's stdio, a jump host's channel. */
+  readonly sock: Duplex | undefined
+  /** Reached through a channel of the jump host before it. */
+  readonly jumped: boolean
+  /** Where ssh2 connects when it opens the TCP connection itself: the hop's host name, or the pinned address. */
+  readonly address: string
+  /** The pinned address, when the link reconnects to one (said in messages). */
+  readonly pinned: string | undefined
+  readonly signal: AbortSignal
+  readonly proxy: ProxyCommand | undefined
+}
+
+function connectHop(ctx: ChainContext, hop: ResolvedHop, how: HopConnect): Promise<Client> {
+  const { attempt: auth, sock, signal, proxy, pinned } = how
+  const jumped = how.jumped
   const client = new (ssh2().Client)()
   client.once('close', () => closedClients.add(client))
-  const where = label(hop)
+  const where = pinned === undefined ? label(hop) : `${label(hop)} (pinned to ${pinned})`
   return new Promise<Client>((resolve, reject) => {
     let fatal: IppTunnelError | undefined
     let lastError: Ssh2Error | undefined
@@ -261,7 +297,7 @@ function connectHop(
     )
     if (say !== undefined) client.once('ready', () => say(`${where}: authenticated`))
     client.connect({
-      host: hop.host,
+      host: how.address,
       port: hop.port,
       username: hop.username,
       ...(sock !== undefined ? { sock } : {}),

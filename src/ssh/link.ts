@@ -89,6 +89,15 @@ export interface LinkOptions {
   readonly ownProcessGroup?: boolean
   /** How long `forwardOut` waits for a link that is (re)connecting; default 10000 ms. */
   readonly waitForLinkMs?: number
+  /**
+   * Reconnect to the address the first connection reached instead of resolving the destination's name again: a
+   * login alias with round-robin DNS then cannot land a reconnect on another login node, where the processes and
+   * sockets the caller started do not exist. The host key is still checked against the name. Only a destination
+   * this process connects to itself has an address to pin; through a ProxyCommand, a jump host (ProxyJump) or an
+   * OpenSSH master the name is resolved elsewhere, and the caller's own check of the node it reached is what holds
+   * (remote processes compare host name and boot id: `E_REMOTE_NODE`). Default false.
+   */
+  readonly pinAddress?: boolean
 }
 
 /** Events of a {@link Link}; failures are named events, there is no bare `error` event. */
@@ -213,6 +222,11 @@ export class Link extends EventEmitter<LinkEvents> {
     }
   }
 
+  /** The address reconnects go to, with `pinAddress`, once the first connection reached one. */
+  get pinnedAddress(): string | undefined {
+    return this.#chainContext.pinnedAddress
+  }
+
   /** What carries the forwards now: our own SSH connection, or the user's OpenSSH master (ControlPath). */
   get transport(): 'ssh2' | 'openssh' {
     return this.#master === undefined ? 'ssh2' : 'openssh'
@@ -243,6 +257,14 @@ export class Link extends EventEmitter<LinkEvents> {
     this.#connecting = this.#open(signal).then(
       (chain) => {
         this.#connecting = undefined
+        if (
+          this.#options.pinAddress === true &&
+          !(chain instanceof OpenSshMaster) &&
+          chain.address !== undefined
+        ) {
+          this.#chainContext.pinnedAddress ??= chain.address
+          this.#options.verbose?.(`${this.destination}: reconnects go to ${chain.address} (pinned)`)
+        }
         this.#adopt(chain)
       },
       (err: unknown) => {

@@ -55,6 +55,12 @@ export function holdToCount(client: Client, intervalMs: number, countMax: number
   return stop
 }
 
+/** The address ssh2's TCP socket is connected to; undefined over a stream that is not a TCP socket. */
+export function remoteAddressOf(client: Client): string | undefined {
+  const sock = (client as unknown as { _sock?: Duplex & { remoteAddress?: string } })._sock
+  return typeof sock?.remoteAddress === 'string' ? sock.remoteAddress : undefined
+}
+
 const turnWaiters = new WeakMap<Duplex, (() => void)[]>()
 
 /** Bytes queued on the ssh connection's socket above which channel writes wait for it to drain. */

@@ -29,17 +29,25 @@ export function startEnginesCli(
   t: TestContext,
   remote: Remote,
   args: readonly string[],
+  options: {
+    /** Leave out the engine file argument (the info is then in the environment). */
+    readonly noFile?: boolean
+    readonly env?: NodeJS.ProcessEnv
+  } = {},
 ): { child: ChildProcess; lines: JsonLines } {
-  const child = spawnCli([
-    'engines',
-    remote.ctl.engineFile,
-    '--json',
-    '--identity',
-    remote.sshd.clientKey,
-    '--known-hosts',
-    remote.sshd.knownHostsFile,
-    ...args,
-  ])
+  const child = spawnCli(
+    [
+      'engines',
+      ...(options.noFile === true ? [] : [remote.ctl.engineFile]),
+      '--json',
+      '--identity',
+      remote.sshd.clientKey,
+      '--known-hosts',
+      remote.sshd.knownHostsFile,
+      ...args,
+    ],
+    options.env,
+  )
   const lines = new JsonLines(child)
   t.after(async () => {
     if (child.exitCode !== null || child.signalCode !== null) return

@@ -1,32 +1,16 @@
 import assert from 'node:assert/strict'
-import { randomBytes } from 'node:crypto'
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 
+import * as zmq from 'zeromq'
+
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
 import { alive, createNetns, freePort, startSshd, type Netns, type Sshd } from '../support/index.js'
-import { runPython } from '../support/ipp.js'
-import { kernelFileText } from '../support/kernel.js'
-import { remoteKernelArgs } from './helpers.js'
-
-/** Runs `code` on the kernel of `file` with jupyter_client's BlockingKernelClient; prints its stdout. */
-const EXECUTE = String.raw`
-import sys
-from jupyter_client import BlockingKernelClient
-kc = BlockingKernelClient(connection_file=sys.argv[1])
-kc.load_connection_file()
-kc.start_channels()
-kc.wait_for_ready(timeout=60)
-out = []
-reply = kc.execute_interactive(sys.argv[2], timeout=60,
-    output_hook=lambda m: m['msg_type'] == 'stream' and out.append(m['content']['text']))
-kc.stop_channels()
-print(reply['content']['status'], ''.join(out), end='')
-`
+import { execute, remoteKernelArgs, writeKernelFile } from './helpers.js'
 
 describe('ipp-tunnel kernel: the launcher a kernelspec runs, by hand', () => {
   let ns: Netns
@@ -44,19 +28,8 @@ describe('ipp-tunnel kernel: the launcher a kernelspec runs, by hand', () => {
     await rm(root, { recursive: true, force: true })
   })
 
-  /** A connection file as jupyter_client writes it: five free ports on 127.0.0.1, a fresh key. */
-  async function connectionFile(name: string, ports?: number[]): Promise<string> {
-    const free: number[] = []
-    while (ports === undefined && free.length < 5) free.push(await freePort())
-    const [shell = 0, iopub = 0, stdin = 0, control = 0, hb = 0] = ports ?? free
-    const file = join(root, `kernel-${name}.json`)
-    const text = kernelFileText([shell, iopub, stdin, control, hb], {
-      key: randomBytes(16).toString('hex'),
-      kernel_name: 'remote',
-      jupyter_session: '/home/me/notebook.ipynb',
-    })
-    await writeFile(file, text, { mode: 0o600 })
-    return file
+  function connectionFile(name: string, ports?: number[]): Promise<string> {
+    return writeKernelFile(root, name, ports)
   }
 
   function launch(file: string, extra: readonly string[] = []) {
@@ -76,10 +49,10 @@ describe('ipp-tunnel kernel: the launcher a kernelspec runs, by hand', () => {
     const { child, events } = launch(file)
     t.after(() => child.kill('SIGKILL'))
     await events.next('started')
-    assert.deepEqual((await runPython(EXECUTE, { args: [file, 'x = 41'] })).stdout, 'ok ')
+    assert.deepEqual((await execute(file, 'x = 41')).stdout, 'ok ')
     await sshd.killConnections()
     await events.next('reattached', 60_000)
-    const after = await runPython(EXECUTE, { args: [file, 'print(x + 1)'] })
+    const after = await execute(file, 'print(x + 1)')
     assert.equal(after.stdout, 'ok 42\n', after.stderr)
     child.kill('SIGTERM')
     assert.deepEqual(await exited(child), { code: 0, signal: null })
@@ -123,5 +96,37 @@ describe('ipp-tunnel kernel: the launcher a kernelspec runs, by hand', () => {
     )
     assert.deepEqual(await exited(child), { code: 1, signal: null })
     assert.deepEqual(await readdir(join(root, 'remote')), [])
+  })
+
+  test("jupyter_client 8's fields reach the remote file; its Curve keys only a kernel that reads them (not ipykernel 6.17)", async () => {
+    const { publicKey, secretKey } = zmq.curveKeyPair()
+    const file = await connectionFile('curve')
+    const written = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>
+    const later = { x_future: { nested: [1, 'two'] } }
+    await writeFile(
+      file,
+      JSON.stringify({ ...written, curve_publickey: publicKey, curve_secretkey: secretKey, ...later }),
+      { mode: 0o600 },
+    )
+    const { child, events } = launch(file)
+    const warning = await events.next('warning')
+    assert.match(
+      String(warning.message),
+      /^the remote kernel runs without Curve encryption: its ipykernel 6\.17\.\d+ reads no Curve keys \(ipykernel 7\.3\.0 does\); /u,
+    )
+    const started = await events.next('started')
+    const remote = JSON.parse(
+      await readFile(join(root, 'remote', String(started.name), 'kernel.json'), 'utf8'),
+    ) as Record<string, unknown>
+    assert.equal(remote.jupyter_session, '/home/me/notebook.ipynb')
+    assert.deepEqual(remote.x_future, later.x_future)
+    assert.equal(remote.key, written.key)
+    assert.equal(remote.curve_publickey, undefined)
+    assert.equal(remote.curve_secretkey, undefined)
+    // Debian's jupyter_client 7.4 ignores the Curve keys, as the kernel does: they talk
+    assert.equal((await execute(file, 'print(6 * 7)')).stdout, 'ok 42\n')
+    assert.equal(events.events.filter((e) => e.event === 'warning').length, 1)
+    child.kill('SIGTERM')
+    assert.deepEqual(await exited(child), { code: 0, signal: null })
   })
 })

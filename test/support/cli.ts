@@ -13,12 +13,29 @@ export interface CliResult {
   readonly stderr: string
 }
 
-/** Starts the real CLI as a user would (`node bin/ipp-tunnel.js …`). */
-export function spawnCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
-  return spawn(process.execPath, [CLI, ...args], {
+/**
+ * Starts the real CLI as a user would (`node bin/ipp-tunnel.js …`). `wrap`: a command that runs it in place
+ * (execs, so the child's pid is the CLI's), e.g. `['ip', 'netns', 'exec', ns.name]` or {@link withHostsFile}.
+ */
+export function spawnCli(
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = {},
+  options: { wrap?: readonly string[] } = {},
+): ChildProcess {
+  const [program = process.execPath, ...rest] = [...(options.wrap ?? []), process.execPath, CLI, ...args]
+  return spawn(program, rest, {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
+}
+
+/**
+ * A `wrap` for {@link spawnCli} that runs the CLI in a mount namespace of its own where `/etc/hosts` is `hostsFile`
+ * (bind-mounted): the real resolver (glibc, files) answers from a file the test controls. Rewrite the file in place
+ * (`writeFile` truncates the same inode), and the CLI sees the new names at its next lookup; nothing else does.
+ */
+export function withHostsFile(hostsFile: string): string[] {
+  return ['unshare', '--mount', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', hostsFile]
 }
 
 /** Runs the CLI to completion and collects its output. */

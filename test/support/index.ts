@@ -7,7 +7,9 @@
  * const echo = await startEchoServer(ns)
  */
 export {
+  comeBackAs,
   createNetns,
+  cutOff,
   joinClusterNetwork,
   portPrinted,
   startEchoServer,

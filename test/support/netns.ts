@@ -111,7 +111,32 @@ export async function startEchoServer(netns?: Netns): Promise<EchoServer> {
  * for (const ns of [controllerNs, nodeA, nodeB]) await joinClusterNetwork(ns)
  */
 export async function joinClusterNetwork(ns: Netns): Promise<void> {
-  await run('ip', ['netns', 'exec', ns.name, 'ip', 'route', 'add', '10.231.0.0/16', 'via', ns.hostAddr])
+  await routeCluster(ns)
   // The host end of a namespace's veth pair: `ipph<id>` for `ippt-<id>` (see createNetns).
   await run('sysctl', ['-qw', `net.ipv4.conf.ipph${ns.name.slice('ippt-'.length)}.forwarding=1`])
+}
+
+async function routeCluster(ns: Netns): Promise<void> {
+  await run('ip', ['netns', 'exec', ns.name, 'ip', 'route', 'add', '10.231.0.0/16', 'via', ns.hostAddr])
+}
+
+/**
+ * Cuts `ns` off the network as a laptop leaving a Wi-Fi does: its end of the veth down and its address removed, so
+ * a TCP connection bound to that address can never resume (its peer's packets find no one, its own cannot leave).
+ */
+export async function cutOff(ns: Netns): Promise<void> {
+  await run('ip', ['-n', ns.name, 'link', 'set', ns.nsInterface, 'down'])
+  await run('ip', ['-n', ns.name, 'addr', 'flush', 'dev', ns.nsInterface])
+}
+
+/**
+ * Brings a namespace {@link cutOff} back with another address of its /24 (`<net>.N.<host>`), as on a new network,
+ * and its route to the cluster network ({@link joinClusterNetwork}). Returns the new address.
+ */
+export async function comeBackAs(ns: Netns, host: number): Promise<string> {
+  const address = `${ns.nsAddr.slice(0, ns.nsAddr.lastIndexOf('.'))}.${String(host)}`
+  await run('ip', ['-n', ns.name, 'addr', 'add', `${address}/24`, 'dev', ns.nsInterface])
+  await run('ip', ['-n', ns.name, 'link', 'set', ns.nsInterface, 'up'])
+  await routeCluster(ns)
+  return address
 }

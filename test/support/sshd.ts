@@ -1,6 +1,6 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -25,6 +25,15 @@ export interface SshdOptions {
    * service name from its program name, so it runs as a link of that name. Enables keyboard-interactive.
    */
   readonly pamService?: string
+  /** Listen on this port (in a namespace, where no other test's port can collide); default a free one. */
+  readonly port?: number
+  /**
+   * Use the host key and client keys of this sshd (copied): a second node of one login alias, which users reach
+   * with the same key and whose host key the same known_hosts line accepts.
+   */
+  readonly keysOf?: Sshd
+  /** Run sshd in a UTS namespace of its own with this host name: another node, as remote processes see it. */
+  readonly hostname?: string
 }
 
 /** A running OpenSSH sshd with throw-away keys. */
@@ -151,7 +160,20 @@ export async function startSshd(options: SshdOptions = {}): Promise<Sshd> {
     const clientKey = join(dir, 'id_ed25519')
     const encryptedClientKey = join(dir, 'id_ed25519_enc')
     const passphrase = 'correct horse battery staple'
-    await Promise.all([keygen(hostKey, ''), keygen(clientKey, ''), keygen(encryptedClientKey, passphrase)])
+    const other = options.keysOf
+    if (other === undefined) {
+      await Promise.all([keygen(hostKey, ''), keygen(clientKey, ''), keygen(encryptedClientKey, passphrase)])
+    } else {
+      const pairs: [string, string][] = [
+        [join(other.dir, 'host_ed25519'), hostKey],
+        [other.clientKey, clientKey],
+        [other.encryptedClientKey, encryptedClientKey],
+      ]
+      for (const [from, to] of pairs) {
+        await copyFile(from, to)
+        await copyFile(`${from}.pub`, `${to}.pub`)
+      }
+    }
     const [hostKeyPub, clientPub, encPub] = await Promise.all(
       [hostKey, clientKey, encryptedClientKey].map(async (k) => (await readFile(`${k}.pub`, 'utf8')).trim()),
     )
@@ -161,7 +183,7 @@ export async function startSshd(options: SshdOptions = {}): Promise<Sshd> {
     const config = join(dir, 'sshd_config')
 
     for (let attempt = 0; ; attempt++) {
-      const port = await freePort(options.netns === undefined ? host : '127.0.0.1')
+      const port = options.port ?? (await freePort(options.netns === undefined ? host : '127.0.0.1'))
       await writeFile(
         config,
         sshdConfig({
@@ -181,7 +203,11 @@ export async function startSshd(options: SshdOptions = {}): Promise<Sshd> {
         await rm(program, { force: true })
         await symlink('/usr/sbin/sshd', program)
       }
-      const argv = [program, '-D', '-e', '-f', config]
+      let argv = [program, '-D', '-e', '-f', config]
+      if (options.hostname !== undefined) {
+        // unshare and sh exec in place: the child's pid is still sshd's
+        argv = ['unshare', '--uts', 'sh', '-c', 'hostname "$0" && exec "$@"', options.hostname, ...argv]
+      }
       const stdio = ['ignore', 'ignore', 'pipe'] as const
       const child =
         options.netns === undefined
@@ -194,7 +220,7 @@ export async function startSshd(options: SshdOptions = {}): Promise<Sshd> {
           encryptedClientKey,
           passphrase,
         })
-      if (attempt < 5 && /Address already in use/.test(started.stderr)) continue
+      if (attempt < 5 && options.port === undefined && /Address already in use/.test(started.stderr)) continue
       throw new Error(`sshd did not start: ${started.stderr.trim()}`)
     }
   } catch (err) {
