@@ -27,7 +27,8 @@ export interface BenchRow {
 
 /** ours/anchor when higher is better, anchor/ours when lower is better: always "times better than". */
 export function ratioOf(row: BenchRow): number | undefined {
-  if (row.anchor === undefined || row.anchor === 0 || row.ours === 0) return undefined
+  if (row.anchor === undefined || row.anchor === 0 || row.ours === 0 || Number.isNaN(row.ours))
+    return undefined
   return row.better === 'higher' ? row.ours / row.anchor : row.anchor / row.ours
 }
 
