@@ -1,4 +1,8 @@
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { createServer, type Server } from 'node:net'
+
+import { portPrinted } from '../test/support/index.js'
 
 /** What every benchmark reports: one row per figure, ours beside the anchor measured in the same run. */
 export interface BenchRow {
@@ -13,7 +17,8 @@ export interface BenchRow {
   readonly better: 'higher' | 'lower'
   /**
    * How many times better than the anchor ours must be, e.g. 10 means ≥ 10x; 0.8 means ≥ 0.8x.
-   * 0 with `anchor: undefined` marks a figure with no anchor and no target (shown with dashes).
+   * 0 with `anchor: undefined` marks a figure with no anchor and no target (shown with dashes); 0 with an anchor, a
+   * figure shown beside its anchor with no target of its own.
    */
   readonly targetRatio: number
   /** Extra words for the table, e.g. what was measured and how often. */
@@ -22,7 +27,8 @@ export interface BenchRow {
 
 /** ours/anchor when higher is better, anchor/ours when lower is better: always "times better than". */
 export function ratioOf(row: BenchRow): number | undefined {
-  if (row.anchor === undefined || row.anchor === 0 || row.ours === 0) return undefined
+  if (row.anchor === undefined || row.anchor === 0 || row.ours === 0 || Number.isNaN(row.ours))
+    return undefined
   return row.better === 'higher' ? row.ours / row.anchor : row.anchor / row.ours
 }
 
@@ -47,8 +53,10 @@ export function markdownTable(rows: readonly BenchRow[]): string {
     }
     const ratio = ratioOf(row)
     const anchor = row.anchor === undefined ? 'failed' : `${round(row.anchor)} (${row.anchorName})`
-    const met =
-      ratio === undefined
+    const noTarget = row.targetRatio === 0
+    const met = noTarget
+      ? '—'
+      : ratio === undefined
         ? row.anchor === undefined
           ? 'yes (the anchor failed)'
           : 'n/a'
@@ -57,7 +65,7 @@ export function markdownTable(rows: readonly BenchRow[]): string {
           : 'no'
     const note = row.note === undefined ? '' : ` — ${row.note}`
     lines.push(
-      `| ${row.name}${note} | ${round(row.ours)} | ${anchor} | ${row.unit} | ${ratio === undefined ? '—' : `${round(ratio)}x`} | ≥ ${row.targetRatio}x | ${met} |`,
+      `| ${row.name}${note} | ${round(row.ours)} | ${anchor} | ${row.unit} | ${ratio === undefined ? '—' : `${round(ratio)}x`} | ${noTarget ? '—' : `≥ ${row.targetRatio}x`} | ${met} |`,
     )
   }
   return lines.join('\n')
@@ -84,4 +92,59 @@ export function listeningPort(server: Server): number {
   const address = server.address()
   if (address === null || typeof address === 'string') throw new Error('no port')
   return address.port
+}
+
+/** A TCP relay in a process of its own that delays every chunk by `oneWayMs` in each direction. */
+export interface DelayRelay {
+  readonly host: '127.0.0.1'
+  readonly port: number
+  /** The relay's pid: `kill -USR2 PID` resets every connection through it, as when this side's address changes. */
+  readonly pid: number
+  close(): Promise<void>
+}
+
+// Timers of one duration fire in the order they were set, so each direction keeps its byte order; a FIN or a
+// reset is delayed like the data before it.
+const RELAY = String.raw`
+const net = require('node:net')
+const [host, port, delay] = [process.argv[1], Number(process.argv[2]), Number(process.argv[3])]
+const later = (f) => setTimeout(f, delay)
+const open = new Set()
+const server = net.createServer((client) => {
+  const upstream = net.connect(port, host)
+  for (const [from, to] of [[client, upstream], [upstream, client]]) {
+    open.add(from)
+    from.on('close', () => open.delete(from))
+    from.setNoDelay(true)
+    from.on('data', (chunk) => later(() => to.destroyed || to.write(chunk)))
+    from.on('end', () => later(() => to.destroyed || to.end()))
+    from.on('error', () => later(() => to.destroy()))
+  }
+})
+server.listen(0, '127.0.0.1', () => process.stdout.write(server.address().port + '\n'))
+process.stdin.on('end', () => process.exit(0)).resume()
+process.on('SIGUSR2', () => { for (const s of open) s.resetAndDestroy() })
+`
+
+/**
+ * Starts a delaying relay on 127.0.0.1 (a port the kernel picks) to `host:port`: `oneWayMs` each way, i.e. a round
+ * trip of twice that on every connection through it. This kernel has no `sch_netem`, so this stands in for
+ * `tc qdisc … netem delay`; the relay runs in a node process of its own, away from the bench's event loop.
+ */
+export async function startDelayRelay(host: string, port: number, oneWayMs: number): Promise<DelayRelay> {
+  const child = spawn(process.execPath, ['-e', RELAY, host, String(port), String(oneWayMs)], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  })
+  const relayPort = await portPrinted(child, 'delay relay')
+  return {
+    host: '127.0.0.1',
+    port: relayPort,
+    pid: child.pid ?? 0,
+    close: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const exited = once(child, 'exit')
+      child.kill('SIGKILL')
+      await exited
+    },
+  }
 }

@@ -10,6 +10,7 @@ import * as prettier from 'prettier'
 
 import { markdownTable, ratioOf, type BenchRow } from './common.js'
 import { benchEngines } from './engines.js'
+import { benchKernels } from './kernels.js'
 import { benchLogin } from './login.js'
 import { benchNodes } from './nodes.js'
 import { benchRemote } from './remote.js'
@@ -31,6 +32,7 @@ const groups: Record<string, () => Promise<BenchRow[]>> = {
   remote: benchRemote,
   login: benchLogin,
   nodes: benchNodes,
+  kernels: benchKernels,
 }
 
 const README = fileURLToPath(new URL('../../README.md', import.meta.url))
