@@ -307,7 +307,8 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     options: ClusterOptions,
     work: (pool: LinkPool, link: Link, procs: RemoteProcesses) => Promise<T>,
   ): Promise<T> {
-    const pool = new LinkPool(options)
+    // reconnects go to the node the cluster runs on, not wherever a round-robin login alias points next
+    const pool = new LinkPool({ pinAddress: true, ...options })
     try {
       const link = await pool.acquire(await resolveTarget(options.destination, options), options.signal)
       return await work(pool, link, processesOver(link, options))

@@ -67,7 +67,16 @@ describe('cluster start/attach/stop/list: a whole ipyparallel cluster on the ssh
 
   function startCluster(extra: readonly string[] = []) {
     const child = spawnCli(
-      ['cluster', 'start', ...remoteArgs(), '--local-python', '/usr/bin/python3', '--json', '--debug', ...extra],
+      [
+        'cluster',
+        'start',
+        ...remoteArgs(),
+        '--local-python',
+        '/usr/bin/python3',
+        '--json',
+        '--debug',
+        ...extra,
+      ],
       env,
     )
     return { child, events: new JsonLines(child) }
