@@ -3,7 +3,8 @@ import { resolve } from 'node:path'
 import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
-import { RemoteKernel } from '../kernels/index.js'
+import { splitCommand } from '../engines/index.js'
+import { checkJobId, RemoteKernel, type KernelSlurmOptions } from '../kernels/index.js'
 import { EXIT, oneLine, Output } from './output.js'
 import { interrupted, interruptedStatus } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
@@ -17,6 +18,9 @@ export interface KernelArgs extends SshArgs {
   readonly env?: readonly string[] | undefined
   readonly persist?: number | undefined
   readonly 'remote-dir'?: string | undefined
+  readonly 'remote-transport'?: 'unix' | 'tcp' | undefined
+  readonly slurm?: string | undefined
+  readonly 'slurm-jobid'?: string | undefined
 }
 
 interface KernelCommandArgs extends KernelArgs {
@@ -53,8 +57,39 @@ export function withKernelOptions<T>(yargs: Argv<T>) {
     })
     .option('remote-dir', {
       type: 'string',
-      describe: 'remote directory of the kernel state (0700); default ~/.ipp-tunnel/remote',
+      describe:
+        'remote directory of the kernel state (0700); default ~/.ipp-tunnel/remote (with --slurm: shared with the compute nodes)',
     })
+    .option('remote-transport', {
+      choices: ['unix', 'tcp'] as const,
+      describe:
+        'how the remote kernel listens: unix sockets in its private dir (default), or tcp on 127.0.0.1',
+    })
+    .option('slurm', {
+      type: 'string',
+      describe:
+        "run the kernel on a compute node: srun 'SRUN ARGS' (words split as a shell would, no shell run)",
+    })
+    .option('slurm-jobid', {
+      type: 'string',
+      describe:
+        'run the kernel as a step of this allocation of yours (srun --jobid ID --overlap; salloc --no-shell)',
+    })
+}
+
+/** `--slurm` / `--slurm-jobid` as the options of a kernel under Slurm, or undefined; tcp only. */
+export function slurmOf(args: KernelArgs): KernelSlurmOptions | undefined {
+  if (args.slurm === undefined && args['slurm-jobid'] === undefined) return undefined
+  if (args['remote-transport'] === 'unix') {
+    throw new IppTunnelError(
+      'E_USAGE',
+      '--slurm runs the kernel on a compute node: --remote-transport is tcp there',
+    )
+  }
+  return {
+    ...(args.slurm !== undefined && { srunArgs: splitCommand(args.slurm, '--slurm') }),
+    ...(args['slurm-jobid'] !== undefined && { jobId: checkJobId(args['slurm-jobid']) }),
+  }
 }
 
 /** `--env K=V` words as a record; a word without `=` is a usage error. */
@@ -93,8 +128,17 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
   // everything goes to stderr: Jupyter keeps the launcher's stderr as the kernel's log
   const output = new Output({ json: args.json, debug: args.debug, stdout: process.stderr })
   output
-    .format('started', (e) => `kernel started on ${String(e.host)} (pid ${String(e.pid)})`)
+    .format(
+      'started',
+      (e) =>
+        `kernel started on ${String(e.host)} (${typeof e.job === 'string' ? `job step ${e.job}.${String(e.step)}` : `pid ${String(e.pid)}`})`,
+    )
     .format('output', (e) => oneLine(String(e.text)))
+    .format(
+      'kernel-state',
+      (e) =>
+        `kernel-state: ${String(e.state)} (job ${String(e.job)}${typeof e.node === 'string' ? ` on ${e.node}` : ''})`,
+    )
     .format('detached', () => 'link down: the kernel runs on, waiting for the link')
     .format('reattached', (e) => `attached again after ${String(e.downMs)} ms`)
     .format(
@@ -126,6 +170,7 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
   process.on('SIGHUP', onTerm)
   try {
     const env = envOf(args.env)
+    const slurm = slurmOf(args)
     remote = await RemoteKernel.start({
       ...sshOptionsFrom(args, output),
       destination: args.destination,
@@ -141,6 +186,9 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
       ...(env !== undefined && { env }),
       ...(args.persist !== undefined && { persistSeconds: args.persist }),
       ...(args['remote-dir'] !== undefined && { remoteDir: args['remote-dir'] }),
+      ...(args['remote-transport'] !== undefined && { remoteTransport: args['remote-transport'] }),
+      ...(slurm !== undefined && { slurm }),
+      onState: (state) => output.emit({ event: 'kernel-state', file, ...state }),
       signal: controller.signal,
     })
     const started = remote
@@ -160,7 +208,14 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
         message: e.error.message,
       }),
     )
-    output.emit({ event: 'started', file, name: started.name, host: started.host, pid: started.pid })
+    output.emit({
+      event: 'started',
+      file,
+      name: started.name,
+      host: started.slurm?.host ?? started.host,
+      pid: started.pid,
+      ...(started.slurm !== undefined && { job: started.slurm.job, step: started.slurm.step }),
+    })
     const ended = await started.exited
     await started.close()
     if (ended.error !== undefined) return output.fail(ended.error, { file })

@@ -13,6 +13,9 @@ export {
   type RemoteKernelEvents,
   type RemoteKernelOptions,
 } from './remote-kernel.js'
+export { LISTEN_TIMEOUT_MS, type KernelState } from './listening.js'
+export type { RemoteTransport } from './remote-file.js'
+export { checkJobId, KERNEL_JOB_NAME, type KernelSlurmOptions, type KernelSlurmStep } from './slurm.js'
 export {
   installKernelspec,
   jupyterDataDir,
