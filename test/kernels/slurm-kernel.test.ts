@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict'
-import { execFile } from 'node:child_process'
+import { execFile, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { after, before, describe, test } from 'node:test'
+import { after, afterEach, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 
@@ -45,25 +45,28 @@ km = KernelManager(kernel_name=sys.argv[1])
 km.start_kernel()
 kc = km.client()
 kc.start_channels()
-kc.wait_for_ready(timeout=90)
 seen = {}
-seen['where'] = run(kc, "import os, socket; print(socket.gethostname(), os.readlink('/proc/self/ns/net'), os.environ['SLURM_JOB_ID'], end='')")
-run(kc, "x = 41")
-msg_id = kc.execute("import time; time.sleep(60)", stop_on_error=False)
-while True:
-    msg = kc.get_iopub_msg(timeout=30)
-    if msg['parent_header'].get('msg_id') == msg_id and msg['msg_type'] == 'status' and msg['content']['execution_state'] == 'busy':
-        break
-time.sleep(0.3)
-km.interrupt_kernel()
-while True:
-    reply = kc.get_shell_msg(timeout=30)
-    if reply['parent_header'].get('msg_id') == msg_id:
-        break
-seen['interrupt'] = [reply['content']['status'], reply['content'].get('ename')]
-seen['kept'] = run(kc, "print(x + 1, end='')")
-kc.stop_channels()
-km.shutdown_kernel(now=False)
+try:
+    kc.wait_for_ready(timeout=90)
+    seen['where'] = run(kc, "import os, socket; print(socket.gethostname(), os.readlink('/proc/self/ns/net'), os.environ['SLURM_JOB_ID'], end='')")
+    run(kc, "x = 41")
+    msg_id = kc.execute("import time; time.sleep(60)", stop_on_error=False)
+    while True:
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg['parent_header'].get('msg_id') == msg_id and msg['msg_type'] == 'status' and msg['content']['execution_state'] == 'busy':
+            break
+    time.sleep(0.3)
+    km.interrupt_kernel()
+    while True:
+        reply = kc.get_shell_msg(timeout=30)
+        if reply['parent_header'].get('msg_id') == msg_id:
+            break
+    seen['interrupt'] = [reply['content']['status'], reply['content'].get('ename')]
+    seen['kept'] = run(kc, "print(x + 1, end='')")
+finally:
+    # also when something above failed: the launcher holds this process's stdout open until it ends
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
 print(json.dumps(seen))
 `
 
@@ -107,6 +110,14 @@ describe('kernels on Slurm compute nodes and over TCP, started from the login no
     root = await mkdtemp(join(tmpdir(), 'ippt-slurm-kernel-'))
     jupyterEnv = { JUPYTER_DATA_DIR: join(root, 'jupyter'), JUPYTER_RUNTIME_DIR: join(root, 'runtime') }
   })
+  /** Launchers started by a test: a failed test leaves none running. */
+  const launched: ChildProcess[] = []
+  afterEach(async () => {
+    for (const child of launched.splice(0)) {
+      child.kill('SIGTERM')
+      await exited(child)
+    }
+  })
   after(async () => {
     await sshd.close()
     await login.close()
@@ -146,6 +157,7 @@ describe('kernels on Slurm compute nodes and over TCP, started from the login no
     // --kernel-cmd names its own python: no --python beside it
     const base = extra.includes('--kernel-cmd') ? args().filter((a) => !/python/u.test(a)) : args()
     const child = spawnCli(['kernel', ...base, '--connection-file', file, '--json', ...extra])
+    launched.push(child)
     return { child, events: new JsonLines(child, { from: 'stderr' }) }
   }
 
@@ -242,6 +254,23 @@ describe('kernels on Slurm compute nodes and over TCP, started from the login no
     // the supervisor alone ends srun once the lease runs out: the job is cancelled, the files removed
     await until('the job outlived the lease', async () => (await slurmRun('squeue', ['-h'])) === '')
     await until('the remote files outlived the lease', async () => (await remoteDir()).length === 0)
+  })
+
+  test('a launcher SIGTERMed while its job waits in the queue cancels the job and leaves nothing', async () => {
+    const target = node(0)
+    await slurmRun('scontrol', ['update', `nodename=${target.name}`, 'state=drain', 'reason=busy'])
+    try {
+      const file = await connectionFile('cancelled')
+      const { child, events } = launch(file, [`--slurm=-w ${target.name}`])
+      const pending = await events.next((e) => e.event === 'kernel-state' && e.state === 'pending', 60_000)
+      assert.notEqual(await slurmRun('squeue', ['-h', '-j', String(pending.job)]), '')
+      child.kill('SIGTERM')
+      await exited(child)
+      assert.equal(await slurmRun('squeue', ['-h']), '', 'the pending job was cancelled')
+      assert.deepEqual(await remoteDir(), [])
+    } finally {
+      await slurmRun('scontrol', ['update', `nodename=${target.name}`, 'state=resume'])
+    }
   })
 
   test('--remote-transport tcp on the login node: ports the kernel picked, read back and forwarded', async () => {
