@@ -10,6 +10,7 @@ import type { Output } from './output.js'
 
 /** A kernel started by `ipp-tunnel kernel`, over a link of its own or through the running service. */
 export type StartedKernel = Pick<RemoteKernel, 'name' | 'host' | 'pid' | 'exited' | 'interrupt' | 'close'> &
+  Partial<Pick<RemoteKernel, 'slurm'>> &
   EventEmitter<RemoteKernelEvents>
 
 /**
@@ -107,5 +108,7 @@ async function kernelRequest(options: RemoteKernelOptions): Promise<KernelReques
     ...(options.env !== undefined && { env: options.env }),
     ...(options.persistSeconds !== undefined && { persistSeconds: options.persistSeconds }),
     ...(options.remoteDir !== undefined && { remoteDir: options.remoteDir }),
+    ...(options.remoteTransport !== undefined && { remoteTransport: options.remoteTransport }),
+    ...(options.slurm !== undefined && { slurm: options.slurm }),
   }
 }

@@ -3,6 +3,8 @@ import { resolve } from 'node:path'
 import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
+import { splitCommand } from '../engines/index.js'
+import { checkJobId, type KernelSlurmOptions } from '../kernels/index.js'
 import { startKernel, type StartedKernel } from './kernel-start.js'
 import { EXIT, oneLine, Output } from './output.js'
 import { interrupted, interruptedStatus } from './signals.js'
@@ -17,6 +19,9 @@ export interface KernelArgs extends SshArgs {
   readonly env?: readonly string[] | undefined
   readonly persist?: number | undefined
   readonly 'remote-dir'?: string | undefined
+  readonly 'remote-transport'?: 'unix' | 'tcp' | undefined
+  readonly slurm?: string | undefined
+  readonly 'slurm-jobid'?: string | undefined
 }
 
 interface KernelCommandArgs extends KernelArgs {
@@ -54,8 +59,39 @@ export function withKernelOptions<T>(yargs: Argv<T>) {
     })
     .option('remote-dir', {
       type: 'string',
-      describe: 'remote directory of the kernel state (0700); default ~/.ipp-tunnel/remote',
+      describe:
+        'remote directory of the kernel state (0700); default ~/.ipp-tunnel/remote (with --slurm: shared with the compute nodes)',
     })
+    .option('remote-transport', {
+      choices: ['unix', 'tcp'] as const,
+      describe:
+        'how the remote kernel listens: unix sockets in its private dir (default), or tcp on 127.0.0.1',
+    })
+    .option('slurm', {
+      type: 'string',
+      describe:
+        "run the kernel on a compute node: srun 'SRUN ARGS' (words split as a shell would, no shell run)",
+    })
+    .option('slurm-jobid', {
+      type: 'string',
+      describe:
+        'run the kernel as a step of this allocation of yours (srun --jobid ID --overlap; salloc --no-shell)',
+    })
+}
+
+/** `--slurm` / `--slurm-jobid` as the options of a kernel under Slurm, or undefined; tcp only. */
+export function slurmOf(args: KernelArgs): KernelSlurmOptions | undefined {
+  if (args.slurm === undefined && args['slurm-jobid'] === undefined) return undefined
+  if (args['remote-transport'] === 'unix') {
+    throw new IppTunnelError(
+      'E_USAGE',
+      '--slurm runs the kernel on a compute node: --remote-transport is tcp there',
+    )
+  }
+  return {
+    ...(args.slurm !== undefined && { srunArgs: splitCommand(args.slurm, '--slurm') }),
+    ...(args['slurm-jobid'] !== undefined && { jobId: checkJobId(args['slurm-jobid']) }),
+  }
 }
 
 /** `--env K=V` words as a record; a word without `=` is a usage error. */
@@ -101,15 +137,20 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
   // everything goes to stderr: Jupyter keeps the launcher's stderr as the kernel's log
   const output = new Output({ json: args.json, debug: args.debug, stdout: process.stderr })
   output
-    .format('started', (e) => `kernel started on ${String(e.host)} (pid ${String(e.pid)})`)
+    .format(
+      'started',
+      (e) =>
+        `kernel started on ${String(e.host)} (${typeof e.job === 'string' ? `job step ${e.job}.${String(e.step)}` : `pid ${String(e.pid)}`})`,
+    )
     .format('output', (e) => oneLine(String(e.text)))
     .format('warning', (e) => `warning: ${String(e.message)}`)
+    .format('kernel-state', (e) => {
+      const job =
+        typeof e.job === 'string' ? ` (job ${e.job}${typeof e.node === 'string' ? ` on ${e.node}` : ''})` : ''
+      return `kernel-state: ${String(e.state)}${job}${typeof e.message === 'string' ? `: ${e.message}` : ''}`
+    })
     .format('detached', () => 'link down: the kernel runs on, waiting for the link')
     .format('via-service', (e) => `through the ipp-tunnel service's link to ${String(e.destination)}`)
-    .format(
-      'kernel-state',
-      (e) => `kernel ${String(e.state)}${typeof e.message === 'string' ? `: ${e.message}` : ''}`,
-    )
     .format('waiting', (e) => String(e.message))
     .format('reattached', (e) => `attached again after ${String(e.downMs)} ms`)
     .format(
@@ -141,6 +182,7 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
   process.on('SIGHUP', onTerm)
   try {
     const env = envOf(args.env)
+    const slurm = slurmOf(args)
     const options = {
       ...sshOptionsFrom(args, output),
       useService: args.service,
@@ -157,6 +199,9 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
       ...(env !== undefined && { env }),
       ...(args.persist !== undefined && { persistSeconds: args.persist }),
       ...(args['remote-dir'] !== undefined && { remoteDir: args['remote-dir'] }),
+      ...(args['remote-transport'] !== undefined && { remoteTransport: args['remote-transport'] }),
+      ...(slurm !== undefined && { slurm }),
+      onState: (state: object) => output.emit({ event: 'kernel-state', file, ...state }),
       onWarning: (message: string) => output.emit({ event: 'warning', file, message }),
     }
     let adopt: { host: string; pid: number } | undefined
@@ -165,7 +210,14 @@ async function kernel(args: KernelCommandArgs): Promise<number> {
       const started = remote
       follow(started, output, file)
       if (adopt === undefined) {
-        output.emit({ event: 'started', file, name: started.name, host: started.host, pid: started.pid })
+        output.emit({
+          event: 'started',
+          file,
+          name: started.name,
+          host: started.slurm?.host ?? started.host,
+          pid: started.pid,
+          ...(started.slurm !== undefined && { job: started.slurm.job, step: started.slurm.step }),
+        })
       }
       const ended = await started.exited
       await started.close()

@@ -13,7 +13,7 @@ import {
 } from '../kernels/index.js'
 import { RemoteProcesses } from '../remote/index.js'
 import { Link, resolveTarget } from '../ssh/index.js'
-import { envOf, withKernelOptions, type KernelArgs } from './kernel.js'
+import { envOf, slurmOf, withKernelOptions, type KernelArgs } from './kernel.js'
 import { EXIT, Output } from './output.js'
 import { sshOptionsFrom, withSshOptions } from './ssh-options.js'
 
@@ -41,8 +41,9 @@ function kernelArgsOf(args: InstallArgs): string[] {
   const path = (flag: string, value: string | undefined): void => {
     if (value !== undefined) out.push(flag, resolve(value))
   }
+  // one word --flag=value: a value that starts with a dash (--slurm='-p gpu') is not taken for a flag
   const word = (flag: string, value: string | number | undefined): void => {
-    if (value !== undefined) out.push(flag, String(value))
+    if (value !== undefined) out.push(`${flag}=${String(value)}`)
   }
   path('--identity', args.identity)
   path('--known-hosts', args['known-hosts'])
@@ -58,6 +59,9 @@ function kernelArgsOf(args: InstallArgs): string[] {
   for (const env of args.env ?? []) word('--env', env)
   word('--persist', args.persist)
   word('--remote-dir', args['remote-dir'])
+  word('--remote-transport', args['remote-transport'])
+  word('--slurm', args.slurm)
+  word('--slurm-jobid', args['slurm-jobid'])
   return out
 }
 
@@ -157,6 +161,7 @@ async function install(args: InstallArgs): Promise<number> {
   const output = new Output({ json: args.json, debug: args.debug })
   try {
     envOf(args.env)
+    const slurm = slurmOf(args)
     const place = placeOf(args)
     const python = args.check ? await checkRemote(args, output) : undefined
     const dir = await installKernelspec({
@@ -168,7 +173,7 @@ async function install(args: InstallArgs): Promise<number> {
       interruptMode: args['interrupt-mode'],
       metadata: {
         destination: args.destination,
-        start: 'login',
+        start: slurm !== undefined ? 'slurm' : 'login',
         ...(args.python !== undefined && { python: args.python }),
         ...(args.setup !== undefined && { setup: args.setup }),
       },

@@ -14,6 +14,9 @@ export {
   type RemoteKernelOptions,
 } from './remote-kernel.js'
 export { atLeast, CURVE_IPYKERNEL, CURVE_JUPYTER_CLIENT, curveRefusal } from './curve.js'
+export { LISTEN_TIMEOUT_MS, type KernelState } from './listening.js'
+export type { RemoteTransport } from './remote-file.js'
+export { checkJobId, KERNEL_JOB_NAME, type KernelSlurmOptions, type KernelSlurmStep } from './slurm.js'
 export {
   installKernelspec,
   jupyterDataDir,

@@ -11,8 +11,8 @@ export interface KernelspecMetadata {
   readonly python?: string
   readonly kernelCmd?: readonly string[]
   readonly setup?: string
-  /** How the kernel starts: `login` (on the ssh server itself). */
-  readonly start: 'login'
+  /** How the kernel starts: `login` (on the ssh server itself) or `slurm` (srun from there, on a compute node). */
+  readonly start: 'login' | 'slurm'
 }
 
 /** A kernelspec of ours found on this machine. */

@@ -12,6 +12,9 @@ import { RemoteProcesses, type RemoteAttachment, type RemoteProcessState } from 
 import { Link, resolveTarget, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { Tunnel } from '../tunnel/index.js'
 import { remoteCurve } from './curve.js'
+import { awaitListening, type KernelState } from './listening.js'
+import { REMOTE_FILE, remoteInfoOf, type RemoteTransport } from './remote-file.js'
+import { interruptStep, srunArgv, type KernelSlurmOptions, type KernelSlurmStep } from './slurm.js'
 
 /** How a remote kernel is started and reached. */
 export interface RemoteKernelOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
@@ -33,13 +36,19 @@ export interface RemoteKernelOptions extends SshOptions, Omit<LinkOptions, keyof
   readonly env?: Readonly<Record<string, string>>
   /** How long the kernel lives on the server with no launcher attached; default 1800 s. */
   readonly persistSeconds?: number
-  /** The remote directory of remote processes; default `~/.ipp-tunnel/remote`. */
+  /** The remote directory of remote processes; default `~/.ipp-tunnel/remote` (under `slurm`: on a shared file system). */
   readonly remoteDir?: string
   /**
    * A link already up to `destination` (a service's pooled one): used instead of a link of the kernel's own, and
    * never closed by it.
    */
   readonly link?: Link
+  /** `unix` (default): sockets in the kernel's private directory; `tcp`: ports on 127.0.0.1 the kernel picks. */
+  readonly remoteTransport?: RemoteTransport
+  /** Run the kernel on a compute node with `srun` (TCP, bound to the node's address), reached from the login node. */
+  readonly slurm?: KernelSlurmOptions
+  /** Under `slurm`, while it starts: the job waits in the queue, then runs on a node. */
+  readonly onState?: (state: KernelState) => void
   readonly signal?: AbortSignal
   /** Told, in one line, what the user should know and nothing stops: the file's Curve keys withheld, and why. */
   readonly onWarning?: (message: string) => void
@@ -58,26 +67,10 @@ export interface RemoteKernelEvents {
   exited: [info: { code: number | null; signal: number | null }]
 }
 
-const REMOTE_FILE = '{dir}/kernel.json'
-
 /** The remote process name of the kernel served by `info`: the same file (key and ports) gives the same name. */
 export function remoteKernelName(info: KernelInfo): string {
   const ports = endpoints(info).map((e) => (e.kind === 'unix' ? e.path : String(e.port)))
   return `kernel-${createHash('sha256').update(info.key).update(ports.join(',')).digest('hex').slice(0, 16)}`
-}
-
-/** The remote connection file: the same key and scheme, unix sockets in the kernel's private directory. */
-function remoteInfoOf(info: KernelInfo, dir: string): KernelInfo {
-  return {
-    ...info,
-    transport: 'ipc',
-    ip: `${dir}/kernel`,
-    shell_port: 1,
-    iopub_port: 2,
-    stdin_port: 3,
-    control_port: 4,
-    hb_port: 5,
-  }
 }
 
 function checkLocal(info: KernelInfo, file: string): void {
@@ -108,7 +101,10 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
   readonly dir: string
   readonly link: Link
   readonly tunnel: Tunnel
+  /** Under Slurm: the job and step the kernel runs as, and the compute node. */
+  readonly slurm: KernelSlurmStep | undefined
   readonly #procs: RemoteProcesses
+  readonly #setup: string | undefined
   /** Resolves when the remote kernel has ended (or could not be followed any more); never rejects. */
   readonly exited: Promise<{ code: number | null; signal: number | null; error?: IppTunnelError }>
   #resolveExited: (value: { code: number | null; signal: number | null; error?: IppTunnelError }) => void =
@@ -123,10 +119,12 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
     link: Link,
     tunnel: Tunnel,
     procs: RemoteProcesses,
-    borrowed: boolean,
+    where: { step: KernelSlurmStep | undefined; setup: string | undefined; borrowed: boolean },
   ) {
     super()
-    this.#borrowed = borrowed
+    this.slurm = where.step
+    this.#setup = where.setup
+    this.#borrowed = where.borrowed
     this.name = started.name
     this.host = started.node?.host ?? ''
     this.pid = started.pid ?? 0
@@ -167,6 +165,10 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
       throw new IppTunnelError('E_CONNFILE_KIND', `${file}: not a kernel connection file (kernel-*.json)`)
     }
     checkLocal(info, file)
+    if (options.slurm !== undefined && options.remoteTransport === 'unix') {
+      throw new IppTunnelError('E_USAGE', 'a kernel under Slurm runs on a compute node: its transport is tcp')
+    }
+    const transport = options.slurm !== undefined ? 'tcp' : (options.remoteTransport ?? 'unix')
     const signal = options.signal
     const borrowed = options.link !== undefined
     // reconnects go to the address the first connection reached (a round-robin login alias must not move the kernel);
@@ -190,7 +192,10 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
             `${file}: the kernel (pid ${adopt.pid} on ${adopt.host}) is no longer running there (${running.state})`,
           )
         }
-        return await RemoteKernel.#follow(info, link, procs, running, borrowed, signal)
+        return await RemoteKernel.#follow(info, link, procs, running, {
+          ...options,
+          remoteTransport: transport,
+        })
       }
       const curve = await remoteCurve(info, procs, { kernelCmd: options.kernelCmd !== undefined, signal })
       if (curve.withheld !== undefined) {
@@ -201,21 +206,26 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
       await procs.stop(name, signal ? { signal } : {}).catch((err: unknown) => {
         if (!isIppTunnelError(err) || err.code !== 'E_REMOTE_GONE') throw err
       })
-      const argv = (
-        options.kernelCmd ?? [options.python ?? 'python3', '-m', 'ipykernel_launcher', '-f', REMOTE_FILE]
-      ).map((word) => word.replaceAll('{remote_connection_file}', REMOTE_FILE))
+      const python = options.python ?? 'python3'
+      const kernel = (options.kernelCmd ?? [python, '-m', 'ipykernel_launcher', '-f', REMOTE_FILE]).map(
+        (word) => word.replaceAll('{remote_connection_file}', REMOTE_FILE),
+      )
+      const argv = options.slurm !== undefined ? srunArgv(options.slurm, python, kernel) : kernel
       const started = await procs.start(
         {
           name,
           argv,
-          files: { 'kernel.json': serializeConnectionFile(remoteInfoOf(curve.info, '{dir}')) },
+          files: { 'kernel.json': serializeConnectionFile(remoteInfoOf(curve.info, '{dir}', transport)) },
           persistSeconds: options.persistSeconds ?? 1800,
           ...(options.cwd !== undefined && { cwd: options.cwd }),
           ...(options.env !== undefined && { env: options.env }),
         },
         signal ? { signal } : {},
       )
-      return await RemoteKernel.#follow(info, link, procs, started, borrowed, signal)
+      return await RemoteKernel.#follow(info, link, procs, started, {
+        ...options,
+        remoteTransport: transport,
+      })
     } catch (err) {
       if (!borrowed) await link.close()
       throw err
@@ -227,15 +237,28 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
     link: Link,
     procs: RemoteProcesses,
     started: RemoteProcessState,
-    borrowed: boolean,
-    signal: AbortSignal | undefined,
+    options: RemoteKernelOptions & { remoteTransport: RemoteTransport },
   ): Promise<RemoteKernel> {
+    const { signal } = options
     const dir = started.dir ?? ''
     let tunnel: Tunnel
+    let step: KernelSlurmStep | undefined
     try {
       const localPorts = new Map(endpoints(info).map((e) => [e.channel, e.kind === 'unix' ? 0 : e.port]))
+      let remote = remoteInfoOf(info, dir, 'unix')
+      if (options.remoteTransport === 'tcp') {
+        const listening = await awaitListening(procs, started.name, info, {
+          slurm: options.slurm !== undefined,
+          host: started.node?.host ?? '',
+          dir,
+          onState: options.onState,
+          signal,
+        })
+        remote = listening.info
+        step = listening.step
+      }
       // the kernel binds its sockets when it has started: no probe, a client's early connection is retried by zmq
-      tunnel = await Tunnel.over(remoteInfoOf(info, dir), link, {
+      tunnel = await Tunnel.over(remote, link, {
         localPorts,
         probe: false,
         ...(signal !== undefined && { signal }),
@@ -244,7 +267,11 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
       await procs.stop(started.name).catch(() => undefined)
       throw err
     }
-    const kernel = new RemoteKernel(started, link, tunnel, procs, borrowed)
+    const kernel = new RemoteKernel(started, link, tunnel, procs, {
+      step,
+      setup: options.setup,
+      borrowed: options.link !== undefined,
+    })
     void kernel.#attachLoop()
     return kernel
   }
@@ -328,9 +355,13 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
     this.#resolveExited(result)
   }
 
-  /** SIGINT to the remote kernel's process group (what `interrupt_mode: signal` means for a local kernel). */
+  /**
+   * SIGINT to the remote kernel's process group (what `interrupt_mode: signal` means for a local kernel); under
+   * Slurm to its task, by `scancel --signal=INT JOB.STEP`.
+   */
   async interrupt(): Promise<void> {
-    await this.#procs.interrupt(this.name)
+    if (this.slurm !== undefined) await interruptStep(this.link, this.slurm, this.#setup)
+    else await this.#procs.interrupt(this.name)
   }
 
   /**

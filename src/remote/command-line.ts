@@ -17,22 +17,30 @@ export interface SupervisorOptions {
 }
 
 /**
- * The command line that runs the supervisor's `verb` on the server. The user's login shell (bash, zsh, tcsh, fish:
- * whatever sshd starts) sees one line of letters, digits and a few quotes: the real script travels base64-encoded
- * and runs under `/bin/sh`, so neither the setup lines nor the supervisor meet another shell's quoting rules.
+ * The command line that runs `argv` on the server after the setup lines. The user's login shell (bash, zsh, tcsh,
+ * fish: whatever sshd starts) sees one line of letters, digits and a few quotes: the real script travels
+ * base64-encoded and runs under `/bin/sh`, so neither the setup lines nor the words of `argv` meet another shell's
+ * quoting rules.
+ *
+ * @example
+ * await link.exec(remoteCommand(['scancel', '--signal=INT', '42.0'], { setup: 'module load slurm' }))
  */
+export function remoteCommand(argv: readonly string[], options: { readonly setup?: string } = {}): string {
+  const lines = [
+    ...(options.setup !== undefined && options.setup.trim() !== ''
+      ? [`{ ${options.setup}`, '} </dev/null >&2']
+      : []),
+    ['exec', ...argv].map(shellWord).join(' '),
+  ]
+  const script = Buffer.from(lines.join('\n') + '\n').toString('base64')
+  return `exec /bin/sh -c 'eval "$(echo ${script} | base64 -d)"'`
+}
+
+/** The command line that runs the supervisor's `verb` on the server (see {@link remoteCommand}). */
 export function supervisorCommand(
   verb: string,
   args: readonly string[],
   options: SupervisorOptions = {},
 ): string {
-  const python = options.python ?? 'python3'
-  const lines = [
-    ...(options.setup !== undefined && options.setup.trim() !== ''
-      ? [`{ ${options.setup}`, '} </dev/null >&2']
-      : []),
-    ['exec', python, '-c', SUPERVISOR_SOURCE, verb, ...args].map(shellWord).join(' '),
-  ]
-  const script = Buffer.from(lines.join('\n') + '\n').toString('base64')
-  return `exec /bin/sh -c 'eval "$(echo ${script} | base64 -d)"'`
+  return remoteCommand([options.python ?? 'python3', '-c', SUPERVISOR_SOURCE, verb, ...args], options)
 }

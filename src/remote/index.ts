@@ -17,5 +17,11 @@ export {
   type RemoteProcessSpec,
   type RemoteProcessState,
 } from './processes.js'
-export { DEFAULT_REMOTE_DIR, shellWord, supervisorCommand, type SupervisorOptions } from './command-line.js'
+export {
+  DEFAULT_REMOTE_DIR,
+  remoteCommand,
+  shellWord,
+  supervisorCommand,
+  type SupervisorOptions,
+} from './command-line.js'
 export { linkUp, RemoteFollower, type FollowEnd, type RemoteFollowerEvents } from './follow.js'

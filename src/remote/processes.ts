@@ -215,6 +215,32 @@ export class RemoteProcesses {
     return (a.processes as Answer[]).map(stateOf)
   }
 
+  /**
+   * Waits until the process has written `file` in its private directory as a JSON object in which every one of `keys`
+   * is a positive integer (a kernel that wrote back the ports it bound), on the server, and resolves with its text
+   * and the text of each of `also` there (files written before it). Unparsed: the caller validates what it reads.
+   * @throws IppTunnelError `E_SPAWN` when the process ended first (the end of its stderr in the message),
+   *   `E_REMOTE_GONE` when there is no such process; an abort of `signal` ends the wait on both sides.
+   */
+  async waitFile(
+    name: string,
+    file: string,
+    options: { keys: readonly string[]; also?: readonly string[]; signal?: AbortSignal },
+  ): Promise<{ text: string; also: Record<string, string> }> {
+    const a = await this.#call(
+      'wait-file',
+      [this.dir, name, file, options.keys.join(','), ...(options.also ?? [])],
+      undefined,
+      options.signal,
+      { holdStdin: true },
+    )
+    const also: Record<string, string> = {}
+    if (typeof a.also === 'object' && a.also !== null) {
+      for (const [k, v] of Object.entries(a.also)) if (typeof v === 'string') also[k] = v
+    }
+    return { text: typeof a.text === 'string' ? a.text : '', also }
+  }
+
   /** SIGINT to the process's group, through its supervisor. */
   async interrupt(name: string, options: { signal?: AbortSignal } = {}): Promise<void> {
     await this.#call('interrupt', [this.dir, name], undefined, options.signal)
@@ -278,6 +304,7 @@ export class RemoteProcesses {
     args: readonly string[],
     input: string | undefined,
     signal?: AbortSignal,
+    how: { holdStdin?: boolean } = {},
   ): Promise<Answer> {
     const remote = await this.#executor.exec(
       supervisorCommand(verb, args, this.#options),
@@ -288,7 +315,8 @@ export class RemoteProcesses {
     try {
       const stdout = collect(remote.stdout, MAX_ANSWER_BYTES)
       const stderr = collect(remote.stderr, 64 * 1024)
-      remote.stdin.end(input)
+      // a held stdin is the verb's lifeline: its end (or the session's) tells a waiting verb to give up
+      if (how.holdStdin !== true) remote.stdin.end(input)
       const [out, err] = await Promise.all([stdout, stderr, remote.exited])
       signal?.throwIfAborted()
       const answer = lastAnswer(out)
@@ -302,6 +330,7 @@ export class RemoteProcesses {
       return answer
     } finally {
       signal?.removeEventListener('abort', onAbort)
+      if (how.holdStdin === true) remote.stdin.end()
     }
   }
 }

@@ -1,7 +1,8 @@
 /**
  * The supervisor of remote processes, in Python (3.6+, what a cluster with ipykernel or ipyparallel surely has),
  * sent to the ssh server with every command: nothing of ipp-tunnel is installed there. Verbs: `node`, `start`
- * (spec as JSON on stdin), `attach`, `interrupt`, `stop`, `status`, `list`; each answers one marked JSON line.
+ * (spec as JSON on stdin), `attach`, `wait-file`, `interrupt`, `stop`, `status`, `list`; each answers one marked JSON
+ * line.
  */
 export const SUPERVISOR_SOURCE = String.raw`
 # The supervisor of ipp-tunnel's remote processes. Runs on the ssh server under python3 (3.6+), sent over the
@@ -321,6 +322,70 @@ def attach(base, name, out_offset, err_offset):
         done = os.path.exists(os.path.join(d, 'exit.json')) or start_time(state['supervisor_pid']) != state['supervisor_start']
 
 
+def read_text(path):
+    """A file of ours in a process directory, as text: regular, owned by us, at most 64 KiB, no link followed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_size > 65536:
+            raise Refused('E_UNSAFE_PATH', '%s is not a file of ours' % path)
+        return os.read(fd, 65537).decode('utf-8', 'replace')
+    finally:
+        os.close(fd)
+
+
+def ready_text(path, keys):
+    """The text of path once it holds a JSON object whose keys are all positive integers, else None."""
+    try:
+        text = read_text(path)
+        value = json.loads(text)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    for k in keys:
+        v = value.get(k)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            return None
+    return text
+
+
+def wait_file(base, name, fname, keys, also):
+    """Waits until the process wrote fname (a JSON object with every key a positive integer: a kernel's ports) and
+    answers with its text and the text of the also files; refuses once the process has ended. Returns with no answer
+    when stdin closes (the caller gave up)."""
+    for f in [fname] + also:
+        if not FILE.match(f):
+            raise Refused('E_USAGE', 'not a file name for the process directory: %r' % f)
+    base = base_dir(base, False)
+    state = status_of(base, name)
+    d = proc_dir(base, name)
+    keys = [k for k in keys.split(',') if k]
+    while True:
+        if state['state'] != 'running':
+            tail = ''
+            try:
+                tail = read_text(os.path.join(d, 'err.log'))[-400:].strip()
+            except (OSError, Refused):
+                pass
+            raise Refused('E_SPAWN' if state['state'] == 'exited' else 'E_REMOTE_GONE',
+                          '%s is %s (%s) before it wrote %s%s' % (name, state['state'], json.dumps(state.get('exit')),
+                                                                fname, ': ' + tail if tail else ''))
+        text = ready_text(os.path.join(d, fname), keys)
+        if text is not None:
+            others = {}
+            for f in also:
+                try:
+                    others[f] = read_text(os.path.join(d, f))
+                except OSError:
+                    pass
+            say({'ok': True, 'name': name, 'text': text, 'also': others})
+            return
+        if select.select([0], [], [], 0.05)[0] and not os.read(0, 4096):
+            return
+        state = status_of(base, name)
+
+
 def kill(base, name, how, grace):
     base = base_dir(base, False)
     state = status_of(base, name)
@@ -367,6 +432,8 @@ def main(argv):
             start(argv[1], argv[2])
         elif verb == 'attach':
             attach(argv[1], argv[2], argv[3], argv[4])
+        elif verb == 'wait-file':
+            wait_file(argv[1], argv[2], argv[3], argv[4], argv[5:])
         elif verb in ('interrupt', 'stop'):
             kill(argv[1], argv[2], 'INT' if verb == 'interrupt' else 'TERM', float(argv[3]) if len(argv) > 3 else 5)
         elif verb == 'status':

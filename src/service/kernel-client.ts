@@ -7,14 +7,14 @@ import type {
   KernelClientMessage,
   KernelRequest,
   KernelServerMessage,
-  KernelState,
+  ServiceKernelState,
 } from './kernel-protocol.js'
 import { LineReader } from './lines.js'
 import { checkRuntimeDir } from './status-socket.js'
 
 /** Events of a {@link ServiceKernel}: those of a `RemoteKernel`, plus where the service is with it. */
 export interface ServiceKernelEvents {
-  state: [info: { state: KernelState; message?: string }]
+  state: [info: { state: ServiceKernelState; message?: string; job?: string; node?: string }]
   warning: [info: { message: string }]
   output: [info: { stream: 'stdout' | 'stderr'; data: Buffer }]
   detached: [info: { error?: Error }]
@@ -61,7 +61,7 @@ export class ServiceKernel extends EventEmitter<ServiceKernelEvents> {
     request: KernelRequest,
     options: {
       signal?: AbortSignal
-      onState?: (info: { state: KernelState; message?: string }) => void
+      onState?: (info: { state: ServiceKernelState; message?: string; job?: string; node?: string }) => void
       onWarning?: (message: string) => void
     } = {},
   ): Promise<ServiceKernel> {
@@ -111,10 +111,17 @@ export class ServiceKernel extends EventEmitter<ServiceKernelEvents> {
       })
       const handle = (message: KernelServerMessage): void => {
         switch (message.type) {
-          case 'state':
-            kernel.emit('state', message)
-            options.onState?.(message)
+          case 'state': {
+            const info = {
+              state: message.state,
+              ...(message.message !== undefined && { message: message.message }),
+              ...(message.job !== undefined && { job: message.job }),
+              ...(message.node !== undefined && { node: message.node }),
+            }
+            kernel.emit('state', info)
+            options.onState?.(info)
             break
+          }
           case 'started':
             kernel.name = message.name
             kernel.host = message.host

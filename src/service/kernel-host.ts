@@ -2,14 +2,14 @@ import type { Socket } from 'node:net'
 import { isAbsolute } from 'node:path'
 
 import { IppTunnelError } from '../errors/index.js'
-import { RemoteKernel } from '../kernels/index.js'
+import { checkJobId, RemoteKernel, type KernelSlurmOptions } from '../kernels/index.js'
 import { resolveTarget, type Link, type ResolveOptions } from '../ssh/index.js'
 import { routeKey, type LinkPool } from '../tunnel/index.js'
 import type {
   KernelClientMessage,
   KernelRequest,
   KernelServerMessage,
-  KernelState,
+  ServiceKernelState,
   KernelStatus,
 } from './kernel-protocol.js'
 import { LineReader, refuseLongLine } from './lines.js'
@@ -18,7 +18,7 @@ import type { LoginRelay } from './login-relay.js'
 interface Held {
   readonly request: KernelRequest
   readonly socket: Socket
-  state: KernelState
+  state: ServiceKernelState
   kernel: RemoteKernel | undefined
   readonly since: string
   done: Promise<void>
@@ -68,7 +68,7 @@ export class KernelHost {
     const send = (message: KernelServerMessage): void => {
       if (!socket.destroyed && socket.writable) socket.write(`${JSON.stringify(message)}\n`)
     }
-    const setState = (state: KernelState, message?: string): void => {
+    const setState = (state: ServiceKernelState, message?: string): void => {
       if (held.state === state) return
       held.state = state
       send({ type: 'state', state, ...(message !== undefined && { message }) })
@@ -123,7 +123,7 @@ export class KernelHost {
   async #run(
     held: Held,
     send: (message: KernelServerMessage) => void,
-    setState: (state: KernelState, message?: string) => void,
+    setState: (state: ServiceKernelState, message?: string) => void,
     signal: AbortSignal,
     interruptPending: () => boolean,
   ): Promise<void> {
@@ -174,6 +174,12 @@ export class KernelHost {
         ...(request.env !== undefined && { env: request.env }),
         ...(request.persistSeconds !== undefined && { persistSeconds: request.persistSeconds }),
         ...(request.remoteDir !== undefined && { remoteDir: request.remoteDir }),
+        ...(request.remoteTransport !== undefined && { remoteTransport: request.remoteTransport }),
+        ...(request.slurm !== undefined && { slurm: slurmOf(request.slurm) }),
+        onState: (s) => {
+          held.state = s.state
+          send({ type: 'state', ...s })
+        },
       })
       held.kernel = kernel
       if (signal.aborted) {
@@ -230,4 +236,12 @@ export class KernelHost {
 /** Read afresh: the signal may have aborted while the kernel ran. */
 function isAborted(signal: AbortSignal): boolean {
   return signal.aborted
+}
+
+/** A request's Slurm options, the job id checked as the command line checks it. */
+function slurmOf(slurm: NonNullable<KernelRequest['slurm']>): KernelSlurmOptions {
+  return {
+    ...(slurm.srunArgs !== undefined && { srunArgs: slurm.srunArgs }),
+    ...(slurm.jobId !== undefined && { jobId: checkJobId(slurm.jobId) }),
+  }
 }

@@ -16,6 +16,9 @@ export interface KernelRequest {
   readonly env?: Readonly<Record<string, string>>
   readonly persistSeconds?: number
   readonly remoteDir?: string
+  readonly remoteTransport?: 'unix' | 'tcp'
+  /** Under Slurm: SRUN ARGS as words, or an allocation's job id. */
+  readonly slurm?: { readonly srunArgs?: readonly string[]; readonly jobId?: string }
   /**
    * The route the launcher resolved DEST to with its own ssh options (`user@host:port` per hop): a service that
    * resolves it to another refuses (`E_USAGE`), and the launcher goes on with a link of its own.
@@ -24,13 +27,14 @@ export interface KernelRequest {
 }
 
 /** Where a kernel the service holds is, as `status` shows it. */
-export type KernelState = 'connecting' | 'waiting-login' | 'starting' | 'running' | 'detached'
+export type ServiceKernelState =
+  'connecting' | 'waiting-login' | 'starting' | 'pending' | 'running' | 'detached'
 
 /** A kernel the service holds for a launcher, as `status` shows it. */
 export interface KernelStatus {
   readonly destination: string
   readonly file: string
-  readonly state: KernelState
+  readonly state: ServiceKernelState
   /** Where it runs, once started. */
   readonly host?: string
   readonly pid?: number
@@ -40,7 +44,14 @@ export interface KernelStatus {
 
 /** What the service sends the launcher. */
 export type KernelServerMessage =
-  | { readonly type: 'state'; readonly state: KernelState; readonly message?: string }
+  | {
+      readonly type: 'state'
+      readonly state: ServiceKernelState
+      readonly message?: string
+      /** Under Slurm: the job (pending, running) and the node it runs on. */
+      readonly job?: string
+      readonly node?: string
+    }
   | { readonly type: 'started'; readonly name: string; readonly host: string; readonly pid: number }
   /** The kernel's output, base64 (it need not be text, nor end on a character). */
   | { readonly type: 'output'; readonly stream: 'stdout' | 'stderr'; readonly data: string }
@@ -78,6 +89,24 @@ export function parseKernelRequest(value: Record<string, unknown>): KernelReques
       env === null ||
       Array.isArray(env) ||
       !Object.values(env).every((v) => typeof v === 'string'))
+  ) {
+    return undefined
+  }
+  if (
+    value.remoteTransport !== undefined &&
+    value.remoteTransport !== 'unix' &&
+    value.remoteTransport !== 'tcp'
+  ) {
+    return undefined
+  }
+  const slurm = value.slurm as { srunArgs?: unknown; jobId?: unknown } | undefined | null
+  if (
+    slurm !== undefined &&
+    (typeof slurm !== 'object' ||
+      slurm === null ||
+      (slurm.jobId !== undefined && typeof slurm.jobId !== 'string') ||
+      (slurm.srunArgs !== undefined &&
+        !(Array.isArray(slurm.srunArgs) && slurm.srunArgs.every((w) => typeof w === 'string'))))
   ) {
     return undefined
   }
