@@ -39,6 +39,9 @@ export function sshdConfig(options: SshdConfigOptions): string {
     `AllowTcpForwarding ${options.allowTcpForwarding ? 'yes' : 'no'}`,
     `MaxStartups ${options.maxStartups}`,
     `MaxSessions ${options.maxStartups}`,
+    // a login shell that runs `pyenv init` rehashes under a lock in every session; a session killed with its sshd
+    // leaves the lock, and every later one would wait 60 s for it
+    'SetEnv PYENV_REHASH_TIMEOUT=1',
     options.extra ?? '',
     '',
   ].join('\n')

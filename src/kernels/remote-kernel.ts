@@ -203,9 +203,6 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
           `the remote kernel runs without Curve encryption: ${curve.withheld}; a client that uses the file's Curve keys (jupyter_client 8.9 with transport_encryption) cannot connect to it, one that ignores them can (SSH encrypts the way to the server either way)`,
         )
       }
-      await procs.stop(name, signal ? { signal } : {}).catch((err: unknown) => {
-        if (!isIppTunnelError(err) || err.code !== 'E_REMOTE_GONE') throw err
-      })
       const python = options.python ?? 'python3'
       const kernel = (options.kernelCmd ?? [python, '-m', 'ipykernel_launcher', '-f', REMOTE_FILE]).map(
         (word) => word.replaceAll('{remote_connection_file}', REMOTE_FILE),
@@ -217,6 +214,8 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
           argv,
           files: { 'kernel.json': serializeConnectionFile(remoteInfoOf(curve.info, '{dir}', transport)) },
           persistSeconds: options.persistSeconds ?? 1800,
+          // a restart reuses file, key and ports: the kernel of ours left for them is stopped first
+          replace: true,
           ...(options.cwd !== undefined && { cwd: options.cwd }),
           ...(options.env !== undefined && { env: options.env }),
         },

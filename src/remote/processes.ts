@@ -31,6 +31,11 @@ export interface RemoteProcessSpec {
   readonly persistSeconds?: number
   /** Between SIGTERM and SIGKILL when it is stopped; default 5 s. */
   readonly graceSeconds?: number
+  /**
+   * Stop a process of the same name first (on this node; one command instead of `stop` + `start`), as a restarted
+   * kernel's launcher does; without it such a process is `E_REMOTE_EXISTS`.
+   */
+  readonly replace?: boolean
 }
 
 /** A remote node: its host name and boot id (a pid means something only on the same node and boot). */
@@ -200,6 +205,7 @@ export class RemoteProcesses {
       ...(spec.files !== undefined && { files: spec.files }),
       persist: spec.persistSeconds ?? null,
       grace: spec.graceSeconds ?? 5,
+      ...(spec.replace === true && { replace: true }),
     })
     return stateOf(await this.#call('start', [this.dir, spec.name], body, options.signal))
   }

@@ -250,9 +250,15 @@ def start(base, name):
         if e.errno != errno.EEXIST:
             raise
         old = status_of(base, name)
-        if old['state'] != 'stale' or old.get('host') != node()['host']:
+        if old['state'] == 'elsewhere':
+            raise Refused('E_REMOTE_NODE', '%s runs on %s, and this is %s' % (name, old['host'], old['node']['host']))
+        if spec.get('replace'):
+            # one command instead of stop + start: what a restarted kernel's launcher does first
+            terminate(base, name, old, float(old.get('grace') or 5))
+        elif old['state'] != 'stale' or old.get('host') != node()['host']:
             raise Refused('E_REMOTE_EXISTS', '%s is %s (started on %s)' % (name, old['state'], old.get('host')))
-        remove_dir(d)
+        else:
+            remove_dir(d)
         os.mkdir(d, 0o700)
     private_dir(d)
     r, w = os.pipe()
@@ -399,6 +405,12 @@ def kill(base, name, how, grace):
         os.kill(state['supervisor_pid'], signal.SIGINT)
         say({'ok': True, 'name': name})
         return
+    terminate(base, name, state, grace)
+    say({'ok': True, 'name': name, 'was': state['state']})
+
+
+def terminate(base, name, state, grace):
+    """Stops the process of a status (on this node), removes its directory."""
     d = proc_dir(base, name)
     if state['state'] in ('running', 'exited'):
         os.kill(state['supervisor_pid'], signal.SIGTERM)
@@ -410,7 +422,6 @@ def kill(base, name, how, grace):
         os.killpg(state['pid'], signal.SIGKILL)
     if os.path.isdir(d):
         remove_dir(d)
-    say({'ok': True, 'name': name, 'was': state['state']})
 
 
 def main(argv):
