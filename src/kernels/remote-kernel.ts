@@ -7,7 +7,7 @@ import {
   serializeConnectionFile,
   type KernelInfo,
 } from '../connection-file/index.js'
-import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { IppTunnelError } from '../errors/index.js'
 import { RemoteProcesses, type RemoteAttachment, type RemoteProcessState } from '../remote/index.js'
 import { Link, resolveTarget, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { Tunnel } from '../tunnel/index.js'
