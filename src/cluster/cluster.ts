@@ -1,29 +1,22 @@
 import { EventEmitter } from 'node:events'
-import { join, posix } from 'node:path'
+import { posix } from 'node:path'
 
 import { HubQuery } from '../client/index.js'
 import type { IppClientInfo } from '../connection-file/index.js'
-import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { IppTunnelError } from '../errors/index.js'
 import { RemoteFollower, RemoteProcesses, type FollowEnd, type RemoteProcessState } from '../remote/index.js'
-import { ipythonDir, PulledTunnel } from '../service/index.js'
+import type { PulledTunnel } from '../service/index.js'
 import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { LinkPool } from '../tunnel/index.js'
-import {
-  checkProfile,
-  clusterIdOf,
-  enginesOf,
-  newClusterId,
-  processNames,
-  profileOfController,
-  type EnginesKind,
-} from './names.js'
-import { ensureRemoteDir, lastLine, removeConnectionFiles } from './remote-files.js'
+import { enginesOf, enginesSpec, type EnginesKind } from './engines.js'
+import { checkProfile, clusterIdOf, newClusterId, processNames, profileOfController } from './names.js'
+import { pullClientFile } from './pull.js'
+import { ensureRemoteDir, findCluster, removeConnectionFiles } from './remote-files.js'
 import {
   jobProgressReader,
   reachableControllerArgv,
   readJobId,
   slurmArgsOf,
-  slurmEnginesSpec,
   type JobProgress,
 } from './slurm.js'
 import { checkCompatible, localVersions } from './versions.js'
@@ -102,9 +95,7 @@ export interface RemoteClusterEvents {
   job: [info: JobProgress]
 }
 
-const CONTROLLER_FILE_WAIT_MS = 120_000
 const REGISTRATION_POLL_MS = 250
-const SCHEDULERS_WAIT_MS = 30_000
 
 /**
  * A whole ipyparallel cluster on an ssh server, started and followed over one link (one login): the controller
@@ -210,7 +201,6 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
       const python = options.python ?? 'python3'
       const slurm = options.engines === 'slurm'
       const env = (options.curve ?? slurm) ? { IPP_ENABLE_CURVE: '1' } : undefined
-      const persist = options.persistSeconds !== undefined && { persistSeconds: options.persistSeconds }
       const controller = await procs.start(
         {
           name: names.controller,
@@ -219,7 +209,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
             ? reachableControllerArgv(python, common)
             : [python, '-m', 'ipyparallel.controller', ...common, '--ip=127.0.0.1'],
           ...(env !== undefined && { env }),
-          ...persist,
+          ...(options.persistSeconds !== undefined && { persistSeconds: options.persistSeconds }),
         },
         signal ? { signal } : {},
       )
@@ -237,36 +227,17 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
         throw err
       }
       try {
-        const root = link.target.hops.at(-1)?.username === 'root'
-        const spec = slurm
-          ? slurmEnginesSpec({
-              name: names.engines,
-              python,
-              n,
-              common,
-              slurmArgs,
-              env,
-              persistSeconds: options.persistSeconds,
-            })
-          : {
-              name: names.engines,
-              argv: [
-                python,
-                '-m',
-                'ipyparallel.cluster',
-                'engines',
-                `--n=${String(n)}`,
-                ...common,
-                ...(options.engines === 'mpi' ? ['--engines=mpi'] : []),
-              ],
-              env: {
-                ...env,
-                // Open MPI refuses root unless told: the account is the user's choice, not ours
-                ...(options.engines === 'mpi' &&
-                  root && { OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1' }),
-              },
-              ...persist,
-            }
+        const spec = enginesSpec({
+          name: names.engines,
+          kind: options.engines ?? 'login',
+          python,
+          n,
+          common,
+          slurmArgs,
+          env,
+          persistSeconds: options.persistSeconds,
+          root: link.target.hops.at(-1)?.username === 'root',
+        })
         const engines = await procs.start(spec, signal ? { signal } : {})
         cluster.engines = { pid: engines.pid ?? 0, n, kind: options.engines ?? 'login' }
         cluster.#followProcess('engines', engines)
@@ -288,7 +259,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     const profile = options.profile ?? 'default'
     checkProfile(profile)
     return RemoteCluster.#withLink(options, async (pool, link, procs) => {
-      const found = await RemoteCluster.#find(procs, profile, link)
+      const found = await findCluster(procs, profile, link)
       const cluster = await RemoteCluster.#follow(options, pool, link, procs, found.controller, {
         profile,
         clusterId: found.clusterId,
@@ -316,7 +287,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     try {
       const link = await pool.acquire(await resolveTarget(options.destination, options), options.signal)
       const procs = processesOver(link, options)
-      const found = await RemoteCluster.#find(procs, profile, link)
+      const found = await findCluster(procs, profile, link)
       const names = processNames(profile)
       await procs.stop(names.engines).catch(() => undefined)
       await procs.stop(names.controller)
@@ -372,35 +343,6 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     }
   }
 
-  static async #find(
-    procs: RemoteProcesses,
-    profile: string,
-    link: Link,
-  ): Promise<{
-    controller: RemoteProcessState
-    engines: RemoteProcessState | undefined
-    clusterId: string
-    securityDir: string
-  }> {
-    const names = processNames(profile)
-    const controller = await procs.status(names.controller)
-    const clusterId = clusterIdOf(controller.argv)
-    const ipdir = controller.argv?.find((w) => w.startsWith('--ipython-dir='))?.slice('--ipython-dir='.length)
-    if (controller.state === 'none' || clusterId === undefined || ipdir === undefined) {
-      throw new IppTunnelError(
-        'E_REMOTE_GONE',
-        `no cluster of profile ${profile} of ours on ${link.destination}`,
-      )
-    }
-    const engines = await procs.status(names.engines)
-    return {
-      controller,
-      engines: engines.state === 'none' ? undefined : engines,
-      clusterId,
-      securityDir: posix.join(ipdir, `profile_${profile}`, 'security'),
-    }
-  }
-
   /** Tunnels and copies the controller's client file (waiting for it), and follows the controller. */
   static async #follow(
     options: ClusterOptions,
@@ -410,61 +352,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     controller: RemoteProcessState,
     parts: { profile: string; clusterId: string; securityDir: string },
   ): Promise<RemoteCluster> {
-    const follower = new RemoteFollower(procs, link, processNames(parts.profile).controller, controller)
-    let said = ''
-    const onOutput = (e: { data: Buffer }): void => {
-      said = (said + e.data.toString('utf8')).slice(-2048)
-    }
-    follower.on('output', onOutput)
-    const abort = new AbortController()
-    const onAbort = (): void => abort.abort(options.signal?.reason)
-    options.signal?.addEventListener('abort', onAbort, { once: true })
-    // a controller that dies before its file appears ends the wait at once
-    void follower.ended.then((end) =>
-      abort.abort(
-        end.error ??
-          new IppTunnelError(
-            'E_SPAWN',
-            `the controller exited before writing its connection file (status ${String(end.code ?? end.signal)}): ${lastLine(said) || 'it said nothing'}`,
-          ),
-      ),
-    )
-    const localDir = join(options.ipythonDir ?? ipythonDir(), `profile_${parts.profile}-tunnel`, 'security')
-    let pulled: PulledTunnel
-    try {
-      const spec = {
-        destination: options.destination,
-        path: posix.join(parts.securityDir, `ipcontroller-${parts.clusterId}-client.json`),
-      }
-      const since = performance.now()
-      for (;;) {
-        try {
-          pulled = await PulledTunnel.open(spec, {
-            ...options,
-            pool,
-            out: join(localDir, 'ipcontroller-client.json'),
-            waitForFileMs: CONTROLLER_FILE_WAIT_MS,
-            pollMs: 200,
-            signal: abort.signal,
-          })
-          break
-        } catch (err) {
-          // ipcontroller writes its file before its schedulers (other processes) listen: a port not yet
-          // listening is waited for while the controller runs
-          const early = isIppTunnelError(err) && err.code === 'E_FORWARD'
-          if (!early || abort.signal.aborted || performance.now() - since > SCHEDULERS_WAIT_MS) throw err
-          await new Promise((resolve) => setTimeout(resolve, 250))
-        }
-      }
-    } catch (err) {
-      // what ended the wait, read before closing the follower (which ends it too)
-      const why = abort.signal.aborted && isIppTunnelError(abort.signal.reason) ? abort.signal.reason : err
-      await follower.close()
-      throw why
-    } finally {
-      options.signal?.removeEventListener('abort', onAbort)
-      follower.off('output', onOutput)
-    }
+    const { follower, pulled } = await pullClientFile(options, pool, link, procs, controller, parts)
     const cluster = new RemoteCluster(
       { ...parts, host: controller.node?.host ?? link.destination, pid: controller.pid ?? 0 },
       pool,

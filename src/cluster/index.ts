@@ -16,6 +16,6 @@ export {
   type ClusterState,
   type RemoteClusterEvents,
 } from './cluster.js'
-export type { EnginesKind } from './names.js'
+export type { EnginesKind } from './engines.js'
 export type { JobProgress } from './slurm.js'
 export { checkCompatible, localVersions, type PythonVersions } from './versions.js'

@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto'
 
 import { IppTunnelError } from '../errors/index.js'
-import { slurmEnginesOf } from './slurm.js'
 
 /** A profile name we put in remote process names and paths: letters, digits, `. _ -`, not starting with one of those. */
 const PROFILE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$/u
@@ -39,19 +38,4 @@ export function clusterIdOf(argv: readonly string[] | undefined): string | undef
   const word = argv?.find((w) => w.startsWith('--cluster-id='))
   const id = word?.slice('--cluster-id='.length)
   return id !== undefined && /^ipptunnel-[0-9a-f]{10}$/u.test(id) ? id : undefined
-}
-
-/** Where the engines run: on the ssh server itself, as one `mpiexec -n N` world there, or as a Slurm batch job. */
-export type EnginesKind = 'login' | 'mpi' | 'slurm'
-
-/** What an engines process of ours was started as (its argv in the supervisor's state): kind and count. */
-export function enginesOf(argv: readonly string[] | undefined): { kind: EnginesKind; n: number | undefined } {
-  const slurm = slurmEnginesOf(argv)
-  if (slurm !== undefined) return { kind: 'slurm', n: slurm.n }
-  const word = argv?.find((w) => w.startsWith('--n='))
-  const n = word === undefined ? NaN : Number(word.slice('--n='.length))
-  return {
-    kind: argv?.includes('--engines=mpi') === true ? 'mpi' : 'login',
-    n: Number.isInteger(n) ? n : undefined,
-  }
 }

@@ -1,7 +1,9 @@
 import { posix } from 'node:path'
 
 import { IppTunnelError } from '../errors/index.js'
+import type { RemoteProcesses, RemoteProcessState } from '../remote/index.js'
 import type { Link } from '../ssh/index.js'
+import { clusterIdOf, processNames } from './names.js'
 
 /** The last line a process wrote that says something. */
 export function lastLine(text: string): string {
@@ -54,4 +56,34 @@ export async function removeConnectionFiles(
       (name) => new Promise<void>((resolve) => sftp.unlink(posix.join(securityDir, name), () => resolve())),
     ),
   )
+}
+
+/** The cluster of the profile there: its processes, cluster id and security directory (from its argv). */
+export async function findCluster(
+  procs: RemoteProcesses,
+  profile: string,
+  link: Link,
+): Promise<{
+  controller: RemoteProcessState
+  engines: RemoteProcessState | undefined
+  clusterId: string
+  securityDir: string
+}> {
+  const names = processNames(profile)
+  const controller = await procs.status(names.controller)
+  const clusterId = clusterIdOf(controller.argv)
+  const ipdir = controller.argv?.find((w) => w.startsWith('--ipython-dir='))?.slice('--ipython-dir='.length)
+  if (controller.state === 'none' || clusterId === undefined || ipdir === undefined) {
+    throw new IppTunnelError(
+      'E_REMOTE_GONE',
+      `no cluster of profile ${profile} of ours on ${link.destination}`,
+    )
+  }
+  const engines = await procs.status(names.engines)
+  return {
+    controller,
+    engines: engines.state === 'none' ? undefined : engines,
+    clusterId,
+    securityDir: posix.join(ipdir, `profile_${profile}`, 'security'),
+  }
 }
