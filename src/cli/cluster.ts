@@ -19,7 +19,8 @@ interface ClusterArgs extends SshArgs {
 interface StartArgs extends ClusterArgs {
   readonly n: number
   readonly engines: EnginesKind
-  readonly curve: boolean
+  readonly 'slurm-args'?: string | undefined
+  readonly curve?: boolean | undefined
   readonly persist?: number | undefined
   readonly 'local-python': string
   readonly check: boolean
@@ -58,11 +59,20 @@ export function registerCluster(yargs: Argv, run: (task: () => Promise<number>) 
           withClusterOptions(c)
             .option('n', { type: 'number', default: 2, describe: 'engines to start' })
             .option('engines', {
-              choices: ['login', 'mpi'] as const,
+              choices: ['login', 'mpi', 'slurm'] as const,
               default: 'login' as const,
-              describe: 'on the ssh server itself, or as one mpiexec -n N world there',
+              describe:
+                'on the ssh server itself, as one mpiexec -n N world there, or as a Slurm batch job (sbatch)',
             })
-            .option('curve', { type: 'boolean', default: false, describe: 'CurveZMQ (IPP_ENABLE_CURVE=1)' })
+            .option('slurm-args', {
+              type: 'string',
+              describe:
+                "more sbatch arguments with --engines slurm ('-N 2 --time=1:00:00'), split without a shell",
+            })
+            .option('curve', {
+              type: 'boolean',
+              describe: 'CurveZMQ (IPP_ENABLE_CURVE=1); default on with --engines slurm (--no-curve: off)',
+            })
             .option('persist', {
               type: 'number',
               describe: 'seconds the cluster runs on with no one attached; default: until cluster stop',
@@ -119,6 +129,13 @@ function formats(output: Output): Output {
     .format('controller', (e) => `controller running on ${String(e.host)} (pid ${String(e.pid)})`)
     .format('copy', (e) => `copy written: ${String(e.out)}`)
     .format('engines', (e) => `${String(e.n)} engines started (${String(e.kind)}, pid ${String(e.pid)})`)
+    .format('job', (e) =>
+      e.state === 'SUBMITTED'
+        ? `job ${String(e.job)} submitted`
+        : e.state === 'GONE'
+          ? `job ${String(e.job)} ended`
+          : `job ${String(e.job)} ${String(e.state).toLowerCase()}`,
+    )
     .format('registered', (e) => `registered: ${String(e.count)} of ${String(e.n)} engines`)
     .format('output', (e) => `${String(e.process)}: ${oneLine(String(e.text))}`)
     .format('detached', () => 'link down: the cluster runs on, waiting for the link')
@@ -136,6 +153,7 @@ async function followCluster(
   const where = { destination: cluster.host, profile: cluster.profile }
   cluster.on('registered', (e) => output.emit({ event: 'registered', ...where, ...e }))
   cluster.on('warning', (e) => output.emit({ event: 'warning', ...where, ...e }))
+  cluster.on('job', (e) => output.emit({ event: 'job', ...where, ...e }))
   cluster.on('detached', () => output.emit({ event: 'detached', ...where }))
   cluster.on('reattached', (e) => output.emit({ event: 'reattached', ...where, ...e }))
   cluster.on('output', (e) => {
@@ -169,7 +187,8 @@ async function start(args: StartArgs): Promise<number> {
         ...optionsOf(args, output, signals.signal),
         n: args.n,
         engines: args.engines,
-        curve: args.curve,
+        ...(args['slurm-args'] !== undefined && { slurmArgs: args['slurm-args'] }),
+        ...(args.curve !== undefined && { curve: args.curve }),
         ...(args.persist !== undefined && { persistSeconds: args.persist }),
         localPython: args.check ? args['local-python'] : false,
       })
@@ -233,7 +252,9 @@ async function list(args: ClusterArgs): Promise<number> {
       state: c.controller.state,
       controllerPid: c.controller.pid,
       engines: c.n,
+      enginesKind: c.kind,
       enginesState: c.engines?.state ?? 'none',
+      job: c.job,
       startedAt: c.controller.startedAt?.toISOString(),
     }))
     const human =
@@ -242,7 +263,7 @@ async function list(args: ClusterArgs): Promise<number> {
         : rows
             .map(
               (r) =>
-                `${r.profile}  ${r.host}  controller ${r.state} (pid ${String(r.controllerPid ?? '?')})  engines ${String(r.engines ?? '-')} ${r.enginesState}  since ${r.startedAt ?? '?'}`,
+                `${r.profile}  ${r.host}  controller ${r.state} (pid ${String(r.controllerPid ?? '?')})  engines ${String(r.engines ?? '-')} ${r.enginesState}${r.job === undefined ? '' : ` (job ${r.job})`}  since ${r.startedAt ?? '?'}`,
             )
             .join('\n')
     output.result({ clusters: rows }, human)

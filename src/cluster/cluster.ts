@@ -1,18 +1,25 @@
 import { EventEmitter } from 'node:events'
-import { join, posix } from 'node:path'
+import { posix } from 'node:path'
 
 import { HubQuery } from '../client/index.js'
 import type { IppClientInfo } from '../connection-file/index.js'
-import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { IppTunnelError } from '../errors/index.js'
 import { RemoteFollower, RemoteProcesses, type FollowEnd, type RemoteProcessState } from '../remote/index.js'
-import { ipythonDir, PulledTunnel } from '../service/index.js'
+import type { PulledTunnel } from '../service/index.js'
 import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { LinkPool } from '../tunnel/index.js'
+import { enginesOf, enginesSpec, type EnginesKind } from './engines.js'
 import { checkProfile, clusterIdOf, newClusterId, processNames, profileOfController } from './names.js'
+import { pullClientFile } from './pull.js'
+import { ensureRemoteDir, findCluster, removeConnectionFiles } from './remote-files.js'
+import {
+  jobProgressReader,
+  reachableControllerArgv,
+  readJobId,
+  slurmArgsOf,
+  type JobProgress,
+} from './slurm.js'
 import { checkCompatible, localVersions } from './versions.js'
-
-/** Where the engines run: on the ssh server itself, or as one `mpiexec -n N` world there. */
-export type EnginesKind = 'login' | 'mpi'
 
 /** How a cluster is reached and, for `start`, started. */
 export interface ClusterOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
@@ -38,7 +45,12 @@ export interface ClusterStartOptions extends ClusterOptions {
   /** Engines to start; default 2. */
   readonly n?: number
   readonly engines?: EnginesKind
-  /** CurveZMQ between the controller and everyone (`IPP_ENABLE_CURVE=1`); the copy carries the server key. */
+  /** With `engines: 'slurm'`: more sbatch arguments (`-N 2 --time=1:00:00`), words split without a shell. */
+  readonly slurmArgs?: string
+  /**
+   * CurveZMQ between the controller and everyone (`IPP_ENABLE_CURVE=1`); the copy carries the server key. Default:
+   * on with Slurm engines (the controller then listens beyond loopback), off otherwise.
+   */
   readonly curve?: boolean
   /** Seconds the cluster runs on with no one attached; default: until stopped. */
   readonly persistSeconds?: number
@@ -55,6 +67,18 @@ export interface ClusterState {
   readonly engines: RemoteProcessState | undefined
   /** Engines asked for (from the engines' command line). */
   readonly n: number | undefined
+  readonly kind: EnginesKind | undefined
+  /** The Slurm job of the engines (`engines: 'slurm'`), once submitted. */
+  readonly job: string | undefined
+}
+
+/** The engines of a {@link RemoteCluster}: their process there (for Slurm, the job's keeper) and their job. */
+export interface ClusterEngines {
+  readonly pid: number
+  readonly n: number
+  readonly kind: EnginesKind
+  /** The Slurm job id, once the keeper said it (see the `job` event). */
+  job?: string
 }
 
 /** Events of a {@link RemoteCluster}. */
@@ -67,9 +91,10 @@ export interface RemoteClusterEvents {
   /** A process of the cluster ended on its own (the controller's end ends the cluster). */
   exited: [info: { process: 'controller' | 'engines'; end: FollowEnd }]
   warning: [info: { message: string }]
+  /** The engines' Slurm job: submitted (its id), then each state change (`PENDING`, `RUNNING`…), `GONE`. */
+  job: [info: JobProgress]
 }
 
-const CONTROLLER_FILE_WAIT_MS = 120_000
 const REGISTRATION_POLL_MS = 250
 
 /**
@@ -90,7 +115,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
   readonly host: string
   readonly controllerPid: number
   /** The engines started (by `start`, or found running by `attach`). */
-  engines: { readonly pid: number; readonly n: number; readonly kind: EnginesKind } | undefined
+  engines: ClusterEngines | undefined
   /** The tunnel of the controller's client file; its copy (`pulled.tunnel.out`) is what Client reads. */
   readonly pulled: PulledTunnel
   readonly #pool: LinkPool
@@ -137,6 +162,9 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     const n = options.n ?? 2
     if (!Number.isInteger(n) || n < 1)
       throw new IppTunnelError('E_USAGE', `-n ${String(n)}: give a whole number ≥ 1`)
+    if (options.slurmArgs !== undefined && options.engines !== 'slurm')
+      throw new IppTunnelError('E_USAGE', '--slurm-args: only with --engines slurm')
+    const slurmArgs = slurmArgsOf(options.slurmArgs)
     return RemoteCluster.#withLink(options, async (pool, link, procs) => {
       const signal = options.signal
       const remote = await procs.modules(['ipyparallel', 'cloudpickle'], signal ? { signal } : {})
@@ -171,14 +199,17 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
         `--ipython-dir=${remoteIpythonDir}`,
       ]
       const python = options.python ?? 'python3'
-      const env = options.curve === true ? { IPP_ENABLE_CURVE: '1' } : undefined
-      const persist = options.persistSeconds !== undefined && { persistSeconds: options.persistSeconds }
+      const slurm = options.engines === 'slurm'
+      const env = (options.curve ?? slurm) ? { IPP_ENABLE_CURVE: '1' } : undefined
       const controller = await procs.start(
         {
           name: names.controller,
-          argv: [python, '-m', 'ipyparallel.controller', ...common, '--ip=127.0.0.1'],
+          // engines on compute nodes reach the controller inside the cluster; Curve (on by default) guards it
+          argv: slurm
+            ? reachableControllerArgv(python, common)
+            : [python, '-m', 'ipyparallel.controller', ...common, '--ip=127.0.0.1'],
           ...(env !== undefined && { env }),
-          ...persist,
+          ...(options.persistSeconds !== undefined && { persistSeconds: options.persistSeconds }),
         },
         signal ? { signal } : {},
       )
@@ -196,29 +227,18 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
         throw err
       }
       try {
-        const root = link.target.hops.at(-1)?.username === 'root'
-        const engines = await procs.start(
-          {
-            name: names.engines,
-            argv: [
-              python,
-              '-m',
-              'ipyparallel.cluster',
-              'engines',
-              `--n=${String(n)}`,
-              ...common,
-              ...(options.engines === 'mpi' ? ['--engines=mpi'] : []),
-            ],
-            env: {
-              ...env,
-              // Open MPI refuses root unless told: the account is the user's choice, not ours
-              ...(options.engines === 'mpi' &&
-                root && { OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1' }),
-            },
-            ...persist,
-          },
-          signal ? { signal } : {},
-        )
+        const spec = enginesSpec({
+          name: names.engines,
+          kind: options.engines ?? 'login',
+          python,
+          n,
+          common,
+          slurmArgs,
+          env,
+          persistSeconds: options.persistSeconds,
+          root: link.target.hops.at(-1)?.username === 'root',
+        })
+        const engines = await procs.start(spec, signal ? { signal } : {})
         cluster.engines = { pid: engines.pid ?? 0, n, kind: options.engines ?? 'login' }
         cluster.#followProcess('engines', engines)
         cluster.#watchRegistration(n)
@@ -239,17 +259,18 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     const profile = options.profile ?? 'default'
     checkProfile(profile)
     return RemoteCluster.#withLink(options, async (pool, link, procs) => {
-      const found = await RemoteCluster.#find(procs, profile, link)
+      const found = await findCluster(procs, profile, link)
       const cluster = await RemoteCluster.#follow(options, pool, link, procs, found.controller, {
         profile,
         clusterId: found.clusterId,
         securityDir: found.securityDir,
       })
       if (found.engines?.state === 'running') {
-        const kind = found.engines.argv?.includes('--engines=mpi') === true ? 'mpi' : 'login'
-        cluster.engines = { pid: found.engines.pid ?? 0, n: enginesCount(found.engines) ?? 0, kind }
+        const { kind, n } = enginesOf(found.engines.argv)
+        const job = kind === 'slurm' ? await readJobId(link, found.engines.dir) : undefined
+        cluster.engines = { pid: found.engines.pid ?? 0, n: n ?? 0, kind, ...(job !== undefined && { job }) }
         cluster.#followProcess('engines', found.engines)
-        cluster.#watchRegistration(enginesCount(found.engines) ?? 0)
+        cluster.#watchRegistration(n ?? 0)
       }
       return cluster
     })
@@ -266,7 +287,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     try {
       const link = await pool.acquire(await resolveTarget(options.destination, options), options.signal)
       const procs = processesOver(link, options)
-      const found = await RemoteCluster.#find(procs, profile, link)
+      const found = await findCluster(procs, profile, link)
       const names = processNames(profile)
       await procs.stop(names.engines).catch(() => undefined)
       await procs.stop(names.controller)
@@ -283,21 +304,25 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     try {
       const link = await pool.acquire(await resolveTarget(options.destination, options), options.signal)
       const all = await processesOver(link, options).list()
-      return all.flatMap((controller) => {
+      const clusters: ClusterState[] = []
+      for (const controller of all) {
         const profile = profileOfController(controller.name)
-        if (profile === undefined) return []
+        if (profile === undefined) continue
         const engines = all.find((p) => p.name === processNames(profile).engines)
-        return [
-          {
-            profile,
-            clusterId: clusterIdOf(controller.argv),
-            host: controller.node?.host ?? '',
-            controller,
-            engines,
-            n: engines === undefined ? undefined : enginesCount(engines),
-          },
-        ]
-      })
+        const { kind, n } =
+          engines === undefined ? { kind: undefined, n: undefined } : enginesOf(engines.argv)
+        clusters.push({
+          profile,
+          clusterId: clusterIdOf(controller.argv),
+          host: controller.node?.host ?? '',
+          controller,
+          engines,
+          n,
+          kind,
+          job: kind === 'slurm' ? await readJobId(link, engines?.dir) : undefined,
+        })
+      }
+      return clusters
     } finally {
       await pool.close()
     }
@@ -318,35 +343,6 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     }
   }
 
-  static async #find(
-    procs: RemoteProcesses,
-    profile: string,
-    link: Link,
-  ): Promise<{
-    controller: RemoteProcessState
-    engines: RemoteProcessState | undefined
-    clusterId: string
-    securityDir: string
-  }> {
-    const names = processNames(profile)
-    const controller = await procs.status(names.controller)
-    const clusterId = clusterIdOf(controller.argv)
-    const ipdir = controller.argv?.find((w) => w.startsWith('--ipython-dir='))?.slice('--ipython-dir='.length)
-    if (controller.state === 'none' || clusterId === undefined || ipdir === undefined) {
-      throw new IppTunnelError(
-        'E_REMOTE_GONE',
-        `no cluster of profile ${profile} of ours on ${link.destination}`,
-      )
-    }
-    const engines = await procs.status(names.engines)
-    return {
-      controller,
-      engines: engines.state === 'none' ? undefined : engines,
-      clusterId,
-      securityDir: posix.join(ipdir, `profile_${profile}`, 'security'),
-    }
-  }
-
   /** Tunnels and copies the controller's client file (waiting for it), and follows the controller. */
   static async #follow(
     options: ClusterOptions,
@@ -356,49 +352,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     controller: RemoteProcessState,
     parts: { profile: string; clusterId: string; securityDir: string },
   ): Promise<RemoteCluster> {
-    const follower = new RemoteFollower(procs, link, processNames(parts.profile).controller, controller)
-    let said = ''
-    const onOutput = (e: { data: Buffer }): void => {
-      said = (said + e.data.toString('utf8')).slice(-2048)
-    }
-    follower.on('output', onOutput)
-    const abort = new AbortController()
-    const onAbort = (): void => abort.abort(options.signal?.reason)
-    options.signal?.addEventListener('abort', onAbort, { once: true })
-    // a controller that dies before its file appears ends the wait at once
-    void follower.ended.then((end) =>
-      abort.abort(
-        end.error ??
-          new IppTunnelError(
-            'E_SPAWN',
-            `the controller exited before writing its connection file (status ${String(end.code ?? end.signal)}): ${lastLine(said) || 'it said nothing'}`,
-          ),
-      ),
-    )
-    const localDir = join(options.ipythonDir ?? ipythonDir(), `profile_${parts.profile}-tunnel`, 'security')
-    let pulled: PulledTunnel
-    try {
-      pulled = await PulledTunnel.open(
-        {
-          destination: options.destination,
-          path: posix.join(parts.securityDir, `ipcontroller-${parts.clusterId}-client.json`),
-        },
-        {
-          ...options,
-          pool,
-          out: join(localDir, 'ipcontroller-client.json'),
-          waitForFileMs: CONTROLLER_FILE_WAIT_MS,
-          pollMs: 200,
-          signal: abort.signal,
-        },
-      )
-    } catch (err) {
-      await follower.close()
-      throw abort.signal.aborted && isIppTunnelError(abort.signal.reason) ? abort.signal.reason : err
-    } finally {
-      options.signal?.removeEventListener('abort', onAbort)
-      follower.off('output', onOutput)
-    }
+    const { follower, pulled } = await pullClientFile(options, pool, link, procs, controller, parts)
     const cluster = new RemoteCluster(
       { ...parts, host: controller.node?.host ?? link.destination, pid: controller.pid ?? 0 },
       pool,
@@ -414,7 +368,19 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
 
   #followProcess(process: 'controller' | 'engines', state: RemoteProcessState): void {
     const name = processNames(this.profile)[process]
-    this.#adopt(process, new RemoteFollower(this.#procs, this.#link, name, state))
+    const follower = new RemoteFollower(this.#procs, this.#link, name, state)
+    this.#adopt(process, follower)
+    if (process === 'engines' && this.engines?.kind === 'slurm') {
+      // the job keeper says the job's id and each state change on its stdout
+      const read = jobProgressReader()
+      follower.on('output', (e) => {
+        if (e.stream !== 'stdout') return
+        for (const progress of read(e.data)) {
+          if (this.engines !== undefined) this.engines.job = progress.job
+          this.emit('job', progress)
+        }
+      })
+    }
   }
 
   #adopt(process: 'controller' | 'engines', follower: RemoteFollower): void {
@@ -487,65 +453,10 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
   }
 }
 
-/** The last line a process wrote that says something. */
-function lastLine(text: string): string {
-  return (
-    text
-      .split('\n')
-      .map((l) => l.trim())
-      .filter(Boolean)
-      .at(-1) ?? ''
-  )
-}
-
-/** Creates the remote IPython directory when it is missing (ipcontroller creates a profile, not the directory). */
-async function ensureRemoteDir(link: Link, dir: string): Promise<void> {
-  const sftp = await link.sftp()
-  await new Promise<void>((resolve, reject) =>
-    sftp.stat(dir, (err: Error | null | undefined) => {
-      if (!err) {
-        resolve()
-        return
-      }
-      sftp.mkdir(dir, { mode: 0o700 }, (mkdirError: Error | null | undefined) => {
-        if (!mkdirError) resolve()
-        else
-          reject(
-            new IppTunnelError(
-              'E_REMOTE_DIR',
-              `${link.destination}:${dir}: the IPython directory is missing and cannot be created (${mkdirError.message})`,
-            ),
-          )
-      })
-    }),
-  )
-}
-
 function processesOver(link: Link, options: ClusterOptions): RemoteProcesses {
   return new RemoteProcesses(link, {
     ...(options.python !== undefined && { python: options.python }),
     ...(options.setup !== undefined && { setup: options.setup }),
     ...(options.remoteDir !== undefined && { dir: options.remoteDir }),
   })
-}
-
-function enginesCount(engines: RemoteProcessState): number | undefined {
-  const word = engines.argv?.find((w) => w.startsWith('--n='))
-  const n = word === undefined ? NaN : Number(word.slice('--n='.length))
-  return Number.isInteger(n) ? n : undefined
-}
-
-/**
- * Removes the files the cluster's controller (and ipcluster engines) write in the profile, named by our cluster id
- * (ours, whoever else uses the profile); a controller stopped cleanly has removed them already.
- */
-async function removeConnectionFiles(link: Link, securityDir: string, clusterId: string): Promise<void> {
-  const sftp = await link.sftp().catch(() => undefined)
-  if (sftp === undefined) return
-  const names = [`ipcontroller-${clusterId}-client.json`, `ipcontroller-${clusterId}-engine.json`]
-  await Promise.all(
-    names.map(
-      (name) => new Promise<void>((resolve) => sftp.unlink(posix.join(securityDir, name), () => resolve())),
-    ),
-  )
 }

@@ -12,8 +12,10 @@ export {
   RemoteCluster,
   type ClusterOptions,
   type ClusterStartOptions,
+  type ClusterEngines,
   type ClusterState,
-  type EnginesKind,
   type RemoteClusterEvents,
 } from './cluster.js'
+export type { EnginesKind } from './engines.js'
+export type { JobProgress } from './slurm.js'
 export { checkCompatible, localVersions, type PythonVersions } from './versions.js'
