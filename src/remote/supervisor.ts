@@ -389,6 +389,11 @@ def wait_file(base, name, fname, keys, also):
             return
         if select.select([0], [], [], 0.05)[0] and not os.read(0, 4096):
             return
+        # someone waits for it: its lease holds (a queue wait can be longer than --persist)
+        try:
+            os.utime(os.path.join(d, 'lease'), None)
+        except OSError:
+            pass
         state = status_of(base, name)
 
 
