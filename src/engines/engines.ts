@@ -47,8 +47,9 @@ export interface StartEnginesOptions extends EngineFileOptions {
 export interface SupervisedEnginesEvents {
   /** The engine file's tunnel is open (`direct`: the file is on this host's loopback, none is needed). */
   ready: [{ out: string; direct: boolean; tunnel: Tunnel | undefined; sshFrom?: string }]
-  /** The file's warnings, a hub that did not answer a query (retried), job steps left after `scancel`. */
+  /** The file's warnings; under Slurm, engine job steps still there after `scancel`. */
   warning: [{ message: string }]
+  /** A query to the hub failed (it is retried). */
   'hub-error': [{ error: Error }]
   'node-ready': [NodeReady]
   /** Any other JSON event a node tunnel printed (`reconnecting`, `reconnected`, `error`, `warning`…). */
