@@ -53,3 +53,13 @@ export {
   type SlurmStep,
 } from './slurm.js'
 export { EngineRegistry, type EngineRegistryEvents, type HubView } from './registration.js'
+export {
+  SupervisedEngines,
+  startEngines,
+  type EnginesEnding,
+  type SupervisedEnginesEvents,
+  type StartEnginesOptions,
+} from './engines.js'
+export { type EngineFileCopy, type EngineFileOptions } from './engine-file.js'
+export { nodeSshArgv, type NodeSshSettings } from './across.js'
+export { EngineJob, submitEngines, type EngineJobEvents, type SubmitEnginesOptions } from './job.js'
