@@ -62,6 +62,8 @@ export interface EngineJobEvents {
 
 /** How often the follower looks at the job's state and output file. */
 const POLL_MS = 500
+/** Between looks at a job that is being stopped. */
+const STOPPING_POLL_MS = 100
 /** After SIGTERM to the batch step, how long it has to stop in order before `scancel` of the whole job. */
 const ORDERLY_STOP_MS = 20_000
 /** After `scancel`, how long until the job must have left the queue (Slurm's KillWait is 30 s by default). */
@@ -205,8 +207,9 @@ export class EngineJob extends EventEmitter<EngineJobEvents> {
           `job ${job} is still in the queue (${state}) ${String((ORDERLY_STOP_MS + CANCEL_MS) / 1000)} s after it was cancelled; see squeue -j ${job}`,
         )
       }
-      // once stopping, the next look follows at once
-      if (!this.#stopping) await this.#nap()
+      // once stopping, the next look follows soon (not at once: squeue in a loop for up to 80 s is a busy wait)
+      if (this.#stopping) await sleep(STOPPING_POLL_MS)
+      else await this.#nap()
     }
     await drain()
     const ending = await jobEnding(job, env)
