@@ -6,7 +6,8 @@
  *      7.1's own `ipcluster start --n=N` with `SSHControllerLauncher` + `SSHEngineSetLauncher` (plain `ssh`/`scp`
  *      from PATH, a user's ssh config), plus the tunnel the Client then needs (`Client(…, sshserver=HOST)`: pyzmq's
  *      `ssh` tunnels), started beside ipcluster and waiting for its client file;
- *  (b) the SSH logins each path makes from start to stop (sshd's `Accepted publickey` lines).
+ *  (b) the SSH logins each path makes from start to stop, in the first run (sshd's `Accepted publickey` lines);
+ *      ipcluster's own stop takes seconds of ssh per process, so later runs kill what it started instead.
  * Every wait is bounded; a path that fails prints `failed: reason` and the run goes on. Whatever a path left (the
  * remote controller and engines, ssh processes) is killed by its unique directory in their command lines.
  *
@@ -219,10 +220,20 @@ export async function benchCluster(): Promise<BenchRow[]> {
       const events = new JsonLines(child)
       const out: Run = {}
       try {
-        const registered = await events.next(
+        // an exit before the engines (e.g. a refused option) ends the wait too
+        const waiting = events.next(
           (e) => (e.event === 'registered' && e.count === n) || e.event === 'error',
           START_WAIT_S * 1000,
         )
+        waiting.catch(() => undefined)
+        const registered = await Promise.race([
+          waiting,
+          exited(child).then(({ code }) => ({
+            event: 'exit',
+            code,
+            stderr: events.stderr.trim().slice(-300),
+          })),
+        ])
         if (registered.event !== 'registered') throw new Error(JSON.stringify(registered))
         const seen = await see(join(dir, 'local-ipython', 'profile_default-tunnel', 'security'), n, '', env)
         if (seen.seenAt === undefined) throw new Error(seen.error)
@@ -343,7 +354,7 @@ export async function benchCluster(): Promise<BenchRow[]> {
       const first = { ours: o[0]?.logins, anchor: a[0]?.logins }
       const toSeen = { ours: medianOf(o, (r) => r.loginsToSeen), anchor: medianOf(a, (r) => r.loginsToSeen) }
       rows.push({
-        name: `cluster: SSH logins, start → ${String(n)} engines seen → stopped`,
+        name: `cluster: SSH logins, start → ${String(n)} engines seen → stopped${o[0]?.error === undefined ? '' : ` (ours failed: ${o[0].error})`}`,
         ours: first.ours ?? Number.NaN,
         anchor: first.anchor,
         anchorName: `ipcluster start + Client(sshserver=…), stopped by ipcluster${failure(a.slice(0, 1))}`,
