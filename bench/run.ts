@@ -20,6 +20,7 @@ import { benchStreams } from './streams.js'
 import { benchTunnel } from './tunnel.js'
 import { benchWire } from './wire.js'
 import { benchClient } from './client.js'
+import { benchCluster } from './cluster.js'
 
 const groups: Record<string, () => Promise<BenchRow[]>> = {
   wire: benchWire,
@@ -33,6 +34,7 @@ const groups: Record<string, () => Promise<BenchRow[]>> = {
   login: benchLogin,
   nodes: benchNodes,
   kernels: benchKernels,
+  cluster: benchCluster,
 }
 
 const README = fileURLToPath(new URL('../../README.md', import.meta.url))
