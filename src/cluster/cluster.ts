@@ -167,29 +167,33 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     const slurmArgs = slurmArgsOf(options.slurmArgs)
     return RemoteCluster.#withLink(options, async (pool, link, procs) => {
       const signal = options.signal
-      const remote = await procs.modules(['ipyparallel', 'cloudpickle'], signal ? { signal } : {})
+      const names = processNames(profile)
+      // the local check, the remote one and the look at what runs there, at once: one round of waiting, not four
+      const local =
+        options.localPython !== false ? localVersions(options.localPython ?? 'python3', signal) : undefined
+      local?.catch(() => undefined)
+      const [remote, processes] = await Promise.all([
+        procs.modules(['ipyparallel', 'cloudpickle'], signal ? { signal } : {}),
+        procs.list(signal ? { signal } : {}),
+      ])
       const remoteVersions = {
         where: `${remote.executable} on ${link.destination}`,
         python: remote.python,
         ipyparallel: remote.modules.ipyparallel ?? null,
         cloudpickle: remote.modules.cloudpickle ?? null,
       }
-      if (options.localPython !== false) {
-        checkCompatible(remoteVersions, await localVersions(options.localPython ?? 'python3', signal))
+      if (local !== undefined) {
+        checkCompatible(remoteVersions, await local)
       } else if (remoteVersions.ipyparallel === null) {
         checkCompatible(remoteVersions, { ...remoteVersions, where: 'here' })
       }
-      const names = processNames(profile)
-      const existing = await procs.status(names.controller, signal ? { signal } : {})
-      if (existing.state === 'running' || existing.state === 'elsewhere') {
+      const existing = processes.find((p) => p.name === names.controller)
+      if (existing?.state === 'running' || existing?.state === 'elsewhere') {
         throw new IppTunnelError(
           'E_REMOTE_EXISTS',
           `a cluster of profile ${profile} already runs on ${existing.node?.host ?? link.destination} (controller pid ${String(existing.pid ?? '?')}): ipp-tunnel cluster attach, or cluster stop`,
         )
       }
-      // what an earlier cluster of the profile left (exited, its supervisor gone): ours, removed
-      await procs.stop(names.engines).catch(() => undefined)
-      await procs.stop(names.controller).catch(() => undefined)
       const remoteIpythonDir = options.remoteIpythonDir ?? remote.ipythonDir
       await ensureRemoteDir(link, remoteIpythonDir)
       const clusterId = newClusterId()
@@ -210,6 +214,8 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
             : [python, '-m', 'ipyparallel.controller', ...common, '--ip=127.0.0.1'],
           ...(env !== undefined && { env }),
           ...(options.persistSeconds !== undefined && { persistSeconds: options.persistSeconds }),
+          // what an earlier cluster of the profile left (exited, its supervisor gone) is ours: replaced
+          replace: true,
         },
         signal ? { signal } : {},
       )
@@ -238,7 +244,8 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
           persistSeconds: options.persistSeconds,
           root: link.target.hops.at(-1)?.username === 'root',
         })
-        const engines = await procs.start(spec, signal ? { signal } : {})
+        // engines an earlier cluster of the profile left are replaced (a keeper cancels its job as it goes)
+        const engines = await procs.start({ ...spec, replace: true }, signal ? { signal } : {})
         cluster.engines = { pid: engines.pid ?? 0, n, kind: options.engines ?? 'login' }
         cluster.#followProcess('engines', engines)
         cluster.#watchRegistration(n)
