@@ -23,6 +23,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 
+import { STATUS_SOCKET } from '../src/service/index.js'
 import { CLI, runCli } from '../test/support/cli.js'
 import { createNetns, processesWith, startSshd } from '../test/support/index.js'
 import { PYTHON, runPython } from '../test/support/ipp.js'
@@ -388,7 +389,7 @@ export async function benchKernels(): Promise<BenchRow[]> {
     const serviceErrors: string[] = []
     try {
       await mkdir(join(root, 'watched'), { recursive: true, mode: 0o700 })
-      await waitForSocket(join(root, 'ippt', 'status.sock'))
+      await waitForSocket(join(root, 'ippt', STATUS_SOCKET))
       say('ours (service, warm-up)', await python(DRIVE, ['ours-message', JSON.stringify({})], env))
       for (let i = 0; i < START_RUNS; i++) {
         const drive = await python(DRIVE, ['ours-message', JSON.stringify({})], env)
