@@ -8,8 +8,8 @@ import { quickAck } from '../native/index.js'
 
 /**
  * What the link does to ssh2's own socket, which ssh2 does not offer through its interface: keepalive accounting
- * after the fact, and backpressure towards channel writers. Both read ssh2's private `_sock`; the link's tests
- * against a real sshd catch an ssh2 that changes it.
+ * after the fact, backpressure towards channel writers, and prompt ACKs while channels open. All read ssh2's
+ * private `_sock`; the link's tests against a real sshd catch an ssh2 that changes it.
  */
 
 type Client = InstanceType<typeof ssh2.Client>
@@ -83,8 +83,8 @@ function setQuickAck(sock: TcpSocket): boolean {
  * Acknowledges every segment from the server at once while a channel open is unanswered; returns `done`, to call
  * when the open is answered either way (safe twice).
  *
- * sshd leaves Nagle's algorithm on for a connection that opens no session, so a small packet of its (a channel
- * confirmation) waits while its previous one is unacknowledged; when that previous one asked nothing of us (the
+ * sshd leaves Nagle's algorithm on for a connection that opens no session, so a small packet (a channel
+ * confirmation) waits while the one before it is unacknowledged; when that previous one asked nothing of us (the
  * answer to ssh2's host-key proof, sent as the first channels open), Linux delays our ACK by 40 ms, and the
  * confirmation with it. TCP_QUICKACK, set before each read is handled, sends that ACK at once; the kernel clears
  * it again by itself, hence per read. Without the native binding, or over a stream that is not a TCP socket
