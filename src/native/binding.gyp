@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "ipp_tunnel_native",
-      "sources": ["malloc-trim.c"],
+      "sources": ["native.c"],
       "cflags": ["-O2"]
     }
   ]

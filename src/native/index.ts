@@ -1,5 +1,5 @@
 /**
- * The optional native binding (src/native/malloc-trim.c), built at install when a compiler is there. Everything
+ * The optional native binding (src/native/native.c), built at install when a compiler is there. Everything
  * here works without it, only less well.
  */
 import { createRequire } from 'node:module'
@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url'
 
 interface Binding {
   trim(): boolean
+  quickAck(fd: number): boolean
 }
 
 /** From dist/src/<dir>/ (and the bundle in dist/src/cli/) to the package's src/native/build. */
@@ -38,4 +39,15 @@ export function hasNativeBinding(): boolean {
  */
 export function releaseFreeHeapPages(): boolean {
   return load()?.trim() ?? false
+}
+
+/**
+ * Sets TCP_QUICKACK on the TCP socket `fd` (Linux): a delayed ACK pending on it goes out now, and the next segments
+ * are acknowledged at once until the kernel drops back to delaying them. True when it was set; false without the
+ * binding, off Linux, or for a descriptor that is not a TCP socket.
+ */
+export function quickAck(fd: number): boolean {
+  const native = load()
+  // a binding built before quickAck existed (an install not rebuilt) has only trim
+  return typeof native?.quickAck === 'function' ? native.quickAck(fd) : false
 }

@@ -2,6 +2,7 @@ import type { ClientChannel } from 'ssh2'
 import type ssh2 from 'ssh2'
 
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { ackPromptlyWhileOpening } from './ssh2-socket.js'
 import type { ResolvedHop } from './types.js'
 
 export type Client = InstanceType<typeof ssh2.Client>
@@ -57,8 +58,10 @@ export function openChannel(
       reject(signal?.reason as Error)
     }
     signal?.addEventListener('abort', onAbort, { once: true })
+    const answered = ackPromptlyWhileOpening(client)
     try {
       const done = (err: Error | undefined, stream: ClientChannel): void => {
+        answered()
         signal?.removeEventListener('abort', onAbort)
         if (settled) {
           if (!err) stream.destroy()
@@ -71,6 +74,7 @@ export function openChannel(
       if (target.kind === 'unix') client.openssh_forwardOutStreamLocal(target.path, done)
       else client.forwardOut('127.0.0.1', 0, target.host, target.port, done)
     } catch (err) {
+      answered()
       signal?.removeEventListener('abort', onAbort)
       settled = true
       reject(err instanceof Error ? err : new Error(String(err)))

@@ -4,10 +4,12 @@ import type { Duplex } from 'node:stream'
 import type ssh2 from 'ssh2'
 import type { ClientChannel } from 'ssh2'
 
+import { quickAck } from '../native/index.js'
+
 /**
  * What the link does to ssh2's own socket, which ssh2 does not offer through its interface: keepalive accounting
- * after the fact, and backpressure towards channel writers. Both read ssh2's private `_sock`; the link's tests
- * against a real sshd catch an ssh2 that changes it.
+ * after the fact, backpressure towards channel writers, and prompt ACKs while channels open. All read ssh2's
+ * private `_sock`; the link's tests against a real sshd catch an ssh2 that changes it.
  */
 
 type Client = InstanceType<typeof ssh2.Client>
@@ -59,6 +61,66 @@ export function holdToCount(client: Client, intervalMs: number, countMax: number
 export function remoteAddressOf(client: Client): string | undefined {
   const sock = (client as unknown as { _sock?: Duplex & { remoteAddress?: string } })._sock
   return typeof sock?.remoteAddress === 'string' ? sock.remoteAddress : undefined
+}
+
+type TcpSocket = Duplex & { _handle?: { fd?: unknown } | null }
+
+/** Per ssh socket: channel opens not yet answered, and the listener that acknowledges promptly meanwhile. */
+const openings = new WeakMap<Duplex, { pending: number; onData: () => void }>()
+/** Sockets where TCP_QUICKACK cannot be set (no binding, not Linux, not TCP): not tried again. */
+const noQuickAck = new WeakSet<Duplex>()
+let quickAcksSet = 0
+
+function setQuickAck(sock: TcpSocket): boolean {
+  const fd = sock._handle?.fd
+  // read anew each time: a closed socket's descriptor number may already belong to another file
+  if (sock.destroyed || typeof fd !== 'number' || fd < 0 || !quickAck(fd)) return false
+  quickAcksSet++
+  return true
+}
+
+/**
+ * Acknowledges every segment from the server at once while a channel open is unanswered; returns `done`, to call
+ * when the open is answered either way (safe twice).
+ *
+ * sshd leaves Nagle's algorithm on for a connection that opens no session, so a small packet (a channel
+ * confirmation) waits while the one before it is unacknowledged; when that previous one asked nothing of us (the
+ * answer to ssh2's host-key proof, sent as the first channels open), Linux delays our ACK by 40 ms, and the
+ * confirmation with it. TCP_QUICKACK, set before each read is handled, sends that ACK at once; the kernel clears
+ * it again by itself, hence per read. Without the native binding, or over a stream that is not a TCP socket
+ * (a jump host's channel, a ProxyCommand), nothing changes.
+ */
+export function ackPromptlyWhileOpening(client: Client): () => void {
+  const sock = (client as unknown as { _sock?: TcpSocket })._sock
+  if (sock === undefined || noQuickAck.has(sock)) return () => undefined
+  // also now: an ACK already being delayed goes out before the open
+  if (!setQuickAck(sock)) {
+    if (!sock.destroyed) noQuickAck.add(sock)
+    return () => undefined
+  }
+  let opening = openings.get(sock)
+  if (opening === undefined) {
+    const onData = (): void => void setQuickAck(sock)
+    opening = { pending: 0, onData }
+    openings.set(sock, opening)
+    // before ssh2's own listener: the ACK leaves before the packet is decrypted and handled
+    sock.prependListener('data', onData)
+  }
+  const state = opening
+  state.pending++
+  let finished = false
+  return () => {
+    if (finished) return
+    finished = true
+    if (--state.pending > 0) return
+    sock.off('data', state.onData)
+    openings.delete(sock)
+  }
+}
+
+/** How many times TCP_QUICKACK was set on an ssh socket: a test's proof that channel opens arm it. */
+export function quickAcksSetCount(): number {
+  return quickAcksSet
 }
 
 const turnWaiters = new WeakMap<Duplex, (() => void)[]>()

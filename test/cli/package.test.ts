@@ -30,7 +30,7 @@ test('npm pack + npm install -g of the tarball: ipp-tunnel --help runs; LICENSE,
   assert.ok(paths.includes('dist/src/index.js'))
   assert.ok(paths.includes('bin/package.json'), 'bin/ipp-tunnel.js is CommonJS by bin/package.json')
   assert.ok(paths.includes('dist/src/cli/launch.cjs'))
-  assert.ok(paths.includes('src/native/binding.gyp') && paths.includes('src/native/malloc-trim.c'))
+  assert.ok(paths.includes('src/native/binding.gyp') && paths.includes('src/native/native.c'))
   assert.deepEqual(
     paths.filter((p) => p.endsWith('.map') || (p.endsWith('.ts') && !p.endsWith('.d.ts'))),
     [],

@@ -4,8 +4,14 @@ import { once } from 'node:events'
 import { Writable } from 'node:stream'
 import { after, before, describe, test } from 'node:test'
 
+import { hasNativeBinding } from '../../src/native/index.js'
 import { Link } from '../../src/ssh/index.js'
-import { gateOnTransport, paddingPoolRefills, TRANSPORT_QUEUE_LIMIT } from '../../src/ssh/ssh2-socket.js'
+import {
+  gateOnTransport,
+  paddingPoolRefills,
+  quickAcksSetCount,
+  TRANSPORT_QUEUE_LIMIT,
+} from '../../src/ssh/ssh2-socket.js'
 import { hopOf, startEchoServer, startSshd, type EchoServer, type Sshd } from '../support/index.js'
 
 const KIB = 1024
@@ -52,6 +58,27 @@ describe("ssh2's packet layer as the link tunes it, against a real sshd", () => 
       paddingPoolRefills() - refills >= 2,
       `the pool was refilled ${paddingPoolRefills() - refills} times`,
     )
+  })
+
+  test("while channels open, the ssh socket acknowledges the server's packets at once (TCP_QUICKACK)", async (t) => {
+    assert.ok(hasNativeBinding(), 'the native binding did not load')
+    const link = new Link({ hops: [hopOf(sshd)] }, { agent: false })
+    t.after(() => link.close())
+    await link.connect()
+    const before = quickAcksSetCount()
+    const streams = await Promise.all(Array.from({ length: 7 }, () => link.forwardOut(echo.host, echo.port)))
+    // set on the link's real TCP socket (the count moves only when setsockopt succeeded): once as each open is
+    // sent, and again for packets read while any is unanswered
+    const whileOpening = quickAcksSetCount() - before
+    assert.ok(whileOpening >= 7, `TCP_QUICKACK was set ${whileOpening} times for 7 channel opens`)
+    // once every open is answered, reads no longer set it
+    const [stream] = streams
+    assert.ok(stream !== undefined)
+    const echoed = once(stream, 'data')
+    stream.write('ping')
+    await echoed
+    assert.equal(quickAcksSetCount() - before, whileOpening)
+    for (const s of streams) s.destroy()
   })
 })
 
