@@ -8,7 +8,7 @@ import {
   type KernelInfo,
 } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
-import { RemoteProcesses, type RemoteAttachment, type RemoteProcessState } from '../remote/index.js'
+import { RemoteFollower, RemoteProcesses, type RemoteProcessState } from '../remote/index.js'
 import { Link, resolveTarget, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { Tunnel } from '../tunnel/index.js'
 import { remoteCurve } from './curve.js'
@@ -109,7 +109,7 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
   readonly exited: Promise<{ code: number | null; signal: number | null; error?: IppTunnelError }>
   #resolveExited: (value: { code: number | null; signal: number | null; error?: IppTunnelError }) => void =
     () => undefined
-  #attachment: RemoteAttachment | undefined
+  #follower: RemoteFollower | undefined
   #closing: Promise<void> | undefined
   /** The link is someone else's (see {@link RemoteKernelOptions.link}): closing leaves it up. */
   readonly #borrowed: boolean
@@ -271,81 +271,19 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
       setup: options.setup,
       borrowed: options.link !== undefined,
     })
-    void kernel.#attachLoop()
+    kernel.#startFollowing(started)
     return kernel
   }
 
-  /** Attaches, and again after each drop of the link, until the kernel has exited or this is closed. */
-  async #attachLoop(): Promise<void> {
-    let offsets = { stdout: 0, stderr: 0 }
-    let downSince: number | undefined
-    for (;;) {
-      if (this.#isClosing()) return
-      let attachment: RemoteAttachment
-      try {
-        attachment = await this.#procs.attach(this.name, { offsets })
-      } catch (err) {
-        if (this.#isClosing()) return
-        const error = err instanceof IppTunnelError ? err : undefined
-        // the link went again while attaching: wait for it; anything else ends the kernel for us
-        if (
-          error?.code === 'E_CLOSED' ||
-          error?.code === 'E_LINK_DOWN' ||
-          this.link.state === 'reconnecting'
-        ) {
-          await this.#linkUp()
-          continue
-        }
-        this.#finish({ code: null, signal: null, ...(error !== undefined && { error }) })
-        return
-      }
-      if (attachment.state.node?.host !== undefined && attachment.state.node.host !== this.host) {
-        await attachment.detach()
-        this.#finish({
-          code: null,
-          signal: null,
-          error: new IppTunnelError(
-            'E_REMOTE_NODE',
-            `the kernel runs on ${this.host}, and the link reached ${attachment.state.node.host}`,
-          ),
-        })
-        return
-      }
-      if (downSince !== undefined) this.emit('reattached', { downMs: Date.now() - downSince })
-      this.#attachment = attachment
-      attachment.stdout.on('data', (data: Buffer) => this.emit('output', { stream: 'stdout', data }))
-      attachment.stderr.on('data', (data: Buffer) => this.emit('output', { stream: 'stderr', data }))
-      await attachment.ended
-      this.#attachment = undefined
-      offsets = attachment.offsets
-      if (this.#isClosing()) return
-      const status = await this.#procs.status(this.name).catch(() => undefined)
-      if (status?.state === 'exited' || status?.state === 'none' || status?.state === 'stale') {
-        await this.#procs.stop(this.name).catch(() => undefined)
-        this.#finish({ code: status.exit?.code ?? null, signal: status.exit?.signal ?? null })
-        return
-      }
-      downSince ??= Date.now()
-      this.emit('detached', {})
-      await this.#linkUp()
-    }
-  }
-
-  #isClosing(): boolean {
-    return this.#closing !== undefined
-  }
-
-  /** Resolves once the link is up again (or closed/failed: then the loop ends on its next call). */
-  #linkUp(): Promise<void> {
-    if (this.link.state === 'up' || this.link.closed || this.link.state === 'failed') return Promise.resolve()
-    return new Promise((resolve) => {
-      const onState = (): void => {
-        if (this.link.state === 'up' || this.link.closed || this.link.state === 'failed') {
-          this.link.off('state', onState)
-          resolve()
-        }
-      }
-      this.link.on('state', onState)
+  /** Follows the kernel (output, lease), again after each drop of the link, until it has exited or this is closed. */
+  #startFollowing(started: RemoteProcessState): void {
+    const follower = new RemoteFollower(this.#procs, this.link, this.name, started)
+    this.#follower = follower
+    follower.on('output', (e) => this.emit('output', e))
+    follower.on('detached', () => this.emit('detached', {}))
+    follower.on('reattached', (e) => this.emit('reattached', e))
+    void follower.ended.then((end) => {
+      if (this.#closing === undefined) this.#finish(end)
     })
   }
 
@@ -369,7 +307,7 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
    */
   close(options: { leaveRunning?: boolean } = {}): Promise<void> {
     this.#closing ??= (async () => {
-      await this.#attachment?.detach()
+      await this.#follower?.close()
       if (options.leaveRunning !== true && this.link.state === 'up') {
         await this.#procs.stop(this.name).catch(() => undefined)
       }

@@ -78,6 +78,11 @@ export class RemoteFollower extends EventEmitter<RemoteFollowerEvents> {
           error.code === 'E_LINK_DOWN' ||
           this.#link.state === 'reconnecting'
         ) {
+          // a drop while attaching is a drop all the same: said once, and the attachment that follows says so
+          if (downSince === undefined) {
+            downSince = Date.now()
+            this.emit('detached')
+          }
           await linkUp(this.#link)
           continue
         }
