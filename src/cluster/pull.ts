@@ -23,6 +23,8 @@ export async function pullClientFile(
   procs: RemoteProcesses,
   controller: RemoteProcessState,
   parts: { profile: string; clusterId: string; securityDir: string },
+  /** How long to wait for the file; default 120 s (a batch job's controller: until the job ends). */
+  waitForFileMs = CONTROLLER_FILE_WAIT_MS,
 ): Promise<{ follower: RemoteFollower; pulled: PulledTunnel }> {
   const follower = new RemoteFollower(procs, link, processNames(parts.profile).controller, controller)
   let said = ''
@@ -50,14 +52,14 @@ export async function pullClientFile(
       destination: options.destination,
       path: posix.join(parts.securityDir, `ipcontroller-${parts.clusterId}-client.json`),
     }
-    const since = performance.now()
+    let refusedSince: number | undefined
     for (;;) {
       try {
         pulled = await PulledTunnel.open(spec, {
           ...options,
           pool,
           out: join(localDir, 'ipcontroller-client.json'),
-          waitForFileMs: CONTROLLER_FILE_WAIT_MS,
+          waitForFileMs,
           pollMs: 200,
           signal: abort.signal,
         })
@@ -66,7 +68,8 @@ export async function pullClientFile(
         // ipcontroller writes its file before its schedulers (other processes) listen: a port not yet
         // listening is waited for while the controller runs
         const early = isIppTunnelError(err) && err.code === 'E_FORWARD'
-        if (!early || abort.signal.aborted || performance.now() - since > SCHEDULERS_WAIT_MS) throw err
+        refusedSince ??= performance.now()
+        if (!early || abort.signal.aborted || performance.now() - refusedSince > SCHEDULERS_WAIT_MS) throw err
         await new Promise((resolve) => setTimeout(resolve, 250))
       }
     }
