@@ -202,6 +202,8 @@ async function start(args: StartArgs): Promise<number> {
         ...optionsOf(args, output, signals.signal),
         n: args.n,
         controller: args.controller,
+        onJob: (e) =>
+          output.emit({ event: 'job', destination: args.destination, profile: args.profile, ...e }),
         ...(args.engines !== undefined && { engines: args.engines }),
         ...(args['slurm-args'] !== undefined && { slurmArgs: args['slurm-args'] }),
         ...(args.curve !== undefined && { curve: args.curve }),

@@ -63,6 +63,11 @@ export interface ClusterStartOptions extends ClusterOptions {
   readonly curve?: boolean
   /** Seconds the cluster runs on with no one attached; default: until stopped. */
   readonly persistSeconds?: number
+  /**
+   * With `controller: 'slurm'`: the job's progress while `start` waits for the controller in it (submitted, pending,
+   * running); afterwards the cluster's `job` events say it.
+   */
+  readonly onJob?: (progress: JobProgress) => void
   /** The local python that will use the copy, checked against the remote one; `false` skips the check. */
   readonly localPython?: string | false
 }
@@ -242,8 +247,15 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
         const keeper = await procs.start(spec, signal ? { signal } : {})
         const parts = { profile, clusterId, securityDir }
         try {
-          // the job may wait in the queue: its controller's file is waited for until the job ends
-          const cluster = await RemoteCluster.#follow(options, pool, link, procs, keeper, parts, Infinity)
+          // the job may wait in the queue: its controller's file is waited for until the job ends, its progress said
+          const read = jobProgressReader()
+          const onOutput = (e: { stream: 'stdout' | 'stderr'; data: Buffer }): void => {
+            if (e.stream === 'stdout') for (const progress of read(e.data)) options.onJob?.(progress)
+          }
+          const cluster = await RemoteCluster.#follow(options, pool, link, procs, keeper, parts, {
+            fileMs: Infinity,
+            onOutput,
+          })
           await cluster.#inJob(keeper, n)
           return cluster
         } catch (err) {
@@ -412,17 +424,9 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     procs: RemoteProcesses,
     controller: RemoteProcessState,
     parts: { profile: string; clusterId: string; securityDir: string },
-    waitForFileMs?: number,
+    wait?: Parameters<typeof pullClientFile>[6],
   ): Promise<RemoteCluster> {
-    const { follower, pulled } = await pullClientFile(
-      options,
-      pool,
-      link,
-      procs,
-      controller,
-      parts,
-      waitForFileMs,
-    )
+    const { follower, pulled } = await pullClientFile(options, pool, link, procs, controller, parts, wait)
     const cluster = new RemoteCluster(
       { ...parts, host: controller.node?.host ?? link.destination, pid: controller.pid ?? 0 },
       pool,

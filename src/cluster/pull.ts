@@ -23,8 +23,12 @@ export async function pullClientFile(
   procs: RemoteProcesses,
   controller: RemoteProcessState,
   parts: { profile: string; clusterId: string; securityDir: string },
-  /** How long to wait for the file; default 120 s (a batch job's controller: until the job ends). */
-  waitForFileMs = CONTROLLER_FILE_WAIT_MS,
+  wait: {
+    /** How long to wait for the file; default 120 s (a batch job's controller: until the job ends). */
+    readonly fileMs?: number | undefined
+    /** What the controller process says meanwhile. */
+    readonly onOutput?: ((e: { stream: 'stdout' | 'stderr'; data: Buffer }) => void) | undefined
+  } = {},
 ): Promise<{ follower: RemoteFollower; pulled: PulledTunnel }> {
   const follower = new RemoteFollower(procs, link, processNames(parts.profile).controller, controller)
   let said = ''
@@ -32,6 +36,7 @@ export async function pullClientFile(
     said = (said + e.data.toString('utf8')).slice(-2048)
   }
   follower.on('output', onOutput)
+  if (wait.onOutput !== undefined) follower.on('output', wait.onOutput)
   const abort = new AbortController()
   const onAbort = (): void => abort.abort(options.signal?.reason)
   options.signal?.addEventListener('abort', onAbort, { once: true })
@@ -59,7 +64,7 @@ export async function pullClientFile(
           ...options,
           pool,
           out: join(localDir, 'ipcontroller-client.json'),
-          waitForFileMs,
+          waitForFileMs: wait.fileMs ?? CONTROLLER_FILE_WAIT_MS,
           pollMs: 200,
           signal: abort.signal,
         })
@@ -81,6 +86,7 @@ export async function pullClientFile(
   } finally {
     options.signal?.removeEventListener('abort', onAbort)
     follower.off('output', onOutput)
+    if (wait.onOutput !== undefined) follower.off('output', wait.onOutput)
   }
   return { follower, pulled }
 }

@@ -211,7 +211,7 @@ describe('cluster start --engines slurm: the engines as a batch job on the compu
     await assertNothingLeft()
   })
 
-  test('--controller slurm -n 2: the controller in the job on its first node (the copy reaches it there), the engines beside it; SIGINT cancels the job and leaves nothing', async () => {
+  test('--controller slurm -n 2: the controller in the job on its first node (the copy reaches it there), the engines beside it; SIGINT cancels the job and leaves nothing', async (t) => {
     const { child, events } = startCluster([
       '-n',
       '2',
@@ -219,6 +219,8 @@ describe('cluster start --engines slurm: the engines as a batch job on the compu
       'slurm',
       '--slurm-args=-N 2 --time=10',
     ])
+    // a failed assertion does not leave the command running past the file's end
+    t.after(() => child.kill('SIGKILL'))
     const registered = await events.next(
       (e) => (e.event === 'registered' && e.count === 2) || e.event === 'error',
       150_000,
@@ -230,6 +232,14 @@ describe('cluster start --engines slurm: the engines as a batch job on the compu
     assert.equal(said?.address, node.ns.nsAddr)
     const job = String(events.events.find((e) => e.event === 'engines')?.job)
     assert.match(job, /^\d+$/u)
+    // the job's progress is said
+    assert.deepEqual(
+      ['SUBMITTED', 'RUNNING'].map((state) =>
+        events.events.some((e) => e.event === 'job' && e.job === job && e.state === state),
+      ),
+      [true, true],
+      JSON.stringify(events.events),
+    )
 
     // the controller (and the schedulers it forks) in that node's network namespace; its file names that node
     const pids = await pidsWhere(
@@ -267,6 +277,16 @@ describe('cluster start --engines slurm: the engines as a batch job on the compu
       rows.map((r) => [r.controllerKind, r.node, r.engines, r.enginesKind, r.job]),
       [['slurm', node.name, 2, 'slurm', job]],
     )
+    // from elsewhere (the copy here is the start's own)
+    const elsewhere = { ...env, IPYTHONDIR: join(root, 'elsewhere-ipython') }
+    const attached = spawnCli(['cluster', 'attach', ...remoteArgs(), '--json'], elsewhere)
+    const seen = new JsonLines(attached)
+    const again = await seen.next((e) => e.event === 'engines' || e.event === 'error', 60_000)
+    assert.equal(again.job, job, JSON.stringify(seen.events) + seen.stderr)
+    assert.equal(seen.events.find((e) => e.event === 'controller')?.node, node.name)
+    await seen.next((e) => e.event === 'registered' && e.count === 2, 60_000)
+    attached.kill('SIGINT')
+    assert.deepEqual(await exited(attached), { code: 0, signal: null })
 
     child.kill('SIGINT')
     assert.deepEqual(await exited(child), { code: 0, signal: null })
