@@ -293,7 +293,7 @@ describe('cluster start --engines slurm: the engines as a batch job on the compu
     await assertNothingLeft()
   })
 
-  test('--slurm-args without --engines slurm, or with an unclosed quote, is refused before anything starts', async () => {
+  test('--slurm-args without --engines slurm, with an unclosed quote, or --controller slurm with other engines, is refused before anything starts', async () => {
     const alone = await runCli(['cluster', 'start', ...remoteArgs(), '--slurm-args=-N 2'], env)
     assert.equal(alone.code, 2, alone.stderr)
     assert.match(alone.stderr, /--slurm-args: only with --engines slurm/u)
@@ -303,6 +303,12 @@ describe('cluster start --engines slurm: the engines as a batch job on the compu
     )
     assert.equal(unclosed.code, 2, unclosed.stderr)
     assert.match(unclosed.stderr, /--slurm-args/u)
+    const mixed = await runCli(
+      ['cluster', 'start', ...remoteArgs(), '--controller', 'slurm', '--engines', 'login'],
+      env,
+    )
+    assert.equal(mixed.code, 2, mixed.stderr)
+    assert.match(mixed.stderr, /--controller slurm: the engines run in its job/u)
     assert.equal(await squeue(), '')
   })
 })
