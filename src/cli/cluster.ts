@@ -1,6 +1,11 @@
 import type { Argv } from 'yargs'
 
-import { RemoteCluster, type ClusterOptions, type EnginesKind } from '../cluster/index.js'
+import {
+  RemoteCluster,
+  type ClusterOptions,
+  type ControllerKind,
+  type EnginesKind,
+} from '../cluster/index.js'
 import { EXIT, oneLine, Output } from './output.js'
 import { interrupted, untilSignal } from './signals.js'
 import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
@@ -18,7 +23,8 @@ interface ClusterArgs extends SshArgs {
 
 interface StartArgs extends ClusterArgs {
   readonly n: number
-  readonly engines: EnginesKind
+  readonly controller: ControllerKind
+  readonly engines?: EnginesKind | undefined
   readonly 'slurm-args'?: string | undefined
   readonly curve?: boolean | undefined
   readonly persist?: number | undefined
@@ -58,11 +64,16 @@ export function registerCluster(yargs: Argv, run: (task: () => Promise<number>) 
         (c) =>
           withClusterOptions(c)
             .option('n', { type: 'number', default: 2, describe: 'engines to start' })
-            .option('engines', {
-              choices: ['login', 'mpi', 'slurm'] as const,
+            .option('controller', {
+              choices: ['login', 'slurm'] as const,
               default: 'login' as const,
               describe:
-                'on the ssh server itself, as one mpiexec -n N world there, or as a Slurm batch job (sbatch)',
+                "on the ssh server itself, or inside the engines' batch job on its first node (implies --engines slurm)",
+            })
+            .option('engines', {
+              choices: ['login', 'mpi', 'slurm'] as const,
+              describe:
+                'on the ssh server itself (default), as one mpiexec -n N world there, or as a Slurm batch job (sbatch)',
             })
             .option('slurm-args', {
               type: 'string',
@@ -126,7 +137,11 @@ function optionsOf(args: ClusterArgs, output: Output, signal?: AbortSignal): Clu
 
 function formats(output: Output): Output {
   return output
-    .format('controller', (e) => `controller running on ${String(e.host)} (pid ${String(e.pid)})`)
+    .format('controller', (e) =>
+      typeof e.node === 'string'
+        ? `controller running on ${e.node} (${String(e.address)}), the job's first node`
+        : `controller running on ${String(e.host)} (pid ${String(e.pid)})`,
+    )
     .format('copy', (e) => `copy written: ${String(e.out)}`)
     .format('engines', (e) => `${String(e.n)} engines started (${String(e.kind)}, pid ${String(e.pid)})`)
     .format('job', (e) =>
@@ -186,7 +201,10 @@ async function start(args: StartArgs): Promise<number> {
       cluster = await RemoteCluster.start({
         ...optionsOf(args, output, signals.signal),
         n: args.n,
-        engines: args.engines,
+        controller: args.controller,
+        onJob: (e) =>
+          output.emit({ event: 'job', destination: args.destination, profile: args.profile, ...e }),
+        ...(args.engines !== undefined && { engines: args.engines }),
         ...(args['slurm-args'] !== undefined && { slurmArgs: args['slurm-args'] }),
         ...(args.curve !== undefined && { curve: args.curve }),
         ...(args.persist !== undefined && { persistSeconds: args.persist }),
@@ -206,7 +224,13 @@ async function start(args: StartArgs): Promise<number> {
 
 function announce(cluster: RemoteCluster, output: Output): void {
   const where = { destination: cluster.host, profile: cluster.profile }
-  output.emit({ event: 'controller', ...where, host: cluster.host, pid: cluster.controllerPid })
+  output.emit({
+    event: 'controller',
+    ...where,
+    host: cluster.node?.name ?? cluster.host,
+    pid: cluster.controllerPid,
+    ...(cluster.node !== undefined && { node: cluster.node.name, address: cluster.node.address }),
+  })
   output.emit({ event: 'copy', ...where, out: cluster.pulled.tunnel.out ?? '' })
   if (cluster.engines !== undefined) output.emit({ event: 'engines', ...where, ...cluster.engines })
 }
@@ -251,6 +275,9 @@ async function list(args: ClusterArgs): Promise<number> {
       host: c.host,
       state: c.controller.state,
       controllerPid: c.controller.pid,
+      controllerKind: c.controllerKind,
+      node: c.node?.name,
+      nodeAddress: c.node?.address,
       engines: c.n,
       enginesKind: c.kind,
       enginesState: c.engines?.state ?? 'none',
@@ -263,7 +290,7 @@ async function list(args: ClusterArgs): Promise<number> {
         : rows
             .map(
               (r) =>
-                `${r.profile}  ${r.host}  controller ${r.state} (pid ${String(r.controllerPid ?? '?')})  engines ${String(r.engines ?? '-')} ${r.enginesState}${r.job === undefined ? '' : ` (job ${r.job})`}  since ${r.startedAt ?? '?'}`,
+                `${r.profile}  ${r.host}  controller ${r.state} (${r.controllerKind === 'slurm' ? `in the job, on ${r.node ?? 'its first node'}; keeper ` : ''}pid ${String(r.controllerPid ?? '?')})  engines ${String(r.engines ?? '-')} ${r.enginesState}${r.job === undefined ? '' : ` (job ${r.job})`}  since ${r.startedAt ?? '?'}`,
             )
             .join('\n')
     output.result({ clusters: rows }, human)

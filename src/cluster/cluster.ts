@@ -16,7 +16,11 @@ import {
   jobProgressReader,
   reachableControllerArgv,
   readJobId,
+  readJobNode,
   slurmArgsOf,
+  slurmClusterOf,
+  slurmClusterSpec,
+  type JobNode,
   type JobProgress,
 } from './slurm.js'
 import { checkCompatible, localVersions } from './versions.js'
@@ -44,6 +48,11 @@ export interface ClusterOptions extends SshOptions, Omit<LinkOptions, keyof SshO
 export interface ClusterStartOptions extends ClusterOptions {
   /** Engines to start; default 2. */
   readonly n?: number
+  /**
+   * Where the controller runs: on the ssh server (`login`, the default), or inside the engines' batch job on its
+   * first node (`slurm`; implies `engines: 'slurm'`).
+   */
+  readonly controller?: ControllerKind
   readonly engines?: EnginesKind
   /** With `engines: 'slurm'`: more sbatch arguments (`-N 2 --time=1:00:00`), words split without a shell. */
   readonly slurmArgs?: string
@@ -54,16 +63,28 @@ export interface ClusterStartOptions extends ClusterOptions {
   readonly curve?: boolean
   /** Seconds the cluster runs on with no one attached; default: until stopped. */
   readonly persistSeconds?: number
+  /**
+   * With `controller: 'slurm'`: the job's progress while `start` waits for the controller in it (submitted, pending,
+   * running); afterwards the cluster's `job` events say it.
+   */
+  readonly onJob?: (progress: JobProgress) => void
   /** The local python that will use the copy, checked against the remote one; `false` skips the check. */
   readonly localPython?: string | false
 }
+
+/** Where a cluster's controller runs: on the ssh server, or inside the batch job with the engines. */
+export type ControllerKind = 'login' | 'slurm'
 
 /** A cluster of ours on a server, as `list` shows it. */
 export interface ClusterState {
   readonly profile: string
   readonly clusterId: string | undefined
   readonly host: string
+  /** The controller's process there (for `controllerKind: 'slurm'`, the keeper of the whole job). */
   readonly controller: RemoteProcessState
+  readonly controllerKind: ControllerKind
+  /** With `controllerKind: 'slurm'`: the job's first node, where the controller runs (once the job runs). */
+  readonly node: JobNode | undefined
   readonly engines: RemoteProcessState | undefined
   /** Engines asked for (from the engines' command line). */
   readonly n: number | undefined
@@ -114,6 +135,8 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
   /** Where the controller runs (the server's host name) and its pid there. */
   readonly host: string
   readonly controllerPid: number
+  /** With `controller: 'slurm'`: the job's first node, where the controller runs. */
+  node: JobNode | undefined
   /** The engines started (by `start`, or found running by `attach`). */
   engines: ClusterEngines | undefined
   /** The tunnel of the controller's client file; its copy (`pulled.tunnel.out`) is what Client reads. */
@@ -162,7 +185,14 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     const n = options.n ?? 2
     if (!Number.isInteger(n) || n < 1)
       throw new IppTunnelError('E_USAGE', `-n ${String(n)}: give a whole number ≥ 1`)
-    if (options.slurmArgs !== undefined && options.engines !== 'slurm')
+    const inJob = options.controller === 'slurm'
+    if (inJob && options.engines !== undefined && options.engines !== 'slurm')
+      throw new IppTunnelError(
+        'E_USAGE',
+        `--controller slurm: the engines run in its job (not --engines ${options.engines})`,
+      )
+    const kind = inJob ? 'slurm' : (options.engines ?? 'login')
+    if (options.slurmArgs !== undefined && kind !== 'slurm')
       throw new IppTunnelError('E_USAGE', '--slurm-args: only with --engines slurm')
     const slurmArgs = slurmArgsOf(options.slurmArgs)
     return RemoteCluster.#withLink(options, async (pool, link, procs) => {
@@ -203,8 +233,41 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
         `--ipython-dir=${remoteIpythonDir}`,
       ]
       const python = options.python ?? 'python3'
-      const slurm = options.engines === 'slurm'
+      const slurm = kind === 'slurm'
       const env = (options.curve ?? slurm) ? { IPP_ENABLE_CURVE: '1' } : undefined
+      const securityDir = posix.join(remoteIpythonDir, `profile_${profile}`, 'security')
+      if (inJob) {
+        const spec = slurmClusterSpec({
+          name: names.controller,
+          python,
+          n,
+          common,
+          slurmArgs,
+          env,
+          persistSeconds: options.persistSeconds,
+          securityDir,
+          clusterId,
+        })
+        const keeper = await procs.start(spec, signal ? { signal } : {})
+        const parts = { profile, clusterId, securityDir }
+        try {
+          // the job may wait in the queue: its controller's file is waited for until the job ends, its progress said
+          const read = jobProgressReader()
+          const onOutput = (e: { stream: 'stdout' | 'stderr'; data: Buffer }): void => {
+            if (e.stream === 'stdout') for (const progress of read(e.data)) options.onJob?.(progress)
+          }
+          const cluster = await RemoteCluster.#follow(options, pool, link, procs, keeper, parts, {
+            fileMs: Infinity,
+            onOutput,
+          })
+          await cluster.#inJob(keeper, n)
+          return cluster
+        } catch (err) {
+          await procs.stop(names.controller).catch(() => undefined)
+          await removeConnectionFiles(link, securityDir, clusterId)
+          throw err
+        }
+      }
       const controller = await procs.start(
         {
           name: names.controller,
@@ -219,7 +282,6 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
         },
         signal ? { signal } : {},
       )
-      const securityDir = posix.join(remoteIpythonDir, `profile_${profile}`, 'security')
       let cluster: RemoteCluster
       try {
         cluster = await RemoteCluster.#follow(options, pool, link, procs, controller, {
@@ -235,7 +297,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
       try {
         const spec = enginesSpec({
           name: names.engines,
-          kind: options.engines ?? 'login',
+          kind,
           python,
           n,
           common,
@@ -246,7 +308,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
         })
         // engines an earlier cluster of the profile left are replaced (a keeper cancels its job as it goes)
         const engines = await procs.start({ ...spec, replace: true }, signal ? { signal } : {})
-        cluster.engines = { pid: engines.pid ?? 0, n, kind: options.engines ?? 'login' }
+        cluster.engines = { pid: engines.pid ?? 0, n, kind }
         cluster.#followProcess('engines', engines)
         cluster.#watchRegistration(n)
       } catch (err) {
@@ -272,7 +334,10 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
         clusterId: found.clusterId,
         securityDir: found.securityDir,
       })
-      if (found.engines?.state === 'running') {
+      const inJob = slurmClusterOf(found.controller.argv)
+      if (inJob !== undefined) {
+        await cluster.#inJob(found.controller, inJob.n ?? 0)
+      } else if (found.engines?.state === 'running') {
         const { kind, n } = enginesOf(found.engines.argv)
         const job = kind === 'slurm' ? await readJobId(link, found.engines.dir) : undefined
         cluster.engines = { pid: found.engines.pid ?? 0, n: n ?? 0, kind, ...(job !== undefined && { job }) }
@@ -316,17 +381,25 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
         const profile = profileOfController(controller.name)
         if (profile === undefined) continue
         const engines = all.find((p) => p.name === processNames(profile).engines)
+        const inJob = slurmClusterOf(controller.argv)
         const { kind, n } =
-          engines === undefined ? { kind: undefined, n: undefined } : enginesOf(engines.argv)
+          inJob !== undefined
+            ? { kind: 'slurm' as const, n: inJob.n }
+            : engines === undefined
+              ? { kind: undefined, n: undefined }
+              : enginesOf(engines.argv)
+        const keeperDir = inJob !== undefined ? controller.dir : engines?.dir
         clusters.push({
           profile,
           clusterId: clusterIdOf(controller.argv),
           host: controller.node?.host ?? '',
           controller,
+          controllerKind: inJob !== undefined ? 'slurm' : 'login',
+          node: inJob !== undefined ? await readJobNode(link, controller.dir) : undefined,
           engines,
           n,
           kind,
-          job: kind === 'slurm' ? await readJobId(link, engines?.dir) : undefined,
+          job: kind === 'slurm' ? await readJobId(link, keeperDir) : undefined,
         })
       }
       return clusters
@@ -358,8 +431,9 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     procs: RemoteProcesses,
     controller: RemoteProcessState,
     parts: { profile: string; clusterId: string; securityDir: string },
+    wait?: Parameters<typeof pullClientFile>[6],
   ): Promise<RemoteCluster> {
-    const { follower, pulled } = await pullClientFile(options, pool, link, procs, controller, parts)
+    const { follower, pulled } = await pullClientFile(options, pool, link, procs, controller, parts, wait)
     const cluster = new RemoteCluster(
       { ...parts, host: controller.node?.host ?? link.destination, pid: controller.pid ?? 0 },
       pool,
@@ -377,17 +451,32 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     const name = processNames(this.profile)[process]
     const follower = new RemoteFollower(this.#procs, this.#link, name, state)
     this.#adopt(process, follower)
-    if (process === 'engines' && this.engines?.kind === 'slurm') {
-      // the job keeper says the job's id and each state change on its stdout
-      const read = jobProgressReader()
-      follower.on('output', (e) => {
-        if (e.stream !== 'stdout') return
-        for (const progress of read(e.data)) {
-          if (this.engines !== undefined) this.engines.job = progress.job
-          this.emit('job', progress)
-        }
-      })
-    }
+    if (process === 'engines' && this.engines?.kind === 'slurm') this.#readJobProgress(follower)
+  }
+
+  /** The job keeper says the job's id and each state change on its stdout. */
+  #readJobProgress(follower: RemoteFollower): void {
+    const read = jobProgressReader()
+    follower.on('output', (e) => {
+      if (e.stream !== 'stdout') return
+      for (const progress of read(e.data)) {
+        if (this.engines !== undefined) this.engines.job = progress.job
+        this.emit('job', progress)
+      }
+    })
+  }
+
+  /**
+   * A cluster whose controller runs inside the batch job (`controller: 'slurm'`), its keeper the controller
+   * process: the engines are the job's step, the job and its first node are read from the keeper's directory.
+   */
+  async #inJob(keeper: RemoteProcessState, n: number): Promise<void> {
+    const job = await readJobId(this.#link, keeper.dir)
+    this.node = await readJobNode(this.#link, keeper.dir)
+    this.engines = { pid: keeper.pid ?? 0, n, kind: 'slurm', ...(job !== undefined && { job }) }
+    const follower = this.#followers.get('controller')
+    if (follower !== undefined) this.#readJobProgress(follower)
+    this.#watchRegistration(n)
   }
 
   #adopt(process: 'controller' | 'engines', follower: RemoteFollower): void {

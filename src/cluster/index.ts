@@ -14,8 +14,9 @@ export {
   type ClusterStartOptions,
   type ClusterEngines,
   type ClusterState,
+  type ControllerKind,
   type RemoteClusterEvents,
 } from './cluster.js'
 export type { EnginesKind } from './engines.js'
-export type { JobProgress } from './slurm.js'
+export type { JobNode, JobProgress } from './slurm.js'
 export { checkCompatible, localVersions, type PythonVersions } from './versions.js'

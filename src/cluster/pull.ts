@@ -23,6 +23,12 @@ export async function pullClientFile(
   procs: RemoteProcesses,
   controller: RemoteProcessState,
   parts: { profile: string; clusterId: string; securityDir: string },
+  wait: {
+    /** How long to wait for the file; default 120 s (a batch job's controller: until the job ends). */
+    readonly fileMs?: number | undefined
+    /** What the controller process says meanwhile. */
+    readonly onOutput?: ((e: { stream: 'stdout' | 'stderr'; data: Buffer }) => void) | undefined
+  } = {},
 ): Promise<{ follower: RemoteFollower; pulled: PulledTunnel }> {
   const follower = new RemoteFollower(procs, link, processNames(parts.profile).controller, controller)
   let said = ''
@@ -30,6 +36,7 @@ export async function pullClientFile(
     said = (said + e.data.toString('utf8')).slice(-2048)
   }
   follower.on('output', onOutput)
+  if (wait.onOutput !== undefined) follower.on('output', wait.onOutput)
   const abort = new AbortController()
   const onAbort = (): void => abort.abort(options.signal?.reason)
   options.signal?.addEventListener('abort', onAbort, { once: true })
@@ -50,14 +57,14 @@ export async function pullClientFile(
       destination: options.destination,
       path: posix.join(parts.securityDir, `ipcontroller-${parts.clusterId}-client.json`),
     }
-    const since = performance.now()
+    let refusedSince: number | undefined
     for (;;) {
       try {
         pulled = await PulledTunnel.open(spec, {
           ...options,
           pool,
           out: join(localDir, 'ipcontroller-client.json'),
-          waitForFileMs: CONTROLLER_FILE_WAIT_MS,
+          waitForFileMs: wait.fileMs ?? CONTROLLER_FILE_WAIT_MS,
           pollMs: 200,
           signal: abort.signal,
         })
@@ -66,7 +73,8 @@ export async function pullClientFile(
         // ipcontroller writes its file before its schedulers (other processes) listen: a port not yet
         // listening is waited for while the controller runs
         const early = isIppTunnelError(err) && err.code === 'E_FORWARD'
-        if (!early || abort.signal.aborted || performance.now() - since > SCHEDULERS_WAIT_MS) throw err
+        refusedSince ??= performance.now()
+        if (!early || abort.signal.aborted || performance.now() - refusedSince > SCHEDULERS_WAIT_MS) throw err
         await new Promise((resolve) => setTimeout(resolve, 250))
       }
     }
@@ -78,6 +86,7 @@ export async function pullClientFile(
   } finally {
     options.signal?.removeEventListener('abort', onAbort)
     follower.off('output', onOutput)
+    if (wait.onOutput !== undefined) follower.off('output', wait.onOutput)
   }
   return { follower, pulled }
 }

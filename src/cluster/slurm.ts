@@ -7,6 +7,12 @@ import { shellQuote, type Link } from '../ssh/index.js'
 /** `$0` of the engines' job keeper: how `list` and `attach` tell a Slurm engines process from the others. */
 export const SLURM_KEEPER = 'ipp-tunnel-slurm-engines'
 
+/** `$0` of the keeper of a job that runs the controller too (`--controller slurm`), the cluster's controller process. */
+export const SLURM_CLUSTER_KEEPER = 'ipp-tunnel-slurm-cluster'
+
+/** The file, in the keeper's private directory, the batch script writes (0600): the first node's name and address. */
+export const NODE_FILE = 'node'
+
 /** The file, in the keeper's private directory (0700), that holds the job id (0600). */
 export const JOB_FILE = 'job'
 
@@ -20,9 +26,7 @@ const JOB_MARK = '@@ipp-tunnel-job@@'
  * starting command) cancels the job and waits (≤ 10 s) until squeue no longer lists it: the supervisor, not the
  * laptop, owns the job, so `--persist` and a vanished laptop end it too.
  */
-const KEEPER = String.raw`dir=$1; shift
-umask 077
-job=
+const KEEPER_BODY = String.raw`job=
 finish() {
   trap '' TERM INT HUP
   [ -n "$job" ] || exit 0
@@ -51,6 +55,10 @@ while :; do
 done
 echo "@@ipp-tunnel-job@@ $job GONE"
 `
+const KEEPER = `umask 077\ndir=$1; shift\n${KEEPER_BODY}`
+
+/** The keeper of a whole-cluster job: it first writes the batch script (its second word) into `$dir/batch.sh`. */
+const CLUSTER_KEEPER = `umask 077\ndir=$1; printf '%s\\n' "$2" >"$dir/batch.sh" || exit 1; shift 2\n${KEEPER_BODY}`
 
 /**
  * The words of `--slurm-args`, split as a shell would split plain and quoted words (no variables, no globs): they
@@ -106,7 +114,11 @@ export function slurmEnginesSpec(options: SlurmEnginesOptions): RemoteProcessSpe
 
 /** Whether a remote process's argv is a Slurm engines keeper of ours, and how many engines it asked for. */
 export function slurmEnginesOf(argv: readonly string[] | undefined): { n: number | undefined } | undefined {
-  if (argv?.[3] !== SLURM_KEEPER) return undefined
+  return keeperOf(argv, SLURM_KEEPER)
+}
+
+function keeperOf(argv: readonly string[] | undefined, mark: string): { n: number | undefined } | undefined {
+  if (argv?.[3] !== mark) return undefined
   const word = argv.find((w) => w.startsWith('--ntasks='))
   const n = word === undefined ? NaN : Number(word.slice('--ntasks='.length))
   return { n: Number.isInteger(n) ? n : undefined }
@@ -135,16 +147,21 @@ export function jobProgressReader(): (chunk: Buffer) => JobProgress[] {
   }
 }
 
+/** A small file of the keeper's private directory over SFTP ('' when there is none). */
+async function readKeeperFile(link: Link, keeperDir: string, name: string): Promise<string> {
+  const sftp = await link.sftp().catch(() => undefined)
+  if (sftp === undefined) return ''
+  return new Promise<string>((resolve) =>
+    sftp.readFile(posix.join(keeperDir, name), (err: Error | null | undefined, data: Buffer) =>
+      resolve(err ? '' : data.subarray(0, 512).toString('utf8')),
+    ),
+  )
+}
+
 /** The job id the keeper wrote into its private directory (undefined when there is none yet, or it is not one). */
 export async function readJobId(link: Link, keeperDir: string | undefined): Promise<string | undefined> {
   if (keeperDir === undefined) return undefined
-  const sftp = await link.sftp().catch(() => undefined)
-  if (sftp === undefined) return undefined
-  const text = await new Promise<string>((resolve) =>
-    sftp.readFile(posix.join(keeperDir, JOB_FILE), (err: Error | null | undefined, data: Buffer) =>
-      resolve(err ? '' : data.subarray(0, 64).toString('utf8')),
-    ),
-  )
+  const text = await readKeeperFile(link, keeperDir, JOB_FILE)
   return /^\d+\n?$/u.test(text) ? text.trim() : undefined
 }
 
@@ -168,4 +185,106 @@ os.execv(sys.executable, [sys.executable, '-m', 'ipyparallel.controller'] + sys.
 /** The argv of a controller that engines on compute nodes reach (see LOCATE); `common` as for the engines. */
 export function reachableControllerArgv(python: string, common: readonly string[]): string[] {
   return [python, '-c', LOCATE, ...common]
+}
+
+/**
+ * The address of this node on its way to the login node: the local end of a route to the address the ssh connection
+ * came in on (`$SSH_CONNECTION`, exported into the job), else what the node's host name resolves to.
+ */
+const NODE_ADDRESS = String.raw`import os, socket
+conn = os.environ.get('SSH_CONNECTION', '').split()
+where = None
+if len(conn) > 2:
+    try:
+        s = socket.socket(socket.AF_INET6 if ':' in conn[2] else socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect((conn[2], 9))
+        where = s.getsockname()[0]
+        s.close()
+    except OSError:
+        pass
+print(where or socket.gethostbyname(socket.gethostname()))
+`
+
+/**
+ * The batch script of `--controller slurm`, run on the job's first node: the controller in the background there
+ * (`--ip=*`, `--location=` the node's address), the node's name and address into `$dir/node`, and once the
+ * controller's files are written, the engines as one job step beside it. The job ends with the controller; scancel
+ * ends both (the controller removes its files on SIGTERM).
+ * Arguments: DIR PYTHON N ENGINE_FILE CLIENT_FILE, then the controller's and the engines' common words.
+ */
+function clusterBatchScript(): string {
+  return [
+    '#!/bin/sh',
+    'umask 077',
+    'dir=$1 python=$2 n=$3 engine_file=$4 client_file=$5; shift 5',
+    `addr=$("$python" -c ${shellQuote(NODE_ADDRESS)}) || exit 1`,
+    `printf '%s %s\\n' "\${SLURMD_NODENAME:-$(hostname)}" "$addr" >"$dir/${NODE_FILE}"`,
+    `"$python" -m ipyparallel.controller "$@" --ip='*' --location="$addr" &`,
+    'controller=$!',
+    'until [ -s "$engine_file" ] && [ -s "$client_file" ]; do',
+    '  kill -0 "$controller" 2>/dev/null || { wait "$controller"; exit 1; }',
+    '  sleep 0.2',
+    'done',
+    'srun --ntasks="$n" "$python" -m ipyparallel.engine "$@" &',
+    'wait "$controller"',
+    '',
+  ].join('\n')
+}
+
+/** What {@link slurmClusterSpec} needs: as for the engines, plus where the controller writes its files. */
+export interface SlurmClusterOptions extends SlurmEnginesOptions {
+  /** The profile's security directory and the cluster id: the batch script waits for the controller's files. */
+  readonly securityDir: string
+  readonly clusterId: string
+}
+
+/**
+ * The whole cluster as one batch job (`--controller slurm`): a keeper, as for the engines, that is the cluster's
+ * controller process; it writes the batch script ({@link clusterBatchScript}) into its private directory and
+ * submits it with `--ntasks=N` (the engines' step) and the controller's words as the script's arguments (so that
+ * `list`, `attach` and `stop` find the cluster id and IPython directory in its argv).
+ */
+export function slurmClusterSpec(options: SlurmClusterOptions): RemoteProcessSpec {
+  const file = (kind: string): string =>
+    posix.join(options.securityDir, `ipcontroller-${options.clusterId}-${kind}.json`)
+  const sbatch = [
+    '--parsable',
+    `--job-name=ipp-tunnel-${options.name}`,
+    `--ntasks=${String(options.n)}`,
+    `--output={dir}/slurm-%j.out`,
+    ...options.slurmArgs,
+    '{dir}/batch.sh',
+    '{dir}',
+    options.python,
+    String(options.n),
+    file('engine'),
+    file('client'),
+    ...options.common,
+  ]
+  return {
+    name: options.name,
+    argv: ['/bin/sh', '-c', CLUSTER_KEEPER, SLURM_CLUSTER_KEEPER, '{dir}', clusterBatchScript(), ...sbatch],
+    ...(options.env !== undefined && { env: options.env }),
+    ...(options.persistSeconds !== undefined && { persistSeconds: options.persistSeconds }),
+    graceSeconds: 12,
+  }
+}
+
+/** Whether a remote process's argv is the keeper of a whole-cluster job of ours, and how many engines it asked for. */
+export function slurmClusterOf(argv: readonly string[] | undefined): { n: number | undefined } | undefined {
+  return keeperOf(argv, SLURM_CLUSTER_KEEPER)
+}
+
+/** Where a job's controller runs (`--controller slurm`): the job's first node. */
+export interface JobNode {
+  readonly name: string
+  readonly address: string
+}
+
+/** The job's first node as the batch script wrote it (undefined until the job runs). */
+export async function readJobNode(link: Link, keeperDir: string | undefined): Promise<JobNode | undefined> {
+  if (keeperDir === undefined) return undefined
+  const text = await readKeeperFile(link, keeperDir, NODE_FILE)
+  const m = /^([A-Za-z0-9._-]+) ([0-9A-Fa-f.:]+)\n?$/u.exec(text)
+  return m?.[1] !== undefined && m[2] !== undefined ? { name: m[1], address: m[2] } : undefined
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -11,6 +11,7 @@ import { JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
 import {
   createNetns,
   joinClusterNetwork,
+  pidsWhere,
   processesWith,
   startSshd,
   type Netns,
@@ -210,7 +211,89 @@ describe('cluster start --engines slurm: the engines as a batch job on the compu
     await assertNothingLeft()
   })
 
-  test('--slurm-args without --engines slurm, or with an unclosed quote, is refused before anything starts', async () => {
+  test('--controller slurm -n 2: the controller in the job on its first node (the copy reaches it there), the engines beside it; SIGINT cancels the job and leaves nothing', async (t) => {
+    const { child, events } = startCluster([
+      '-n',
+      '2',
+      '--controller',
+      'slurm',
+      '--slurm-args=-N 2 --time=10',
+    ])
+    // a failed assertion does not leave the command running past the file's end
+    t.after(() => child.kill('SIGKILL'))
+    const registered = await events.next(
+      (e) => (e.event === 'registered' && e.count === 2) || e.event === 'error',
+      150_000,
+    )
+    assert.equal(registered.event, 'registered', events.stderr + JSON.stringify(events.events))
+    const said = events.events.find((e) => e.event === 'controller')
+    const node = slurm.nodes.find((n) => n.name === said?.node)
+    assert.ok(node !== undefined, `the controller on a compute node: ${JSON.stringify(said)}`)
+    assert.equal(said?.address, node.ns.nsAddr)
+    const job = String(events.events.find((e) => e.event === 'engines')?.job)
+    assert.match(job, /^\d+$/u)
+    // the job's progress is said
+    assert.deepEqual(
+      ['SUBMITTED', 'RUNNING'].map((state) =>
+        events.events.some((e) => e.event === 'job' && e.job === job && e.state === state),
+      ),
+      [true, true],
+      JSON.stringify(events.events),
+    )
+
+    // the controller (and the schedulers it forks) in that node's network namespace; its file names that node
+    const pids = await pidsWhere(
+      (p) => p.argv.includes('ipyparallel.controller') && p.argv.join(' ').includes(root),
+    )
+    assert.ok(pids.length > 0, 'a controller')
+    const nodeNet = String((await stat(`/run/netns/${node.ns.name}`)).ino)
+    for (const pid of pids) {
+      assert.equal((await readlink(`/proc/${String(pid)}/ns/net`)).replace(/\D/gu, ''), nodeNet)
+    }
+    const security = join(root, 'remote-ipython', 'profile_default', 'security')
+    const file = (await readdir(security)).find((f) => f.endsWith('-client.json')) ?? ''
+    const remote = JSON.parse(await readFile(join(security, file), 'utf8')) as Record<string, unknown>
+    assert.equal(remote.location, node.ns.nsAddr)
+
+    const used = await runPython(HOSTS, { args: ['2'], env, timeoutMs: 120_000 })
+    assert.equal(used.code, 0, used.stderr)
+    const hosts = JSON.parse(used.stdout.trim().split('\n').at(-1) ?? '') as string[]
+    assert.deepEqual([...hosts].sort(), nodes, 'one engine on each node')
+
+    const listed = await runCli(['cluster', 'list', ...remoteArgs(), '--json'], env)
+    assert.equal(listed.code, 0, listed.stderr)
+    const rows = (
+      JSON.parse(listed.stdout) as {
+        clusters: {
+          controllerKind: string
+          node: string
+          engines: number
+          enginesKind: string
+          job: string
+        }[]
+      }
+    ).clusters
+    assert.deepEqual(
+      rows.map((r) => [r.controllerKind, r.node, r.engines, r.enginesKind, r.job]),
+      [['slurm', node.name, 2, 'slurm', job]],
+    )
+    // from elsewhere (the copy here is the start's own)
+    const elsewhere = { ...env, IPYTHONDIR: join(root, 'elsewhere-ipython') }
+    const attached = spawnCli(['cluster', 'attach', ...remoteArgs(), '--json'], elsewhere)
+    const seen = new JsonLines(attached)
+    const again = await seen.next((e) => e.event === 'engines' || e.event === 'error', 60_000)
+    assert.equal(again.job, job, JSON.stringify(seen.events) + seen.stderr)
+    assert.equal(seen.events.find((e) => e.event === 'controller')?.node, node.name)
+    await seen.next((e) => e.event === 'registered' && e.count === 2, 60_000)
+    attached.kill('SIGINT')
+    assert.deepEqual(await exited(attached), { code: 0, signal: null })
+
+    child.kill('SIGINT')
+    assert.deepEqual(await exited(child), { code: 0, signal: null })
+    await assertNothingLeft()
+  })
+
+  test('--slurm-args without --engines slurm, with an unclosed quote, or --controller slurm with other engines, is refused before anything starts', async () => {
     const alone = await runCli(['cluster', 'start', ...remoteArgs(), '--slurm-args=-N 2'], env)
     assert.equal(alone.code, 2, alone.stderr)
     assert.match(alone.stderr, /--slurm-args: only with --engines slurm/u)
@@ -220,6 +303,12 @@ describe('cluster start --engines slurm: the engines as a batch job on the compu
     )
     assert.equal(unclosed.code, 2, unclosed.stderr)
     assert.match(unclosed.stderr, /--slurm-args/u)
+    const mixed = await runCli(
+      ['cluster', 'start', ...remoteArgs(), '--controller', 'slurm', '--engines', 'login'],
+      env,
+    )
+    assert.equal(mixed.code, 2, mixed.stderr)
+    assert.match(mixed.stderr, /--controller slurm: the engines run in its job/u)
     assert.equal(await squeue(), '')
   })
 })

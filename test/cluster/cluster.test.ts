@@ -182,7 +182,7 @@ describe('cluster start/attach/stop/list: a whole ipyparallel cluster on the ssh
   })
 
   test('--persist: with the starting command SIGKILLed, the cluster ends on the server alone', async () => {
-    const { child, events } = startCluster(['-n', '1', '--persist', '2'])
+    const { child, events } = startCluster(['-n', '1', '--persist', '5'])
     await events.next((e) => e.event === 'registered' && e.count === 1, 120_000)
     child.kill('SIGKILL')
     await exited(child)
