@@ -8,9 +8,15 @@ import {
 } from '../cluster/index.js'
 import { EXIT, oneLine, Output } from './output.js'
 import { interrupted, untilSignal } from './signals.js'
-import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
+import {
+  sshOptionsFrom,
+  withListenOption,
+  withSshOptions,
+  type ListenArgs,
+  type SshArgs,
+} from './ssh-options.js'
 
-interface ClusterArgs extends SshArgs {
+interface ClusterArgs extends SshArgs, ListenArgs {
   readonly destination: string
   readonly profile: string
   readonly python?: string | undefined
@@ -62,7 +68,7 @@ export function registerCluster(yargs: Argv, run: (task: () => Promise<number>) 
         'start <destination>',
         'start a controller and N engines on DEST, tunnel and copy the client file; Ctrl-C stops it all',
         (c) =>
-          withClusterOptions(c)
+          withListenOption(withClusterOptions(c))
             .option('n', { type: 'number', default: 2, describe: 'engines to start' })
             .option('controller', {
               choices: ['login', 'slurm'] as const,
@@ -103,7 +109,7 @@ export function registerCluster(yargs: Argv, run: (task: () => Promise<number>) 
       .command(
         'attach <destination>',
         'follow a running cluster of ours again (tunnel, copy); Ctrl-C leaves it running',
-        (c) => withClusterOptions(c),
+        (c) => withListenOption(withClusterOptions(c)),
         (args) => run(() => attach(args as unknown as ClusterArgs)),
       )
       .command(
@@ -131,6 +137,7 @@ function optionsOf(args: ClusterArgs, output: Output, signal?: AbortSignal): Clu
     ...(args.setup !== undefined && { setup: args.setup }),
     ...(args['remote-ipython-dir'] !== undefined && { remoteIpythonDir: args['remote-ipython-dir'] }),
     ...(args['remote-dir'] !== undefined && { remoteDir: args['remote-dir'] }),
+    ...(args.listen !== undefined && { listen: args.listen }),
     ...(signal !== undefined && { signal }),
   }
 }

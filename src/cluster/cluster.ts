@@ -7,7 +7,7 @@ import { IppTunnelError } from '../errors/index.js'
 import { RemoteFollower, RemoteProcesses, type FollowEnd, type RemoteProcessState } from '../remote/index.js'
 import type { PulledTunnel } from '../service/index.js'
 import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
-import { LinkPool } from '../tunnel/index.js'
+import { LinkPool, type ListenKind } from '../tunnel/index.js'
 import { enginesOf, enginesSpec, type EnginesKind } from './engines.js'
 import { checkProfile, clusterIdOf, newClusterId, processNames, profileOfController } from './names.js'
 import { pullClientFile } from './pull.js'
@@ -41,6 +41,8 @@ export interface ClusterOptions extends SshOptions, Omit<LinkOptions, keyof SshO
   readonly ipythonDir?: string
   /** The remote directory of our processes' state; default `~/.ipp-tunnel/remote`. */
   readonly remoteDir?: string
+  /** What the copy's local listeners are: `tcp` (default) ports on 127.0.0.1, or `unix` sockets only you can use. */
+  readonly listen?: ListenKind
   readonly signal?: AbortSignal
 }
 

@@ -5,7 +5,7 @@ import { destinationOf, parseConnectionFile, type ConnectionInfo } from '../conn
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { RemoteDirectorySource, type RemoteSpec, type SourceFile } from '../sources/index.js'
 import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
-import { LinkPool, openTunnel, type ForwardInfo, type Tunnel } from '../tunnel/index.js'
+import { LinkPool, openTunnel, type ForwardInfo, type ListenKind, type Tunnel } from '../tunnel/index.js'
 
 export interface PulledTunnelOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
   /** Where to write the loopback copy. */
@@ -14,6 +14,8 @@ export interface PulledTunnelOptions extends SshOptions, Omit<LinkOptions, keyof
   readonly pollMs?: number
   /** What this process is, as another process's `E_COPY_CONFLICT` names it (as `openTunnel`'s `owner`). */
   readonly owner?: string
+  /** What the local listeners are (as `openTunnel`'s `listen`); default `tcp`. */
+  readonly listen?: ListenKind
   /** The pool to take the link from (shared with the caller's other work, and left open); default one of its own. */
   readonly pool?: LinkPool
   /** How long to wait for a file that is not there yet (a controller starting); default 0: it must be there. */

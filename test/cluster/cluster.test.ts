@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -98,8 +98,8 @@ describe('cluster start/attach/stop/list: a whole ipyparallel cluster on the ssh
     assert.deepEqual(await readdir(copies).catch(() => []), [])
   }
 
-  test('start -n 2: a Client on the copy runs work on engines in the namespace; list shows it; SIGINT leaves nothing', async () => {
-    const { child, events } = startCluster(['-n', '2'])
+  test('start -n 2 --listen unix: a Client on the copy runs work on engines in the namespace; list shows it; SIGINT leaves nothing', async () => {
+    const { child, events } = startCluster(['-n', '2', '--listen', 'unix'])
     const registered = await events.next(
       (e) => (e.event === 'registered' && e.count === 2) || e.event === 'error',
       120_000,
@@ -111,6 +111,9 @@ describe('cluster start/attach/stop/list: a whole ipyparallel cluster on the ssh
       join(root, 'local-ipython', 'profile_default-tunnel', 'security', 'ipcontroller-client.json'),
     )
 
+    // private unix sockets here, not loopback ports any local user could reach
+    const written = JSON.parse(await readFile(copy.out, 'utf8')) as { transport: string }
+    assert.equal(written.transport, 'ipc')
     const used = await runPython(USE, { args: ['2', 'login'], env, timeoutMs: 120_000 })
     assert.equal(used.code, 0, used.stderr)
     assert.deepEqual(JSON.parse(used.stdout.trim().split('\n').at(-1) ?? ''), { where: [nsNet] })
