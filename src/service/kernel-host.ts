@@ -79,20 +79,15 @@ export class KernelHost {
     const reader = new LineReader(
       socket,
       (line) => {
-        let message: KernelClientMessage | undefined
-        try {
-          message = JSON.parse(line) as KernelClientMessage
-        } catch {
-          return
-        }
-        if (message.type === 'stop') {
+        const type = messageType(line)
+        if (type === 'stop') {
           stopRequested = true
           abort.abort(new IppTunnelError('E_CLOSED', 'the launcher stopped the kernel'))
           void held.kernel?.close()
-        } else if (held.kernel === undefined) {
+        } else if (type === 'interrupt' && held.kernel === undefined) {
           interruptPending = true
-        } else {
-          void held.kernel.interrupt().catch(() => undefined)
+        } else if (type === 'interrupt') {
+          void held.kernel?.interrupt().catch(() => undefined)
         }
       },
       () => {
@@ -244,4 +239,16 @@ function slurmOf(slurm: NonNullable<KernelRequest['slurm']>): KernelSlurmOptions
     ...(slurm.srunArgs !== undefined && { srunArgs: slurm.srunArgs }),
     ...(slurm.jobId !== undefined && { jobId: checkJobId(slurm.jobId) }),
   }
+}
+
+/** The `type` of a launcher's line, if it is one of ours; anything else (not JSON, not an object) is ignored. */
+function messageType(line: string): KernelClientMessage['type'] | undefined {
+  let value: unknown
+  try {
+    value = JSON.parse(line)
+  } catch {
+    return undefined
+  }
+  const type = typeof value === 'object' && value !== null ? (value as { type?: unknown }).type : undefined
+  return type === 'stop' || type === 'interrupt' ? type : undefined
 }

@@ -87,6 +87,33 @@ describe('the service socket under a flood: a line over 4 KiB ends the connectio
     assert.match(String(first.error), /request longer than 4096 bytes/u)
   })
 
+  test('a kernel client whose lines are not messages (null, a number, an unknown type): the service answers and lives on', async () => {
+    const answers = await new Promise<string>((resolve) => {
+      const socket = connect(statusSocketPath(env))
+      let text = ''
+      socket.setEncoding('utf8')
+      socket.on('data', (d: string) => (text += d))
+      socket.on('error', () => undefined)
+      socket.once('connect', () =>
+        socket.write(
+          '{"op":"kernel","destination":"nowhere","connectionFile":"relative.json"}\nnull\n42\n{"type":"reboot"}\n',
+        ),
+      )
+      socket.once('close', () => resolve(text))
+    })
+    assert.match(answers, /"code":"E_USAGE"/u)
+    assert.equal(watch.exitCode, null, 'the service still runs')
+    const status = await new Promise<string>((resolve) => {
+      const socket = connect(statusSocketPath(env))
+      let text = ''
+      socket.setEncoding('utf8')
+      socket.on('data', (d: string) => (text += d))
+      socket.once('connect', () => socket.end('{"op":"status"}\n'))
+      socket.once('close', () => resolve(text))
+    })
+    assert.equal((JSON.parse(status) as { pid: number }).pid, watch.pid)
+  })
+
   test('a login client with nothing to log in to, then 64 MiB: told so, and nothing more is read', async () => {
     const answers = await measured('login, nothing waiting', '{"op":"login"}\n')
     assert.deepEqual(answers, [{ type: 'none', message: 'no link of the service waits for a login' }])
