@@ -7,11 +7,7 @@ import { test } from 'node:test'
 import { CLI } from '../support/cli.js'
 import { processesWith, startSshd } from '../support/index.js'
 import { setUpOtpPam } from '../support/otp.js'
-import { runOnPty } from '../support/pty.js'
-
-function escape(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')
-}
+import { literal, runOnPty } from '../support/pty.js'
 
 test('cluster start at a one-time-code server asks once for the whole start (one login in sshd’s log)', async (t) => {
   const otp = await setUpOtpPam()
@@ -47,7 +43,7 @@ test('cluster start at a one-time-code server asks once for the whole start (one
       '2',
     ],
     [
-      { expect: escape(otp.prompt), send: code },
+      { expect: literal(otp.prompt), send: code },
       { expect: 'registered: 2 of 2 engines', signal: 'INT' },
       { expect: 'cluster stopped' },
     ],

@@ -1,16 +1,15 @@
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { CLI, JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
-import { createNetns, freePort, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { createNetns, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { runPython } from '../support/ipp.js'
-import { kernelFileText } from '../support/kernel.js'
 import { setUpOtpPam } from '../support/otp.js'
-import { runOnPty } from '../support/pty.js'
-import { remoteKernelArgs } from './helpers.js'
+import { literal, runOnPty } from '../support/pty.js'
+import { remoteKernelArgs, writeKernelFile } from './helpers.js'
 
 /**
  * Two kernels of one kernelspec at once, as two notebooks open in JupyterLab: each runs where the sshd is and
@@ -76,10 +75,6 @@ code = sys.argv[2] if len(sys.argv) > 2 else "import os; print(os.getpid(), end=
 reply = kc.execute_interactive(code, output_hook=hook, timeout=60)
 print(json.dumps([reply['content']['status'], ''.join(out)]))
 `
-
-function escape(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')
-}
 
 describe('kernels through the running watch service: one link, one login for all of them', () => {
   let ns: Netns
@@ -162,15 +157,7 @@ describe('kernels through the running watch service: one link, one login for all
       await exited(service)
     })
     await new JsonLines(service).next('watching')
-    const ports = [
-      await freePort(),
-      await freePort(),
-      await freePort(),
-      await freePort(),
-      await freePort(),
-    ] as const
-    const file = join(root, 'kernel-adopt.json')
-    await writeFile(file, kernelFileText(ports), { mode: 0o600 })
+    const file = await writeKernelFile(root, 'adopt')
     const launcher = spawnCli(
       ['kernel', ...remoteKernelArgs(sshd, root), '--connection-file', file, '--json'],
       env,
@@ -211,15 +198,7 @@ test('a launcher with no terminal at a one-time-code server waits and says so; t
   const dir = await mkdtemp(join(tmpdir(), 'ippt-kernel-otp-'))
   t.after(() => rm(dir, { recursive: true, force: true }))
   const env = { IPP_TUNNEL_RUNTIME_DIR: join(dir, 'run'), SSH_AUTH_SOCK: '' }
-  const ports = [
-    await freePort(),
-    await freePort(),
-    await freePort(),
-    await freePort(),
-    await freePort(),
-  ] as const
-  const file = join(dir, 'kernel-otp.json')
-  await writeFile(file, kernelFileText(ports), { mode: 0o600 })
+  const file = await writeKernelFile(dir, 'otp')
   const auth = ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile]
   const destination = `root@${sshd.host}:${sshd.port}`
   const launcher = spawnCli(
@@ -264,7 +243,7 @@ test('a launcher with no terminal at a one-time-code server waits and says so; t
   const code = await otp.code(await otp.counter())
   const login = await runOnPty(
     [process.execPath, CLI, 'login'],
-    [{ expect: 'logging in to[^\\n]*\\n' }, { expect: escape(otp.prompt), send: code }],
+    [{ expect: 'logging in to[^\\n]*\\n' }, { expect: literal(otp.prompt), send: code }],
     env,
   )
   assert.equal(login.code, 0, login.output)

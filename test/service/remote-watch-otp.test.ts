@@ -7,11 +7,7 @@ import { test } from 'node:test'
 import { CLI, JsonLines, exited, spawnCli } from '../support/cli.js'
 import { kernelListeners, startSshd } from '../support/index.js'
 import { setUpOtpPam } from '../support/otp.js'
-import { runOnPty } from '../support/pty.js'
-
-function escape(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')
-}
+import { literal, runOnPty } from '../support/pty.js'
 
 test('watch --remote ALIAS:DIR, a pulled file naming the same server by its address: one link, one code', async (t) => {
   const otp = await setUpOtpPam()
@@ -58,7 +54,7 @@ test('watch --remote ALIAS:DIR, a pulled file naming the same server by its addr
   const code = await otp.code(await otp.counter())
   const login = await runOnPty(
     [process.execPath, CLI, 'login'],
-    [{ expect: 'logging in to[^\\n]*\\n' }, { expect: escape(otp.prompt), send: code }],
+    [{ expect: 'logging in to[^\\n]*\\n' }, { expect: literal(otp.prompt), send: code }],
     env,
   )
   assert.equal(login.code, 0, login.output)

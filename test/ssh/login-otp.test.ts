@@ -17,11 +17,7 @@ import {
   type KernelListeners,
 } from '../support/index.js'
 import { setUpOtpPam, type OtpPam } from '../support/otp.js'
-import { runOnPty } from '../support/pty.js'
-
-function escape(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')
-}
+import { literal, runOnPty } from '../support/pty.js'
 
 describe('one-time codes: keyboard-interactive through a real PAM module (pam_oath)', () => {
   let otp: OtpPam
@@ -171,8 +167,8 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
         ...sshArgsOf(both),
       ],
       [
-        { expect: escape(otp.prompt), send: code },
-        { expect: escape(out), signal: 'INT' },
+        { expect: literal(otp.prompt), send: code },
+        { expect: literal(out), signal: 'INT' },
       ],
       { SSH_AUTH_SOCK: '' },
     )
@@ -249,7 +245,7 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
       const result = await runOnPty(
         [process.execPath, CLI, 'login', both.host],
         // the prompt is typed at once the terminal shows it without echo, not at the line that announces it
-        [{ expect: 'logging in to[^\\n]*\\n' }, { expect: escape(otp.prompt), send: code }],
+        [{ expect: 'logging in to[^\\n]*\\n' }, { expect: literal(otp.prompt), send: code }],
         env,
       )
       assert.equal(result.timedOut, false, result.output)

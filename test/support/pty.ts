@@ -97,3 +97,8 @@ export function runOnPty(
     })
   })
 }
+
+/** `text` as a regex matching it literally: a prompt to `expect` in a {@link PtyStep}. */
+export function literal(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')
+}
