@@ -82,6 +82,9 @@ export class LineReader {
   }
 }
 
+/** How long a refused connection stays half-open for its client to read the refusal (a lingering close). */
+const LINGER_MS = 1000
+
 /**
  * Ends a connection whose client sent a line longer than {@link MAX_LINE_BYTES} (no newline in sight): one JSON line
  * saying so (`error` for a status client, `type: "error"` for a login client), then the socket closed. Nothing
@@ -89,7 +92,20 @@ export class LineReader {
  */
 export function refuseLongLine(socket: Socket, what: 'request' | 'message'): void {
   const error = `${what} longer than ${MAX_LINE_BYTES} bytes without a newline; connection closed`
+  closeLingering(socket, JSON.stringify({ type: 'error', error, message: error }) + '\n')
+}
+
+/**
+ * Sends `last` (if any) and our end of the stream, reads nothing more, and destroys the socket when the client
+ * closes or a second later: a lingering close, as HTTP servers do. Destroying it at once would reset a client
+ * still writing before it had read `last`.
+ */
+export function closeLingering(socket: Socket, last?: string): void {
   // what is already buffered or still coming is dropped, not read
   socket.pause()
-  socket.end(JSON.stringify({ type: 'error', error, message: error }) + '\n', () => socket.destroy())
+  if (last === undefined) socket.end()
+  else socket.end(last)
+  const linger = setTimeout(() => socket.destroy(), LINGER_MS)
+  linger.unref()
+  socket.once('close', () => clearTimeout(linger))
 }

@@ -3,7 +3,7 @@ import type { Socket } from 'node:net'
 
 import type { IppTunnelError } from '../errors/index.js'
 import type { LoginGate, Prompt, PromptProvider, PromptRequest } from '../ssh/index.js'
-import { LineReader, refuseLongLine } from './lines.js'
+import { closeLingering, LineReader, refuseLongLine } from './lines.js'
 
 /** A link that waits for someone to log in: what the server asked last. Never an answer. */
 export interface PendingLogin {
@@ -118,7 +118,7 @@ class LoginSession {
 
   end(): void {
     if (this.#closed) return
-    this.#socket.end(() => this.#socket.destroy())
+    closeLingering(this.#socket)
     this.#close()
   }
 

@@ -1,4 +1,5 @@
 import { once } from 'node:events'
+import { readFile } from 'node:fs/promises'
 import { createConnection, createServer, type Server } from 'node:net'
 
 /** The port of an `address:port` string as the CLI prints it (`127.0.0.1:40123`). */
@@ -18,16 +19,43 @@ export function canConnect(port: number, host = '127.0.0.1'): Promise<boolean> {
   })
 }
 
-/** A port that was free a moment ago (taken from the kernel, then given back): nothing listens on it. */
+/**
+ * A port that was free a moment ago and that no other program will take by chance before the caller listens on
+ * it: chosen below the kernel's ephemeral range (`ip_local_port_range`), where outgoing connections and `listen(0)`
+ * take their ports from, so only a program that asks for this very port can race the caller.
+ */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const [ephemeralLow] = await ephemeralRange()
+  const low = 10_000
+  const high = Math.max(low + 1000, ephemeralLow) - 1
+  for (;;) {
+    const port = low + Math.floor(Math.random() * (high - low))
+    if (await listenable(port, host)) return port
+  }
+}
+
+async function ephemeralRange(): Promise<[number, number]> {
+  try {
+    const text = await readFile('/proc/sys/net/ipv4/ip_local_port_range', 'utf8')
+    const [low, high] = text.trim().split(/\s+/).map(Number)
+    if (low !== undefined && high !== undefined && low > 0) return [low, high]
+  } catch {
+    // not Linux: fall through to the IANA range
+  }
+  return [49152, 65535]
+}
+
+async function listenable(port: number, host: string): Promise<boolean> {
   const server = createServer()
-  server.listen(0, host)
-  await once(server, 'listening')
-  const address = server.address()
+  server.listen(port, host)
+  try {
+    await once(server, 'listening')
+  } catch {
+    return false
+  }
   server.close()
   await once(server, 'close')
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return address.port
+  return true
 }
 
 /** Loopback listeners standing in for a kernel's five ports: each accepts and closes at once. */
