@@ -11,7 +11,13 @@ import { checkHostKey, fingerprintSha256, type HostKeyNote } from './known-hosts
 import type { LinkOptions } from './link.js'
 import { ProxyCommand } from './proxy-command.js'
 import { ssh2 } from './ssh2-lib.js'
-import { ASKED_SILENCE_MS, holdToCount, KEEPALIVE_COUNT_MAX, remoteAddressOf } from './ssh2-socket.js'
+import {
+  ASKED_SILENCE_MS,
+  holdToCount,
+  KEEPALIVE_COUNT_MAX,
+  localAddressOf,
+  remoteAddressOf,
+} from './ssh2-socket.js'
 import type { ResolvedHop, ResolvedTarget } from './types.js'
 
 /** The ssh2 clients of one connection, one per hop (the last is the destination). */
@@ -25,6 +31,12 @@ export interface Chain {
    * ProxyCommand, no jump host): what a pinned link reconnects to.
    */
   address?: string
+  /** This side's address of the first hop's TCP connection, when it is one of ours: gone from the machine = dead. */
+  localAddress?: string
+  /** This side's port of that connection. */
+  localPort?: number
+  /** A login of the chain asked a person (a one-time code): a new connection would ask again. */
+  asked: boolean
 }
 
 /** What opening a chain needs of its {@link Link}. */
@@ -38,6 +50,12 @@ export interface ChainContext {
    * this process connects to the destination itself. The host key is still checked against the name.
    */
   pinnedAddress?: string
+  /**
+   * How long the first hop's TCP connect may take before the attempt is given up, while the link retries after a
+   * network failure: a SYN sent into a network that was down is retransmitted only seconds later (1, 3, 7, 15 s),
+   * so a fresh attempt a second after the network came back is sooner than the old one's next retransmission.
+   */
+  tcpConnectWithinMs?: number
   /** One per hop, kept across attempts (which methods worked, what was asked). */
   readonly auth: readonly HopAuth[]
   noteHostKey(note: HostKeyNote): void
@@ -46,7 +64,7 @@ export interface ChainContext {
 
 /** Connects every hop in turn, each through a channel of the one before. */
 export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise<Chain> {
-  const chain: Chain = { clients: [], proxies: [], dead: false }
+  const chain: Chain = { clients: [], proxies: [], dead: false, asked: false }
   try {
     let previous: { client: Client; hop: ResolvedHop } | undefined
     let asked = false
@@ -61,7 +79,7 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
       const pinned = pinnable ? ctx.pinnedAddress : undefined
       const address = pinned ?? hop.host
       // a first hop without a ProxyCommand: its TCP connect and the server's banner overlap loading the keys and ssh2
-      const early = direct ? connectEarly(address, hop.port) : undefined
+      const early = direct ? connectEarly(address, hop.port, ctx.tcpConnectWithinMs) : undefined
       let attempt: AuthAttempt
       try {
         attempt = await auth.begin()
@@ -112,10 +130,18 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
         const reached = remoteAddressOf(client)
         if (reached !== undefined) chain.address = reached
       }
+      if (direct) {
+        const local = localAddressOf(client)
+        if (local !== undefined) {
+          chain.localAddress = local.address
+          chain.localPort = local.port
+        }
+      }
       asked ||= attempt.prompted
       previous = { client, hop }
     }
     // a login that asked a person makes the whole chain precious: a jump host dropped after 15 s would take it along
+    chain.asked = asked
     if (asked) for (const client of chain.clients) liftKeepalive.get(client)?.()
     return chain
   } catch (err) {
@@ -130,8 +156,21 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
  * closed) before it was taken is dropped and ssh2 connects by itself, so that a refused or unreachable server is
  * reported exactly as before.
  */
-function connectEarly(host: string, port: number): { take(): Socket | undefined; drop(): void } {
+function connectEarly(
+  host: string,
+  port: number,
+  withinMs: number | undefined,
+): { take(): Socket | undefined; drop(): void } {
   const socket = connectTcp({ host, port })
+  if (withinMs !== undefined) {
+    const timer = setTimeout(() => {
+      socket.destroy(
+        Object.assign(new Error(`connect ETIMEDOUT ${host}:${String(port)}`), { code: 'ETIMEDOUT' }),
+      )
+    }, withinMs)
+    socket.once('connect', () => clearTimeout(timer))
+    socket.once('close', () => clearTimeout(timer))
+  }
   let failed = false
   const onError = (): void => {
     failed = true

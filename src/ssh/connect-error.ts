@@ -35,3 +35,27 @@ export function connectFailureReason(err: unknown): string {
   }
   return code !== undefined && !err.message.includes(code) ? `${code}: ${err.message}` : err.message
 }
+
+/** Socket errors that say the network failed, not the server: no route, no address, no answer. */
+const NETWORK_CODES: ReadonlySet<string> = new Set([
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EHOSTDOWN',
+  'ENETDOWN',
+  'EADDRNOTAVAIL',
+  'EAI_AGAIN',
+])
+
+/**
+ * Whether a failure to reach or keep a server is the network's (no route, no answer, a connection that died
+ * silently) rather than the server's word (refused, reset, a login failure): the first is worth retrying every
+ * second, the second backs off.
+ */
+export function isNetworkFailure(err: { code: string; cause?: unknown; message: string }): boolean {
+  if (err.code === 'E_LINK_DOWN') return true
+  if (err.code !== 'E_CONNECT') return false
+  const code = (err.cause as NodeJS.ErrnoException | undefined)?.code
+  if (code !== undefined) return NETWORK_CODES.has(code)
+  return /timed out|no SSH handshake within/u.test(err.message)
+}

@@ -14,11 +14,14 @@ import {
   type ChannelTarget,
   type Ssh2Error,
 } from './channels.js'
+import { isNetworkFailure } from './connect-error.js'
 import { execOnClient, type RemoteCommand } from './exec.js'
 import type { HostKeyNote } from './known-hosts.js'
 import { OpenSshMaster, type Transport } from './openssh-master.js'
 import type { LoginGate, PromptProvider } from './prompts.js'
-import { gateOnTransport, poolPadding } from './ssh2-socket.js'
+import { localAddresses, plainAddress, watchNetwork } from './network-watch.js'
+import { answers, gateOnTransport, poolPadding } from './ssh2-socket.js'
+import { endStaleSession, type StalePeer } from './stale-session.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
 
 /** Where a {@link Link} is. `idle` only before the first `connect()`. */
@@ -121,6 +124,15 @@ export interface LinkStats {
   readonly channelsOpen: number
 }
 
+/** How long a connection may stay silent after a resume or a network change before it counts as dead. */
+const PROBE_MS = 1500
+/** Connection attempts of one link start at least this far apart (sites limit how often one connects). */
+const MIN_ATTEMPT_SPACING_MS = 1000
+/** The TCP connect of a retry after a network failure (see ChainContext.tcpConnectWithinMs). */
+const RETRY_TCP_CONNECT_MS = 3000
+/** How long a reconnect waits for the server to end the connection it replaces. */
+const STALE_SESSION_MS = 3000
+
 /** Host-key, authentication and identity failures stop a link; everything else is retried. */
 const fatalCodes: ReadonlySet<string> = new Set([
   'E_HOSTKEY_UNKNOWN',
@@ -170,6 +182,10 @@ export class Link extends EventEmitter<LinkEvents> {
   #connecting: Promise<void> | undefined
   #waiters = new Set<Waiter>()
   #reconnects = 0
+  /** When the last connection attempt started (epoch ms): the next one starts a second later at the soonest. */
+  #lastAttemptAt = 0
+  /** The connection this side gave up for silence, whose sshd the next connection ends. */
+  #stalePeer: StalePeer | undefined
   #channels = new Set<ClientChannel>()
   #abort = new AbortController()
   #closing: Promise<void> | undefined
@@ -505,6 +521,7 @@ export class Link extends EventEmitter<LinkEvents> {
    * once started), else our own chain of ssh2 connections.
    */
   async #open(signal: AbortSignal): Promise<Chain | OpenSshMaster> {
+    this.#lastAttemptAt = Date.now()
     const transport = this.#options.transport ?? 'auto'
     const say = this.#options.verbose
     if (transport !== 'ssh2') {
@@ -566,6 +583,10 @@ export class Link extends EventEmitter<LinkEvents> {
       this.#channels.clear()
       if (this.#chain !== chain || this.#state !== 'up') return
       this.#chain = undefined
+      const silent = abandoned || (lastError as Ssh2Error | undefined)?.level === 'client-timeout'
+      if (silent && chain.localAddress !== undefined && chain.localPort !== undefined) {
+        this.#stalePeer = { address: plainAddress(chain.localAddress), port: chain.localPort }
+      }
       const error = new IppTunnelError(
         'E_LINK_DOWN',
         `SSH link to ${this.destination} lost: ${describe(lastError)}`,
@@ -579,11 +600,56 @@ export class Link extends EventEmitter<LinkEvents> {
       client.on('error', (err) => (lastError = err))
       client.once('close', onDown)
     }
+    let probing = false
+    let abandoned = false
+    const stopWatching = watchNetwork((event) => {
+      if (chain.dead || probing) return
+      const first = chain.clients[0]
+      if (first === undefined) return
+      const drop = (reason: string): void => {
+        this.#options.verbose?.(`${this.destination}: ${reason}; connecting anew`)
+        lastError = new Error(reason)
+        abandoned = true
+        first.destroy()
+      }
+      const why =
+        event.kind === 'resume'
+          ? `this process ran again after ${Math.round(event.stoppedMs / 1000)} s stopped (a suspend)`
+          : 'the network changed'
+      if (
+        !chain.asked &&
+        chain.localAddress !== undefined &&
+        !localAddresses().has(plainAddress(chain.localAddress))
+      ) {
+        drop(`${why}: this machine no longer has ${chain.localAddress}, the connection's address`)
+        return
+      }
+      probing = true
+      void answers(first, PROBE_MS).then((alive) => {
+        probing = false
+        if (alive || chain.dead) return
+        if (chain.asked) {
+          // a new connection would ask for a new code: the silence allowance of such a login decides instead
+          this.#options.verbose?.(
+            `${this.destination}: ${why}; no answer yet, waiting (the login asked a person)`,
+          )
+          return
+        }
+        drop(`${why}: no answer from the server within ${PROBE_MS / 1000} s`)
+      })
+    })
+    chain.clients[0]?.once('close', stopWatching)
     this.#setState('up')
     for (const w of this.#waiters) w.resolve()
     this.#waiters.clear()
   }
 
+  /**
+   * Connects anew until it works or fails for good. A failure of the network (no route, no answer, a connection
+   * that died) is retried every second, the server's word (refused, reset) with capped exponential backoff; a
+   * resume or a network change cuts a wait short. Attempts start at least {@link MIN_ATTEMPT_SPACING_MS} apart (or `backoff.maxMs`, when smaller),
+   * however they end: a site that limits how often one connects sees at most one a second.
+   */
   async #reconnect(error: IppTunnelError): Promise<void> {
     const downAt = Date.now()
     this.#setState('reconnecting')
@@ -591,30 +657,95 @@ export class Link extends EventEmitter<LinkEvents> {
     const initial = backoff.initialMs ?? 250
     const max = backoff.maxMs ?? 15_000
     const jitter = Math.min(Math.max(backoff.jitter ?? 0.2, 0), 1)
+    // a backoff capped below a second (tests, a local server) was asked for explicitly
+    const minSpacing = Math.min(MIN_ATTEMPT_SPACING_MS, max)
     let lastError = error
-    for (let attempt = 1; ; attempt++) {
-      const base = Math.min(max, initial * 2 ** (attempt - 1))
-      const delayMs = Math.round(Math.min(max, base * (1 + jitter * (2 * Math.random() - 1))))
-      this.emit('reconnecting', { attempt, delayMs, error: lastError })
-      if (!(await sleep(delayMs, this.#abort.signal))) return
-      try {
-        const chain = await this.#open(this.#abort.signal)
-        if (this.#state !== 'reconnecting') {
-          void (chain instanceof OpenSshMaster ? chain.close() : endChain(chain))
-          return
+    let serverFailures = 0
+    let wake: (() => void) | undefined
+    const stopWatching = watchNetwork(() => wake?.())
+    try {
+      for (let attempt = 1; ; attempt++) {
+        const network = isNetworkFailure(lastError)
+        if (!network) serverFailures++
+        const base =
+          attempt === 1
+            ? initial
+            : network
+              ? 0
+              : Math.min(max, initial * 2 ** Math.max(serverFailures - 1, 0))
+        const spacing = this.#lastAttemptAt + minSpacing - Date.now()
+        const delayMs = Math.max(
+          spacing,
+          Math.round(Math.min(max, base * (1 + jitter * (2 * Math.random() - 1)))),
+        )
+        this.emit('reconnecting', { attempt, delayMs, error: lastError })
+        const woken = await sleep(delayMs, this.#abort.signal, (w) => (wake = w))
+        if (woken === 'aborted') return
+        if (woken === 'woken') {
+          const rest = this.#lastAttemptAt + minSpacing - Date.now()
+          if (rest > 0 && (await sleep(rest, this.#abort.signal)) === 'aborted') return
         }
-        this.#reconnects++
-        this.#adopt(chain)
-        this.emit('reconnected', { attempt, downMs: Date.now() - downAt })
-        return
-      } catch (err) {
-        if (this.#state !== 'reconnecting') return
-        lastError = this.#asError(err)
-        if (fatalCodes.has(lastError.code)) {
-          this.#fail(lastError)
+        if (network) this.#chainContext.tcpConnectWithinMs = RETRY_TCP_CONNECT_MS
+        else delete this.#chainContext.tcpConnectWithinMs
+        try {
+          const chain = await this.#open(this.#abort.signal)
+          if (this.#state !== 'reconnecting') {
+            void (chain instanceof OpenSshMaster ? chain.close() : endChain(chain))
+            return
+          }
+          // before anything rides the new connection: a peer coming back must find the old one gone
+          if (!(chain instanceof OpenSshMaster)) await this.#endStaleSession(chain)
+          if ((this.#state as LinkState) !== 'reconnecting') {
+            void (chain instanceof OpenSshMaster ? chain.close() : endChain(chain))
+            return
+          }
+          this.#reconnects++
+          this.#adopt(chain)
+          this.emit('reconnected', { attempt, downMs: Date.now() - downAt })
           return
+        } catch (err) {
+          if (this.#state !== 'reconnecting') return
+          lastError = this.#asError(err)
+          if (fatalCodes.has(lastError.code)) {
+            this.#fail(lastError)
+            return
+          }
         }
       }
+    } finally {
+      stopWatching()
+      delete this.#chainContext.tcpConnectWithinMs
+    }
+  }
+
+  /**
+   * Ends the server's side of the connection given up before `chain` (see {@link endStaleSession}); never fails,
+   * waits at most {@link STALE_SESSION_MS}.
+   */
+  async #endStaleSession(chain: Chain): Promise<void> {
+    const peer = this.#stalePeer
+    const client = chain.clients[0]
+    this.#stalePeer = undefined
+    if (peer === undefined || client === undefined) return
+    const say = this.#options.verbose
+    const from = `${peer.address}:${String(peer.port)}`
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<'late'>(
+      (resolve) => (timer = setTimeout(() => resolve('late'), STALE_SESSION_MS)),
+    )
+    try {
+      const ended = await Promise.race([endStaleSession(client, this.destination, peer), late])
+      say?.(
+        ended === 'late'
+          ? `${this.destination}: the server did not say within ${STALE_SESSION_MS / 1000} s whether it ended the old connection from ${from}`
+          : `${this.destination}: the server's side of the old connection from ${from} ${ended > 0 ? 'ended' : 'was gone already'}`,
+      )
+    } catch (err) {
+      say?.(
+        `${this.destination}: could not end the server's side of the old connection from ${from}: ${describe(err)}`,
+      )
+    } finally {
+      clearTimeout(timer)
     }
   }
 
@@ -680,6 +811,7 @@ export class Link extends EventEmitter<LinkEvents> {
     const gate = this.#options.login
     for (;;) {
       try {
+        this.#lastAttemptAt = Date.now()
         const chain = await openChain(this.#chainContext, signal)
         gate?.settled(this.destination, undefined)
         return chain
@@ -693,20 +825,29 @@ export class Link extends EventEmitter<LinkEvents> {
   }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<boolean> {
+/**
+ * Waits `ms`; resolves `slept`, `aborted` (the signal), or `woken` when the function handed to `onWake` is called
+ * first.
+ */
+function sleep(
+  ms: number,
+  signal: AbortSignal,
+  onWake?: (wake: () => void) => void,
+): Promise<'slept' | 'aborted' | 'woken'> {
   return new Promise((resolve) => {
     if (signal.aborted) {
-      resolve(false)
+      resolve('aborted')
       return
     }
-    const onAbort = (): void => {
+    const end = (how: 'slept' | 'aborted' | 'woken'): void => {
       clearTimeout(timer)
-      resolve(false)
-    }
-    const timer = setTimeout(() => {
       signal.removeEventListener('abort', onAbort)
-      resolve(true)
-    }, ms)
+      onWake?.(() => undefined)
+      resolve(how)
+    }
+    const onAbort = (): void => end('aborted')
+    const timer = setTimeout(() => end('slept'), ms)
     signal.addEventListener('abort', onAbort, { once: true })
+    onWake?.(() => end('woken'))
   })
 }

@@ -63,6 +63,38 @@ export function remoteAddressOf(client: Client): string | undefined {
   return typeof sock?.remoteAddress === 'string' ? sock.remoteAddress : undefined
 }
 
+/** This side's address and port of ssh2's TCP socket; undefined over a stream that is not a TCP socket. */
+export function localAddressOf(client: Client): { address: string; port: number } | undefined {
+  const sock = (client as unknown as { _sock?: Duplex & { localAddress?: string; localPort?: number } })._sock
+  return typeof sock?.localAddress === 'string' && typeof sock.localPort === 'number'
+    ? { address: sock.localAddress, port: sock.localPort }
+    : undefined
+}
+
+/**
+ * Asks the server for an answer (a keepalive request, as ssh2's own) and resolves whether anything at all came
+ * from it within `withinMs`: a connection that answers is alive, whatever the answer.
+ */
+export function answers(client: Client, withinMs: number): Promise<boolean> {
+  const sock = (client as unknown as { _sock?: Duplex })._sock
+  const protocol = (client as unknown as { _protocol?: { ping(): void } })._protocol
+  if (sock === undefined || protocol === undefined || sock.destroyed) return Promise.resolve(false)
+  return new Promise((resolve) => {
+    const done = (alive: boolean): void => {
+      clearTimeout(timer)
+      sock.off('data', onData)
+      sock.off('close', onClose)
+      resolve(alive)
+    }
+    const onData = (): void => done(true)
+    const onClose = (): void => done(false)
+    const timer = setTimeout(() => done(false), withinMs)
+    sock.on('data', onData)
+    sock.once('close', onClose)
+    protocol.ping()
+  })
+}
+
 type TcpSocket = Duplex & { _handle?: { fd?: unknown } | null }
 
 /** Per ssh socket: channel opens not yet answered, and the listener that acknowledges promptly meanwhile. */

@@ -19,6 +19,7 @@ import {
   type Netns,
   type Sshd,
   freePort,
+  silence,
 } from '../support/index.js'
 import { kernelFileText } from '../support/kernel.js'
 
@@ -199,8 +200,7 @@ Host silent
     assert.deepEqual([target.hops[0]?.keepaliveIntervalMs, target.hops[0]?.keepaliveCountMax], [1000, 2])
     const link = new Link(target, { agent: false, backoff: { initialMs: 100, maxMs: 400 } })
     t.after(() => link.close())
-    const setWire = (up: boolean) =>
-      run('ip', ['netns', 'exec', ns.name, 'ip', 'link', 'set', ns.nsInterface, up ? 'up' : 'down'])
+    const setWire = (up: boolean) => silence(ns, !up)
     t.after(() => setWire(true))
     await link.connect()
     const reconnecting = once(link, 'reconnecting') as Promise<LinkEvents['reconnecting']>

@@ -1,9 +1,7 @@
 import assert from 'node:assert/strict'
-import { execFile } from 'node:child_process'
 import { once } from 'node:events'
 import type { Duplex } from 'node:stream'
 import { after, before, test } from 'node:test'
-import { promisify } from 'node:util'
 
 import { Link, type LinkEvents, type LinkOptions, type PromptProvider } from '../../src/ssh/index.js'
 import {
@@ -14,10 +12,10 @@ import {
   type EchoServer,
   type Netns,
   type Sshd,
+  silence,
 } from '../support/index.js'
 import { setUpOtpPam, type OtpPam } from '../support/otp.js'
 
-const run = promisify(execFile)
 
 let ns: Netns
 let otp: OtpPam
@@ -49,7 +47,7 @@ after(async () => {
 
 /** Silently drops everything between host and namespace: no FIN, no RST, only keepalives can tell. */
 async function setWire(up: boolean): Promise<void> {
-  await run('ip', ['netns', 'exec', ns.name, 'ip', 'link', 'set', ns.nsInterface, up ? 'up' : 'down'])
+  await silence(ns, !up)
 }
 
 async function roundTrip(stream: Duplex, text: string): Promise<string> {

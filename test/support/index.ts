@@ -12,6 +12,7 @@ export {
   cutOff,
   joinClusterNetwork,
   portPrinted,
+  silence,
   startEchoServer,
   type Netns,
   type EchoServer,

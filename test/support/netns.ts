@@ -121,6 +121,16 @@ async function routeCluster(ns: Netns): Promise<void> {
 }
 
 /**
+ * Makes the wire between this host and `ns` silent, or speaking again: the namespace's packets to this host are
+ * dropped (a blackhole route), with no FIN, no RST and no interface or address going away — only keepalives can tell.
+ */
+export async function silence(ns: Netns, on: boolean): Promise<void> {
+  if (on) await run('ip', ['-n', ns.name, 'route', 'replace', 'blackhole', `${ns.hostAddr}/32`])
+  // speaking again twice (a test, then its cleanup) is no error
+  else await run('ip', ['-n', ns.name, 'route', 'del', 'blackhole', `${ns.hostAddr}/32`]).catch(() => undefined)
+}
+
+/**
  * Cuts `ns` off the network as a laptop leaving a Wi-Fi does: its end of the veth down and its address removed, so
  * a TCP connection bound to that address can never resume (its peer's packets find no one, its own cannot leave).
  */
