@@ -21,6 +21,7 @@ import { benchTunnel } from './tunnel.js'
 import { benchWire } from './wire.js'
 import { benchClient } from './client.js'
 import { benchCluster } from './cluster.js'
+import { benchRecovery } from './recovery.js'
 
 const groups: Record<string, () => Promise<BenchRow[]>> = {
   wire: benchWire,
@@ -35,6 +36,7 @@ const groups: Record<string, () => Promise<BenchRow[]>> = {
   nodes: benchNodes,
   kernels: benchKernels,
   cluster: benchCluster,
+  recovery: benchRecovery,
 }
 
 const README = fileURLToPath(new URL('../../README.md', import.meta.url))

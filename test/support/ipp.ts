@@ -1,4 +1,4 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { lstat, mkdtemp, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -270,4 +270,65 @@ r = c[:].apply_sync(whoami)
 print(json.dumps({"ids": ids, "results": r}))
 c.close()
 `
+}
+
+/**
+ * A Python process holding one `ipyparallel.Client` open on the copy for the whole file, as a notebook does: each
+ * line on its stdin runs a function on every engine and answers with one JSON line.
+ */
+export class KeptClient {
+  readonly #child: ChildProcessWithoutNullStreams
+  #stdout = ''
+  #stderr = ''
+  #waiting: ((line: string) => void) | undefined
+
+  constructor(file: string, netns: { readonly name: string }) {
+    const code = [
+      'import json, os, sys, ipyparallel',
+      `rc = ipyparallel.Client(${JSON.stringify(file)})`,
+      'rc.wait_for_engines(2, timeout=60)',
+      // a request the controller routes to an engine whose connection is not back yet is dropped (a ZeroMQ ROUTER
+      // drops what it cannot route; ipyparallel sends nothing again): asked again, as a user would, 3 s apart
+      'for line in sys.stdin:',
+      '    for tries in range(1, 41):',
+      '        ar = rc[:].apply_async(os.getpid)',
+      '        try:',
+      '            pids = ar.get(timeout=3)',
+      '            break',
+      '        except ipyparallel.error.TimeoutError:',
+      '            pass',
+      '    print(json.dumps({"ids": sorted(rc.ids), "pids": pids, "tries": tries}), flush=True)',
+    ].join('\n')
+    this.#child = spawn('ip', ['netns', 'exec', netns.name, PYTHON, '-c', code], {
+      env: { ...process.env, PYTHONUNBUFFERED: '1' },
+    })
+    this.#child.stdout.on('data', (d: Buffer) => {
+      this.#stdout += d.toString()
+      const newline = this.#stdout.indexOf('\n')
+      if (newline < 0) return
+      const line = this.#stdout.slice(0, newline)
+      this.#stdout = this.#stdout.slice(newline + 1)
+      this.#waiting?.(line)
+    })
+    this.#child.stderr.on('data', (d: Buffer) => (this.#stderr += d.toString()))
+  }
+
+  /** Runs `os.getpid` on every engine: the engine ids and their pids. */
+  run(): Promise<{ ids: number[]; pids: number[]; tries: number }> {
+    return new Promise((resolve, reject) => {
+      const onExit = (): void => reject(new Error(`the Client exited:\n${this.#stderr}`))
+      this.#child.once('exit', onExit)
+      this.#waiting = (line) => {
+        this.#child.off('exit', onExit)
+        this.#waiting = undefined
+        resolve(JSON.parse(line) as { ids: number[]; pids: number[]; tries: number })
+      }
+      this.#child.stdin.write('go\n')
+    })
+  }
+
+  async close(): Promise<void> {
+    this.#child.stdin.end()
+    await stopProcess(this.#child)
+  }
 }

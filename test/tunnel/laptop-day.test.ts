@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -7,7 +6,7 @@ import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
-import { PYTHON, startController, type Controller } from '../support/ipp.js'
+import { KeptClient, startController, type Controller } from '../support/ipp.js'
 import {
   comeBackAs,
   createNetns,
@@ -18,68 +17,6 @@ import {
   type Netns,
   type Sshd,
 } from '../support/index.js'
-
-/**
- * A Python process holding one `ipyparallel.Client` open on the copy for the whole file, as a notebook does: each
- * line on its stdin runs a function on every engine and answers with one JSON line.
- */
-class KeptClient {
-  readonly #child: ChildProcessWithoutNullStreams
-  #stdout = ''
-  #stderr = ''
-  #waiting: ((line: string) => void) | undefined
-
-  constructor(file: string, netns: Netns) {
-    const code = [
-      'import json, os, sys, ipyparallel',
-      `rc = ipyparallel.Client(${JSON.stringify(file)})`,
-      'rc.wait_for_engines(2, timeout=60)',
-      // a request the controller routes to an engine whose connection is not back yet is dropped (a ZeroMQ ROUTER
-      // drops what it cannot route; ipyparallel sends nothing again): asked again, as a user would, 3 s apart
-      'for line in sys.stdin:',
-      '    for tries in range(1, 41):',
-      '        ar = rc[:].apply_async(os.getpid)',
-      '        try:',
-      '            pids = ar.get(timeout=3)',
-      '            break',
-      '        except ipyparallel.error.TimeoutError:',
-      '            pass',
-      '    print(json.dumps({"ids": sorted(rc.ids), "pids": pids, "tries": tries}), flush=True)',
-    ].join('\n')
-    this.#child = spawn('ip', ['netns', 'exec', netns.name, PYTHON, '-c', code], {
-      env: { ...process.env, PYTHONUNBUFFERED: '1' },
-    })
-    this.#child.stdout.on('data', (d: Buffer) => {
-      this.#stdout += d.toString()
-      const newline = this.#stdout.indexOf('\n')
-      if (newline < 0) return
-      const line = this.#stdout.slice(0, newline)
-      this.#stdout = this.#stdout.slice(newline + 1)
-      this.#waiting?.(line)
-    })
-    this.#child.stderr.on('data', (d: Buffer) => (this.#stderr += d.toString()))
-  }
-
-  /** Runs `os.getpid` on every engine: the engine ids and their pids. */
-  run(): Promise<{ ids: number[]; pids: number[]; tries: number }> {
-    return new Promise((resolve, reject) => {
-      const onExit = (): void => reject(new Error(`the Client exited:\n${this.#stderr}`))
-      this.#child.once('exit', onExit)
-      this.#waiting = (line) => {
-        this.#child.off('exit', onExit)
-        this.#waiting = undefined
-        resolve(JSON.parse(line) as { ids: number[]; pids: number[]; tries: number })
-      }
-      this.#child.stdin.write('go\n')
-    })
-  }
-
-  async close(): Promise<void> {
-    this.#child.stdin.end()
-    this.#child.kill('SIGTERM')
-    await exited(this.#child)
-  }
-}
 
 /** `Accepted publickey` lines in `log` from `address`. */
 function loginsFrom(log: string, address: string): number {
