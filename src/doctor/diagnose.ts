@@ -37,12 +37,12 @@ import {
 } from './probes.js'
 
 /** A step's outcome: `skip` when it does not apply or an earlier step it needs failed. */
-export type Verdict = 'pass' | 'fail' | 'warn' | 'skip'
+export type DoctorVerdict = 'pass' | 'fail' | 'warn' | 'skip'
 
 /** One checked thing, with what was seen and, when it failed or warns, what to do about it. Never a secret. */
 export interface DoctorStep {
   readonly name: string
-  readonly verdict: Verdict
+  readonly verdict: DoctorVerdict
   readonly detail: string
   readonly fix?: string
 }

@@ -12,5 +12,5 @@ export {
   type DiagnoseOptions,
   type DoctorStep,
   type DoctorTarget,
-  type Verdict,
+  type DoctorVerdict,
 } from './diagnose.js'

@@ -8,6 +8,7 @@ import { promisify } from 'node:util'
 
 import { runCli, type CliResult } from '../support/cli.js'
 import { createNetns, freePort, sshArgsOf, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { startController } from '../support/ipp.js'
 import { startKernel, type Kernel } from '../support/kernel.js'
 
 const run = promisify(execFile)
@@ -202,5 +203,59 @@ describe('ipp-tunnel doctor against real sshd', () => {
     assert.deepEqual(failing(steps), ['certificates', 'login'])
     assert.match(steps.get('certificates')?.detail ?? '', /is expired: valid from 2020-01-01/)
     assert.match(steps.get('login')?.fix ?? '', /new certificate/)
+  })
+
+  test('an ssh_config alias: the Host block that applied is named by file:line', async () => {
+    const config = join(dir, 'ssh_config')
+    await writeFile(
+      config,
+      [
+        'Host elsewhere',
+        '  Port 1',
+        'Host cluster',
+        `  HostName ${sshd.host}`,
+        `  Port ${sshd.port}`,
+        '  User root',
+        `  IdentityFile ${sshd.clientKey}`,
+        `  UserKnownHostsFile ${sshd.knownHostsFile}`,
+        'Host *',
+        '  ServerAliveInterval 7',
+        '',
+      ].join('\n'),
+    )
+    const result = await runCli(['doctor', 'cluster', '--ssh-config', config, '--json'])
+    assert.equal(result.code, 0, result.stdout + result.stderr)
+    const { steps } = parse(result)
+    const detail = steps.get('ssh config')?.detail ?? ''
+    assert.match(detail, new RegExp(`^root@${sshd.host}:${sshd.port} \\(cluster\\); `))
+    assert.match(detail, new RegExp(`blocks ${config}:3 Host cluster; ${config}:9 Host \\*;`))
+  })
+
+  test("a controller's client file (its ssh field names the server): the controller answers, no engine yet is a warning", async (t) => {
+    const controller = await startController({ netns: ns, ssh: dest })
+    t.after(() => controller.close())
+    const result = await runCli([
+      'doctor',
+      controller.clientFile,
+      '--identity',
+      sshd.clientKey,
+      '--known-hosts',
+      sshd.knownHostsFile,
+      '--ssh-config',
+      '/dev/null',
+      '--json',
+    ])
+    assert.equal(result.code, 0, result.stdout + result.stderr)
+    const { steps } = parse(result)
+    assert.deepEqual(failing(steps), [])
+    assert.match(
+      steps.get('connection file')?.detail ?? '',
+      new RegExp(`ipp-client, \\d+ endpoints, through ${dest}`),
+    )
+    assert.equal(steps.get('channel registration')?.verdict, 'pass')
+    assert.deepEqual(
+      { verdict: steps.get('engines')?.verdict, detail: steps.get('engines')?.detail },
+      { verdict: 'warn', detail: 'the controller answers, with no engine registered' },
+    )
   })
 })
