@@ -15,6 +15,7 @@ import {
   findCertificates,
   formatValidity,
   hostFieldMatches,
+  hopLabel,
   knownHostsName,
   lookupHost,
   parseDestination,
@@ -68,11 +69,6 @@ function message(err: unknown): string {
 
 function codeOf(err: unknown): string | undefined {
   return isIppTunnelError(err) ? err.code : undefined
-}
-
-function hopLabel(hop: ResolvedHop): string {
-  const where = `${hop.username}@${hop.host}:${hop.port}`
-  return hop.alias === hop.host ? where : `${where} (${hop.alias})`
 }
 
 async function isSocket(path: string): Promise<boolean> {
@@ -314,6 +310,7 @@ export async function* diagnose(
     try {
       link = await pool.acquire({ hops }, options.signal)
     } catch (err) {
+      options.signal?.throwIfAborted()
       const code = codeOf(err) ?? ''
       const hostKeySeen = said.find((s) => s.startsWith('host key '))
       const reached = hostKeySeen !== undefined || HOSTKEY_CODES.has(code) || LOGIN_CODES.has(code)
@@ -371,7 +368,7 @@ export async function* diagnose(
         link.transport === 'openssh' ? 'through your OpenSSH master (no login of ours)' : loginSummary(said),
     }
     try {
-      yield* await linkSteps(link, info, file, options, pool, timeoutMs)
+      yield* linkSteps(link, info, file, options, pool, timeoutMs)
     } finally {
       await pool.release(link)
     }
@@ -432,59 +429,93 @@ function loginSummary(said: readonly string[]): string {
 }
 
 /** The steps that need the link up: SFTP, unix-socket forwarding, round trip, endpoints, engines or heartbeat. */
-async function linkSteps(
+async function* linkSteps(
   link: Link,
   info: ConnectionInfo | undefined,
   file: string | undefined,
   options: DiagnoseOptions,
   pool: LinkPool,
   timeoutMs: number,
-): Promise<DoctorStep[]> {
-  const steps: DoctorStep[] = []
-  try {
-    const sftp = await link.sftp()
-    await new Promise<void>((resolve, reject) => {
-      sftp.realpath('.', (err) => (err ? reject(err) : resolve()))
-    })
-    steps.push({ name: 'sftp', verdict: 'pass', detail: 'the server runs an SFTP subsystem' })
-  } catch (err) {
-    steps.push({
-      name: 'sftp',
-      verdict: 'fail',
-      detail: message(err),
-      fix: 'the server has no SFTP: add "Subsystem sftp internal-sftp" to its sshd_config (needed for host:PATH sources, remote kernels and clusters)',
-    })
-  }
-  steps.push(await streamlocalStep(link, timeoutMs))
-  const t0 = performance.now()
-  try {
-    const probe = await link.forwardOut('127.0.0.1', 1)
-    probe.destroy()
-  } catch (err) {
-    if (codeOf(err) === 'E_LINK_DOWN' || codeOf(err) === 'E_CLOSED') {
-      steps.push({ name: 'round trip', verdict: 'fail', detail: message(err), fix: 'the link went down' })
+): AsyncGenerator<DoctorStep, void, undefined> {
+  const signal = options.signal
+  const sftpStep = async (): Promise<DoctorStep> => {
+    if (link.transport === 'openssh') {
+      return {
+        name: 'sftp',
+        verdict: 'skip',
+        detail: 'not tried through your OpenSSH master (pass --transport ssh2)',
+      }
+    }
+    try {
+      const sftp = await link.sftp(signal === undefined ? {} : { signal })
+      await new Promise<void>((resolve, reject) => {
+        sftp.realpath('.', (err) => (err ? reject(err) : resolve()))
+      })
+      return { name: 'sftp', verdict: 'pass', detail: 'the server runs an SFTP subsystem' }
+    } catch (err) {
+      signal?.throwIfAborted()
+      return {
+        name: 'sftp',
+        verdict: 'fail',
+        detail: message(err),
+        fix: 'the server has no SFTP: add "Subsystem sftp internal-sftp" to its sshd_config (needed for host:PATH sources, remote kernels and clusters)',
+      }
     }
   }
-  if (steps.at(-1)?.name !== 'round trip') {
-    steps.push({
-      name: 'round trip',
-      verdict: 'pass',
-      detail: `${Math.round((performance.now() - t0) * 10) / 10} ms for a channel open and the server's answer`,
-    })
+  yield await sftpStep()
+  yield link.transport === 'openssh'
+    ? {
+        name: 'streamlocal',
+        verdict: 'skip',
+        detail: 'not tried through your OpenSSH master (ssh -W takes host:port only; pass --transport ssh2)',
+      }
+    : await streamlocalStep(link, timeoutMs, signal)
+  // a channel open to a port where nothing listens is one round trip: the server answers "connect failed"
+  const t0 = performance.now()
+  try {
+    const probe = await link.forwardOut('127.0.0.1', 1, signal === undefined ? {} : { signal })
+    probe.destroy()
+  } catch (err) {
+    signal?.throwIfAborted()
+    if (codeOf(err) === 'E_LINK_DOWN' || codeOf(err) === 'E_CLOSED') {
+      yield {
+        name: 'round trip',
+        verdict: 'fail',
+        detail: message(err),
+        fix: 'run doctor again: the link went down',
+      }
+      return
+    }
   }
-  if (info === undefined || file === undefined) return steps
+  yield {
+    name: 'round trip',
+    verdict: 'pass',
+    detail: `${Math.round((performance.now() - t0) * 10) / 10} ms for a channel open and the server's answer`,
+  }
+  if (info === undefined || file === undefined) return
   let channelsOk = true
   for (const e of endpoints(info)) {
-    const step = await channelStep(link, e, timeoutMs)
+    const step = await channelStep(link, e, timeoutMs, signal)
     if (step.verdict === 'fail') channelsOk = false
-    steps.push(step)
+    yield step
   }
-  if (info.kind === 'ipp-engine') return steps
+  if (info.kind === 'ipp-engine') return
   const name = info.kind === 'kernel' ? 'heartbeat' : 'engines'
   if (!channelsOk) {
-    steps.push({ name, verdict: 'skip', detail: 'not tried: a channel failed' })
-    return steps
+    yield { name, verdict: 'skip', detail: 'not tried: a channel failed' }
+    return
   }
+  yield await peerStep(name, file, options, pool, timeoutMs)
+}
+
+/** A controller's engine ids or a kernel's heartbeat, asked through the same link (the pool holds it). */
+async function peerStep(
+  name: string,
+  file: string,
+  options: DiagnoseOptions,
+  pool: LinkPool,
+  timeoutMs: number,
+): Promise<DoctorStep> {
   try {
     await using client = await openClient(file, {
       ...options,
@@ -494,26 +525,24 @@ async function linkSteps(
     })
     if (client.kind === 'kernel') {
       const ms = await client.heartbeat(timeoutMs)
-      steps.push({
+      return {
         name,
         verdict: 'pass',
         detail: `the kernel echoed a heartbeat in ${Math.round(ms * 10) / 10} ms`,
-      })
-    } else {
-      const { ids } = await client.engines()
-      steps.push(
-        ids.length === 0
-          ? {
-              name,
-              verdict: 'warn',
-              detail: 'the controller answers, with no engine registered',
-              fix: 'start engines (ipp-tunnel engines, or ipcluster engines on the server)',
-            }
-          : { name, verdict: 'pass', detail: `the controller answers: engines [${ids.join(', ')}]` },
-      )
+      }
     }
+    const { ids } = await client.engines()
+    return ids.length === 0
+      ? {
+          name,
+          verdict: 'warn',
+          detail: 'the controller answers, with no engine registered',
+          fix: 'start engines (ipp-tunnel engines, or ipcluster engines on the server)',
+        }
+      : { name, verdict: 'pass', detail: `the controller answers: engines [${ids.join(', ')}]` }
   } catch (err) {
-    steps.push({
+    options.signal?.throwIfAborted()
+    return {
       name,
       verdict: 'fail',
       detail: message(err),
@@ -521,17 +550,24 @@ async function linkSteps(
         codeOf(err)?.startsWith('E_SIGNATURE') === true
           ? 'the key in the file is not the one the peer signs with: take a fresh copy of the file'
           : 'check that the controller or kernel still runs and that this file is its current one',
-    })
+    }
   }
-  return steps
 }
 
-async function channelStep(link: Link, e: Endpoint, timeoutMs: number): Promise<DoctorStep> {
+async function channelStep(
+  link: Link,
+  e: Endpoint,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+): Promise<DoctorStep> {
+  const opts = signal === undefined ? {} : { signal }
   const name = `channel ${e.channel}`
   const at = e.kind === 'unix' ? e.path : `${e.host}:${e.port}`
   try {
     const stream =
-      e.kind === 'unix' ? await link.forwardOutUnix(e.path) : await link.forwardOut(e.host, e.port)
+      e.kind === 'unix'
+        ? await link.forwardOutUnix(e.path, opts)
+        : await link.forwardOut(e.host, e.port, opts)
     const bytes = await firstBytes(stream, timeoutMs)
     return isZmtpSignature(bytes)
       ? { name, verdict: 'pass', detail: `${at}: opened, ZMTP greeting read` }
@@ -542,6 +578,7 @@ async function channelStep(link: Link, e: Endpoint, timeoutMs: number): Promise<
           fix: 'something other than the controller or kernel listens there: the file is stale',
         }
   } catch (err) {
+    signal?.throwIfAborted()
     return {
       name,
       verdict: 'fail',
@@ -558,11 +595,16 @@ async function channelStep(link: Link, e: Endpoint, timeoutMs: number): Promise<
  * Unix-socket forwarding: OpenSSH answers "connect failed" both to a forbidden one and to a path with no socket, so
  * a socket is made on the server (python3 in a private temp dir) and a channel opened to it.
  */
-async function streamlocalStep(link: Link, timeoutMs: number): Promise<DoctorStep> {
+async function streamlocalStep(
+  link: Link,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+): Promise<DoctorStep> {
   const name = 'streamlocal'
+  const opts = signal === undefined ? {} : { signal }
   let command
   try {
-    command = await link.exec(UNIX_LISTENER_COMMAND)
+    command = await link.exec(UNIX_LISTENER_COMMAND, opts)
   } catch (err) {
     return { name, verdict: 'warn', detail: `cannot tell: ${message(err)}` }
   }
@@ -591,7 +633,7 @@ async function streamlocalStep(link: Link, timeoutMs: number): Promise<DoctorSte
       }
     }
     try {
-      const stream = await link.forwardOutUnix(path)
+      const stream = await link.forwardOutUnix(path, opts)
       stream.destroy()
       return { name, verdict: 'pass', detail: 'the server forwards to unix sockets (direct-streamlocal)' }
     } catch (err) {

@@ -48,6 +48,7 @@ export {
 } from './prompts.js'
 export { ProxyCommand, type ProxyCommandOptions } from './proxy-command.js'
 export { shellQuote } from './shell.js'
+export { label as hopLabel } from './channels.js'
 export { OpenSshMaster, type Transport } from './openssh-master.js'
 export type { RemoteCommand, RemoteExit } from './exec.js'
 export {

@@ -258,4 +258,15 @@ describe('ipp-tunnel doctor against real sshd', () => {
       { verdict: 'warn', detail: 'the controller answers, with no engine registered' },
     )
   })
+
+  test('an ipc kernel file: each channel is a unix socket reached by direct-streamlocal', async (t) => {
+    const ipc = await startKernel({ netns: ns, transport: 'ipc' })
+    t.after(() => ipc.close())
+    const result = await runCli(['doctor', ipc.file, '--ssh', dest, ...sshArgsOf(sshd), '--json'])
+    assert.equal(result.code, 0, result.stdout + result.stderr)
+    const { steps } = parse(result)
+    assert.deepEqual(failing(steps), [])
+    assert.match(steps.get('channel shell')?.detail ?? '', /kernel-test-ipc-\d+: opened, ZMTP greeting read$/)
+    assert.equal(steps.get('heartbeat')?.verdict, 'pass')
+  })
 })
