@@ -88,6 +88,9 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** A certificate that ends sooner than this is a warning. */
+const SOON_MS = 3_600_000
+
 const HOSTKEY_CODES = new Set([
   'E_HOSTKEY_UNKNOWN',
   'E_HOSTKEY_CA',
@@ -257,9 +260,15 @@ export async function* diagnose(
     agentUp ? agentSocket : undefined,
   )
   const valid = [...certs.files, ...certs.agent]
+  const now = Date.now()
+  // a certificate that ends within the hour still logs in now, but not at the next reconnect
+  const soon = valid.filter((c) => Number(c.validBefore) * 1000 - now < SOON_MS)
   const describeCert = (c: (typeof valid)[number], problem?: string): string =>
     `${c.source} (key id ${JSON.stringify(c.keyId)}, principals ${c.principals.join(',') || 'any'})` +
-    `${problem === undefined ? '' : ` is ${problem}:`} valid ${formatValidity(c)}`
+    `${problem === undefined ? '' : ` is ${problem}:`} valid ${formatValidity(c)}` +
+    (problem === undefined && soon.includes(c)
+      ? ` (expires in ${Math.max(0, Math.round((Number(c.validBefore) * 1000 - now) / 60_000))} min)`
+      : '')
   const certLines = [
     ...valid.map((c) => describeCert(c)),
     ...certs.invalid.map(({ cert, problem }) => describeCert(cert, problem)),
@@ -271,13 +280,12 @@ export async function* diagnose(
       detail: 'none (no KEY-cert.pub beside an identity file, no CertificateFile, none in the agent)',
     }
   } else {
+    const bad = certs.invalid.length > 0 || soon.length > 0
     yield {
       name: 'certificates',
-      verdict: certs.invalid.length === 0 ? 'pass' : valid.length === 0 ? 'fail' : 'warn',
+      verdict: !bad ? 'pass' : valid.length === 0 ? 'fail' : 'warn',
       detail: certLines.join('; '),
-      ...(certs.invalid.length === 0
-        ? {}
-        : { fix: "get a new certificate (run your site's sshproxy/step/vault login again)" }),
+      ...(bad ? { fix: "get a new certificate (run your site's sshproxy/step/vault login again)" } : {}),
     }
   }
 

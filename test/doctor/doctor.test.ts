@@ -34,6 +34,11 @@ function parse(result: CliResult): { steps: Map<string, Step>; summary: Record<s
   return { steps, summary }
 }
 
+/** The CLI's doctor, with no ssh-agent of the test runner's in the way. */
+function doctor(args: readonly string[]): Promise<CliResult> {
+  return runCli(['doctor', ...args], { SSH_AUTH_SOCK: '' })
+}
+
 function failing(steps: Map<string, Step>): string[] {
   return [...steps.values()].filter((s) => s.verdict === 'fail').map((s) => s.name)
 }
@@ -46,15 +51,30 @@ describe('ipp-tunnel doctor against real sshd', () => {
   let dir: string
   let dest: string
   let expiredKey: string
+  let shortKey: string
 
   before(async () => {
     ns = await createNetns()
     dir = await mkdtemp(join(tmpdir(), 'ippt-doctor-'))
     const ca = join(dir, 'ca')
     expiredKey = join(dir, 'id_old')
+    shortKey = join(dir, 'id_short')
     await Promise.all([
       run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', ca]),
       run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', expiredKey]),
+      run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', shortKey]),
+    ])
+    await run('ssh-keygen', [
+      '-q',
+      '-s',
+      ca,
+      '-I',
+      'short',
+      '-n',
+      'root',
+      '-V',
+      '-5m:+30m',
+      `${shortKey}.pub`,
     ])
     await run('ssh-keygen', [
       '-q',
@@ -84,7 +104,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
   })
 
   test('a kernel file through a good server: every step passes, exit 0, the HMAC key is never printed', async () => {
-    const result = await runCli(['doctor', kernel.file, '--ssh', dest, ...sshArgsOf(sshd), '--json'])
+    const result = await doctor([kernel.file, '--ssh', dest, ...sshArgsOf(sshd), '--json'])
     assert.equal(result.code, 0, result.stdout + result.stderr)
     const { steps, summary } = parse(result)
     assert.deepEqual(failing(steps), [])
@@ -116,8 +136,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
   test('a destination with an encrypted key: human lines, exit 0, the passphrase is never printed', async () => {
     const pp = join(dir, 'pp')
     await writeFile(pp, `${sshd.passphrase}\n`, { mode: 0o600 })
-    const result = await runCli([
-      'doctor',
+    const result = await doctor([
       dest,
       '--identity',
       sshd.encryptedClientKey,
@@ -144,8 +163,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
     const knownHosts = join(dir, 'known_hosts_wrong')
     const pub = (await readFile(`${other}.pub`, 'utf8')).split(' ').slice(0, 2).join(' ')
     await writeFile(knownHosts, `[${sshd.host}]:${sshd.port} ${pub}\n`)
-    const result = await runCli([
-      'doctor',
+    const result = await doctor([
       dest,
       '--identity',
       sshd.clientKey,
@@ -165,7 +183,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
 
   test('a refused port: the connect step fails with the fix, exit 4', async () => {
     const port = await freePort()
-    const result = await runCli(['doctor', `root@${sshd.host}:${port}`, ...sshArgsOf(sshd), '--json'])
+    const result = await doctor([`root@${sshd.host}:${port}`, ...sshArgsOf(sshd), '--json'])
     assert.equal(result.code, 4, result.stdout + result.stderr)
     const { steps } = parse(result)
     assert.deepEqual(failing(steps), ['connect'])
@@ -173,12 +191,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
   })
 
   test('a server without SFTP or unix-socket forwarding: those two steps fail, exit 4', async () => {
-    const result = await runCli([
-      'doctor',
-      `${bare.user}@${bare.host}:${bare.port}`,
-      ...sshArgsOf(bare),
-      '--json',
-    ])
+    const result = await doctor([`${bare.user}@${bare.host}:${bare.port}`, ...sshArgsOf(bare), '--json'])
     assert.equal(result.code, 4, result.stdout + result.stderr)
     const { steps } = parse(result)
     assert.deepEqual(failing(steps), ['sftp', 'streamlocal'])
@@ -187,8 +200,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
   })
 
   test('an expired certificate: the certificate and login steps fail with the fix, exit 4', async () => {
-    const result = await runCli([
-      'doctor',
+    const result = await doctor([
       dest,
       '--identity',
       expiredKey,
@@ -223,7 +235,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
         '',
       ].join('\n'),
     )
-    const result = await runCli(['doctor', 'cluster', '--ssh-config', config, '--json'])
+    const result = await doctor(['cluster', '--ssh-config', config, '--json'])
     assert.equal(result.code, 0, result.stdout + result.stderr)
     const { steps } = parse(result)
     const detail = steps.get('ssh config')?.detail ?? ''
@@ -234,8 +246,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
   test("a controller's client file (its ssh field names the server): the controller answers, no engine yet is a warning", async (t) => {
     const controller = await startController({ netns: ns, ssh: dest })
     t.after(() => controller.close())
-    const result = await runCli([
-      'doctor',
+    const result = await doctor([
       controller.clientFile,
       '--identity',
       sshd.clientKey,
@@ -262,11 +273,30 @@ describe('ipp-tunnel doctor against real sshd', () => {
   test('an ipc kernel file: each channel is a unix socket reached by direct-streamlocal', async (t) => {
     const ipc = await startKernel({ netns: ns, transport: 'ipc' })
     t.after(() => ipc.close())
-    const result = await runCli(['doctor', ipc.file, '--ssh', dest, ...sshArgsOf(sshd), '--json'])
+    const result = await doctor([ipc.file, '--ssh', dest, ...sshArgsOf(sshd), '--json'])
     assert.equal(result.code, 0, result.stdout + result.stderr)
     const { steps } = parse(result)
     assert.deepEqual(failing(steps), [])
     assert.match(steps.get('channel shell')?.detail ?? '', /kernel-test-ipc-\d+: opened, ZMTP greeting read$/)
     assert.equal(steps.get('heartbeat')?.verdict, 'pass')
+  })
+
+  test('a certificate that ends within the hour: a warning with the fix, the login passes, exit 0', async () => {
+    const result = await doctor([
+      dest,
+      '--identity',
+      shortKey,
+      '--known-hosts',
+      sshd.knownHostsFile,
+      '--ssh-config',
+      '/dev/null',
+      '--json',
+    ])
+    assert.equal(result.code, 0, result.stdout + result.stderr)
+    const { steps } = parse(result)
+    assert.equal(steps.get('certificates')?.verdict, 'warn')
+    assert.match(steps.get('certificates')?.detail ?? '', /key id "short".*\(expires in (29|30) min\)$/)
+    assert.match(steps.get('certificates')?.fix ?? '', /new certificate/)
+    assert.match(steps.get('login')?.detail ?? '', /accepted publickey: certificate .*id_short-cert\.pub$/)
   })
 })
