@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict'
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
 
-import { runCli, type CliResult } from '../support/cli.js'
+import { exited, runCli, type CliResult } from '../support/cli.js'
 import { createNetns, freePort, sshArgsOf, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { startController } from '../support/ipp.js'
 import { startKernel, type Kernel } from '../support/kernel.js'
@@ -34,9 +35,9 @@ function parse(result: CliResult): { steps: Map<string, Step>; summary: Record<s
   return { steps, summary }
 }
 
-/** The CLI's doctor, with no ssh-agent of the test runner's in the way. */
-function doctor(args: readonly string[]): Promise<CliResult> {
-  return runCli(['doctor', ...args], { SSH_AUTH_SOCK: '' })
+/** The CLI's doctor, with no ssh-agent of the test runner's in the way (or the one given). */
+function doctor(args: readonly string[], agent = ''): Promise<CliResult> {
+  return runCli(['doctor', ...args], { SSH_AUTH_SOCK: agent })
 }
 
 function failing(steps: Map<string, Step>): string[] {
@@ -298,5 +299,32 @@ describe('ipp-tunnel doctor against real sshd', () => {
     assert.match(steps.get('certificates')?.detail ?? '', /key id "short".*\(expires in (29|30) min\)$/)
     assert.match(steps.get('certificates')?.fix ?? '', /new certificate/)
     assert.match(steps.get('login')?.detail ?? '', /accepted publickey: certificate .*id_short-cert\.pub$/)
+  })
+
+  test("an ssh-agent: its keys are listed by fingerprint, and the login names the agent's key", async (t) => {
+    const sock = join(dir, 'agent.sock')
+    const agent = spawn('ssh-agent', ['-D', '-a', sock], { stdio: ['ignore', 'pipe', 'ignore'] })
+    t.after(async () => {
+      agent.kill('SIGTERM')
+      await exited(agent)
+    })
+    // it prints SSH_AUTH_SOCK=… once it listens
+    await once(agent.stdout, 'data')
+    await run('ssh-add', [sshd.clientKey], { env: { ...process.env, SSH_AUTH_SOCK: sock } })
+    const result = await doctor(
+      [dest, '--known-hosts', sshd.knownHostsFile, '--ssh-config', '/dev/null', '--json'],
+      sock,
+    )
+    assert.equal(result.code, 0, result.stdout + result.stderr)
+    const { steps } = parse(result)
+    const pub = (await readFile(`${sshd.clientKey}.pub`, 'utf8')).split(' ')[1] ?? ''
+    const { stdout } = await run('ssh-keygen', ['-lf', `${sshd.clientKey}.pub`])
+    const fingerprint = stdout.split(' ')[1] ?? ''
+    assert.match(
+      steps.get('agent and keys')?.detail ?? '',
+      new RegExp(`^ssh-agent ${sock}: ssh-ed25519 ${fingerprint.replace(/[+/]/g, '\\$&')}`),
+    )
+    assert.match(steps.get('login')?.detail ?? '', /accepted publickey: ssh-agent/)
+    assert.ok(pub.length > 20 && !result.stdout.includes(pub), 'the public key blob is printed')
   })
 })
