@@ -341,10 +341,12 @@ export async function* diagnose(
           detail: message(err),
           fix:
             code === 'E_HOSTKEY_MISMATCH'
-              ? `verify the new key with the server's administrator, then remove the old line (ssh-keygen -R '${knownHostsName(hop.host, hop.port)}')`
+              ? "verify the new key with the server's administrator, then remove the old line with the ssh-keygen -R the message names"
               : code === 'E_HOSTKEY_UNKNOWN'
-                ? `check the fingerprint out of band, then run once with --host-key-check accept-new`
-                : 'see the message',
+                ? 'check the fingerprint out of band, then run once with --host-key-check accept-new'
+                : code === 'E_HOSTKEY_REVOKED'
+                  ? "ask the server's administrator for its current host key"
+                  : 'log in once with ssh and let ipp-tunnel reuse that connection (--transport auto), or check the fingerprint out of band and run once with --host-key-check accept-new',
         }
         yield* rest('host key refused', ['login', ...laterSteps])
         return
