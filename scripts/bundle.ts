@@ -4,7 +4,7 @@
  * reading and linking per file at every start, and one script V8 can keep a code cache for (src/cli/launch.ts).
  *
  * Stays outside: native addons (ssh2's crypto binding, cpu-features) and zeromq, loaded from node_modules as they
- * are; chokidar, which only `watch` loads. `ssh2` is narrowed to the client and the key parser: its index also
+ * are; chokidar, which only `watch` loads. `ssh2` is narrowed to the client, the agent and the key parser: its index also
  * loads the server, key generation and http/https/tls agents, which no command uses. string-width loads on first use.
  */
 import { readFile, rm } from 'node:fs/promises'
@@ -40,6 +40,7 @@ const ssh2ClientOnly: Plugin = {
     b.onLoad({ filter: /.*/, namespace: 'ssh2-client-only' }, () => ({
       contents: `module.exports = {
         Client: require('ssh2/lib/client.js'),
+        OpenSSHAgent: require('ssh2/lib/agent.js').OpenSSHAgent,
         utils: { parseKey: require('ssh2/lib/protocol/keyParser.js').parseKey },
       }`,
       resolveDir: ROOT,

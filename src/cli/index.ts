@@ -20,6 +20,7 @@ const COMMANDS = [
   'kernel',
   'kernelspec',
   'cluster',
+  'doctor',
 ] as const
 
 type Command = (typeof COMMANDS)[number]
@@ -42,6 +43,7 @@ const LOADERS: Readonly<Record<Command, () => Promise<Register>>> = {
   kernel: async () => (await import('./kernel.js')).registerKernel,
   kernelspec: async () => (await import('./kernelspec.js')).registerKernelspec,
   cluster: async () => (await import('./cluster.js')).registerCluster,
+  doctor: async () => (await import('./doctor.js')).registerDoctor,
 }
 
 /** The commands whose modules a command line needs: the one it names; none for a bare --version; else all (help). */

@@ -17,6 +17,8 @@ export const EXIT = {
   runtime: 1,
   badInput: 2,
   serviceDown: 3,
+  /** `doctor`: a step failed. */
+  doctorFailed: 4,
   cannotRun: 127,
   interrupted: 130,
   terminated: 143,

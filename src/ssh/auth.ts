@@ -373,13 +373,22 @@ export class HopAuth {
     }
 
     let lastMethod: string | undefined
+    let askedNone = false
     const authHandler: AuthHandlerMiddleware = (left, partialSuccess, next) => {
       // ssh2 passes null (not in its typings) before the server has said which methods it takes
       const methodsLeft = left as readonly string[] | null
       const say = this.#options.verbose
+      // --verbose (and doctor) asks with "none" first, as ssh(1) always does, so the server lists its methods
+      // even when the first key would do; one round trip, and OpenSSH does not count it against MaxAuthTries
+      if (say !== undefined && methodsLeft === null && !askedNone) {
+        askedNone = true
+        lastMethod = 'none'
+        next({ type: 'none', username: hop.username })
+        return
+      }
       if (say !== undefined && methodsLeft !== null) {
         const judged =
-          lastMethod === undefined
+          lastMethod === undefined || lastMethod === 'none'
             ? ''
             : `${lastMethod} ${partialSuccess ? 'accepted, more wanted' : 'refused'}; `
         say(`${where}: ${judged}the server accepts ${methodsLeft.join(', ') || 'nothing more'}`)

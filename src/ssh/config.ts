@@ -88,6 +88,8 @@ export interface HostSettings {
   readonly serverAliveCountMax?: number
   /** `PreferredAuthentications`: method names in the order to try them. */
   readonly preferredAuthentications?: readonly string[]
+  /** The `Host`/`Match` blocks that applied, in reading order: `file:line Host pattern…` (what `doctor` shows). */
+  readonly appliedBlocks?: readonly string[]
 }
 
 /** Context for {@link lookupHost}: what the command line said, and the local account. */
@@ -656,15 +658,18 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
     }
   }
 
+  const applied: string[] = []
   const walk = (nodes: readonly ConfigNode[]): void => {
     let active = true
     for (const node of nodes) {
       switch (node.kind) {
         case 'host':
           active = matchPatterns(original, node.patterns)
+          if (active) applied.push(`${node.file}:${node.line} Host ${node.patterns.join(' ')}`)
           break
         case 'match':
           active = matches(node.criteria)
+          if (active) applied.push(`${node.file}:${node.line} Match`)
           break
         case 'include':
           if (active) for (const f of node.files) walk(f.nodes)
@@ -746,6 +751,7 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
     ...(got.preferredAuthentications === undefined
       ? {}
       : { preferredAuthentications: got.preferredAuthentications }),
+    ...(applied.length === 0 ? {} : { appliedBlocks: applied }),
   }
 }
 

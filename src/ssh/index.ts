@@ -25,9 +25,13 @@ export {
   parseDestination,
   userProblem,
 } from './destination.js'
+export { expandTilde, lookupHost, readSshConfig, type HostSettings, type SshConfig } from './config.js'
 export {
   checkHostKey,
   fingerprintSha256,
+  hostFieldMatches,
+  knownHostsName,
+  parseKnownHosts,
   formatHostKeyNote,
   type CheckHostKeyOptions,
   type HostKeyNote,
@@ -44,9 +48,17 @@ export {
 } from './prompts.js'
 export { ProxyCommand, type ProxyCommandOptions } from './proxy-command.js'
 export { shellQuote } from './shell.js'
+export { label as hopLabel } from './channels.js'
 export { OpenSshMaster, type Transport } from './openssh-master.js'
 export type { RemoteCommand, RemoteExit } from './exec.js'
-export { parseCertificate, formatValidity, type CertificateInfo } from './certificate.js'
+export {
+  parseCertificate,
+  formatValidity,
+  findCertificates,
+  type Certificate,
+  type CertificateInfo,
+  type HopCertificates,
+} from './certificate.js'
 export {
   Link,
   type BackoffOptions,

@@ -1,0 +1,16 @@
+/**
+ * `doctor`: checks one destination or connection file step by step — ssh config, keys, certificates, host key,
+ * login, SFTP, unix-socket forwarding, round trip, each endpoint's channel, engines or heartbeat — each with a
+ * verdict and, where it fails, the fix.
+ *
+ * @example
+ * import { diagnose } from '../doctor/index.js'
+ * for await (const step of diagnose({ file: 'ipcontroller-client.json' })) console.log(step.verdict, step.name)
+ */
+export {
+  diagnose,
+  type DiagnoseOptions,
+  type DoctorStep,
+  type DoctorTarget,
+  type DoctorVerdict,
+} from './diagnose.js'
