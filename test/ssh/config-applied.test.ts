@@ -245,10 +245,22 @@ Host silent
     const env = { SSH_AUTH_SOCK: '' }
     const pub = join(dir, 'key.pub')
     await copyFile(`${sshd.clientKey}.pub`, pub)
+    // each its own copy: run at once on one file, they would otherwise race for the same copy's claim
+    const out = (name: string) => ['--out', join(dir, `${name}.json`)]
     const [noConfig, noPassphrase, publicKey] = await Promise.all([
-      runCli([...common, '--ssh-config', join(dir, 'no-such-config')], env),
-      runCli([...common, '--ssh-config', '/dev/null', '--passphrase-file', join(dir, 'no-such-file')], env),
-      runCli([...common, '--ssh-config', '/dev/null', '-i', pub], env),
+      runCli([...common, ...out('no-config'), '--ssh-config', join(dir, 'no-such-config')], env),
+      runCli(
+        [
+          ...common,
+          ...out('no-passphrase'),
+          '--ssh-config',
+          '/dev/null',
+          '--passphrase-file',
+          join(dir, 'no-such-file'),
+        ],
+        env,
+      ),
+      runCli([...common, ...out('public-key'), '--ssh-config', '/dev/null', '-i', pub], env),
     ])
     assert.equal(noConfig.code, 2, noConfig.stderr)
     assert.equal(lastEvent(noConfig).code, 'E_SSH_CONFIG')
