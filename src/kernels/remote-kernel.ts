@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { EventEmitter } from 'node:events'
+import { basename } from 'node:path'
 
 import {
   endpoints,
@@ -8,8 +9,6 @@ import {
   type KernelInfo,
 } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
-import { basename } from 'node:path'
-
 import { KeptSupervisor, RemoteFollower, RemoteProcesses, type RemoteProcessState } from '../remote/index.js'
 import { Link, resolveTarget, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { Tunnel } from '../tunnel/index.js'

@@ -74,6 +74,9 @@ export class KeptSupervisor {
     if (this.#closed) throw new IppTunnelError('E_CLOSED', 'the kept remote supervisor is closed')
     const session = await this.#open(signal)
     signal?.throwIfAborted()
+    if (session.ended) {
+      throw new IppTunnelError('E_REMOTE', 'the kept remote supervisor ended (the link went?)')
+    }
     const id = this.#nextId++
     return new Promise<SupervisorAnswer>((resolve, reject) => {
       const onAbort = (): void => {

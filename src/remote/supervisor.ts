@@ -15,6 +15,8 @@ MARK = '@@ipp-tunnel@@ '
 NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$')
 FILE = re.compile(r'^[a-z][a-z0-9-]{0,30}\.json$')
 RESERVED = ('state.json', 'exit.json')
+# under serve: its pid, so that a request's child waiting on something ends when serve has (the link went)
+SERVER = []
 
 
 def say(obj):
@@ -392,6 +394,8 @@ def wait_sockets(base, name, limit, names):
             return
         if time.time() > deadline:
             raise Refused('E_TIMEOUT', '%s did not bind its sockets within %s s' % (name, limit))
+        if SERVER and os.getppid() != SERVER[0]:
+            return
         time.sleep(0.005)
         if time.time() - checked > 0.25:
             try:
@@ -475,6 +479,7 @@ def serve():
     slow stop holds no start back, and nothing of a request outlives it here), its answer relayed with its id;
     {"cancel": id} ends a request's child. Exits when stdin closes: the link went, or its owner let go."""
     say(dict(node(), ok=True, id=0, python=sys.version.split()[0]))
+    SERVER.append(os.getpid())
     pending = {}
     buf = b''
     while True:

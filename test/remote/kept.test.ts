@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, readdir, rm, symlink } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, symlink } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -58,15 +58,21 @@ describe('KeptSupervisor: one supervisor kept on the link answers every quick ve
   })
 
   /**
-   * The kept supervisors of this test (children of an sshd session) and their request children; the supervisors
-   * of started processes are forks of them too, but detached (their parent is init).
+   * The kept supervisors of this test: children of an sshd session, each the leader of its session. With `session`,
+   * that supervisor and its requests' children (forks in its session, even once orphaned); the supervisors of
+   * started processes are forks too, but in sessions of their own.
    */
-  const supervisors = async (): Promise<number[]> => {
+  const supervisors = async (session?: number): Promise<number[]> => {
     const sshds = new Set(await pidsWhere((p) => (p.argv[0] ?? '').includes('sshd')))
     const serving = await pidsWhere((p) => p.argv[0] === py && p.argv.includes('serve'))
-    const kept = await pidsWhere((p) => serving.includes(p.pid) && sshds.has(p.ppid))
-    const children = await pidsWhere((p) => serving.includes(p.pid) && kept.includes(p.ppid))
-    return [...kept, ...children]
+    const found: number[] = []
+    for (const pid of serving) {
+      const stat = await readFile(`/proc/${String(pid)}/stat`, 'utf8').catch(() => '')
+      const [, ppid, , sid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      if (stat === '') continue
+      if (session === undefined ? sshds.has(Number(ppid)) : Number(sid) === session) found.push(pid)
+    }
+    return found
   }
   const connect = async (): Promise<Link> => {
     const link = new Link({ hops: [hopOf(sshd)] }, { agent: false, backoff: { initialMs: 50, maxMs: 200 } })
@@ -118,18 +124,25 @@ describe('KeptSupervisor: one supervisor kept on the link answers every quick ve
     const waiting = procs.waitSockets('slow', ['sock'], { signal: abort.signal })
     // given up once the request is there, not before it is sent
     // (each request runs in a child of the supervisor: a second process of the same command line)
-    await until(async () => (await supervisors()).length === 2, 'the wait to reach the server')
+    const [server = 0] = await supervisors()
+    await until(async () => (await supervisors(server)).length === 2, 'the wait to reach the server')
     abort.abort(new Error('given up'))
     await assert.rejects(waiting, /given up/u)
-    await until(async () => (await supervisors()).length === 1, 'the wait to end there')
+    await until(async () => (await supervisors(server)).length === 1, 'the wait to end there')
     assert.equal(await procs.stop('slow'), 'running')
     await assert.rejects(procs.waitSockets('slow', ['../x']), hasCode('E_USAGE'))
-    const [pid] = await supervisors()
-    assert.ok(pid !== undefined)
+    // closed while a wait is on: the supervisor and the wait's child there both end
+    await procs.start({ name: 'never', argv: ['sleep', '300'] })
+    const waitingOn = procs.waitSockets('never', ['sock'])
+    await until(async () => (await supervisors(server)).length === 2, 'the wait to reach the server')
     kept.close()
-    await until(async () => !(await alive(pid)), 'the kept supervisor to exit when closed')
-    assert.deepEqual(await supervisors(), [])
+    await assert.rejects(waitingOn, hasCode('E_REMOTE'))
+    await until(
+      async () => (await supervisors(server)).length === 0,
+      'the kept supervisor and its child to exit',
+    )
     // a closed one is passed over: each verb runs as a command of its own again
+    assert.equal(await procs.stop('never'), 'running')
     assert.equal((await procs.status('slow')).state, 'none')
   })
 })
