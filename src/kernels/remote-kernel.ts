@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { EventEmitter } from 'node:events'
+import { basename } from 'node:path'
 
 import {
   endpoints,
@@ -8,7 +9,7 @@ import {
   type KernelInfo,
 } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
-import { RemoteFollower, RemoteProcesses, type RemoteProcessState } from '../remote/index.js'
+import { KeptSupervisor, RemoteFollower, RemoteProcesses, type RemoteProcessState } from '../remote/index.js'
 import { Link, resolveTarget, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { Tunnel } from '../tunnel/index.js'
 import { remoteCurve } from './curve.js'
@@ -43,6 +44,11 @@ export interface RemoteKernelOptions extends SshOptions, Omit<LinkOptions, keyof
    * never closed by it.
    */
   readonly link?: Link
+  /**
+   * A supervisor kept on `link` with the same `python` and `setup` (a service's, shared by its kernels): every
+   * quick remote step goes through it, and it is never closed by the kernel. Default: one of the kernel's own.
+   */
+  readonly supervisor?: KeptSupervisor
   /** `unix` (default): sockets in the kernel's private directory; `tcp`: ports on 127.0.0.1 the kernel picks. */
   readonly remoteTransport?: RemoteTransport
   /** Run the kernel on a compute node with `srun` (TCP, bound to the node's address), reached from the login node. */
@@ -104,6 +110,8 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
   /** Under Slurm: the job and step the kernel runs as, and the compute node. */
   readonly slurm: KernelSlurmStep | undefined
   readonly #procs: RemoteProcesses
+  /** The supervisor the kernel kept for itself (none when it was given one): closed with it. */
+  readonly #ownSupervisor: KeptSupervisor | undefined
   readonly #setup: string | undefined
   /** Resolves when the remote kernel has ended (or could not be followed any more); never rejects. */
   readonly exited: Promise<{ code: number | null; signal: number | null; error?: IppTunnelError }>
@@ -119,9 +127,15 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
     link: Link,
     tunnel: Tunnel,
     procs: RemoteProcesses,
-    where: { step: KernelSlurmStep | undefined; setup: string | undefined; borrowed: boolean },
+    where: {
+      step: KernelSlurmStep | undefined
+      setup: string | undefined
+      borrowed: boolean
+      ownSupervisor: KeptSupervisor | undefined
+    },
   ) {
     super()
+    this.#ownSupervisor = where.ownSupervisor
     this.slurm = where.step
     this.#setup = where.setup
     this.#borrowed = where.borrowed
@@ -176,11 +190,17 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
     const link =
       options.link ??
       new Link(await resolveTarget(options.destination, options), { pinAddress: true, ...options })
+    const how = {
+      ...(options.python !== undefined && { python: options.python }),
+      ...(options.setup !== undefined && { setup: options.setup }),
+    }
+    const own = options.supervisor === undefined ? new KeptSupervisor(link, how) : undefined
+    const kept = options.supervisor ?? own
     try {
       if (!borrowed) await link.connect(signal ? { signal } : {})
       const procs = new RemoteProcesses(link, {
-        ...(options.python !== undefined && { python: options.python }),
-        ...(options.setup !== undefined && { setup: options.setup }),
+        ...how,
+        ...(kept !== undefined && { kept }),
         ...(options.remoteDir !== undefined && { dir: options.remoteDir }),
       })
       const name = remoteKernelName(info)
@@ -192,7 +212,7 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
             `${file}: the kernel (pid ${adopt.pid} on ${adopt.host}) is no longer running there (${running.state})`,
           )
         }
-        return await RemoteKernel.#follow(info, link, procs, running, {
+        return await RemoteKernel.#follow(info, link, procs, running, own, {
           ...options,
           remoteTransport: transport,
         })
@@ -221,11 +241,12 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
         },
         signal ? { signal } : {},
       )
-      return await RemoteKernel.#follow(info, link, procs, started, {
+      return await RemoteKernel.#follow(info, link, procs, started, own, {
         ...options,
         remoteTransport: transport,
       })
     } catch (err) {
+      own?.close()
       if (!borrowed) await link.close()
       throw err
     }
@@ -236,12 +257,14 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
     link: Link,
     procs: RemoteProcesses,
     started: RemoteProcessState,
+    own: KeptSupervisor | undefined,
     options: RemoteKernelOptions & { remoteTransport: RemoteTransport },
   ): Promise<RemoteKernel> {
     const { signal } = options
     const dir = started.dir ?? ''
     let tunnel: Tunnel
     let step: KernelSlurmStep | undefined
+    let bound: Promise<void> = Promise.resolve()
     try {
       const localPorts = new Map(endpoints(info).map((e) => [e.channel, e.kind === 'unix' ? 0 : e.port]))
       let remote = remoteInfoOf(info, dir, 'unix')
@@ -256,10 +279,17 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
         remote = listening.info
         step = listening.step
       }
-      // the kernel binds its sockets when it has started: no probe, a client's early connection is retried by zmq
+      if (options.remoteTransport === 'unix') {
+        // the kernel binds its sockets once it has started (python's imports take a second): a client's early
+        // connection waits here for the server to see them all bound, rather than being refused and retried
+        const sockets = endpoints(remote).flatMap((e) => (e.kind === 'unix' ? [basename(e.path)] : []))
+        bound = procs.waitSockets(started.name, sockets, signal ? { signal } : {})
+        bound.catch(() => undefined)
+      }
       tunnel = await Tunnel.over(remote, link, {
         localPorts,
         probe: false,
+        opensAfter: bound,
         ...(signal !== undefined && { signal }),
       })
     } catch (err) {
@@ -270,13 +300,20 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
       step,
       setup: options.setup,
       borrowed: options.link !== undefined,
+      ownSupervisor: own,
     })
-    kernel.#startFollowing(started)
+    // followed (a command of its own) once the kernel listens, not while it starts: its output is read from the
+    // start all the same, and the lease is fresh
+    void bound.then(
+      () => kernel.#startFollowing(started),
+      () => kernel.#startFollowing(started),
+    )
     return kernel
   }
 
   /** Follows the kernel (output, lease), again after each drop of the link, until it has exited or this is closed. */
   #startFollowing(started: RemoteProcessState): void {
+    if (this.#closing !== undefined) return
     const follower = new RemoteFollower(this.#procs, this.link, this.name, started)
     this.#follower = follower
     follower.on('output', (e) => this.emit('output', e))
@@ -312,6 +349,7 @@ export class RemoteKernel extends EventEmitter<RemoteKernelEvents> {
         await this.#procs.stop(this.name).catch(() => undefined)
       }
       await this.tunnel.close()
+      this.#ownSupervisor?.close()
       if (!this.#borrowed) await this.link.close()
       this.#finish({ code: null, signal: null })
     })()

@@ -24,4 +24,5 @@ export {
   supervisorCommand,
   type SupervisorOptions,
 } from './command-line.js'
+export { KeptSupervisor, type SupervisorAnswer } from './kept.js'
 export { linkUp, RemoteFollower, type FollowEnd, type RemoteFollowerEvents } from './follow.js'

@@ -2,6 +2,7 @@ import { PassThrough, type Readable } from 'node:stream'
 import { IppTunnelError, type ErrorCode } from '../errors/index.js'
 import type { RemoteCommand, RemoteExit } from '../ssh/index.js'
 import { DEFAULT_REMOTE_DIR, supervisorCommand, type SupervisorOptions } from './command-line.js'
+import type { KeptSupervisor } from './kept.js'
 
 /** What runs commands on the ssh server: a {@link Link} (or anything with its `exec`). */
 export interface RemoteExecutor {
@@ -68,6 +69,11 @@ export interface RemoteProcessState {
 export interface RemoteProcessesOptions extends SupervisorOptions {
   /** The remote directory of the processes' state (0700, checked there); default `~/.ipp-tunnel/remote`. */
   readonly dir?: string
+  /**
+   * A supervisor kept on the link (run with the same `python` and `setup`): every verb but `attach` and `waitFile`
+   * goes through it, one round trip each, instead of a command of its own. Not closed by this.
+   */
+  readonly kept?: KeptSupervisor
 }
 
 const MARK = '@@ipp-tunnel@@ '
@@ -80,6 +86,7 @@ const remoteCodes: ReadonlySet<string> = new Set<ErrorCode>([
   'E_UNSAFE_PATH',
   'E_USAGE',
   'E_SPAWN',
+  'E_TIMEOUT',
 ])
 
 type Answer = Record<string, unknown>
@@ -153,9 +160,11 @@ export class RemoteProcesses {
   readonly dir: string
   readonly #executor: RemoteExecutor
   readonly #options: SupervisorOptions
+  readonly #kept: KeptSupervisor | undefined
 
   constructor(executor: RemoteExecutor, options: RemoteProcessesOptions = {}) {
     this.#executor = executor
+    this.#kept = options.kept
     this.dir = options.dir ?? DEFAULT_REMOTE_DIR
     this.#options = {
       ...(options.python !== undefined && { python: options.python }),
@@ -247,6 +256,26 @@ export class RemoteProcesses {
     return { text: typeof a.text === 'string' ? a.text : '', also }
   }
 
+  /**
+   * Waits, on the server (no round trip per look), until the process has bound every one of `sockets` (unix
+   * sockets in its private directory, by name: a kernel's channels); resolves then.
+   * @throws IppTunnelError `E_SPAWN` when the process ended first (the end of its stderr in the message),
+   *   `E_REMOTE_GONE`, `E_TIMEOUT` after `timeoutSeconds` (default 120).
+   */
+  async waitSockets(
+    name: string,
+    sockets: readonly string[],
+    options: { timeoutSeconds?: number; signal?: AbortSignal } = {},
+  ): Promise<void> {
+    await this.#call(
+      'wait-sockets',
+      [this.dir, name, String(options.timeoutSeconds ?? 120), ...sockets],
+      undefined,
+      options.signal,
+      { cancel: true },
+    )
+  }
+
   /** SIGINT to the process's group, through its supervisor. */
   async interrupt(name: string, options: { signal?: AbortSignal } = {}): Promise<void> {
     await this.#call('interrupt', [this.dir, name], undefined, options.signal)
@@ -310,8 +339,14 @@ export class RemoteProcesses {
     args: readonly string[],
     input: string | undefined,
     signal?: AbortSignal,
-    how: { holdStdin?: boolean } = {},
+    how: { holdStdin?: boolean; cancel?: boolean } = {},
   ): Promise<Answer> {
+    const kept = this.#kept
+    if (kept !== undefined && how.holdStdin !== true && !kept.closed) {
+      const answer = await kept.call([verb, ...args], input, { signal, cancel: how.cancel === true })
+      if (answer.ok !== true) throw answerError(answer)
+      return answer
+    }
     const remote = await this.#executor.exec(
       supervisorCommand(verb, args, this.#options),
       signal ? { signal } : {},

@@ -1,8 +1,9 @@
 /**
  * The supervisor of remote processes, in Python (3.6+, what a cluster with ipykernel or ipyparallel surely has),
  * sent to the ssh server with every command: nothing of ipp-tunnel is installed there. Verbs: `node`, `start`
- * (spec as JSON on stdin), `attach`, `wait-file`, `interrupt`, `stop`, `status`, `list`; each answers one marked JSON
- * line.
+ * (spec as JSON on stdin), `attach`, `wait-file`, `wait-sockets`, `interrupt`, `stop`, `status`, `list`; each answers
+ * one marked JSON line. `serve` keeps one supervisor on a link: one request a line on its stdin, each answered with
+ * its id (see `KeptSupervisor`), until stdin closes.
  */
 export const SUPERVISOR_SOURCE = String.raw`
 # The supervisor of ipp-tunnel's remote processes. Runs on the ssh server under python3 (3.6+), sent over the
@@ -14,6 +15,8 @@ MARK = '@@ipp-tunnel@@ '
 NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$')
 FILE = re.compile(r'^[a-z][a-z0-9-]{0,30}\.json$')
 RESERVED = ('state.json', 'exit.json')
+# under serve: its pid, so that a request's child waiting on something ends when serve has (the link went)
+SERVER = []
 
 
 def say(obj):
@@ -237,8 +240,8 @@ def supervise(d, spec, report):
     os._exit(0)
 
 
-def start(base, name):
-    spec = json.loads(sys.stdin.read())
+def start(base, name, text):
+    spec = json.loads(text)
     for fname in spec.get('files') or {}:
         if not FILE.match(fname) or fname in RESERVED:
             raise Refused('E_USAGE', 'not a file name for the process directory: %r' % fname)
@@ -356,6 +359,52 @@ def ready_text(path, keys):
     return text
 
 
+def not_running(d, name, state, what):
+    tail = ''
+    try:
+        tail = read_text(os.path.join(d, 'err.log'))[-400:].strip()
+    except (OSError, Refused):
+        pass
+    return Refused('E_SPAWN' if state['state'] == 'exited' else 'E_REMOTE_GONE',
+                   '%s is %s (%s) before %s%s' % (name, state['state'], json.dumps(state.get('exit')), what,
+                                                  ': ' + tail if tail else ''))
+
+
+def wait_sockets(base, name, limit, names):
+    """Waits, polling here rather than over the link, until the process has bound every one of names (unix sockets
+    in its directory: a kernel's channels), then answers; refuses once the process has ended or after limit s."""
+    for f in names:
+        if not NAME.match(f):
+            raise Refused('E_USAGE', 'not a socket name for the process directory: %r' % f)
+    base = base_dir(base, False)
+    d = proc_dir(base, name)
+    deadline = time.time() + float(limit)
+    state, checked = status_of(base, name), time.time()
+    while True:
+        if state['state'] != 'running':
+            raise not_running(d, name, state, 'it bound its sockets')
+        bound = 0
+        for f in names:
+            try:
+                bound += stat.S_ISSOCK(os.lstat(os.path.join(d, f)).st_mode)
+            except OSError:
+                pass
+        if bound == len(names):
+            say({'ok': True, 'name': name})
+            return
+        if time.time() > deadline:
+            raise Refused('E_TIMEOUT', '%s did not bind its sockets within %s s' % (name, limit))
+        if SERVER and os.getppid() != SERVER[0]:
+            return
+        time.sleep(0.005)
+        if time.time() - checked > 0.25:
+            try:
+                os.utime(os.path.join(d, 'lease'), None)
+            except OSError:
+                pass
+            state, checked = status_of(base, name), time.time()
+
+
 def wait_file(base, name, fname, keys, also):
     """Waits until the process wrote fname (a JSON object with every key a positive integer: a kernel's ports) and
     answers with its text and the text of the also files; refuses once the process has ended. Returns with no answer
@@ -369,14 +418,7 @@ def wait_file(base, name, fname, keys, also):
     keys = [k for k in keys.split(',') if k]
     while True:
         if state['state'] != 'running':
-            tail = ''
-            try:
-                tail = read_text(os.path.join(d, 'err.log'))[-400:].strip()
-            except (OSError, Refused):
-                pass
-            raise Refused('E_SPAWN' if state['state'] == 'exited' else 'E_REMOTE_GONE',
-                          '%s is %s (%s) before it wrote %s%s' % (name, state['state'], json.dumps(state.get('exit')),
-                                                                fname, ': ' + tail if tail else ''))
+            raise not_running(d, name, state, 'it wrote ' + fname)
         text = ready_text(os.path.join(d, fname), keys)
         if text is not None:
             others = {}
@@ -429,7 +471,78 @@ def terminate(base, name, state, grace):
         remove_dir(d)
 
 
-def main(argv):
+SERVED = ('node', 'modules', 'start', 'status', 'list', 'interrupt', 'stop', 'wait-sockets')
+
+
+def serve():
+    """Kept on a link: one request a line on stdin, {"id", "argv", "input"}, each run in a child process of its own (a
+    slow stop holds no start back, and nothing of a request outlives it here), its answer relayed with its id;
+    {"cancel": id} ends a request's child. Exits when stdin closes: the link went, or its owner let go."""
+    say(dict(node(), ok=True, id=0, python=sys.version.split()[0]))
+    SERVER.append(os.getpid())
+    pending = {}
+    buf = b''
+    while True:
+        for fd in select.select([0] + list(pending), [], [])[0]:
+            if fd != 0:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    pending[fd][2].append(chunk)
+                    continue
+                os.close(fd)
+                rid, pid, chunks = pending.pop(fd)
+                os.waitpid(pid, 0)
+                text = b''.join(chunks).decode('utf-8', 'replace')
+                answer = None
+                at = text.rfind(MARK)
+                if at >= 0:
+                    try:
+                        answer = json.loads(text[at + len(MARK):].split('\n', 1)[0])
+                    except ValueError:
+                        pass
+                if not isinstance(answer, dict):
+                    answer = {'ok': False, 'code': 'E_REMOTE', 'error': 'no answer: %s' % text[-300:]}
+                answer['id'] = rid
+                say(answer)
+                continue
+            data = os.read(0, 65536)
+            if not data:
+                return
+            buf += data
+            while b'\n' in buf:
+                line, buf = buf.split(b'\n', 1)
+                try:
+                    req = json.loads(line.decode())
+                    if 'cancel' in req:
+                        for rid, pid, _ in pending.values():
+                            if rid == req['cancel']:
+                                os.kill(pid, signal.SIGKILL)
+                        continue
+                    rid, argv, text = req['id'], [str(a) for a in req['argv']], req.get('input') or ''
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue
+                if not argv or argv[0] not in SERVED:
+                    say({'ok': False, 'code': 'E_USAGE', 'error': 'not a verb of serve: %r' % argv[:1], 'id': rid})
+                    continue
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        os.close(r)
+                        for fd in pending:
+                            os.close(fd)
+                        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                        os.dup2(w, 1)
+                        os.close(w)
+                        main(argv, text)
+                        sys.stdout.flush()
+                    finally:
+                        os._exit(0)
+                os.close(w)
+                pending[r] = (rid, pid, [])
+
+
+def main(argv, text=None):
     verb = argv[0]
     try:
         if verb == 'node':
@@ -445,9 +558,13 @@ def main(argv):
             say({'ok': True, 'python': sys.version.split()[0], 'executable': sys.executable, 'modules': versions,
                  'ipython_dir': ipython_dir})
         elif verb == 'start':
-            start(argv[1], argv[2])
+            start(argv[1], argv[2], sys.stdin.read() if text is None else text)
         elif verb == 'attach':
             attach(argv[1], argv[2], argv[3], argv[4])
+        elif verb == 'wait-sockets':
+            wait_sockets(argv[1], argv[2], argv[3], argv[4:])
+        elif verb == 'serve':
+            serve()
         elif verb == 'wait-file':
             wait_file(argv[1], argv[2], argv[3], argv[4], argv[5:])
         elif verb in ('interrupt', 'stop'):

@@ -3,6 +3,7 @@ import { isAbsolute } from 'node:path'
 
 import { IppTunnelError } from '../errors/index.js'
 import { checkJobId, RemoteKernel, type KernelSlurmOptions } from '../kernels/index.js'
+import { KeptSupervisor } from '../remote/index.js'
 import { resolveTarget, type Link, type ResolveOptions } from '../ssh/index.js'
 import { routeKey, type LinkPool } from '../tunnel/index.js'
 import type {
@@ -14,6 +15,13 @@ import type {
 } from './kernel-protocol.js'
 import { LineReader, refuseLongLine } from './lines.js'
 import type { LoginRelay } from './login-relay.js'
+
+/**
+ * How long the service keeps a destination's link — and the remote supervisor kept on it — after the last kernel
+ * on it stopped: a restarted kernel (a new launcher, a moment later) or the next notebook starts with no new login
+ * (no second one-time code) and no new supervisor.
+ */
+export const KERNEL_LINK_LINGER_MS = 10 * 60_000
 
 interface Held {
   readonly request: KernelRequest
@@ -36,6 +44,10 @@ export class KernelHost {
   readonly #relay: LoginRelay
   readonly #options: ResolveOptions
   readonly #held = new Set<Held>()
+  /** The supervisors kept on each link, by remote python and setup lines; closed with their link. */
+  readonly #kept = new Map<Link, Map<string, KeptSupervisor>>()
+  /** Releases of links whose kernels have stopped, due after {@link KERNEL_LINK_LINGER_MS}. */
+  readonly #lingering = new Map<NodeJS.Timeout, Link>()
   #closed = false
 
   constructor(pool: LinkPool, relay: LoginRelay, options: ResolveOptions) {
@@ -156,10 +168,12 @@ export class KernelHost {
     }
     try {
       setState('starting')
+      const supervisor = this.#supervisor(link, request.python, request.setup)
       const kernel = await RemoteKernel.start({
         destination: request.destination,
         connectionFile: request.connectionFile,
         link,
+        supervisor,
         signal,
         onWarning: (message) => send({ type: 'warning', message }),
         ...(request.python !== undefined && { python: request.python }),
@@ -205,8 +219,45 @@ export class KernelHost {
       if (!isAborted(signal) && !this.closing)
         send({ type: 'exited', code: ended.code, signal: ended.signal })
     } finally {
-      await this.#pool.release(link)
+      this.#releaseLater(link)
     }
+  }
+
+  /** The supervisor kept on `link` for this python and setup: started by its first call, ended with the link. */
+  #supervisor(link: Link, python: string | undefined, setup: string | undefined): KeptSupervisor {
+    let byHow = this.#kept.get(link)
+    if (byHow === undefined) {
+      const mine = new Map<string, KeptSupervisor>()
+      byHow = mine
+      this.#kept.set(link, mine)
+      link.once('closed', () => {
+        for (const kept of mine.values()) kept.close()
+        this.#kept.delete(link)
+      })
+    }
+    const key = JSON.stringify([python ?? null, setup ?? null])
+    let kept = byHow.get(key)
+    if (kept === undefined || kept.closed) {
+      kept = new KeptSupervisor(link, {
+        ...(python !== undefined && { python }),
+        ...(setup !== undefined && { setup }),
+      })
+      byHow.set(key, kept)
+    }
+    return kept
+  }
+
+  /** Lets go of a kernel's link after {@link KERNEL_LINK_LINGER_MS} (at once when the service stops). */
+  #releaseLater(link: Link): void {
+    if (this.#closed) {
+      void this.#pool.release(link)
+      return
+    }
+    const timer = setTimeout(() => {
+      this.#lingering.delete(timer)
+      void this.#pool.release(link)
+    }, KERNEL_LINK_LINGER_MS)
+    this.#lingering.set(timer, link)
   }
 
   /** True once {@link close} was called. */
@@ -225,6 +276,10 @@ export class KernelHost {
     await Promise.all(held.map((h) => h.kernel?.close({ leaveRunning: true }) ?? Promise.resolve()))
     for (const h of held) h.socket.destroy()
     await Promise.all(held.map((h) => h.done))
+    const lingering = [...this.#lingering]
+    this.#lingering.clear()
+    for (const [timer] of lingering) clearTimeout(timer)
+    await Promise.all(lingering.map(([, link]) => this.#pool.release(link)))
   }
 }
 

@@ -161,6 +161,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   readonly #budget: ChannelBudget
   readonly #sockets: SocketDir | undefined
   #localPorts: ReadonlyMap<string, number> | undefined
+  /** Settles once channels may open (see `opensAfter`); undefined after. */
+  #opensAfter: Promise<void> | undefined
   readonly #claim: CopyClaim | undefined
   #closed = false
 
@@ -207,6 +209,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       socketDir?: string
       /** Listen on these 127.0.0.1 ports, by channel, instead of ports the kernel picks (a port taken is `E_FORWARD`). */
       localPorts?: ReadonlyMap<string, number>
+      /**
+       * Channels open only once this settles (a remote kernel that is still binding its sockets): connections
+       * accepted meanwhile wait for it instead of being refused and retried by their client.
+       */
+      opensAfter?: Promise<unknown>
       signal?: AbortSignal
     } = {},
   ): Promise<Tunnel> {
@@ -238,6 +245,14 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       sockets,
     )
     tunnel.#localPorts = options.localPorts
+    const gate = options.opensAfter?.then(
+      () => undefined,
+      () => undefined,
+    )
+    tunnel.#opensAfter = gate
+    void gate?.then(() => {
+      if (tunnel.#opensAfter === gate) tunnel.#opensAfter = undefined
+    })
     try {
       await tunnel.#apply(info, options.probe ?? true, options.signal)
       options.signal?.throwIfAborted()
@@ -353,7 +368,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   }
 
   /** A channel to `remote`: `direct-tcpip` to host:port, or `direct-streamlocal` to a unix socket. */
-  #open(remote: Endpoint, signal?: AbortSignal): Promise<Duplex> {
+  async #open(remote: Endpoint, signal?: AbortSignal): Promise<Duplex> {
+    if (this.#opensAfter !== undefined) await this.#opensAfter
     const options = signal ? { signal } : {}
     return remote.kind === 'unix'
       ? this.link.forwardOutUnix(remote.path, options)

@@ -185,6 +185,49 @@ describe('kernels through the running watch service: one link, one login for all
     assert.deepEqual(await exited(launcher), { code: 0, signal: null })
     assert.deepEqual(await processesWith(join(root, 'remote')), [], 'no remote kernel or supervisor')
   })
+  test('a restart through the service (the launcher stopped, a new one on the same file) logs in no more, and starts with no new command session', async (t) => {
+    const watched = join(root, 'watched-3')
+    await mkdir(watched, { mode: 0o700 })
+    const auth = ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile]
+    const service = spawnCli(['watch', '--json', '--dir', watched, ...auth], env)
+    t.after(async () => {
+      service.kill('SIGTERM')
+      await exited(service)
+    })
+    await new JsonLines(service).next('watching')
+    const file = await writeKernelFile(root, 'restart')
+    const logins = (): number => sshd.log().match(/Accepted publickey/gu)?.length ?? 0
+    const sessions = (): number => sshd.log().match(/Starting session: command/gu)?.length ?? 0
+    const loginsBefore = logins()
+    const run = async (code: string): Promise<{ pid: unknown; out: string }> => {
+      const launcher = spawnCli(
+        ['kernel', ...remoteKernelArgs(sshd, root), '--connection-file', file, '--json'],
+        env,
+      )
+      t.after(async () => {
+        launcher.kill('SIGKILL')
+        await exited(launcher)
+      })
+      const events = new JsonLines(launcher, { from: 'stderr' })
+      const started = await events.next((e) => e.event === 'started' || e.event === 'error', 60_000)
+      assert.equal(started.event, 'started', JSON.stringify(events.events))
+      const got = await runPython(EXECUTE, { args: [file, code], timeoutMs: 90_000 })
+      launcher.kill('SIGTERM')
+      assert.deepEqual(await exited(launcher), { code: 0, signal: null })
+      return { pid: started.pid, out: (JSON.parse(got.stdout.trim()) as string[]).join(' ') }
+    }
+    const first = await run("x = 1; print('set', end='')")
+    assert.equal(first.out, 'ok set')
+    const sessionsBefore = sessions()
+    // what jupyter_client's restart does: the same file, key and ports, a new launcher a moment later
+    const second = await run("print('x' in dir(), end='')")
+    assert.equal(second.out, 'ok False')
+    assert.notEqual(second.pid, first.pid)
+    assert.equal(logins() - loginsBefore, 1, sshd.log())
+    // the kept supervisor started and stopped it; the one session is the launcher's following of its output
+    assert.equal(sessions() - sessionsBefore, 1, sshd.log())
+    assert.deepEqual(await processesWith(join(root, 'remote')), [], 'no remote kernel or supervisor')
+  })
 })
 
 test('a launcher with no terminal at a one-time-code server waits and says so; the service and `login` take it on', async (t) => {

@@ -1,16 +1,20 @@
 import assert from 'node:assert/strict'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { connect, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 import { IppClient, KernelClient } from '../../src/client/index.js'
 import { endpoints, parseConnectionFile } from '../../src/connection-file/index.js'
-import { openTunnel } from '../../src/tunnel/index.js'
+import { Link } from '../../src/ssh/index.js'
+import { openTunnel, Tunnel } from '../../src/tunnel/index.js'
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
 import {
   createNetns,
   hasCode,
+  hopOf,
   sshArgsOf,
   sshOptionsOf,
   startSshd,
@@ -141,6 +145,53 @@ describe('a kernel started with --transport ipc behind sshd: forwarded with dire
       openTunnel(gone, { ...sshOptionsOf(sshd), ssh: `root@${sshd.host}:${sshd.port}` }),
       hasCode('E_FORWARD', 'Nothing accepts connections at unix socket', join(dir, 'nothing-here')),
     )
+  })
+
+  test('opensAfter: a connection made before the remote socket exists waits for it, instead of being refused', async (t) => {
+    const link = new Link({ hops: [hopOf(sshd)] }, { agent: false })
+    await link.connect()
+    t.after(() => link.close())
+    const prefix = join(dir, 'later')
+    const info = parseConnectionFile(
+      JSON.stringify({
+        ...{ shell_port: 1, iopub_port: 2, stdin_port: 3, control_port: 4, hb_port: 5 },
+        ...{ ip: prefix, transport: 'ipc', key: 'k', signature_scheme: 'hmac-sha256', kernel_name: '' },
+      }),
+      'later.json',
+    )
+    let open: () => void = () => undefined
+    const tunnel = await Tunnel.over(info, link, {
+      probe: false,
+      opensAfter: new Promise<void>((resolve) => (open = resolve)),
+    })
+    t.after(() => tunnel.close())
+    const loopback = tunnel.loopback
+    assert.ok(loopback.kind === 'kernel')
+    const client = connect(loopback.shell_port, '127.0.0.1')
+    client.end('sent before the socket existed')
+    const server = createServer()
+    t.after(() => server.close())
+    const received = new Promise<string>((resolve, reject) => {
+      server.once('connection', (socket) => {
+        let text = ''
+        socket.setEncoding('utf8').on('data', (chunk: string) => (text += chunk))
+        socket.once('end', () => {
+          resolve(text)
+          socket.end()
+        })
+      })
+      client.once('close', () => reject(new Error('the early connection was closed: refused')))
+    })
+    for (let i = 0; tunnel.stats().get('shell')?.accepted !== 1; i++) {
+      if (i > 400) assert.fail('the connection never reached the tunnel')
+      await sleep(5)
+    }
+    // sshd answers channel opens in order: once this one is refused, an open the forward sent first has its answer
+    await assert.rejects(link.forwardOutUnix(join(dir, 'nothing-here')))
+    // the remote socket appears only now (a kernel still importing), then the gate opens
+    await new Promise<void>((resolve) => server.listen(`${prefix}-1`, resolve))
+    open()
+    assert.equal(await received, 'sent before the socket existed')
   })
 
   test('an ipcontroller on unix sockets (--transport=ipc): engines register through ipp-tunnel engines, Clients run', async (t) => {
