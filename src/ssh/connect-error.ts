@@ -59,3 +59,11 @@ export function isNetworkFailure(err: { code: string; cause?: unknown; message: 
   if (code !== undefined) return NETWORK_CODES.has(code)
   return /timed out|no SSH handshake within/u.test(err.message)
 }
+
+/** Whether a connect failed on this machine, before any packet left (no route, no address, the network down). */
+export function leftNothing(err: { code: string; cause?: unknown }): boolean {
+  const code = (err.cause as NodeJS.ErrnoException | undefined)?.code
+  return (
+    err.code === 'E_CONNECT' && (code === 'ENETUNREACH' || code === 'ENETDOWN' || code === 'EADDRNOTAVAIL')
+  )
+}

@@ -14,7 +14,7 @@ import {
   type ChannelTarget,
   type Ssh2Error,
 } from './channels.js'
-import { isNetworkFailure } from './connect-error.js'
+import { isNetworkFailure, leftNothing } from './connect-error.js'
 import { execOnClient, type RemoteCommand } from './exec.js'
 import type { HostKeyNote } from './known-hosts.js'
 import { OpenSshMaster, type Transport } from './openssh-master.js'
@@ -130,6 +130,8 @@ const PROBE_MS = 1500
 const MIN_ATTEMPT_SPACING_MS = 1000
 /** The TCP connect of a retry after a network failure (see ChainContext.tcpConnectWithinMs). */
 const RETRY_TCP_CONNECT_MS = 3000
+/** Retries after a failure of the network, unless a network change or a resume comes first. */
+const RETRY_NETWORK_MS = 1000
 /** How long a reconnect waits for the server to end the connection it replaces. */
 const STALE_SESSION_MS = 3000
 
@@ -667,17 +669,12 @@ export class Link extends EventEmitter<LinkEvents> {
       for (let attempt = 1; ; attempt++) {
         const network = isNetworkFailure(lastError)
         if (!network) serverFailures++
-        const base =
-          attempt === 1
-            ? initial
-            : network
-              ? 0
-              : Math.min(max, initial * 2 ** Math.max(serverFailures - 1, 0))
-        const spacing = this.#lastAttemptAt + minSpacing - Date.now()
-        const delayMs = Math.max(
-          spacing,
-          Math.round(Math.min(max, base * (1 + jitter * (2 * Math.random() - 1)))),
+        const backedOff = Math.round(
+          Math.min(max, initial * 2 ** Math.max(serverFailures - 1, 0)) *
+            (1 + jitter * (2 * Math.random() - 1)),
         )
+        const base = attempt === 1 ? initial : network ? RETRY_NETWORK_MS : backedOff
+        const delayMs = Math.max(this.#lastAttemptAt + minSpacing - Date.now(), Math.min(max, base))
         this.emit('reconnecting', { attempt, delayMs, error: lastError })
         const woken = await sleep(delayMs, this.#abort.signal, (w) => (wake = w))
         if (woken === 'aborted') return
@@ -706,6 +703,8 @@ export class Link extends EventEmitter<LinkEvents> {
         } catch (err) {
           if (this.#state !== 'reconnecting') return
           lastError = this.#asError(err)
+          // an attempt that never left this machine (no route, no address) is nothing a site counts
+          if (leftNothing(lastError)) this.#lastAttemptAt = 0
           if (fatalCodes.has(lastError.code)) {
             this.#fail(lastError)
             return
