@@ -7,7 +7,7 @@
  *      from the network being usable to the first `apply` answered on every engine;
  *  (b) both tunnels suspended (SIGSTOP) while the laptop moves to another address, then resumed: time from the resume
  *      to the first `apply` answered.
- * A request may be lost while connections come back (see docs): the Client asks again every 3 s, as a user would.
+ * A request may be lost while connections come back (see docs): the Client asks again after 2 s, as a user would.
  *
  * Run alone: `node dist/bench/run.js recovery`.
  */

@@ -288,12 +288,12 @@ export class KeptClient {
       `rc = ipyparallel.Client(${JSON.stringify(file)})`,
       'rc.wait_for_engines(2, timeout=60)',
       // a request the controller routes to an engine whose connection is not back yet is dropped (a ZeroMQ ROUTER
-      // drops what it cannot route; ipyparallel sends nothing again): asked again, as a user would, 3 s apart
+      // drops what it cannot route; ipyparallel sends nothing again): asked again, as a user would, 2 s apart
       'for line in sys.stdin:',
       '    for tries in range(1, 41):',
       '        ar = rc[:].apply_async(os.getpid)',
       '        try:',
-      '            pids = ar.get(timeout=3)',
+      '            pids = ar.get(timeout=2)',
       '            break',
       '        except ipyparallel.error.TimeoutError:',
       '            pass',
