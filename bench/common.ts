@@ -38,7 +38,7 @@ function round(value: number): string {
   return value.toFixed(2)
 }
 
-/** A Markdown table of the rows, the form the README carries. */
+/** A Markdown table of the rows, the form docs/benchmarks.md carries. */
 export function markdownTable(rows: readonly BenchRow[]): string {
   const lines = [
     '| benchmark | ipp-tunnel | anchor | unit | better by | target | met |',

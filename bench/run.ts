@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: every benchmark in one run, each beside its anchor, then one Markdown table.
- * `npm run bench -- --readme` also puts the table into README.md between the bench markers.
+ * `npm run bench -- --docs` (or `--readme`) also puts the table into docs/benchmarks.md between the bench markers.
  * `npm run bench -- wire tunnel` runs only the named groups.
  */
 import { readFile, writeFile } from 'node:fs/promises'
@@ -39,20 +39,20 @@ const groups: Record<string, () => Promise<BenchRow[]>> = {
   recovery: benchRecovery,
 }
 
-const README = fileURLToPath(new URL('../../README.md', import.meta.url))
+const BENCH_PAGE = fileURLToPath(new URL('../../docs/benchmarks.md', import.meta.url))
 const START = '<!-- bench:start -->'
 const END = '<!-- bench:end -->'
 
-async function updateReadme(table: string): Promise<void> {
-  const text = await readFile(README, 'utf8')
+async function updateBenchPage(table: string): Promise<void> {
+  const text = await readFile(BENCH_PAGE, 'utf8')
   const from = text.indexOf(START)
   const to = text.indexOf(END)
-  if (from < 0 || to < from) throw new Error(`README.md has no ${START} … ${END} section`)
+  if (from < 0 || to < from) throw new Error(`docs/benchmarks.md has no ${START} … ${END} section`)
   const stamp = `Measured ${new Date().toISOString().slice(0, 10)} on ${process.platform}/${process.arch}, Node ${process.version}, by \`npm run bench\`.`
   const updated = `${text.slice(0, from + START.length)}\n${stamp}\n\n${table}\n${text.slice(to)}`
-  // the test command checks the README's formatting: write it the way prettier would
-  const config = (await prettier.resolveConfig(README)) ?? {}
-  await writeFile(README, await prettier.format(updated, { ...config, filepath: README }))
+  // the test command checks the docs' formatting: write it the way prettier would
+  const config = (await prettier.resolveConfig(BENCH_PAGE)) ?? {}
+  await writeFile(BENCH_PAGE, await prettier.format(updated, { ...config, filepath: BENCH_PAGE }))
 }
 
 const args = process.argv.slice(2)
@@ -77,4 +77,4 @@ for (const [name, bench] of Object.entries(groups)) {
 }
 const table = markdownTable(rows)
 console.log(table)
-if (args.includes('--readme')) await updateReadme(table)
+if (args.includes('--docs') || args.includes('--readme')) await updateBenchPage(table)
