@@ -15,6 +15,7 @@ import { benchLogin } from './login.js'
 import { benchNodes } from './nodes.js'
 import { benchRemote } from './remote.js'
 import { benchService } from './service.js'
+import { benchSshConfig } from './ssh-config.js'
 import { benchStartup } from './startup.js'
 import { benchStreams } from './streams.js'
 import { benchTunnel } from './tunnel.js'
@@ -35,6 +36,7 @@ const groups: Record<string, () => Promise<BenchRow[]>> = {
   nodes: benchNodes,
   kernels: benchKernels,
   cluster: benchCluster,
+  sshconfig: benchSshConfig,
 }
 
 const README = fileURLToPath(new URL('../../README.md', import.meta.url))
