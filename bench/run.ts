@@ -15,6 +15,7 @@ import { benchLogin } from './login.js'
 import { benchNodes } from './nodes.js'
 import { benchRemote } from './remote.js'
 import { benchService } from './service.js'
+import { benchSshConfig } from './ssh-config.js'
 import { benchStartup } from './startup.js'
 import { benchStreams } from './streams.js'
 import { benchTunnel } from './tunnel.js'
@@ -37,6 +38,7 @@ const groups: Record<string, () => Promise<BenchRow[]>> = {
   kernels: benchKernels,
   cluster: benchCluster,
   recovery: benchRecovery,
+  sshconfig: benchSshConfig,
 }
 
 const BENCH_PAGE = fileURLToPath(new URL('../../docs/benchmarks.md', import.meta.url))

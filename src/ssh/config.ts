@@ -29,6 +29,10 @@ type Setting =
 
 type Criterion =
   | { readonly kind: 'all' }
+  // `canonical` and `final`: true only on ssh(1)'s final pass (no canonicalization here); only `final` asks for one
+  | { readonly kind: 'final'; readonly negate: boolean; readonly requestsPass: boolean }
+  // exec, localnetwork, tagged, …: not evaluated here, so a block with one never applies
+  | { readonly kind: 'unsupported' }
   | {
       readonly kind: 'host' | 'originalhost' | 'user' | 'localuser'
       readonly negate: boolean
@@ -37,7 +41,7 @@ type Criterion =
 
 type ConfigNode =
   | ({ readonly kind: 'host'; readonly patterns: readonly string[] } & Where)
-  | ({ readonly kind: 'match'; readonly criteria: readonly Criterion[] | 'unsupported' } & Where)
+  | ({ readonly kind: 'match'; readonly criteria: readonly Criterion[] } & Where)
   | ({ readonly kind: 'include'; readonly files: readonly ConfigFile[] } & Where)
   | ({ readonly kind: 'setting'; readonly setting: Setting } & Where)
 
@@ -345,7 +349,7 @@ function parseTime(text: string, name: string, where: Where): number {
   return total
 }
 
-function parseMatch(args: readonly string[], where: Where): readonly Criterion[] | 'unsupported' {
+function parseMatch(args: readonly string[], where: Where): readonly Criterion[] {
   const criteria: Criterion[] = []
   for (let i = 0; i < args.length; i++) {
     const word = args[i] ?? ''
@@ -353,6 +357,10 @@ function parseMatch(args: readonly string[], where: Where): readonly Criterion[]
     const attr = (negate ? word.slice(1) : word).toLowerCase()
     if (attr === 'all' && !negate) {
       criteria.push({ kind: 'all' })
+      continue
+    }
+    if (attr === 'canonical' || attr === 'final') {
+      criteria.push({ kind: 'final', negate, requestsPass: attr === 'final' })
       continue
     }
     if (attr === 'host' || attr === 'originalhost' || attr === 'user' || attr === 'localuser') {
@@ -363,8 +371,9 @@ function parseMatch(args: readonly string[], where: Where): readonly Criterion[]
       criteria.push({ kind: attr, negate, patterns })
       continue
     }
-    // exec, canonical, final, localnetwork, tagged, …: not evaluated here, so the block never applies.
-    return 'unsupported'
+    // exec, localnetwork, tagged, …: each takes one argument
+    criteria.push({ kind: 'unsupported' })
+    i++
   }
   return criteria
 }
@@ -497,9 +506,9 @@ function globSegment(part: string): RegExp {
  * @example
  * matchPattern('node7.lab', '*.lab') // true
  */
-export function matchPattern(text: string, pattern: string): boolean {
-  const t = text.toLowerCase()
-  const p = pattern.toLowerCase()
+export function matchPattern(text: string, pattern: string, caseSensitive = false): boolean {
+  const t = caseSensitive ? text : text.toLowerCase()
+  const p = caseSensitive ? pattern : pattern.toLowerCase()
   // iterative wildcard match with backtracking on the last '*'
   let ti = 0
   let pi = 0
@@ -533,12 +542,12 @@ export function matchPatternList(text: string, list: string): boolean {
   return matchPatterns(text, list.split(','))
 }
 
-function matchPatterns(text: string, patterns: readonly string[]): boolean {
+function matchPatterns(text: string, patterns: readonly string[], caseSensitive = false): boolean {
   let matched = false
   for (const pattern of patterns) {
     if (pattern.startsWith('!')) {
-      if (matchPattern(text, pattern.slice(1))) return false
-    } else if (matchPattern(text, pattern)) {
+      if (matchPattern(text, pattern.slice(1), caseSensitive)) return false
+    } else if (matchPattern(text, pattern, caseSensitive)) {
       matched = true
     }
   }
@@ -553,6 +562,8 @@ interface Obtained {
   certificateFiles: { value: string; where: Where }[]
   controlPath?: { value: string; where: Where }
   identitiesOnly?: boolean
+  /** `ProxyJump none` was read: later ProxyJump lines are ignored, a later ProxyCommand still applies (ssh(1)). */
+  jumpNone?: boolean
   proxy?:
     | { kind: 'jump'; value: readonly Destination[]; text: string }
     | { kind: 'command'; value: string; where: Where }
@@ -576,6 +587,8 @@ interface Obtained {
  */
 export function lookupHost(config: SshConfig, alias: string, context: LookupContext = {}): HostSettings {
   const original = alias.toLowerCase()
+  // ssh(1) matches Host lines against the name as typed (case counts) and lowercases it only afterwards
+  const typed = alias
   const localUser = context.localUser ?? defaultLocalUser(context.env ?? process.env)
   const home = context.home ?? os.homedir()
   const got: Obtained = { identityFiles: [], certificateFiles: [] }
@@ -586,12 +599,19 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
         : { kind: 'command', value: context.proxyCommand, where: { file: '--proxy-command', line: 0 } }
   }
   const currentHost = (): string =>
-    got.hostName === undefined ? original : expandHostName(got.hostName, original)
+    got.hostName === undefined ? original : expandHostName(got.hostName, original).toLowerCase()
 
-  const matches = (criteria: readonly Criterion[] | 'unsupported'): boolean => {
-    if (criteria === 'unsupported') return false
+  // ssh(1) reads the config a second time when a Match canonical/final line was read: Host lines then match the
+  // HostName obtained on the first pass, and the values obtained first still win
+  let finalPass = false
+  let wantFinal = false as boolean
+  let hostSubject = typed
+  const matches = (criteria: readonly Criterion[]): boolean => {
+    if (criteria.some((c) => c.kind === 'final' && c.requestsPass)) wantFinal = true
     return criteria.every((c) => {
       if (c.kind === 'all') return true
+      if (c.kind === 'unsupported') return false
+      if (c.kind === 'final') return finalPass !== c.negate
       const subject =
         c.kind === 'host'
           ? currentHost()
@@ -615,11 +635,14 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
       case 'port':
         got.port ??= s.value
         break
+      // ssh(1) keeps one of each path as written (a repeated line, or the final pass reading it again)
       case 'identityfile':
-        got.identityFiles.push({ value: s.value, where })
+        if (!got.identityFiles.some((f) => f.value === s.value))
+          got.identityFiles.push({ value: s.value, where })
         break
       case 'certificatefile':
-        got.certificateFiles.push({ value: s.value, where })
+        if (!got.certificateFiles.some((f) => f.value === s.value))
+          got.certificateFiles.push({ value: s.value, where })
         break
       case 'controlpath':
         got.controlPath ??= { value: s.value, where }
@@ -628,7 +651,9 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
         got.identitiesOnly ??= s.value
         break
       case 'proxyjump':
-        got.proxy ??= { kind: 'jump', value: s.value, text: s.text }
+        if (got.proxy !== undefined || got.jumpNone === true) break
+        if (s.value.length === 0) got.jumpNone = true
+        else got.proxy = { kind: 'jump', value: s.value, text: s.text }
         break
       case 'proxycommand':
         got.proxy ??=
@@ -664,7 +689,8 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
     for (const node of nodes) {
       switch (node.kind) {
         case 'host':
-          active = matchPatterns(original, node.patterns)
+          // ssh(1) compares Host patterns with the name as it is, case included
+          active = matchPatterns(hostSubject, node.patterns, true)
           if (active) applied.push(`${node.file}:${node.line} Host ${node.patterns.join(' ')}`)
           break
         case 'match':
@@ -681,8 +707,16 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
     }
   }
   walk(config.nodes)
+  if (wantFinal) {
+    finalPass = true
+    hostSubject = currentHost()
+    got.hostName ??= hostSubject.replaceAll('%', '%%')
+    walk(config.nodes)
+  }
 
-  const hostName = got.hostName === undefined ? undefined : expandHostName(got.hostName, original)
+  if (got.jumpNone === true) got.proxy ??= { kind: 'jump', value: [], text: '' }
+  const hostName =
+    got.hostName === undefined ? undefined : expandHostName(got.hostName, original).toLowerCase()
   const host = hostName ?? original
   const user = context.user ?? got.user ?? localUser
   const port = context.port ?? got.port ?? 22
@@ -693,16 +727,17 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
     d: home,
     u: localUser,
     h: host,
-    n: original,
+    n: typed,
     r: user,
     p: String(port),
     // %k is the HostKeyAlias (not supported here) or else the name as given on the command line
-    k: original,
+    k: typed,
     l: localHost,
     L: localHost.split('.')[0] ?? localHost,
     i: String(process.getuid?.() ?? ''),
     j: jumpText,
-    C: createHash('sha1').update(`${localHost}${host}${port}${user}${jumpText}`).digest('hex'),
+    // %C hashes %l%h%p%r as OpenSSH 9.2 (Debian 12) does; later releases add %j
+    C: createHash('sha1').update(`${localHost}${host}${port}${user}`).digest('hex'),
   }
   const env = context.env ?? process.env
   const expand = (text: string, keyword: string, where: Where): string =>
@@ -751,7 +786,7 @@ export function lookupHost(config: SshConfig, alias: string, context: LookupCont
     ...(got.preferredAuthentications === undefined
       ? {}
       : { preferredAuthentications: got.preferredAuthentications }),
-    ...(applied.length === 0 ? {} : { appliedBlocks: applied }),
+    ...(applied.length === 0 ? {} : { appliedBlocks: [...new Set(applied)] }),
   }
 }
 

@@ -402,8 +402,11 @@ test('quoting, comments, Key=Value and case-insensitive keywords', async (t) => 
       ].join('\n'),
     ),
   )
-  const q1 = lookupHost(parsed, 'Q1', { home: dir })
+  const q1 = lookupHost(parsed, 'q1', { home: dir })
+  // ssh(1) lowercases the HostName it connects to
   assert.equal(q1.hostName, 'name with space')
+  // Host patterns compare case as ssh(1) does: Q1 is not q1
+  assert.equal(lookupHost(parsed, 'Q1', { home: dir }).hostName, undefined)
   assert.equal(q1.user, 'single quoted')
   assert.deepEqual(q1.identityFiles, ['/a b/c"d'])
   assert.equal(q1.port, 2200)
