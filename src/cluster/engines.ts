@@ -30,11 +30,36 @@ export interface EnginesSpecOptions {
   readonly persistSeconds: number | undefined
   /** The account is root (Open MPI must be told that this is wanted). */
   readonly root: boolean
+  /** The controller's engine file: engines on the ssh server start with the controller and wait for it. */
+  readonly engineFile: string
 }
 
 /**
+ * Imports ipyparallel while the controller starts, waits (≤ 300 s) until the controller's engine file (argv[1]) is
+ * whole JSON, then runs `ipyparallel.cluster` with the rest of argv: the engines start as soon as the file is there,
+ * not after the laptop has tunnelled and copied the client file.
+ */
+const AFTER_ENGINE_FILE = String.raw`import json, runpy, sys, time
+import ipyparallel.cluster.app
+path = sys.argv[1]
+deadline = time.monotonic() + 300
+while True:
+    try:
+        with open(path) as f:
+            json.load(f)
+        break
+    except (OSError, ValueError):
+        if time.monotonic() > deadline:
+            sys.exit('the controller wrote no engine file: ' + path)
+        time.sleep(0.05)
+sys.argv = ['ipcluster'] + sys.argv[2:]
+runpy.run_module('ipyparallel.cluster', run_name='__main__', alter_sys=True)
+`
+
+/**
  * The engines' remote process: `ipyparallel.cluster engines --n=N` (with `--engines=mpi`: one mpiexec world) on the
- * ssh server, or the keeper of a Slurm batch job ({@link slurmEnginesSpec}).
+ * ssh server once the controller's engine file is written ({@link AFTER_ENGINE_FILE}), or the keeper of a Slurm
+ * batch job ({@link slurmEnginesSpec}).
  */
 export function enginesSpec(options: EnginesSpecOptions): RemoteProcessSpec {
   if (options.kind === 'slurm') return slurmEnginesSpec(options)
@@ -43,8 +68,9 @@ export function enginesSpec(options: EnginesSpecOptions): RemoteProcessSpec {
     name: options.name,
     argv: [
       options.python,
-      '-m',
-      'ipyparallel.cluster',
+      '-c',
+      AFTER_ENGINE_FILE,
+      options.engineFile,
       'engines',
       `--n=${String(options.n)}`,
       ...options.common,
