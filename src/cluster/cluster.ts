@@ -284,6 +284,25 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
         },
         signal ? { signal } : {},
       )
+      const spec = enginesSpec({
+        name: names.engines,
+        kind,
+        python,
+        n,
+        common,
+        slurmArgs,
+        env,
+        persistSeconds: options.persistSeconds,
+        root: link.target.hops.at(-1)?.username === 'root',
+        engineFile: posix.join(securityDir, `ipcontroller-${clusterId}-engine.json`),
+      })
+      // engines on the ssh server start beside the controller (they wait for its engine file there); a batch job is
+      // submitted once the controller runs. Engines an earlier cluster of the profile left are replaced (a keeper
+      // cancels its job as it goes).
+      const startEngines = (): Promise<RemoteProcessState> =>
+        procs.start({ ...spec, replace: true }, signal ? { signal } : {})
+      const besides = slurm ? undefined : startEngines()
+      besides?.catch(() => undefined)
       let cluster: RemoteCluster
       try {
         cluster = await RemoteCluster.#follow(options, pool, link, procs, controller, {
@@ -292,24 +311,15 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
           securityDir,
         })
       } catch (err) {
+        // a start still under way lands before the stop that undoes it
+        await besides?.catch(() => undefined)
+        await procs.stop(names.engines).catch(() => undefined)
         await procs.stop(names.controller).catch(() => undefined)
         await removeConnectionFiles(link, securityDir, clusterId)
         throw err
       }
       try {
-        const spec = enginesSpec({
-          name: names.engines,
-          kind,
-          python,
-          n,
-          common,
-          slurmArgs,
-          env,
-          persistSeconds: options.persistSeconds,
-          root: link.target.hops.at(-1)?.username === 'root',
-        })
-        // engines an earlier cluster of the profile left are replaced (a keeper cancels its job as it goes)
-        const engines = await procs.start({ ...spec, replace: true }, signal ? { signal } : {})
+        const engines = await (besides ?? startEngines())
         cluster.engines = { pid: engines.pid ?? 0, n, kind }
         cluster.#followProcess('engines', engines)
         cluster.#watchRegistration(n)

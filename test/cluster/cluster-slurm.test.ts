@@ -232,7 +232,10 @@ describe('cluster start --engines slurm: the engines as a batch job on the compu
     assert.equal(said?.address, node.ns.nsAddr)
     const job = String(events.events.find((e) => e.event === 'engines')?.job)
     assert.match(job, /^\d+$/u)
-    // the job's progress is said
+    // the job's progress is said as it happens: submitted before the controller runs and its copy is written
+    const at = (f: (e: Record<string, unknown>) => boolean): number => events.events.findIndex(f)
+    const submitted = at((e) => e.event === 'job' && e.state === 'SUBMITTED')
+    assert.ok(submitted >= 0 && submitted < at((e) => e.event === 'copy'), JSON.stringify(events.events))
     assert.deepEqual(
       ['SUBMITTED', 'RUNNING'].map((state) =>
         events.events.some((e) => e.event === 'job' && e.job === job && e.state === state),
