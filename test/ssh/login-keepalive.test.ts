@@ -16,7 +16,6 @@ import {
 } from '../support/index.js'
 import { setUpOtpPam, type OtpPam } from '../support/otp.js'
 
-
 let ns: Netns
 let otp: OtpPam
 /** Wants a key and then a one-time code. */

@@ -127,7 +127,8 @@ async function routeCluster(ns: Netns): Promise<void> {
 export async function silence(ns: Netns, on: boolean): Promise<void> {
   if (on) await run('ip', ['-n', ns.name, 'route', 'replace', 'blackhole', `${ns.hostAddr}/32`])
   // speaking again twice (a test, then its cleanup) is no error
-  else await run('ip', ['-n', ns.name, 'route', 'del', 'blackhole', `${ns.hostAddr}/32`]).catch(() => undefined)
+  else
+    await run('ip', ['-n', ns.name, 'route', 'del', 'blackhole', `${ns.hostAddr}/32`]).catch(() => undefined)
 }
 
 /**
