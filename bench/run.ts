@@ -45,13 +45,40 @@ const BENCH_PAGE = fileURLToPath(new URL('../../docs/benchmarks.md', import.meta
 const START = '<!-- bench:start -->'
 const END = '<!-- bench:end -->'
 
-async function updateBenchPage(table: string): Promise<void> {
+/** What a row of the table is about: its name up to the first colon (`kernels`, `recovery`, `tunnel 64 KiB`, …). */
+function topicOf(line: string): string {
+  return line.slice(1, line.indexOf(':')).trim()
+}
+
+/**
+ * Writes the table into docs/benchmarks.md. A run of some groups replaces the rows of the topics it measured and
+ * keeps the others, each dated where it was measured (git log says when).
+ */
+async function updateBenchPage(table: string, partial: readonly string[]): Promise<void> {
   const text = await readFile(BENCH_PAGE, 'utf8')
   const from = text.indexOf(START)
   const to = text.indexOf(END)
   if (from < 0 || to < from) throw new Error(`docs/benchmarks.md has no ${START} … ${END} section`)
-  const stamp = `Measured ${new Date().toISOString().slice(0, 10)} on ${process.platform}/${process.arch}, Node ${process.version}, by \`npm run bench\`.`
-  const updated = `${text.slice(0, from + START.length)}\n${stamp}\n\n${table}\n${text.slice(to)}`
+  const date = new Date().toISOString().slice(0, 10)
+  let body = table
+  let stamp = `Measured ${date} on ${process.platform}/${process.arch}, Node ${process.version}, by \`npm run bench\`.`
+  if (partial.length > 0) {
+    const [header = '', rule = '', ...fresh] = table.split('\n')
+    const topics = new Set(fresh.map(topicOf))
+    const old = text
+      .slice(from + START.length, to)
+      .split('\n')
+      .filter((l) => l.startsWith('| ') && !l.startsWith('| benchmark |'))
+    const merged: string[] = []
+    for (const line of old) {
+      if (!topics.has(topicOf(line))) merged.push(line)
+      else if (!merged.includes(fresh[0] ?? '')) merged.push(...fresh)
+    }
+    for (const line of fresh) if (!merged.includes(line)) merged.push(line)
+    body = [header, rule, ...merged].join('\n')
+    stamp = `Measured on ${process.platform}/${process.arch}, Node ${process.version}, by \`npm run bench\`; the rows of ${partial.join(', ')} on ${date} (\`npm run bench -- ${partial.join(' ')} --docs\`), the others before.`
+  }
+  const updated = `${text.slice(0, from + START.length)}\n${stamp}\n\n${body}\n${text.slice(to)}`
   // the test command checks the docs' formatting: write it the way prettier would
   const config = (await prettier.resolveConfig(BENCH_PAGE)) ?? {}
   await writeFile(BENCH_PAGE, await prettier.format(updated, { ...config, filepath: BENCH_PAGE }))
@@ -79,4 +106,4 @@ for (const [name, bench] of Object.entries(groups)) {
 }
 const table = markdownTable(rows)
 console.log(table)
-if (args.includes('--docs') || args.includes('--readme')) await updateBenchPage(table)
+if (args.includes('--docs') || args.includes('--readme')) await updateBenchPage(table, wanted)
