@@ -38,7 +38,7 @@ import {
   whenReleased,
   type Tunnel,
 } from '../tunnel/index.js'
-import { resolveTarget } from '../ssh/index.js'
+import { CredentialRenewer, resolveTarget } from '../ssh/index.js'
 import { CopyLedger } from './ledger.js'
 import { LoginRelay } from './login-relay.js'
 import { KernelHost } from './kernel-host.js'
@@ -153,6 +153,21 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   readonly #checks: NodeJS.Timeout
   #closed = false
 
+  /** `--credential-command` with its prompts relayed to `ipp-tunnel login`, waiting for one when no one is there. */
+  #relayedCredential(credential: CredentialRenewer): CredentialRenewer {
+    const relay = this.#relay
+    const signal = this.#abort.signal
+    return new CredentialRenewer({
+      ...credential.options,
+      prompt: async (request) => {
+        const now = await relay.provider(request)
+        if (now !== undefined) return now
+        await relay.gate.wait(request.destination, signal)
+        return relay.provider(request)
+      },
+    })
+  }
+
   private constructor(options: ServiceOptions, ledger: CopyLedger) {
     super()
     this.dirs = options.dirs.map((d) => resolve(d))
@@ -168,7 +183,12 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
             Math.min(DEFAULT_MAX_REMOTE_FILES, Math.floor(limit / 2 / (remotes * FDS_PER_PULLED_FILE))),
           )
     this.#pool = new LinkPool(
-      { ...options, prompt: this.#relay.provider, login: this.#relay.gate },
+      {
+        ...options,
+        prompt: this.#relay.provider,
+        login: this.#relay.gate,
+        ...(options.credential !== undefined && { credential: this.#relayedCredential(options.credential) }),
+      },
       { budget: rootBudget(limit, remotes * this.#maxRemoteFiles * FDS_PER_PULLED_FILE) },
     )
     this.#remoteLinks = new RemoteLinks(this.#pool, options)

@@ -48,6 +48,14 @@ export { OpenSshMaster, type Transport } from './openssh-master.js'
 export type { RemoteCommand, RemoteExit } from './exec.js'
 export { parseCertificate, formatValidity, type CertificateInfo } from './certificate.js'
 export {
+  CredentialRenewer,
+  expandCredentialCommand,
+  hopCertificate,
+  resetCredentialRuns,
+  type CertificateStatus,
+  type CredentialCommandOptions,
+} from './renew.js'
+export {
   Link,
   type BackoffOptions,
   type LinkEvents,
