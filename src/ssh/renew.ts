@@ -157,6 +157,8 @@ function runOnPty(
     let tail = ''
     let timer: NodeJS.Timeout | undefined
     let asking = false
+    // the terminal echoes an answer written to it: that line is dropped, never kept for an error message
+    let echo = false
     const ask = (): void => {
       const line = tail.split(/\r?\n/).at(-1) ?? ''
       if (prompt === undefined || asking || line.trim() === '') return
@@ -171,7 +173,10 @@ function runOnPty(
       })
         .then((answers) => {
           if (answers === undefined) child.kill('SIGTERM')
-          else child.stdin?.write(`${answers[0] ?? ''}\n`)
+          else {
+            echo = true
+            child.stdin?.write(`${answers[0] ?? ''}\n`)
+          }
         })
         .catch(() => child.kill('SIGTERM'))
         .finally(() => {
@@ -181,7 +186,14 @@ function runOnPty(
     }
     const onData = (chunk: Buffer): void => {
       if (prompt === undefined) process.stderr.write(chunk)
-      tail = (tail + chunk.toString('utf8')).slice(-4096)
+      let text = chunk.toString('utf8')
+      if (echo) {
+        const end = text.indexOf('\n')
+        if (end === -1) return
+        echo = false
+        text = text.slice(end + 1)
+      }
+      tail = (tail + text).slice(-4096)
       if (timer !== undefined) clearTimeout(timer)
       // a prompt is a line left without its newline while the command waits for input
       if (!tail.endsWith('\n')) timer = setTimeout(ask, 150)
