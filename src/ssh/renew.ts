@@ -66,6 +66,13 @@ interface Slot {
 /** Shared by every link of this process: one run at a time, and at most one per min-interval, per destination. */
 const slots = new Map<string, Slot>()
 
+/** The certificate each hop was last seen to have (read before each connect and after each run). */
+const known = new Map<string, CertificateStatus>()
+
+function hopKey(hop: ResolvedHop): string {
+  return `${hop.username}@${hop.host}:${hop.port}`
+}
+
 /** For tests: forget every run of this process. */
 export function resetCredentialRuns(): void {
   slots.clear()
@@ -94,6 +101,11 @@ export class CredentialRenewer {
     return this.#options
   }
 
+  /** The certificate `hop` had when it last connected (or was renewed), for `status`; undefined: none seen. */
+  certificate(hop: ResolvedHop): CertificateStatus | undefined {
+    return known.get(hopKey(hop))
+  }
+
   /**
    * Renews when needed; resolves when the hop's credentials are as good as they will get. Throws
    * `E_CREDENTIAL_COMMAND` when CMD fails, `E_CERT_EXPIRED` when the certificate is expired (or missing) and the
@@ -102,11 +114,12 @@ export class CredentialRenewer {
   async ensure(hop: ResolvedHop, written: string, now = Date.now()): Promise<void> {
     const renewBefore = this.#options.renewBeforeS ?? 600
     const minInterval = this.#options.minIntervalS ?? 3600
+    const key = hopKey(hop)
     const cert = await hopCertificate(hop)
+    if (cert !== undefined) known.set(key, cert)
     const nowS = now / 1000
     if (cert !== undefined && (cert.validBefore === undefined || cert.validBefore - nowS > renewBefore))
       return
-    const key = `${hop.username}@${hop.host}:${hop.port}`
     const slot = slots.get(key) ?? {}
     slots.set(key, slot)
     if (slot.running !== undefined) {
@@ -135,6 +148,8 @@ export class CredentialRenewer {
     } finally {
       slot.running = undefined
     }
+    const renewed = await hopCertificate(hop)
+    if (renewed !== undefined) known.set(key, renewed)
     this.#options.onRun?.({ destination: written, status: 'renewed' })
   }
 }
