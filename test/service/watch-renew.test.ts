@@ -72,3 +72,50 @@ test('watch --credential-command: its question is answered through ipp-tunnel lo
   assert.equal(cert.keyId, 'renewed')
   assert.ok(Date.parse(cert.expires) > Date.now(), cert.expires)
 })
+
+test('up --credential-command: its question is asked on the terminal', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'ippt-up-renew-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const ca = join(dir, 'ca')
+  const key = join(dir, 'id_user')
+  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', ca])
+  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', key])
+  const sshd = await startSshd({ extraConfig: `TrustedUserCAKeys ${ca}.pub\n` })
+  t.after(() => sshd.close())
+  const listeners = await kernelListeners()
+  t.after(() => listeners.close())
+  const file = join(dir, 'kernel-up.json')
+  const kernel = {
+    ...listeners.ports,
+    ip: '127.0.0.1',
+    key: 'a0b1c2d3',
+    transport: 'tcp',
+    signature_scheme: 'hmac-sha256',
+    ssh: `root@127.0.0.1:${sshd.port}`,
+  }
+  await writeFile(file, JSON.stringify(kernel), { mode: 0o600 })
+  const command = `read -p 'Code: ' x; [ "$x" = 4242 ] || exit 3; ssh-keygen -q -s ${ca} -I on-tty -n root -V -1m:+30s ${key}.pub`
+  const result = await runOnPty(
+    [
+      process.execPath,
+      CLI,
+      'up',
+      file,
+      '--out',
+      join(dir, 'out.json'),
+      '--identity',
+      key,
+      '--known-hosts',
+      sshd.knownHostsFile,
+      '--credential-command',
+      command,
+    ],
+    [
+      { expect: 'Code: ', send: '4242' },
+      { expect: 'ready in', signal: 'INT' },
+    ],
+    { SSH_AUTH_SOCK: '' },
+  )
+  assert.equal(result.steps, 2, result.output)
+  assert.match(await readFile(`${key}-cert.pub`, 'utf8'), /^ssh-ed25519-cert-v01@openssh.com /)
+})
