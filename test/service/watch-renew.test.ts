@@ -71,6 +71,12 @@ test('watch --credential-command: its question is answered through ipp-tunnel lo
   assert.equal(cert?.path, `${key}-cert.pub`)
   assert.equal(cert.keyId, 'renewed')
   assert.ok(Date.parse(cert.expires) > Date.now(), cert.expires)
+  // valid 30 s: within the hour, so one warning names it
+  const warning = await events.next('warning')
+  assert.match(
+    String(warning.message),
+    /certificate \S+id_user-cert\.pub \(key id "renewed"\) for \S+ expires at /,
+  )
 })
 
 test('up --credential-command: its question is asked on the terminal', async (t) => {
