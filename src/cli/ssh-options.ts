@@ -5,7 +5,7 @@ import { Writable } from 'node:stream'
 import type { Argv } from 'yargs'
 
 import { IppTunnelError } from '../errors/index.js'
-import { formatHostKeyNote, parseDestination } from '../ssh/index.js'
+import { CredentialRenewer, formatHostKeyNote, parseDestination } from '../ssh/index.js'
 import type {
   HostKeyNote,
   HostKeyPolicy,
@@ -29,6 +29,9 @@ export interface SshArgs {
   readonly 'proxy-command'?: string | undefined
   readonly transport?: 'auto' | 'ssh2' | 'openssh' | undefined
   readonly verbose?: number | undefined
+  readonly 'credential-command'?: string | undefined
+  readonly 'renew-before'?: number | undefined
+  readonly 'renew-min-interval'?: number | undefined
 }
 
 /** `--listen`: what the local listeners of a tunnel-opening command are. */
@@ -92,6 +95,21 @@ export function withSshOptions<T>(yargs: Argv<T>) {
       describe:
         "auto: reuse the user's OpenSSH master (ControlPath) when one is alive, else our own connection; ssh2: always our own; openssh: only a master, starting one if needed (default auto)",
     })
+    .option('credential-command', {
+      type: 'string',
+      describe:
+        'command (sh -c, on a pseudo-terminal; %h host, %r user, %n destination) that renews the certificate when it is missing, expired or about to expire; then keys and certificates are read again',
+    })
+    .option('renew-before', {
+      type: 'number',
+      default: 600,
+      describe: 'seconds before a certificate expires when --credential-command renews it',
+    })
+    .option('renew-min-interval', {
+      type: 'number',
+      default: 3600,
+      describe: 'never run --credential-command more often than this many seconds per destination',
+    })
     .option('verbose', {
       alias: 'v',
       type: 'count',
@@ -110,7 +128,8 @@ export function withSshOptions<T>(yargs: Argv<T>) {
 export function sshOptionsFrom(
   args: SshArgs,
   output?: Output,
-): SshOptions & Pick<LinkOptions, 'onHostKey' | 'onProxyStderr' | 'transport' | 'prompt' | 'verbose'> {
+): SshOptions &
+  Pick<LinkOptions, 'onHostKey' | 'onProxyStderr' | 'transport' | 'prompt' | 'verbose' | 'credential'> {
   if (args.ssh !== undefined) parseDestination(args.ssh, '--ssh')
   return {
     ...(args.transport !== undefined && { transport: args.transport }),
@@ -124,6 +143,13 @@ export function sshOptionsFrom(
     ...(args['host-key-check'] !== undefined && { hostKeyCheck: args['host-key-check'] }),
     passphrase: passphraseProvider(args['passphrase-file']),
     prompt: terminalPrompts,
+    ...(args['credential-command'] !== undefined && {
+      credential: new CredentialRenewer({
+        command: args['credential-command'],
+        ...(args['renew-before'] !== undefined && { renewBeforeS: args['renew-before'] }),
+        ...(args['renew-min-interval'] !== undefined && { minIntervalS: args['renew-min-interval'] }),
+      }),
+    }),
     ...(output !== undefined && (args.verbose ?? 0) > 0 && { verbose: verbosePrinter(output) }),
     ...(output !== undefined && { onHostKey: hostKeyPrinter(output) }),
   }

@@ -101,6 +101,11 @@ function fileLines(file: FileStatus, width: number, waiting: ReadonlySet<string>
     `  file  ${fit(file.file, width - 8, true)}`,
     `  copy  ${copyText(file, width)}`,
   ]
+  const cert = file.certificate
+  if (cert !== undefined) {
+    const id = `key id ${JSON.stringify(cert.keyId)}, serial ${cert.serial}`
+    lines.push(fit(`  cert  ${cert.path} (${id}), expires ${cert.expires ?? 'never'}`, width))
+  }
   if (file.forwards.length > 0) {
     // remote hosts can be long names or IPv6 addresses: give them what the other columns leave
     const fixed = 2 + 14 + 2 + 15 + 2 + 2 + 4 + 2 + 11 + 2 + 10 + 2

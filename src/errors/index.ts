@@ -27,6 +27,7 @@ export type ErrorCode =
   | 'E_PASSPHRASE'
   | 'E_IDENTITY'
   | 'E_CERT_EXPIRED'
+  | 'E_CREDENTIAL_COMMAND'
   | 'E_CONNECT'
   | 'E_FORWARD_DENIED'
   | 'E_FORWARD'

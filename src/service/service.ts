@@ -38,7 +38,7 @@ import {
   whenReleased,
   type Tunnel,
 } from '../tunnel/index.js'
-import { resolveTarget } from '../ssh/index.js'
+import { CredentialRenewer, resolveTarget, type ResolvedTarget } from '../ssh/index.js'
 import { CopyLedger } from './ledger.js'
 import { LoginRelay } from './login-relay.js'
 import { KernelHost } from './kernel-host.js'
@@ -152,6 +152,22 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
   readonly #abort = new AbortController()
   readonly #checks: NodeJS.Timeout
   #closed = false
+  readonly #warnedCerts = new Set<string>()
+
+  /** `--credential-command` with its prompts relayed to `ipp-tunnel login`, waiting for one when no one is there. */
+  #relayedCredential(credential: CredentialRenewer): CredentialRenewer {
+    const relay = this.#relay
+    const signal = this.#abort.signal
+    return new CredentialRenewer({
+      ...credential.options,
+      prompt: async (request) => {
+        const now = await relay.provider(request)
+        if (now !== undefined) return now
+        await relay.gate.wait(request.destination, signal)
+        return relay.provider(request)
+      },
+    })
+  }
 
   private constructor(options: ServiceOptions, ledger: CopyLedger) {
     super()
@@ -168,7 +184,12 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
             Math.min(DEFAULT_MAX_REMOTE_FILES, Math.floor(limit / 2 / (remotes * FDS_PER_PULLED_FILE))),
           )
     this.#pool = new LinkPool(
-      { ...options, prompt: this.#relay.provider, login: this.#relay.gate },
+      {
+        ...options,
+        prompt: this.#relay.provider,
+        login: this.#relay.gate,
+        ...(options.credential !== undefined && { credential: this.#relayedCredential(options.credential) }),
+      },
       { budget: rootBudget(limit, remotes * this.#maxRemoteFiles * FDS_PER_PULLED_FILE) },
     )
     this.#remoteLinks = new RemoteLinks(this.#pool, options)
@@ -271,8 +292,35 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
         copy: tunnel === undefined ? 'none' : entry.copyReplaced ? 'replaced' : 'written',
         lastError: entry.lastError,
         ...(entry.remote !== undefined && { remote: entry.remote }),
+        ...this.#certificateOf(tunnel?.link),
       }
     })
+  }
+
+  /** The certificate a link's destination logged in with, as `--credential-command` last saw it. */
+  #certificateOf(link: { readonly target: ResolvedTarget } | undefined): Pick<FileStatus, 'certificate'> {
+    const hop = link?.target.hops.at(-1)
+    const cert = hop === undefined ? undefined : this.#options.credential?.certificate(hop)
+    if (cert === undefined) return {}
+    const expires =
+      cert.validBefore === undefined ? undefined : new Date(cert.validBefore * 1000).toISOString()
+    return { certificate: { path: cert.path, keyId: cert.keyId, serial: cert.serial, expires } }
+  }
+
+  /** A `warning` once per certificate that expires within the hour. */
+  #warnExpiring(): void {
+    for (const file of this.status()) {
+      const c = file.certificate
+      if (c?.expires === undefined) continue
+      const left = Date.parse(c.expires) - Date.now()
+      const seen = `${c.path} ${c.expires}`
+      if (left > 3_600_000 || this.#warnedCerts.has(seen)) continue
+      this.#warnedCerts.add(seen)
+      this.emit('warning', {
+        file: c.path,
+        message: `certificate ${c.path} (key id ${JSON.stringify(c.keyId)}) for ${file.destination ?? ''} expires at ${c.expires}${left > 0 ? '' : ' (expired)'}; --credential-command renews it at the next connect`,
+      })
+    }
   }
 
   /** Starts following one remote directory; its SFTP session rides on the pooled link to its destination. */
@@ -693,6 +741,7 @@ export class TunnelService extends EventEmitter<ServiceEvents> {
    * reported once and left alone until that file goes; files waiting on a conflict are tried again.
    */
   #checkCopies(): void {
+    this.#warnExpiring()
     for (const entry of this.#entries.values()) {
       if (entry.conflict !== undefined) {
         this.#recheck(entry)

@@ -70,6 +70,13 @@ export interface FileStatus {
   readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | undefined
   /** Set for files pulled from a remote directory. */
   readonly remote?: { readonly destination: string; readonly path: string }
+  /** With `--credential-command`: the certificate the link logged in with last, and when it expires (ISO 8601). */
+  readonly certificate?: {
+    readonly path: string
+    readonly keyId: string
+    readonly serial: string
+    readonly expires: string | undefined
+  }
 }
 
 /** Fields of `ready` and `changed`: the file, its loopback copy, how long it took, and its forwards. */

@@ -9,6 +9,7 @@ import {
   type HopCertificates,
 } from './certificate.js'
 import { loadSsh2, ssh2 } from './ssh2-lib.js'
+import type { CredentialRenewer } from './renew.js'
 import { loginCommand, quotePrompts, type PromptProvider, type PromptRequest } from './prompts.js'
 import type { PassphraseProvider, ResolvedHop } from './types.js'
 
@@ -25,6 +26,8 @@ export interface AuthOptions {
   readonly verbose?: (message: string) => void
   /** Environment to read `SSH_AUTH_SOCK` from; default `process.env`. */
   readonly env?: Readonly<Record<string, string | undefined>>
+  /** `--credential-command`: asked before each attempt to renew a missing or expiring certificate. */
+  readonly credential?: CredentialRenewer
 }
 
 /** One authentication run (one connection attempt) for one hop. */
@@ -127,6 +130,7 @@ export class HopAuth {
   async begin(): Promise<AuthAttempt> {
     await loadSsh2()
     const hop = this.#hop
+    await this.#options.credential?.ensure(hop, this.#options.destination ?? hop.alias)
     const methods = methodOrder(hop.preferredAuthentications)
     const canAsk = this.#options.prompt !== undefined && methods.some((m) => INTERACTIVE.has(m))
     const candidates: Candidate[] = []

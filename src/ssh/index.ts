@@ -60,6 +60,14 @@ export {
   type HopCertificates,
 } from './certificate.js'
 export {
+  CredentialRenewer,
+  expandCredentialCommand,
+  hopCertificate,
+  resetCredentialRuns,
+  type CertificateStatus,
+  type CredentialCommandOptions,
+} from './renew.js'
+export {
   Link,
   type BackoffOptions,
   type LinkEvents,

@@ -20,6 +20,7 @@ import type { HostKeyNote } from './known-hosts.js'
 import { OpenSshMaster, type Transport } from './openssh-master.js'
 import type { LoginGate, PromptProvider } from './prompts.js'
 import { localAddresses, plainAddress, watchNetwork } from './network-watch.js'
+import type { CredentialRenewer } from './renew.js'
 import { answers, gateOnTransport, poolPadding } from './ssh2-socket.js'
 import { endStaleSession, type StalePeer } from './stale-session.js'
 import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
@@ -101,6 +102,8 @@ export interface LinkOptions {
    * (remote processes compare host name and boot id: `E_REMOTE_NODE`). Default false.
    */
   readonly pinAddress?: boolean
+  /** `--credential-command`: renews the certificate a hop needs before each (re)connect. */
+  readonly credential?: CredentialRenewer
 }
 
 /** Events of a {@link Link}; failures are named events, there is no bare `error` event. */
@@ -146,6 +149,7 @@ const fatalCodes: ReadonlySet<string> = new Set([
   'E_PASSPHRASE',
   'E_IDENTITY',
   'E_CERT_EXPIRED',
+  'E_CREDENTIAL_COMMAND',
   'E_FORWARD_DENIED',
 ])
 
@@ -206,6 +210,7 @@ export class Link extends EventEmitter<LinkEvents> {
       ...(options.prompt !== undefined ? { prompt: options.prompt } : {}),
       ...(options.verbose !== undefined ? { verbose: options.verbose } : {}),
       ...(options.env !== undefined ? { env: options.env } : {}),
+      ...(options.credential !== undefined ? { credential: options.credential } : {}),
       destination: this.destination,
     }
     this.#chainContext = {

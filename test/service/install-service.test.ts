@@ -120,6 +120,9 @@ describe('ipp-tunnel install-service and the systemd user unit', () => {
       'ssh-config': ['--ssh-config', 'cfg'],
       'proxy-command': ['--proxy-command', 'ssh -W %h:%p jump'],
       transport: ['--transport', 'ssh2'],
+      'credential-command': ['--credential-command', 'sshproxy -u %r'],
+      'renew-before': ['--renew-before', '900'],
+      'renew-min-interval': ['--renew-min-interval', '7200'],
       verbose: ['--verbose', '--verbose'],
     }
     // the options watch's own help lists: a new one not given above fails here
@@ -135,7 +138,8 @@ describe('ipp-tunnel install-service and the systemd user unit', () => {
       '--remote-profile x --poll 250 --ssh me@login.example.org',
       `--identity ${resolve('id_ed25519')} --known-hosts ${resolve('kh')} --host-key-check off`,
       `--passphrase-file ${resolve('pass.txt')} --ssh-config ${resolve('cfg')}`,
-      '--proxy-command "ssh -W %%h:%%p jump" --transport ssh2 --verbose --verbose',
+      '--proxy-command "ssh -W %%h:%%p jump" --transport ssh2 --credential-command "sshproxy -u %%r"',
+      '--renew-before 900 --renew-min-interval 7200 --verbose --verbose',
     ].join(' ')
     assert.equal(execStartOf(result.stdout), want)
     const path = join(dir, 'all-options.service')
