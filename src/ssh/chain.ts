@@ -87,6 +87,9 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
         early?.drop()
         throw err
       }
+      // stopped while the login got ready (a key read, a credential command): the early connection goes with it
+      if (signal.aborted) early?.drop()
+      signal.throwIfAborted()
       sock = early?.take()
       if (previous === undefined && hop.proxyCommand !== undefined) {
         // started only now, right before ssh2 takes its stream: no await between, so no exit goes unseen
@@ -267,6 +270,8 @@ function connectHop(ctx: ChainContext, hop: ResolvedHop, how: HopConnect): Promi
       signal.removeEventListener('abort', onAbort)
     }
     signal.addEventListener('abort', onAbort, { once: true })
+    // an abort that came before the listener fires no event
+    if (signal.aborted) queueMicrotask(onAbort)
 
     client.on('error', (err: Ssh2Error) => {
       if (err.level === 'client-timeout' && err.message === 'Keepalive timeout') {
