@@ -35,6 +35,8 @@ export interface Chain {
   localAddress?: string
   /** This side's port of that connection. */
   localPort?: number
+  /** The server's address of that connection. */
+  remoteAddress?: string
   /** A login of the chain asked a person (a one-time code): a new connection would ask again. */
   asked: boolean
 }
@@ -135,9 +137,11 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
       }
       if (direct) {
         const local = localAddressOf(client)
-        if (local !== undefined) {
+        const remote = remoteAddressOf(client)
+        if (local !== undefined && remote !== undefined) {
           chain.localAddress = local.address
           chain.localPort = local.port
+          chain.remoteAddress = remote
         }
       }
       asked ||= attempt.prompted

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import { Duplex } from 'node:stream'
-import type { ClientChannel, SFTPWrapper } from 'ssh2'
+import type { Client, ClientChannel, SFTPWrapper } from 'ssh2'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { HopAuth } from './auth.js'
 import { askedSomeone, endChain, openChain, type Chain, type ChainContext } from './chain.js'
@@ -19,7 +19,7 @@ import { execOnClient, type RemoteCommand } from './exec.js'
 import type { HostKeyNote } from './known-hosts.js'
 import { OpenSshMaster, type Transport } from './openssh-master.js'
 import type { LoginGate, PromptProvider } from './prompts.js'
-import { localAddresses, plainAddress, watchNetwork } from './network-watch.js'
+import { plainAddress, sourceFor, watchNetwork, type NetworkEvent } from './network-watch.js'
 import type { CredentialRenewer } from './renew.js'
 import { answers, gateOnTransport, poolPadding } from './ssh2-socket.js'
 import { endStaleSession, type StalePeer } from './stale-session.js'
@@ -613,42 +613,45 @@ export class Link extends EventEmitter<LinkEvents> {
       if (chain.dead || probing) return
       const first = chain.clients[0]
       if (first === undefined) return
-      const drop = (reason: string): void => {
+      probing = true
+      void this.#checkAfter(event, chain, first).then((reason) => {
+        probing = false
+        if (reason === undefined || chain.dead) return
         this.#options.verbose?.(`${this.destination}: ${reason}; connecting anew`)
         lastError = new Error(reason)
         abandoned = true
         first.destroy()
-      }
-      const why =
-        event.kind === 'resume'
-          ? `this process ran again after ${Math.round(event.stoppedMs / 1000)} s stopped (a suspend)`
-          : 'the network changed'
-      if (
-        !chain.asked &&
-        chain.localAddress !== undefined &&
-        !localAddresses().has(plainAddress(chain.localAddress))
-      ) {
-        drop(`${why}: this machine no longer has ${chain.localAddress}, the connection's address`)
-        return
-      }
-      probing = true
-      void answers(first, PROBE_MS).then((alive) => {
-        probing = false
-        if (alive || chain.dead) return
-        if (chain.asked) {
-          // a new connection would ask for a new code: the silence allowance of such a login decides instead
-          this.#options.verbose?.(
-            `${this.destination}: ${why}; no answer yet, waiting (the login asked a person)`,
-          )
-          return
-        }
-        drop(`${why}: no answer from the server within ${PROBE_MS / 1000} s`)
       })
     })
     chain.clients[0]?.once('close', stopWatching)
     this.#setState('up')
     for (const w of this.#waiters) w.resolve()
     this.#waiters.clear()
+  }
+
+  /**
+   * After a resume or a network change: why `chain` is dead, or undefined while it may live. A connection whose
+   * address this machine no longer routes from (another network) is dead for certain; with no route at all (the
+   * network down) it waits, for its TCP connection may resume when the same network comes back; otherwise it is
+   * asked for an answer. A login that asked a person is never given up here: its silence allowance decides.
+   */
+  async #checkAfter(event: NetworkEvent, chain: Chain, first: Client): Promise<string | undefined> {
+    if (chain.asked) return undefined
+    const why =
+      event.kind === 'resume'
+        ? `this process ran again after ${Math.round(event.stoppedMs / 1000)} s stopped (a suspend)`
+        : 'the network changed'
+    if (chain.localAddress !== undefined && chain.remoteAddress !== undefined) {
+      const source = await sourceFor(chain.remoteAddress)
+      if (source === undefined) return undefined
+      const local = plainAddress(chain.localAddress)
+      if (source !== local) {
+        return `${why}: this machine now reaches ${chain.remoteAddress} from ${source}, not from ${local}, the connection's address`
+      }
+    }
+    return (await answers(first, PROBE_MS))
+      ? undefined
+      : `${why}: no answer from the server within ${PROBE_MS / 1000} s`
   }
 
   /**

@@ -1,3 +1,5 @@
+import { createSocket } from 'node:dgram'
+import { isIPv6 } from 'node:net'
 import { networkInterfaces } from 'node:os'
 
 /**
@@ -75,4 +77,27 @@ export function watchNetwork(listener: Listener): () => void {
     clearInterval(timer)
     timer = undefined
   }
+}
+
+/**
+ * The address this machine would send from to reach `remote` now, as its routing table says (a UDP socket's connect:
+ * no packet leaves), or undefined when there is no route (the network is down). A TCP connection whose own address
+ * differs can never resume; one whose address it still is may.
+ */
+export function sourceFor(remote: string): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = createSocket(isIPv6(remote) ? 'udp6' : 'udp4')
+    const done = (source: string | undefined): void => {
+      socket.close()
+      resolve(source)
+    }
+    socket.once('error', () => done(undefined))
+    socket.connect(9, remote, () => {
+      try {
+        done(plainAddress(socket.address().address))
+      } catch {
+        done(undefined)
+      }
+    })
+  })
 }

@@ -88,7 +88,7 @@ describe("a laptop's day: `up` and `engines` come back after an outage and after
     await rm(root, { recursive: true, force: true })
   })
 
-  test('an outage of a minute: retried every second, not backed off; the kept Client and both engines work after it, one login each', async () => {
+  test('an outage of a minute, back on another address: noticed when the network returns, not by keepalives; the kept Client and both engines work after it, one login each', async () => {
     const mark = sshd.log().length
     const upSeen = upEvents.events.length
     const seen = new Set([...upEvents.events, ...enginesEvents.events])
@@ -109,13 +109,13 @@ describe("a laptop's day: `up` and `engines` come back after an outage and after
     assert.deepEqual({ ids: after.ids, pids: after.pids }, first, 'the same engines, registered all along')
 
     const reconnecting = upEvents.events.slice(upSeen).filter((e) => e.event === 'reconnecting')
-    assert.ok(reconnecting.length >= OUTAGE_MS / 2000, `retried all along: ${JSON.stringify(reconnecting)}`)
-    // the failures were the network's (no route): retried a second apart, never backed off to 15 s
+    assert.ok(reconnecting.length > 0, 'the old connection was given up')
+    // any failure was the network's: retried a second apart, never backed off to 15 s
     for (const e of reconnecting) assert.ok(Number(e.delayMs) <= 1000, JSON.stringify(e))
+    // while the network was down the connection was kept (it might have resumed); the new address ended it at once
     assert.match(
       String(reconnecting[0]?.message),
-      /no longer has/u,
-      'noticed by the address, not by keepalives',
+      /the network changed: this machine now reaches \S+ from \S+, not from/u,
     )
     // one new connection each for `up` and `engines`, from the new address, however many attempts
     assert.equal(loginsFrom(sshd.log().slice(mark), address), 2, sshd.log().slice(mark))
@@ -144,7 +144,10 @@ describe("a laptop's day: `up` and `engines` come back after an outage and after
     assert.deepEqual({ ids: after.ids, pids: after.pids }, first)
     const reconnecting = upEvents.events.slice(upSeen).filter((e) => e.event === 'reconnecting')
     // noticed at once on resume (the keepalives, a minute apart, could not have)
-    assert.match(String(reconnecting[0]?.message), /ran again after \d+ s stopped|no longer has/u)
+    assert.match(
+      String(reconnecting[0]?.message),
+      /(ran again after \d+ s stopped \(a suspend\)|the network changed): this machine now reaches/u,
+    )
     assert.equal(loginsFrom(sshd.log().slice(mark), address), 2, sshd.log().slice(mark))
   })
 })
