@@ -632,8 +632,8 @@ export class Link extends EventEmitter<LinkEvents> {
   /**
    * After a resume or a network change: why `chain` is dead, or undefined while it may live. A connection whose
    * address this machine no longer routes from (another network) is dead for certain; with no route at all (the
-   * network down) it waits, for its TCP connection may resume when the same network comes back; otherwise it is
-   * asked for an answer. A login that asked a person is never given up here: its silence allowance decides.
+   * network down) it waits, for its TCP connection may resume when the same network comes back; with the same
+   * address it is kept after a change and asked for an answer after a resume. A login that asked a person is never given up here: its silence allowance decides.
    */
   async #checkAfter(event: NetworkEvent, chain: Chain, first: Client): Promise<string | undefined> {
     if (chain.asked) return undefined
@@ -649,6 +649,9 @@ export class Link extends EventEmitter<LinkEvents> {
         return `${why}: this machine now reaches ${chain.remoteAddress} from ${source}, not from ${local}, the connection's address`
       }
     }
+    // a change that left the route as it was: the connection may resume, keepalives decide (a Wi-Fi blip costs
+    // nothing); after a resume anything may have happened meanwhile (a NAT forgot the mapping): ask
+    if (event.kind !== 'resume') return undefined
     return (await answers(first, PROBE_MS))
       ? undefined
       : `${why}: no answer from the server within ${PROBE_MS / 1000} s`
