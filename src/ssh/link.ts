@@ -614,14 +614,18 @@ export class Link extends EventEmitter<LinkEvents> {
       const first = chain.clients[0]
       if (first === undefined) return
       probing = true
-      void this.#checkAfter(event, chain, first).then((reason) => {
-        probing = false
-        if (reason === undefined || chain.dead) return
-        this.#options.verbose?.(`${this.destination}: ${reason}; connecting anew`)
-        lastError = new Error(reason)
-        abandoned = true
-        first.destroy()
-      })
+      this.#checkAfter(event, chain, first).then(
+        (reason) => {
+          probing = false
+          if (reason === undefined || chain.dead) return
+          this.#options.verbose?.(`${this.destination}: ${reason}; connecting anew`)
+          lastError = new Error(reason)
+          abandoned = true
+          first.destroy()
+        },
+        // a check that could not be made leaves the connection to its keepalives
+        () => (probing = false),
+      )
     })
     chain.clients[0]?.once('close', stopWatching)
     this.#setState('up')

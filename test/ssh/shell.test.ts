@@ -61,7 +61,9 @@ test('a host or user that the destination rule accepts is the same word to the s
   const part = fc.string({ unit: shellish, minLength: 1, maxLength: 12 })
   fc.assert(
     fc.property(part, part, (user, host) => {
-      if (destinationProblem(`${user}@${host}`) !== undefined) return
+      const text = `${user}@${host}`
+      // the rule reads a destination trimmed (a tab before the user is no part of it), and a rejected one not at all
+      if (text.trim() !== text || destinationProblem(text) !== undefined) return
       assert.deepEqual(
         sh(`printf %s ${user}; printf '\\0'; printf %s ${host}`),
         Buffer.from(`${user}\0${host}`),
