@@ -29,6 +29,7 @@ import {
 } from '../test/support/index.js'
 import { KeptClient, startController, startEngines, stopProcess } from '../test/support/ipp.js'
 import type { BenchRow } from './common.js'
+import { opensshForwardArgs } from './tunnel.js'
 
 const OUTAGE_S = 40
 const SUSPEND_S = 5
@@ -95,25 +96,13 @@ export async function benchRecovery(): Promise<BenchRow[]> {
     await writeFile(anchorCopy, JSON.stringify(anchorInfo), { mode: 0o600 })
     const ssh = [
       'ssh',
-      '-N',
-      '-F',
-      '/dev/null',
-      '-i',
-      sshd.clientKey,
-      '-o',
-      `UserKnownHostsFile=${sshd.knownHostsFile}`,
+      ...opensshForwardArgs(sshd),
       '-o',
       'ServerAliveInterval=5',
       '-o',
       'ServerAliveCountMax=3',
       '-o',
-      'ExitOnForwardFailure=yes',
-      '-o',
       'ConnectTimeout=5',
-      '-o',
-      'BatchMode=yes',
-      '-p',
-      String(sshd.port),
       ...forwards,
       `${sshd.user}@${server.nsAddr}`,
     ]

@@ -34,14 +34,8 @@ export interface EnginesSpecOptions {
   readonly engineFile: string
 }
 
-/**
- * Imports ipyparallel while the controller starts, waits (≤ 300 s) until the controller's engine file (argv[1]) is
- * whole JSON, then runs `ipyparallel.cluster` with the rest of argv: the engines start as soon as the file is there,
- * not after the laptop has tunnelled and copied the client file.
- */
-const AFTER_ENGINE_FILE = String.raw`import json, runpy, sys, time
-import ipyparallel.cluster.app
-path = sys.argv[1]
+/** Python: waits (≤ 300 s) until the engine file `sys.argv[1]` (`path`) is whole JSON; the controller writes it in place. */
+const WAIT_FOR_ENGINE_FILE = String.raw`path = sys.argv[1]
 deadline = time.monotonic() + 300
 while True:
     try:
@@ -52,7 +46,16 @@ while True:
         if time.monotonic() > deadline:
             sys.exit('the controller wrote no engine file: ' + path)
         time.sleep(0.05)
-sys.argv = ['ipcluster'] + sys.argv[2:]
+`
+
+/**
+ * Imports ipyparallel while the controller starts, waits (≤ 300 s) until the controller's engine file (argv[1]) is
+ * whole JSON, then runs `ipyparallel.cluster` with the rest of argv: the engines start as soon as the file is there,
+ * not after the laptop has tunnelled and copied the client file.
+ */
+const AFTER_ENGINE_FILE = String.raw`import json, runpy, sys, time
+import ipyparallel.cluster.app
+${WAIT_FOR_ENGINE_FILE}sys.argv = ['ipcluster'] + sys.argv[2:]
 runpy.run_module('ipyparallel.cluster', run_name='__main__', alter_sys=True)
 `
 
@@ -64,17 +67,7 @@ runpy.run_module('ipyparallel.cluster', run_name='__main__', alter_sys=True)
  */
 const FORK_ENGINES = String.raw`import json, os, sys, time
 from ipyparallel.engine.app import IPEngine
-path, n, args = sys.argv[1], int(sys.argv[2][len('--n='):]), sys.argv[3:]
-deadline = time.monotonic() + 300
-while True:
-    try:
-        with open(path) as f:
-            json.load(f)
-        break
-    except (OSError, ValueError):
-        if time.monotonic() > deadline:
-            sys.exit('the controller wrote no engine file: ' + path)
-        time.sleep(0.05)
+${WAIT_FOR_ENGINE_FILE}n, args = int(sys.argv[2][len('--n='):]), sys.argv[3:]
 kids = []
 for _ in range(n):
     pid = os.fork()
