@@ -9,6 +9,7 @@ import type { PulledTunnel } from '../service/index.js'
 import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
 import { LinkPool, type ListenKind } from '../tunnel/index.js'
 import { enginesOf, enginesSpec, type EnginesKind } from './engines.js'
+import { CONTROLLER_HEARTBEAT } from './heartbeat.js'
 import { checkProfile, clusterIdOf, newClusterId, processNames, profileOfController } from './names.js'
 import { pullClientFile } from './pull.js'
 import { ensureRemoteDir, findCluster, removeConnectionFiles } from './remote-files.js'
@@ -200,25 +201,35 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     return RemoteCluster.#withLink(options, async (pool, link, procs) => {
       const signal = options.signal
       const names = processNames(profile)
-      // the local check, the remote one and the look at what runs there, at once: one round of waiting, not four
+      // at once, so that the controller starts after one round of waiting, not four: the SFTP session (the IPython
+      // directory and the controller's file use it), the look at what runs there, where IPython keeps its profiles
+      // there, and both pythons' versions — the slowest (an import of ipyparallel on each side), which the controller
+      // does not wait for: a start that fails the check is undone before anything is followed
+      link.sftp().catch(() => undefined)
       const local =
         options.localPython !== false ? localVersions(options.localPython ?? 'python3', signal) : undefined
       local?.catch(() => undefined)
-      const [remote, processes] = await Promise.all([
-        procs.modules(['ipyparallel', 'cloudpickle'], signal ? { signal } : {}),
+      const checked = procs
+        .modules(['ipyparallel', 'cloudpickle'], signal ? { signal } : {})
+        .then(async (remote) => {
+          const remoteVersions = {
+            where: `${remote.executable} on ${link.destination}`,
+            python: remote.python,
+            ipyparallel: remote.modules.ipyparallel ?? null,
+            cloudpickle: remote.modules.cloudpickle ?? null,
+          }
+          if (local !== undefined) {
+            checkCompatible(remoteVersions, await local)
+          } else if (remoteVersions.ipyparallel === null) {
+            checkCompatible(remoteVersions, { ...remoteVersions, where: 'here' })
+          }
+        })
+      checked.catch(() => undefined)
+      const [processes, remoteIpythonDir] = await Promise.all([
         procs.list(signal ? { signal } : {}),
+        options.remoteIpythonDir ??
+          procs.modules([], signal ? { signal } : {}).then((where) => where.ipythonDir),
       ])
-      const remoteVersions = {
-        where: `${remote.executable} on ${link.destination}`,
-        python: remote.python,
-        ipyparallel: remote.modules.ipyparallel ?? null,
-        cloudpickle: remote.modules.cloudpickle ?? null,
-      }
-      if (local !== undefined) {
-        checkCompatible(remoteVersions, await local)
-      } else if (remoteVersions.ipyparallel === null) {
-        checkCompatible(remoteVersions, { ...remoteVersions, where: 'here' })
-      }
       const existing = processes.find((p) => p.name === names.controller)
       if (existing?.state === 'running' || existing?.state === 'elsewhere') {
         throw new IppTunnelError(
@@ -226,7 +237,6 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
           `a cluster of profile ${profile} already runs on ${existing.node?.host ?? link.destination} (controller pid ${String(existing.pid ?? '?')}): ipp-tunnel cluster attach, or cluster stop`,
         )
       }
-      const remoteIpythonDir = options.remoteIpythonDir ?? remote.ipythonDir
       await ensureRemoteDir(link, remoteIpythonDir)
       const clusterId = newClusterId()
       const common = [
@@ -250,6 +260,8 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
           securityDir,
           clusterId,
         })
+        // a batch job is not submitted on a guess: the versions are checked first
+        await checked
         const keeper = await procs.start(spec, signal ? { signal } : {})
         const parts = { profile, clusterId, securityDir }
         try {
@@ -276,7 +288,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
           // engines on compute nodes reach the controller inside the cluster; Curve (on by default) guards it
           argv: slurm
             ? reachableControllerArgv(python, common)
-            : [python, '-m', 'ipyparallel.controller', ...common, '--ip=127.0.0.1'],
+            : [python, '-m', 'ipyparallel.controller', ...common, ...CONTROLLER_HEARTBEAT, '--ip=127.0.0.1'],
           ...(env !== undefined && { env }),
           ...(options.persistSeconds !== undefined && { persistSeconds: options.persistSeconds }),
           // what an earlier cluster of the profile left (exited, its supervisor gone) is ours: replaced
@@ -305,6 +317,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
       besides?.catch(() => undefined)
       let cluster: RemoteCluster
       try {
+        await checked
         cluster = await RemoteCluster.#follow(options, pool, link, procs, controller, {
           profile,
           clusterId,

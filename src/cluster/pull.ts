@@ -65,7 +65,9 @@ export async function pullClientFile(
           pool,
           out: join(localDir, 'ipcontroller-client.json'),
           waitForFileMs: wait.fileMs ?? CONTROLLER_FILE_WAIT_MS,
-          pollMs: 200,
+          // looked for often while the controller starts (one SFTP look costs a few round trips), then followed
+          // (a restarted controller) once a second
+          waitPollMs: 50,
           signal: abort.signal,
         })
         break
@@ -75,7 +77,7 @@ export async function pullClientFile(
         const early = isIppTunnelError(err) && err.code === 'E_FORWARD'
         refusedSince ??= performance.now()
         if (!early || abort.signal.aborted || performance.now() - refusedSince > SCHEDULERS_WAIT_MS) throw err
-        await new Promise((resolve) => setTimeout(resolve, 250))
+        await new Promise((resolve) => setTimeout(resolve, 50))
       }
     }
   } catch (err) {

@@ -3,6 +3,7 @@ import { posix } from 'node:path'
 import { splitCommand } from '../engines/index.js'
 import type { RemoteProcessSpec } from '../remote/index.js'
 import { shellQuote, type Link } from '../ssh/index.js'
+import { CONTROLLER_HEARTBEAT } from './heartbeat.js'
 
 /** `$0` of the engines' job keeper: how `list` and `attach` tell a Slurm engines process from the others. */
 export const SLURM_KEEPER = 'ipp-tunnel-slurm-engines'
@@ -184,7 +185,7 @@ os.execv(sys.executable, [sys.executable, '-m', 'ipyparallel.controller'] + sys.
 
 /** The argv of a controller that engines on compute nodes reach (see LOCATE); `common` as for the engines. */
 export function reachableControllerArgv(python: string, common: readonly string[]): string[] {
-  return [python, '-c', LOCATE, ...common]
+  return [python, '-c', LOCATE, ...common, ...CONTROLLER_HEARTBEAT]
 }
 
 /**
@@ -219,7 +220,7 @@ function clusterBatchScript(): string {
     'dir=$1 python=$2 n=$3 engine_file=$4 client_file=$5; shift 5',
     `addr=$("$python" -c ${shellQuote(NODE_ADDRESS)}) || exit 1`,
     `printf '%s %s\\n' "\${SLURMD_NODENAME:-$(hostname)}" "$addr" >"$dir/${NODE_FILE}"`,
-    `"$python" -m ipyparallel.controller "$@" --ip='*' --location="$addr" &`,
+    `"$python" -m ipyparallel.controller "$@" ${CONTROLLER_HEARTBEAT.map(shellQuote).join(' ')} --ip='*' --location="$addr" &`,
     'controller=$!',
     'until [ -s "$engine_file" ] && [ -s "$client_file" ]; do',
     '  kill -0 "$controller" 2>/dev/null || { wait "$controller"; exit 1; }',

@@ -20,6 +20,8 @@ export interface PulledTunnelOptions extends SshOptions, Omit<LinkOptions, keyof
   readonly pool?: LinkPool
   /** How long to wait for a file that is not there yet (a controller starting); default 0: it must be there. */
   readonly waitForFileMs?: number
+  /** Milliseconds between looks while waiting for the file (before it is first there); default `pollMs`, at most 200. */
+  readonly waitPollMs?: number
   readonly signal?: AbortSignal
 }
 
@@ -104,12 +106,10 @@ export class PulledTunnel extends EventEmitter<PulledTunnelEvents> {
         sftp: (signal, stale) => sftpLink.sftp({ signal, ...(stale !== undefined && { stale }) }),
         ...(options.pollMs !== undefined && { pollMs: options.pollMs }),
       })
-      const { file, info, warnings } = await firstPull(
-        source,
-        spec.path,
-        options.signal,
-        options.waitForFileMs ?? 0,
-      )
+      const { file, info, warnings } = await firstPull(source, spec.path, options.signal, {
+        forMs: options.waitForFileMs ?? 0,
+        everyMs: options.waitPollMs ?? Math.min(source.pollMs, 200),
+      })
       const tunnel = await openTunnel(info, {
         ...options,
         ssh: destinationOf(info) ?? spec.destination,
@@ -211,7 +211,7 @@ async function firstPull(
   source: RemoteDirectorySource,
   path: string,
   signal: AbortSignal | undefined,
-  waitForFileMs: number,
+  wait: { forMs: number; everyMs: number },
 ): Promise<{ file: SourceFile; info: ConnectionInfo; warnings: string[] }> {
   const since = performance.now()
   let latest: SourceFile | undefined
@@ -234,8 +234,8 @@ async function firstPull(
       await source.poll()
       if (problem) throw problem
       const got = latest as SourceFile | undefined
-      if (got === undefined && performance.now() - since < waitForFileMs) {
-        await new Promise((resolve) => setTimeout(resolve, Math.min(source.pollMs, 200)))
+      if (got === undefined && performance.now() - since < wait.forMs) {
+        await new Promise((resolve) => setTimeout(resolve, wait.everyMs))
         continue
       }
       if (got === undefined) {
@@ -251,7 +251,7 @@ async function firstPull(
       } catch (err) {
         if (file.settled || polls > 20) throw err
       }
-      await new Promise((resolve) => setTimeout(resolve, Math.min(source.pollMs, 200)))
+      await new Promise((resolve) => setTimeout(resolve, wait.everyMs))
     }
   } finally {
     source.off('file', onFile)

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test, type TestContext } from 'node:test'
@@ -111,6 +111,9 @@ describe('cluster start/attach/stop/list: a whole ipyparallel cluster on the ssh
       120_000,
     )
     assert.equal(registered.event, 'registered', JSON.stringify(events.events) + events.stderr)
+    // one heartbeat a second: the hub lists an engine only at its first beat after the engine's first answer
+    const beating = await processesWith('--HeartMonitor.period=1000')
+    assert.ok(beating.length > 0, 'the controller beats once a second')
     const copy = await events.next('copy')
     assert.equal(
       copy.out,
@@ -206,8 +209,26 @@ describe('cluster start/attach/stop/list: a whole ipyparallel cluster on the ssh
       rows.every((r) => r.state !== 'running'),
       listed.stdout,
     )
-    // what the lease left (its state, the controller's files) goes with the next stop or start
+    // what the lease left (its state, the controller's files) goes with the next stop or start; the copy the
+    // killed command could not remove is the next start's to replace
     await runCli(['cluster', 'stop', ...remoteArgs()], env)
+    await rm(join(root, 'local-ipython', 'profile_default-tunnel'), { recursive: true, force: true })
+  })
+
+  test('a local python with another ipyparallel is refused, naming both; the controller started meanwhile is stopped', async () => {
+    // a real python that imports an older ipyparallel, and answers late: the controller is started by then
+    const shadow = join(root, 'old-ipyparallel')
+    await mkdir(join(shadow, 'ipyparallel'), { recursive: true })
+    await writeFile(join(shadow, 'ipyparallel', '__init__.py'), "__version__ = '6.3.0'\n")
+    const old = join(root, 'old-python')
+    await writeFile(old, `#!/bin/sh\nsleep 2\nPYTHONPATH=${shadow} exec /usr/bin/python3 "$@"\n`, {
+      mode: 0o755,
+    })
+    const result = await runCli(['cluster', 'start', ...remoteArgs(), '--local-python', old, '-n', '1'], env)
+    assert.equal(result.code, 1, result.stderr)
+    assert.match(result.stderr, /ipyparallel 7\.1\.\d+ there, 6\.3\.0 here/u)
+    assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr)
+    await assertNothingLeft()
   })
 
   test('a profile name that is not a plain word is refused before anything starts (exit 2)', async () => {
