@@ -76,7 +76,14 @@ async function updateBenchPage(table: string, partial: readonly string[]): Promi
     }
     for (const line of fresh) if (!merged.includes(line)) merged.push(line)
     body = [header, rule, ...merged].join('\n')
-    stamp = `Measured on ${process.platform}/${process.arch}, Node ${process.version}, by \`npm run bench\`; the rows of ${partial.join(', ')} on ${date} (\`npm run bench -- ${partial.join(' ')} --docs\`), the others before.`
+    // groups measured earlier the same day keep their place in the stamp
+    const earlier = /the rows of (.+?) on (\d{4}-\d{2}-\d{2})/u.exec(text.slice(from, to))
+    const today = [
+      ...new Set([...(earlier?.[2] === date ? (earlier[1]?.split(/, | and /u) ?? []) : []), ...partial]),
+    ]
+    const named =
+      today.length > 1 ? `${today.slice(0, -1).join(', ')} and ${today.at(-1) ?? ''}` : today.join('')
+    stamp = `Measured on ${process.platform}/${process.arch}, Node ${process.version}, by \`npm run bench\`; the rows of ${named} on ${date} (\`npm run bench -- ${today.join(' ')} --docs\`), the others before.`
   }
   const updated = `${text.slice(0, from + START.length)}\n${stamp}\n\n${body}\n${text.slice(to)}`
   // the test command checks the docs' formatting: write it the way prettier would
