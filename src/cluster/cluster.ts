@@ -201,35 +201,29 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
     return RemoteCluster.#withLink(options, async (pool, link, procs) => {
       const signal = options.signal
       const names = processNames(profile)
-      // at once, so that the controller starts after one round of waiting, not four: the SFTP session (the IPython
-      // directory and the controller's file use it), the look at what runs there, where IPython keeps its profiles
-      // there, and both pythons' versions — the slowest (an import of ipyparallel on each side), which the controller
-      // does not wait for: a start that fails the check is undone before anything is followed
+      // everything that comes before the controller's start, at once: the SFTP session (opened now for the IPython
+      // directory and the controller's file), the local python's versions, the remote one's (read from the installed
+      // metadata: an import of ipyparallel takes ten times as long) with where IPython keeps its profiles there, and
+      // a look at what runs there
       link.sftp().catch(() => undefined)
       const local =
         options.localPython !== false ? localVersions(options.localPython ?? 'python3', signal) : undefined
       local?.catch(() => undefined)
-      const checked = procs
-        .modules(['ipyparallel', 'cloudpickle'], signal ? { signal } : {})
-        .then(async (remote) => {
-          const remoteVersions = {
-            where: `${remote.executable} on ${link.destination}`,
-            python: remote.python,
-            ipyparallel: remote.modules.ipyparallel ?? null,
-            cloudpickle: remote.modules.cloudpickle ?? null,
-          }
-          if (local !== undefined) {
-            checkCompatible(remoteVersions, await local)
-          } else if (remoteVersions.ipyparallel === null) {
-            checkCompatible(remoteVersions, { ...remoteVersions, where: 'here' })
-          }
-        })
-      checked.catch(() => undefined)
-      const [processes, remoteIpythonDir] = await Promise.all([
+      const [remote, processes] = await Promise.all([
+        procs.modules(['ipyparallel', 'cloudpickle'], { installed: true, ...(signal && { signal }) }),
         procs.list(signal ? { signal } : {}),
-        options.remoteIpythonDir ??
-          procs.modules([], signal ? { signal } : {}).then((where) => where.ipythonDir),
       ])
+      const remoteVersions = {
+        where: `${remote.executable} on ${link.destination}`,
+        python: remote.python,
+        ipyparallel: remote.modules.ipyparallel ?? null,
+        cloudpickle: remote.modules.cloudpickle ?? null,
+      }
+      if (local !== undefined) {
+        checkCompatible(remoteVersions, await local)
+      } else if (remoteVersions.ipyparallel === null) {
+        checkCompatible(remoteVersions, { ...remoteVersions, where: 'here' })
+      }
       const existing = processes.find((p) => p.name === names.controller)
       if (existing?.state === 'running' || existing?.state === 'elsewhere') {
         throw new IppTunnelError(
@@ -237,6 +231,7 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
           `a cluster of profile ${profile} already runs on ${existing.node?.host ?? link.destination} (controller pid ${String(existing.pid ?? '?')}): ipp-tunnel cluster attach, or cluster stop`,
         )
       }
+      const remoteIpythonDir = options.remoteIpythonDir ?? remote.ipythonDir
       await ensureRemoteDir(link, remoteIpythonDir)
       const clusterId = newClusterId()
       const common = [
@@ -260,8 +255,6 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
           securityDir,
           clusterId,
         })
-        // a batch job is not submitted on a guess: the versions are checked first
-        await checked
         const keeper = await procs.start(spec, signal ? { signal } : {})
         const parts = { profile, clusterId, securityDir }
         try {
@@ -317,7 +310,6 @@ export class RemoteCluster extends EventEmitter<RemoteClusterEvents> {
       besides?.catch(() => undefined)
       let cluster: RemoteCluster
       try {
-        await checked
         cluster = await RemoteCluster.#follow(options, pool, link, procs, controller, {
           profile,
           clusterId,

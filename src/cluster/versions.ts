@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process'
 
 import { IppTunnelError } from '../errors/index.js'
+import { PYTHON_VERSIONS } from '../remote/index.js'
 
 /** A python and the versions that must match between the cluster and the client that uses the copy. */
 export interface PythonVersions {
@@ -14,13 +15,9 @@ export interface PythonVersions {
 }
 
 const PROBE = String.raw`
-import json, sys
-def version(name):
-    try:
-        return str(getattr(__import__(name), '__version__', ''))
-    except Exception:
-        return None
-print(json.dumps({'python': sys.version.split()[0], 'ipyparallel': version('ipyparallel'), 'cloudpickle': version('cloudpickle')}))
+import json, os, sys
+${PYTHON_VERSIONS}
+print(json.dumps({'python': sys.version.split()[0], 'ipyparallel': installed('ipyparallel'), 'cloudpickle': installed('cloudpickle')}))
 `
 
 /** The versions of the local python that will use the copy. */

@@ -26,3 +26,4 @@ export {
 } from './command-line.js'
 export { KeptSupervisor, type SupervisorAnswer } from './kept.js'
 export { linkUp, RemoteFollower, type FollowEnd, type RemoteFollowerEvents } from './follow.js'
+export { PYTHON_VERSIONS } from './python-versions.js'

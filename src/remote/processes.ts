@@ -184,7 +184,11 @@ export class RemoteProcesses {
    */
   async modules(
     names: readonly string[],
-    options: { signal?: AbortSignal } = {},
+    options: {
+      signal?: AbortSignal
+      /** Read from the installed distribution's metadata where there is one beside the package, not imported. */
+      installed?: boolean
+    } = {},
   ): Promise<{
     python: string
     executable: string
@@ -192,7 +196,12 @@ export class RemoteProcesses {
     /** Where IPython keeps its profiles there: `$IPYTHONDIR`, else `~/.ipython` (absolute). */
     ipythonDir: string
   }> {
-    const a = await this.#call('modules', names, undefined, options.signal)
+    const a = await this.#call(
+      options.installed === true ? 'installed' : 'modules',
+      names,
+      undefined,
+      options.signal,
+    )
     return {
       python: String(a.python),
       executable: String(a.executable),

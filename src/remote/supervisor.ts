@@ -1,6 +1,9 @@
+import { PYTHON_VERSIONS } from './python-versions.js'
+
 /**
  * The supervisor of remote processes, in Python (3.6+, what a cluster with ipykernel or ipyparallel surely has),
- * sent to the ssh server with every command: nothing of ipp-tunnel is installed there. Verbs: `node`, `start`
+ * sent to the ssh server with every command: nothing of ipp-tunnel is installed there. Verbs: `node`, `modules`
+ * (imported), `installed` (metadata first: see {@link PYTHON_VERSIONS}), `start`
  * (spec as JSON on stdin), `attach`, `wait-file`, `wait-sockets`, `interrupt`, `stop`, `status`, `list`; each answers
  * one marked JSON line. `serve` keeps one supervisor on a link: one request a line on its stdin, each answered with
  * its id (see `KeptSupervisor`), until stdin closes.
@@ -471,7 +474,7 @@ def terminate(base, name, state, grace):
         remove_dir(d)
 
 
-SERVED = ('node', 'modules', 'start', 'status', 'list', 'interrupt', 'stop', 'wait-sockets')
+SERVED = ('node', 'modules', 'installed', 'start', 'status', 'list', 'interrupt', 'stop', 'wait-sockets')
 
 
 def serve():
@@ -542,18 +545,16 @@ def serve():
                 pending[r] = (rid, pid, [])
 
 
+${PYTHON_VERSIONS}
+
 def main(argv, text=None):
     verb = argv[0]
     try:
         if verb == 'node':
             say(dict(node(), ok=True))
-        elif verb == 'modules':
-            versions = {}
-            for module in argv[1:]:
-                try:
-                    versions[module] = str(getattr(__import__(module), '__version__', ''))
-                except Exception as e:
-                    versions[module] = None
+        elif verb in ('modules', 'installed'):
+            version = imported if verb == 'modules' else installed
+            versions = dict((module, version(module)) for module in argv[1:])
             ipython_dir = os.path.abspath(os.path.expanduser(os.environ.get('IPYTHONDIR') or '~/.ipython'))
             say({'ok': True, 'python': sys.version.split()[0], 'executable': sys.executable, 'modules': versions,
                  'ipython_dir': ipython_dir})

@@ -215,13 +215,13 @@ describe('cluster start/attach/stop/list: a whole ipyparallel cluster on the ssh
     await rm(join(root, 'local-ipython', 'profile_default-tunnel'), { recursive: true, force: true })
   })
 
-  test('a local python with another ipyparallel is refused, naming both; the controller started meanwhile is stopped', async () => {
-    // a real python that imports an older ipyparallel, and answers late: the controller is started by then
+  test('a local python with another ipyparallel is refused before anything starts, naming both versions', async () => {
+    // a real python whose import finds an older ipyparallel first on PYTHONPATH (no metadata beside it: imported)
     const shadow = join(root, 'old-ipyparallel')
     await mkdir(join(shadow, 'ipyparallel'), { recursive: true })
     await writeFile(join(shadow, 'ipyparallel', '__init__.py'), "__version__ = '6.3.0'\n")
     const old = join(root, 'old-python')
-    await writeFile(old, `#!/bin/sh\nsleep 2\nPYTHONPATH=${shadow} exec /usr/bin/python3 "$@"\n`, {
+    await writeFile(old, `#!/bin/sh\nPYTHONPATH=${shadow} exec /usr/bin/python3 "$@"\n`, {
       mode: 0o755,
     })
     const result = await runCli(['cluster', 'start', ...remoteArgs(), '--local-python', old, '-n', '1'], env)
