@@ -5,18 +5,12 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 
 import { CLI } from '../support/cli.js'
-import { processesWith, startSshd } from '../support/index.js'
-import { setUpOtpPam } from '../support/otp.js'
+import { processesWith } from '../support/index.js'
+import { startOtpSshd } from '../support/otp.js'
 import { literal, runOnPty } from '../support/pty.js'
 
 test('cluster start at a one-time-code server asks once for the whole start (one login in sshd’s log)', async (t) => {
-  const otp = await setUpOtpPam()
-  t.after(() => otp.close())
-  const sshd = await startSshd({
-    pamService: otp.service,
-    extraConfig: 'AuthenticationMethods publickey,keyboard-interactive\nSubsystem sftp internal-sftp',
-  })
-  t.after(() => sshd.close())
+  const { otp, sshd } = await startOtpSshd(t, { extraConfig: 'Subsystem sftp internal-sftp' })
   const root = await mkdtemp(join(tmpdir(), 'ippt-cluster-otp-'))
   t.after(() => rm(root, { recursive: true, force: true }))
   const code = await otp.code(await otp.counter())

@@ -5,18 +5,12 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 
 import { CLI, JsonLines, exited, spawnCli } from '../support/cli.js'
-import { kernelListeners, startSshd } from '../support/index.js'
-import { setUpOtpPam } from '../support/otp.js'
+import { kernelListeners } from '../support/index.js'
+import { startOtpSshd } from '../support/otp.js'
 import { literal, runOnPty } from '../support/pty.js'
 
 test('watch --remote ALIAS:DIR, a pulled file naming the same server by its address: one link, one code', async (t) => {
-  const otp = await setUpOtpPam()
-  t.after(() => otp.close())
-  const sshd = await startSshd({
-    pamService: otp.service,
-    extraConfig: 'AuthenticationMethods publickey,keyboard-interactive\nSubsystem sftp internal-sftp',
-  })
-  t.after(() => sshd.close())
+  const { otp, sshd } = await startOtpSshd(t, { extraConfig: 'Subsystem sftp internal-sftp' })
   const dir = await mkdtemp(join(tmpdir(), 'ippt-rw-otp-'))
   t.after(() => rm(dir, { recursive: true, force: true }))
   const listeners = await kernelListeners()
