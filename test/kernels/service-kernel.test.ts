@@ -8,7 +8,7 @@ import { CLI, JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
 import { createNetns, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { runPython } from '../support/ipp.js'
 import { startOtpSshd } from '../support/otp.js'
-import { literal, runOnPty } from '../support/pty.js'
+import { literal, loginOnPty } from '../support/pty.js'
 import { execute, remoteKernelArgs, startLauncher, startService, writeKernelFile } from './helpers.js'
 
 /**
@@ -214,11 +214,7 @@ test('a launcher with no terminal at a one-time-code server waits and says so; t
     [[file, 'waiting-login']],
   )
   const code = await otp.code(await otp.counter())
-  const login = await runOnPty(
-    [process.execPath, CLI, 'login'],
-    [{ expect: 'logging in to[^\\n]*\\n' }, { expect: literal(otp.prompt), send: code }],
-    env,
-  )
+  const login = await loginOnPty(literal(otp.prompt), code, env)
   assert.equal(login.code, 0, login.output)
   const started = await events.next((e) => e.event === 'started' || e.event === 'error', 60_000)
   assert.equal(started.event, 'started', JSON.stringify(events.events))

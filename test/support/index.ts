@@ -18,7 +18,14 @@ export {
   type EchoServer,
 } from './netns.js'
 export { startSshd, hopOf, sshArgsOf, sshOptionsOf, type Sshd, type SshdOptions } from './sshd.js'
-export { canConnect, freePort, kernelListeners, portOf, type KernelListeners } from './net.js'
+export {
+  canConnect,
+  freePort,
+  kernelListeners,
+  portOf,
+  writeListenersFile,
+  type KernelListeners,
+} from './net.js'
 export { appears, exists } from './fs.js'
 export { alive, pidsWhere, processesWith, type ProcessInfo } from './proc.js'
 export { hasCode } from './errors.js'
