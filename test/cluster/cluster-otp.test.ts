@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 
 import { CLI } from '../support/cli.js'
-import { processesWith } from '../support/index.js'
+import { processesWith, remoteClusterArgs } from '../support/index.js'
 import { startOtpSshd } from '../support/otp.js'
 import { literal, runOnPty } from '../support/pty.js'
 
@@ -20,19 +20,9 @@ test('cluster start at a one-time-code server asks once for the whole start (one
       CLI,
       'cluster',
       'start',
-      `root@${sshd.host}:${sshd.port}`,
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--python',
-      '/usr/bin/python3',
+      ...remoteClusterArgs(sshd, root),
       '--local-python',
       '/usr/bin/python3',
-      '--remote-dir',
-      join(root, 'remote'),
-      '--remote-ipython-dir',
-      join(root, 'remote-ipython'),
       '-n',
       '2',
     ],

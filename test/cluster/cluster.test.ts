@@ -6,7 +6,14 @@ import { after, before, describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import { JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
-import { createNetns, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
+import {
+  createNetns,
+  processesWith,
+  remoteClusterArgs,
+  startSshd,
+  type Netns,
+  type Sshd,
+} from '../support/index.js'
 import { runPython } from '../support/ipp.js'
 
 /** A Client on the copy: where each engine runs (its network namespace) and, with mpi, its rank and world. */
@@ -50,19 +57,7 @@ describe('cluster start/attach/stop/list: a whole ipyparallel cluster on the ssh
 
   /** The destination, its ssh options, the remote python and directories of every command here. */
   function remoteArgs(): string[] {
-    return [
-      `root@${sshd.host}:${sshd.port}`,
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--python',
-      '/usr/bin/python3',
-      '--remote-dir',
-      join(root, 'remote'),
-      '--remote-ipython-dir',
-      join(root, 'remote-ipython'),
-    ]
+    return remoteClusterArgs(sshd, root)
   }
 
   function startCluster(t: TestContext, extra: readonly string[] = []) {

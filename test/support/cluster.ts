@@ -1,3 +1,5 @@
+import { join } from 'node:path'
+
 import { startController, startEngines, type Controller, type Engines } from './ipp.js'
 import { createNetns, type Netns } from './netns.js'
 import { startSshd, type Sshd } from './sshd.js'
@@ -47,4 +49,27 @@ export async function startCluster(options: { engines: number; curve?: boolean }
     await ns.close()
     throw err
   }
+}
+
+/**
+ * The destination and options every `cluster` test gives `cluster start|attach|list|stop`: the sshd's key and
+ * known_hosts, Debian's python there, the remote state and IPython dirs under `root`.
+ *
+ * @example
+ * const listed = await runCli(['cluster', 'list', ...remoteClusterArgs(sshd, root), '--json'], env)
+ */
+export function remoteClusterArgs(sshd: Sshd, root: string): string[] {
+  return [
+    `root@${sshd.host}:${sshd.port}`,
+    '--identity',
+    sshd.clientKey,
+    '--known-hosts',
+    sshd.knownHostsFile,
+    '--python',
+    '/usr/bin/python3',
+    '--remote-dir',
+    join(root, 'remote'),
+    '--remote-ipython-dir',
+    join(root, 'remote-ipython'),
+  ]
 }
