@@ -14,6 +14,7 @@ import {
   pidsWhere,
   processesWith,
   remoteClusterArgs,
+  spawnClusterStart,
   startSshd,
   type Netns,
   type Sshd,
@@ -78,20 +79,7 @@ describe('cluster start --engines slurm: the engines as a batch job on the compu
   }
 
   function startCluster(extra: readonly string[]) {
-    const child = spawnCli(
-      [
-        'cluster',
-        'start',
-        ...remoteArgs(),
-        '--local-python',
-        '/usr/bin/python3',
-        '--json',
-        '--debug',
-        ...extra,
-      ],
-      env,
-    )
-    return { child, events: new JsonLines(child) }
+    return spawnClusterStart(remoteArgs(), extra, env)
   }
 
   async function squeue(): Promise<string> {

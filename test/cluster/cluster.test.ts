@@ -10,6 +10,7 @@ import {
   createNetns,
   processesWith,
   remoteClusterArgs,
+  spawnClusterStart,
   startSshd,
   type Netns,
   type Sshd,
@@ -61,26 +62,15 @@ describe('cluster start/attach/stop/list: a whole ipyparallel cluster on the ssh
   }
 
   function startCluster(t: TestContext, extra: readonly string[] = []) {
-    const child = spawnCli(
-      [
-        'cluster',
-        'start',
-        ...remoteArgs(),
-        '--local-python',
-        '/usr/bin/python3',
-        '--json',
-        '--debug',
-        ...extra,
-      ],
-      env,
-    )
+    const started = spawnClusterStart(remoteArgs(), extra, env)
+    const { child } = started
     // a test that fails midway stops its cluster all the same (the next test starts one of the same profile)
     t.after(async () => {
       if (child.exitCode !== null || child.signalCode !== null) return
       child.kill('SIGINT')
       await exited(child)
     })
-    return { child, events: new JsonLines(child) }
+    return started
   }
 
   /** Nothing of the cluster left: no process, no state, no connection file there, no copy here. */

@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { TestContext } from 'node:test'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
-import { freePort, type Sshd } from '../support/index.js'
+import { createNetns, freePort, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { runPython, type PythonResult } from '../support/ipp.js'
 import { kernelFileText } from '../support/kernel.js'
 
@@ -138,4 +139,38 @@ export async function startLauncher(
   const started = await events.next((e) => e.event === 'started' || e.event === 'error', 60_000)
   assert.equal(started.event, 'started', JSON.stringify(events.events))
   return { launcher, events, started }
+}
+
+/** The ssh server the kernels of a test file run on: an sshd in a network namespace of its own, and a temp dir. */
+export interface KernelServer {
+  readonly ns: Netns
+  readonly sshd: Sshd
+  /** A temp dir (`prefix` + random) for the remote state ({@link remoteKernelArgs}) and the Jupyter dirs. */
+  readonly root: string
+  /** Stops the sshd, removes the namespace and the temp dir. */
+  close(): Promise<void>
+}
+
+/**
+ * Starts a {@link KernelServer} for a `describe` block.
+ *
+ * @example
+ * let server: KernelServer
+ * before(async () => (server = await startKernelServer('ippt-kernelspec-')))
+ * after(() => server.close())
+ */
+export async function startKernelServer(prefix: string): Promise<KernelServer> {
+  const ns = await createNetns()
+  const sshd = await startSshd({ netns: ns })
+  const root = await mkdtemp(join(tmpdir(), prefix))
+  return {
+    ns,
+    sshd,
+    root,
+    close: async () => {
+      await sshd.close()
+      await ns.close()
+      await rm(root, { recursive: true, force: true })
+    },
+  }
 }

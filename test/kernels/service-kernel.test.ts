@@ -5,11 +5,19 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { CLI, JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
-import { createNetns, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { processesWith, type Netns, type Sshd } from '../support/index.js'
 import { runPython } from '../support/ipp.js'
 import { startOtpSshd } from '../support/otp.js'
 import { literal, loginOnPty } from '../support/pty.js'
-import { execute, remoteKernelArgs, startLauncher, startService, writeKernelFile } from './helpers.js'
+import {
+  execute,
+  type KernelServer,
+  remoteKernelArgs,
+  startKernelServer,
+  startLauncher,
+  startService,
+  writeKernelFile,
+} from './helpers.js'
 
 /**
  * Two kernels of one kernelspec at once, as two notebooks open in JupyterLab: each runs where the sshd is and
@@ -63,12 +71,12 @@ describe('kernels through the running watch service: one link, one login for all
   let ns: Netns
   let sshd: Sshd
   let root: string
+  let kernelServer: KernelServer
   let env: NodeJS.ProcessEnv
 
   before(async () => {
-    ns = await createNetns()
-    sshd = await startSshd({ netns: ns })
-    root = await mkdtemp(join(tmpdir(), 'ippt-service-kernel-'))
+    kernelServer = await startKernelServer('ippt-service-kernel-')
+    ;({ ns, sshd, root } = kernelServer)
     env = {
       JUPYTER_DATA_DIR: join(root, 'jupyter'),
       JUPYTER_RUNTIME_DIR: join(root, 'runtime'),
@@ -76,11 +84,7 @@ describe('kernels through the running watch service: one link, one login for all
       SSH_AUTH_SOCK: '',
     }
   })
-  after(async () => {
-    await sshd.close()
-    await ns.close()
-    await rm(root, { recursive: true, force: true })
-  })
+  after(() => kernelServer.close())
 
   test('two kernels share the service’s one SSH connection (one login in sshd’s log); status lists them', async (t) => {
     const installed = await runCli(

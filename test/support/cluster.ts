@@ -1,5 +1,7 @@
+import type { ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
 
+import { JsonLines, spawnCli } from './cli.js'
 import { startController, startEngines, type Controller, type Engines } from './ipp.js'
 import { createNetns, type Netns } from './netns.js'
 import { startSshd, type Sshd } from './sshd.js'
@@ -72,4 +74,24 @@ export function remoteClusterArgs(sshd: Sshd, root: string): string[] {
     '--remote-ipython-dir',
     join(root, 'remote-ipython'),
   ]
+}
+
+/**
+ * Spawns `ipp-tunnel cluster start REMOTE… --local-python /usr/bin/python3 --json --debug EXTRA…` with `env`
+ * (`remote`: {@link remoteClusterArgs} and what a test adds to it); its events are collected as they come. The
+ * caller stops it.
+ *
+ * @example
+ * const { child, events } = spawnClusterStart(remoteClusterArgs(sshd, root), ['-n', '2'], env)
+ */
+export function spawnClusterStart(
+  remote: readonly string[],
+  extra: readonly string[],
+  env: NodeJS.ProcessEnv,
+): { child: ChildProcess; events: JsonLines } {
+  const child = spawnCli(
+    ['cluster', 'start', ...remote, '--local-python', '/usr/bin/python3', '--json', '--debug', ...extra],
+    env,
+  )
+  return { child, events: new JsonLines(child) }
 }

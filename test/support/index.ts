@@ -29,7 +29,7 @@ export {
 export { appears, exists } from './fs.js'
 export { alive, pidsWhere, processesWith, type ProcessInfo } from './proc.js'
 export { hasCode } from './errors.js'
-export { remoteClusterArgs, startCluster, type Cluster } from './cluster.js'
+export { remoteClusterArgs, spawnClusterStart, startCluster, type Cluster } from './cluster.js'
 export {
   mpiOverSsh,
   sshPeers,
