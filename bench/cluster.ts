@@ -14,15 +14,14 @@
  * Run alone: `node dist/bench/run.js cluster`.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import { JsonLines, exited, spawnCli } from '../test/support/cli.js'
-import { createNetns, processesWith, startSshd, type Sshd } from '../test/support/index.js'
+import { type Sshd } from '../test/support/index.js'
 import { PYTHON, runPython } from '../test/support/ipp.js'
-import { median, startDelayRelay, type BenchRow } from './common.js'
+import { killAll, median, startRelayedSshd, type BenchRow } from './common.js'
 
 const ONE_WAY_MS = 15
 const SIZES = [2, 8] as const
@@ -118,15 +117,6 @@ async function interrupt(child: ChildProcess): Promise<boolean> {
   return false
 }
 
-async function killAll(text: string): Promise<void> {
-  for (const pid of await processesWith(text))
-    try {
-      process.kill(pid, 'SIGKILL')
-    } catch {
-      // gone
-    }
-}
-
 /** The last lines of a child's output, for a failure's reason. */
 function tailOf(child: ChildProcess): () => string {
   let text = ''
@@ -145,42 +135,12 @@ function tailOf(child: ChildProcess): () => string {
 }
 
 export async function benchCluster(): Promise<BenchRow[]> {
-  const ns = await createNetns()
-  const sshd = await startSshd({ netns: ns, extraConfig: 'Subsystem sftp internal-sftp' })
-  const relay = await startDelayRelay(sshd.host, sshd.port, ONE_WAY_MS)
-  const root = await mkdtemp(join(tmpdir(), 'ippt-bench-cluster-'))
-  const alias = `ippt-bench-${root.slice(-6).toLowerCase()}`
+  // the anchor's ssh and scp reach the server by an alias: ipcluster's launchers and pyzmq's tunnels run them plain
+  const peer = await startRelayedSshd('ippt-bench-cluster-', ONE_WAY_MS, {
+    extraConfig: 'Subsystem sftp internal-sftp',
+  })
+  const { sshd, relay, root, alias, knownHosts, path } = peer
   try {
-    const knownHosts = join(root, 'known_hosts')
-    await writeFile(knownHosts, `[${relay.host}]:${relay.port} ${sshd.hostKeyPub}\n`, { mode: 0o600 })
-    // the anchor's ssh and scp: the same key, known_hosts and relay through a config, as a user's ~/.ssh/config
-    // gives them (ipcluster's launchers and pyzmq's tunnels run plain `ssh` and `scp`)
-    const sshConfig = join(root, 'ssh_config')
-    await writeFile(
-      sshConfig,
-      [
-        `Host ${alias}`,
-        `  HostName ${relay.host}`,
-        `  Port ${relay.port}`,
-        `  User ${sshd.user}`,
-        `  IdentityFile ${sshd.clientKey}`,
-        '  IdentitiesOnly yes',
-        `  UserKnownHostsFile ${knownHosts}`,
-        '  StrictHostKeyChecking yes',
-        '  BatchMode yes',
-        '',
-      ].join('\n'),
-      { mode: 0o600 },
-    )
-    const bin = join(root, 'bin')
-    await mkdir(bin)
-    // SIGHUP ignored, as in bench/kernels.ts: pexpect's `ssh -f` tunnels otherwise lose a race with their session
-    await writeFile(join(bin, 'ssh'), `#!/bin/sh\ntrap '' HUP\nexec /usr/bin/ssh -F ${sshConfig} "$@"\n`)
-    await writeFile(join(bin, 'scp'), `#!/bin/sh\nexec /usr/bin/scp -F ${sshConfig} "$@"\n`)
-    await chmod(join(bin, 'ssh'), 0o755)
-    await chmod(join(bin, 'scp'), 0o755)
-    const path = `${bin}:${process.env.PATH ?? ''}`
-
     const ours = async (n: number, run: string): Promise<Run> => {
       const dir = join(root, run)
       await mkdir(dir)
@@ -369,11 +329,6 @@ export async function benchCluster(): Promise<BenchRow[]> {
     }
     return rows
   } finally {
-    await killAll(root)
-    await killAll(alias)
-    await relay.close()
-    await sshd.close()
-    await ns.close()
-    await rm(root, { recursive: true, force: true })
+    await peer.close()
   }
 }

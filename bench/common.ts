@@ -1,8 +1,18 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 
-import { portPrinted } from '../test/support/index.js'
+import {
+  createNetns,
+  portPrinted,
+  processesWith,
+  startSshd,
+  type Netns,
+  type Sshd,
+} from '../test/support/index.js'
 
 /** What every benchmark reports: one row per figure, ours beside the anchor measured in the same run. */
 export interface BenchRow {
@@ -146,5 +156,117 @@ export async function startDelayRelay(host: string, port: number, oneWayMs: numb
       child.kill('SIGKILL')
       await exited
     },
+  }
+}
+
+/**
+ * SIGKILLs every process whose command line holds `text` (what a path left: remote processes, detached `ssh -f`);
+ * one that is gone already is skipped.
+ *
+ * @example
+ * await killAll(join(root, 'remote'))
+ */
+export async function killAll(text: string): Promise<void> {
+  for (const pid of await processesWith(text))
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {
+      // gone
+    }
+}
+
+/**
+ * An OpenSSH sshd in a network namespace of its own, reached through a {@link DelayRelay}, and what an anchor's
+ * plain `ssh`/`scp` need to reach it by an alias, as a user's ~/.ssh/config gives them.
+ */
+export interface RelayedSshd {
+  readonly ns: Netns
+  readonly sshd: Sshd
+  readonly relay: DelayRelay
+  /** A temp dir of the bench's own, removed on close. */
+  readonly root: string
+  /** The `Host` the ssh config names the server by; it stands in the command lines of the anchors' ssh processes. */
+  readonly alias: string
+  /** A known_hosts file with the server's host key at the relay's address and port. */
+  readonly knownHosts: string
+  /** `PATH` with `ssh` and `scp` first that read the alias's config (`-F`) and reach the server through the relay. */
+  readonly path: string
+  /**
+   * Kills what was left with `root` or `alias` in its command line, stops the relay, sshd and the namespace, and
+   * removes `root`.
+   */
+  close(): Promise<void>
+}
+
+/**
+ * Starts an sshd in a namespace (`extraConfig` added to its sshd_config) behind a relay that delays each chunk by
+ * `oneWayMs` each way, a temp dir named from `prefix`, and in it a known_hosts, an ssh config for an alias (the
+ * sshd's key, known_hosts, the relay, `BatchMode`) and `ssh`/`scp` wrappers that read it.
+ *
+ * @example
+ * const peer = await startRelayedSshd('ippt-bench-kernels-', 15)
+ * try {
+ *   await runPython(code, { args: [peer.alias], env: { PATH: peer.path } })
+ * } finally {
+ *   await peer.close()
+ * }
+ */
+export async function startRelayedSshd(
+  prefix: string,
+  oneWayMs: number,
+  options: { readonly extraConfig?: string } = {},
+): Promise<RelayedSshd> {
+  const ns = await createNetns()
+  const sshd = await startSshd({
+    netns: ns,
+    ...(options.extraConfig !== undefined && { extraConfig: options.extraConfig }),
+  })
+  const relay = await startDelayRelay(sshd.host, sshd.port, oneWayMs)
+  const root = await mkdtemp(join(tmpdir(), prefix))
+  const alias = `ippt-bench-${root.slice(-6).toLowerCase()}`
+  const close = async (): Promise<void> => {
+    await killAll(root)
+    await killAll(alias)
+    await relay.close()
+    await sshd.close()
+    await ns.close()
+    await rm(root, { recursive: true, force: true })
+  }
+  try {
+    const knownHosts = join(root, 'known_hosts')
+    await writeFile(knownHosts, `[${relay.host}]:${relay.port} ${sshd.hostKeyPub}\n`, { mode: 0o600 })
+    // pyzmq's tunnels and ipcluster's launchers run plain `ssh` and `scp`, with no way to pass options but -i and -p
+    const sshConfig = join(root, 'ssh_config')
+    await writeFile(
+      sshConfig,
+      [
+        `Host ${alias}`,
+        `  HostName ${relay.host}`,
+        `  Port ${relay.port}`,
+        `  User ${sshd.user}`,
+        `  IdentityFile ${sshd.clientKey}`,
+        '  IdentitiesOnly yes',
+        `  UserKnownHostsFile ${knownHosts}`,
+        '  StrictHostKeyChecking yes',
+        '  BatchMode yes',
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    )
+    const bin = join(root, 'bin')
+    await mkdir(bin)
+    // SIGHUP ignored: pexpect runs each `ssh -f` as the leader of a new session on a pty, and daemon() in `-f`
+    // forks and exits the leader before the child calls setsid(), so the kernel hangs up the child whenever the
+    // parent wins that race (most tunnels on this 2-core machine: the kernel_info reply never came). ssh keeps an
+    // ignored SIGHUP ignored; from a login shell, where ssh does not lead the session, the race cannot happen.
+    await writeFile(join(bin, 'ssh'), `#!/bin/sh\ntrap '' HUP\nexec /usr/bin/ssh -F ${sshConfig} "$@"\n`)
+    await writeFile(join(bin, 'scp'), `#!/bin/sh\nexec /usr/bin/scp -F ${sshConfig} "$@"\n`)
+    await chmod(join(bin, 'ssh'), 0o755)
+    await chmod(join(bin, 'scp'), 0o755)
+    const path = `${bin}:${process.env.PATH ?? ''}`
+    return { ns, sshd, relay, root, alias, knownHosts, path, close }
+  } catch (err) {
+    await close()
+    throw err
   }
 }

@@ -17,17 +17,14 @@
  * Run alone: `node dist/bench/run.js kernels`.
  */
 import { execFile, spawn } from 'node:child_process'
-import { stat } from 'node:fs/promises'
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { mkdir, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 
 import { STATUS_SOCKET } from '../src/service/index.js'
 import { CLI, runCli } from '../test/support/cli.js'
-import { createNetns, processesWith, startSshd } from '../test/support/index.js'
 import { PYTHON, runPython } from '../test/support/ipp.js'
-import { median, startDelayRelay, type BenchRow } from './common.js'
+import { killAll, median, startRelayedSshd, type BenchRow } from './common.js'
 
 const run = promisify(execFile)
 
@@ -216,47 +213,16 @@ async function waitForSocket(path: string): Promise<void> {
 }
 
 export async function benchKernels(): Promise<BenchRow[]> {
-  const ns = await createNetns()
-  const sshd = await startSshd({ netns: ns })
-  const relay = await startDelayRelay(sshd.host, sshd.port, ONE_WAY_MS)
-  const root = await mkdtemp(join(tmpdir(), 'ippt-bench-kernels-'))
-  const alias = `ippt-bench-${root.slice(-6).toLowerCase()}`
+  // the anchor's ssh reaches the server by an alias (pyzmq's tunnels run plain `ssh`)
+  const peer = await startRelayedSshd('ippt-bench-kernels-', ONE_WAY_MS)
+  const { ns, sshd, relay, root, alias, knownHosts } = peer
   try {
-    const knownHosts = join(root, 'known_hosts')
-    await writeFile(knownHosts, `[${relay.host}]:${relay.port} ${sshd.hostKeyPub}\n`, { mode: 0o600 })
-    // the anchor's ssh: the same key, known_hosts and relay through a config, as a user's ~/.ssh/config gives them
-    // (pyzmq's tunnels run plain `ssh`, with no way to pass options but -i and -p)
-    const sshConfig = join(root, 'ssh_config')
-    await writeFile(
-      sshConfig,
-      [
-        `Host ${alias}`,
-        `  HostName ${relay.host}`,
-        `  Port ${relay.port}`,
-        `  User ${sshd.user}`,
-        `  IdentityFile ${sshd.clientKey}`,
-        '  IdentitiesOnly yes',
-        `  UserKnownHostsFile ${knownHosts}`,
-        '  StrictHostKeyChecking yes',
-        '  BatchMode yes',
-        '',
-      ].join('\n'),
-      { mode: 0o600 },
-    )
-    const bin = join(root, 'bin')
-    await mkdir(bin)
-    // SIGHUP ignored: pexpect runs each `ssh -f` as the leader of a new session on a pty, and daemon() in `-f`
-    // forks and exits the leader before the child calls setsid(), so the kernel hangs up the child whenever the
-    // parent wins that race (most tunnels on this 2-core machine: the kernel_info reply never came). ssh keeps an
-    // ignored SIGHUP ignored; from a login shell, where ssh does not lead the session, the race cannot happen.
-    await writeFile(join(bin, 'ssh'), `#!/bin/sh\ntrap '' HUP\nexec /usr/bin/ssh -F ${sshConfig} "$@"\n`)
-    await chmod(join(bin, 'ssh'), 0o755)
     const env: NodeJS.ProcessEnv = {
       JUPYTER_DATA_DIR: join(root, 'jupyter'),
       JUPYTER_RUNTIME_DIR: join(root, 'runtime'),
       // no running `watch` service of this machine's user is found: every start opens a link of its own
       IPP_TUNNEL_RUNTIME_DIR: join(root, 'ippt'),
-      PATH: `${bin}:${process.env.PATH ?? ''}`,
+      PATH: peer.path,
     }
     for (const mode of ['message', 'signal'] as const) {
       const installed = await runCli(
@@ -319,15 +285,8 @@ export async function benchKernels(): Promise<BenchRow[]> {
       const opts = { python: PYTHON, log: join(root, `anchor-${run}.log`), ...(cut !== undefined && { cut }) }
       const got = await python(ANCHOR, [alias, join(root, 'anchor-remote'), JSON.stringify(opts)], env)
       // its tunnels (`ssh -f`, detached) and the kernel it left on the server
-      for (const pid of [
-        ...(await processesWith(alias)),
-        ...(await processesWith(join(root, 'anchor-remote'))),
-      ])
-        try {
-          process.kill(pid, 'SIGKILL')
-        } catch {
-          // gone
-        }
+      await killAll(alias)
+      await killAll(join(root, 'anchor-remote'))
       return got
     }
 
@@ -494,15 +453,6 @@ export async function benchKernels(): Promise<BenchRow[]> {
     await run('ip', ['netns', 'exec', ns.name, 'ip', 'link', 'set', ns.nsInterface, 'up']).catch(
       () => undefined,
     )
-    for (const pid of [...(await processesWith(alias)), ...(await processesWith(root))])
-      try {
-        process.kill(pid, 'SIGKILL')
-      } catch {
-        // gone
-      }
-    await relay.close()
-    await sshd.close()
-    await ns.close()
-    await rm(root, { recursive: true, force: true })
+    await peer.close()
   }
 }

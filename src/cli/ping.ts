@@ -1,10 +1,8 @@
 import type { Argv } from 'yargs'
 
-import { openClient } from '../client/index.js'
-import { readConnectionFile } from '../connection-file/index.js'
 import { Output } from './output.js'
-import { openSource } from './source-file.js'
-import { sshOptionsFrom, withSourceFile, withSshOptions, type SshArgs } from './ssh-options.js'
+import { openSource, openSourceClient } from './source-file.js'
+import { withSourceFile, withSshOptions, type SshArgs } from './ssh-options.js'
 
 interface PingArgs extends SshArgs {
   readonly file: string
@@ -46,13 +44,7 @@ async function ping(args: PingArgs): Promise<number> {
     // host:PATH: pulled and tunnelled; its loopback copy is then reached directly
     await using source = await openSource(args.file, args, output, { render: false })
     file = source.file
-    const { warnings } = await readConnectionFile(source.path)
-    for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
-    await using client = await openClient(source.path, {
-      ...(source.pulled ? {} : sshOptionsFrom(args, output)),
-      handshakeTimeoutMs: timeoutMs,
-      requestTimeoutMs: timeoutMs,
-    })
+    await using client = await openSourceClient(source, args, output, timeoutMs)
     const connectMs = performance.now() - started
     const tunnelled = source.pulled || client.connection.tunnel !== undefined
     const curve = client.connection.curve

@@ -1,11 +1,10 @@
 import type { Argv } from 'yargs'
 
-import { openClient, type ExecuteResult, type Targets } from '../client/index.js'
-import { readConnectionFile } from '../connection-file/index.js'
+import type { ExecuteResult, Targets } from '../client/index.js'
 import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
 import { EXIT, Output } from './output.js'
-import { openSource } from './source-file.js'
-import { sshOptionsFrom, withSourceFile, withSshOptions, type SshArgs } from './ssh-options.js'
+import { openSource, openSourceClient } from './source-file.js'
+import { withSourceFile, withSshOptions, type SshArgs } from './ssh-options.js'
 
 interface PxArgs extends SshArgs {
   readonly file: string
@@ -166,13 +165,7 @@ async function px(args: PxArgs): Promise<number> {
     // host:PATH: pulled and tunnelled; its loopback copy is then reached directly
     await using source = await openSource(args.file, args, output, { render: false })
     file = source.file
-    const { warnings } = await readConnectionFile(source.path)
-    for (const warning of warnings) output.emit({ event: 'warning', file, message: warning })
-    await using client = await openClient(source.path, {
-      ...(source.pulled ? {} : sshOptionsFrom(args, output)),
-      handshakeTimeoutMs: timeoutMs,
-      requestTimeoutMs: timeoutMs,
-    })
+    await using client = await openSourceClient(source, args, output, timeoutMs)
     let results: ExecuteResult[]
     const late: Late[] = []
     // A short bound for the interrupt itself: the nanny (or the kernel's control thread) answers at once.

@@ -1,8 +1,10 @@
 import { resolve } from 'node:path'
 
+import { openClient, type IppClient, type KernelClient } from '../client/index.js'
+import { readConnectionFile } from '../connection-file/index.js'
 import { remotePathOf } from '../sources/index.js'
 import type { Output } from './output.js'
-import type { SshArgs } from './ssh-options.js'
+import { sshOptionsFrom, type SshArgs } from './ssh-options.js'
 
 /** The FILE of `ping`, `px` and `engines`, as a local file to work on. */
 export interface LocalSource {
@@ -49,4 +51,28 @@ export async function openSource(
     close: copy.close,
     [Symbol.asyncDispose]: copy.close,
   }
+}
+
+/**
+ * A client on the connection file of `source`, as `ping` and `px` open it: the file's warnings emitted as events,
+ * then through ssh as the file says, or straight to a pulled file's loopback copy; `timeoutMs` bounds the handshake
+ * and each request. The caller closes it.
+ *
+ * @example
+ * await using source = await openSource(args.file, args, output, { render: false })
+ * await using client = await openSourceClient(source, args, output, 30_000)
+ */
+export async function openSourceClient(
+  source: LocalSource,
+  args: SshArgs,
+  output: Output,
+  timeoutMs: number,
+): Promise<IppClient | KernelClient> {
+  const { warnings } = await readConnectionFile(source.path)
+  for (const warning of warnings) output.emit({ event: 'warning', file: source.file, message: warning })
+  return openClient(source.path, {
+    ...(source.pulled ? {} : sshOptionsFrom(args, output)),
+    handshakeTimeoutMs: timeoutMs,
+    requestTimeoutMs: timeoutMs,
+  })
 }

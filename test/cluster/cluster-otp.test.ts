@@ -5,18 +5,12 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 
 import { CLI } from '../support/cli.js'
-import { processesWith, startSshd } from '../support/index.js'
-import { setUpOtpPam } from '../support/otp.js'
+import { processesWith, remoteClusterArgs } from '../support/index.js'
+import { startOtpSshd } from '../support/otp.js'
 import { literal, runOnPty } from '../support/pty.js'
 
 test('cluster start at a one-time-code server asks once for the whole start (one login in sshd’s log)', async (t) => {
-  const otp = await setUpOtpPam()
-  t.after(() => otp.close())
-  const sshd = await startSshd({
-    pamService: otp.service,
-    extraConfig: 'AuthenticationMethods publickey,keyboard-interactive\nSubsystem sftp internal-sftp',
-  })
-  t.after(() => sshd.close())
+  const { otp, sshd } = await startOtpSshd(t, { extraConfig: 'Subsystem sftp internal-sftp' })
   const root = await mkdtemp(join(tmpdir(), 'ippt-cluster-otp-'))
   t.after(() => rm(root, { recursive: true, force: true }))
   const code = await otp.code(await otp.counter())
@@ -26,19 +20,9 @@ test('cluster start at a one-time-code server asks once for the whole start (one
       CLI,
       'cluster',
       'start',
-      `root@${sshd.host}:${sshd.port}`,
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--python',
-      '/usr/bin/python3',
+      ...remoteClusterArgs(sshd, root),
       '--local-python',
       '/usr/bin/python3',
-      '--remote-dir',
-      join(root, 'remote'),
-      '--remote-ipython-dir',
-      join(root, 'remote-ipython'),
       '-n',
       '2',
     ],

@@ -13,6 +13,8 @@ import {
   joinClusterNetwork,
   pidsWhere,
   processesWith,
+  remoteClusterArgs,
+  spawnClusterStart,
   startSshd,
   type Netns,
   type Sshd,
@@ -73,38 +75,11 @@ describe('cluster start --engines slurm: the engines as a batch job on the compu
   })
 
   function remoteArgs(): string[] {
-    return [
-      `root@${sshd.host}:${sshd.port}`,
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--python',
-      '/usr/bin/python3',
-      '--setup',
-      `export SLURM_CONF=${slurm.env.SLURM_CONF}`,
-      '--remote-dir',
-      join(root, 'remote'),
-      '--remote-ipython-dir',
-      join(root, 'remote-ipython'),
-    ]
+    return [...remoteClusterArgs(sshd, root), '--setup', `export SLURM_CONF=${slurm.env.SLURM_CONF}`]
   }
 
   function startCluster(extra: readonly string[]) {
-    const child = spawnCli(
-      [
-        'cluster',
-        'start',
-        ...remoteArgs(),
-        '--local-python',
-        '/usr/bin/python3',
-        '--json',
-        '--debug',
-        ...extra,
-      ],
-      env,
-    )
-    return { child, events: new JsonLines(child) }
+    return spawnClusterStart(remoteArgs(), extra, env)
   }
 
   async function squeue(): Promise<string> {

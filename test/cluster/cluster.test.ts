@@ -6,7 +6,15 @@ import { after, before, describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import { JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
-import { createNetns, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
+import {
+  createNetns,
+  processesWith,
+  remoteClusterArgs,
+  spawnClusterStart,
+  startSshd,
+  type Netns,
+  type Sshd,
+} from '../support/index.js'
 import { runPython } from '../support/ipp.js'
 
 /** A Client on the copy: where each engine runs (its network namespace) and, with mpi, its rank and world. */
@@ -50,42 +58,19 @@ describe('cluster start/attach/stop/list: a whole ipyparallel cluster on the ssh
 
   /** The destination, its ssh options, the remote python and directories of every command here. */
   function remoteArgs(): string[] {
-    return [
-      `root@${sshd.host}:${sshd.port}`,
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--python',
-      '/usr/bin/python3',
-      '--remote-dir',
-      join(root, 'remote'),
-      '--remote-ipython-dir',
-      join(root, 'remote-ipython'),
-    ]
+    return remoteClusterArgs(sshd, root)
   }
 
   function startCluster(t: TestContext, extra: readonly string[] = []) {
-    const child = spawnCli(
-      [
-        'cluster',
-        'start',
-        ...remoteArgs(),
-        '--local-python',
-        '/usr/bin/python3',
-        '--json',
-        '--debug',
-        ...extra,
-      ],
-      env,
-    )
+    const started = spawnClusterStart(remoteArgs(), extra, env)
+    const { child } = started
     // a test that fails midway stops its cluster all the same (the next test starts one of the same profile)
     t.after(async () => {
       if (child.exitCode !== null || child.signalCode !== null) return
       child.kill('SIGINT')
       await exited(child)
     })
-    return { child, events: new JsonLines(child) }
+    return started
   }
 
   /** Nothing of the cluster left: no process, no state, no connection file there, no copy here. */

@@ -139,14 +139,9 @@ describe('ipp-tunnel doctor against real sshd', () => {
     await writeFile(pp, `${sshd.passphrase}\n`, { mode: 0o600 })
     const result = await doctor([
       dest,
-      '--identity',
-      sshd.encryptedClientKey,
+      ...sshArgsOf(sshd, { identity: sshd.encryptedClientKey }),
       '--passphrase-file',
       pp,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--ssh-config',
-      '/dev/null',
     ])
     assert.equal(result.code, 0, result.stdout + result.stderr)
     assert.match(result.stdout, /^PASS {2}login: /mu)
@@ -164,16 +159,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
     const knownHosts = join(dir, 'known_hosts_wrong')
     const pub = (await readFile(`${other}.pub`, 'utf8')).split(' ').slice(0, 2).join(' ')
     await writeFile(knownHosts, `[${sshd.host}]:${sshd.port} ${pub}\n`)
-    const result = await doctor([
-      dest,
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      knownHosts,
-      '--ssh-config',
-      '/dev/null',
-      '--json',
-    ])
+    const result = await doctor([dest, ...sshArgsOf(sshd, { knownHosts }), '--json'])
     assert.equal(result.code, 4, result.stdout + result.stderr)
     const { steps } = parse(result)
     assert.deepEqual(failing(steps), ['host key'])
@@ -201,16 +187,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
   })
 
   test('an expired certificate: the certificate and login steps fail with the fix, exit 4', async () => {
-    const result = await doctor([
-      dest,
-      '--identity',
-      expiredKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--ssh-config',
-      '/dev/null',
-      '--json',
-    ])
+    const result = await doctor([dest, ...sshArgsOf(sshd, { identity: expiredKey }), '--json'])
     assert.equal(result.code, 4, result.stdout + result.stderr)
     const { steps } = parse(result)
     assert.deepEqual(failing(steps), ['certificates', 'login'])
@@ -247,16 +224,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
   test("a controller's client file (its ssh field names the server): the controller answers, no engine yet is a warning", async (t) => {
     const controller = await startController({ netns: ns, ssh: dest })
     t.after(() => controller.close())
-    const result = await doctor([
-      controller.clientFile,
-      '--identity',
-      sshd.clientKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--ssh-config',
-      '/dev/null',
-      '--json',
-    ])
+    const result = await doctor([controller.clientFile, ...sshArgsOf(sshd), '--json'])
     assert.equal(result.code, 0, result.stdout + result.stderr)
     const { steps } = parse(result)
     assert.deepEqual(failing(steps), [])
@@ -283,16 +251,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
   })
 
   test('a certificate that ends within the hour: a warning with the fix, the login passes, exit 0', async () => {
-    const result = await doctor([
-      dest,
-      '--identity',
-      shortKey,
-      '--known-hosts',
-      sshd.knownHostsFile,
-      '--ssh-config',
-      '/dev/null',
-      '--json',
-    ])
+    const result = await doctor([dest, ...sshArgsOf(sshd, { identity: shortKey }), '--json'])
     assert.equal(result.code, 0, result.stdout + result.stderr)
     const { steps } = parse(result)
     assert.equal(steps.get('certificates')?.verdict, 'warn')

@@ -6,14 +6,14 @@ import { dirname, join } from 'node:path'
 import { test, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
 
-import { exited, JsonLines, spawnCli } from '../support/cli.js'
+import { exited } from '../support/cli.js'
 import {
   processesWith,
   sshPeers as sshPeersOf,
   startNodeCluster,
   type NodeCluster,
 } from '../support/index.js'
-import { runPsum, stopCli, type Remote } from './helpers.js'
+import { runPsum, startEnginesCli, stopCli, type Remote } from './helpers.js'
 
 const run = promisify(execFile)
 
@@ -32,28 +32,7 @@ async function startFixture(t: TestContext): Promise<NodeCluster> {
 }
 
 function startAcross(t: TestContext, f: NodeCluster, args: readonly string[]) {
-  const child = spawnCli(
-    [
-      'engines',
-      f.remote.ctl.engineFile,
-      '--json',
-      '--identity',
-      f.remote.sshd.clientKey,
-      '--known-hosts',
-      f.remote.sshd.knownHostsFile,
-      '--ssh-config',
-      '/dev/null',
-      ...args,
-    ],
-    f.env,
-  )
-  const lines = new JsonLines(child)
-  t.after(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    child.kill('SIGTERM')
-    await exited(child)
-  })
-  return { child, lines }
+  return startEnginesCli(t, f.remote, ['--ssh-config', '/dev/null', ...args], { env: f.env })
 }
 
 /** Peer addresses of the ssh connections the controller's sshd holds, seen in its namespace. */

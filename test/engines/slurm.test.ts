@@ -6,11 +6,11 @@ import { dirname, join } from 'node:path'
 import { after, before, test, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
 
-import { exited, JsonLines, spawnCli } from '../support/cli.js'
+import { exited } from '../support/cli.js'
 import { runPython } from '../support/ipp.js'
 import { joinClusterNetwork, processesWith, sshPeers } from '../support/index.js'
 import { holdAllocation, startSlurm, type Slurm } from '../support/slurm.js'
-import { runPsum, startRemote, stopCli, type Remote } from './helpers.js'
+import { runPsum, startEnginesCli, startRemote, stopCli, type Remote } from './helpers.js'
 
 const run = promisify(execFile)
 
@@ -41,28 +41,7 @@ interface Fixture {
 }
 
 function startEngines(t: TestContext, f: Fixture, args: readonly string[], env: NodeJS.ProcessEnv) {
-  const child = spawnCli(
-    [
-      'engines',
-      f.remote.ctl.engineFile,
-      '--json',
-      '--identity',
-      f.remote.sshd.clientKey,
-      '--known-hosts',
-      f.remote.sshd.knownHostsFile,
-      '--ssh-config',
-      '/dev/null',
-      ...args,
-    ],
-    { ...f.env, ...env },
-  )
-  const lines = new JsonLines(child)
-  t.after(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    child.kill('SIGTERM')
-    await exited(child)
-  })
-  return { child, lines }
+  return startEnginesCli(t, f.remote, ['--ssh-config', '/dev/null', ...args], { env: { ...f.env, ...env } })
 }
 
 /** After SIGTERM: nothing of ours on any node, and the allocation has no step left. */

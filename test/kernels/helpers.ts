@@ -1,8 +1,13 @@
+import assert from 'node:assert/strict'
+import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import type { TestContext } from 'node:test'
 
-import { freePort, type Sshd } from '../support/index.js'
+import { exited, JsonLines, spawnCli } from '../support/cli.js'
+import { createNetns, freePort, startSshd, type Netns, type Sshd } from '../support/index.js'
 import { runPython, type PythonResult } from '../support/ipp.js'
 import { kernelFileText } from '../support/kernel.js'
 
@@ -41,12 +46,16 @@ print(reply['content']['status'], ''.join(out), end='')
 
 /**
  * Runs `code` on the kernel of connection file `file` (from inside `netns` when given, where its ports are);
- * stdout is the reply's status, a space and what the code printed (`ok 42\n`).
+ * stdout is the reply's status, a space and what the code printed (`ok 42\n`). `timeoutMs` bounds the client
+ * (default 60 s).
+ *
+ * @example
+ * assert.equal((await execute(file, 'print(6 * 7)')).stdout, 'ok 42\n')
  */
 export function execute(
   file: string,
   code: string,
-  options: { netns?: { readonly name: string } } = {},
+  options: { netns?: { readonly name: string }; timeoutMs?: number } = {},
 ): Promise<PythonResult> {
   return runPython(EXECUTE, { args: [file, code], ...options })
 }
@@ -76,4 +85,92 @@ export function remoteKernelArgs(
     '--remote-dir',
     join(root, 'remote'),
   ]
+}
+
+/**
+ * Starts `ipp-tunnel watch --json` on `watched` (created 0700) with the sshd's key and known_hosts: the running
+ * service a launcher with the same `IPP_TUNNEL_RUNTIME_DIR` in `env` finds. Resolves once it watches; it is stopped
+ * (SIGTERM) when the test ends.
+ *
+ * @example
+ * const service = await startService(t, sshd, join(root, 'watched'), env)
+ */
+export async function startService(
+  t: TestContext,
+  sshd: Sshd,
+  watched: string,
+  env: NodeJS.ProcessEnv,
+): Promise<ChildProcess> {
+  await mkdir(watched, { mode: 0o700 })
+  const auth = ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile]
+  const service = spawnCli(['watch', '--json', '--dir', watched, ...auth], env)
+  t.after(async () => {
+    service.kill('SIGTERM')
+    await exited(service)
+  })
+  await new JsonLines(service).next('watching')
+  return service
+}
+
+/**
+ * Starts `ipp-tunnel kernel` on connection file `file` ({@link remoteKernelArgs}, events as JSON on stderr) and
+ * waits for its `started` event: the test fails on an `error` event instead, or after 60 s. The launcher is
+ * SIGKILLed when the test ends, if it still runs.
+ *
+ * @example
+ * const { launcher, events, started } = await startLauncher(t, sshd, root, file, env)
+ */
+export async function startLauncher(
+  t: TestContext,
+  sshd: Sshd,
+  root: string,
+  file: string,
+  env: NodeJS.ProcessEnv,
+): Promise<{ launcher: ChildProcess; events: JsonLines; started: Record<string, unknown> }> {
+  const launcher = spawnCli(
+    ['kernel', ...remoteKernelArgs(sshd, root), '--connection-file', file, '--json'],
+    env,
+  )
+  t.after(async () => {
+    launcher.kill('SIGKILL')
+    await exited(launcher)
+  })
+  const events = new JsonLines(launcher, { from: 'stderr' })
+  const started = await events.next((e) => e.event === 'started' || e.event === 'error', 60_000)
+  assert.equal(started.event, 'started', JSON.stringify(events.events))
+  return { launcher, events, started }
+}
+
+/** The ssh server the kernels of a test file run on: an sshd in a network namespace of its own, and a temp dir. */
+export interface KernelServer {
+  readonly ns: Netns
+  readonly sshd: Sshd
+  /** A temp dir (`prefix` + random) for the remote state ({@link remoteKernelArgs}) and the Jupyter dirs. */
+  readonly root: string
+  /** Stops the sshd, removes the namespace and the temp dir. */
+  close(): Promise<void>
+}
+
+/**
+ * Starts a {@link KernelServer} for a `describe` block.
+ *
+ * @example
+ * let server: KernelServer
+ * before(async () => (server = await startKernelServer('ippt-kernelspec-')))
+ * after(() => server.close())
+ */
+export async function startKernelServer(prefix: string): Promise<KernelServer> {
+  const ns = await createNetns()
+  const sshd = await startSshd({ netns: ns })
+  const root = await mkdtemp(join(tmpdir(), prefix))
+  return {
+    ns,
+    sshd,
+    root,
+    close: async () => {
+      await sshd.close()
+      await ns.close()
+      await rm(root, { recursive: true, force: true })
+    },
+  }
 }

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -9,24 +8,25 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import * as zmq from 'zeromq'
 
 import { exited, JsonLines, spawnCli } from '../support/cli.js'
-import { alive, createNetns, freePort, startSshd, type Netns, type Sshd } from '../support/index.js'
-import { execute, remoteKernelArgs, writeKernelFile } from './helpers.js'
+import { alive, freePort, type Sshd } from '../support/index.js'
+import {
+  execute,
+  type KernelServer,
+  remoteKernelArgs,
+  startKernelServer,
+  writeKernelFile,
+} from './helpers.js'
 
 describe('ipp-tunnel kernel: the launcher a kernelspec runs, by hand', () => {
-  let ns: Netns
   let sshd: Sshd
   let root: string
+  let kernelServer: KernelServer
 
   before(async () => {
-    ns = await createNetns()
-    sshd = await startSshd({ netns: ns })
-    root = await mkdtemp(join(tmpdir(), 'ippt-kernel-launcher-'))
+    kernelServer = await startKernelServer('ippt-kernel-launcher-')
+    ;({ sshd, root } = kernelServer)
   })
-  after(async () => {
-    await sshd.close()
-    await ns.close()
-    await rm(root, { recursive: true, force: true })
-  })
+  after(() => kernelServer.close())
 
   function connectionFile(name: string, ports?: number[]): Promise<string> {
     return writeKernelFile(root, name, ports)

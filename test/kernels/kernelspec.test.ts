@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -8,9 +7,9 @@ import { randomBytes } from 'node:crypto'
 import { spawn } from 'node:child_process'
 
 import { CLI, runCli } from '../support/cli.js'
-import { createNetns, freePort, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { freePort, processesWith, type Netns, type Sshd } from '../support/index.js'
 import { runPython } from '../support/ipp.js'
-import { remoteKernelArgs } from './helpers.js'
+import { type KernelServer, remoteKernelArgs, startKernelServer } from './helpers.js'
 
 /**
  * Python driving a kernelspec with Debian's jupyter_client as JupyterLab's server does (KernelManager): start,
@@ -129,19 +128,15 @@ describe('kernelspec install + kernel: a Jupyter kernel started on the ssh serve
   let ns: Netns
   let sshd: Sshd
   let root: string
+  let kernelServer: KernelServer
   let env: NodeJS.ProcessEnv
 
   before(async () => {
-    ns = await createNetns()
-    sshd = await startSshd({ netns: ns })
-    root = await mkdtemp(join(tmpdir(), 'ippt-kernelspec-'))
+    kernelServer = await startKernelServer('ippt-kernelspec-')
+    ;({ ns, sshd, root } = kernelServer)
     env = { JUPYTER_DATA_DIR: join(root, 'jupyter'), JUPYTER_RUNTIME_DIR: join(root, 'runtime') }
   })
-  after(async () => {
-    await sshd.close()
-    await ns.close()
-    await rm(root, { recursive: true, force: true })
-  })
+  after(() => kernelServer.close())
 
   async function install(name: string, extra: readonly string[] = []): Promise<Record<string, unknown>> {
     const result = await runCli(

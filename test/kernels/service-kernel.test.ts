@@ -5,11 +5,19 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { CLI, JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
-import { createNetns, processesWith, startSshd, type Netns, type Sshd } from '../support/index.js'
+import { processesWith, type Netns, type Sshd } from '../support/index.js'
 import { runPython } from '../support/ipp.js'
-import { setUpOtpPam } from '../support/otp.js'
-import { literal, runOnPty } from '../support/pty.js'
-import { remoteKernelArgs, writeKernelFile } from './helpers.js'
+import { startOtpSshd } from '../support/otp.js'
+import { literal, loginOnPty } from '../support/pty.js'
+import {
+  execute,
+  type KernelServer,
+  remoteKernelArgs,
+  startKernelServer,
+  startLauncher,
+  startService,
+  writeKernelFile,
+} from './helpers.js'
 
 /**
  * Two kernels of one kernelspec at once, as two notebooks open in JupyterLab: each runs where the sshd is and
@@ -59,33 +67,16 @@ for kc, km in zip(kcs, kms):
 print(json.dumps(seen))
 `
 
-/** A jupyter_client on a connection file: one execute (argv[2], default: print the pid), its output. */
-const EXECUTE = String.raw`
-import json, sys
-from jupyter_client import BlockingKernelClient
-kc = BlockingKernelClient(connection_file=sys.argv[1])
-kc.load_connection_file()
-kc.start_channels()
-kc.wait_for_ready(timeout=60)
-out = []
-def hook(msg):
-    if msg['msg_type'] == 'stream':
-        out.append(msg['content']['text'])
-code = sys.argv[2] if len(sys.argv) > 2 else "import os; print(os.getpid(), end='')"
-reply = kc.execute_interactive(code, output_hook=hook, timeout=60)
-print(json.dumps([reply['content']['status'], ''.join(out)]))
-`
-
 describe('kernels through the running watch service: one link, one login for all of them', () => {
   let ns: Netns
   let sshd: Sshd
   let root: string
+  let kernelServer: KernelServer
   let env: NodeJS.ProcessEnv
 
   before(async () => {
-    ns = await createNetns()
-    sshd = await startSshd({ netns: ns })
-    root = await mkdtemp(join(tmpdir(), 'ippt-service-kernel-'))
+    kernelServer = await startKernelServer('ippt-service-kernel-')
+    ;({ ns, sshd, root } = kernelServer)
     env = {
       JUPYTER_DATA_DIR: join(root, 'jupyter'),
       JUPYTER_RUNTIME_DIR: join(root, 'runtime'),
@@ -93,11 +84,7 @@ describe('kernels through the running watch service: one link, one login for all
       SSH_AUTH_SOCK: '',
     }
   })
-  after(async () => {
-    await sshd.close()
-    await ns.close()
-    await rm(root, { recursive: true, force: true })
-  })
+  after(() => kernelServer.close())
 
   test('two kernels share the service’s one SSH connection (one login in sshd’s log); status lists them', async (t) => {
     const installed = await runCli(
@@ -114,15 +101,7 @@ describe('kernels through the running watch service: one link, one login for all
       env,
     )
     assert.equal(installed.code, 0, installed.stderr)
-    const watched = join(root, 'watched')
-    await mkdir(watched, { mode: 0o700 })
-    const auth = ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile]
-    const service = spawnCli(['watch', '--json', '--dir', watched, ...auth], env)
-    t.after(async () => {
-      service.kill('SIGTERM')
-      await exited(service)
-    })
-    await new JsonLines(service).next('watching')
+    await startService(t, sshd, join(root, 'watched'), env)
     const loginsBefore = sshd.log().match(/Accepted publickey/gu)?.length ?? 0
 
     const run = await runPython(TWO, { args: ['shared', process.execPath, CLI], env, timeoutMs: 170_000 })
@@ -148,73 +127,34 @@ describe('kernels through the running watch service: one link, one login for all
   })
 
   test('the service stops under a running kernel: its launcher follows it over a link of its own, state kept', async (t) => {
-    const watched = join(root, 'watched-2')
-    await mkdir(watched, { mode: 0o700 })
-    const auth = ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile]
-    const service = spawnCli(['watch', '--json', '--dir', watched, ...auth], env)
-    t.after(async () => {
-      service.kill('SIGTERM')
-      await exited(service)
-    })
-    await new JsonLines(service).next('watching')
+    const service = await startService(t, sshd, join(root, 'watched-2'), env)
     const file = await writeKernelFile(root, 'adopt')
-    const launcher = spawnCli(
-      ['kernel', ...remoteKernelArgs(sshd, root), '--connection-file', file, '--json'],
-      env,
-    )
-    t.after(async () => {
-      launcher.kill('SIGKILL')
-      await exited(launcher)
-    })
-    const events = new JsonLines(launcher, { from: 'stderr' })
-    const started = await events.next((e) => e.event === 'started' || e.event === 'error', 60_000)
-    assert.equal(started.event, 'started', JSON.stringify(events.events))
+    const { launcher, events, started } = await startLauncher(t, sshd, root, file, env)
     assert.ok(events.events.some((e) => e.event === 'via-service'))
-    const set = await runPython(EXECUTE, { args: [file, "x = 7; print(x, end='')"], timeoutMs: 90_000 })
-    assert.deepEqual(JSON.parse(set.stdout.trim()), ['ok', '7'], set.stderr)
+    const set = await execute(file, "x = 7; print(x, end='')", { timeoutMs: 90_000 })
+    assert.equal(set.stdout, 'ok 7', set.stderr)
 
     service.kill('SIGTERM')
     assert.equal((await exited(service)).code, 0)
     await events.next((e) => e.event === 'warning' && /link of our own/u.test(String(e.message)), 60_000)
-    const after = await runPython(EXECUTE, {
-      args: [file, "import os; print(x, os.getpid(), end='')"],
-      timeoutMs: 90_000,
-    })
-    assert.deepEqual(JSON.parse(after.stdout.trim()), ['ok', `7 ${String(started.pid)}`], after.stderr)
+    const after = await execute(file, "import os; print(x, os.getpid(), end='')", { timeoutMs: 90_000 })
+    assert.equal(after.stdout, `ok 7 ${String(started.pid)}`, after.stderr)
     launcher.kill('SIGTERM')
     assert.deepEqual(await exited(launcher), { code: 0, signal: null })
     assert.deepEqual(await processesWith(join(root, 'remote')), [], 'no remote kernel or supervisor')
   })
   test('a restart through the service (the launcher stopped, a new one on the same file) logs in no more, and starts with no new command session', async (t) => {
-    const watched = join(root, 'watched-3')
-    await mkdir(watched, { mode: 0o700 })
-    const auth = ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile]
-    const service = spawnCli(['watch', '--json', '--dir', watched, ...auth], env)
-    t.after(async () => {
-      service.kill('SIGTERM')
-      await exited(service)
-    })
-    await new JsonLines(service).next('watching')
+    await startService(t, sshd, join(root, 'watched-3'), env)
     const file = await writeKernelFile(root, 'restart')
     const logins = (): number => sshd.log().match(/Accepted publickey/gu)?.length ?? 0
     const sessions = (): number => sshd.log().match(/Starting session: command/gu)?.length ?? 0
     const loginsBefore = logins()
     const run = async (code: string): Promise<{ pid: unknown; out: string }> => {
-      const launcher = spawnCli(
-        ['kernel', ...remoteKernelArgs(sshd, root), '--connection-file', file, '--json'],
-        env,
-      )
-      t.after(async () => {
-        launcher.kill('SIGKILL')
-        await exited(launcher)
-      })
-      const events = new JsonLines(launcher, { from: 'stderr' })
-      const started = await events.next((e) => e.event === 'started' || e.event === 'error', 60_000)
-      assert.equal(started.event, 'started', JSON.stringify(events.events))
-      const got = await runPython(EXECUTE, { args: [file, code], timeoutMs: 90_000 })
+      const { launcher, started } = await startLauncher(t, sshd, root, file, env)
+      const got = await execute(file, code, { timeoutMs: 90_000 })
       launcher.kill('SIGTERM')
       assert.deepEqual(await exited(launcher), { code: 0, signal: null })
-      return { pid: started.pid, out: (JSON.parse(got.stdout.trim()) as string[]).join(' ') }
+      return { pid: started.pid, out: got.stdout }
     }
     const first = await run("x = 1; print('set', end='')")
     assert.equal(first.out, 'ok set')
@@ -231,13 +171,7 @@ describe('kernels through the running watch service: one link, one login for all
 })
 
 test('a launcher with no terminal at a one-time-code server waits and says so; the service and `login` take it on', async (t) => {
-  const otp = await setUpOtpPam()
-  t.after(() => otp.close())
-  const sshd = await startSshd({
-    pamService: otp.service,
-    extraConfig: 'AuthenticationMethods publickey,keyboard-interactive',
-  })
-  t.after(() => sshd.close())
+  const { otp, sshd } = await startOtpSshd(t)
   const dir = await mkdtemp(join(tmpdir(), 'ippt-kernel-otp-'))
   t.after(() => rm(dir, { recursive: true, force: true }))
   const env = { IPP_TUNNEL_RUNTIME_DIR: join(dir, 'run'), SSH_AUTH_SOCK: '' }
@@ -284,18 +218,14 @@ test('a launcher with no terminal at a one-time-code server waits and says so; t
     [[file, 'waiting-login']],
   )
   const code = await otp.code(await otp.counter())
-  const login = await runOnPty(
-    [process.execPath, CLI, 'login'],
-    [{ expect: 'logging in to[^\\n]*\\n' }, { expect: literal(otp.prompt), send: code }],
-    env,
-  )
+  const login = await loginOnPty(literal(otp.prompt), code, env)
   assert.equal(login.code, 0, login.output)
   const started = await events.next((e) => e.event === 'started' || e.event === 'error', 60_000)
   assert.equal(started.event, 'started', JSON.stringify(events.events))
   assert.ok(events.events.some((e) => e.event === 'via-service'))
-  const executed = await runPython(EXECUTE, { args: [file], timeoutMs: 90_000 })
+  const executed = await execute(file, "import os; print(os.getpid(), end='')", { timeoutMs: 90_000 })
   assert.equal(executed.code, 0, executed.stderr)
-  assert.deepEqual(JSON.parse(executed.stdout.trim()), ['ok', String(started.pid)])
+  assert.equal(executed.stdout, `ok ${String(started.pid)}`)
   assert.equal(sshd.log().match(/Accepted keyboard-interactive/gu)?.length, 1, sshd.log())
 
   launcher.kill('SIGTERM')

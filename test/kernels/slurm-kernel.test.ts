@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict'
 import { execFile, type ChildProcess } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -11,7 +10,6 @@ import { promisify } from 'node:util'
 import { exited, JsonLines, runCli, spawnCli } from '../support/cli.js'
 import {
   createNetns,
-  freePort,
   joinClusterNetwork,
   processesWith,
   startSshd,
@@ -19,9 +17,8 @@ import {
   type Sshd,
 } from '../support/index.js'
 import { runPython } from '../support/ipp.js'
-import { kernelFileText } from '../support/kernel.js'
 import { allocate, startSlurm, type Slurm } from '../support/slurm.js'
-import { remoteKernelArgs } from './helpers.js'
+import { execute, remoteKernelArgs, writeKernelFile } from './helpers.js'
 
 const run = promisify(execFile)
 
@@ -68,21 +65,6 @@ finally:
     kc.stop_channels()
     km.shutdown_kernel(now=False)
 print(json.dumps(seen))
-`
-
-/** Runs `code` on the kernel of `file` with jupyter_client's BlockingKernelClient; prints its status and stdout. */
-const EXECUTE = String.raw`
-import sys
-from jupyter_client import BlockingKernelClient
-kc = BlockingKernelClient(connection_file=sys.argv[1])
-kc.load_connection_file()
-kc.start_channels()
-kc.wait_for_ready(timeout=60)
-out = []
-reply = kc.execute_interactive(sys.argv[2], timeout=60,
-    output_hook=lambda m: m['msg_type'] == 'stream' and out.append(m['content']['text']))
-kc.stop_channels()
-print(reply['content']['status'], ''.join(out), end='')
 `
 
 /** A kernel that writes back an address it was not told: what a hostile or broken file looks like to the launcher. */
@@ -139,19 +121,6 @@ describe('kernels on Slurm compute nodes and over TCP, started from the login no
   const slurmRun = async (cmd: string, words: readonly string[]): Promise<string> =>
     (await run(cmd, words, { env: { ...process.env, ...slurm.env }, timeout: 10_000 })).stdout.trim()
   const remoteDir = (): Promise<string[]> => readdir(join(root, 'remote')).catch(() => [])
-
-  /** A connection file as jupyter_client writes it: five free ports on 127.0.0.1, a fresh key. */
-  async function connectionFile(name: string): Promise<string> {
-    const ports: number[] = []
-    while (ports.length < 5) ports.push(await freePort())
-    const file = join(root, `kernel-${name}.json`)
-    const [shell = 0, iopub = 0, stdin = 0, control = 0, hb = 0] = ports
-    const text = kernelFileText([shell, iopub, stdin, control, hb], {
-      key: randomBytes(16).toString('hex'),
-    })
-    await writeFile(file, text, { mode: 0o600 })
-    return file
-  }
 
   function launch(file: string, extra: readonly string[]) {
     // --kernel-cmd names its own python: no --python beside it
@@ -215,13 +184,14 @@ describe('kernels on Slurm compute nodes and over TCP, started from the login no
   test('--slurm-jobid: a step of an allocation the user holds (salloc --no-shell); the allocation outlives it', async () => {
     const job = await allocate(slurm, 1, 1)
     try {
-      const file = await connectionFile('jobid')
+      const file = await writeKernelFile(root, 'jobid')
       const { child, events } = launch(file, ['--slurm-jobid', job])
       const started = await events.next('started', 60_000)
       assert.equal(started.job, job)
-      const where = await runPython(EXECUTE, {
-        args: [file, "import os; print(os.environ['SLURM_JOB_ID'], os.environ['SLURM_STEP_ID'])"],
-      })
+      const where = await execute(
+        file,
+        "import os; print(os.environ['SLURM_JOB_ID'], os.environ['SLURM_STEP_ID'])",
+      )
       assert.equal(where.stdout, `ok ${job} ${String(started.step)}\n`, where.stderr)
       child.kill('SIGTERM')
       assert.deepEqual(await exited(child), { code: 0, signal: null })
@@ -236,7 +206,7 @@ describe('kernels on Slurm compute nodes and over TCP, started from the login no
   test('a queue wait is reported (kernel-state pending, then running); a SIGKILLed launcher leaves no job after --persist', async () => {
     const target = node(0)
     await slurmRun('scontrol', ['update', `nodename=${target.name}`, 'state=drain', 'reason=busy'])
-    const file = await connectionFile('queued')
+    const file = await writeKernelFile(root, 'queued')
     const { child, events } = launch(file, [`--slurm=-w ${target.name}`, '--persist', '2'])
     try {
       const pending = await events.next((e) => e.event === 'kernel-state' && e.state === 'pending', 60_000)
@@ -247,7 +217,7 @@ describe('kernels on Slurm compute nodes and over TCP, started from the login no
     const running = await events.next((e) => e.event === 'kernel-state' && e.state === 'running', 60_000)
     assert.equal(running.node, target.name)
     await events.next('started')
-    const x = await runPython(EXECUTE, { args: [file, 'import socket; print(socket.gethostname())'] })
+    const x = await execute(file, 'import socket; print(socket.gethostname())')
     assert.equal(x.stdout, `ok ${target.name}\n`, x.stderr)
     child.kill('SIGKILL')
     await exited(child)
@@ -260,7 +230,7 @@ describe('kernels on Slurm compute nodes and over TCP, started from the login no
     const target = node(0)
     await slurmRun('scontrol', ['update', `nodename=${target.name}`, 'state=drain', 'reason=busy'])
     try {
-      const file = await connectionFile('cancelled')
+      const file = await writeKernelFile(root, 'cancelled')
       const { child, events } = launch(file, [`--slurm=-w ${target.name}`])
       const pending = await events.next((e) => e.event === 'kernel-state' && e.state === 'pending', 60_000)
       assert.notEqual(await slurmRun('squeue', ['-h', '-j', String(pending.job)]), '')
@@ -274,7 +244,7 @@ describe('kernels on Slurm compute nodes and over TCP, started from the login no
   })
 
   test('--remote-transport tcp on the login node: ports the kernel picked, read back and forwarded', async () => {
-    const file = await connectionFile('tcp')
+    const file = await writeKernelFile(root, 'tcp')
     const { child, events } = launch(file, ['--remote-transport', 'tcp'])
     await events.next('started', 60_000)
     const [name] = await remoteDir()
@@ -288,7 +258,7 @@ describe('kernels on Slurm compute nodes and over TCP, started from the login no
     assert.ok(remote.shell_port > 0)
     const local = JSON.parse(await readFile(file, 'utf8')) as { shell_port: number }
     assert.notEqual(remote.shell_port, local.shell_port, "the kernel's own port, not the file's")
-    const x = await runPython(EXECUTE, { args: [file, "import os; print(os.readlink('/proc/self/ns/net'))"] })
+    const x = await execute(file, "import os; print(os.readlink('/proc/self/ns/net'))")
     assert.equal(x.stdout, `ok net:[${String((await stat(`/run/netns/${login.name}`)).ino)}]\n`, x.stderr)
     child.kill('SIGTERM')
     assert.deepEqual(await exited(child), { code: 0, signal: null })
@@ -298,7 +268,7 @@ describe('kernels on Slurm compute nodes and over TCP, started from the login no
   test('--remote-transport tcp: a file written back with another address is refused, and the kernel stopped', async () => {
     const liar = join(root, 'liar.py')
     await writeFile(liar, LIAR)
-    const file = await connectionFile('liar')
+    const file = await writeKernelFile(root, 'liar')
     const { child, events } = launch(file, [
       '--remote-transport',
       'tcp',

@@ -4,19 +4,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 
-import { CLI, JsonLines, exited, spawnCli } from '../support/cli.js'
-import { kernelListeners, startSshd } from '../support/index.js'
-import { setUpOtpPam } from '../support/otp.js'
-import { literal, runOnPty } from '../support/pty.js'
+import { JsonLines, exited, spawnCli } from '../support/cli.js'
+import { kernelListeners, writeListenersFile } from '../support/index.js'
+import { startOtpSshd } from '../support/otp.js'
+import { literal, loginOnPty } from '../support/pty.js'
 
 test('watch --remote ALIAS:DIR, a pulled file naming the same server by its address: one link, one code', async (t) => {
-  const otp = await setUpOtpPam()
-  t.after(() => otp.close())
-  const sshd = await startSshd({
-    pamService: otp.service,
-    extraConfig: 'AuthenticationMethods publickey,keyboard-interactive\nSubsystem sftp internal-sftp',
-  })
-  t.after(() => sshd.close())
+  const { otp, sshd } = await startOtpSshd(t, { extraConfig: 'Subsystem sftp internal-sftp' })
   const dir = await mkdtemp(join(tmpdir(), 'ippt-rw-otp-'))
   t.after(() => rm(dir, { recursive: true, force: true }))
   const listeners = await kernelListeners()
@@ -29,15 +23,7 @@ test('watch --remote ALIAS:DIR, a pulled file naming the same server by its addr
   const knownHosts = join(dir, 'known_hosts')
   const key = (await readFile(sshd.knownHostsFile, 'utf8')).trim().split(/\s+/u).slice(1).join(' ')
   await writeFile(knownHosts, `[localhost]:${sshd.port} ${key}\n[127.0.0.1]:${sshd.port} ${key}\n`)
-  const kernel = {
-    ...listeners.ports,
-    ip: '127.0.0.1',
-    key: 'a0b1c2d3',
-    transport: 'tcp',
-    signature_scheme: 'hmac-sha256',
-    ssh: `root@127.0.0.1:${sshd.port}`,
-  }
-  await writeFile(join(remote, 'kernel-otp.json'), JSON.stringify(kernel), { mode: 0o600 })
+  await writeListenersFile(join(remote, 'kernel-otp.json'), listeners, `root@127.0.0.1:${sshd.port}`)
   const env = {
     IPP_TUNNEL_RUNTIME_DIR: join(dir, 'run'),
     JUPYTER_RUNTIME_DIR: join(dir, 'jrt'),
@@ -52,11 +38,7 @@ test('watch --remote ALIAS:DIR, a pulled file naming the same server by its addr
   const events = new JsonLines(child)
   await events.next('auth-needed')
   const code = await otp.code(await otp.counter())
-  const login = await runOnPty(
-    [process.execPath, CLI, 'login'],
-    [{ expect: 'logging in to[^\\n]*\\n' }, { expect: literal(otp.prompt), send: code }],
-    env,
-  )
+  const login = await loginOnPty(literal(otp.prompt), code, env)
   assert.equal(login.code, 0, login.output)
   const next = await events.next(
     (e) =>

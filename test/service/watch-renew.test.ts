@@ -1,41 +1,25 @@
 import assert from 'node:assert/strict'
-import { execFile } from 'node:child_process'
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { promisify } from 'node:util'
 
 import { CLI, JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
-import { kernelListeners, startSshd } from '../support/index.js'
-import { runOnPty } from '../support/pty.js'
-
-const run = promisify(execFile)
+import { startCaSshd } from '../support/ca.js'
+import { kernelListeners, writeListenersFile } from '../support/index.js'
+import { loginOnPty, runOnPty } from '../support/pty.js'
 
 test('watch --credential-command: its question is answered through ipp-tunnel login, status shows the new certificate', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'ippt-watch-renew-'))
   t.after(() => rm(dir, { recursive: true, force: true }))
-  const ca = join(dir, 'ca')
-  const key = join(dir, 'id_user')
-  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', ca])
-  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', key])
   // the key alone is refused: only a certificate gets in
-  const sshd = await startSshd({ extraConfig: `TrustedUserCAKeys ${ca}.pub\n` })
-  t.after(() => sshd.close())
+  const { key, sshd, credentialCommand } = await startCaSshd(t, dir)
   const listeners = await kernelListeners()
   t.after(() => listeners.close())
   const files = join(dir, 'files')
   await mkdir(files, { mode: 0o700 })
-  const kernel = {
-    ...listeners.ports,
-    ip: '127.0.0.1',
-    key: 'a0b1c2d3',
-    transport: 'tcp',
-    signature_scheme: 'hmac-sha256',
-    ssh: `root@127.0.0.1:${sshd.port}`,
-  }
-  await writeFile(join(files, 'kernel-renew.json'), JSON.stringify(kernel), { mode: 0o600 })
-  const command = `read -p 'Code: ' x; [ "$x" = 4242 ] || exit 3; ssh-keygen -q -s ${ca} -I renewed -n root -V -1m:+30s ${key}.pub`
+  await writeListenersFile(join(files, 'kernel-renew.json'), listeners, `root@127.0.0.1:${sshd.port}`)
+  const command = credentialCommand('renewed')
   const env = {
     IPP_TUNNEL_RUNTIME_DIR: join(dir, 'run'),
     JUPYTER_RUNTIME_DIR: join(dir, 'jrt'),
@@ -50,11 +34,7 @@ test('watch --credential-command: its question is answered through ipp-tunnel lo
   const events = new JsonLines(child)
   const needed = await events.next('auth-needed')
   assert.match(JSON.stringify(needed), /Code: /)
-  const login = await runOnPty(
-    [process.execPath, CLI, 'login'],
-    [{ expect: 'logging in to[^\\n]*\\n' }, { expect: 'Code: ', send: '4242' }],
-    env,
-  )
+  const login = await loginOnPty('Code: ', '4242', env)
   assert.equal(login.code, 0, login.output)
   const next = await events.next(
     (e) => e.event === 'ready' || e.event === 'error' || e.event === 'file:error',
@@ -82,25 +62,12 @@ test('watch --credential-command: its question is answered through ipp-tunnel lo
 test('up --credential-command: its question is asked on the terminal', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'ippt-up-renew-'))
   t.after(() => rm(dir, { recursive: true, force: true }))
-  const ca = join(dir, 'ca')
-  const key = join(dir, 'id_user')
-  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', ca])
-  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', key])
-  const sshd = await startSshd({ extraConfig: `TrustedUserCAKeys ${ca}.pub\n` })
-  t.after(() => sshd.close())
+  const { key, sshd, credentialCommand } = await startCaSshd(t, dir)
   const listeners = await kernelListeners()
   t.after(() => listeners.close())
   const file = join(dir, 'kernel-up.json')
-  const kernel = {
-    ...listeners.ports,
-    ip: '127.0.0.1',
-    key: 'a0b1c2d3',
-    transport: 'tcp',
-    signature_scheme: 'hmac-sha256',
-    ssh: `root@127.0.0.1:${sshd.port}`,
-  }
-  await writeFile(file, JSON.stringify(kernel), { mode: 0o600 })
-  const command = `read -p 'Code: ' x; [ "$x" = 4242 ] || exit 3; ssh-keygen -q -s ${ca} -I on-tty -n root -V -1m:+30s ${key}.pub`
+  await writeListenersFile(file, listeners, `root@127.0.0.1:${sshd.port}`)
+  const command = credentialCommand('on-tty')
   const result = await runOnPty(
     [
       process.execPath,

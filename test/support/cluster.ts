@@ -1,3 +1,7 @@
+import type { ChildProcess } from 'node:child_process'
+import { join } from 'node:path'
+
+import { JsonLines, spawnCli } from './cli.js'
 import { startController, startEngines, type Controller, type Engines } from './ipp.js'
 import { createNetns, type Netns } from './netns.js'
 import { startSshd, type Sshd } from './sshd.js'
@@ -47,4 +51,47 @@ export async function startCluster(options: { engines: number; curve?: boolean }
     await ns.close()
     throw err
   }
+}
+
+/**
+ * The destination and options every `cluster` test gives `cluster start|attach|list|stop`: the sshd's key and
+ * known_hosts, Debian's python there, the remote state and IPython dirs under `root`.
+ *
+ * @example
+ * const listed = await runCli(['cluster', 'list', ...remoteClusterArgs(sshd, root), '--json'], env)
+ */
+export function remoteClusterArgs(sshd: Sshd, root: string): string[] {
+  return [
+    `root@${sshd.host}:${sshd.port}`,
+    '--identity',
+    sshd.clientKey,
+    '--known-hosts',
+    sshd.knownHostsFile,
+    '--python',
+    '/usr/bin/python3',
+    '--remote-dir',
+    join(root, 'remote'),
+    '--remote-ipython-dir',
+    join(root, 'remote-ipython'),
+  ]
+}
+
+/**
+ * Spawns `ipp-tunnel cluster start REMOTE… --local-python /usr/bin/python3 --json --debug EXTRA…` with `env`
+ * (`remote`: {@link remoteClusterArgs} and what a test adds to it); its events are collected as they come. The
+ * caller stops it.
+ *
+ * @example
+ * const { child, events } = spawnClusterStart(remoteClusterArgs(sshd, root), ['-n', '2'], env)
+ */
+export function spawnClusterStart(
+  remote: readonly string[],
+  extra: readonly string[],
+  env: NodeJS.ProcessEnv,
+): { child: ChildProcess; events: JsonLines } {
+  const child = spawnCli(
+    ['cluster', 'start', ...remote, '--local-python', '/usr/bin/python3', '--json', '--debug', ...extra],
+    env,
+  )
+  return { child, events: new JsonLines(child) }
 }

@@ -18,11 +18,18 @@ export {
   type EchoServer,
 } from './netns.js'
 export { startSshd, hopOf, sshArgsOf, sshOptionsOf, type Sshd, type SshdOptions } from './sshd.js'
-export { canConnect, freePort, kernelListeners, portOf, type KernelListeners } from './net.js'
+export {
+  canConnect,
+  freePort,
+  kernelListeners,
+  portOf,
+  writeListenersFile,
+  type KernelListeners,
+} from './net.js'
 export { appears, exists } from './fs.js'
 export { alive, pidsWhere, processesWith, type ProcessInfo } from './proc.js'
 export { hasCode } from './errors.js'
-export { startCluster, type Cluster } from './cluster.js'
+export { remoteClusterArgs, spawnClusterStart, startCluster, type Cluster } from './cluster.js'
 export {
   mpiOverSsh,
   sshPeers,

@@ -1,5 +1,5 @@
 import { once } from 'node:events'
-import { readFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import { createConnection, createServer, type Server } from 'node:net'
 
 /** The port of an `address:port` string as the CLI prints it (`127.0.0.1:40123`). */
@@ -85,4 +85,27 @@ export async function kernelListeners(): Promise<KernelListeners> {
     ports[name] = typeof address === 'object' && address !== null ? address.port : 0
   }
   return { ports, close: () => servers.forEach((s) => s.close()) }
+}
+
+/**
+ * Writes `file` (0600): a kernel connection file naming the listeners' ports on 127.0.0.1 over tcp, reached through
+ * the ssh server `ssh` (the file's `ssh` field, e.g. `root@127.0.0.1:2222`).
+ *
+ * @example
+ * await writeListenersFile(join(dir, 'kernel-a.json'), listeners, `root@127.0.0.1:${sshd.port}`)
+ */
+export async function writeListenersFile(
+  file: string,
+  listeners: KernelListeners,
+  ssh: string,
+): Promise<void> {
+  const kernel = {
+    ...listeners.ports,
+    ip: '127.0.0.1',
+    key: 'a0b1c2d3',
+    transport: 'tcp',
+    signature_scheme: 'hmac-sha256',
+    ssh,
+  }
+  await writeFile(file, JSON.stringify(kernel), { mode: 0o600 })
 }

@@ -3,7 +3,10 @@ import { randomBytes } from 'node:crypto'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import type { TestContext } from 'node:test'
 import { promisify } from 'node:util'
+
+import { startSshd, type Sshd } from './sshd.js'
 
 const run = promisify(execFile)
 
@@ -66,4 +69,27 @@ export async function setUpOtpPam(options: { readonly message?: string } = {}): 
     },
     close,
   }
+}
+
+/**
+ * An sshd that asks for a one-time code after the key (`AuthenticationMethods publickey,keyboard-interactive`, the
+ * code from {@link setUpOtpPam}); `extraConfig` adds lines to its sshd_config. Both are removed when the test ends.
+ *
+ * @example
+ * const { otp, sshd } = await startOtpSshd(t, { extraConfig: 'Subsystem sftp internal-sftp' })
+ * const code = await otp.code(await otp.counter())
+ */
+export async function startOtpSshd(
+  t: TestContext,
+  options: { readonly extraConfig?: string } = {},
+): Promise<{ otp: OtpPam; sshd: Sshd }> {
+  const otp = await setUpOtpPam()
+  t.after(() => otp.close())
+  const methods = 'AuthenticationMethods publickey,keyboard-interactive'
+  const sshd = await startSshd({
+    pamService: otp.service,
+    extraConfig: options.extraConfig === undefined ? methods : `${methods}\n${options.extraConfig}`,
+  })
+  t.after(() => sshd.close())
+  return { otp, sshd }
 }

@@ -1,5 +1,7 @@
 import { spawn } from 'node:child_process'
 
+import { CLI } from './cli.js'
+
 /** One step of a terminal session: wait for `expect` (a regex) in the output since the last step, then act. */
 export interface PtyStep {
   readonly expect: string
@@ -101,4 +103,20 @@ export function runOnPty(
 /** `text` as a regex matching it literally: a prompt to `expect` in a {@link PtyStep}. */
 export function literal(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/gu, '\\$&')
+}
+
+/**
+ * `ipp-tunnel login` on a terminal with `env` (its `IPP_TUNNEL_RUNTIME_DIR` names the service): waits for its
+ * `logging in to …` line, then answers `prompt` (a regex, see {@link literal}) with `answer`.
+ *
+ * @example
+ * const login = await loginOnPty(literal(otp.prompt), await otp.code(await otp.counter()), env)
+ * assert.equal(login.code, 0, login.output)
+ */
+export function loginOnPty(prompt: string, answer: string, env: NodeJS.ProcessEnv): Promise<PtyResult> {
+  return runOnPty(
+    [process.execPath, CLI, 'login'],
+    [{ expect: 'logging in to[^\\n]*\\n' }, { expect: prompt, send: answer }],
+    env,
+  )
 }

@@ -290,13 +290,25 @@ export function hopOf(sshd: Sshd, overrides: Partial<ResolvedHop> = {}): Resolve
 }
 
 /**
- * The CLI flags that authenticate to this sshd and trust its host key, reading no user ssh config.
+ * The CLI flags that authenticate to this sshd and trust its host key, reading no user ssh config; `identity` and
+ * `knownHosts` replace its unencrypted client key and its known_hosts file.
  *
  * @example
  * await runCli(['up', file, '--ssh', `root@${sshd.host}:${sshd.port}`, ...sshArgsOf(sshd)])
+ * await runCli(['doctor', dest, ...sshArgsOf(sshd, { identity: sshd.encryptedClientKey })])
  */
-export function sshArgsOf(sshd: Sshd): string[] {
-  return ['--identity', sshd.clientKey, '--known-hosts', sshd.knownHostsFile, '--ssh-config', '/dev/null']
+export function sshArgsOf(
+  sshd: Sshd,
+  options: { readonly identity?: string; readonly knownHosts?: string } = {},
+): string[] {
+  return [
+    '--identity',
+    options.identity ?? sshd.clientKey,
+    '--known-hosts',
+    options.knownHosts ?? sshd.knownHostsFile,
+    '--ssh-config',
+    '/dev/null',
+  ]
 }
 
 /**
