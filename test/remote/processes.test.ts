@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises'
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -218,6 +218,29 @@ describe('RemoteProcesses: processes on a real sshd in a network namespace, outl
     assert.equal(found.modules.no_such_module_here, null)
     assert.equal(typeof found.modules.json, 'string')
     assert.match(found.python, /^3\./u)
+    // read from the installed metadata: the version an import gives, without importing (Debian's egg-info)
+    const imported = await procs.modules(['ipyparallel'])
+    const installed = await procs.modules(['ipyparallel', 'no_such_module_here'], { installed: true })
+    assert.match(installed.modules.ipyparallel ?? '', /^\d+\.\d+/u)
+    assert.equal(installed.modules.ipyparallel, imported.modules.ipyparallel)
+    assert.equal(installed.modules.no_such_module_here, null)
+    assert.equal(installed.ipythonDir, imported.ipythonDir)
+    // a package whose import fails, with its metadata beside it: installed reads the metadata, never imports
+    const site = join(root, 'site')
+    await mkdir(join(site, 'brokenpkg'), { recursive: true })
+    await mkdir(join(site, 'brokenpkg-1.2.3.dist-info'))
+    await writeFile(join(site, 'brokenpkg', '__init__.py'), 'raise ImportError("imported")\n')
+    await writeFile(
+      join(site, 'brokenpkg-1.2.3.dist-info', 'METADATA'),
+      'Metadata-Version: 2.1\nName: brokenpkg\nVersion: 1.2.3\n',
+    )
+    const onPath = new RemoteProcesses(link, {
+      dir: join(root, 'state'),
+      python: PY,
+      setup: `export PYTHONPATH=${site}`,
+    })
+    assert.equal((await onPath.modules(['brokenpkg'], { installed: true })).modules.brokenpkg, '1.2.3')
+    assert.equal((await onPath.modules(['brokenpkg'])).modules.brokenpkg, null)
   })
 
   test('setup lines run first in the same shell, and what they print does not disturb the answers', async () => {
