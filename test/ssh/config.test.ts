@@ -8,9 +8,9 @@ import type { TestContext } from 'node:test'
 import { promisify } from 'node:util'
 
 import { isIppTunnelError } from '../../src/errors/index.js'
-import { lookupHost, matchPattern, matchPatternList, readSshConfig } from '../../src/ssh/config.js'
-import type { HostSettings, LookupContext } from '../../src/ssh/config.js'
-import { formatDestination } from '../../src/ssh/destination.js'
+import { lookupHost, matchPattern, matchPatternList, readSshConfig } from '../../src/ssh/config/config.js'
+import type { HostSettings, LookupContext } from '../../src/ssh/config/config.js'
+import { formatDestination } from '../../src/ssh/index.js'
 
 const run = promisify(execFile)
 const me = os.userInfo()

@@ -1,8 +1,8 @@
 import { EventEmitter } from 'node:events'
 import { Duplex } from 'node:stream'
 import type { Client, ClientChannel, SFTPWrapper } from 'ssh2'
-import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
-import { HopAuth } from './auth.js'
+import { IppTunnelError, isIppTunnelError } from '../../errors/index.js'
+import { HopAuth, type CredentialRenewer, type LoginGate, type PromptProvider } from '../login/index.js'
 import { askedSomeone, endChain, openChain, type Chain, type ChainContext } from './chain.js'
 import {
   describe,
@@ -16,14 +16,12 @@ import {
 } from './channels.js'
 import { isNetworkFailure, leftNothing } from './connect-error.js'
 import { execOnClient, type RemoteCommand } from './exec.js'
-import type { HostKeyNote } from './known-hosts.js'
+import type { HostKeyNote } from '../host-keys/index.js'
 import { OpenSshMaster, type Transport } from './openssh-master.js'
-import type { LoginGate, PromptProvider } from './prompts.js'
 import { plainAddress, sourceFor, watchNetwork, type NetworkEvent } from './network-watch.js'
-import type { CredentialRenewer } from './renew.js'
 import { answers, gateOnTransport, poolPadding } from './ssh2-socket.js'
 import { endStaleSession, type StalePeer } from './stale-session.js'
-import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from './types.js'
+import type { HostKeyPolicy, PassphraseProvider, ResolvedHop, ResolvedTarget } from '../types.js'
 
 /** Where a {@link Link} is. `idle` only before the first `connect()`. */
 export type LinkState = 'idle' | 'connecting' | 'up' | 'reconnecting' | 'failed' | 'closed'

@@ -3,10 +3,10 @@ import { readdir, readFile, realpath, stat } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 
-import { IppTunnelError } from '../errors/index.js'
+import { IppTunnelError } from '../../errors/index.js'
 import { parseDestination } from './destination.js'
-import { expandShellTokens, quoteFor } from './shell.js'
-import type { Destination, HostKeyPolicy } from './types.js'
+import { expandShellTokens, quoteFor } from '../shell.js'
+import type { Destination, HostKeyPolicy } from '../types.js'
 
 /** Where a value came from, for messages. */
 interface Where {

@@ -1,9 +1,9 @@
 import type { ClientChannel } from 'ssh2'
 import type ssh2 from 'ssh2'
 
-import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { IppTunnelError, isIppTunnelError } from '../../errors/index.js'
 import { ackPromptlyWhileOpening } from './ssh2-socket.js'
-import type { ResolvedHop } from './types.js'
+import type { ResolvedHop } from '../types.js'
 
 export type Client = InstanceType<typeof ssh2.Client>
 

@@ -1,6 +1,6 @@
 import { readFile, stat } from 'node:fs/promises'
 import type { AnyAuthMethod, AuthHandlerMiddleware, ParsedKey } from 'ssh2'
-import { IppTunnelError } from '../errors/index.js'
+import { IppTunnelError } from '../../errors/index.js'
 import {
   agentCertificateKey,
   certificateKey,
@@ -8,10 +8,10 @@ import {
   findCertificates,
   type HopCertificates,
 } from './certificate.js'
-import { loadSsh2, ssh2 } from './ssh2-lib.js'
+import { loadSsh2, ssh2 } from '../ssh2-lib.js'
 import type { CredentialRenewer } from './renew.js'
 import { loginCommand, quotePrompts, type PromptProvider, type PromptRequest } from './prompts.js'
-import type { PassphraseProvider, ResolvedHop } from './types.js'
+import type { PassphraseProvider, ResolvedHop } from '../types.js'
 
 /** What {@link HopAuth} needs besides the hop: where the agent is, how to get a passphrase and answers. */
 export interface AuthOptions {
