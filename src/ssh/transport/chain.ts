@@ -6,7 +6,7 @@ import { enableCertificates, type AuthAttempt, type HopAuth } from '../login/ind
 import { describe, forwardError, label, openChannel, type Client, type Ssh2Error } from './channels.js'
 import { connectFailureReason } from './connect-error.js'
 import { checkHostKey, fingerprintSha256, hostKeyAsker, type HostKeyNote } from '../host-keys/index.js'
-import type { LinkOptions } from './link.js'
+import type { LinkOptions } from './options.js'
 import { ProxyCommand } from './proxy-command.js'
 import { ssh2 } from '../ssh2-lib.js'
 import {

@@ -9,13 +9,7 @@
  */
 export { label } from './channels.js'
 export type { RemoteCommand, RemoteExit } from './exec.js'
-export {
-  Link,
-  type BackoffOptions,
-  type LinkEvents,
-  type LinkOptions,
-  type LinkState,
-  type LinkStats,
-} from './link.js'
+export { Link } from './link.js'
+export type { BackoffOptions, LinkEvents, LinkOptions, LinkState, LinkStats } from './options.js'
 export { OpenSshMaster, type Transport } from './openssh-master.js'
 export { ProxyCommand, type ProxyCommandOptions } from './proxy-command.js'
