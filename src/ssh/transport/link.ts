@@ -1,59 +1,30 @@
 import { EventEmitter } from 'node:events'
 import { Duplex } from 'node:stream'
-import type { Client, ClientChannel, SFTPWrapper } from 'ssh2'
+import type { ClientChannel, SFTPWrapper } from 'ssh2'
 import { IppTunnelError, isIppTunnelError } from '../../errors/index.js'
+import type { HostKeyNote } from '../host-keys/index.js'
 import { HopAuth } from '../login/index.js'
-import { askedSomeone, endChain, openChain, type Chain, type ChainContext } from './chain.js'
+import type { ResolvedHop, ResolvedTarget } from '../types.js'
+import { endChain, type Chain, type ChainContext } from './chain.js'
 import {
   describe,
   forwardError,
   label,
   openChannel,
   openFailure,
+  openSftp,
   remoteSocketExists,
+  trackChannel,
   type ChannelTarget,
   type Ssh2Error,
 } from './channels.js'
-import { isNetworkFailure, leftNothing } from './connect-error.js'
 import { execOnClient, type RemoteCommand } from './exec.js'
-import type { HostKeyNote } from '../host-keys/index.js'
+import { plainAddress, watchNetwork } from './network-watch.js'
 import { OpenSshMaster } from './openssh-master.js'
 import type { LinkEvents, LinkOptions, LinkState, LinkStats } from './options.js'
-import { plainAddress, sourceFor, watchNetwork, type NetworkEvent } from './network-watch.js'
-import { answers, gateOnTransport, poolPadding } from './ssh2-socket.js'
-import { endStaleSession, type StalePeer } from './stale-session.js'
-import type { ResolvedHop, ResolvedTarget } from '../types.js'
-
-/** How long a connection may stay silent after a resume or a network change before it counts as dead. */
-const PROBE_MS = 1500
-/** Connection attempts of one link start at least this far apart (sites limit how often one connects). */
-const MIN_ATTEMPT_SPACING_MS = 1000
-/** The TCP connect of a retry after a network failure (see ChainContext.tcpConnectWithinMs). */
-const RETRY_TCP_CONNECT_MS = 3000
-/** Retries after a failure of the network, unless a network change or a resume comes first. */
-const RETRY_NETWORK_MS = 1000
-/** How long a reconnect waits for the server to end the connection it replaces. */
-const STALE_SESSION_MS = 3000
-
-/** Host-key, authentication and identity failures stop a link; everything else is retried. */
-const fatalCodes: ReadonlySet<string> = new Set([
-  'E_HOSTKEY_UNKNOWN',
-  'E_HOSTKEY_CA',
-  'E_HOSTKEY_MISMATCH',
-  'E_HOSTKEY_REVOKED',
-  'E_AUTH',
-  'E_AUTH_PROMPT',
-  'E_PASSPHRASE',
-  'E_IDENTITY',
-  'E_CERT_EXPIRED',
-  'E_CREDENTIAL_COMMAND',
-  'E_FORWARD_DENIED',
-])
-
-interface Waiter {
-  resolve(): void
-  reject(err: IppTunnelError): void
-}
+import { checkAfter, Recovery } from './recovery.js'
+import { gateOnTransport, poolPadding } from './ssh2-socket.js'
+import { Waiters } from './waiters.js'
 
 function closedError(): IppTunnelError {
   return new IppTunnelError('E_CLOSED', 'The SSH link was closed')
@@ -83,12 +54,9 @@ export class Link extends EventEmitter<LinkEvents> {
   #master: OpenSshMaster | undefined
   #failure: IppTunnelError | undefined
   #connecting: Promise<void> | undefined
-  #waiters = new Set<Waiter>()
-  #reconnects = 0
-  /** When the last connection attempt started (epoch ms): the next one starts a second later at the soonest. */
-  #lastAttemptAt = 0
-  /** The connection this side gave up for silence, whose sshd the next connection ends. */
-  #stalePeer: StalePeer | undefined
+  readonly #waiters = new Waiters()
+  /** Opens every connection and gets one back after a drop. */
+  readonly #recovery: Recovery
   #channels = new Set<ClientChannel>()
   #abort = new AbortController()
   #closing: Promise<void> | undefined
@@ -118,6 +86,20 @@ export class Link extends EventEmitter<LinkEvents> {
       noteHostKey: (note) => this.#noteHostKey(note),
       proxyStderr: (hop, text) => this.emit('proxy-stderr', { hop, text }),
     }
+    this.#recovery = new Recovery({
+      destination: this.destination,
+      lastHop: this.#lastHop,
+      options,
+      chainContext: this.#chainContext,
+      closing: this.#abort.signal,
+      state: () => this.#state,
+      setState: (state) => this.#setState(state),
+      adopt: (chain) => this.#adopt(chain),
+      fail: (error) => this.#fail(error),
+      asError: (err) => this.#asError(err),
+      reconnecting: (info) => this.emit('reconnecting', info),
+      reconnected: (info) => this.emit('reconnected', info),
+    })
   }
 
   /** The current state. */
@@ -137,7 +119,7 @@ export class Link extends EventEmitter<LinkEvents> {
 
   get stats(): LinkStats {
     return {
-      reconnects: this.#reconnects,
+      reconnects: this.#recovery.reconnects,
       channelsOpen: this.#channels.size + (this.#master?.streamsOpen ?? 0),
     }
   }
@@ -174,7 +156,7 @@ export class Link extends EventEmitter<LinkEvents> {
     this.#failure = undefined
     this.#setState('connecting')
     const signal = options.signal ? AbortSignal.any([options.signal, this.#abort.signal]) : this.#abort.signal
-    this.#connecting = this.#open(signal).then(
+    this.#connecting = this.#recovery.open(signal).then(
       (chain) => {
         this.#connecting = undefined
         if (
@@ -243,7 +225,7 @@ export class Link extends EventEmitter<LinkEvents> {
         const stream = await openChannel(client, target, signal)
         gateOnTransport(client, stream)
         poolPadding(client)
-        this.#track(stream)
+        trackChannel(stream, this.#channels)
         return stream
       } catch (err) {
         if (signal?.aborted === true) throw err
@@ -285,43 +267,9 @@ export class Link extends EventEmitter<LinkEvents> {
       options.stale.end()
       return this.sftp({ ...(options.signal !== undefined && { signal: options.signal }) })
     }
-    const session = new Promise<SFTPWrapper>((resolve, reject) => {
-      try {
-        client.sftp((err, sftp) => {
-          if (err) reject(err)
-          else resolve(sftp)
-        })
-      } catch (err) {
-        reject(err instanceof Error ? err : new Error(String(err)))
-      }
-    }).then(
-      (sftp) => {
-        sftp.once('close', () => {
-          if (this.#sftp?.session === session) this.#sftp = undefined
-        })
-        return sftp
-      },
-      (err: unknown) => {
-        if (this.#sftp?.session === session) this.#sftp = undefined
-        if (isIppTunnelError(err)) throw err
-        // the server said no (to the channel or the subsystem); anything else is a connection gone under the request
-        const refused =
-          !chain.dead &&
-          ((err as Ssh2Error).reason !== undefined || /^Unable to start subsystem/.test(describe(err)))
-        if (!refused) {
-          throw new IppTunnelError(
-            'E_LINK_DOWN',
-            `SSH link to ${this.destination} went down while an SFTP session was being opened (${describe(err)})`,
-            { cause: err },
-          )
-        }
-        throw new IppTunnelError(
-          'E_REMOTE',
-          `${this.destination} refused an SFTP session (Subsystem sftp in its sshd_config): ${describe(err)}`,
-          { cause: err },
-        )
-      },
-    )
+    const session: Promise<SFTPWrapper> = openSftp(client, chain, this.destination, () => {
+      if (this.#sftp?.session === session) this.#sftp = undefined
+    })
     this.#sftp = { chain, session }
     return session
   }
@@ -346,8 +294,7 @@ export class Link extends EventEmitter<LinkEvents> {
     this.#closing ??= (async () => {
       this.#setState('closed')
       this.#abort.abort()
-      for (const w of this.#waiters) w.reject(closedError())
-      this.#waiters.clear()
+      this.#waiters.rejectAll(closedError())
       const master = this.#master
       this.#master = undefined
       await master?.close()
@@ -381,8 +328,7 @@ export class Link extends EventEmitter<LinkEvents> {
   #fail(error: IppTunnelError): void {
     this.#failure = error
     this.#setState('failed')
-    for (const w of this.#waiters) w.reject(error)
-    this.#waiters.clear()
+    this.#waiters.rejectAll(error)
     this.emit('failed', { error })
   }
 
@@ -392,57 +338,6 @@ export class Link extends EventEmitter<LinkEvents> {
     return new IppTunnelError('E_CONNECT', `Cannot connect to ${this.destination}: ${describe(err)}`, {
       cause: err,
     })
-  }
-
-  /**
-   * Counts the channel until it is closed on both sides. ssh2's `Channel.destroy()` only sends EOF and
-   * CHANNEL_CLOSE: the stream itself is never destroyed, and ssh2 emits `close` only after the readable side
-   * has emitted `end` — which a channel that was unpiped and paused (its local client went away first) never
-   * does. Such channels were kept, with their sockets, until the link dropped. Here `destroy()` also destroys
-   * the stream as a Duplex, so ssh2 emits `close` as soon as the server confirms (or at once when it already
-   * has); `end()` stays a half-close (EOF) that keeps reading.
-   */
-  #track(stream: ClientChannel): void {
-    this.#channels.add(stream)
-    let closeEmitted = false
-    stream.once('close', () => {
-      closeEmitted = true
-      this.#channels.delete(stream)
-    })
-    const channel = stream as ClientChannel & { incoming: { state: string } }
-    stream.destroy = (error?: Error): ClientChannel => {
-      if (stream.destroyed) return stream
-      channel.close()
-      Duplex.prototype.destroy.call(stream, error)
-      // the server's CHANNEL_CLOSE came already: ssh2 waits for an `end` that a destroyed stream never emits
-      if (channel.incoming.state === 'closed' && !closeEmitted) stream.emit('close')
-      return stream
-    }
-  }
-
-  /**
-   * Opens the transport: the user's OpenSSH master when `transport` allows and one is alive (or, for `openssh`,
-   * once started), else our own chain of ssh2 connections.
-   */
-  async #open(signal: AbortSignal): Promise<Chain | OpenSshMaster> {
-    this.#lastAttemptAt = Date.now()
-    const transport = this.#options.transport ?? 'auto'
-    const say = this.#options.verbose
-    if (transport !== 'ssh2') {
-      const hop = this.#lastHop
-      const env = this.#options.env
-      const master = await OpenSshMaster.find(hop, env, this.#options.ownProcessGroup === true)
-      signal.throwIfAborted()
-      if (master !== undefined) {
-        say?.(`${label(hop)}: transport openssh: your live master at ${master.path}, no new login`)
-        return master
-      }
-      say?.(
-        `${label(hop)}: transport ${transport}: no live OpenSSH master${hop.controlPath !== undefined ? ` at ${hop.controlPath}` : ' (no ControlPath)'}${transport === 'openssh' ? '; starting one' : '; our own connection'}`,
-      )
-      if (transport === 'openssh') return OpenSshMaster.start(hop, env)
-    }
-    return this.#openWithLogin(signal)
   }
 
   /** The master went away: `auto` falls back to our own connection (reconnect), `openssh` fails. */
@@ -455,7 +350,7 @@ export class Link extends EventEmitter<LinkEvents> {
       this.#fail(new IppTunnelError('E_LINK_DOWN', `${message}; log in again (ssh -M) and restart`))
       return
     }
-    void this.#reconnect(new IppTunnelError('E_LINK_DOWN', message))
+    void this.#recovery.reconnect(new IppTunnelError('E_LINK_DOWN', message))
   }
 
   /** Makes `chain` (or a master) the live transport and watches it for a drop. */
@@ -467,8 +362,7 @@ export class Link extends EventEmitter<LinkEvents> {
       }
       this.#master = chain
       this.#setState('up')
-      for (const w of this.#waiters) w.resolve()
-      this.#waiters.clear()
+      this.#waiters.resolveAll()
       return
     }
     if (this.#state === 'closed') {
@@ -489,7 +383,7 @@ export class Link extends EventEmitter<LinkEvents> {
       this.#chain = undefined
       const silent = abandoned || (lastError as Ssh2Error | undefined)?.level === 'client-timeout'
       if (silent && chain.localAddress !== undefined && chain.localPort !== undefined) {
-        this.#stalePeer = { address: plainAddress(chain.localAddress), port: chain.localPort }
+        this.#recovery.stalePeer = { address: plainAddress(chain.localAddress), port: chain.localPort }
       }
       const error = new IppTunnelError(
         'E_LINK_DOWN',
@@ -498,7 +392,7 @@ export class Link extends EventEmitter<LinkEvents> {
           cause: lastError,
         },
       )
-      void this.#reconnect(error)
+      void this.#recovery.reconnect(error)
     }
     for (const client of chain.clients) {
       client.on('error', (err) => (lastError = err))
@@ -511,7 +405,7 @@ export class Link extends EventEmitter<LinkEvents> {
       const first = chain.clients[0]
       if (first === undefined) return
       probing = true
-      this.#checkAfter(event, chain, first).then(
+      checkAfter(event, chain, first).then(
         (reason) => {
           probing = false
           if (reason === undefined || chain.dead) return
@@ -526,138 +420,7 @@ export class Link extends EventEmitter<LinkEvents> {
     })
     chain.clients[0]?.once('close', stopWatching)
     this.#setState('up')
-    for (const w of this.#waiters) w.resolve()
-    this.#waiters.clear()
-  }
-
-  /**
-   * After a resume or a network change: why `chain` is dead, or undefined while it may live. A connection whose
-   * address this machine no longer routes from (another network) is dead for certain; with no route at all (the
-   * network down) it waits, for its TCP connection may resume when the same network comes back; with the same
-   * address it is kept after a change and asked for an answer after a resume. A login that asked a person is never given up here: its silence allowance decides.
-   */
-  async #checkAfter(event: NetworkEvent, chain: Chain, first: Client): Promise<string | undefined> {
-    if (chain.asked) return undefined
-    const why =
-      event.kind === 'resume'
-        ? `this process ran again after ${Math.round(event.stoppedMs / 1000)} s stopped (a suspend)`
-        : 'the network changed'
-    if (chain.localAddress !== undefined && chain.remoteAddress !== undefined) {
-      const source = await sourceFor(chain.remoteAddress)
-      if (source === undefined) return undefined
-      const local = plainAddress(chain.localAddress)
-      if (source !== local) {
-        return `${why}: this machine now reaches ${chain.remoteAddress} from ${source}, not from ${local}, the connection's address`
-      }
-    }
-    // a change that left the route as it was: the connection may resume, keepalives decide (a Wi-Fi blip costs
-    // nothing); after a resume anything may have happened meanwhile (a NAT forgot the mapping): ask
-    if (event.kind !== 'resume') return undefined
-    return (await answers(first, PROBE_MS))
-      ? undefined
-      : `${why}: no answer from the server within ${PROBE_MS / 1000} s`
-  }
-
-  /**
-   * Connects anew until it works or fails for good. A failure of the network (no route, no answer, a connection
-   * that died) is retried every second, the server's word (refused, reset) with capped exponential backoff; a
-   * resume or a network change cuts a wait short. Attempts start at least {@link MIN_ATTEMPT_SPACING_MS} apart (or `backoff.maxMs`, when smaller),
-   * however they end: a site that limits how often one connects sees at most one a second.
-   */
-  async #reconnect(error: IppTunnelError): Promise<void> {
-    const downAt = Date.now()
-    this.#setState('reconnecting')
-    const backoff = this.#options.backoff ?? {}
-    const initial = backoff.initialMs ?? 250
-    const max = backoff.maxMs ?? 15_000
-    const jitter = Math.min(Math.max(backoff.jitter ?? 0.2, 0), 1)
-    // a backoff capped below a second (tests, a local server) was asked for explicitly
-    const minSpacing = Math.min(MIN_ATTEMPT_SPACING_MS, max)
-    let lastError = error
-    let serverFailures = 0
-    let wake: (() => void) | undefined
-    const stopWatching = watchNetwork(() => wake?.())
-    try {
-      for (let attempt = 1; ; attempt++) {
-        const network = isNetworkFailure(lastError)
-        if (!network) serverFailures++
-        const backedOff = Math.round(
-          Math.min(max, initial * 2 ** Math.max(serverFailures - 1, 0)) *
-            (1 + jitter * (2 * Math.random() - 1)),
-        )
-        const base = attempt === 1 ? initial : network ? RETRY_NETWORK_MS : backedOff
-        const delayMs = Math.max(this.#lastAttemptAt + minSpacing - Date.now(), Math.min(max, base))
-        this.emit('reconnecting', { attempt, delayMs, error: lastError })
-        const woken = await sleep(delayMs, this.#abort.signal, (w) => (wake = w))
-        if (woken === 'aborted') return
-        if (woken === 'woken') {
-          const rest = this.#lastAttemptAt + minSpacing - Date.now()
-          if (rest > 0 && (await sleep(rest, this.#abort.signal)) === 'aborted') return
-        }
-        if (network) this.#chainContext.tcpConnectWithinMs = RETRY_TCP_CONNECT_MS
-        else delete this.#chainContext.tcpConnectWithinMs
-        try {
-          const chain = await this.#open(this.#abort.signal)
-          if (this.#state !== 'reconnecting') {
-            void (chain instanceof OpenSshMaster ? chain.close() : endChain(chain))
-            return
-          }
-          // before anything rides the new connection: a peer coming back must find the old one gone
-          if (!(chain instanceof OpenSshMaster)) await this.#endStaleSession(chain)
-          if ((this.#state as LinkState) !== 'reconnecting') {
-            void (chain instanceof OpenSshMaster ? chain.close() : endChain(chain))
-            return
-          }
-          this.#reconnects++
-          this.#adopt(chain)
-          this.emit('reconnected', { attempt, downMs: Date.now() - downAt })
-          return
-        } catch (err) {
-          if (this.#state !== 'reconnecting') return
-          lastError = this.#asError(err)
-          // an attempt that never left this machine (no route, no address) is nothing a site counts
-          if (leftNothing(lastError)) this.#lastAttemptAt = 0
-          if (fatalCodes.has(lastError.code)) {
-            this.#fail(lastError)
-            return
-          }
-        }
-      }
-    } finally {
-      stopWatching()
-      delete this.#chainContext.tcpConnectWithinMs
-    }
-  }
-
-  /**
-   * Ends the server's side of the connection given up before `chain` (see {@link endStaleSession}); never fails,
-   * waits at most {@link STALE_SESSION_MS}.
-   */
-  async #endStaleSession(chain: Chain): Promise<void> {
-    const peer = this.#stalePeer
-    const client = chain.clients[0]
-    this.#stalePeer = undefined
-    if (peer === undefined || client === undefined) return
-    const say = this.#options.verbose
-    const from = `${peer.address}:${String(peer.port)}`
-    let timer: NodeJS.Timeout | undefined
-    const late = new Promise<'late'>(
-      (resolve) => (timer = setTimeout(() => resolve('late'), STALE_SESSION_MS)),
-    )
-    try {
-      const ended = await Promise.race([endStaleSession(client, this.destination, peer), late])
-      say?.(
-        ended === 'late'
-          ? `${this.destination}: the server did not say within ${STALE_SESSION_MS / 1000} s whether it ended the old connection from ${from}`
-          : `${this.destination}: the server's side of the old connection from ${from} ${ended > 0 ? 'ended' : 'was gone already'}`,
-      )
-    } catch (err) {
-      say?.(
-        `${this.destination}: could not end the server's side of the old connection from ${from}: ${describe(err)}`,
-      )
-    } finally {
-      clearTimeout(timer)
-    }
+    this.#waiters.resolveAll()
   }
 
   #waitUp(signal: AbortSignal | undefined): Promise<void> {
@@ -681,84 +444,14 @@ export class Link extends EventEmitter<LinkEvents> {
         break
     }
     const waitMs = this.#options.waitForLinkMs ?? 10_000
-    return new Promise<void>((resolve, reject) => {
-      const done = (): void => {
-        clearTimeout(timer)
-        signal?.removeEventListener('abort', onAbort)
-        this.#waiters.delete(waiter)
-      }
-      const waiter: Waiter = {
-        resolve: () => {
-          done()
-          resolve()
-        },
-        reject: (err) => {
-          done()
-          reject(err)
-        },
-      }
-      const onAbort = (): void => {
-        done()
-        reject(signal?.reason as Error)
-      }
-      const timer = setTimeout(() => {
-        waiter.reject(
-          new IppTunnelError(
-            'E_LINK_DOWN',
-            `SSH link to ${this.destination} is down (${this.#state}); gave up waiting after ${waitMs} ms`,
-          ),
-        )
-      }, waitMs)
-      signal?.addEventListener('abort', onAbort, { once: true })
-      this.#waiters.add(waiter)
-    })
+    return this.#waiters.wait(
+      signal,
+      waitMs,
+      () =>
+        new IppTunnelError(
+          'E_LINK_DOWN',
+          `SSH link to ${this.destination} is down (${this.#state}); gave up waiting after ${waitMs} ms`,
+        ),
+    )
   }
-
-  /**
-   * {@link openChain}, and with a `login` gate: when the login needs an answer nobody gave (or answers were
-   * refused), waits for someone to log in and tries again, telling the gate how each such try ended.
-   */
-  async #openWithLogin(signal: AbortSignal): Promise<Chain> {
-    const gate = this.#options.login
-    for (;;) {
-      try {
-        this.#lastAttemptAt = Date.now()
-        const chain = await openChain(this.#chainContext, signal)
-        gate?.settled(this.destination, undefined)
-        return chain
-      } catch (err) {
-        const needsLogin = isIppTunnelError(err) && (err.code === 'E_AUTH_PROMPT' || askedSomeone(err))
-        if (isIppTunnelError(err) && !signal.aborted) gate?.settled(this.destination, err)
-        if (gate === undefined || !needsLogin || signal.aborted) throw err
-        await gate.wait(this.destination, signal)
-      }
-    }
-  }
-}
-
-/**
- * Waits `ms`; resolves `slept`, `aborted` (the signal), or `woken` when the function handed to `onWake` is called
- * first.
- */
-function sleep(
-  ms: number,
-  signal: AbortSignal,
-  onWake?: (wake: () => void) => void,
-): Promise<'slept' | 'aborted' | 'woken'> {
-  return new Promise((resolve) => {
-    if (signal.aborted) {
-      resolve('aborted')
-      return
-    }
-    const end = (how: 'slept' | 'aborted' | 'woken'): void => {
-      clearTimeout(timer)
-      signal.removeEventListener('abort', onAbort)
-      onWake?.(() => undefined)
-      resolve(how)
-    }
-    const onAbort = (): void => end('aborted')
-    const timer = setTimeout(() => end('slept'), ms)
-    signal.addEventListener('abort', onAbort, { once: true })
-    onWake?.(() => end('woken'))
-  })
 }
