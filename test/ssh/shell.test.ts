@@ -6,8 +6,8 @@ import { test } from 'node:test'
 
 import fc from 'fast-check'
 
-import { emptySshConfig, lookupHost } from '../../src/ssh/config/config.js'
-import { destinationProblem, shellQuote } from '../../src/ssh/index.js'
+import { emptySshConfig } from '../../src/ssh/config/parse.js'
+import { destinationProblem, lookupHost, shellQuote } from '../../src/ssh/index.js'
 
 /** What `sh -c SCRIPT` prints, as bytes. */
 function sh(script: string): Buffer {

@@ -13,12 +13,7 @@ export {
   parseDestination,
   userProblem,
 } from './destination.js'
-export {
-  expandTilde,
-  lookupHost,
-  matchPatternList,
-  readSshConfig,
-  type HostSettings,
-  type SshConfig,
-} from './config.js'
+export { lookupHost, type HostSettings } from './lookup.js'
+export { expandTilde, readSshConfig, type SshConfig } from './parse.js'
+export { matchPatternList } from './patterns.js'
 export { resolveTarget, type ResolveOptions } from './resolve.js'
