@@ -6,7 +6,7 @@
  * import { HopAuth } from '../login/index.js'
  * const attempt = await new HopAuth(hop, { prompt }).begin()
  */
-export { HopAuth, methodOrder, type AuthAttempt, type AuthOptions } from './auth.js'
+export { HopAuth, type AuthAttempt, type AuthOptions } from './auth.js'
 export {
   enableCertificates,
   findCertificates,
@@ -16,6 +16,7 @@ export {
   type CertificateInfo,
   type HopCertificates,
 } from './certificate.js'
+export { methodOrder } from './methods.js'
 export {
   loginCommand,
   quotePrompts,
