@@ -19,10 +19,10 @@ import {
   type Ssh2Error,
 } from './channels.js'
 import { execOnClient, type RemoteCommand } from './exec.js'
-import { plainAddress, watchNetwork } from './network-watch.js'
+import { plainAddress } from './network-watch.js'
 import { OpenSshMaster } from './openssh-master.js'
 import type { LinkEvents, LinkOptions, LinkState, LinkStats } from './options.js'
-import { checkAfter, Recovery } from './recovery.js'
+import { Recovery, watchAfterChanges } from './recovery.js'
 import { gateOnTransport, poolPadding } from './ssh2-socket.js'
 import { Waiters } from './waiters.js'
 
@@ -398,27 +398,12 @@ export class Link extends EventEmitter<LinkEvents> {
       client.on('error', (err) => (lastError = err))
       client.once('close', onDown)
     }
-    let probing = false
     let abandoned = false
-    const stopWatching = watchNetwork((event) => {
-      if (chain.dead || probing) return
-      const first = chain.clients[0]
-      if (first === undefined) return
-      probing = true
-      checkAfter(event, chain, first).then(
-        (reason) => {
-          probing = false
-          if (reason === undefined || chain.dead) return
-          this.#options.verbose?.(`${this.destination}: ${reason}; connecting anew`)
-          lastError = new Error(reason)
-          abandoned = true
-          first.destroy()
-        },
-        // a check that could not be made leaves the connection to its keepalives
-        () => (probing = false),
-      )
+    watchAfterChanges(chain, (reason) => {
+      this.#options.verbose?.(`${this.destination}: ${reason}; connecting anew`)
+      lastError = new Error(reason)
+      abandoned = true
     })
-    chain.clients[0]?.once('close', stopWatching)
     this.#setState('up')
     this.#waiters.resolveAll()
   }

@@ -14,8 +14,8 @@ import { endStaleSession, type StalePeer } from './stale-session.js'
  * How a {@link Link} gets a connection and gets one back: every attempt, the first included, goes through
  * {@link Recovery.open}, so that attempts are spaced and counted in one place; after a drop
  * {@link Recovery.reconnect} retries with backoff until it works or fails for good, and ends the server's side of
- * the connection given up; {@link checkAfter} tells, after a resume or a network change, whether a live connection
- * is dead. The Link owns its Recovery and keeps its state, its events and what rides the connection.
+ * the connection given up; {@link watchAfterChanges} tells, after a resume or a network change, whether a live
+ * connection is dead. The Link owns its Recovery and keeps its state, its events and what rides the connection.
  */
 
 /** How long a connection may stay silent after a resume or a network change before it counts as dead. */
@@ -229,16 +229,37 @@ export class Recovery {
 }
 
 /**
+ * Watches `chain`, until its first client closes, for a resume or a network change; when {@link checkAfter} then
+ * finds it dead, tells `giveUp` why and destroys that client, so that the link connects anew.
+ */
+export function watchAfterChanges(chain: Chain, giveUp: (reason: string) => void): void {
+  let probing = false
+  const stopWatching = watchNetwork((event) => {
+    if (chain.dead || probing) return
+    const first = chain.clients[0]
+    if (first === undefined) return
+    probing = true
+    checkAfter(event, chain, first).then(
+      (reason) => {
+        probing = false
+        if (reason === undefined || chain.dead) return
+        giveUp(reason)
+        first.destroy()
+      },
+      // a check that could not be made leaves the connection to its keepalives
+      () => (probing = false),
+    )
+  })
+  chain.clients[0]?.once('close', stopWatching)
+}
+
+/**
  * After a resume or a network change: why `chain` is dead, or undefined while it may live. A connection whose
  * address this machine no longer routes from (another network) is dead for certain; with no route at all (the
  * network down) it waits, for its TCP connection may resume when the same network comes back; with the same
  * address it is kept after a change and asked for an answer after a resume. A login that asked a person is never given up here: its silence allowance decides.
  */
-export async function checkAfter(
-  event: NetworkEvent,
-  chain: Chain,
-  first: Client,
-): Promise<string | undefined> {
+async function checkAfter(event: NetworkEvent, chain: Chain, first: Client): Promise<string | undefined> {
   if (chain.asked) return undefined
   const why =
     event.kind === 'resume'
