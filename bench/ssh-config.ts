@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 
-import { lookupHost, readSshConfig } from '../src/ssh/config.js'
+import { lookupHost, readSshConfig } from '../src/ssh/index.js'
 import { median, type BenchRow } from './common.js'
 
 const run = promisify(execFile)

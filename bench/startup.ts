@@ -4,7 +4,7 @@
  *      (exec → all 7 local ports accept), against one sshd in its own network namespace;
  *      and vs pyzmq's tunnel_connection for the same 7 channels in a python process of its own (exec → ready);
  *  (b) `ipp-tunnel --version` vs a bare `node -e 0`;
- *  (c) the same `up` exec → ready with TCP_QUICKACK (src/ssh/ssh2-socket.ts) against the same build without it:
+ *  (c) the same `up` exec → ready with TCP_QUICKACK (src/ssh/transport/ssh2-socket.ts) against the same build without it:
  *      a preloaded stand-in for the native binding that has no `quickAck`, as a binding built before it; and
  *      the library's `openTunnel` → ready, again and again in one warm process, with and without it.
  *

@@ -2,6 +2,11 @@
  * SSH: destinations, ssh_config resolution, known_hosts checks, authentication and the reconnecting
  * {@link Link} that carries every forward to one destination over one connection.
  *
+ * Its rooms, each with its own `index.ts` door: `config/` (destinations, ssh_config, the route to a destination),
+ * `host-keys/` (known_hosts, the host-key question), `login/` (agent, keys, certificates, prompts, credential
+ * command), `transport/` (the Link, its chain of ssh2 connections or the OpenSSH master, channels, reconnects).
+ * Beside them, shared by the rooms: `types.ts`, `shell.ts` (quoting), `ssh2-lib.ts` (ssh2 loaded on first need).
+ *
  * @example
  * import { resolveTarget, Link } from '../ssh/index.js'
  * const target = await resolveTarget('user@cluster:2222', { hostKeyCheck: 'strict' })
@@ -20,12 +25,18 @@ export type {
 } from './types.js'
 export {
   destinationProblem,
+  expandTilde,
   formatDestination,
   hostProblem,
+  lookupHost,
   parseDestination,
+  readSshConfig,
+  resolveTarget,
   userProblem,
-} from './destination.js'
-export { expandTilde, lookupHost, readSshConfig, type HostSettings, type SshConfig } from './config.js'
+  type HostSettings,
+  type ResolveOptions,
+  type SshConfig,
+} from './config/index.js'
 export {
   checkHostKey,
   fingerprintSha256,
@@ -35,43 +46,44 @@ export {
   formatHostKeyNote,
   type CheckHostKeyOptions,
   type HostKeyNote,
-} from './known-hosts.js'
-export { resolveTarget, type ResolveOptions } from './resolve.js'
-export { HopAuth, methodOrder, type AuthAttempt, type AuthOptions } from './auth.js'
+} from './host-keys/index.js'
 export {
+  CredentialRenewer,
+  HopAuth,
+  expandCredentialCommand,
+  findCertificates,
+  formatValidity,
+  hopCertificate,
   loginCommand,
+  methodOrder,
+  parseCertificate,
   quotePrompts,
+  resetCredentialRuns,
+  type AuthAttempt,
+  type AuthOptions,
+  type Certificate,
+  type CertificateInfo,
+  type CertificateStatus,
+  type CredentialCommandOptions,
+  type HopCertificates,
   type LoginGate,
   type Prompt,
   type PromptProvider,
   type PromptRequest,
-} from './prompts.js'
-export { ProxyCommand, type ProxyCommandOptions } from './proxy-command.js'
+} from './login/index.js'
 export { shellQuote } from './shell.js'
-export { label as hopLabel } from './channels.js'
-export { OpenSshMaster, type Transport } from './openssh-master.js'
-export type { RemoteCommand, RemoteExit } from './exec.js'
-export {
-  parseCertificate,
-  formatValidity,
-  findCertificates,
-  type Certificate,
-  type CertificateInfo,
-  type HopCertificates,
-} from './certificate.js'
-export {
-  CredentialRenewer,
-  expandCredentialCommand,
-  hopCertificate,
-  resetCredentialRuns,
-  type CertificateStatus,
-  type CredentialCommandOptions,
-} from './renew.js'
 export {
   Link,
+  OpenSshMaster,
+  ProxyCommand,
+  label as hopLabel,
   type BackoffOptions,
   type LinkEvents,
   type LinkOptions,
   type LinkState,
   type LinkStats,
-} from './link.js'
+  type ProxyCommandOptions,
+  type RemoteCommand,
+  type RemoteExit,
+  type Transport,
+} from './transport/index.js'

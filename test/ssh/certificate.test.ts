@@ -6,8 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
-import { parseCertificate } from '../../src/ssh/certificate.js'
-import { Link, resolveTarget } from '../../src/ssh/index.js'
+import { Link, parseCertificate, resolveTarget } from '../../src/ssh/index.js'
 import { hasCode, hopOf, startSshd, type Sshd } from '../support/index.js'
 
 const run = promisify(execFile)

@@ -12,10 +12,8 @@ import { promisify } from 'node:util'
 
 import fc from 'fast-check'
 
-import { lookupHost, readSshConfig } from '../../src/ssh/config.js'
-import type { HostSettings } from '../../src/ssh/config.js'
-import { formatDestination } from '../../src/ssh/destination.js'
-import { DEFAULT_IDENTITY_FILES } from '../../src/ssh/resolve.js'
+import { formatDestination, lookupHost, readSshConfig, type HostSettings } from '../../src/ssh/index.js'
+import { DEFAULT_IDENTITY_FILES } from '../../src/ssh/config/resolve.js'
 
 const run = promisify(execFile)
 // ssh(1) takes the home directory and user name from the password database, not $HOME: use the same for ours

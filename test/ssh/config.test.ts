@@ -8,9 +8,9 @@ import type { TestContext } from 'node:test'
 import { promisify } from 'node:util'
 
 import { isIppTunnelError } from '../../src/errors/index.js'
-import { lookupHost, matchPattern, matchPatternList, readSshConfig } from '../../src/ssh/config.js'
-import type { HostSettings, LookupContext } from '../../src/ssh/config.js'
-import { formatDestination } from '../../src/ssh/destination.js'
+import type { LookupContext } from '../../src/ssh/config/lookup.js'
+import { matchPattern, matchPatternList } from '../../src/ssh/config/patterns.js'
+import { formatDestination, lookupHost, readSshConfig, type HostSettings } from '../../src/ssh/index.js'
 
 const run = promisify(execFile)
 const me = os.userInfo()

@@ -2,8 +2,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
 import { isIppTunnelError } from '../../src/errors/index.js'
-import { formatDestination, parseDestination } from '../../src/ssh/destination.js'
-import type { Destination } from '../../src/ssh/types.js'
+import { formatDestination, parseDestination, type Destination } from '../../src/ssh/index.js'
 
 const good: [string, Destination][] = [
   ['cluster', { host: 'cluster' }],

@@ -19,7 +19,7 @@ import {
   knownHostsName,
   parseKnownHosts,
   type HostKeyNote,
-} from '../../src/ssh/known-hosts.js'
+} from '../../src/ssh/host-keys/known-hosts.js'
 
 const run = promisify(execFile)
 

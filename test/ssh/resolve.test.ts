@@ -9,9 +9,9 @@ import { promisify } from 'node:util'
 
 import { isIppTunnelError } from '../../src/errors/index.js'
 import type { ErrorCode } from '../../src/errors/index.js'
-import { DEFAULT_IDENTITY_FILES, resolveTarget } from '../../src/ssh/resolve.js'
-import type { ResolvedSshHop } from '../../src/ssh/resolve.js'
-import type { ResolvedTarget } from '../../src/ssh/types.js'
+import { DEFAULT_IDENTITY_FILES, resolveTarget } from '../../src/ssh/config/resolve.js'
+import type { ResolvedSshHop } from '../../src/ssh/config/resolve.js'
+import type { ResolvedTarget } from '../../src/ssh/index.js'
 
 const run = promisify(execFile)
 

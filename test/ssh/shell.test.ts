@@ -6,9 +6,8 @@ import { test } from 'node:test'
 
 import fc from 'fast-check'
 
-import { emptySshConfig, lookupHost } from '../../src/ssh/config.js'
-import { destinationProblem } from '../../src/ssh/destination.js'
-import { shellQuote } from '../../src/ssh/shell.js'
+import { emptySshConfig } from '../../src/ssh/config/parse.js'
+import { destinationProblem, lookupHost, shellQuote } from '../../src/ssh/index.js'
 
 /** What `sh -c SCRIPT` prints, as bytes. */
 function sh(script: string): Buffer {

@@ -11,7 +11,7 @@ import {
   paddingPoolRefills,
   quickAcksSetCount,
   TRANSPORT_QUEUE_LIMIT,
-} from '../../src/ssh/ssh2-socket.js'
+} from '../../src/ssh/transport/ssh2-socket.js'
 import { hopOf, startEchoServer, startSshd, type EchoServer, type Sshd } from '../support/index.js'
 
 const KIB = 1024

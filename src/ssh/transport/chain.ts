@@ -1,16 +1,14 @@
 import { connect as connectTcp, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 
-import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
-import type { AuthAttempt, HopAuth } from './auth.js'
-import { enableCertificates } from './certificate.js'
+import { IppTunnelError, isIppTunnelError } from '../../errors/index.js'
+import { enableCertificates, type AuthAttempt, type HopAuth } from '../login/index.js'
 import { describe, forwardError, label, openChannel, type Client, type Ssh2Error } from './channels.js'
 import { connectFailureReason } from './connect-error.js'
-import { hostKeyAsker } from './host-key-question.js'
-import { checkHostKey, fingerprintSha256, type HostKeyNote } from './known-hosts.js'
-import type { LinkOptions } from './link.js'
+import { checkHostKey, fingerprintSha256, hostKeyAsker, type HostKeyNote } from '../host-keys/index.js'
+import type { LinkOptions } from './options.js'
 import { ProxyCommand } from './proxy-command.js'
-import { ssh2 } from './ssh2-lib.js'
+import { ssh2 } from '../ssh2-lib.js'
 import {
   ASKED_SILENCE_MS,
   holdToCount,
@@ -18,7 +16,7 @@ import {
   localAddressOf,
   remoteAddressOf,
 } from './ssh2-socket.js'
-import type { ResolvedHop, ResolvedTarget } from './types.js'
+import type { ResolvedHop, ResolvedTarget } from '../types.js'
 
 /** The ssh2 clients of one connection, one per hop (the last is the destination). */
 export interface Chain {

@@ -1,10 +1,10 @@
 import { execFile, spawn } from 'node:child_process'
 import { stat } from 'node:fs/promises'
 import type { Duplex } from 'node:stream'
-import { IppTunnelError } from '../errors/index.js'
+import { IppTunnelError } from '../../errors/index.js'
 import { execThroughMaster, type RemoteCommand } from './exec.js'
 import { ProxyCommand } from './proxy-command.js'
-import type { ResolvedHop } from './types.js'
+import type { ResolvedHop } from '../types.js'
 
 /** How a link reaches its destination: `auto` uses a live OpenSSH master (ControlPath) when there is one, else ssh2. */
 export type Transport = 'auto' | 'ssh2' | 'openssh'

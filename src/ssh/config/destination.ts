@@ -1,7 +1,7 @@
 import { isIP, isIPv6 } from 'node:net'
 
-import { IppTunnelError } from '../errors/index.js'
-import type { Destination } from './types.js'
+import { IppTunnelError } from '../../errors/index.js'
+import type { Destination } from '../types.js'
 
 /**
  * A host name or ssh config alias: letters, digits, `.`, `-`, `_`, starting with a letter, digit or `_`. Nothing a

@@ -1,6 +1,6 @@
-import { readFile, stat } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import type { AnyAuthMethod, AuthHandlerMiddleware, ParsedKey } from 'ssh2'
-import { IppTunnelError } from '../errors/index.js'
+import { IppTunnelError } from '../../errors/index.js'
 import {
   agentCertificateKey,
   certificateKey,
@@ -8,10 +8,20 @@ import {
   findCertificates,
   type HopCertificates,
 } from './certificate.js'
-import { loadSsh2, ssh2 } from './ssh2-lib.js'
+import { loadSsh2, ssh2 } from '../ssh2-lib.js'
 import type { CredentialRenewer } from './renew.js'
 import { loginCommand, quotePrompts, type PromptProvider, type PromptRequest } from './prompts.js'
-import type { PassphraseProvider, ResolvedHop } from './types.js'
+import type { PassphraseProvider, ResolvedHop } from '../types.js'
+import {
+  encryptedMessage,
+  firstKey,
+  hopLabel,
+  isPublicKey,
+  isSocket,
+  publicKeyAdvice,
+  type Candidate,
+} from './keys.js'
+import { INTERACTIVE, MAX_TRIES, methodOrder, type Method } from './methods.js'
 
 /** What {@link HopAuth} needs besides the hop: where the agent is, how to get a passphrase and answers. */
 export interface AuthOptions {
@@ -40,64 +50,6 @@ export interface AuthAttempt {
   readonly prompted: boolean
   /** The error to report when the server accepted nothing: `E_AUTH_PROMPT`, `E_PASSPHRASE`, `E_IDENTITY` or `E_AUTH`. */
   failure(): IppTunnelError
-}
-
-type Method = 'publickey' | 'keyboard-interactive' | 'password'
-
-/** OpenSSH's default order, less the methods ipp-tunnel does not speak (gssapi-with-mic, hostbased). */
-const DEFAULT_METHODS: readonly Method[] = ['publickey', 'keyboard-interactive', 'password']
-const INTERACTIVE: ReadonlySet<string> = new Set(['keyboard-interactive', 'password'])
-/** OpenSSH's NumberOfPasswordPrompts: rounds of keyboard-interactive, and passwords, per connection. */
-const MAX_TRIES = 3
-
-/**
- * The methods to try, in order: `PreferredAuthentications` (or OpenSSH's default order) less what ipp-tunnel cannot
- * do, with every method that asks a person after every one that does not, so that nobody is asked while a key
- * could still do.
- */
-export function methodOrder(preferred: readonly string[] | undefined): Method[] {
-  const known = (preferred ?? DEFAULT_METHODS).filter((m): m is Method =>
-    (DEFAULT_METHODS as readonly string[]).includes(m),
-  )
-  const unique = [...new Set(known)]
-  return [...unique.filter((m) => !INTERACTIVE.has(m)), ...unique.filter((m) => INTERACTIVE.has(m))]
-}
-
-type Candidate =
-  | { kind: 'agent'; socket: string }
-  | { kind: 'key'; path: string; data: Buffer }
-  | { kind: 'agent-cert'; key: ParsedKey; source: string }
-
-function hopLabel(hop: ResolvedHop): string {
-  const where = `${hop.username}@${hop.host}:${hop.port}`
-  return hop.alias === hop.host ? where : `${where} (${hop.alias})`
-}
-
-function firstKey(parsed: ParsedKey | ParsedKey[] | Error): ParsedKey | Error {
-  if (Array.isArray(parsed)) return parsed[0] ?? new Error('no key in file')
-  return parsed
-}
-
-const encryptedMessage = /no passphrase given/i
-
-/** True when `data` is an ssh public key (an `id_*.pub` line), which cannot sign. */
-function isPublicKey(data: Buffer): boolean {
-  const parsed = firstKey(ssh2().utils.parseKey(data))
-  return !(parsed instanceof Error) && !parsed.isPrivateKey()
-}
-
-/** What to say about a public key passed where a private one is needed. */
-function publicKeyAdvice(path: string): string {
-  const priv = path.endsWith('.pub') ? `${path.slice(0, -4)}, without .pub` : 'the file without .pub'
-  return `${path} is a public key; pass the private key (${priv})`
-}
-
-async function isSocket(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isSocket()
-  } catch {
-    return false
-  }
 }
 
 /**

@@ -1,11 +1,11 @@
 import os from 'node:os'
 import path from 'node:path'
 
-import { IppTunnelError } from '../errors/index.js'
-import { defaultLocalUser, emptySshConfig, expandTilde, lookupHost, readSshConfig } from './config.js'
-import type { SshConfig } from './config.js'
+import { IppTunnelError } from '../../errors/index.js'
+import { defaultLocalUser, lookupHost } from './lookup.js'
+import { emptySshConfig, expandTilde, readSshConfig, type SshConfig } from './parse.js'
 import { formatDestination, parseDestination } from './destination.js'
-import type { Destination, HostKeyPolicy, ResolvedHop, ResolvedTarget, SshOptions } from './types.js'
+import type { Destination, HostKeyPolicy, ResolvedHop, ResolvedTarget, SshOptions } from '../types.js'
 
 /** A hop as {@link resolveTarget} returns it: a {@link ResolvedHop} plus the host-key policy that applies to it. */
 export interface ResolvedSshHop extends ResolvedHop {

@@ -1,7 +1,7 @@
 import { isIP } from 'node:net'
 import type { Client } from 'ssh2'
 import { execOnClient } from './exec.js'
-import { shellQuote } from './shell.js'
+import { shellQuote } from '../shell.js'
 
 /** Where a connection that this side gave up came from, as the server saw it (no NAT between). */
 export interface StalePeer {

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import type { Readable, Writable } from 'node:stream'
 import type { Client } from 'ssh2'
-import { IppTunnelError } from '../errors/index.js'
+import { IppTunnelError } from '../../errors/index.js'
 import { describe } from './channels.js'
 
 /** How a remote command ended: its exit code, or the signal that ended it; both null when the link went first. */

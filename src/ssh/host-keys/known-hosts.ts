@@ -2,9 +2,9 @@ import { createHash, createHmac, randomBytes } from 'node:crypto'
 import { mkdir, open, readFile } from 'node:fs/promises'
 import path from 'node:path'
 
-import { IppTunnelError } from '../errors/index.js'
-import { matchPatternList } from './config.js'
-import type { HostKeyPolicy } from './types.js'
+import { IppTunnelError } from '../../errors/index.js'
+import { matchPatternList } from '../config/index.js'
+import type { HostKeyPolicy } from '../types.js'
 
 /**
  * The OpenSSH SHA-256 fingerprint of a public key blob (ssh wire format), as `ssh-keygen -lf` prints it.

@@ -1,9 +1,10 @@
-import type { ClientChannel } from 'ssh2'
+import { Duplex } from 'node:stream'
+import type { ClientChannel, SFTPWrapper } from 'ssh2'
 import type ssh2 from 'ssh2'
 
-import { IppTunnelError, isIppTunnelError } from '../errors/index.js'
+import { IppTunnelError, isIppTunnelError } from '../../errors/index.js'
 import { ackPromptlyWhileOpening } from './ssh2-socket.js'
-import type { ResolvedHop } from './types.js'
+import type { ResolvedHop } from '../types.js'
 
 export type Client = InstanceType<typeof ssh2.Client>
 
@@ -159,4 +160,78 @@ export function remoteSocketExists(client: Client, path: string): Promise<boolea
       done(undefined)
     }
   })
+}
+
+/**
+ * Counts the channel in `open` until it is closed on both sides. ssh2's `Channel.destroy()` only sends EOF and
+ * CHANNEL_CLOSE: the stream itself is never destroyed, and ssh2 emits `close` only after the readable side
+ * has emitted `end` — which a channel that was unpiped and paused (its local client went away first) never
+ * does. Such channels were kept, with their sockets, until the link dropped. Here `destroy()` also destroys
+ * the stream as a Duplex, so ssh2 emits `close` as soon as the server confirms (or at once when it already
+ * has); `end()` stays a half-close (EOF) that keeps reading.
+ */
+export function trackChannel(stream: ClientChannel, open: Set<ClientChannel>): void {
+  open.add(stream)
+  let closeEmitted = false
+  stream.once('close', () => {
+    closeEmitted = true
+    open.delete(stream)
+  })
+  const channel = stream as ClientChannel & { incoming: { state: string } }
+  stream.destroy = (error?: Error): ClientChannel => {
+    if (stream.destroyed) return stream
+    channel.close()
+    Duplex.prototype.destroy.call(stream, error)
+    // the server's CHANNEL_CLOSE came already: ssh2 waits for an `end` that a destroyed stream never emits
+    if (channel.incoming.state === 'closed' && !closeEmitted) stream.emit('close')
+    return stream
+  }
+}
+
+/**
+ * Opens an SFTP session on `client`, the last hop of `chain`; `gone()` is called when the session closes, or when it
+ * could not be opened. Rejects `E_REMOTE` when the server refuses (the channel or the subsystem), `E_LINK_DOWN` when
+ * the connection went down under the request.
+ */
+export function openSftp(
+  client: Client,
+  chain: { readonly dead: boolean },
+  destination: string,
+  gone: () => void,
+): Promise<SFTPWrapper> {
+  return new Promise<SFTPWrapper>((resolve, reject) => {
+    try {
+      client.sftp((err, sftp) => {
+        if (err) reject(err)
+        else resolve(sftp)
+      })
+    } catch (err) {
+      reject(err instanceof Error ? err : new Error(String(err)))
+    }
+  }).then(
+    (sftp) => {
+      sftp.once('close', gone)
+      return sftp
+    },
+    (err: unknown) => {
+      gone()
+      if (isIppTunnelError(err)) throw err
+      // the server said no (to the channel or the subsystem); anything else is a connection gone under the request
+      const refused =
+        !chain.dead &&
+        ((err as Ssh2Error).reason !== undefined || /^Unable to start subsystem/.test(describe(err)))
+      if (!refused) {
+        throw new IppTunnelError(
+          'E_LINK_DOWN',
+          `SSH link to ${destination} went down while an SFTP session was being opened (${describe(err)})`,
+          { cause: err },
+        )
+      }
+      throw new IppTunnelError(
+        'E_REMOTE',
+        `${destination} refused an SFTP session (Subsystem sftp in its sshd_config): ${describe(err)}`,
+        { cause: err },
+      )
+    },
+  )
 }

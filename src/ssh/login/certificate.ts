@@ -3,7 +3,7 @@ import { createRequire } from 'node:module'
 import { connect } from 'node:net'
 import type { ParsedKey } from 'ssh2'
 
-import { ssh2 } from './ssh2-lib.js'
+import { ssh2 } from '../ssh2-lib.js'
 
 /*
  * OpenSSH user certificates (PROTOCOL.certkeys) for ssh2, which has none (ssh2#551).

@@ -1,4 +1,4 @@
-import type { IppTunnelError } from '../errors/index.js'
+import type { IppTunnelError } from '../../errors/index.js'
 
 /** One question of a server: its text exactly as sent, and whether what is typed may be shown. */
 export interface Prompt {

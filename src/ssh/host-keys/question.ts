@@ -1,5 +1,5 @@
 import type { HostKeyQuestion } from './known-hosts.js'
-import type { PromptProvider } from './prompts.js'
+import type { PromptProvider } from '../login/index.js'
 
 /** How many answers that are neither yes, no nor the fingerprint are taken before giving up (as a no). */
 const TRIES = 3

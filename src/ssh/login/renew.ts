@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process'
 
-import { IppTunnelError } from '../errors/index.js'
+import { IppTunnelError } from '../../errors/index.js'
 import { findCertificates, type Certificate } from './certificate.js'
 import type { PromptProvider } from './prompts.js'
-import type { ResolvedHop } from './types.js'
+import type { ResolvedHop } from '../types.js'
 
 /** `--credential-command CMD` and its limits. */
 export interface CredentialCommandOptions {

@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream'
 import type ssh2 from 'ssh2'
 import type { ClientChannel } from 'ssh2'
 
-import { quickAck } from '../native/index.js'
+import { quickAck } from '../../native/index.js'
 
 /**
  * What the link does to ssh2's own socket, which ssh2 does not offer through its interface: keepalive accounting
