@@ -6,8 +6,8 @@ import type { IppClientInfo } from '../connection-file/index.js'
 import { IppTunnelError } from '../errors/index.js'
 import { RemoteFollower, RemoteProcesses, type FollowEnd, type RemoteProcessState } from '../remote/index.js'
 import type { PulledTunnel } from '../service/index.js'
-import { resolveTarget, type Link, type LinkOptions, type SshOptions } from '../ssh/index.js'
-import { LinkPool, type ListenKind } from '../tunnel/index.js'
+import { resolveTarget, type Link } from '../ssh/index.js'
+import { LinkPool } from '../tunnel/index.js'
 import { enginesOf, enginesSpec, type EnginesKind } from './engines.js'
 import { CONTROLLER_HEARTBEAT } from './heartbeat.js'
 import { checkProfile, clusterIdOf, newClusterId, processNames, profileOfController } from './names.js'
@@ -25,27 +25,7 @@ import {
   type JobProgress,
 } from './slurm.js'
 import { checkCompatible, localVersions } from './versions.js'
-
-/** How a cluster is reached and, for `start`, started. */
-export interface ClusterOptions extends SshOptions, Omit<LinkOptions, keyof SshOptions> {
-  /** The ssh destination the cluster runs behind (`user@host`, an alias). */
-  readonly destination: string
-  /** The ipyparallel profile; default `default`. The copy goes where `Client(profile="NAME-tunnel")` looks. */
-  readonly profile?: string
-  /** The remote python (after `setup`); default `python3`. */
-  readonly python?: string
-  /** Shell lines run first on the server before every remote command (`module load …`, `conda activate …`). */
-  readonly setup?: string
-  /** The remote IPython directory; default the remote `$IPYTHONDIR`, else `~/.ipython`. */
-  readonly remoteIpythonDir?: string
-  /** The local IPython directory the copy goes to; default `$IPYTHONDIR`, else `~/.ipython`. */
-  readonly ipythonDir?: string
-  /** The remote directory of our processes' state; default `~/.ipp-tunnel/remote`. */
-  readonly remoteDir?: string
-  /** What the copy's local listeners are: `tcp` (default) ports on 127.0.0.1, or `unix` sockets only you can use. */
-  readonly listen?: ListenKind
-  readonly signal?: AbortSignal
-}
+import type { ClusterOptions } from './options.js'
 
 /** What `start` adds. */
 export interface ClusterStartOptions extends ClusterOptions {

@@ -10,13 +10,13 @@
  */
 export {
   RemoteCluster,
-  type ClusterOptions,
   type ClusterStartOptions,
   type ClusterEngines,
   type ClusterState,
   type ControllerKind,
   type RemoteClusterEvents,
 } from './cluster.js'
+export type { ClusterOptions } from './options.js'
 export type { EnginesKind } from './engines.js'
 export type { JobNode, JobProgress } from './slurm.js'
 export { checkCompatible, localVersions, type PythonVersions } from './versions.js'

@@ -5,7 +5,7 @@ import { RemoteFollower, type RemoteProcesses, type RemoteProcessState } from '.
 import { ipythonDir, PulledTunnel } from '../service/index.js'
 import type { Link } from '../ssh/index.js'
 import type { LinkPool } from '../tunnel/index.js'
-import type { ClusterOptions } from './cluster.js'
+import type { ClusterOptions } from './options.js'
 import { processNames } from './names.js'
 import { lastLine } from './remote-files.js'
 

@@ -1,4 +1,10 @@
+import type { RemoteCommand } from '../ssh/index.js'
 import { SUPERVISOR_SOURCE } from './supervisor.js'
+
+/** What runs commands on the ssh server: a {@link Link} (or anything with its `exec`). */
+export interface RemoteExecutor {
+  exec(command: string, options?: { signal?: AbortSignal }): Promise<RemoteCommand>
+}
 
 /** `value` as one word of a POSIX shell: single-quoted, each `'` written `'\''`. */
 export function shellWord(value: string): string {

@@ -11,7 +11,6 @@
 export {
   RemoteAttachment,
   RemoteProcesses,
-  type RemoteExecutor,
   type RemoteNode,
   type RemoteProcessesOptions,
   type RemoteProcessSpec,
@@ -22,6 +21,7 @@ export {
   remoteCommand,
   shellWord,
   supervisorCommand,
+  type RemoteExecutor,
   type SupervisorOptions,
 } from './command-line.js'
 export { KeptSupervisor, type SupervisorAnswer } from './kept.js'

@@ -1,7 +1,6 @@
 import { IppTunnelError } from '../errors/index.js'
 import type { RemoteCommand } from '../ssh/index.js'
-import { supervisorCommand, type SupervisorOptions } from './command-line.js'
-import type { RemoteExecutor } from './processes.js'
+import { supervisorCommand, type RemoteExecutor, type SupervisorOptions } from './command-line.js'
 
 const MARK = '@@ipp-tunnel@@ '
 /** The most one answer line (or what a login shell prints before the first) may hold. */

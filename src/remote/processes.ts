@@ -1,13 +1,13 @@
 import { PassThrough, type Readable } from 'node:stream'
 import { IppTunnelError, type ErrorCode } from '../errors/index.js'
 import type { RemoteCommand, RemoteExit } from '../ssh/index.js'
-import { DEFAULT_REMOTE_DIR, supervisorCommand, type SupervisorOptions } from './command-line.js'
+import {
+  DEFAULT_REMOTE_DIR,
+  supervisorCommand,
+  type RemoteExecutor,
+  type SupervisorOptions,
+} from './command-line.js'
 import type { KeptSupervisor } from './kept.js'
-
-/** What runs commands on the ssh server: a {@link Link} (or anything with its `exec`). */
-export interface RemoteExecutor {
-  exec(command: string, options?: { signal?: AbortSignal }): Promise<RemoteCommand>
-}
 
 /** A process to start on the ssh server. */
 export interface RemoteProcessSpec {
