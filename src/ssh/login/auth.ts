@@ -77,14 +77,16 @@ export class HopAuth {
 
   /**
    * Collects what can be offered now; throws `E_IDENTITY` when there is no agent, no key file and no way to answer
-   * a prompt.
+   * a prompt. `quiet`: asks no one — no prompt, no passphrase (keys opened before still serve), no credential
+   * command.
    */
-  async begin(): Promise<AuthAttempt> {
+  async begin(options: { quiet?: boolean } = {}): Promise<AuthAttempt> {
     await loadSsh2()
     const hop = this.#hop
-    await this.#options.credential?.ensure(hop, this.#options.destination ?? hop.alias)
+    const quiet = options.quiet === true
+    if (!quiet) await this.#options.credential?.ensure(hop, this.#options.destination ?? hop.alias)
     const methods = methodOrder(hop.preferredAuthentications)
-    const canAsk = this.#options.prompt !== undefined && methods.some((m) => INTERACTIVE.has(m))
+    const canAsk = !quiet && this.#options.prompt !== undefined && methods.some((m) => INTERACTIVE.has(m))
     const candidates: Candidate[] = []
     const agent =
       this.#options.agent === false
@@ -127,7 +129,7 @@ export class HopAuth {
       )
     }
     if (nothing !== undefined && (!canAsk || onlyPublic)) throw nothing
-    return this.#attempt(methods.includes('publickey') ? candidates : [], methods, nothing, certs)
+    return this.#attempt(methods.includes('publickey') ? candidates : [], methods, nothing, certs, quiet)
   }
 
   /** The `E_IDENTITY` error when no key can be offered, else undefined. */
@@ -155,10 +157,11 @@ export class HopAuth {
     methods: readonly Method[],
     nothing: IppTunnelError | undefined,
     certs: HopCertificates,
+    quiet: boolean,
   ): AuthAttempt {
     const hop = this.#hop
     const where = hopLabel(hop)
-    const provider = this.#options.prompt
+    const provider = quiet ? undefined : this.#options.prompt
     const tried: string[] = []
     const locked: string[] = []
     const wrong: string[] = []
@@ -195,7 +198,7 @@ export class HopAuth {
       let passphrase: string | undefined
       prompting = true
       try {
-        passphrase = await this.#options.passphrase?.(c.path)
+        passphrase = quiet ? undefined : await this.#options.passphrase?.(c.path)
       } catch {
         passphrase = undefined
       } finally {
