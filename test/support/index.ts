@@ -13,6 +13,7 @@ export {
   joinClusterNetwork,
   portPrinted,
   silence,
+  silenceTowards,
   startEchoServer,
   type Netns,
   type EchoServer,

@@ -125,10 +125,14 @@ async function routeCluster(ns: Netns): Promise<void> {
  * dropped (a blackhole route), with no FIN, no RST and no interface or address going away — only keepalives can tell.
  */
 export async function silence(ns: Netns, on: boolean): Promise<void> {
-  if (on) await run('ip', ['-n', ns.name, 'route', 'replace', 'blackhole', `${ns.hostAddr}/32`])
+  await silenceTowards(ns, ns.hostAddr, on)
+}
+
+/** As {@link silence}, for the namespace's packets to `address` (another namespace on the cluster network). */
+export async function silenceTowards(ns: Netns, address: string, on: boolean): Promise<void> {
+  if (on) await run('ip', ['-n', ns.name, 'route', 'replace', 'blackhole', `${address}/32`])
   // speaking again twice (a test, then its cleanup) is no error
-  else
-    await run('ip', ['-n', ns.name, 'route', 'del', 'blackhole', `${ns.hostAddr}/32`]).catch(() => undefined)
+  else await run('ip', ['-n', ns.name, 'route', 'del', 'blackhole', `${address}/32`]).catch(() => undefined)
 }
 
 /**
