@@ -77,16 +77,14 @@ export class HopAuth {
 
   /**
    * Collects what can be offered now; throws `E_IDENTITY` when there is no agent, no key file and no way to answer
-   * a prompt. `quiet`: asks no one — no prompt, no passphrase (keys opened before still serve), no credential
-   * command.
+   * a prompt.
    */
-  async begin(options: { quiet?: boolean } = {}): Promise<AuthAttempt> {
+  async begin(): Promise<AuthAttempt> {
     await loadSsh2()
     const hop = this.#hop
-    const quiet = options.quiet === true
-    if (!quiet) await this.#options.credential?.ensure(hop, this.#options.destination ?? hop.alias)
+    await this.#options.credential?.ensure(hop, this.#options.destination ?? hop.alias)
     const methods = methodOrder(hop.preferredAuthentications)
-    const canAsk = !quiet && this.#options.prompt !== undefined && methods.some((m) => INTERACTIVE.has(m))
+    const canAsk = this.#options.prompt !== undefined && methods.some((m) => INTERACTIVE.has(m))
     const candidates: Candidate[] = []
     const agent =
       this.#options.agent === false
@@ -129,7 +127,7 @@ export class HopAuth {
       )
     }
     if (nothing !== undefined && (!canAsk || onlyPublic)) throw nothing
-    return this.#attempt(methods.includes('publickey') ? candidates : [], methods, nothing, certs, quiet)
+    return this.#attempt(methods.includes('publickey') ? candidates : [], methods, nothing, certs)
   }
 
   /** The `E_IDENTITY` error when no key can be offered, else undefined. */
@@ -157,11 +155,10 @@ export class HopAuth {
     methods: readonly Method[],
     nothing: IppTunnelError | undefined,
     certs: HopCertificates,
-    quiet: boolean,
   ): AuthAttempt {
     const hop = this.#hop
     const where = hopLabel(hop)
-    const provider = quiet ? undefined : this.#options.prompt
+    const provider = this.#options.prompt
     const tried: string[] = []
     const locked: string[] = []
     const wrong: string[] = []
@@ -198,7 +195,7 @@ export class HopAuth {
       let passphrase: string | undefined
       prompting = true
       try {
-        passphrase = quiet ? undefined : await this.#options.passphrase?.(c.path)
+        passphrase = await this.#options.passphrase?.(c.path)
       } catch {
         passphrase = undefined
       } finally {

@@ -56,8 +56,6 @@ export interface ChainContext {
    * so a fresh attempt a second after the network came back is sooner than the old one's next retransmission.
    */
   tcpConnectWithinMs?: number
-  /** Asks no one: no prompt, passphrase or credential command (a trial beside a live connection). */
-  quiet?: boolean
   /** One per hop, kept across attempts (which methods worked, what was asked). */
   readonly auth: readonly HopAuth[]
   noteHostKey(note: HostKeyNote): void
@@ -84,7 +82,7 @@ export async function openChain(ctx: ChainContext, signal: AbortSignal): Promise
       const early = direct ? connectEarly(address, hop.port, ctx.tcpConnectWithinMs) : undefined
       let attempt: AuthAttempt
       try {
-        attempt = await auth.begin({ quiet: ctx.quiet === true })
+        attempt = await auth.begin()
       } catch (err) {
         early?.drop()
         throw err
@@ -335,7 +333,7 @@ function connectHop(ctx: ChainContext, hop: ResolvedHop, how: HopConnect): Promi
     const policy = ctx.options.hostKeyCheck ?? hop.hostKeyPolicy ?? 'ask'
     // Only a process with someone at its terminal asks about a host key; the service (a login gate) never does.
     const ask =
-      ctx.options.prompt !== undefined && ctx.options.login === undefined && ctx.quiet !== true
+      ctx.options.prompt !== undefined && ctx.options.login === undefined
         ? hostKeyAsker(ctx.options.prompt, ctx.destination, where)
         : undefined
     const policyFrom = ctx.options.hostKeyCheck === undefined ? hop.hostKeyPolicyFrom : undefined

@@ -22,7 +22,7 @@ import { execOnClient, type RemoteCommand } from './exec.js'
 import { plainAddress } from './network-watch.js'
 import { OpenSshMaster } from './openssh-master.js'
 import type { LinkEvents, LinkOptions, LinkState, LinkStats } from './options.js'
-import { Recovery, watchAfterChanges, watchSilence } from './recovery.js'
+import { Recovery, watchAfterChanges } from './recovery.js'
 import { gateOnTransport, poolPadding } from './ssh2-socket.js'
 import { Waiters } from './waiters.js'
 
@@ -399,14 +399,11 @@ export class Link extends EventEmitter<LinkEvents> {
       client.once('close', onDown)
     }
     let abandoned = false
-    const giveUp = (reason: string): void => {
+    watchAfterChanges(chain, (reason) => {
       this.#options.verbose?.(`${this.destination}: ${reason}; connecting anew`)
       lastError = new Error(reason)
       abandoned = true
-    }
-    watchAfterChanges(chain, giveUp)
-    const keepaliveMs = this.#options.keepaliveIntervalMs ?? this.target.hops[0]?.keepaliveIntervalMs ?? 5000
-    watchSilence(chain, keepaliveMs, this.#recovery, giveUp)
+    })
     this.#setState('up')
     this.#waiters.resolveAll()
   }

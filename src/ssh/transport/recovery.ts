@@ -7,7 +7,7 @@ import { isNetworkFailure, leftNothing } from './connect-error.js'
 import { plainAddress, sourceFor, watchNetwork, type NetworkEvent } from './network-watch.js'
 import { OpenSshMaster } from './openssh-master.js'
 import type { LinkEvents, LinkOptions, LinkState } from './options.js'
-import { answers, hearing } from './ssh2-socket.js'
+import { answers } from './ssh2-socket.js'
 import { endStaleSession, type StalePeer } from './stale-session.js'
 
 /*
@@ -28,10 +28,6 @@ const RETRY_TCP_CONNECT_MS = 3000
 const RETRY_NETWORK_MS = 1000
 /** How long a reconnect waits for the server to end the connection it replaces. */
 const STALE_SESSION_MS = 3000
-/** Silence past the keepalive interval (the keepalive then sent went unanswered) that starts trial connections. */
-const OVERDUE_MS = 2000
-/** How long a trial connection beside a silent one may take, login included. */
-const TRIAL_MS = 10_000
 
 /** Host-key, authentication and identity failures stop a link; everything else is retried. */
 const fatalCodes: ReadonlySet<string> = new Set([
@@ -78,9 +74,6 @@ export class Recovery {
   lastAttemptAt = 0
   /** The connection this side gave up for silence, whose sshd the next connection ends. */
   stalePeer: StalePeer | undefined
-  /** A connection made beside a silent one (see {@link watchSilence}): the reconnect that follows adopts it. */
-  #spare: Chain | undefined
-  #trying = false
 
   constructor(link: RecoveryHost) {
     this.#link = link
@@ -129,8 +122,6 @@ export class Recovery {
     let lastError = error
     let serverFailures = 0
     let wake: (() => void) | undefined
-    const spare = await this.#adoptSpare(error, downAt)
-    if (spare !== 'none') return
     const stopWatching = watchNetwork(() => wake?.())
     try {
       for (let attempt = 1; ; attempt++) {
@@ -182,67 +173,6 @@ export class Recovery {
       stopWatching()
       delete this.#link.chainContext.tcpConnectWithinMs
     }
-  }
-
-  /**
-   * Adopts the spare a trial made (see {@link watchSilence}), if there is one and it still lives, once the server
-   * has ended the connection it replaces; `none` leaves the reconnect to its attempts.
-   */
-  async #adoptSpare(error: IppTunnelError, downAt: number): Promise<'adopted' | 'closed' | 'none'> {
-    const spare = this.#spare
-    this.#spare = undefined
-    if (spare === undefined) return 'none'
-    if (isDead(spare) || this.#link.closing.aborted) {
-      void endChain(spare)
-      return this.#link.closing.aborted ? 'closed' : 'none'
-    }
-    this.#link.reconnecting({ attempt: 1, delayMs: 0, error })
-    await this.#endStaleSession(spare)
-    if (this.#link.state() !== 'reconnecting') {
-      void endChain(spare)
-      return 'closed'
-    }
-    // a spare that died meanwhile leaves the reconnect to its attempts
-    if (isDead(spare)) return 'none'
-    this.reconnects++
-    this.#link.adopt(spare)
-    this.#link.reconnected({ attempt: 1, downMs: Date.now() - downAt })
-    return 'adopted'
-  }
-
-  /**
-   * A new connection beside the live one, for {@link watchSilence}: spaced as every attempt, its TCP connect bounded
-   * as a retry's, the whole of it by {@link TRIAL_MS}, and never asking anyone (a login that would is given up:
-   * the live connection stays). Undefined when it is not tried now or did not work.
-   */
-  async trial(): Promise<Chain | undefined> {
-    const spacing = Math.min(MIN_ATTEMPT_SPACING_MS, this.#link.options.backoff?.maxMs ?? 15_000)
-    if (this.#trying || Date.now() - this.lastAttemptAt < spacing || this.#link.closing.aborted)
-      return undefined
-    this.#trying = true
-    const context: ChainContext = {
-      ...this.#link.chainContext,
-      tcpConnectWithinMs: RETRY_TCP_CONNECT_MS,
-      quiet: true,
-    }
-    const signal = AbortSignal.any([this.#link.closing, AbortSignal.timeout(TRIAL_MS)])
-    try {
-      this.lastAttemptAt = Date.now()
-      return await openChain(context, signal)
-    } catch (err) {
-      if (leftNothing(this.#link.asError(err))) this.lastAttemptAt = 0
-      return undefined
-    } finally {
-      this.#trying = false
-    }
-  }
-
-  /** Hands a connection made by {@link trial} to the reconnect about to start; ends the one it replaces there. */
-  offerSpare(chain: Chain): void {
-    if (this.#spare !== undefined) void endChain(this.#spare)
-    this.#spare = chain
-    // not yet the Link's, which marks its chains dead when they close: noted apart, so as not to stand in its way
-    for (const client of chain.clients) client.once('close', () => closedSpares.add(chain))
   }
 
   /**
@@ -324,45 +254,6 @@ export function watchAfterChanges(chain: Chain, giveUp: (reason: string) => void
 }
 
 /**
- * Watches `chain`, until its first client closes, for an answer overdue: nothing heard from the server for
- * {@link OVERDUE_MS} past the keepalive interval (so the keepalive sent after that much silence went unanswered).
- * While it stays silent, a new connection is tried beside it once a second; one that logs in while the old is still
- * silent replaces it (make-before-break, on the same local ports): after an outage with the same address, the old
- * connection's TCP waits for its next retransmission, seconds away after its backoff, or for its keepalives to run
- * out (up to 20 s). Not for a login that asked a person, nor without keepalives (silence is then no sign).
- */
-export function watchSilence(
-  chain: Chain,
-  keepaliveMs: number,
-  recovery: Recovery,
-  giveUp: (reason: string) => void,
-): void {
-  const first = chain.clients[0]
-  const heard = first === undefined ? undefined : hearing(first)
-  if (first === undefined || heard === undefined || chain.asked || keepaliveMs <= 0) return
-  const overdueMs = keepaliveMs + OVERDUE_MS
-  const timer = setInterval(() => {
-    const silentMs = heard.silentMs()
-    if (chain.dead || chain.asked || silentMs < overdueMs) return
-    void recovery.trial().then((spare) => {
-      if (spare === undefined) return
-      // the old one spoke meanwhile, or went: the new one is not needed
-      if (chain.dead || heard.silentMs() < silentMs) {
-        void endChain(spare)
-        return
-      }
-      recovery.offerSpare(spare)
-      giveUp(
-        `nothing heard from the server for ${(heard.silentMs() / 1000).toFixed(1)} s (keepalives ${keepaliveMs / 1000} s apart), and a new connection logged in`,
-      )
-      first.destroy()
-    })
-  }, 1000)
-  timer.unref()
-  first.once('close', () => clearInterval(timer))
-}
-
-/**
  * After a resume or a network change: why `chain` is dead, or undefined while it may live. A connection whose
  * address this machine no longer routes from (another network) is dead for certain; with no route at all (the
  * network down) it waits, for its TCP connection may resume when the same network comes back; with the same
@@ -388,14 +279,6 @@ async function checkAfter(event: NetworkEvent, chain: Chain, first: Client): Pro
   return (await answers(first, PROBE_MS))
     ? undefined
     : `${why}: no answer from the server within ${PROBE_MS / 1000} s`
-}
-
-/** Spares ({@link Recovery.offerSpare}) a client of which closed before a reconnect adopted them. */
-const closedSpares = new WeakSet<Chain>()
-
-/** Whether a spare died before its adoption (read afresh after an await). */
-function isDead(chain: Chain): boolean {
-  return chain.dead || closedSpares.has(chain)
 }
 
 /**

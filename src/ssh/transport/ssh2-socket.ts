@@ -57,22 +57,6 @@ export function holdToCount(client: Client, intervalMs: number, countMax: number
   return stop
 }
 
-/**
- * Follows what the server sends on `client`'s stream: `silentMs()` is how long ago its last byte came (since the
- * call, when none has come yet). Stops with the client; undefined when the client has no stream.
- */
-export function hearing(client: Client): { silentMs(): number } | undefined {
-  const sock = (client as unknown as { _sock?: Duplex })._sock
-  if (sock === undefined) return undefined
-  let heardAt = performance.now()
-  const onData = (): void => {
-    heardAt = performance.now()
-  }
-  sock.on('data', onData)
-  client.once('close', () => sock.off('data', onData))
-  return { silentMs: () => performance.now() - heardAt }
-}
-
 /** The address ssh2's TCP socket is connected to; undefined over a stream that is not a TCP socket. */
 export function remoteAddressOf(client: Client): string | undefined {
   const sock = (client as unknown as { _sock?: Duplex & { remoteAddress?: string } })._sock
