@@ -11,16 +11,9 @@ import {
 import { loadSsh2, ssh2 } from '../ssh2-lib.js'
 import type { CredentialRenewer } from './renew.js'
 import { loginCommand, quotePrompts, type PromptProvider, type PromptRequest } from './prompts.js'
+import { hopLabel } from '../hop-label.js'
 import type { PassphraseProvider, ResolvedHop } from '../types.js'
-import {
-  encryptedMessage,
-  firstKey,
-  hopLabel,
-  isPublicKey,
-  isSocket,
-  publicKeyAdvice,
-  type Candidate,
-} from './keys.js'
+import { encryptedMessage, firstKey, isPublicKey, isSocket, publicKeyAdvice, type Candidate } from './keys.js'
 import { INTERACTIVE, MAX_TRIES, methodOrder, type Method } from './methods.js'
 
 /** What {@link HopAuth} needs besides the hop: where the agent is, how to get a passphrase and answers. */

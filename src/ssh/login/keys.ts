@@ -2,7 +2,6 @@ import { stat } from 'node:fs/promises'
 import type { ParsedKey } from 'ssh2'
 
 import { ssh2 } from '../ssh2-lib.js'
-import type { ResolvedHop } from '../types.js'
 
 /* What a login offers (the agent, key files, certificates in the agent) and the checks on a key file before it is offered. */
 
@@ -10,11 +9,6 @@ export type Candidate =
   | { kind: 'agent'; socket: string }
   | { kind: 'key'; path: string; data: Buffer }
   | { kind: 'agent-cert'; key: ParsedKey; source: string }
-
-export function hopLabel(hop: ResolvedHop): string {
-  const where = `${hop.username}@${hop.host}:${hop.port}`
-  return hop.alias === hop.host ? where : `${where} (${hop.alias})`
-}
 
 export function firstKey(parsed: ParsedKey | ParsedKey[] | Error): ParsedKey | Error {
   if (Array.isArray(parsed)) return parsed[0] ?? new Error('no key in file')

@@ -4,6 +4,7 @@ import type ssh2 from 'ssh2'
 
 import { IppTunnelError, isIppTunnelError } from '../../errors/index.js'
 import { ackPromptlyWhileOpening } from './ssh2-socket.js'
+import { hopLabel } from '../hop-label.js'
 import type { ResolvedHop } from '../types.js'
 
 export type Client = InstanceType<typeof ssh2.Client>
@@ -26,11 +27,8 @@ export function targetText(target: ChannelTarget): string {
   return target.kind === 'unix' ? `unix socket ${target.path}` : `${target.host}:${target.port}`
 }
 
-/** `user@host:port`, with the alias the user wrote when it differs. */
-export function label(hop: ResolvedHop): string {
-  const where = `${hop.username}@${hop.host}:${hop.port}`
-  return hop.alias === hop.host ? where : `${where} (${hop.alias})`
-}
+/** `user@host:port`, with the alias the user wrote when it differs (see {@link hopLabel}). */
+export const label = hopLabel
 
 /** An ssh2 error (or anything thrown) in one line, with the socket's code when it has one. */
 export function describe(err: unknown): string {
