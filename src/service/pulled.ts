@@ -227,15 +227,21 @@ async function firstPull(
   source.on('file:error', onError)
   source.on('dir:error', onDirError)
   source.on('warning', onWarning)
+  // a wait that lasts (a batch job's controller in the queue) looks once a second after its first seconds
+  const pause = (): Promise<unknown> =>
+    new Promise((resolve) =>
+      setTimeout(resolve, performance.now() - since < 10_000 ? wait.everyMs : Math.max(wait.everyMs, 1000)),
+    )
   try {
-    for (let polls = 0; ; polls++) {
+    // looks at a file that is there but does not parse: the waiting before it came does not count
+    for (let unparsed = 0; ;) {
       signal?.throwIfAborted()
       latest = undefined
       await source.poll()
       if (problem) throw problem
       const got = latest as SourceFile | undefined
       if (got === undefined && performance.now() - since < wait.forMs) {
-        await new Promise((resolve) => setTimeout(resolve, wait.everyMs))
+        await pause()
         continue
       }
       if (got === undefined) {
@@ -249,9 +255,9 @@ async function firstPull(
       try {
         return { file, info: parseConnectionFile(file.text, file.id), warnings }
       } catch (err) {
-        if (file.settled || polls > 20) throw err
+        if (file.settled || ++unparsed > 20) throw err
       }
-      await new Promise((resolve) => setTimeout(resolve, wait.everyMs))
+      await pause()
     }
   } finally {
     source.off('file', onFile)
