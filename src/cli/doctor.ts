@@ -11,13 +11,16 @@ import { sshOptionsFrom, withSshOptions, type SshArgs } from './ssh-options.js'
 interface DoctorArgs extends SshArgs {
   readonly target?: string | undefined
   readonly timeout: number
+  readonly python?: string | undefined
+  readonly setup?: string | undefined
+  readonly 'remote-dir'?: string | undefined
   readonly json: boolean
   readonly debug: boolean
 }
 
 /** What `--help` and the command list say the command does. */
 const DESCRIPTION =
-  'check, step by step, what reaching a destination or a connection file needs (ssh config, keys, certificates, host key, login, SFTP, unix-socket forwarding, channels, engines or heartbeat), each with a verdict and the fix'
+  'check, step by step, what reaching a destination or a connection file needs (ssh config, keys, certificates, host key, login, SFTP, unix-socket forwarding, our processes there, channels, engines or heartbeat), each with a verdict and the fix'
 
 /** `ipp-tunnel doctor [DEST | FILE]`: one line per step; exit 0 when no step failed, {@link EXIT.doctorFailed} else. */
 export function registerDoctor(yargs: Argv, run: (task: () => Promise<number>) => void): Argv {
@@ -32,6 +35,19 @@ export function registerDoctor(yargs: Argv, run: (task: () => Promise<number>) =
             describe: 'ssh destination ([user@]host[:port] or an ssh_config alias) or a connection file',
           })
           .option('timeout', { type: 'number', default: 10, describe: 'seconds to wait for each answer' })
+          .option('python', {
+            type: 'string',
+            describe: 'the remote python that lists our processes there (after --setup); default python3',
+          })
+          .option('setup', {
+            type: 'string',
+            describe: 'shell lines run first on the server (module load …, conda activate …)',
+          })
+          .option('remote-dir', {
+            type: 'string',
+            describe:
+              'remote directory of our processes, as given to cluster or kernel; default ~/.ipp-tunnel/remote',
+          })
           .usage(`$0 doctor [DEST | FILE] [ssh options] [--json]\n\n${DESCRIPTION}`),
       ),
     (args) => run(() => doctor(args as unknown as DoctorArgs)),
@@ -67,6 +83,9 @@ async function doctor(args: DoctorArgs): Promise<number> {
     for await (const step of diagnose(await targetOf(text), {
       ...ssh,
       timeoutMs: Math.max(1, args.timeout * 1000),
+      ...(args.python !== undefined && { python: args.python }),
+      ...(args.setup !== undefined && { setup: args.setup }),
+      ...(args['remote-dir'] !== undefined && { remoteDir: args['remote-dir'] }),
       signal: signals.signal,
     })) {
       counts[step.verdict]++

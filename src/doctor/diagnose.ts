@@ -29,6 +29,8 @@ import {
   type SshOptions,
 } from '../ssh/index.js'
 import { LinkPool } from '../tunnel/index.js'
+import { remoteProcessesStep } from './remote-processes.js'
+import type { DoctorStep } from './step.js'
 import {
   agentKeys,
   firstBytes,
@@ -36,17 +38,6 @@ import {
   isZmtpSignature,
   UNIX_LISTENER_COMMAND,
 } from './probes.js'
-
-/** A step's outcome: `skip` when it does not apply or an earlier step it needs failed. */
-export type DoctorVerdict = 'pass' | 'fail' | 'warn' | 'skip'
-
-/** One checked thing, with what was seen and, when it failed or warns, what to do about it. Never a secret. */
-export interface DoctorStep {
-  readonly name: string
-  readonly verdict: DoctorVerdict
-  readonly detail: string
-  readonly fix?: string
-}
 
 /** What {@link diagnose} looks at: an ssh destination, or a connection file (its server and its ports). */
 export type DoctorTarget = { readonly destination: string } | { readonly file: string }
@@ -60,6 +51,11 @@ export interface DiagnoseOptions
   readonly timeoutMs?: number
   /** Home directory for `~` in the ssh config; default `os.homedir()`. */
   readonly home?: string
+  /** Where our remote processes are kept there (as the commands that started them were told); default theirs. */
+  readonly remoteDir?: string
+  /** The remote python that lists them (after `setup`); default `python3`. */
+  readonly python?: string
+  readonly setup?: string
   readonly signal?: AbortSignal
 }
 
@@ -307,7 +303,7 @@ export async function* diagnose(
     'sftp',
     'streamlocal',
     'round trip',
-    ...(info === undefined ? [] : endpoints(info).map((e) => `channel ${e.channel}`)),
+    ...(info === undefined ? ['remote processes'] : endpoints(info).map((e) => `channel ${e.channel}`)),
     ...(info === undefined
       ? []
       : [info.kind === 'kernel' ? 'heartbeat' : info.kind === 'ipp-client' ? 'engines' : []].flat()),
@@ -438,7 +434,10 @@ function loginSummary(said: readonly string[]): string {
   )
 }
 
-/** The steps that need the link up: SFTP, unix-socket forwarding, round trip, endpoints, engines or heartbeat. */
+/**
+ * The steps that need the link up: SFTP, unix-socket forwarding, round trip, then for a destination our processes
+ * there, for a file its endpoints and the engines or heartbeat.
+ */
 async function* linkSteps(
   link: Link,
   info: ConnectionInfo | undefined,
@@ -502,7 +501,10 @@ async function* linkSteps(
     verdict: 'pass',
     detail: `${Math.round((performance.now() - t0) * 10) / 10} ms for a channel open and the server's answer`,
   }
-  if (info === undefined || file === undefined) return
+  if (info === undefined || file === undefined) {
+    yield await remoteProcessesStep(link, options)
+    return
+  }
   let channelsOk = true
   for (const e of endpoints(info)) {
     const step = await channelStep(link, e, timeoutMs, signal)

@@ -7,10 +7,5 @@
  * import { diagnose } from '../doctor/index.js'
  * for await (const step of diagnose({ file: 'ipcontroller-client.json' })) console.log(step.verdict, step.name)
  */
-export {
-  diagnose,
-  type DiagnoseOptions,
-  type DoctorStep,
-  type DoctorTarget,
-  type DoctorVerdict,
-} from './diagnose.js'
+export { diagnose, type DiagnoseOptions, type DoctorTarget } from './diagnose.js'
+export type { DoctorStep, DoctorVerdict } from './step.js'

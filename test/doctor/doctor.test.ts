@@ -5,10 +5,22 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 
+import { RemoteProcesses } from '../../src/remote/index.js'
+import { Link } from '../../src/ssh/index.js'
+
 import { exited, runCli, type CliResult } from '../support/cli.js'
-import { createNetns, freePort, sshArgsOf, startSshd, type Netns, type Sshd } from '../support/index.js'
+import {
+  createNetns,
+  freePort,
+  hopOf,
+  sshArgsOf,
+  startSshd,
+  type Netns,
+  type Sshd,
+} from '../support/index.js'
 import { startController } from '../support/ipp.js'
 import { startKernel, type Kernel } from '../support/kernel.js'
 
@@ -35,9 +47,14 @@ function parse(result: CliResult): { steps: Map<string, Step>; summary: Record<s
   return { steps, summary }
 }
 
+/** Where the remote processes of these tests are kept on the server (none but the test's own). */
+const REMOTE_DIR = join(tmpdir(), `ippt-doctor-remote-${String(process.pid)}`)
+
 /** The CLI's doctor, with no ssh-agent of the test runner's in the way (or the one given). */
 function doctor(args: readonly string[], agent = ''): Promise<CliResult> {
-  return runCli(['doctor', ...args], { SSH_AUTH_SOCK: agent })
+  return runCli(['doctor', ...args, '--remote-dir', REMOTE_DIR, '--python', '/usr/bin/python3'], {
+    SSH_AUTH_SOCK: agent,
+  })
 }
 
 function failing(steps: Map<string, Step>): string[] {
@@ -102,6 +119,7 @@ describe('ipp-tunnel doctor against real sshd', () => {
     await Promise.all([sshd.close(), bare.close()])
     await ns.close()
     await rm(dir, { recursive: true, force: true })
+    await rm(REMOTE_DIR, { recursive: true, force: true })
   })
 
   test('a kernel file through a good server: every step passes, exit 0, the HMAC key is never printed', async () => {
@@ -285,5 +303,42 @@ describe('ipp-tunnel doctor against real sshd', () => {
     )
     assert.match(steps.get('login')?.detail ?? '', /accepted publickey: ssh-agent/)
     assert.ok(pub.length > 20 && !result.stdout.includes(pub), 'the public key blob is printed')
+  })
+
+  test('our processes there: one that something else killed is named with the way out, exit 4', async (t) => {
+    const link = new Link({ hops: [hopOf(sshd)] }, { agent: false })
+    t.after(() => link.close())
+    await link.connect()
+    const procs = new RemoteProcesses(link, { dir: REMOTE_DIR, python: '/usr/bin/python3' })
+    const name = 'cluster-default-controller'
+    const started = await procs.start({ name, argv: ['sleep', '300'] })
+    t.after(() =>
+      procs.stop(name).then(
+        () => undefined,
+        () => undefined,
+      ),
+    )
+    const healthy = parse(await doctor([dest, ...sshArgsOf(sshd), '--json']))
+    assert.equal(healthy.steps.get('remote processes')?.verdict, 'pass')
+    assert.match(
+      healthy.steps.get('remote processes')?.detail ?? '',
+      /1 running \(cluster-default-controller\)/u,
+    )
+
+    // what a login node's reaper does: a SIGKILL from outside, not a stop of ours
+    process.kill(started.pid ?? assert.fail('no pid'), 'SIGKILL')
+    for (let i = 0; (await procs.status(name)).state === 'running'; i++) {
+      assert.ok(i < 100, 'the supervisor did not see its process end')
+      await sleep(50)
+    }
+    const result = await doctor([dest, ...sshArgsOf(sshd), '--json'])
+    assert.equal(result.code, 4, result.stdout + result.stderr)
+    const step = parse(result).steps.get('remote processes') ?? assert.fail('no remote processes step')
+    assert.equal(step.verdict, 'fail')
+    assert.match(
+      step.detail,
+      /^cluster-default-controller on \S+ \(pid \d+, started [^)]+\) killed by signal 9$/u,
+    )
+    assert.match(step.fix ?? '', /--controller slurm/u)
   })
 })
