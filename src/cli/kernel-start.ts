@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 
 import { isIppTunnelError, type ErrorCode, type IppTunnelError } from '../errors/index.js'
 import { RemoteKernel, type RemoteKernelEvents, type RemoteKernelOptions } from '../kernels/index.js'
-import { ServiceKernel, statusSocketPath, type KernelRequest } from '../service/index.js'
+import { kernelFieldsOf, ServiceKernel, statusSocketPath, type KernelRequest } from '../service/index.js'
 import { resolveTarget } from '../ssh/index.js'
 import { routeKey } from '../tunnel/index.js'
 import type { EventEmitter } from 'node:events'
@@ -96,19 +96,5 @@ export async function startKernel(
 
 async function kernelRequest(options: RemoteKernelOptions): Promise<KernelRequest> {
   const route = routeKey(await resolveTarget(options.destination, options))
-  return {
-    op: 'kernel',
-    destination: options.destination,
-    connectionFile: options.connectionFile,
-    route,
-    ...(options.python !== undefined && { python: options.python }),
-    ...(options.kernelCmd !== undefined && { kernelCmd: options.kernelCmd }),
-    ...(options.setup !== undefined && { setup: options.setup }),
-    ...(options.cwd !== undefined && { cwd: options.cwd }),
-    ...(options.env !== undefined && { env: options.env }),
-    ...(options.persistSeconds !== undefined && { persistSeconds: options.persistSeconds }),
-    ...(options.remoteDir !== undefined && { remoteDir: options.remoteDir }),
-    ...(options.remoteTransport !== undefined && { remoteTransport: options.remoteTransport }),
-    ...(options.slurm !== undefined && { slurm: options.slurm }),
-  }
+  return { op: 'kernel', route, ...kernelFieldsOf(options) }
 }

@@ -40,4 +40,9 @@ export { UNIT_NAME, installUnit, renderUnit, userUnitPath, type UnitOptions } fr
 export { CopyLedger } from './ledger.js'
 export { PulledTunnel, type PulledTunnelEvents, type PulledTunnelOptions } from './pulled.js'
 export { ServiceKernel, type ServiceKernelEvents } from './kernel-client.js'
-export type { KernelRequest, ServiceKernelState, KernelStatus } from './kernel-protocol.js'
+export {
+  kernelFieldsOf,
+  type KernelRequest,
+  type ServiceKernelState,
+  type KernelStatus,
+} from './kernel-protocol.js'

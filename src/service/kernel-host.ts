@@ -6,12 +6,13 @@ import { checkJobId, RemoteKernel, type KernelSlurmOptions } from '../kernels/in
 import { KeptSupervisor } from '../remote/index.js'
 import { resolveTarget, type Link, type ResolveOptions } from '../ssh/index.js'
 import { routeKey, type LinkPool } from '../tunnel/index.js'
-import type {
-  KernelClientMessage,
-  KernelRequest,
-  KernelServerMessage,
-  ServiceKernelState,
-  KernelStatus,
+import {
+  kernelFieldsOf,
+  type KernelClientMessage,
+  type KernelRequest,
+  type KernelServerMessage,
+  type ServiceKernelState,
+  type KernelStatus,
 } from './kernel-protocol.js'
 import { LineReader, refuseLongLine } from './lines.js'
 import type { LoginRelay } from './login-relay.js'
@@ -170,20 +171,11 @@ export class KernelHost {
       setState('starting')
       const supervisor = this.#supervisor(link, request.python, request.setup)
       const kernel = await RemoteKernel.start({
-        destination: request.destination,
-        connectionFile: request.connectionFile,
+        ...kernelFieldsOf(request),
         link,
         supervisor,
         signal,
         onWarning: (message) => send({ type: 'warning', message }),
-        ...(request.python !== undefined && { python: request.python }),
-        ...(request.kernelCmd !== undefined && { kernelCmd: request.kernelCmd }),
-        ...(request.setup !== undefined && { setup: request.setup }),
-        ...(request.cwd !== undefined && { cwd: request.cwd }),
-        ...(request.env !== undefined && { env: request.env }),
-        ...(request.persistSeconds !== undefined && { persistSeconds: request.persistSeconds }),
-        ...(request.remoteDir !== undefined && { remoteDir: request.remoteDir }),
-        ...(request.remoteTransport !== undefined && { remoteTransport: request.remoteTransport }),
         ...(request.slurm !== undefined && { slurm: slurmOf(request.slurm) }),
         onState: (s) => {
           held.state = s.state

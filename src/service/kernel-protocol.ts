@@ -2,23 +2,39 @@
  * What `ipp-tunnel kernel` and the service say to each other on the service socket when the service starts a
  * remote kernel over its pooled link: one JSON object a line, the request first.
  */
+import type { RemoteKernelOptions } from '../kernels/index.js'
+
+/**
+ * What of a {@link RemoteKernelOptions} a launcher hands to the service: what the kernel is and where, not how
+ * this process logs in (the service logs in its own way).
+ */
+export const KERNEL_REQUEST_FIELDS = [
+  'destination',
+  'connectionFile',
+  'python',
+  'kernelCmd',
+  'setup',
+  'cwd',
+  'env',
+  'persistSeconds',
+  'remoteDir',
+  'remoteTransport',
+  'slurm',
+] as const satisfies readonly (keyof RemoteKernelOptions)[]
+
+/** What the kernel is and where: the {@link KERNEL_REQUEST_FIELDS} of a {@link RemoteKernelOptions}. */
+export type KernelFields = Pick<RemoteKernelOptions, (typeof KERNEL_REQUEST_FIELDS)[number]>
+
+/** The {@link KERNEL_REQUEST_FIELDS} that are set in `from` (the launcher's options, or a request). */
+export function kernelFieldsOf(from: KernelFields): KernelFields {
+  const picked: Record<string, unknown> = {}
+  for (const field of KERNEL_REQUEST_FIELDS) if (from[field] !== undefined) picked[field] = from[field]
+  return picked as unknown as KernelFields
+}
 
 /** The request line: the kernel to start, as `ipp-tunnel kernel` was told. */
-export interface KernelRequest {
+export type KernelRequest = KernelFields & {
   readonly op: 'kernel'
-  readonly destination: string
-  /** The local connection file Jupyter wrote (absolute): its ports, key and scheme. */
-  readonly connectionFile: string
-  readonly python?: string
-  readonly kernelCmd?: readonly string[]
-  readonly setup?: string
-  readonly cwd?: string
-  readonly env?: Readonly<Record<string, string>>
-  readonly persistSeconds?: number
-  readonly remoteDir?: string
-  readonly remoteTransport?: 'unix' | 'tcp'
-  /** Under Slurm: SRUN ARGS as words, or an allocation's job id. */
-  readonly slurm?: { readonly srunArgs?: readonly string[]; readonly jobId?: string }
   /**
    * The route the launcher resolved DEST to with its own ssh options (`user@host:port` per hop): a service that
    * resolves it to another refuses (`E_USAGE`), and the launcher goes on with a link of its own.
