@@ -75,7 +75,7 @@ export function markdownTable(rows: readonly BenchRow[]): string {
           : 'no'
     const note = row.note === undefined ? '' : ` — ${row.note}`
     lines.push(
-      `| ${row.name}${note} | ${round(row.ours)} | ${anchor} | ${row.unit} | ${ratio === undefined ? '—' : `${round(ratio)}x`} | ${noTarget ? '—' : `≥ ${row.targetRatio}x`} | ${met} |`,
+      `| ${row.name}${note} | ${round(row.ours)} | ${anchor} | ${row.unit} | ${ratio === undefined ? '—' : `${round(ratio)}x`} | ${noTarget ? '—' : `≥ ${String(Number(row.targetRatio.toFixed(2)))}x`} | ${met} |`,
     )
   }
   return lines.join('\n')

@@ -414,6 +414,16 @@ export async function benchKernels(): Promise<BenchRow[]> {
         targetRatio: 3,
         note: `median of ${START_RUNS}; the anchor's 5 tunnels were up after ${tunnels.length > 0 ? median(tunnels).toFixed(0) : '—'} ms; ${path}`,
       },
+      {
+        name: `kernels: start → kernel_info reply, our kernelspec over the watch service's live link${serviceErrors.length === 0 ? '' : ` (failed: ${serviceErrors[0] ?? ''})`}`,
+        ours: viaService.length > 0 ? median(viaService) : Number.NaN,
+        anchor: ssh.value,
+        anchorName: `ssh + tunnel_to_kernel${ssh.failed === '' ? '' : `; failed: ${ssh.failed}`}`,
+        unit: 'ms',
+        better: 'lower',
+        targetRatio: 3,
+        note: `the live link's starts above against the same ${START_RUNS} anchor starts; ${path}`,
+      },
     ]
     for (const mode of ['message', 'signal'] as const) {
       const o = interrupts.ours[mode]
