@@ -10,6 +10,7 @@ import {
   type Endpoint,
 } from '../connection-file/index.js'
 import { isIppTunnelError } from '../errors/index.js'
+import { isSocket } from '../safe-fs/index.js'
 import {
   expandTilde,
   findCertificates,
@@ -65,14 +66,6 @@ function message(err: unknown): string {
 
 function codeOf(err: unknown): string | undefined {
   return isIppTunnelError(err) ? err.code : undefined
-}
-
-async function isSocket(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isSocket()
-  } catch {
-    return false
-  }
 }
 
 async function exists(path: string): Promise<boolean> {

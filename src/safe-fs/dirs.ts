@@ -26,6 +26,15 @@ export function kindOf(stats: Stats): string {
   return 'not a regular file'
 }
 
+/** Whether a socket is at `path` now (an ssh-agent's, an OpenSSH master's); false for anything else or nothing. */
+export async function isSocket(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isSocket()
+  } catch {
+    return false
+  }
+}
+
 function unsafe(dir: string, what: string, problem: string, todo: string): IppTunnelError {
   return new IppTunnelError('E_UNSAFE_PATH', `${dir}: ${what} ${problem}; ${todo}`)
 }

@@ -19,6 +19,7 @@ export {
   identityFrom,
   identityOf,
   isSameFile,
+  isSocket,
   kindOf,
   makePrivateTempDir,
   realPathOf,

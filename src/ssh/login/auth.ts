@@ -13,7 +13,8 @@ import type { CredentialRenewer } from './renew.js'
 import { loginCommand, quotePrompts, type PromptProvider, type PromptRequest } from './prompts.js'
 import { hopLabel } from '../hop-label.js'
 import type { PassphraseProvider, ResolvedHop } from '../types.js'
-import { encryptedMessage, firstKey, isPublicKey, isSocket, publicKeyAdvice, type Candidate } from './keys.js'
+import { isSocket } from '../../safe-fs/index.js'
+import { encryptedMessage, firstKey, isPublicKey, publicKeyAdvice, type Candidate } from './keys.js'
 import { INTERACTIVE, MAX_TRIES, methodOrder, type Method } from './methods.js'
 
 /** What {@link HopAuth} needs besides the hop: where the agent is, how to get a passphrase and answers. */

@@ -1,4 +1,3 @@
-import { stat } from 'node:fs/promises'
 import type { ParsedKey } from 'ssh2'
 
 import { ssh2 } from '../ssh2-lib.js'
@@ -27,12 +26,4 @@ export function isPublicKey(data: Buffer): boolean {
 export function publicKeyAdvice(path: string): string {
   const priv = path.endsWith('.pub') ? `${path.slice(0, -4)}, without .pub` : 'the file without .pub'
   return `${path} is a public key; pass the private key (${priv})`
-}
-
-export async function isSocket(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isSocket()
-  } catch {
-    return false
-  }
 }

@@ -2,6 +2,7 @@ import { execFile, spawn } from 'node:child_process'
 import { stat } from 'node:fs/promises'
 import type { Duplex } from 'node:stream'
 import { IppTunnelError } from '../../errors/index.js'
+import { isSocket } from '../../safe-fs/index.js'
 import { execThroughMaster, type RemoteCommand } from './exec.js'
 import { ProxyCommand } from './proxy-command.js'
 import type { ResolvedHop } from '../types.js'
@@ -22,14 +23,6 @@ function destinationArgs(hop: ResolvedHop): string[] {
 async function isFile(path: string): Promise<boolean> {
   try {
     return (await stat(path)).isFile()
-  } catch {
-    return false
-  }
-}
-
-async function isSocket(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isSocket()
   } catch {
     return false
   }
