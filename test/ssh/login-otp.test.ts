@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -10,6 +10,7 @@ import { CLI, JsonLines, exited, runCli, spawnCli } from '../support/cli.js'
 import {
   hasCode,
   kernelListeners,
+  writeListenersFile,
   hopOf,
   sshArgsOf,
   startSshd,
@@ -42,14 +43,7 @@ describe('one-time codes: keyboard-interactive through a real PAM module (pam_oa
     file = join(dir, 'kernel-otp.json')
     // the kernel's endpoints: listeners on this host's loopback, which is the sshd's too
     listeners = await kernelListeners()
-    const kernel = {
-      ...listeners.ports,
-      ip: '127.0.0.1',
-      key: 'a0b1c2d3',
-      transport: 'tcp',
-      signature_scheme: 'hmac-sha256',
-    }
-    await writeFile(file, JSON.stringify(kernel), { mode: 0o600 })
+    await writeListenersFile(file, listeners)
   })
   after(async () => {
     listeners?.close()

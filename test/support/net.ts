@@ -89,7 +89,7 @@ export async function kernelListeners(): Promise<KernelListeners> {
 
 /**
  * Writes `file` (0600): a kernel connection file naming the listeners' ports on 127.0.0.1 over tcp, reached through
- * the ssh server `ssh` (the file's `ssh` field, e.g. `root@127.0.0.1:2222`).
+ * the ssh server `ssh` when given (the file's `ssh` field, e.g. `root@127.0.0.1:2222`).
  *
  * @example
  * await writeListenersFile(join(dir, 'kernel-a.json'), listeners, `root@127.0.0.1:${sshd.port}`)
@@ -97,7 +97,7 @@ export async function kernelListeners(): Promise<KernelListeners> {
 export async function writeListenersFile(
   file: string,
   listeners: KernelListeners,
-  ssh: string,
+  ssh?: string,
 ): Promise<void> {
   const kernel = {
     ...listeners.ports,
@@ -105,7 +105,7 @@ export async function writeListenersFile(
     key: 'a0b1c2d3',
     transport: 'tcp',
     signature_scheme: 'hmac-sha256',
-    ssh,
+    ...(ssh !== undefined && { ssh }),
   }
   await writeFile(file, JSON.stringify(kernel), { mode: 0o600 })
 }
